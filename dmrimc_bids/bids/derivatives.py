@@ -1,0 +1,137 @@
+"""BIDS-Derivatives output: names (BEP016 style), sidecars, dataset_description.json, atomic writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from .. import __version__
+
+BIDS_VERSION = "1.10.0"
+MODEL_INFO = {
+    "histousim": {
+        "Description": "Histo-uSim: histology-informed Monte Carlo dictionary fit of directionally averaged, "
+                       "b0-normalised PGSE signals (Grigoriou et al., Commun Biol 2025)",
+        "URL": "https://doi.org/10.1038/s42003-025-09096-3"},
+}
+DIAGNOSTICS = {
+    "exitcode": ("Fit exit code: 1 fitted, 0 background, -1 failed or invalid data (NaN/non-positive b=0)", ""),
+    "fobj": ("Objective at the optimum: mean squared residual of the offset-Gaussian model + regularisation", ""),
+    "loglik": ("Gaussian log-likelihood at the optimum (sigma from the noise map, or its ML estimate)", ""),
+    "aic": ("Akaike information criterion 2P - 2 logL", ""),
+    "bic": ("Bayesian information criterion P ln M - 2 logL", ""),
+}
+BIDSIGNORE = ["*_dwimap.*", "*.html", "logs/", "figures/"]
+
+
+def bids_label(name: str) -> str:
+    """Parameter name as a BIDS label (alphanumeric): vCS_cyl -> vCScyl."""
+    return re.sub(r"[^a-zA-Z0-9]", "", name)
+
+
+def map_path(out_dir, subject, session, model, param, desc=None, ext=".nii.gz") -> Path:
+    """<out>/sub-<l>[/ses-<l>]/dwi/sub-<l>[_ses-<l>]_space-dwi_model-<m>_param-<p>[_desc-<d>]_dwimap<ext>."""
+    base = Path(out_dir) / f"sub-{subject}"
+    stem = f"sub-{subject}"
+    if session:
+        base, stem = base / f"ses-{session}", f"{stem}_ses-{session}"
+    stem += f"_space-dwi_model-{model}_param-{bids_label(param)}" + (f"_desc-{desc}" if desc else "") + "_dwimap"
+    return base / "dwi" / (stem + ext)
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    """Write via a temporary file in the same folder, then rename (never a half-written file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path, obj) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=_jsonable) + "\n").encode())
+
+
+def _jsonable(o):
+    try:
+        import numpy as np
+        if isinstance(o, np.generic):
+            return o.item()
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+    except ImportError:
+        pass
+    return str(o)
+
+
+def publish(staged: dict) -> list[str]:
+    """Move staged files {final_path: temp_path} into place (each by an atomic rename)."""
+    done = []
+    for final, tmp in staged.items():
+        Path(final).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, final)
+        done.append(str(final))
+    return done
+
+
+def stage_copy(src, final) -> str:
+    """Copy src next to its final place under a hidden temporary name; returns the temp path."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", dir=final.parent)
+    os.close(fd)
+    shutil.copyfile(src, tmp)
+    return tmp
+
+
+def stage_json(obj, final) -> str:
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", dir=final.parent)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(obj, fh, indent=2, default=_jsonable)
+        fh.write("\n")
+    return tmp
+
+
+def map_sidecar(model: str, name: str, unit: str, description: str, parameters: dict, sources: list) -> dict:
+    """Sidecar of one map: Description, Units, Model (BEP016 draft), SkullStripped, Sources."""
+    return {"Description": description, "Units": unit, "SkullStripped": False,
+            "Model": {**MODEL_INFO.get(model, {"Description": model}), "Parameters": parameters},
+            "Sources": sources, "GeneratedBy": {"Name": "dmrimc-bids", "Version": __version__},
+            "ParameterName": name}
+
+
+def write_dataset_description(out_dir, bids_dir, seed=None, command=None) -> None:
+    """dataset_description.json (derivative; our GeneratedBy first, then the input's) and .bidsignore."""
+    out_dir = Path(out_dir)
+    ours = {"Name": "dmrimc-bids", "Version": __version__,
+            "Description": "histology-informed dMRI microstructure maps"
+                           + (f"; seed {seed}" if seed is not None else "")
+                           + (f"; command: {command}" if command else ""),
+            "CodeURL": "https://pypi.org/project/dmrimc-bids/"}
+    generated = [ours]
+    src_desc = Path(bids_dir) / "dataset_description.json"
+    name = "dmrimc-bids derivatives"
+    if src_desc.is_file():
+        try:
+            src = json.loads(src_desc.read_text())
+            generated += [g for g in src.get("GeneratedBy", []) if isinstance(g, dict)]
+            name = f"dmrimc-bids derivatives of {src.get('Name', Path(bids_dir).name)}"
+        except (json.JSONDecodeError, AttributeError):
+            pass
+    desc = {"Name": name, "BIDSVersion": BIDS_VERSION, "DatasetType": "derivative", "GeneratedBy": generated,
+            "SourceDatasets": [{"URL": f"file://{Path(bids_dir).resolve()}"}]}
+    atomic_write_json(out_dir / "dataset_description.json", desc)
+    ignore = out_dir / ".bidsignore"
+    lines = ignore.read_text().splitlines() if ignore.is_file() else []
+    atomic_write_bytes(ignore, ("\n".join(dict.fromkeys(lines + BIDSIGNORE)) + "\n").encode())

@@ -1,0 +1,202 @@
+"""Find each subject/session's DWI, timing files, mask and noise map with pybids."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..core.errors import EX_NOINPUT, EX_USAGE, InputError
+
+EXIT_NO_FILES = 18  # BIDS-Apps draft: entity-based filtering selected no files
+
+
+@dataclass
+class SessionInputs:
+    """Everything the participant workflow needs for one subject (and session)."""
+
+    subject: str
+    session: str | None
+    dwi_files: list
+    bval_files: list
+    bvec_files: list
+    sidecar_files: list
+    gdur_files: list
+    gsep_files: list
+    mask_file: str = ""
+    sigma_file: str = ""
+    entities: dict = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return f"sub-{self.subject}" + (f"_ses-{self.session}" if self.session else "")
+
+
+def _strip(labels, prefix):
+    return [lbl[len(prefix):] if lbl.startswith(prefix) else lbl for lbl in labels or []]
+
+
+def load_filters(path) -> dict:
+    """--bids-filter-file: {"dwi": {entity: value}}; null means 'absent', "*" means 'any'."""
+    from bids.layout import Query
+
+    try:
+        raw = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"cannot read the BIDS filter file ({exc})", path=path, exit_code=EX_USAGE,
+                         fix='write JSON like {"dwi": {"acquisition": "multidelta"}}') from exc
+    flt = raw.get("dwi", raw) if isinstance(raw, dict) else None
+    if not isinstance(flt, dict):
+        raise InputError("the BIDS filter file is not a JSON object", path=path, exit_code=EX_USAGE,
+                         fix='write JSON like {"dwi": {"acquisition": "multidelta"}}')
+    return {k: Query.NONE if v is None else Query.ANY if v == "*" else v for k, v in flt.items()}
+
+
+def _derivative_layouts(bids_dir: Path, derivatives):
+    from bids import BIDSLayout
+
+    roots = [Path(d) for d in derivatives or []]
+    auto = bids_dir / "derivatives"
+    if auto.is_dir():
+        roots += [p for p in sorted(auto.iterdir()) if p.is_dir() and p.resolve() not in [r.resolve() for r in roots]]
+    layouts = []
+    for r in roots:
+        if not r.is_dir():
+            raise InputError("derivatives folder not found", path=r, exit_code=EX_NOINPUT, fix="check --derivatives")
+        layouts.append((r, BIDSLayout(str(r), validate=False, is_derivative=True)))
+    return layouts
+
+
+def collect_inputs(bids_dir, derivatives=None, participant_label=None, session_label=None, filters=None,
+                   validate=True, mask_label=None, mask_file=None, sigma_file=None) -> list[SessionInputs]:
+    """One SessionInputs per subject/session with DWI, in subject order.
+
+    DWI comes from the ``--derivatives`` folders (``desc-preproc_dwi``, as QSIPrep writes) when
+    they hold one for the subject/session, else from the raw dataset. Masks (``desc-<label>_mask``)
+    and σ maps (``desc-sigma``) are looked up in the derivatives folders and in bids_dir/derivatives.
+    """
+    from bids import BIDSLayout
+    from bids.exceptions import BIDSValidationError
+    from bids.layout import Query
+
+    bids_dir = Path(bids_dir)
+    if not bids_dir.is_dir():
+        raise InputError("BIDS dataset folder not found", path=bids_dir, exit_code=EX_NOINPUT, fix="check bids_dir")
+    try:
+        raw = BIDSLayout(str(bids_dir), validate=validate)
+    except BIDSValidationError as exc:
+        raise InputError(f"not a valid BIDS dataset ({exc})", path=bids_dir, exit_code=16,
+                         fix="add dataset_description.json or pass --skip-bids-validation") from exc
+    ders = _derivative_layouts(bids_dir, derivatives)
+    explicit = [(r, lay) for r, lay in ders if str(r) in map(str, derivatives or [])]
+    filters = dict(filters or {})
+    subjects = raw.get_subjects() or []
+    for _, lay in explicit:
+        subjects = sorted(set(subjects) | set(lay.get_subjects()))
+    wanted = _strip(participant_label, "sub-")
+    if wanted:
+        missing = [s for s in wanted if s not in subjects]
+        if missing:
+            raise InputError(f"participant(s) {', '.join(missing)} not in the dataset", path=bids_dir,
+                             exit_code=EX_NOINPUT, fix=f"choose among {', '.join(subjects) or '(none)'}")
+        subjects = wanted
+    sessions_wanted = _strip(session_label, "ses-")
+    out = []
+    for sub in subjects:
+        sessions = sorted(set(raw.get_sessions(subject=sub)) |
+                          {s for _, lay in explicit for s in lay.get_sessions(subject=sub)}) or [None]
+        for ses in sessions:
+            if sessions_wanted and ses not in sessions_wanted:
+                continue
+            q = dict(subject=sub, session=ses if ses else Query.NONE, datatype="dwi", suffix="dwi",
+                     extension=[".nii", ".nii.gz"], **filters)
+            files, lay_used = [], raw
+            for _, lay in explicit:
+                files = lay.get(desc="preproc", return_type="object", **q)
+                if files:
+                    lay_used = lay
+                    break
+            if not files:
+                files = raw.get(return_type="object", **{k: v for k, v in q.items()})
+                files = [f for f in files if "desc" not in f.entities]
+            if not files:
+                continue
+            item = _session_item(sub, ses, files, lay_used)
+            item.mask_file = str(mask_file) if mask_file else _find_mask(ders, sub, ses, mask_label)
+            item.sigma_file = str(sigma_file) if sigma_file else _find_one(ders, sub, ses, desc="sigma")
+            out.append(item)
+    if not out:
+        raise InputError("no DWI series found for the requested participants/sessions/filters", path=bids_dir,
+                         exit_code=EXIT_NO_FILES, fix="check --participant-label, --session-label, "
+                                                       "--bids-filter-file and --derivatives")
+    return out
+
+
+def _session_item(sub, ses, files, layout) -> SessionInputs:
+    files = sorted(files, key=lambda f: f.path)
+    dwi, bval, bvec, side, gdur, gsep = [], [], [], [], [], []
+    for f in files:
+        stem = re.sub(r"\.nii(\.gz)?$", "", f.path)
+        dwi.append(f.path)
+        b = Path(stem + ".bval")
+        if not b.is_file():
+            try:
+                b = Path(layout.get_bval(f.path))
+            except Exception as exc:
+                raise InputError("no .bval file for this DWI", path=f.path, exit_code=EX_NOINPUT,
+                                 fix="add the .bval beside the NIfTI (one b-value per volume)") from exc
+        bval.append(str(b))
+        try:
+            bvec.append(str(Path(stem + ".bvec")) if Path(stem + ".bvec").is_file() else layout.get_bvec(f.path))
+        except Exception:
+            bvec.append("")
+        js = Path(stem + ".json")
+        if js.is_file():
+            side.append(str(js))
+        else:
+            meta = layout.get_metadata(f.path)
+            side.append(_inherited_sidecar(layout, f) if meta else "")
+        gdur.append(stem + ".gdur" if Path(stem + ".gdur").is_file() else "")
+        gsep.append(stem + ".gsep" if Path(stem + ".gsep").is_file() else "")
+    ent = {k: v for k, v in files[0].entities.items() if k in ("subject", "session")}
+    return SessionInputs(sub, ses, dwi, bval, bvec, side, gdur, gsep, entities=ent)
+
+
+def _inherited_sidecar(layout, f) -> str:
+    """Write nothing; return the nearest JSON that BIDS inheritance applies to this file."""
+    try:
+        near = layout.get_nearest(f.path, extension=".json", suffix="dwi", strict=False, all_=False)
+        return near or ""
+    except Exception:
+        return ""
+
+
+def _find_one(ders, sub, ses, **query) -> str:
+    from bids.layout import Query
+
+    for _, lay in ders:
+        hits = [h for h in lay.get(subject=sub, session=ses if ses else Query.NONE,
+                                   extension=[".nii", ".nii.gz"], return_type="file", **query)]
+        if hits:
+            return hits[0]
+    return ""
+
+
+def _find_mask(ders, sub, ses, label) -> str:
+    from bids.layout import Query
+
+    hits = []
+    for _, lay in ders:
+        q = dict(subject=sub, session=ses if ses else Query.NONE, suffix="mask", extension=[".nii", ".nii.gz"],
+                 return_type="file")
+        if label:
+            q["desc"] = label
+        hits += lay.get(**q)
+    if len(hits) > 1 and not label:
+        raise InputError(f"several masks for sub-{sub}: {', '.join(Path(h).name for h in hits)}", exit_code=EX_USAGE,
+                         path=Path(hits[0]).parent, fix="choose one with --mask-label <desc label>")
+    if label and not hits:
+        raise InputError(f"no desc-{label}_mask for sub-{sub}" + (f" ses-{ses}" if ses else ""), exit_code=EX_NOINPUT,
+                         fix="check --mask-label and --derivatives")
+    return hits[0] if hits else ""

@@ -1,0 +1,232 @@
+"""`dmrimc-bids bids_dir out_dir participant`: the BIDS App."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("NIPYPE_NO_ET", "1")  # no network check for updates (offline clusters)
+
+from .. import __version__  # noqa: E402
+from ..core.errors import EX_USAGE, InputError  # noqa: E402
+
+LOG = logging.getLogger("dmrimc-bids")
+
+
+def _pair(text: str, what: str):
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"{what} must look like NAME=VALUE, got {text!r}")
+    name, value = text.split("=", 1)
+    return name.strip(), value.strip()
+
+
+def _fix(text):
+    name, value = _pair(text, "--fix")
+    try:
+        return name, float(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--fix {text}: {value!r} is not a number") from exc
+
+
+def _bound(text):
+    name, value = _pair(text, "--bounds")
+    try:
+        lo, hi = (float(v) for v in value.split(","))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--bounds {text}: give NAME=LO,HI") from exc
+    if not lo < hi:
+        raise argparse.ArgumentTypeError(f"--bounds {text}: LO must be below HI")
+    return name, (lo, hi)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, BIDS-Apps usage exit code
+        self.print_usage(sys.stderr)
+        print(f"dmrimc-bids: error: {message}", file=sys.stderr)
+        sys.exit(EX_USAGE)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="dmrimc-bids", description="Histology-informed dMRI microstructure maps (Histo-uSim) "
+                                                "from a BIDS dataset.")
+    p.add_argument("bids_dir", type=Path, help="BIDS dataset (raw)")
+    p.add_argument("output_dir", type=Path, help="where the derivatives go")
+    p.add_argument("analysis_level", choices=["participant", "group"])
+    p.add_argument("--version", action="version", version=f"dmrimc-bids {__version__}")
+    g = p.add_argument_group("selecting inputs")
+    g.add_argument("--participant-label", "--participant_label", nargs="+", metavar="LABEL")
+    g.add_argument("--session-label", "--session-id", "--session_label", nargs="+", metavar="LABEL")
+    g.add_argument("--bids-filter-file", type=Path, metavar="FILE", help='JSON {"dwi": {entity: value}}')
+    g.add_argument("--derivatives", nargs="+", type=Path, metavar="DIR",
+                   help="derivative datasets with preprocessed DWI (desc-preproc_dwi), masks, σ maps")
+    g.add_argument("--skip-bids-validation", "--skip_bids_validation", action="store_true")
+    g.add_argument("--mask", type=Path, metavar="FILE", help="mask on the DWI grid (all subjects)")
+    g.add_argument("--mask-label", metavar="LABEL", help="use the derivative desc-LABEL_mask")
+    g.add_argument("--noise-map", type=Path, metavar="FILE",
+                   help="noise σ map of one acquired volume, signal units (default: derivative desc-sigma)")
+    g.add_argument("--small-delta", type=float, metavar="MS", help="gradient duration δ [ms] for every volume")
+    g.add_argument("--big-delta", type=float, metavar="MS", help="gradient separation Δ [ms] for every volume")
+    m = p.add_argument_group("model")
+    m.add_argument("--dictionary", type=Path, metavar="NPZ", help="dictionary (default: embedded analytic one)")
+    m.add_argument("--params", nargs="+", metavar="NAME", help="parameters to estimate (D0in, D0ex, kappa added)")
+    m.add_argument("--fix", nargs="+", type=_fix, default=[], metavar="NAME=VALUE", help="fix at a grid value")
+    m.add_argument("--bounds", nargs="+", type=_bound, default=[], metavar="NAME=LO,HI")
+    m.add_argument("--b0-threshold", type=float, default=20.0, metavar="B", help="b <= B is b=0 [s/mm²] (20)")
+    m.add_argument("--vasc-threshold", type=float, default=250.0, metavar="B",
+                   help="drop non-zero b below B from the tissue fit [s/mm²] (250)")
+    m.add_argument("--shell-tolerance", type=float, default=20.0, metavar="B", help="b within B is one shell [s/mm²] (20)")
+    m.add_argument("--match-tolerance-b", type=float, default=100.0, metavar="B", help="[s/mm²] (100)")
+    m.add_argument("--match-tolerance-ms", type=float, default=2.5, metavar="MS", help="δ and Δ [ms] (2.5)")
+    m.add_argument("--n-averages", type=float, default=1.0, metavar="N",
+                   help="the σ map refers to data magnitude-averaged over N volumes (1)")
+    m.add_argument("--reg", nargs=2, default=["2", "0"], metavar=("NORM", "WEIGHT"),
+                   help="L1/L2 regularisation towards the range centre, e.g. --reg 2 0.0025 (none)")
+    m.add_argument("--surrogate-smoothing", type=float, default=1e-3, metavar="LAMBDA")
+    e = p.add_argument_group("execution")
+    e.add_argument("-w", "--work-dir", type=Path, help="Nipype work dir; reruns reuse finished nodes")
+    e.add_argument("--nprocs", "--nthreads", "--n-cpus", type=int, default=1)
+    e.add_argument("--omp-nthreads", type=int, default=1, help="threads per fitting process")
+    e.add_argument("--seed", "--random-seed", type=int, default=0, help="recorded in sidecars")
+    e.add_argument("--chunk-size", type=int, default=1000, help="voxels per fitting batch (memory)")
+    e.add_argument("-v", "--verbose", action="count", default=0)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose == 0 else logging.DEBUG, format="%(message)s",
+                        stream=sys.stderr)
+    try:
+        return _run(args)
+    except InputError as exc:
+        print(f"dmrimc-bids: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+def _run(args) -> int:
+    if args.analysis_level == "group":
+        raise InputError("the group level is not part of this version yet", exit_code=EX_USAGE,
+                         fix="run the participant level; cohort tables come with a later release")
+    if args.output_dir.resolve() == args.bids_dir.resolve():
+        raise InputError("the output folder is the BIDS dataset itself", path=args.output_dir, exit_code=EX_USAGE,
+                         fix="write elsewhere, e.g. <bids_dir>/derivatives/dmrimc-bids")
+    try:
+        reg_norm, reg_weight = int(args.reg[0]), float(args.reg[1])
+        if reg_norm not in (1, 2) or reg_weight < 0:
+            raise ValueError
+    except ValueError:
+        raise InputError(f"--reg {' '.join(args.reg)}", exit_code=EX_USAGE, fix="give --reg 1|2 WEIGHT>=0") from None
+    for flag, value in (("--nprocs", args.nprocs), ("--omp-nthreads", args.omp_nthreads)):
+        if value < 1:
+            raise InputError(f"{flag} {value}", exit_code=EX_USAGE, fix=f"give {flag} >= 1")
+
+    from ..bids.layout import collect_inputs, load_filters
+    from ..interfaces.dictionary import load_selected
+    from ..workflows.participant import Options, init_participant_wf, preflight
+
+    opts = Options(out_dir=str(args.output_dir), dictionary=str(args.dictionary or ""), params=args.params or [],
+                   fix=dict(args.fix), b0_threshold=args.b0_threshold, vasc_threshold=args.vasc_threshold,
+                   shell_tolerance=args.shell_tolerance, small_delta_ms=args.small_delta,
+                   big_delta_ms=args.big_delta, match_tol_b=args.match_tolerance_b,
+                   match_tol_ms=args.match_tolerance_ms, n_averages=args.n_averages, reg_norm=reg_norm,
+                   reg_weight=reg_weight, bounds=dict(args.bounds), smoothing=args.surrogate_smoothing,
+                   omp_nthreads=args.omp_nthreads, chunk_size=args.chunk_size, seed=args.seed)
+    dictionary = load_selected(opts.dictionary, opts.params, opts.fix)
+    for name in opts.bounds:
+        if name not in dictionary.names:
+            raise InputError(f"--bounds names unknown parameter {name!r}", exit_code=EX_USAGE,
+                             fix=f"choose among {', '.join(dictionary.names)}")
+    filters = load_filters(args.bids_filter_file) if args.bids_filter_file else None
+    items = collect_inputs(args.bids_dir, args.derivatives, args.participant_label, args.session_label, filters,
+                           validate=not args.skip_bids_validation, mask_label=args.mask_label,
+                           mask_file=args.mask, sigma_file=args.noise_map)
+    ok, failed = [], []
+    for item in items:
+        try:
+            summary = preflight(item, opts, dictionary)
+        except InputError as exc:
+            print(f"dmrimc-bids: error: {item.label}: {exc}", file=sys.stderr)
+            failed.append((item, exc.exit_code))
+            continue
+        for w in summary["warnings"]:
+            LOG.warning("%s: warning: %s", item.label, w)
+        LOG.info("%s: %d volumes -> %d shells, %d fitted measurements", item.label, summary["volumes"],
+                 summary["shells"], summary["fitted"])
+        ok.append(item)
+    if ok:
+        failed += _execute(ok, opts, args)
+    if len(failed) < len(items):
+        from ..bids.derivatives import write_dataset_description
+        write_dataset_description(args.output_dir, args.bids_dir, opts.seed, " ".join(sys.argv))
+    if failed:
+        print(f"dmrimc-bids: {len(failed)} of {len(items)} subject/session(s) failed: "
+              + ", ".join(i.label for i, _ in failed), file=sys.stderr)
+        return failed[0][1] if len(failed) == len(items) else 1
+    LOG.info("dmrimc-bids: finished %d subject/session(s) -> %s", len(items), args.output_dir)
+    return 0
+
+
+def _execute(items, opts, args) -> list:
+    """Run the graph; return [(item, exit code)] of the subjects whose outputs are missing."""
+    from nipype import config as ncfg
+    from nipype import logging as nlogging
+
+    from ..bids.derivatives import map_path
+    from ..workflows.participant import init_participant_wf
+
+    tmp_work = None
+    work = args.work_dir
+    if work is None:
+        tmp_work = Path(tempfile.mkdtemp(prefix="dmrimc_work_"))
+        work = tmp_work
+    work = Path(work).resolve()
+    crash_dir = work / "crash"
+    ncfg.update_config({"execution": {"crashdump_dir": str(crash_dir), "crashfile_format": "txt",
+                                      "stop_on_first_crash": False, "remove_unnecessary_outputs": False},
+                        "monitoring": {"enabled": False}})
+    for name in ("nipype.workflow", "nipype.interface", "nipype.utils"):
+        nlogging.getLogger(name).setLevel(logging.INFO if args.verbose > 1 else logging.WARNING)
+    wf = init_participant_wf(items, opts, work)
+    plugin, plugin_args = ("Linear", {}) if args.nprocs == 1 else ("MultiProc", {"n_procs": args.nprocs,
+                                                                                   "raise_insufficient": False})
+    before = set(crash_dir.glob("crash-*.txt")) if crash_dir.is_dir() else set()
+    t0 = time.perf_counter()
+    try:
+        wf.run(plugin=plugin, plugin_args=plugin_args)
+    except RuntimeError as exc:  # some node failed; we find out which subjects below
+        LOG.debug("workflow: %s", exc)
+    LOG.info("workflow finished in %.1f s", time.perf_counter() - t0)
+    crashes = sorted(set(crash_dir.glob("crash-*.txt")) - before) if crash_dir.is_dir() else []
+    failed = []
+    for item in items:
+        reason = _crash_reason(crashes, item)
+        expected = map_path(opts.out_dir, item.subject, item.session, "histousim", "exitcode")
+        if reason or not expected.is_file():
+            print(f"dmrimc-bids: error: {item.label}: processing failed{': ' + reason if reason else ''}",
+                  file=sys.stderr)
+            failed.append((item, 1))
+    if tmp_work is not None and not failed:  # keep the crash files of a failed run
+        shutil.rmtree(tmp_work, ignore_errors=True)
+    return failed
+
+
+def _crash_reason(crash_files, item) -> str:
+    tag = f"single_subject_{item.subject}" + (f"_ses_{item.session}" if item.session else "") + "_wf"
+    for f in crash_files:
+        text = f.read_text(errors="replace")
+        if tag in text or tag in f.name:
+            for line in reversed(text.splitlines()):
+                if "InputError" in line or "Error" in line:
+                    return line.split(":", 1)[-1].strip() + f" (crash file {f})"
+            return f"see {f}"
+    return ""
+
+
+if __name__ == "__main__":
+    sys.exit(main())

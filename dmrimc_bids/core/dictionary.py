@@ -1,0 +1,267 @@
+"""Signal dictionaries: storage, import of the published arrays, protocol matching, parameter selection.
+
+On disk a dictionary is ``<stem>.npz`` (``signals`` float32 [K micro-structures, M measurements],
+``params`` float64 [K, P]) plus ``<stem>.json`` (parameter names, units, ranges, the protocol
+table, provenance). Signals are b0-normalised (1 at b = 0).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import EX_NOINPUT, EX_USAGE, InputError
+from .protocol import Protocol, read_numbers
+
+#: Units of the tissue parameters we know of (BIDS-style unit strings).
+PARAM_UNITS = {"fin": "", "mCS": "um", "varCS": "um^2", "skewCS": "", "vCS": "um", "vCS_sph": "um",
+               "vCS_cyl": "um", "D0in": "um^2/ms", "D0ex": "um^2/ms", "kappa": "um/s"}
+PARAM_DESCRIPTIONS = {
+    "fin": "intra-cellular volume fraction (normalised)",
+    "mCS": "mean cell size (diameter of the circle with the cell's area)",
+    "varCS": "variance of cell size", "skewCS": "skewness of cell size",
+    "vCS": "volume-weighted cell size index",
+    "vCS_sph": "volume-weighted cell size index, spherical geometry ((<CS^7>/<CS^3>)^(1/4))",
+    "vCS_cyl": "volume-weighted cell size index, cylindrical geometry ((<CS^6>/<CS^2>)^(1/4))",
+    "D0in": "intrinsic intra-cellular diffusivity", "D0ex": "intrinsic extra-cellular diffusivity",
+    "kappa": "cell membrane permeability"}
+#: Column order of the published Histo-μSim parameter arrays.
+HISTOUSIM_PARAM_NAMES = ("fin", "mCS", "varCS", "skewCS", "vCS_sph", "vCS_cyl", "D0in", "D0ex", "kappa")
+#: Column order of the published leave-one-out arrays (shared/reference/histo_loo).
+HISTOUSIM_LOO_PARAM_NAMES = ("fin", "vCS", "D0in", "D0ex", "kappa")
+#: Parameters always kept by a selection unless fixed (as in the published tools).
+ALWAYS_KEPT = ("D0in", "D0ex", "kappa")
+
+#: Default matching tolerances: b [s/mm²] and δ, Δ [ms].
+MATCH_TOL_B = 100.0
+MATCH_TOL_MS = 2.5
+
+
+@dataclass
+class Dictionary:
+    """Signals of K micro-structures for M measurements, with their P tissue parameters."""
+
+    signals: np.ndarray
+    params: np.ndarray
+    names: list
+    protocol: Protocol
+    units: dict = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.signals = np.ascontiguousarray(self.signals, dtype=np.float32)
+        self.params = np.ascontiguousarray(np.atleast_2d(self.params), dtype=np.float64)
+        self.names = list(self.names)
+        if self.signals.ndim != 2 or self.signals.shape[0] != self.params.shape[0]:
+            raise ValueError(f"signals {self.signals.shape} and params {self.params.shape} disagree in rows")
+        if self.params.shape[1] != len(self.names):
+            raise ValueError(f"{self.params.shape[1]} parameter columns for {len(self.names)} names")
+        if self.signals.shape[1] != len(self.protocol):
+            raise ValueError(f"{self.signals.shape[1]} signal columns for {len(self.protocol)} measurements")
+        self.units = {n: self.units.get(n, PARAM_UNITS.get(n, "")) for n in self.names}
+
+    def __len__(self) -> int:
+        return self.signals.shape[0]
+
+    @property
+    def max_b(self) -> float:
+        """Largest b of the dictionary's protocol [s/mm²]."""
+        return float(self.protocol.b.max())
+
+    def ranges(self) -> tuple[np.ndarray, np.ndarray]:
+        """(min, max) of each parameter over the dictionary."""
+        return self.params.min(axis=0), self.params.max(axis=0)
+
+    def checksum(self) -> str:
+        """sha256 of the signal and parameter arrays (and names): identifies the dictionary content."""
+        h = hashlib.sha256()
+        h.update(np.ascontiguousarray(self.signals).tobytes())
+        h.update(np.ascontiguousarray(self.params).tobytes())
+        h.update(json.dumps(self.names).encode())
+        return h.hexdigest()
+
+    def describe(self) -> dict:
+        """JSON-able summary for sidecars: size, parameters, ranges, provenance, checksum."""
+        lo, hi = self.ranges()
+        return {"Entries": len(self), "Measurements": len(self.protocol), "Parameters": self.names,
+                "Units": self.units, "Ranges": {n: [float(a), float(b)] for n, a, b in zip(self.names, lo, hi)},
+                "Checksum": {"sha256": self.checksum()}, "Provenance": self.provenance}
+
+    # ---- io -------------------------------------------------------------------------------------
+    def save(self, path) -> Path:
+        """Write ``<stem>.npz`` and ``<stem>.json`` atomically; returns the .npz path."""
+        stem = Path(path).with_suffix("") if Path(path).suffix in (".npz", ".json") else Path(path)
+        npz, js = stem.with_suffix(".npz"), stem.with_suffix(".json")
+        lo, hi = self.ranges()
+        meta = {"names": self.names, "units": self.units,
+                "ranges": {n: [float(a), float(b)] for n, a, b in zip(self.names, lo, hi)},
+                "protocol": self.protocol.to_rows(), "provenance": self.provenance,
+                "checksum": self.checksum()}
+        tmp = npz.with_name(f".{npz.name}.tmp.npz")
+        np.savez(tmp, signals=self.signals, params=self.params)
+        os.replace(tmp, npz)
+        tmp = js.with_name(f".{js.name}.tmp")
+        tmp.write_text(json.dumps(meta, indent=1))
+        os.replace(tmp, js)
+        return npz
+
+    @classmethod
+    def load(cls, path) -> "Dictionary":
+        """Read a dictionary from its ``.npz`` or ``.json`` path (or their common stem)."""
+        p = Path(path)
+        stem = p.with_suffix("") if p.suffix in (".npz", ".json") else p
+        npz, js = stem.with_suffix(".npz"), stem.with_suffix(".json")
+        for f in (npz, js):
+            if not f.is_file():
+                raise InputError("dictionary file not found", path=f, exit_code=EX_NOINPUT,
+                                 fix="a dictionary is a .npz (signals, params) with a .json beside it; "
+                                     "import published arrays with `dmrimc-bids-dictionary import-histousim`")
+        try:
+            arrays = np.load(npz)
+            meta = json.loads(js.read_text())
+            rows = meta["protocol"]
+            proto = Protocol([r["b"] for r in rows], [r["small_delta"] for r in rows],
+                             [r["big_delta"] for r in rows],
+                             [np.nan if r.get("echo_time") is None else r["echo_time"] for r in rows])
+            return cls(arrays["signals"], arrays["params"], meta["names"], proto, meta.get("units", {}),
+                       meta.get("provenance", {}))
+        except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
+            raise InputError(f"cannot read the dictionary ({exc})", path=npz,
+                             fix="re-create it with Dictionary.save or the import command") from exc
+
+    # ---- selection and matching -----------------------------------------------------------------
+    def select(self, keep=None, fix: dict | None = None) -> "Dictionary":
+        """Keep some parameters and fix others.
+
+        keep: names to estimate (``--params``); D0in, D0ex and kappa are added unless fixed.
+        fix: {name: value}: keep only the rows at that value and drop the column; the value must be
+        on the dictionary's grid. Unknown names raise InputError (exit 64).
+        """
+        fix = dict(fix or {})
+        for name in list(keep or []) + list(fix):
+            if name not in self.names:
+                raise InputError(f"unknown parameter {name!r}", exit_code=EX_USAGE,
+                                 fix=f"choose among {', '.join(self.names)}")
+        rows = np.ones(len(self), dtype=bool)
+        for name, value in fix.items():
+            col = self.params[:, self.names.index(name)]
+            scale = max(np.abs(col).max(), 1e-12)
+            at = np.isclose(col, float(value), rtol=0, atol=1e-6 * scale)
+            if not at.any():
+                grid = np.unique(col)
+                shown = ", ".join(f"{g:g}" for g in grid[:20]) + (" ..." if grid.size > 20 else "")
+                raise InputError(f"--fix {name}={value:g} is not on the dictionary's grid", exit_code=EX_USAGE,
+                                 fix=f"use one of {shown}")
+            rows &= at
+        if keep:
+            chosen = list(dict.fromkeys(list(keep) + [n for n in ALWAYS_KEPT if n in self.names]))
+        else:
+            chosen = list(self.names)
+        chosen = [n for n in chosen if n not in fix]
+        if not chosen:
+            raise InputError("no parameter left to estimate", exit_code=EX_USAGE, fix="fix fewer parameters")
+        cols = [self.names.index(n) for n in chosen]
+        prov = dict(self.provenance)
+        prov["selection"] = {"estimated": chosen, "fixed": {k: float(v) for k, v in fix.items()}}
+        return Dictionary(self.signals[rows], self.params[np.ix_(rows, cols)], chosen, self.protocol,
+                          {n: self.units[n] for n in chosen}, prov)
+
+    def match(self, measured: Protocol, tol_b: float = MATCH_TOL_B, tol_ms: float = MATCH_TOL_MS,
+              b0_threshold: float = 20.0, source=None) -> "Dictionary":
+        """The dictionary's columns for a measured protocol, matched jointly on (b, δ, Δ).
+
+        Each measurement maps to the dictionary measurement nearest in the scaled distance
+        sqrt((Δb/tol_b)² + (Δδ/tol_ms)² + (ΔΔ/tol_ms)²), and only if every coordinate is within
+        its tolerance (matching coordinates one by one can pick a combination the dictionary does
+        not have). Measured b=0 maps to a signal of 1. The result has the measured protocol and a
+        ``matching`` provenance table; InputError names every measurement without a match.
+        """
+        d = self.protocol
+        dw = d.b > b0_threshold
+        cols, report, unmatched = [], [], []
+        for i in range(len(measured)):
+            b, sd, bd = measured.b[i], measured.small_delta_ms[i], measured.big_delta_ms[i]
+            if b <= b0_threshold:
+                cols.append(-1)
+                report.append({"b": float(b), "dictionary": "b=0 (signal 1)"})
+                continue
+            db = (d.b - b) / tol_b
+            dsd = (d.small_delta_ms - sd) / tol_ms
+            dbd = (d.big_delta_ms - bd) / tol_ms
+            dist = np.where(dw, db**2 + dsd**2 + dbd**2, np.inf)
+            j = int(np.argmin(dist))
+            if not (abs(db[j]) <= 1 and abs(dsd[j]) <= 1 and abs(dbd[j]) <= 1 and dw[j]):
+                unmatched.append(f"b={b:g} s/mm², δ={sd:g} ms, Δ={bd:g} ms")
+                continue
+            cols.append(j)
+            report.append({"b": float(b), "small_delta": float(sd), "big_delta": float(bd),
+                           "dictionary": {"b": float(d.b[j]), "small_delta": float(d.small_delta_ms[j]),
+                                          "big_delta": float(d.big_delta_ms[j]), "column": j}})
+        if unmatched:
+            raise InputError(
+                f"no dictionary measurement within ±{tol_b:g} s/mm² and ±{tol_ms:g} ms of: " + "; ".join(unmatched),
+                path=source, fix="use a dictionary simulated for this protocol (dmrimc-sim) or widen "
+                                 "--match-tolerance-b/--match-tolerance-ms")
+        cols = np.array(cols, dtype=int)
+        sig = np.ones((len(self), cols.size), dtype=np.float32)
+        sig[:, cols >= 0] = self.signals[:, cols[cols >= 0]]
+        prov = dict(self.provenance)
+        prov["matching"] = {"tolerance": {"b": tol_b, "ms": tol_ms}, "measurements": report,
+                            "source_checksum": self.checksum()}
+        return Dictionary(sig, self.params, self.names, measured, self.units, prov)
+
+
+def import_histousim(ref_bval, ref_gdur, ref_gsep, signal_files, param_files, names=None,
+                     provenance: dict | None = None) -> Dictionary:
+    """Dictionary from the published Histo-μSim arrays.
+
+    ref_bval/ref_gdur/ref_gsep: the reference protocol, one column per measurement (b in s/mm², δ
+    and Δ in ms). signal_files/param_files: ``.npy`` arrays [rows = micro-structures], possibly split
+    over several files that are stacked in the order given (pairs must agree in rows). names: the
+    parameter columns; by default the published 9-column order (fin, mCS, varCS, skewCS, vCS_sph,
+    vCS_cyl, D0in, D0ex, kappa) or the 5-column order of the leave-one-out arrays.
+    """
+    b = read_numbers(ref_bval, "b-value")
+    sd = read_numbers(ref_gdur, "gradient duration")
+    bd = read_numbers(ref_gsep, "gradient separation")
+    if not (b.size == sd.size == bd.size):
+        raise InputError(f"reference protocol has {b.size} b-values, {sd.size} δ and {bd.size} Δ",
+                         path=ref_bval, fix="give one b, δ and Δ per dictionary measurement")
+    signal_files, param_files = list(signal_files), list(param_files)
+    if len(signal_files) != len(param_files):
+        raise InputError(f"{len(signal_files)} signal files for {len(param_files)} parameter files",
+                         fix="give one parameter array per signal array, in the same order")
+    sigs, pars = [], []
+    for fs, fp in zip(signal_files, param_files):
+        s, p = _load_npy(fs), np.atleast_2d(_load_npy(fp))
+        if s.ndim != 2 or s.shape[1] != b.size:
+            raise InputError(f"signal array of shape {s.shape} for a {b.size}-measurement protocol", path=fs,
+                             fix="rows are micro-structures, columns the reference protocol's measurements")
+        if p.shape[0] != s.shape[0]:
+            raise InputError(f"{p.shape[0]} parameter rows for {s.shape[0]} signal rows", path=fp,
+                             fix="pair each signal array with its own parameter array")
+        sigs.append(s)
+        pars.append(p)
+    params = np.concatenate(pars)
+    if names is None:
+        names = {9: HISTOUSIM_PARAM_NAMES, 5: HISTOUSIM_LOO_PARAM_NAMES}.get(params.shape[1])
+        if names is None:
+            raise InputError(f"{params.shape[1]} parameter columns: names unknown", path=param_files[0],
+                             fix="pass the parameter names in column order")
+    prov = {"source": "Histo-uSim published arrays (Grigoriou et al., Commun Biol 2025)",
+            "files": [str(f) for f in signal_files + param_files]}
+    prov.update(provenance or {})
+    return Dictionary(np.concatenate(sigs), params, list(names), Protocol(b, sd, bd), {}, prov)
+
+
+def _load_npy(path) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read the array ({exc})", path=path, exit_code=EX_NOINPUT,
+                         fix="give a NumPy .npy file") from exc

@@ -1,0 +1,304 @@
+"""Acquisition protocol: per-measurement b-value and gradient timing.
+
+Units inside the core: b in s/mm², gradient duration δ (``small_delta_ms``), separation Δ
+(``big_delta_ms``) and echo time (``echo_time_ms``) in ms. BIDS sidecars store times in seconds
+(``SmallDelta``/``BigDelta``/``EchoTime``, bids-specification PR #2309; ``LargeDelta`` is read as
+``BigDelta``, as QSIRecon does); the original Histo-μSim tools use per-volume ``.gdur``/``.gsep``
+text files in ms. Everything here is plain numpy: no nipype, no pybids.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import EX_DATAERR, EX_NOINPUT, EX_USAGE, InputError
+
+#: Proton gyromagnetic ratio [rad/(s·T)].
+GAMMA_RAD_PER_S_PER_T = 2.6752218744e8
+
+#: A sidecar time above this many seconds is taken to be a value written in ms by mistake.
+MAX_PLAUSIBLE_SECONDS = 1.0
+#: A time given to us in ms below this is taken to be a value written in seconds by mistake.
+MIN_PLAUSIBLE_MS = 0.2
+
+_COLUMNS = ("b", "small_delta", "big_delta", "echo_time", "n_averaged", "series")
+
+
+@dataclass
+class Protocol:
+    """Per-measurement acquisition parameters.
+
+    b: b-value [s/mm²]; small_delta_ms: gradient duration δ [ms]; big_delta_ms: gradient
+    separation Δ [ms]; echo_time_ms: TE [ms] (NaN when unknown); bvecs: unit gradient directions
+    [N, 3] (zeros when unknown or after directional averaging); n_averaged: number of acquired
+    volumes averaged into each measurement; series: index of the input series (run) a measurement
+    comes from, so that b0 normalisation never mixes runs with different scaling.
+    """
+
+    b: np.ndarray
+    small_delta_ms: np.ndarray
+    big_delta_ms: np.ndarray
+    echo_time_ms: np.ndarray | None = None
+    bvecs: np.ndarray | None = None
+    n_averaged: np.ndarray | None = None
+    series: np.ndarray | None = None
+    waveform: str = "PGSE"
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.b = np.asarray(self.b, dtype=float).ravel()
+        n = self.b.size
+        self.small_delta_ms = _broadcast(self.small_delta_ms, n)
+        self.big_delta_ms = _broadcast(self.big_delta_ms, n)
+        self.echo_time_ms = _broadcast(np.nan if self.echo_time_ms is None else self.echo_time_ms, n)
+        self.n_averaged = _broadcast(1 if self.n_averaged is None else self.n_averaged, n).astype(int)
+        self.series = _broadcast(0 if self.series is None else self.series, n).astype(int)
+        self.bvecs = np.zeros((n, 3)) if self.bvecs is None else np.asarray(self.bvecs, float).reshape(n, 3)
+
+    def __len__(self) -> int:
+        return self.b.size
+
+    def subset(self, index) -> "Protocol":
+        """The measurements selected by an index or boolean mask."""
+        idx = np.arange(len(self))[index]
+        return Protocol(self.b[idx], self.small_delta_ms[idx], self.big_delta_ms[idx],
+                        self.echo_time_ms[idx], self.bvecs[idx], self.n_averaged[idx],
+                        self.series[idx], self.waveform, dict(self.extra))
+
+    @staticmethod
+    def concatenate(protocols: list["Protocol"]) -> "Protocol":
+        """Join protocols of several series (runs) in order, numbering their series."""
+        offset, parts = 0, []
+        for p in protocols:
+            parts.append(p.series + offset)
+            offset = int(parts[-1].max(initial=-1)) + 1
+        cat = lambda name: np.concatenate([getattr(p, name) for p in protocols])  # noqa: E731
+        return Protocol(cat("b"), cat("small_delta_ms"), cat("big_delta_ms"), cat("echo_time_ms"),
+                        cat("bvecs"), cat("n_averaged"), np.concatenate(parts))
+
+    def diffusion_time_ms(self) -> np.ndarray:
+        """Effective PGSE diffusion time Δ - δ/3 [ms]."""
+        return self.big_delta_ms - self.small_delta_ms / 3.0
+
+    def gradient_strength_mT_per_m(self) -> np.ndarray:
+        """PGSE gradient amplitude G [mT/m] from b = (γGδ)²(Δ - δ/3)."""
+        b_si = self.b * 1e6  # s/m²
+        with np.errstate(divide="ignore", invalid="ignore"):
+            g = np.sqrt(b_si / (self.diffusion_time_ms() * 1e-3)) / (GAMMA_RAD_PER_S_PER_T * self.small_delta_ms * 1e-3)
+        return np.where(self.b > 0, g * 1e3, 0.0)
+
+    # ---- tables -------------------------------------------------------------------------------
+    def to_rows(self) -> list[dict]:
+        """One dict per measurement with the protocol-table columns (times in ms)."""
+        rows = []
+        for i in range(len(self)):
+            rows.append({"b": float(self.b[i]), "small_delta": float(self.small_delta_ms[i]),
+                         "big_delta": float(self.big_delta_ms[i]),
+                         "echo_time": None if math.isnan(self.echo_time_ms[i]) else float(self.echo_time_ms[i]),
+                         "n_averaged": int(self.n_averaged[i]), "series": int(self.series[i])})
+        return rows
+
+    def to_table(self, path) -> None:
+        """Write the protocol table (TSV; b in s/mm², times in ms)."""
+        with open(path, "w", newline="") as fh:
+            w = csv.writer(fh, delimiter="\t", lineterminator="\n")
+            w.writerow(_COLUMNS + ("bvec_x", "bvec_y", "bvec_z"))
+            for i in range(len(self)):
+                w.writerow([_fmt(self.b[i]), _fmt(self.small_delta_ms[i]), _fmt(self.big_delta_ms[i]),
+                            _fmt(self.echo_time_ms[i]), int(self.n_averaged[i]), int(self.series[i]),
+                            *(_fmt(v) for v in self.bvecs[i])])
+
+    @classmethod
+    def from_table(cls, path) -> "Protocol":
+        """Read a protocol table: columns b, small_delta, big_delta [, echo_time, n_averaged, series]."""
+        path = Path(path)
+        try:
+            with open(path, newline="") as fh:
+                rows = list(csv.DictReader(fh, delimiter="\t"))
+        except OSError as exc:
+            raise InputError(f"cannot read protocol table ({exc.strerror})", path=path,
+                             fix="check the path and permissions", exit_code=EX_NOINPUT) from exc
+        need = {"b", "small_delta", "big_delta"}
+        if not rows or not need <= set(rows[0]):
+            raise InputError("protocol table needs tab-separated columns b, small_delta, big_delta (ms)",
+                             path=path, fix="add a header row with those column names")
+
+        def col(name, default=np.nan):
+            return np.array([float(r[name]) if r.get(name) not in (None, "", "n/a") else default for r in rows])
+
+        bvecs = None
+        if "bvec_x" in rows[0]:
+            bvecs = np.stack([col("bvec_x", 0.0), col("bvec_y", 0.0), col("bvec_z", 0.0)], axis=1)
+        return cls(col("b"), col("small_delta"), col("big_delta"), col("echo_time"), bvecs,
+                   col("n_averaged", 1), col("series", 0))
+
+
+def _fmt(v) -> str:
+    return "n/a" if not np.isfinite(v) else f"{float(v):.10g}"
+
+
+def _broadcast(value, n: int) -> np.ndarray:
+    arr = np.asarray(value, dtype=float).ravel()
+    if arr.size == 1:
+        return np.full(n, arr[0])
+    if arr.size != n:
+        raise ValueError(f"expected 1 or {n} values, got {arr.size}")
+    return arr.copy()
+
+
+# ---- readers ----------------------------------------------------------------------------------
+def read_numbers(path, what: str) -> np.ndarray:
+    """Whitespace-separated numbers of a bval/gdur/gsep-like text file (one row or one column)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read the {what} file ({getattr(exc, 'strerror', None) or exc})",
+                         path=path, fix="check the path and permissions", exit_code=EX_NOINPUT) from exc
+    try:
+        values = np.array([float(t) for t in text.split()], dtype=float)
+    except ValueError as exc:
+        raise InputError(f"the {what} file holds something that is not a number ({exc})", path=path,
+                         fix=f"write the {what} as whitespace-separated numbers") from exc
+    if values.size == 0:
+        raise InputError(f"the {what} file is empty", path=path, fix=f"write one {what} per volume")
+    return values
+
+
+def read_bvecs(path, n_volumes: int) -> np.ndarray:
+    """FSL-style bvec file (3 rows x N, or N rows x 3) as [N, 3] unit vectors (zeros kept)."""
+    values = read_numbers(path, "bvec")
+    if values.size != 3 * n_volumes:
+        raise InputError(f"{values.size // 3 if values.size % 3 == 0 else values.size / 3:g} gradient "
+                         f"directions for {n_volumes} volumes", path=path,
+                         fix="give one direction (3 numbers) per volume, as in the .bval file")
+    text_rows = [r for r in Path(path).read_text().splitlines() if r.strip()]
+    vecs = values.reshape(3, n_volumes).T if len(text_rows) == 3 else values.reshape(n_volumes, 3)
+    return vecs
+
+
+def _per_volume(values, n: int, what: str, source, fix: str) -> np.ndarray:
+    arr = np.atleast_1d(np.asarray(values, dtype=float)).ravel()
+    if arr.size == 1:
+        return np.full(n, arr[0])
+    if arr.size != n:
+        raise InputError(f"{what} has {arr.size} values for {n} volumes", path=source, fix=fix)
+    return arr
+
+
+def timing_from_sidecar(meta: dict, n_volumes: int, source=None):
+    """(δ, Δ, TE) in ms from a BIDS DWI sidecar (seconds; one number or one per volume).
+
+    Reads ``SmallDelta`` and ``BigDelta`` (``LargeDelta`` accepted for Δ). Returns Nones for
+    missing fields. Values above 1 s are refused as probably written in ms.
+    """
+    def get(*keys):
+        for k in keys:
+            if k in meta and meta[k] is not None:
+                return k, meta[k]
+        return None, None
+
+    out = []
+    for keys in (("SmallDelta",), ("BigDelta", "LargeDelta"), ("EchoTime",)):
+        key, value = get(*keys)
+        if key is None:
+            out.append(None)
+            continue
+        try:
+            arr = _per_volume(value, n_volumes, key, source,
+                              f"give {key} as one number or one number per volume (in seconds)")
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"{key} is not a number or a list of numbers", path=source,
+                             fix=f"write {key} in seconds, e.g. 0.0143") from exc
+        if np.any(arr > MAX_PLAUSIBLE_SECONDS):
+            raise InputError(f"{key} = {np.max(arr):g} looks like milliseconds, but BIDS sidecars use seconds",
+                             path=source, fix=f"write {key} in seconds (e.g. {np.max(arr) / 1000:g})")
+        out.append(arr * 1000.0)
+    return tuple(out)
+
+
+def read_protocol(bval_path, n_volumes: int, *, bvec_path=None, sidecar: dict | None = None,
+                  sidecar_path=None, gdur_path=None, gsep_path=None,
+                  small_delta_ms: float | None = None, big_delta_ms: float | None = None,
+                  b0_threshold: float = 20.0) -> Protocol:
+    """Build and check the per-volume protocol of one DWI series.
+
+    Timing precedence: explicit ``small_delta_ms``/``big_delta_ms`` (command line, ms) >
+    ``.gdur``/``.gsep`` files (ms) > the JSON sidecar (s). Raises InputError naming the file and
+    the fix on count mismatches, missing timing, negative values, Δ < δ or unit mix-ups.
+    """
+    b = read_numbers(bval_path, "b-value")
+    if b.size != n_volumes:
+        raise InputError(f"{b.size} b-values for {n_volumes} volumes", path=bval_path,
+                         fix="give exactly one b-value per volume of the DWI series")
+    if np.any(b < 0) or not np.all(np.isfinite(b)):
+        raise InputError("negative or non-finite b-value", path=bval_path, fix="b-values are >= 0 s/mm²")
+    bvecs = read_bvecs(bvec_path, n_volumes) if bvec_path is not None else None
+
+    meta = sidecar or {}
+    sd_s, bd_s, te = timing_from_sidecar(meta, n_volumes, sidecar_path)
+    small, big, src_small, src_big = sd_s, bd_s, sidecar_path, sidecar_path
+    if gdur_path is not None:
+        small, src_small = _per_volume(read_numbers(gdur_path, "gradient duration"), n_volumes,
+                                       "gradient duration δ", gdur_path, "give one δ (ms) per volume"), gdur_path
+    if gsep_path is not None:
+        big, src_big = _per_volume(read_numbers(gsep_path, "gradient separation"), n_volumes,
+                                   "gradient separation Δ", gsep_path, "give one Δ (ms) per volume"), gsep_path
+    for value, name in ((small_delta_ms, "--small-delta"), (big_delta_ms, "--big-delta")):
+        if value is not None and 0 < value < MIN_PLAUSIBLE_MS:
+            raise InputError(f"{name} {value:g} looks like seconds, but it is read in ms",
+                             fix=f"give {name} in ms (e.g. {value * 1000:g})", exit_code=EX_USAGE)
+    if small_delta_ms is not None:
+        small, src_small = np.full(n_volumes, float(small_delta_ms)), "--small-delta"
+    if big_delta_ms is not None:
+        big, src_big = np.full(n_volumes, float(big_delta_ms)), "--big-delta"
+
+    if small is None or big is None:
+        missing = " and ".join(n for n, v in (("SmallDelta (δ)", small), ("BigDelta (Δ)", big)) if v is None)
+        raise InputError(
+            f"no gradient timing: {missing} missing for this DWI series", path=sidecar_path or bval_path,
+            fix="add SmallDelta/BigDelta (seconds) to the DWI JSON sidecar, or pass --small-delta/--big-delta "
+                "(ms); preprocessed data (e.g. QSIPrep) drops timing that differed between concatenated runs, "
+                "so take it from the raw sidecars", exit_code=EX_NOINPUT)
+
+    dw = b > b0_threshold
+    for arr, name, src in ((small, "δ", src_small), (big, "Δ", src_big)):
+        if np.any(~np.isfinite(arr[dw])) or np.any(arr < 0):
+            raise InputError(f"negative or missing gradient timing {name}", path=src,
+                             fix=f"give {name} > 0 for every diffusion-weighted volume")
+        if np.any(arr[dw] == 0):
+            raise InputError(f"gradient timing {name} is 0 for a diffusion-weighted volume", path=src,
+                             fix=f"give {name} > 0 for every diffusion-weighted volume")
+    bad = np.flatnonzero(dw & (big < small))
+    if bad.size:
+        raise InputError(f"Δ < δ for volume(s) {', '.join(map(str, bad[:10]))} "
+                         f"(Δ={big[bad[0]]:g} ms, δ={small[bad[0]]:g} ms)", path=src_big,
+                         fix="check that BigDelta/SmallDelta are not swapped: Δ is the separation of the "
+                             "gradient pulses' leading edges and cannot be shorter than their duration δ")
+    return Protocol(b, small, big, np.full(n_volumes, np.nan) if te is None else te, bvecs)
+
+
+def load_sidecar(path) -> dict:
+    """JSON sidecar as a dict, with a clear error if it does not parse."""
+    try:
+        with open(path) as fh:
+            meta = json.load(fh)
+    except OSError as exc:
+        raise InputError(f"cannot read the sidecar ({exc.strerror})", path=path,
+                         fix="check the path and permissions", exit_code=EX_NOINPUT) from exc
+    except json.JSONDecodeError as exc:
+        raise InputError(f"the JSON sidecar does not parse ({exc.msg}, line {exc.lineno})", path=path,
+                         fix="repair the JSON syntax") from exc
+    if not isinstance(meta, dict):
+        raise InputError("the JSON sidecar is not an object", path=path, fix="write a JSON object {...}")
+    return meta
+
+
+__all__ = ["Protocol", "read_protocol", "read_numbers", "read_bvecs", "timing_from_sidecar",
+           "load_sidecar", "GAMMA_RAD_PER_S_PER_T", "EX_DATAERR"]

@@ -1,0 +1,57 @@
+"""NIfTI / table helpers shared by the interfaces (nibabel lives here, never in core/)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from ..core.errors import EX_DATAERR, EX_NOINPUT, InputError
+
+
+def load_image(path, what: str = "image"):
+    """nibabel image with a clear error when the file cannot be read."""
+    try:
+        img = nib.load(str(path))
+        img.header.get_data_shape()
+        return img
+    except FileNotFoundError as exc:
+        raise InputError(f"{what} not found", path=path, fix="check the path", exit_code=EX_NOINPUT) from exc
+    except Exception as exc:  # nibabel raises many types for corrupt files
+        raise InputError(f"cannot read the {what} ({type(exc).__name__}: {exc})", path=path,
+                         fix="give a valid NIfTI file (.nii or .nii.gz)", exit_code=EX_NOINPUT) from exc
+
+
+def load_data(path, what: str = "image") -> tuple[np.ndarray, nib.Nifti1Image]:
+    """(float32 data, image) with a clear error when the data cannot be read."""
+    img = load_image(path, what)
+    try:
+        return np.asarray(img.dataobj, dtype=np.float32), img
+    except Exception as exc:
+        raise InputError(f"cannot read the {what} data ({exc})", path=path,
+                         fix="the file may be truncated; re-export it", exit_code=EX_NOINPUT) from exc
+
+
+def check_same_grid(img, ref, path, what: str, ref_path=None) -> None:
+    """Raise InputError unless img has ref's 3D shape and affine (within 1e-3 mm)."""
+    s, r = img.shape[:3], ref.shape[:3]
+    if s != r or not np.allclose(img.affine, ref.affine, atol=1e-3):
+        detail = f"shape {s} vs {r}" if s != r else "same shape but a different affine (voxel-to-world)"
+        raise InputError(f"{what} geometry does not match the DWI {ref_path or ''} ({detail})", path=path,
+                         fix=f"resample the {what} onto the DWI grid", exit_code=EX_DATAERR)
+
+
+def save_image(data, ref_img, path, dtype=np.float32) -> str:
+    """Write a NIfTI with ref_img's affine; returns the absolute path."""
+    hdr = ref_img.header.copy()
+    hdr.set_data_dtype(dtype)
+    img = nib.Nifti1Image(np.asarray(data, dtype=dtype), ref_img.affine, hdr)
+    path = os.path.abspath(str(path))
+    img.to_filename(path)
+    return path
+
+
+def cwd_path(runtime, name: str) -> str:
+    return str(Path(runtime.cwd) / name)

@@ -1,0 +1,228 @@
+"""Nipype interfaces for the preparation steps, one per core function."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+from nipype.interfaces.base import (BaseInterfaceInputSpec, File, InputMultiObject, SimpleInterface,
+                                    TraitedSpec, isdefined, traits)
+
+from ..core import preprocess as core
+from ..core.errors import EX_DATAERR, InputError
+from ..core.protocol import Protocol, load_sidecar, read_protocol
+from .io import check_same_grid, cwd_path, load_data, load_image, save_image
+
+
+def series_protocol(dwi_file, bval_file, bvec_file=None, sidecar_file=None, gdur_file=None, gsep_file=None,
+                    small_delta_ms=None, big_delta_ms=None, b0_threshold=20.0):
+    """Protocol of one DWI series, checked against its NIfTI header (no voxel data read)."""
+    img = load_image(dwi_file, "DWI")
+    if len(img.shape) != 4:
+        raise InputError(f"the DWI is {len(img.shape)}D {img.shape}, a 4D series (x, y, z, volumes) is needed",
+                         path=dwi_file, fix="give the 4D diffusion series, not a single volume or a derived map")
+    meta = load_sidecar(sidecar_file) if sidecar_file else {}
+    return read_protocol(bval_file, img.shape[3], bvec_path=bvec_file, sidecar=meta, sidecar_path=sidecar_file,
+                         gdur_path=gdur_file, gsep_path=gsep_file, small_delta_ms=small_delta_ms,
+                         big_delta_ms=big_delta_ms, b0_threshold=b0_threshold)
+
+
+def _opt(value):
+    return value if isdefined(value) and value not in ("", None) else None
+
+
+class _ReadProtocolIn(BaseInterfaceInputSpec):
+    dwi_files = InputMultiObject(File(exists=True), mandatory=True, desc="4D DWI series (one per run)")
+    bval_files = InputMultiObject(File(exists=True), mandatory=True, desc="b-values [s/mm²], one file per series")
+    bvec_files = InputMultiObject(traits.Str, desc="bvec files ('' for none)")
+    sidecar_files = InputMultiObject(traits.Str, desc="JSON sidecars with SmallDelta/BigDelta [s] ('' for none)")
+    gdur_files = InputMultiObject(traits.Str, desc=".gdur files, δ [ms] ('' for none)")
+    gsep_files = InputMultiObject(traits.Str, desc=".gsep files, Δ [ms] ('' for none)")
+    small_delta_ms = traits.Float(desc="δ for every volume [ms] (overrides files)")
+    big_delta_ms = traits.Float(desc="Δ for every volume [ms] (overrides files)")
+    b0_threshold = traits.Float(20.0, usedefault=True, desc="b below this [s/mm²] is b=0")
+
+
+class _ReadProtocolOut(TraitedSpec):
+    dwi_file = File(exists=True, desc="the DWI, runs concatenated along volumes")
+    protocol = File(exists=True, desc="per-volume protocol table (TSV)")
+
+
+class ReadProtocol(SimpleInterface):
+    """Per-volume protocol of a subject's DWI series (core.protocol.read_protocol), runs concatenated."""
+
+    input_spec = _ReadProtocolIn
+    output_spec = _ReadProtocolOut
+
+    def _run_interface(self, runtime):
+        i = self.inputs
+        n = len(i.dwi_files)
+        extra = lambda name: list(getattr(i, name)) if isdefined(getattr(i, name)) else [""] * n  # noqa: E731
+        protos = [series_protocol(d, b, bv or None, sc or None, gd or None, gs or None,
+                                  _opt(i.small_delta_ms), _opt(i.big_delta_ms), i.b0_threshold)
+                  for d, b, bv, sc, gd, gs in zip(i.dwi_files, i.bval_files, extra("bvec_files"),
+                                                  extra("sidecar_files"), extra("gdur_files"), extra("gsep_files"))]
+        proto = Protocol.concatenate(protos)
+        if n == 1:
+            self._results["dwi_file"] = str(i.dwi_files[0])
+        else:
+            ref = load_image(i.dwi_files[0], "DWI")
+            parts = []
+            for f in i.dwi_files:
+                img = load_image(f, "DWI")
+                check_same_grid(img, ref, f, "DWI run", i.dwi_files[0])
+                parts.append(np.asarray(img.dataobj, dtype=np.float32))
+            self._results["dwi_file"] = save_image(np.concatenate(parts, axis=3), ref, cwd_path(runtime, "dwi.nii.gz"))
+        self._results["protocol"] = cwd_path(runtime, "protocol.tsv")
+        proto.to_table(self._results["protocol"])
+        return runtime
+
+
+def prepare_mask(dwi_file, mask_file=None, sigma_file=None):
+    """Check the mask (and σ map) against the DWI grid; return the boolean mask array and image."""
+    ref = load_image(dwi_file, "DWI")
+    if mask_file:
+        m, img = load_data(mask_file, "mask")
+        check_same_grid(img, ref, mask_file, "mask", dwi_file)
+        m = m.reshape(m.shape[:3]) if m.ndim > 3 and all(s == 1 for s in m.shape[3:]) else m
+        if m.ndim != 3:
+            raise InputError(f"the mask is {m.ndim}D {m.shape}", path=mask_file, fix="give a 3D binary mask")
+        mask = np.nan_to_num(m) > 0
+        if not mask.any():
+            raise InputError("the mask is empty (no voxel > 0)", path=mask_file,
+                             fix="give a mask that covers the tissue to fit")
+    else:
+        mask = np.ones(ref.shape[:3], dtype=bool)
+    if sigma_file:
+        s, simg = load_data(sigma_file, "noise σ map")
+        check_same_grid(simg, ref, sigma_file, "noise σ map", dwi_file)
+    return mask, ref
+
+
+class _PrepareMaskIn(BaseInterfaceInputSpec):
+    dwi_file = File(exists=True, mandatory=True)
+    mask_file = traits.Str("", usedefault=True, desc="binary mask ('' for the whole field of view)")
+    sigma_file = traits.Str("", usedefault=True, desc="noise σ map to check against the DWI grid")
+
+
+class _PrepareMaskOut(TraitedSpec):
+    mask_file = File(exists=True, desc="uint8 mask on the DWI grid")
+
+
+class PrepareMask(SimpleInterface):
+    """Mask on the DWI grid (geometry and emptiness checked); whole field of view when none is given."""
+
+    input_spec = _PrepareMaskIn
+    output_spec = _PrepareMaskOut
+
+    def _run_interface(self, runtime):
+        mask, ref = prepare_mask(self.inputs.dwi_file, self.inputs.mask_file or None, self.inputs.sigma_file or None)
+        self._results["mask_file"] = save_image(mask, ref, cwd_path(runtime, "mask.nii.gz"), np.uint8)
+        return runtime
+
+
+class _SphericalMeanIn(BaseInterfaceInputSpec):
+    dwi_file = File(exists=True, mandatory=True)
+    protocol = File(exists=True, mandatory=True, desc="per-volume protocol table")
+    b0_threshold = traits.Float(20.0, usedefault=True)
+    shell_tolerance = traits.Float(core.DEFAULT_SHELL_TOLERANCE, usedefault=True, desc="[s/mm²]")
+
+
+class _SphericalMeanOut(TraitedSpec):
+    out_file = File(exists=True, desc="directionally averaged signal, one volume per shell")
+    shells = File(exists=True, desc="per-shell protocol table")
+
+
+class SphericalMean(SimpleInterface):
+    """Arithmetic mean over directions per (b, δ, Δ, TE) shell (core.preprocess.spherical_mean)."""
+
+    input_spec = _SphericalMeanIn
+    output_spec = _SphericalMeanOut
+
+    def _run_interface(self, runtime):
+        data, img = load_data(self.inputs.dwi_file, "DWI")
+        out, shells, _ = core.spherical_mean(data, Protocol.from_table(self.inputs.protocol),
+                                             self.inputs.b0_threshold, self.inputs.shell_tolerance)
+        self._results["out_file"] = save_image(out, img, cwd_path(runtime, "sphmean.nii.gz"))
+        self._results["shells"] = cwd_path(runtime, "shells.tsv")
+        shells.to_table(self._results["shells"])
+        return runtime
+
+
+class _NormaliseIn(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="directionally averaged signal")
+    shells = File(exists=True, mandatory=True)
+    sigma_file = traits.Str("", usedefault=True, desc="noise σ map (3D, signal units) or ''")
+    b0_threshold = traits.Float(20.0, usedefault=True)
+    source = traits.Str("", usedefault=True, desc="input name for error messages")
+
+
+class _NormaliseOut(TraitedSpec):
+    out_file = File(exists=True, desc="b0-normalised signal")
+    sigma_file = traits.Str(desc="normalised σ, one volume per measurement ('' when no σ map)")
+    notes = traits.List(traits.Str)
+
+
+class NormaliseB0(SimpleInterface):
+    """Divide by each TE/diffusion-time group's mean b=0 (core.preprocess.normalise_b0), σ map too."""
+
+    input_spec = _NormaliseIn
+    output_spec = _NormaliseOut
+
+    def _run_interface(self, runtime):
+        data, img = load_data(self.inputs.in_file, "signal")
+        sigma = None
+        if self.inputs.sigma_file:
+            sigma, _ = load_data(self.inputs.sigma_file, "noise σ map")
+            sigma = sigma.reshape(data.shape[:3])
+        norm, sig, plan = core.normalise_b0(data, Protocol.from_table(self.inputs.shells), self.inputs.b0_threshold,
+                                            sigma, self.inputs.source or None)
+        self._results["out_file"] = save_image(norm, img, cwd_path(runtime, "normalised.nii.gz"))
+        self._results["sigma_file"] = "" if sig is None else save_image(sig, img, cwd_path(runtime, "sigma.nii.gz"))
+        self._results["notes"] = plan.notes
+        return runtime
+
+
+class _FilterIn(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True)
+    sigma_file = traits.Str("", usedefault=True)
+    shells = File(exists=True, mandatory=True)
+    vasc_threshold = traits.Float(250.0, usedefault=True, desc="[s/mm²]")
+    max_b = traits.Float(desc="dictionary's largest b [s/mm²]")
+    b0_threshold = traits.Float(20.0, usedefault=True)
+
+
+class _FilterOut(TraitedSpec):
+    out_file = File(exists=True)
+    sigma_file = traits.Str()
+    protocol = File(exists=True, desc="protocol of the kept measurements")
+    dropped = traits.List(traits.Dict, desc="dropped measurements with reasons")
+
+
+class VascularFilter(SimpleInterface):
+    """Keep the measurements of the tissue fit (core.preprocess.vascular_filter)."""
+
+    input_spec = _FilterIn
+    output_spec = _FilterOut
+
+    def _run_interface(self, runtime):
+        shells = Protocol.from_table(self.inputs.shells)
+        res = core.vascular_filter(shells, self.inputs.vasc_threshold, _opt(self.inputs.max_b),
+                                   self.inputs.b0_threshold)
+        if res.keep.size == 0:
+            raise InputError("no measurement left for the tissue fit after the vascular/dictionary filter",
+                             fix="acquire b between --vasc-threshold and the dictionary's largest b",
+                             exit_code=EX_DATAERR)
+        img = nib.load(self.inputs.in_file)
+        data = np.asarray(img.dataobj, dtype=np.float32)[..., res.keep]
+        self._results["out_file"] = save_image(data, img, cwd_path(runtime, "tissue.nii.gz"))
+        if self.inputs.sigma_file:
+            s = np.asarray(nib.load(self.inputs.sigma_file).dataobj, dtype=np.float32)[..., res.keep]
+            self._results["sigma_file"] = save_image(s, img, cwd_path(runtime, "tissue_sigma.nii.gz"))
+        else:
+            self._results["sigma_file"] = ""
+        self._results["protocol"] = cwd_path(runtime, "tissue_protocol.tsv")
+        shells.subset(res.keep).to_table(self._results["protocol"])
+        self._results["dropped"] = json.loads(json.dumps(res.dropped))
+        return runtime
