@@ -58,11 +58,31 @@ def gpa_log_attenuation_per_b(radius_um, diffusivity, small_delta_ms, big_delta_
     R, D, sd, bd = (v.reshape(-1, 1) for v in (R, D, sd, bd))
     a2 = (x[None, :] / R) ** 2
     dA = D * a2
-    bracket = 2 * sd / dA - (2 - 2 * np.exp(-dA * sd) - 2 * np.exp(-dA * bd) + np.exp(-dA * (bd - sd))
-                             + np.exp(-dA * (bd + sd))) / dA**2
+    bracket = _gpa_bracket(dA, sd, bd)
     s = np.sum(bracket / (a2 * (a2 * R**2 - d + 1)), axis=1)
     adc = 2 * s / (sd[:, 0] ** 2 * (bd[:, 0] - sd[:, 0] / 3))
     return adc.reshape(shape)
+
+
+def _gpa_bracket(a, sd, bd):
+    """2δ/a - (2 - 2e^{-aδ} - 2e^{-aΔ} + e^{-a(Δ-δ)} + e^{-a(Δ+δ)})/a², a = Dα² [1/ms].
+
+    The closed form cancels catastrophically when a(Δ+δ) << 1 (large restrictions), so there
+    the Taylor series -Σ_{n>=3} (-a)^n c_n / (n! a²), c_n = (Δ-δ)^n + (Δ+δ)^n - 2δ^n - 2Δ^n, is used
+    (its first term, a δ²(Δ - δ/3), gives free diffusion).
+    """
+    closed = 2 * sd / a - (2 - 2 * np.exp(-a * sd) - 2 * np.exp(-a * bd) + np.exp(-a * (bd - sd))
+                           + np.exp(-a * (bd + sd))) / a**2
+    small = a * (bd + sd) < 0.05
+    if not np.any(small):
+        return closed
+    series = np.zeros(np.broadcast_shapes(a.shape, sd.shape))
+    fact = 2.0
+    for n in range(3, 12):
+        fact *= n
+        c = (bd - sd) ** n + (bd + sd) ** n - 2 * sd**n - 2 * bd**n
+        series -= (-a) ** (n - 2) * c / fact
+    return np.where(small, series, closed)
 
 
 def restricted_signal(b_s_per_mm2, radius_um, diffusivity, small_delta_ms, big_delta_ms,

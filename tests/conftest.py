@@ -1,0 +1,29 @@
+import shutil
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+HISTO_LOO = SHARED / "reference" / "histo_loo"
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory):
+    """The full demo dataset (2 subjects, 3 sessions), written once."""
+    from dmrimc_bids.cli.demo import write_demo
+    return write_demo(tmp_path_factory.mktemp("demo") / "bids")
+
+
+@pytest.fixture
+def single_demo(tmp_path, demo_dir):
+    """A private one-subject copy of the demo dataset (sub-01), safe to damage."""
+    dst = tmp_path / "bids"
+    shutil.copytree(demo_dir, dst, ignore=shutil.ignore_patterns("sub-02"))
+    (dst / "participants.tsv").write_text("participant_id\nsub-01\n")
+    return dst
+
+
+def histo_loo_or_skip():
+    if not (HISTO_LOO / "npy_files").is_dir():
+        pytest.skip(f"reference data not found at {HISTO_LOO} (shared/ is not part of the package)")
+    return HISTO_LOO

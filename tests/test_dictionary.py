@@ -1,0 +1,92 @@
+import numpy as np
+import pytest
+
+from dmrimc_bids.core.dictionary import Dictionary, import_histousim
+from dmrimc_bids.core.errors import InputError
+from dmrimc_bids.core.protocol import Protocol
+
+from .conftest import histo_loo_or_skip
+
+
+def toy(rows=None):
+    # 3 kappa x 2 fin x 2 D0in; protocol: b0 + (b, δ, Δ) in {1000, 2000} x {(10, 20), (20, 40)}
+    prot = Protocol([0, 1000, 2000, 1000, 2000], [10, 10, 10, 20, 20], [20, 20, 20, 40, 40])
+    grid = np.array([(k, f, d) for k in (0, 10, 20) for f in (0.3, 0.6) for d in (1.0, 2.0)], float)
+    sig = np.exp(-np.outer(grid[:, 2] * (1 - grid[:, 1]), prot.b) * 1e-3 * (1 + prot.big_delta_ms / 100))
+    return Dictionary(sig, np.column_stack([grid[:, 1], grid[:, 2], grid[:, 0]]), ["fin", "D0in", "kappa"], prot,
+                      provenance={"source": "toy"})
+
+
+def test_save_load_round_trip(tmp_path):
+    d = toy()
+    d.save(tmp_path / "dic")
+    e = Dictionary.load(tmp_path / "dic.npz")
+    assert np.array_equal(d.signals, e.signals) and np.array_equal(d.params, e.params)
+    assert e.names == d.names and e.checksum() == d.checksum() and e.provenance["source"] == "toy"
+    assert e.units["D0in"] == "um^2/ms"
+    assert np.array_equal(e.protocol.big_delta_ms, d.protocol.big_delta_ms)
+
+
+def test_select_keeps_always_kept_and_fix_drops_rows_and_column():
+    d = toy()
+    s = d.select(["fin"], {"kappa": 10})
+    assert s.names == ["fin", "D0in"] and len(s) == 4
+    assert np.allclose(s.signals, d.signals[d.params[:, 2] == 10])
+    assert s.provenance["selection"]["fixed"] == {"kappa": 10.0}
+
+
+def test_select_errors():
+    d = toy()
+    with pytest.raises(InputError, match="unknown parameter 'vCS'") as e:
+        d.select(["vCS"])
+    assert e.value.exit_code == 64 and "fin, D0in, kappa" in str(e.value)
+    with pytest.raises(InputError, match="not on the dictionary's grid") as e:
+        d.select(None, {"kappa": 5})
+    assert "0, 10, 20" in str(e.value)
+
+
+def test_match_is_joint_not_per_coordinate():
+    d = toy()
+    # measured (1000, δ=19, Δ=22): nearest δ alone is 20 and nearest Δ alone is 20, a combination
+    # (δ=20, Δ=20) that does not exist; joint matching picks an existing (b, δ, Δ) or refuses.
+    with pytest.raises(InputError, match="b=1000 s/mm², δ=19 ms, Δ=22 ms"):
+        d.match(Protocol([1000], [19], [22]), tol_ms=2.5)
+    m = d.match(Protocol([0, 1010, 1990, 990], [10, 10, 10, 19], [20, 20, 20, 39]))
+    assert np.allclose(m.signals[:, 0], 1.0)
+    assert np.array_equal(m.signals[:, 1:], d.signals[:, [1, 2, 3]])
+    assert [r.get("dictionary", {}).get("column") for r in m.provenance["matching"]["measurements"][1:]] == [1, 2, 3]
+
+
+def test_match_error_names_every_unmatched_volume():
+    with pytest.raises(InputError) as e:
+        toy().match(Protocol([1000, 5000, 1000], [10, 10, 30], [20, 20, 60]), source="sub-01_dwi.nii.gz")
+    text = str(e.value)
+    assert "b=5000" in text and "δ=30 ms, Δ=60 ms" in text and "sub-01_dwi.nii.gz" in text and "Fix:" in text
+
+
+def test_import_split_arrays(tmp_path):
+    d = toy()
+    for name, values in (("bval", d.protocol.b), ("gdur", d.protocol.small_delta_ms), ("gsep", d.protocol.big_delta_ms)):
+        (tmp_path / f"ref.{name}").write_text(" ".join(map(str, values)))
+    np.save(tmp_path / "s1.npy", d.signals[:5]), np.save(tmp_path / "s2.npy", d.signals[5:])
+    np.save(tmp_path / "p1.npy", d.params[:5]), np.save(tmp_path / "p2.npy", d.params[5:])
+    e = import_histousim(tmp_path / "ref.bval", tmp_path / "ref.gdur", tmp_path / "ref.gsep",
+                         [tmp_path / "s1.npy", tmp_path / "s2.npy"], [tmp_path / "p1.npy", tmp_path / "p2.npy"],
+                         names=d.names)
+    assert np.array_equal(e.signals, d.signals) and np.array_equal(e.params, d.params)
+    with pytest.raises(InputError, match="signal array of shape"):
+        import_histousim(tmp_path / "ref.bval", tmp_path / "ref.gdur", tmp_path / "ref.gsep",
+                         [tmp_path / "p1.npy"], [tmp_path / "p1.npy"], names=d.names)
+
+
+def test_published_loo_arrays_have_unit_b0(tmp_path):
+    data = histo_loo_or_skip()
+    b = np.array([0, 50, 100, 400, 900, 1200, 1500] * 3)
+    (tmp_path / "ref.bval").write_text(" ".join(map(str, b)))
+    (tmp_path / "ref.gdur").write_text(" ".join(["10"] * 21))
+    (tmp_path / "ref.gsep").write_text(" ".join(["30"] * 21))
+    d = import_histousim(tmp_path / "ref.bval", tmp_path / "ref.gdur", tmp_path / "ref.gsep",
+                         [data / "all_signals_PGSEin_config14.npy"], [data / "all_params_PGSEin_config14.npy"])
+    assert d.names == ["fin", "vCS", "D0in", "D0ex", "kappa"] and len(d) == 4050
+    assert np.allclose(d.signals[:, b == 0], 1.0)
+    assert np.array_equal(np.unique(d.params[:, 4]), np.arange(0, 41, 5))

@@ -1,0 +1,73 @@
+import numpy as np
+import pytest
+
+from dmrimc_bids.core.errors import InputError
+from dmrimc_bids.core.preprocess import normalise_b0, shell_assignment, spherical_mean, vascular_filter
+from dmrimc_bids.core.protocol import Protocol
+
+
+def two_group_protocol():
+    # group A: δ=10, Δ=20, TE=60: b0, b0, 1000 x2 (998, 1003), 2000 ; group B: δ=10, Δ=40, TE=90: b0, 1000 x2
+    return Protocol([0, 5, 998, 1003, 2000, 0, 1000, 1000], [10] * 5 + [10] * 3, [20] * 5 + [40] * 3,
+                    [60] * 5 + [90] * 3)
+
+
+def test_spherical_mean_by_hand():
+    p = two_group_protocol()
+    data = np.array([[100, 110, 50, 60, 30, 80, 20, 30]], float)
+    out, shells, index = spherical_mean(data, p)
+    assert list(index) == [0, 0, 1, 1, 2, 3, 4, 4]
+    assert np.allclose(out[0], [105, 55, 30, 80, 25])
+    assert np.allclose(shells.b, [0, 1000.5, 2000, 0, 1000]) and list(shells.n_averaged) == [2, 2, 1, 1, 2]
+    assert np.allclose(shells.big_delta_ms, [20, 20, 20, 40, 40])
+
+
+def test_shells_split_by_b_tolerance():
+    p = Protocol([50, 100, 200, 205], 10, 30)
+    shells, index = shell_assignment(p, b0_threshold=20, shell_tolerance=20)
+    assert list(index) == [0, 1, 2, 2] and np.allclose(shells.b, [50, 100, 202.5])
+
+
+def test_b0_normalisation_per_group_and_sigma():
+    p = two_group_protocol()
+    data = np.array([[100, 110, 50, 60, 30, 80, 20, 30]], float)
+    sm, shells, _ = spherical_mean(data, p)
+    norm, sig, plan = normalise_b0(sm, shells, sigma=np.array([10.0]))
+    assert np.allclose(norm[0], [1, 55 / 105, 30 / 105, 1, 25 / 80])
+    assert np.allclose(sig[0], [10 / 105, 10 / 105, 10 / 105, 10 / 80, 10 / 80])
+    assert plan.notes == []
+
+
+def test_b0_without_timing_serves_its_te_and_fallback_note():
+    p = Protocol([0, 1000, 1000], [np.nan, 10, 10], [np.nan, 20, 40], [70, 70, 70])
+    sm, shells, _ = spherical_mean(np.array([[200.0, 100, 50]]), p)
+    norm, _, plan = normalise_b0(sm, shells)
+    assert np.allclose(norm[0], [1, 0.5, 0.25]) and plan.notes == []
+    # a b=0 with *other* timing at the same TE is used with a note
+    p2 = Protocol([0, 1000], [10, 10], [20, 40], [70, 70])
+    sm2, shells2, _ = spherical_mean(np.array([[200.0, 50]]), p2)
+    norm2, _, plan2 = normalise_b0(sm2, shells2)
+    assert np.allclose(norm2[0], [1, 0.25]) and len(plan2.notes) == 1
+
+
+def test_no_b0_and_wrong_te_are_errors():
+    with pytest.raises(InputError, match="no b=0"):
+        normalise_b0(np.ones((1, 2)), Protocol([500, 1000], 10, 20), source="dwi.nii.gz")
+    with pytest.raises(InputError, match="TE=90"):
+        normalise_b0(np.ones((1, 2)), Protocol([0, 1000], 10, 20, [60, 90]))
+
+
+def test_invalid_b0_voxels_become_nan():
+    sm, shells, _ = spherical_mean(np.array([[0.0, 5], [np.nan, 5], [-3, 5], [10, 5]]), Protocol([0, 1000], 10, 20))
+    norm, _, _ = normalise_b0(sm, shells)
+    assert np.isnan(norm[:3, 1]).all() and norm[3, 1] == pytest.approx(0.5)
+
+
+def test_vascular_filter_lists_drops():
+    shells = Protocol([0, 50, 200, 250, 1000, 3000, 3500], 10, 30)
+    res = vascular_filter(shells, vasc_threshold=250, max_b=3000)
+    assert list(res.keep) == [3, 4, 5]
+    reasons = {d["b"]: d["reason"] for d in res.dropped}
+    assert "vascular" in reasons[50] and "vascular" in reasons[200] and "largest b" in reasons[3500]
+    assert "normalisation" in reasons[0]
+    assert any("50, 200" in w for w in res.warnings()) and not any(w.startswith("dropped b = 0,") for w in res.warnings())
