@@ -1,0 +1,162 @@
+"""End-to-end runs of the BIDS App on the demo dataset, and its bad-input behaviour."""
+
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from dmrimc_bids.cli.run import main
+
+
+def run(capsys, *args):
+    code = main([str(a) for a in args])
+    return code, capsys.readouterr().err
+
+
+def maps(out, rel, base):
+    return {p: nib.load(out / rel / f"{base}_space-dwi_model-histousim_param-{p}_dwimap.nii.gz").get_fdata()
+            for p in ("fin", "vCS", "D0in", "D0ex", "exitcode")}
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory, demo_dir):
+    out = tmp_path_factory.mktemp("out") / "deriv"
+    work = tmp_path_factory.mktemp("work")
+    code = main([str(demo_dir), str(out), "participant", "-w", str(work), "--nprocs", "2", "--seed", "7"])
+    return code, out, work
+
+
+def test_demo_end_to_end_recovers_ground_truth(demo_run, demo_dir):
+    code, out, _ = demo_run
+    assert code == 0
+    gt_root = demo_dir / "derivatives" / "groundtruth"
+    for rel, base in (("sub-01/dwi", "sub-01"), ("sub-02/ses-1/dwi", "sub-02_ses-1"), ("sub-02/ses-2/dwi", "sub-02_ses-2")):
+        got = maps(out, rel, base)
+        mask = nib.load(gt_root / rel / f"{base}_desc-tumour_mask.nii.gz").get_fdata() > 0
+        assert np.all(got["exitcode"][mask] == 1) and np.all(got["exitcode"][~mask] == 0)
+        med = {}
+        for p in ("fin", "vCS", "D0in", "D0ex"):
+            truth = nib.load(gt_root / rel / f"{base}_space-dwi_model-histousim_param-{p}_dwimap.nii.gz").get_fdata()
+            med[p] = np.median(np.abs(got[p][mask] - truth[mask]))
+        # measured on the demo (seed 1234): fin 0.06-0.07, vCS 0.86-0.98 um, D0in 0.87-0.96, D0ex 0.26-0.31
+        # um²/ms at SNR 40; D0in is poorly determined by two diffusion times (range 0.8-3.0).
+        assert med["fin"] < 0.1 and med["vCS"] < 1.5 and med["D0in"] < 1.2 and med["D0ex"] < 0.45, med
+
+
+def test_demo_sidecars_and_dataset_description(demo_run):
+    _, out, _ = demo_run
+    side = json.loads((out / "sub-01/dwi/sub-01_space-dwi_model-histousim_param-vCS_dwimap.json").read_text())
+    assert side["Units"] == "um" and side["Model"]["Parameters"]["Seed"] == 7
+    prm = side["Model"]["Parameters"]
+    assert len(prm["Dictionary"]["Checksum"]["sha256"]) == 64 and "analytic" in prm["Dictionary"]["Provenance"]["source"]
+    fitted = prm["ProtocolFitted"]
+    assert sorted({r["b"] for r in fitted}) == [500, 1000, 1500, 2000, 2500]
+    assert {(r["small_delta"], r["big_delta"]) for r in fitted} == {(10.0, 22.5), (15.0, 45.0)}
+    dropped = {d["b"] for d in prm["DroppedMeasurements"]}
+    assert dropped == {0, 50, 100, 200}
+    desc = json.loads((out / "dataset_description.json").read_text())
+    assert desc["DatasetType"] == "derivative" and desc["GeneratedBy"][0]["Name"] == "dmrimc-bids"
+    assert "*_dwimap.*" in (out / ".bidsignore").read_text()
+    assert not list(out.rglob(".*.tmp*")) and not [p for p in out.rglob("*") if p.name.startswith(".sub")]
+
+
+def test_rerun_reuses_the_work_dir(demo_run, demo_dir, tmp_path, capsys):
+    _, out, work = demo_run
+    res = next(work.rglob("single_subject_01_wf/fit_histousim/result_fit_histousim.pklz"))
+    before = res.stat().st_mtime_ns
+    code, _ = run(capsys, demo_dir, out, "participant", "--participant-label", "01", "-w", work, "--seed", "7")
+    assert code == 0 and res.stat().st_mtime_ns == before  # the fit node was not recomputed
+
+
+def test_nan_voxels_fail_alone(single_demo, tmp_path, capsys):
+    f = single_demo / "sub-01/dwi/sub-01_dwi.nii.gz"
+    img = nib.load(f)
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    data[10, 10, 2, 15] = np.nan  # a b=1000 volume (fitted)
+    nib.Nifti1Image(data, img.affine).to_filename(f)
+    out = tmp_path / "out"
+    code, _ = run(capsys, single_demo, out, "participant")
+    assert code == 0
+    got = maps(out, "sub-01/dwi", "sub-01")
+    assert got["exitcode"][10, 10, 2] == -1 and np.isnan(got["fin"][10, 10, 2])
+    assert np.sum(got["exitcode"] == 1) > 300
+
+
+def _break(kind, root: Path, tmp_path):
+    dwi = root / "sub-01/dwi"
+    side = dwi / "sub-01_dwi.json"
+    extra = []
+    if kind == "missing timing":
+        meta = json.loads(side.read_text())
+        del meta["SmallDelta"], meta["BigDelta"]
+        side.write_text(json.dumps(meta))
+        return side.name, extra
+    if kind == "bval count":
+        b = (dwi / "sub-01_dwi.bval").read_text().split()
+        (dwi / "sub-01_dwi.bval").write_text(" ".join(b[:-1]))
+        return "sub-01_dwi.bval", extra
+    if kind == "3D DWI":
+        img = nib.load(dwi / "sub-01_dwi.nii.gz")
+        nib.Nifti1Image(np.asarray(img.dataobj)[..., 0], img.affine).to_filename(dwi / "sub-01_dwi.nii.gz")
+        return "sub-01_dwi.nii.gz", extra
+    if kind == "mask geometry":
+        m = tmp_path / "mask.nii.gz"
+        nib.Nifti1Image(np.ones((10, 10, 4), np.uint8), np.eye(4)).to_filename(m)
+        return "mask.nii.gz", ["--mask", m]
+    if kind == "empty mask":
+        m = tmp_path / "mask.nii.gz"
+        nib.Nifti1Image(np.zeros((20, 20, 4), np.uint8), np.diag([2.0, 2, 2, 1])).to_filename(m)
+        return "mask.nii.gz", ["--mask", m]
+    if kind == "no b=0":
+        b = np.array((dwi / "sub-01_dwi.bval").read_text().split(), float)
+        b[b == 0] = 300
+        (dwi / "sub-01_dwi.bval").write_text(" ".join(f"{v:g}" for v in b))
+        return "sub-01_dwi.nii.gz", extra
+    if kind == "no dictionary match":
+        meta = json.loads(side.read_text())
+        meta["BigDelta"] = [0.3 if v > 0.04 else v for v in meta["BigDelta"]]  # Δ = 300 ms: beyond the dictionary
+        side.write_text(json.dumps(meta))
+        return "sub-01_dwi.nii.gz", extra
+    if kind == "unknown params":
+        return "kappaa", ["--params", "kappaa"]
+    if kind == "unreadable dwi":
+        (dwi / "sub-01_dwi.nii.gz").write_bytes(b"not a nifti")
+        return "sub-01_dwi.nii.gz", extra
+    raise ValueError(kind)
+
+
+@pytest.mark.parametrize("kind, code", [
+    ("missing timing", 66), ("bval count", 65), ("3D DWI", 65), ("mask geometry", 65), ("empty mask", 65),
+    ("no b=0", 65), ("no dictionary match", 65), ("unknown params", 64), ("unreadable dwi", 66)])
+def test_bad_input_one_clear_line_and_no_output(single_demo, tmp_path, capsys, kind, code):
+    named, extra = _break(kind, single_demo, tmp_path)
+    out = tmp_path / "out"
+    got, err = run(capsys, single_demo, out, "participant", *extra)
+    assert got == code, err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1, err
+    assert named in errors[0] and ("Fix:" in errors[0] or "choose among" in errors[0]), errors[0]
+    assert not out.exists() or not any(out.rglob("*.nii.gz")) and not (out / "dataset_description.json").exists()
+
+
+def test_one_failing_subject_does_not_stop_the_others(demo_dir, tmp_path, capsys):
+    bids = tmp_path / "bids"
+    shutil.copytree(demo_dir, bids, ignore=shutil.ignore_patterns("ses-2"))
+    (bids / "sub-02/ses-1/dwi/sub-02_ses-1_dwi.bval").write_text("0 1000")
+    out = tmp_path / "out"
+    code, err = run(capsys, bids, out, "participant", "--participant-label", "01", "02")
+    assert code == 1 and "sub-02_ses-1" in err
+    assert (out / "sub-01/dwi/sub-01_space-dwi_model-histousim_param-fin_dwimap.nii.gz").is_file()
+    assert not (out / "sub-02").exists()
+
+
+def test_version_and_usage(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and "dmrimc-bids" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main(["a", "b", "nonsense"])
+    assert e.value.code == 64
