@@ -160,3 +160,25 @@ def test_version_and_usage(capsys):
     with pytest.raises(SystemExit) as e:
         main(["a", "b", "nonsense"])
     assert e.value.code == 64
+
+
+def test_bids_filter_file_selecting_nothing(single_demo, tmp_path, capsys):
+    flt = tmp_path / "filter.json"
+    flt.write_text(json.dumps({"dwi": {"acquisition": "nosuchacq"}}))
+    code, err = run(capsys, single_demo, tmp_path / "out", "participant", "--bids-filter-file", flt)
+    assert code == 18 and "no DWI series found" in err and not (tmp_path / "out").exists()
+
+
+def test_gdur_gsep_files_beside_the_nifti(single_demo, tmp_path, capsys):
+    dwi = single_demo / "sub-01/dwi"
+    meta = json.loads((dwi / "sub-01_dwi.json").read_text())
+    (dwi / "sub-01_dwi.gdur").write_text(" ".join(f"{v * 1000:g}" for v in meta.pop("SmallDelta")))
+    (dwi / "sub-01_dwi.gsep").write_text(" ".join(f"{v * 1000:g}" for v in meta.pop("BigDelta")))
+    (dwi / "sub-01_dwi.json").write_text(json.dumps(meta))
+    from dmrimc_bids.bids.layout import collect_inputs
+    from dmrimc_bids.workflows.participant import Options, preflight
+    item = collect_inputs(single_demo)[0]
+    assert item.gdur_files[0].endswith(".gdur") and item.mask_file.endswith("desc-tumour_mask.nii.gz")
+    assert item.sigma_file.endswith("desc-sigma_noise.nii.gz")
+    summary = preflight(item, Options(out_dir=str(tmp_path / "o")))
+    assert summary["fitted"] == 10 and summary["shells"] == 18
