@@ -164,7 +164,7 @@ def _session_item(sub, ses, files, layout) -> SessionInputs:
 
 
 def _inherited_sidecar(layout, f) -> str:
-    """Write nothing; return the nearest JSON that BIDS inheritance applies to this file."""
+    """The nearest JSON sidecar that BIDS inheritance applies to this file ("" if none)."""
     try:
         near = layout.get_nearest(f.path, extension=".json", suffix="dwi", strict=False, all_=False)
         return near or ""

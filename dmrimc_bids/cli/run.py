@@ -128,7 +128,7 @@ def _run(args) -> int:
 
     from ..bids.layout import collect_inputs, load_filters
     from ..interfaces.dictionary import load_selected
-    from ..workflows.participant import Options, init_participant_wf, preflight
+    from ..workflows.participant import Options, preflight
 
     opts = Options(out_dir=str(args.output_dir), dictionary=str(args.dictionary or ""), params=args.params or [],
                    fix=dict(args.fix), b0_threshold=args.b0_threshold, vasc_threshold=args.vasc_threshold,

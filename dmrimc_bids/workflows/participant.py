@@ -8,7 +8,7 @@ off ``normalise``'s outputs.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from nipype.pipeline import engine as pe
@@ -16,6 +16,7 @@ from nipype.pipeline import engine as pe
 from .. import __version__
 from ..bids.layout import SessionInputs
 from ..core import preprocess
+from ..core.errors import InputError
 from ..core.protocol import Protocol
 from ..interfaces.bids import WriteDerivatives
 from ..interfaces.dictionary import MatchDictionary, SelectDictionary, load_selected
@@ -77,7 +78,6 @@ def preflight(item: SessionInputs, opts: Options, dictionary=None) -> dict:
     dic = dictionary if dictionary is not None else load_selected(opts.dictionary, opts.params, opts.fix)
     filt = preprocess.vascular_filter(shells, opts.vasc_threshold, dic.max_b, opts.b0_threshold)
     if filt.keep.size == 0:
-        from ..core.errors import InputError
         raise InputError("no measurement left for the tissue fit", path=source,
                          fix=f"acquire b between --vasc-threshold ({opts.vasc_threshold:g}) and the dictionary's "
                              f"largest b ({dic.max_b:g} s/mm²)")
@@ -147,7 +147,3 @@ def init_single_subject_wf(item: SessionInputs, opts: Options) -> pe.Workflow:
         (norm, write, [("notes", "notes")]),
     ])
     return wf
-
-
-def options_dict(opts: Options) -> dict:
-    return asdict(opts)
