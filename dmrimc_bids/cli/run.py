@@ -88,12 +88,21 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--reg", nargs=2, default=["2", "0"], metavar=("NORM", "WEIGHT"),
                    help="L1/L2 regularisation towards the range centre, e.g. --reg 2 0.0025 (none)")
     m.add_argument("--surrogate-smoothing", type=float, default=1e-3, metavar="LAMBDA")
+    m.add_argument("--surrogate", choices=["local", "global"], default="local",
+                   help="thin-plate-spline surrogate: local (fast, default) or global (the published reference)")
+    m.add_argument("--surrogate-neighbours", type=int, default=32, metavar="K",
+                   help="dictionary entries per local surrogate model (32)")
+    m.add_argument("--noise-model", choices=["gaussian", "rician"], default="gaussian",
+                   help="offset-Gaussian (default, as published) or Rician likelihood; voxels without a "
+                        "noise map use least squares")
     e = p.add_argument_group("execution")
     e.add_argument("-w", "--work-dir", type=Path, help="Nipype work dir; reruns reuse finished nodes")
     e.add_argument("--nprocs", "--nthreads", "--n-cpus", type=int, default=1)
     e.add_argument("--omp-nthreads", type=int, default=1, help="threads per fitting process")
     e.add_argument("--seed", "--random-seed", type=int, default=0, help="recorded in sidecars")
-    e.add_argument("--chunk-size", type=int, default=1000, help="voxels per fitting batch (memory)")
+    e.add_argument("--chunk-size", type=int, default=10000, help="voxels per fitting batch (memory)")
+    e.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto",
+                   help="fitting device; auto: a CUDA GPU when one is present (needs the [gpu] extra)")
     e.add_argument("-v", "--verbose", action="count", default=0)
     return p
 
@@ -136,6 +145,8 @@ def _run(args) -> int:
                    big_delta_ms=args.big_delta, match_tol_b=args.match_tolerance_b,
                    match_tol_ms=args.match_tolerance_ms, n_averages=args.n_averages, reg_norm=reg_norm,
                    reg_weight=reg_weight, bounds=dict(args.bounds), smoothing=args.surrogate_smoothing,
+                   surrogate=args.surrogate, n_neighbours=args.surrogate_neighbours, noise_model=args.noise_model,
+                   device=args.device,
                    omp_nthreads=args.omp_nthreads, chunk_size=args.chunk_size, seed=args.seed)
     dictionary = load_selected(opts.dictionary, opts.params, opts.fix)
     for name in opts.bounds:

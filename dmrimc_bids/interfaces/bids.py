@@ -52,10 +52,14 @@ class WriteDerivatives(SimpleInterface):
         staged = {}
         try:
             for name, src in i.maps.items():
-                nii = map_path(i.out_dir, i.subject, i.session or None, i.model, name)
-                desc, unit = DIAGNOSTICS.get(name, (PARAM_DESCRIPTIONS.get(name, name), (i.units or {}).get(name, "")))
+                param, sd = (name[:-3], "sd") if name.endswith("_sd") else (name, None)
+                nii = map_path(i.out_dir, i.subject, i.session or None, i.model, param, desc=sd)
+                desc, unit = DIAGNOSTICS.get(param, (PARAM_DESCRIPTIONS.get(param, param),
+                                                     (i.units or {}).get(param, "")))
+                if sd:
+                    desc = f"standard deviation (Fisher/Laplace, at the estimate) of: {desc}"
                 staged[str(nii)] = stage_copy(src, nii)
-                side = map_sidecar(i.model, name, unit, desc, params, list(i.sources))
+                side = map_sidecar(i.model, param, unit, desc, params, list(i.sources))
                 staged[str(nii).replace(".nii.gz", ".json")] = stage_json(side, str(nii).replace(".nii.gz", ".json"))
         except BaseException:
             for tmp in staged.values():

@@ -22,8 +22,12 @@ class _FitIn(BaseInterfaceInputSpec):
     reg_weight = traits.Float(0.0, usedefault=True, desc="regularisation weight (0: none)")
     bounds = traits.Dict(traits.Str, traits.List(traits.Float), desc="{name: [lo, hi]} physical units")
     smoothing = traits.Float(1e-3, usedefault=True, desc="surrogate smoothing")
-    n_threads = traits.Int(1, usedefault=True, desc="BLAS threads")
-    chunk_size = traits.Int(1000, usedefault=True, desc="voxels per batch (bounds memory)")
+    surrogate = traits.Enum("local", "global", usedefault=True, desc="thin-plate-spline surrogate")
+    n_neighbours = traits.Int(32, usedefault=True, desc="entries per local surrogate model")
+    noise_model = traits.Enum("gaussian", "rician", usedefault=True, desc="offset-Gaussian or Rician")
+    device = traits.Enum("auto", "cpu", "gpu", usedefault=True, desc="auto: the GPU when one is present")
+    n_threads = traits.Int(1, usedefault=True, desc="numba and BLAS threads")
+    chunk_size = traits.Int(10000, usedefault=True, desc="voxels per batch (bounds memory)")
 
 
 class _FitOut(TraitedSpec):
@@ -39,6 +43,7 @@ class FitDictionary(SimpleInterface):
     output_spec = _FitOut
 
     def _run_interface(self, runtime):
+        import numba
         from threadpoolctl import threadpool_limits
         from tqdm import tqdm
 
@@ -49,7 +54,9 @@ class FitDictionary(SimpleInterface):
         dic = Dictionary.load(i.dictionary)
         model = DictionaryModel(dic, i.n_averages, (i.reg_norm, i.reg_weight),
                                 {k: tuple(v) for k, v in (i.bounds or {}).items()}, i.smoothing,
-                                chunk_size=i.chunk_size)
+                                chunk_size=i.chunk_size, surrogate=i.surrogate, n_neighbours=i.n_neighbours,
+                                noise=i.noise_model, device=i.device)
+        numba.set_num_threads(max(1, min(i.n_threads, numba.config.NUMBA_NUM_THREADS)))
         with threadpool_limits(limits=max(1, i.n_threads)), \
                 tqdm(total=int(mask.sum()), desc="dictionary fit", unit="vox", mininterval=2) as bar:
             fit = model.fit(data, mask, sigma, progress=bar.update)

@@ -45,14 +45,22 @@ class Options:
     reg_weight: float = 0.0
     bounds: dict = field(default_factory=dict)
     smoothing: float = 1e-3
+    surrogate: str = "local"
+    n_neighbours: int = 32
+    noise_model: str = "gaussian"
+    device: str = "auto"
     omp_nthreads: int = 1
-    chunk_size: int = 1000
+    chunk_size: int = 10000
     seed: int = 0
 
     def fit_parameters(self) -> dict:
         """Model.Parameters common to every map."""
         return {"FitMethod": "dictionary grid search + projected Levenberg-Marquardt on a thin-plate-spline "
-                             "surrogate (offset-Gaussian noise floor)",
+                             f"surrogate ({self.surrogate}, {self.n_neighbours} nearest entries per local model)"
+                             if self.surrogate == "local" else "dictionary grid search + projected "
+                             "Levenberg-Marquardt on a thin-plate-spline surrogate (global)",
+                "NoiseModel": {"gaussian": "offset-Gaussian", "rician": "Rician"}[self.noise_model],
+                "Uncertainty": "desc-sd maps: sqrt(diag(inverse Fisher information)) at the estimate",
                 "NoiseFloor": "sigma*sqrt(NAverages)*sqrt(pi/2) (no noise map: least squares)",
                 "NAverages": self.n_averages, "Regularisation": {"Norm": self.reg_norm, "Weight": self.reg_weight},
                 "Bounds": self.bounds or "dictionary range", "SurrogateSmoothing": self.smoothing,
@@ -124,6 +132,8 @@ def init_single_subject_wf(item: SessionInputs, opts: Options) -> pe.Workflow:
                     name="match_dictionary", mem_gb=1.0)
     fit = pe.Node(FitDictionary(n_averages=opts.n_averages, reg_norm=opts.reg_norm, reg_weight=opts.reg_weight,
                                 bounds={k: list(v) for k, v in opts.bounds.items()}, smoothing=opts.smoothing,
+                                surrogate=opts.surrogate, n_neighbours=opts.n_neighbours,
+                                noise_model=opts.noise_model, device=opts.device,
                                 n_threads=opts.omp_nthreads, chunk_size=opts.chunk_size),
                   name="fit_histousim", n_procs=opts.omp_nthreads, mem_gb=2.0)
     write = pe.Node(WriteDerivatives(out_dir=str(Path(opts.out_dir).resolve()), subject=item.subject,

@@ -1,14 +1,26 @@
 """Dictionary (simulation-informed) fitting: batched grid search + bounded nonlinear refinement.
 
-For each voxel with normalised measurements m_k (k = 1..M) and noise floor nf_k, the objective is
+For each voxel with normalised measurements m_k (k = 1..M) the objective is
 
-    f(p) = mean_k (m_k - sqrt(s_k(p)² + nf_k²))² + w·pen(p)
+    offset-Gaussian (default, as published)   f(p) = mean_k (m_k - sqrt(s_k(p)² + nf_k²))² + w·pen(p)
+    Rician                                     f(p) = -mean_k log Rice(m_k | s_k(p), σ_k) + w·pen(p)
 
-(offset-Gaussian noise floor, likelihood.py), pen the L1 or L2 distance of the range-normalised
-parameters from the range centre. s(p) is the dictionary's signal: exact at the entries for the grid
-search, and a thin-plate-spline surrogate with a degree-1 polynomial (the reference surrogate of the
-published tool) for the refinement, which is a projected Levenberg-Marquardt run on all voxels of a
-chunk at once with the surrogate's analytic Jacobian. No per-voxel Python loop.
+(noise floor nf and σ_k: likelihood.py; voxels without a noise map use plain least squares, nf = 0),
+pen the L1 or L2 distance of the range-normalised parameters from the range centre.
+
+1. Grid search: the exact offset-Gaussian cost of every dictionary entry for every voxel (numba,
+   chunked); the best entry starts the refinement.
+2. Refinement: projected Levenberg-Marquardt (Fisher scoring for the Rician likelihood) of every voxel
+   of a chunk in parallel on a thin-plate-spline surrogate with its analytic Jacobian (surrogate.py):
+   ``local`` (default: one TPS per entry on its nearest entries; the voxel moves to the model of the
+   entry nearest to its estimate, at most ``max_rounds`` times) or ``global`` (the published tool's
+   reference: one TPS on all entries).
+3. If the surrogate optimum is not better than the best exact entry, the entry is kept.
+4. Uncertainty: the Fisher/Laplace standard deviation sqrt(diag(I⁻¹)), I = Σ_k ∂g_k ∂g_kᵀ / σ_k² with g
+   the expected measurement, at the estimate (σ_k² from the residuals where there is no noise map).
+
+Every voxel is computed independently by the same sequence of operations, so results do not depend
+on the number of threads or the chunk size. A GPU path (gpu.py) runs the same kernels.
 """
 
 from __future__ import annotations
@@ -16,75 +28,26 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.linalg import solve
 
 from ..dictionary import Dictionary
+from . import kernels
 from .likelihood import (expected_signal, information_criteria, log_likelihood,
-                         log_likelihood_unknown_sigma, noise_floor)
+                         log_likelihood_unknown_sigma, noise_floor, rician_log_likelihood)
+from .surrogate import TPSStack, build_global, build_local, grid_steps, unique_entries
 
 #: Exit codes of the fit (published convention): 1 fitted, 0 background, -1 failed / invalid data.
 EXIT_OK, EXIT_BACKGROUND, EXIT_FAILED = 1, 0, -1
-
-
-class ThinPlateSurrogate:
-    """Smooth surrogate s(x) of the dictionary: thin-plate spline φ(r) = r² log r + degree-1 polynomial.
-
-    x are parameters normalised to [0, 1] by the dictionary ranges. Fitted with smoothing λ:
-    (Φ + λI) w + Q a = S, Qᵀ w = 0 (Q = [1, x]); entries with identical parameters are averaged
-    first, so λ = 0 interpolates. Evaluation and its Jacobian are batched over points.
-    """
-
-    def __init__(self, centres: np.ndarray, values: np.ndarray, smoothing: float = 1.0):
-        centres, inverse = np.unique(np.asarray(centres, float), axis=0, return_inverse=True)
-        inverse = inverse.ravel()
-        counts = np.bincount(inverse, minlength=len(centres)).astype(float)
-        vals = np.zeros((len(centres), values.shape[1]))
-        np.add.at(vals, inverse, np.asarray(values, float))
-        vals /= counts[:, None]
-        k, p = centres.shape
-        phi = self._phi(self._sqdist(centres, centres))
-        q = np.hstack([np.ones((k, 1)), centres])
-        lhs = np.zeros((k + p + 1, k + p + 1))
-        lhs[:k, :k] = phi + smoothing * np.eye(k)
-        lhs[:k, k:] = q
-        lhs[k:, :k] = q.T
-        rhs = np.vstack([vals, np.zeros((p + 1, vals.shape[1]))])
-        coef = solve(lhs, rhs, assume_a="sym")
-        self.centres, self.weights, self.poly = centres, coef[:k], coef[k:]
-        self.smoothing = smoothing
-        self._c2 = np.sum(centres**2, axis=1)
-
-    @staticmethod
-    def _sqdist(x, c):
-        return np.maximum(np.sum(x**2, 1)[:, None] + np.sum(c**2, 1)[None, :] - 2 * x @ c.T, 0.0)
-
-    @staticmethod
-    def _phi(r2):
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return np.where(r2 > 0, 0.5 * r2 * np.log(r2), 0.0)
-
-    def __call__(self, x: np.ndarray, jacobian: bool = False):
-        """s(x) [V, M]; with jacobian=True also ∂s/∂x [V, M, P]."""
-        x = np.atleast_2d(np.asarray(x, float))
-        r2 = np.maximum(np.sum(x**2, 1)[:, None] + self._c2[None, :] - 2 * x @ self.centres.T, 0.0)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            logr2 = np.where(r2 > 0, np.log(r2), 0.0)
-        s = (0.5 * r2 * logr2) @ self.weights + self.poly[0] + x @ self.poly[1:]
-        if not jacobian:
-            return s
-        g = np.where(r2 > 0, logr2 + 1.0, 0.0)  # ∇φ = (2 log r + 1)(x - c) = (log r² + 1)(x - c)
-        gw = g @ self.weights                    # Σ_k g_vk w_km
-        jac = np.empty(s.shape + (x.shape[1],))
-        for j in range(x.shape[1]):
-            jac[:, :, j] = x[:, j:j + 1] * gw - (g * self.centres[None, :, j]) @ self.weights + self.poly[1 + j]
-        return s, jac
+NOISE_MODELS = ("gaussian", "rician")
+SURROGATES = ("local", "global")
 
 
 @dataclass
 class DictionaryFit:
-    """Per-voxel results: parameter maps (physical units) and diagnostics, shaped like the input."""
+    """Per-voxel results: parameter maps (physical units), the standard deviation of each fitted
+    (not fixed) parameter, and diagnostics."""
 
     params: dict
+    sd: dict
     exitcode: np.ndarray
     fobj: np.ndarray
     loglik: np.ndarray
@@ -95,8 +58,9 @@ class DictionaryFit:
     info: dict = field(default_factory=dict)
 
     def maps(self) -> dict:
-        """All maps by name: the parameters, then exitcode, fobj, loglik, aic, bic."""
+        """All maps by name: the parameters, '<name>_sd', then exitcode, fobj, loglik, aic, bic."""
         out = dict(self.params)
+        out.update({f"{k}_sd": v for k, v in self.sd.items()})
         out.update(exitcode=self.exitcode, fobj=self.fobj, loglik=self.loglik, aic=self.aic, bic=self.bic)
         return out
 
@@ -108,121 +72,115 @@ class DictionaryModel:
     n_averages: N of likelihood.py (the σ map refers to data magnitude-averaged over N volumes).
     regularisation: (norm, weight) with norm 1 or 2 and weight >= 0 (0: none).
     bounds: {name: (lo, hi)} in physical units, default the dictionary's range.
-    smoothing: surrogate smoothing λ (range-normalised parameters); max_iter: LM iterations.
+    smoothing: surrogate smoothing λ; surrogate: 'local' or 'global'; n_neighbours: K of the local
+    surrogate; noise: 'gaussian' (offset-Gaussian) or 'rician'; max_iter: LM iterations per round;
+    max_rounds: re-anchoring rounds of the local surrogate; device: 'cpu', 'gpu' or 'auto'.
     """
 
     def __init__(self, dictionary: Dictionary, n_averages: float = 1.0, regularisation=(2, 0.0),
                  bounds: dict | None = None, smoothing: float = 1e-3, max_iter: int = 60,
-                 chunk_size: int = 1000):
+                 chunk_size: int = 10000, surrogate: str = "local", n_neighbours: int = 32,
+                 noise: str = "gaussian", max_rounds: int = 4, device: str = "cpu"):
         self.dictionary = dictionary
         self.names = list(dictionary.names)
         self.n_averages = float(n_averages)
         norm, weight = regularisation
         if norm not in (1, 2) or weight < 0:
             raise ValueError("regularisation is (1 or 2, weight >= 0)")
+        if noise not in NOISE_MODELS:
+            raise ValueError(f"noise model {noise!r} is not one of {NOISE_MODELS}")
+        if surrogate not in SURROGATES:
+            raise ValueError(f"surrogate {surrogate!r} is not one of {SURROGATES}")
         self.reg_norm, self.reg_weight = int(norm), float(weight)
+        self.noise, self.surrogate_kind = noise, surrogate
+        self.smoothing, self.n_neighbours = float(smoothing), int(n_neighbours)
+        self.max_iter, self.max_rounds, self.chunk_size = int(max_iter), int(max_rounds), int(chunk_size)
+        self.backend = _backend(device)
+        self.device = "gpu" if self.backend is not kernels else "cpu"
+
         self.lo, self.hi = dictionary.ranges()
-        span = np.where(self.hi > self.lo, self.hi - self.lo, 1.0)
-        self.span = span
-        lo_b, hi_b = np.zeros(len(self.names)), np.ones(len(self.names))
+        self.span = np.where(self.hi > self.lo, self.hi - self.lo, 1.0)
+        self.free = np.flatnonzero(self.hi > self.lo)  # fitted parameters (others are constant)
+        steps = self.span if surrogate == "global" else grid_steps(dictionary.params)
+        self.scale = steps[self.free]                  # z = (p - lo) / scale on the free parameters
+        self.uscale = self.scale / self.span[self.free]  # u = z · uscale in [0, 1]
+        lo_z, hi_z = np.zeros(self.free.size), self.span[self.free] / self.scale
         for name, (a, b) in (bounds or {}).items():
             j = self.names.index(name)
-            lo_b[j], hi_b[j] = (a - self.lo[j]) / span[j], (b - self.lo[j]) / span[j]
-        self.bounds_norm = (lo_b, hi_b)
-        self.entries_norm = (dictionary.params - self.lo) / span
-        self.smoothing = float(smoothing)
-        self.max_iter = int(max_iter)
-        self.chunk_size = int(chunk_size)
-        self._surrogate = None
+            if j in self.free:
+                f = int(np.flatnonzero(self.free == j)[0])
+                lo_z[f], hi_z[f] = (a - self.lo[j]) / self.scale[f], (b - self.lo[j]) / self.scale[f]
+        self.bounds_z = (lo_z, hi_z)
+        self.entries_z = (dictionary.params[:, self.free] - self.lo[self.free]) / self.scale
         self.n_averaged = dictionary.protocol.n_averaged.astype(float)
+        self._surrogate = None
+        self._grid = None
 
+    # ---- pieces ----------------------------------------------------------------------------------
     @property
-    def surrogate(self) -> ThinPlateSurrogate:
+    def surrogate(self) -> TPSStack:
+        """The refinement surrogate (built on first use)."""
         if self._surrogate is None:
-            self._surrogate = ThinPlateSurrogate(self.entries_norm, self.dictionary.signals, self.smoothing)
+            build = build_global if self.surrogate_kind == "global" else build_local
+            kw = {} if self.surrogate_kind == "global" else {"n_neighbours": self.n_neighbours}
+            self._surrogate = build(self.entries_z, self.dictionary.signals, self.smoothing,
+                                    *self.bounds_z, **kw)
+            _, _, self._entry_unique = unique_entries(self.entries_z, self.dictionary.signals)
         return self._surrogate
 
-    # ---- objective pieces ------------------------------------------------------------------------
-    def _penalty(self, x):
-        if self.reg_weight == 0:
-            return np.zeros(x.shape[0]), np.zeros_like(x), np.zeros_like(x)
-        u = x - 0.5
-        if self.reg_norm == 2:
-            return self.reg_weight * np.sum(u**2, 1), 2 * self.reg_weight * u, np.full_like(x, 2 * self.reg_weight)
-        eps = 1e-3
-        a = np.sqrt(u**2 + eps**2)  # smoothed |u| (Charbonnier) for the derivatives
-        return self.reg_weight * np.sum(np.abs(u), 1), self.reg_weight * u / a, self.reg_weight / a
+    def _grid_arrays(self):
+        if self._grid is None:
+            lo, hi = self.bounds_z
+            inside = np.all((self.entries_z >= lo - 1e-9) & (self.entries_z <= hi + 1e-9), axis=1)
+            pen = np.empty(len(self.entries_z))
+            kernels.penalties(np.ascontiguousarray(self.entries_z), self.uscale, self.reg_norm,
+                              self.reg_weight, pen)
+            pen[~inside] = np.inf
+            sig = np.ascontiguousarray(self.dictionary.signals, dtype=np.float64)
+            self._grid = (np.ascontiguousarray(sig.T), pen, sig)
+        return self._grid
 
-    def grid_search(self, data, floor, chunk_entries: int = 4096, max_bytes: float = 64e6):
-        """Best dictionary entry per voxel: (index [V], fobj [V]). data, floor: [V, M]."""
-        sig = self.dictionary.signals.astype(np.float64)
-        v, m = data.shape
-        inside = np.all((self.entries_norm >= self.bounds_norm[0] - 1e-12) &
-                        (self.entries_norm <= self.bounds_norm[1] + 1e-12), axis=1)
-        pen = self._penalty(self.entries_norm)[0] + np.where(inside, 0, np.inf)
-        best = np.zeros(v, dtype=np.int64)
-        best_f = np.full(v, np.inf)
-        no_floor = not np.any(floor)
-        step_v = max(1, int(max_bytes // (8 * m * min(chunk_entries, len(sig)))))
-        for e0 in range(0, len(sig), chunk_entries):
-            s = sig[e0:e0 + chunk_entries]
-            for v0 in range(0, v, step_v):
-                d = data[v0:v0 + step_v]
-                if no_floor:  # ||m - s||² by BLAS
-                    f = (np.sum(d**2, 1)[:, None] - 2 * d @ s.T + np.sum(s**2, 1)[None, :]) / m
-                else:
-                    g = expected_signal(s[None, :, :], floor[v0:v0 + step_v, None, :])
-                    f = np.mean((d[:, None, :] - g) ** 2, axis=2)
-                f += pen[None, e0:e0 + chunk_entries]
-                j = np.argmin(f, axis=1)
-                fj = f[np.arange(len(j)), j]
-                better = fj < best_f[v0:v0 + step_v]
-                best[v0:v0 + step_v][better] = j[better] + e0
-                best_f[v0:v0 + step_v][better] = fj[better]
-        return best, best_f
+    def _noise_terms(self, sigma_chunk, m):
+        """(weights [M], σ_k² [V, M], nf² [V, M], rician [V]) from the normalised σ of a chunk."""
+        has = np.all(np.isfinite(sigma_chunk) & (sigma_chunk > 0), axis=1)
+        sig = np.where(has[:, None], sigma_chunk, 0.0)
+        flo2 = noise_floor(sig, self.n_averages) ** 2
+        sig2 = np.where(has[:, None], sig**2 * self.n_averages / self.n_averaged[None, :], 1.0)
+        rician = has & (self.noise == "rician")
+        return np.full(m, 1.0 / m), np.ascontiguousarray(sig2), np.ascontiguousarray(flo2), rician, has
 
-    def _objective(self, x, data, floor):
-        """f, residuals r, expected g and s at normalised x (surrogate), with Jacobian of r."""
-        s, js = self.surrogate(x, jacobian=True)
-        g = expected_signal(s, floor)
-        r = data - g
-        dg_ds = np.divide(s, g, out=np.ones_like(s), where=g > 0)
-        jr = -dg_ds[:, :, None] * js
-        pen, dpen, hpen = self._penalty(x)
-        f = np.mean(r**2, 1) + pen
-        return f, r, jr, dpen, hpen
+    def grid_search(self, data, floor):
+        """Best dictionary entry per voxel: (index [V], cost [V]) (offset-Gaussian, floor nf [V, M])."""
+        sig_t, pen, _ = self._grid_arrays()
+        data = np.ascontiguousarray(data, dtype=np.float64)
+        best, cost = np.empty(len(data), np.int64), np.empty(len(data))
+        m = data.shape[1]
+        self.backend.grid_search(data, np.full(m, 1.0 / m), np.ascontiguousarray(np.square(floor)),
+                                 sig_t, pen, best, cost)
+        return best, cost
 
-    def refine(self, x0, data, floor):
-        """Projected Levenberg-Marquardt from x0 (normalised) on all voxels at once: (x, f)."""
-        v, m = data.shape
-        lo, hi = self.bounds_norm
-        x = np.clip(x0, lo, hi)
-        f, r, jr, dpen, hpen = self._objective(x, data, floor)
-        lam = np.full(v, 1e-3)
-        active = np.isfinite(f)
-        eye = np.eye(x.shape[1])
-        for _ in range(self.max_iter):
-            idx = np.flatnonzero(active)
-            if idx.size == 0:
+    def _refine(self, data, w, sig2, flo2, rician, z, anchor):
+        """Rounds of LM, re-anchoring the local surrogate to the entry nearest the estimate after each:
+        (z, anchor, cost, iterations, status); cost is that of the last round's model."""
+        sur = self.surrogate
+        v = len(data)
+        cost, iters, status = np.empty(v), np.zeros(v, np.int64), np.zeros(v, np.int64)
+        todo = np.arange(v)
+        for _ in range(max(1, self.max_rounds)):
+            sub = (data[todo], sig2[todo], flo2[todo], rician[todo], z[todo], anchor[todo])
+            c, it, st = np.empty(todo.size), iters[todo], np.empty(todo.size, np.int64)
+            zz = np.ascontiguousarray(sub[4])
+            self.backend.refine(sub[0], w, sub[1], sub[2], sub[3], zz, sub[5], sur.centres, sur.weights,
+                                sur.poly, sur.origin, sur.box_lo, sur.box_hi, self.uscale, self.reg_norm,
+                                self.reg_weight, self.max_iter, c, it, st)
+            z[todo], cost[todo], iters[todo], status[todo] = zz, c, it, st
+            new = sur.nearest_model(zz)
+            moved = new != anchor[todo]
+            anchor[todo[moved]] = new[moved]
+            todo = todo[moved]
+            if todo.size == 0:
                 break
-            J, R = jr[idx], r[idx]
-            grad = np.einsum("vmp,vm->vp", J, R) + 0.5 * m * dpen[idx]
-            hess = np.einsum("vmp,vmq->vpq", J, J) + 0.5 * m * hpen[idx][:, :, None] * eye
-            diag = np.einsum("vpp->vp", hess)
-            damped = hess + lam[idx, None, None] * (eye * (diag[:, :, None] + 1e-9))
-            step = -np.linalg.solve(damped, grad[:, :, None])[:, :, 0]
-            xn = np.clip(x[idx] + step, lo, hi)
-            fn, rn, jrn, dpn, hpn = self._objective(xn, data[idx], floor[idx])
-            ok = np.isfinite(fn) & (fn < f[idx])
-            acc = idx[ok]
-            rel = np.where(ok, (f[idx] - fn) / np.maximum(f[idx], 1e-30), 0.0)
-            moved = np.max(np.abs(xn - x[idx]), axis=1)
-            x[acc], f[acc], r[acc], jr[acc] = xn[ok], fn[ok], rn[ok], jrn[ok]
-            dpen[acc], hpen[acc] = dpn[ok], hpn[ok]
-            lam[idx] = np.where(ok, lam[idx] / 3, lam[idx] * 4)
-            done = (ok & ((rel < 1e-10) | (moved < 1e-7))) | (lam[idx] > 1e8)
-            active[idx[done]] = False
-        return x, f
+        return z, anchor, cost, iters, status
 
     # ---- public API -----------------------------------------------------------------------------
     def fit(self, data, mask=None, sigma=None, progress=None) -> DictionaryFit:
@@ -246,54 +204,104 @@ class DictionaryModel:
         valid = in_mask & np.all(np.isfinite(flat), axis=1)
         if sigma is not None:
             valid &= ~np.any(np.isinf(sigma), axis=1)  # NaN σ -> least squares
-        p = len(self.names)
-        n_vox = flat.shape[0]
+        p, n_vox = len(self.names), flat.shape[0]
         params = np.zeros((n_vox, p))
-        fobj = np.zeros(n_vox)
-        loglik = np.zeros(n_vox)
+        sd = np.zeros((n_vox, p))
+        fobj, loglik = np.zeros(n_vox), np.zeros(n_vox)
         exitcode = np.where(in_mask, EXIT_FAILED, EXIT_BACKGROUND).astype(np.int8)
-        params[in_mask & ~valid] = np.nan
+        for arr in (params, sd):
+            arr[in_mask & ~valid] = np.nan
         fobj[in_mask & ~valid] = np.nan
         loglik[in_mask & ~valid] = np.nan
         todo = np.flatnonzero(valid)
+        n_iter, kept_entry = 0, 0
         for c0 in range(0, todo.size, self.chunk_size):
             idx = todo[c0:c0 + self.chunk_size]
-            d = flat[idx]
-            if sigma is None:
-                sig = np.zeros_like(d)
-            else:
-                sig = np.where(np.isfinite(sigma[idx]) & (sigma[idx] > 0), sigma[idx], 0.0)
-            floor = noise_floor(sig, self.n_averages)
-            best, f_grid = self.grid_search(d, floor)
-            x, f = self.refine(self.entries_norm[best].copy(), d, floor)
-            worse = ~(f <= f_grid)  # the surrogate never beat the exact entry: keep the entry
-            x[worse] = self.entries_norm[best[worse]]
-            f[worse] = f_grid[worse]
-            params[idx] = self.lo + x * self.span
-            fobj[idx] = f
-            loglik[idx] = self._loglik(x, d, sig, worse, best)
-            ok = np.all(np.isfinite(params[idx]), axis=1) & np.isfinite(f)
+            res = self._fit_chunk(flat[idx], np.zeros((idx.size, m)) if sigma is None else sigma[idx])
+            params[idx], sd[idx], fobj[idx], loglik[idx], ok, it, kept = res
             exitcode[idx] = np.where(ok, EXIT_OK, EXIT_FAILED)
-            params[idx[~ok]] = np.nan
+            n_iter += it
+            kept_entry += kept
             if progress is not None:
                 progress(idx.size)
-        aic, bic = information_criteria(loglik, p, m)
+        aic, bic = information_criteria(loglik, self.free.size, m)
         aic = np.where(exitcode == EXIT_BACKGROUND, 0.0, aic)
         bic = np.where(exitcode == EXIT_BACKGROUND, 0.0, bic)
+        info = {"n_fitted": int(todo.size), "n_invalid": int((in_mask & ~valid).sum()),
+                "mean_lm_iterations": round(n_iter / max(todo.size, 1), 2),
+                "n_kept_dictionary_entry": int(kept_entry), "surrogate": self.surrogate_kind,
+                "noise_model": self.noise, "device": self.device}
         return DictionaryFit({n: params[:, j].reshape(shape) for j, n in enumerate(self.names)},
+                             {n: sd[:, j].reshape(shape) for j, n in enumerate(self.names) if j in self.free},
                              exitcode.reshape(shape), fobj.reshape(shape), loglik.reshape(shape),
-                             aic.reshape(shape), bic.reshape(shape), self.names, dict(self.dictionary.units),
-                             {"n_fitted": int(todo.size), "n_invalid": int((in_mask & ~valid).sum())})
+                             aic.reshape(shape), bic.reshape(shape), self.names, dict(self.dictionary.units), info)
 
-    def _loglik(self, x, d, sig, use_entry, best):
-        s = self.surrogate(x)
-        s[use_entry] = self.dictionary.signals[best[use_entry]]
-        floor = noise_floor(sig, self.n_averages)
-        r = d - expected_signal(s, floor)
+    def _fit_chunk(self, d, sigma_chunk):
+        v, m = d.shape
+        d = np.ascontiguousarray(d)
+        w, sig2, flo2, rician, has_sigma = self._noise_terms(sigma_chunk, m)
+        best, _ = self.grid_search(d, np.sqrt(flo2))
+        sur = self.surrogate
+        _, pen, sig_exact = self._grid_arrays()
+        grid_cost = np.empty(v)  # the best entry's cost under the chosen noise model
+        kernels.entry_cost(d, w, sig2, flo2, rician, sig_exact, best, pen, grid_cost)
+        z = np.ascontiguousarray(self.entries_z[best])
+        anchor = sur.model_of_entry[self._entry_unique[best]]
+        z, anchor, cost, iters, _ = self._refine(d, w, sig2, flo2, rician, z, anchor)
+        s, jt = np.empty((v, m)), np.empty((v, self.free.size, m))
+        kernels.evaluate(d, w, sig2, flo2, rician, z, anchor, sur.centres, sur.weights, sur.poly, sur.origin,
+                         self.uscale, self.reg_norm, self.reg_weight, s, jt, cost)
+        keep = ~(cost <= grid_cost)  # the surrogate never beat the exact entry: keep the entry
+        z[keep] = self.entries_z[best[keep]]
+        s[keep] = sig_exact[best[keep]]
+        cost[keep] = grid_cost[keep]
+        p = np.tile(self.lo, (v, 1))
+        p[:, self.free] = self.lo[self.free] + z * self.scale
+        g = expected_signal(s, np.sqrt(flo2))
+        ll = self._loglik(d, s, g, sig2, rician, has_sigma)
+        sd = np.zeros_like(p)
+        sd[:, self.free] = self._fisher_sd(d, s, g, jt / self.scale[None, :, None], sig2, has_sigma)
+        ok = np.all(np.isfinite(p), axis=1) & np.isfinite(cost)
+        p[~ok] = np.nan
+        sd[~ok] = np.nan
+        return p, sd, cost, ll, ok, int(iters.sum()), int(keep.sum())
+
+    def _loglik(self, d, s, g, sig2, rician, has_sigma):
         m = d.shape[1]
-        has_sigma = np.all(sig > 0, axis=1)
-        sd = sig * np.sqrt(self.n_averages) / np.sqrt(self.n_averaged)[None, :]
+        r = d - g
         with np.errstate(divide="ignore", invalid="ignore"):
-            ll_known = log_likelihood(np.sum((r / sd) ** 2, 1), np.sum(np.log(sd**2), 1), m)
-        ll_unknown = log_likelihood_unknown_sigma(np.sum(r**2, 1), m)
-        return np.where(has_sigma, ll_known, ll_unknown)
+            ll = log_likelihood(np.sum(r**2 / sig2, 1), np.sum(np.log(sig2), 1), m)
+            if np.any(rician):
+                ll[rician] = rician_log_likelihood(d[rician], s[rician], np.sqrt(sig2[rician]))
+        return np.where(has_sigma, ll, log_likelihood_unknown_sigma(np.sum(r**2, 1), m))
+
+    def _fisher_sd(self, d, s, g, jac_p, sig2, has_sigma):
+        """sqrt(diag(I⁻¹)), I = Σ_k q_k² J_k J_kᵀ / σ_k², q = ∂g/∂s; jac_p [V, P, M] in physical units.
+        Without a noise map σ_k² = RSS/(M - P). NaN where I is singular (condition > 1e12)."""
+        m, n_p = d.shape[1], jac_p.shape[1]
+        q = np.divide(s, g, out=np.ones_like(s), where=g > 0)
+        rss = np.sum((d - g) ** 2, 1) / max(m - n_p, 1)
+        var = np.where(has_sigma[:, None], sig2, np.maximum(rss, 1e-300)[:, None])
+        a = jac_p * (q / np.sqrt(var))[:, None, :]
+        info = np.einsum("vpk,vqk->vpq", a, a)
+        u, sv, vt = np.linalg.svd(info)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            inv_diag = np.einsum("vpk,vk,vpk->vp", np.swapaxes(vt, 1, 2), 1.0 / sv, u)
+            bad = ~(sv[:, -1] > sv[:, 0] * 1e-12)
+        out = np.sqrt(np.maximum(inv_diag, 0.0))
+        out[bad] = np.nan
+        return out
+
+
+def _backend(device: str):
+    """kernels (CPU) or the GPU module for device 'cpu', 'gpu' (error if absent) or 'auto'."""
+    if device == "cpu":
+        return kernels
+    if device not in ("gpu", "auto"):
+        raise ValueError(f"device {device!r} is not one of cpu, gpu, auto")
+    from . import gpu
+    if gpu.available():
+        return gpu
+    if device == "gpu":
+        raise RuntimeError("no CUDA GPU is available (install the [gpu] extra on a machine with an NVIDIA GPU)")
+    return kernels

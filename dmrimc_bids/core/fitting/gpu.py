@@ -1,0 +1,116 @@
+"""Optional CUDA path of the dictionary fit (numba.cuda; ``pip install 'dmrimc-bids[gpu]'``).
+
+Same API as the CPU drivers of kernels.py (``grid_search``, ``refine``): dictfit.py picks this module
+when ``device`` is 'gpu' or 'auto' and a CUDA GPU is present. One GPU thread fits one voxel. The
+per-voxel routines are the very source of kernels.py: each ``py_func`` is re-compiled as a CUDA
+device function in a namespace where its callees are the device versions, so the CPU and GPU paths
+cannot drift apart. Results agree with the CPU to floating-point rounding (fused multiply-adds), not
+bit for bit. With ``NUMBA_ENABLE_CUDASIM=1`` the kernels run in numba's simulator (slow; used by the
+tests on machines without a GPU).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import types
+
+import numpy as np
+
+from . import kernels
+
+#: Largest number of fitted parameters / measurements a GPU thread holds in local memory.
+MAX_PARAMS, MAX_MEASUREMENTS = 8, 256
+_DEVICE_ROUTINES = ("log_i0", "bessel_ratio", "tps_eval", "data_cost", "penalty", "solve_spd", "lm_voxel")
+
+
+def available() -> bool:
+    """True when numba sees a usable CUDA GPU (or the simulator is on)."""
+    try:
+        from numba import cuda
+        return bool(cuda.is_available())
+    except Exception:  # noqa: BLE001 - no driver, no toolkit, ...: no GPU
+        return False
+
+
+@functools.lru_cache(maxsize=1)
+def _compiled():
+    from numba import cuda, float64
+
+    namespace = {"math": math, "LM_CONVERGED": kernels.LM_CONVERGED, "LM_MAX_ITER": kernels.LM_MAX_ITER,
+                 "LM_STALLED": kernels.LM_STALLED}
+    for name in _DEVICE_ROUTINES:
+        py = getattr(kernels, name).py_func
+        fn = types.FunctionType(py.__code__, namespace, name, py.__defaults__, py.__closure__)
+        namespace[name] = cuda.jit(device=True)(fn)
+    lm_voxel = namespace["lm_voxel"]
+    md, mm = MAX_PARAMS, MAX_MEASUREMENTS
+
+    @cuda.jit
+    def grid_kernel(y, w, flo2, signals_t, entry_pen, best, best_cost):
+        v = cuda.grid(1)
+        if v >= y.shape[0]:
+            return
+        m, n_e = signals_t.shape
+        b, bc = -1, math.inf
+        for e in range(n_e):
+            c = 0.0
+            for i in range(m):
+                sv = signals_t[i, e]
+                r = y[v, i] - math.sqrt(sv * sv + flo2[v, i])
+                c += w[i] * r * r
+            c += entry_pen[e]
+            if c < bc:
+                bc, b = c, e
+        best[v] = b
+        best_cost[v] = bc
+
+    @cuda.jit
+    def refine_kernel(y, w, sig2, flo2, rician, z, anchor, centres, weights, poly, origin, box_lo, box_hi,
+                      uscale, reg_norm, reg_w, max_iter, cost, iters, status):
+        v = cuda.grid(1)
+        if v >= y.shape[0]:
+            return
+        m, d = y.shape[1], z.shape[1]
+        s_f = cuda.local.array(mm, float64)
+        st_f = cuda.local.array(mm, float64)
+        jt_f = cuda.local.array((md, mm), float64)
+        jtt_f = cuda.local.array((md, mm), float64)
+        vec_f = cuda.local.array((5, md), float64)
+        mat_f = cuda.local.array((2, md, md), float64)
+        a = anchor[v]
+        c, it, stat = lm_voxel(y[v], w, sig2[v], flo2[v], rician[v], z[v], a, centres, weights, poly, origin,
+                               box_lo[a], box_hi[a], uscale, reg_norm, reg_w, max_iter, s_f[:m], jt_f[:d, :m],
+                               st_f[:m], jtt_f[:d, :m], vec_f[:, :d], mat_f[:, :d, :d])
+        cost[v] = c
+        iters[v] += it
+        status[v] = stat
+
+    return grid_kernel, refine_kernel
+
+
+def _launch(kernel, n, *args, outputs=()):
+    """Run kernel over n voxels (256 threads a block); copy the arrays named by index in outputs back."""
+    from numba import cuda
+
+    dev = [cuda.to_device(np.ascontiguousarray(a)) if isinstance(a, np.ndarray) else a for a in args]
+    threads = 128
+    kernel[(n + threads - 1) // threads, threads](*dev)
+    for i in outputs:
+        dev[i].copy_to_host(args[i])
+
+
+def grid_search(y, w, flo2, signals_t, entry_pen, best, best_cost):
+    """GPU kernels.grid_search (same arguments; best and best_cost are filled)."""
+    _launch(_compiled()[0], len(y), y, w, flo2, signals_t, entry_pen, best, best_cost, outputs=(5, 6))
+
+
+def refine(y, w, sig2, flo2, rician, z, anchor, centres, weights, poly, origin, box_lo, box_hi, uscale,
+           reg_norm, reg_w, max_iter, cost, iters, status):
+    """GPU kernels.refine (same arguments; z, cost, iters and status are updated)."""
+    if z.shape[1] > MAX_PARAMS or y.shape[1] > MAX_MEASUREMENTS:
+        return kernels.refine(y, w, sig2, flo2, rician, z, anchor, centres, weights, poly, origin, box_lo,
+                              box_hi, uscale, reg_norm, reg_w, max_iter, cost, iters, status)
+    _launch(_compiled()[1], len(y), y, w, sig2, flo2, np.asarray(rician, np.bool_), z, anchor, centres, weights,
+            poly, origin, box_lo, box_hi, uscale, np.int64(reg_norm), np.float64(reg_w), np.int64(max_iter),
+            cost, iters, status, outputs=(5, 17, 18, 19))

@@ -1,0 +1,366 @@
+"""Per-voxel numerical kernels of the dictionary fit (numba), shared by the CPU and GPU paths.
+
+Every routine below works on one voxel, with scalar maths and caller-provided work arrays only
+(no allocation, no NumPy calls), so the same source compiles for the CPU (``njit``, voxels spread
+over threads with ``prange``) and for CUDA (gpu.py re-targets the ``py_func`` of each routine).
+Each voxel is computed by the same sequence of operations whatever the thread count or chunking,
+so CPU results are bit-identical across ``--nprocs``/``--chunk-size``.
+
+Conventions. Parameters live in scaled coordinates z (z_j = (p_j - lo_j)/scale_j, surrogate.py).
+A surrogate is a stack of thin-plate-spline (TPS) models; model a has centres C[a, k, :],
+weights W[a, k, :], polynomial P[a, :, :] about the origin O[a, :]:
+
+    s(z) = Σ_k φ(|z - C_ak|) W_ak + P_a0 + Σ_j P_a(1+j) (z_j - O_aj),   φ(r) = r² log r.
+
+Data cost per voxel (``rician`` False: offset-Gaussian, likelihood.py; True: Rician):
+
+    offset-Gaussian  Σ_k w_k (y_k - sqrt(s_k² + nf_k²))²
+    Rician           Σ_k w_k [(y_k² + s_k²)/(2σ_k²) - log I0(y_k s_k/σ_k²)]   (y-only terms dropped)
+
+with weights w_k summing to 1, plus an L1/L2 penalty on the range-normalised parameters u = z·uscale.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+#: Status codes of the refinement (per voxel).
+LM_CONVERGED, LM_MAX_ITER, LM_STALLED = 1, 2, 3
+
+
+# ---- modified Bessel functions (Abramowitz & Stegun 9.8.1-9.8.4, |rel. error| < 2e-7) ---------------
+@njit(cache=True)
+def log_i0(x):
+    """log I0(x) for x >= 0 (x < 0 uses |x|: I0 is even)."""
+    ax = abs(x)
+    if ax < 3.75:
+        t = (ax / 3.75) ** 2
+        return math.log(1.0 + t * (3.5156229 + t * (3.0899424 + t * (1.2067492 + t * (
+            0.2659732 + t * (0.0360768 + t * 0.0045813))))))
+    t = 3.75 / ax
+    p = 0.39894228 + t * (0.01328592 + t * (0.00225319 + t * (-0.00157565 + t * (0.00916281 + t * (
+        -0.02057706 + t * (0.02635537 + t * (-0.01647633 + t * 0.00392377)))))))
+    return ax - 0.5 * math.log(ax) + math.log(p)
+
+
+@njit(cache=True)
+def bessel_ratio(x):
+    """I1(x)/I0(x) for x >= 0 (odd in x)."""
+    ax = abs(x)
+    if ax < 3.75:
+        t = (ax / 3.75) ** 2
+        i0 = 1.0 + t * (3.5156229 + t * (3.0899424 + t * (1.2067492 + t * (0.2659732 + t * (
+            0.0360768 + t * 0.0045813)))))
+        i1 = ax * (0.5 + t * (0.87890594 + t * (0.51498869 + t * (0.15084934 + t * (
+            0.02658733 + t * (0.00301532 + t * 0.00032411))))))
+        r = i1 / i0
+    else:
+        t = 3.75 / ax
+        p0 = 0.39894228 + t * (0.01328592 + t * (0.00225319 + t * (-0.00157565 + t * (0.00916281 + t * (
+            -0.02057706 + t * (0.02635537 + t * (-0.01647633 + t * 0.00392377)))))))
+        p1 = 0.39894228 + t * (-0.03988024 + t * (-0.00362018 + t * (0.00163801 + t * (-0.01031555 + t * (
+            0.02282967 + t * (-0.02895312 + t * (0.01787654 - t * 0.00420059)))))))
+        r = p1 / p0
+    return r if x >= 0 else -r
+
+
+# ---- surrogate ----------------------------------------------------------------------------------
+@njit(cache=True)
+def tps_eval(z, a, centres, weights, poly, origin, s, jt, want_jac):
+    """s[m] = s_a(z); with want_jac also jt[j, m] = ∂s_m/∂z_j (model a, see module docstring)."""
+    n_k, d = centres.shape[1], centres.shape[2]
+    m = weights.shape[2]
+    for i in range(m):
+        s[i] = poly[a, 0, i]
+    for j in range(d):
+        dz = z[j] - origin[a, j]
+        for i in range(m):
+            s[i] += poly[a, 1 + j, i] * dz
+            if want_jac:
+                jt[j, i] = poly[a, 1 + j, i]
+    for k in range(n_k):
+        r2 = 0.0
+        for j in range(d):
+            t = z[j] - centres[a, k, j]
+            r2 += t * t
+        if r2 > 0.0:
+            lr2 = math.log(r2)
+            phi = 0.5 * r2 * lr2
+            for i in range(m):
+                s[i] += phi * weights[a, k, i]
+            if want_jac:
+                g = lr2 + 1.0  # ∇φ = (log r² + 1)(z - c)
+                for j in range(d):
+                    gj = g * (z[j] - centres[a, k, j])
+                    for i in range(m):
+                        jt[j, i] += gj * weights[a, k, i]
+
+
+# ---- objective ----------------------------------------------------------------------------------
+@njit(cache=True)
+def data_cost(y, w, sig2, flo2, rician, s, jt, want_grad, grad, hess):
+    """Data cost of one voxel at signals s; with want_grad also its gradient grad[d] and
+    Gauss-Newton (Fisher) Hessian hess[d, d] w.r.t. z, given jt = ∂s/∂z."""
+    m = y.shape[0]
+    d = jt.shape[0]
+    if want_grad:
+        for j in range(d):
+            grad[j] = 0.0
+            for l in range(d):
+                hess[j, l] = 0.0
+    c = 0.0
+    for i in range(m):
+        if rician:
+            v = sig2[i]
+            z = y[i] * s[i] / v
+            c += w[i] * ((y[i] * y[i] + s[i] * s[i]) / (2.0 * v) - log_i0(z))
+            de = w[i] * (s[i] - y[i] * bessel_ratio(z)) / v
+            h = w[i] / v
+        else:
+            g = math.sqrt(s[i] * s[i] + flo2[i])
+            r = y[i] - g
+            c += w[i] * r * r
+            q = s[i] / g if g > 0.0 else 1.0
+            de = -2.0 * w[i] * r * q
+            h = 2.0 * w[i] * q * q
+        if want_grad:
+            for j in range(d):
+                grad[j] += de * jt[j, i]
+                hj = h * jt[j, i]
+                for l in range(j + 1):
+                    hess[j, l] += hj * jt[l, i]
+    if want_grad:
+        for j in range(d):
+            for l in range(j):
+                hess[l, j] = hess[j, l]
+    return c
+
+
+@njit(cache=True)
+def penalty(z, uscale, reg_norm, reg_w, want_grad, grad, hess):
+    """L1/L2 penalty reg_w·Σ|u - 1/2|^norm on u = z·uscale; adds its derivatives to grad/hess."""
+    if reg_w == 0.0:
+        return 0.0
+    p = 0.0
+    for j in range(z.shape[0]):
+        u = z[j] * uscale[j] - 0.5
+        if reg_norm == 2:
+            p += reg_w * u * u
+            if want_grad:
+                grad[j] += 2.0 * reg_w * u * uscale[j]
+                hess[j, j] += 2.0 * reg_w * uscale[j] * uscale[j]
+        else:
+            p += reg_w * abs(u)
+            if want_grad:
+                a = math.sqrt(u * u + 1e-6)  # smoothed |u| for the derivatives
+                grad[j] += reg_w * u / a * uscale[j]
+                hess[j, j] += reg_w / a * uscale[j] * uscale[j]
+    return p
+
+
+@njit(cache=True)
+def solve_spd(a, b, free, x):
+    """Solve a x = b on the free coordinates (Cholesky, in place on a); fixed ones get x = 0.
+    Returns False when a is not positive definite."""
+    d = b.shape[0]
+    for j in range(d):
+        if free[j] == 0.0:
+            continue
+        s = a[j, j]
+        for k in range(j):
+            if free[k] != 0.0:
+                s -= a[j, k] * a[j, k]
+        if not s > 0.0:
+            return False
+        a[j, j] = math.sqrt(s)
+        for i in range(j + 1, d):
+            if free[i] == 0.0:
+                continue
+            t = a[i, j]
+            for k in range(j):
+                if free[k] != 0.0:
+                    t -= a[i, k] * a[j, k]
+            a[i, j] = t / a[j, j]
+    for i in range(d):  # forward: L u = b
+        if free[i] == 0.0:
+            x[i] = 0.0
+            continue
+        t = b[i]
+        for k in range(i):
+            if free[k] != 0.0:
+                t -= a[i, k] * x[k]
+        x[i] = t / a[i, i]
+    for i in range(d - 1, -1, -1):  # back: Lᵀ x = u
+        if free[i] == 0.0:
+            continue
+        t = x[i]
+        for k in range(i + 1, d):
+            if free[k] != 0.0:
+                t -= a[k, i] * x[k]
+        x[i] = t / a[i, i]
+    return True
+
+
+@njit(cache=True)
+def lm_voxel(y, w, sig2, flo2, rician, z, a, centres, weights, poly, origin, lo, hi, uscale,
+             reg_norm, reg_w, max_iter, s, jt, s_t, jt_t, vec, mat):
+    """Projected Levenberg-Marquardt on model a from z (updated in place), inside [lo, hi].
+
+    Work arrays: s, s_t [m]; jt, jt_t [d, m]; vec [5, d]; mat [2, d, d]. Variables on a bound whose
+    gradient points outwards are held (active set). Returns (cost, iterations, status)."""
+    d = z.shape[0]
+    grad, z_t, step, free, rhs = vec[0], vec[1], vec[2], vec[3], vec[4]
+    hess, amat = mat[0], mat[1]
+    for j in range(d):
+        z[j] = min(max(z[j], lo[j]), hi[j])
+    tps_eval(z, a, centres, weights, poly, origin, s, jt, True)
+    cost = data_cost(y, w, sig2, flo2, rician, s, jt, True, grad, hess)
+    cost += penalty(z, uscale, reg_norm, reg_w, True, grad, hess)
+    mu = 1e-3
+    status = LM_MAX_ITER
+    it = 0
+    while it < max_iter:
+        it += 1
+        n_free = 0
+        for j in range(d):
+            held = (z[j] <= lo[j] and grad[j] > 0.0) or (z[j] >= hi[j] and grad[j] < 0.0)
+            free[j] = 0.0 if held else 1.0
+            if not held:
+                n_free += 1
+        if n_free == 0:
+            status = LM_CONVERGED
+            break
+        for j in range(d):
+            rhs[j] = -grad[j]
+            for l in range(d):
+                amat[j, l] = hess[j, l]
+            amat[j, j] += mu * (hess[j, j] + 1e-12)
+        if not solve_spd(amat, rhs, free, step):
+            mu *= 10.0
+            if mu > 1e10:
+                status = LM_STALLED
+                break
+            continue
+        moved = 0.0
+        for j in range(d):
+            z_t[j] = min(max(z[j] + step[j], lo[j]), hi[j])
+            moved = max(moved, abs(z_t[j] - z[j]))
+        if moved == 0.0:
+            status = LM_CONVERGED
+            break
+        tps_eval(z_t, a, centres, weights, poly, origin, s_t, jt_t, True)
+        c_t = data_cost(y, w, sig2, flo2, rician, s_t, jt_t, False, grad, hess)
+        c_t += penalty(z_t, uscale, reg_norm, reg_w, False, grad, hess)
+        if c_t < cost:
+            gain = (cost - c_t) / max(abs(cost), 1e-300)
+            for j in range(d):
+                z[j] = z_t[j]
+            for i in range(s.shape[0]):
+                s[i] = s_t[i]
+                for j in range(d):
+                    jt[j, i] = jt_t[j, i]
+            cost = data_cost(y, w, sig2, flo2, rician, s, jt, True, grad, hess)
+            cost += penalty(z, uscale, reg_norm, reg_w, True, grad, hess)
+            mu = max(mu / 3.0, 1e-12)
+            if gain < 1e-6 or moved < 1e-4:
+                status = LM_CONVERGED
+                break
+        else:
+            mu *= 4.0
+            if mu > 1e10:
+                status = LM_STALLED
+                break
+    return cost, it, status
+
+
+# ---- CPU drivers (all voxels of a chunk; one thread per voxel range) ------------------------------
+@njit(cache=True, parallel=True)
+def grid_search(y, w, flo2, signals_t, entry_pen, best, best_cost):
+    """Exact offset-Gaussian grid search: best[v] = argmin_e Σ_k w_k (y_vk - sqrt(S_ke² + nf_vk²))² + pen_e.
+
+    signals_t is the dictionary transposed [M, E] (the entry loop is innermost and vectorises);
+    entry_pen [E] holds the penalty (inf outside the bounds)."""
+    n_v, m = y.shape
+    n_e = signals_t.shape[1]
+    for v in prange(n_v):
+        cost = np.empty(n_e)
+        for e in range(n_e):
+            cost[e] = 0.0
+        for i in range(m):
+            yi = y[v, i]
+            f2 = flo2[v, i]
+            wi = w[i]
+            for e in range(n_e):
+                sv = signals_t[i, e]
+                r = yi - math.sqrt(sv * sv + f2)
+                cost[e] += wi * r * r
+        b = -1
+        bc = np.inf
+        for e in range(n_e):
+            c = cost[e] + entry_pen[e]
+            if c < bc:
+                bc = c
+                b = e
+        best[v] = b
+        best_cost[v] = bc
+
+
+@njit(cache=True, parallel=True)
+def refine(y, w, sig2, flo2, rician, z, anchor, centres, weights, poly, origin, box_lo, box_hi, uscale,
+           reg_norm, reg_w, max_iter, cost, iters, status):
+    """lm_voxel for every voxel v on model anchor[v], inside that model's box (rician [V] bool)."""
+    n_v, m = y.shape
+    d = z.shape[1]
+    for v in prange(n_v):
+        s = np.empty(m)
+        s_t = np.empty(m)
+        jt = np.empty((d, m))
+        jt_t = np.empty((d, m))
+        vec = np.empty((5, d))
+        mat = np.empty((2, d, d))
+        a = anchor[v]
+        c, it, st = lm_voxel(y[v], w, sig2[v], flo2[v], rician[v], z[v], a, centres, weights, poly, origin,
+                             box_lo[a], box_hi[a], uscale, reg_norm, reg_w, max_iter,
+                             s, jt, s_t, jt_t, vec, mat)
+        cost[v] = c
+        iters[v] += it
+        status[v] = st
+
+
+@njit(cache=True, parallel=True)
+def evaluate(y, w, sig2, flo2, rician, z, anchor, centres, weights, poly, origin, uscale, reg_norm, reg_w,
+             s_out, jt_out, cost):
+    """Surrogate signals s_out [V, M], Jacobian jt_out [V, d, M] and total cost at z (per voxel)."""
+    n_v, m = y.shape
+    d = z.shape[1]
+    for v in prange(n_v):
+        vec = np.empty((5, d))
+        mat = np.empty((2, d, d))
+        tps_eval(z[v], anchor[v], centres, weights, poly, origin, s_out[v], jt_out[v], True)
+        c = data_cost(y[v], w, sig2[v], flo2[v], rician[v], s_out[v], jt_out[v], False, vec[0], mat[0])
+        cost[v] = c + penalty(z[v], uscale, reg_norm, reg_w, False, vec[0], mat[0])
+
+
+@njit(cache=True, parallel=True)
+def entry_cost(y, w, sig2, flo2, rician, signals, entry, entry_pen, cost):
+    """Total cost of dictionary entry entry[v] (exact signals) for every voxel v."""
+    n_v = y.shape[0]
+    for v in prange(n_v):
+        jt = np.empty((1, 1))
+        vec = np.empty(1)
+        mat = np.empty((1, 1))
+        e = entry[v]
+        cost[v] = data_cost(y[v], w, sig2[v], flo2[v], rician[v], signals[e], jt, False, vec, mat) + entry_pen[e]
+
+
+@njit(cache=True)
+def penalties(z, uscale, reg_norm, reg_w, out):
+    """penalty() of every row of z [E, d] into out [E]."""
+    d = z.shape[1]
+    g = np.empty(d)
+    h = np.empty((d, d))
+    for e in range(z.shape[0]):
+        out[e] = penalty(z[e], uscale, reg_norm, reg_w, False, g, h)
