@@ -63,6 +63,19 @@ def test_demo_sidecars_and_dataset_description(demo_run):
     assert not list(out.rglob(".*.tmp*")) and not [p for p in out.rglob("*") if p.name.startswith(".sub")]
 
 
+def test_demo_writes_uncertainty_maps(demo_run):
+    _, out, _ = demo_run
+    base = out / "sub-01/dwi/sub-01_space-dwi_model-histousim_param-fin"
+    sd = nib.load(f"{base}_desc-sd_dwimap.nii.gz").get_fdata()
+    fit = nib.load(f"{base}_dwimap.nii.gz").get_fdata()
+    inside = fit != 0
+    # SNR 40, four free parameters: the SD of fin is finite, positive and of the order of its error
+    assert np.all(np.isfinite(sd[inside]) & (sd[inside] > 0)) and 0.01 < np.median(sd[inside]) < 0.5
+    side = json.loads(Path(f"{base}_desc-sd_dwimap.json").read_text())
+    assert side["Units"] == "" and "standard deviation" in side["Description"]
+    assert side["Model"]["Parameters"]["NoiseModel"] == "offset-Gaussian"
+
+
 def test_rerun_reuses_the_work_dir(demo_run, demo_dir, tmp_path, capsys):
     _, out, work = demo_run
     res = next(work.rglob("single_subject_01_wf/fit_histousim/result_fit_histousim.pklz"))
@@ -151,6 +164,22 @@ def test_one_failing_subject_does_not_stop_the_others(demo_dir, tmp_path, capsys
     assert code == 1 and "sub-02_ses-1" in err
     assert (out / "sub-01/dwi/sub-01_space-dwi_model-histousim_param-fin_dwimap.nii.gz").is_file()
     assert not (out / "sub-02").exists()
+
+
+@pytest.mark.parametrize("flags, named", [(["--device", "gpu"], "--device gpu"),
+                                          (["--surrogate-neighbours", "1"], "--surrogate-neighbours 1"),
+                                          (["--noise-model", "poisson"], "--noise-model")])
+def test_fitting_flags_are_checked(single_demo, tmp_path, capsys, flags, named):
+    from dmrimc_bids.core.fitting import gpu
+    if flags[0] == "--device" and gpu.available():
+        pytest.skip("a GPU is present")
+    out = tmp_path / "out"
+    try:
+        code, err = run(capsys, single_demo, out, "participant", *flags)
+    except SystemExit as e:  # argparse refuses unknown choices itself
+        code, err = e.code, capsys.readouterr().err
+    assert code == 64 and named in err
+    assert not out.exists() or not any(out.rglob("*.nii.gz"))
 
 
 def test_version_and_usage(capsys):

@@ -131,9 +131,16 @@ def _run(args) -> int:
             raise ValueError
     except ValueError:
         raise InputError(f"--reg {' '.join(args.reg)}", exit_code=EX_USAGE, fix="give --reg 1|2 WEIGHT>=0") from None
-    for flag, value in (("--nprocs", args.nprocs), ("--omp-nthreads", args.omp_nthreads)):
-        if value < 1:
-            raise InputError(f"{flag} {value}", exit_code=EX_USAGE, fix=f"give {flag} >= 1")
+    for flag, value, least in (("--nprocs", args.nprocs, 1), ("--omp-nthreads", args.omp_nthreads, 1),
+                               ("--chunk-size", args.chunk_size, 1),
+                               ("--surrogate-neighbours", args.surrogate_neighbours, 2)):
+        if value < least:
+            raise InputError(f"{flag} {value}", exit_code=EX_USAGE, fix=f"give {flag} >= {least}")
+    if args.device == "gpu":
+        from ..core.fitting import gpu
+        if not gpu.available():
+            raise InputError("--device gpu: no CUDA GPU is visible", exit_code=EX_USAGE,
+                             fix="use --device cpu (or auto), or install the [gpu] extra on a machine with a GPU")
 
     from ..bids.layout import collect_inputs, load_filters
     from ..interfaces.dictionary import load_selected

@@ -16,6 +16,7 @@ import math
 import types
 
 import numpy as np
+from numba import cuda, float64
 
 from . import kernels
 
@@ -27,7 +28,6 @@ _DEVICE_ROUTINES = ("log_i0", "bessel_ratio", "tps_eval", "data_cost", "penalty"
 def available() -> bool:
     """True when numba sees a usable CUDA GPU (or the simulator is on)."""
     try:
-        from numba import cuda
         return bool(cuda.is_available())
     except Exception:  # noqa: BLE001 - no driver, no toolkit, ...: no GPU
         return False
@@ -35,8 +35,6 @@ def available() -> bool:
 
 @functools.lru_cache(maxsize=1)
 def _compiled():
-    from numba import cuda, float64
-
     namespace = {"math": math, "LM_CONVERGED": kernels.LM_CONVERGED, "LM_MAX_ITER": kernels.LM_MAX_ITER,
                  "LM_STALLED": kernels.LM_STALLED}
     for name in _DEVICE_ROUTINES:
@@ -90,9 +88,7 @@ def _compiled():
 
 
 def _launch(kernel, n, *args, outputs=()):
-    """Run kernel over n voxels (256 threads a block); copy the arrays named by index in outputs back."""
-    from numba import cuda
-
+    """Run kernel over n voxels (128 threads a block); copy the arrays named by index in outputs back."""
     dev = [cuda.to_device(np.ascontiguousarray(a)) if isinstance(a, np.ndarray) else a for a in args]
     threads = 128
     kernel[(n + threads - 1) // threads, threads](*dev)

@@ -1,0 +1,41 @@
+"""The CUDA path, run in numba's CUDA simulator (no GPU needed), against the CPU path."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+SCRIPT = r"""
+import json, numpy as np
+from dmrimc_bids.core.analytic import analytic_dictionary, two_compartment_signal
+from dmrimc_bids.core.fitting.dictfit import DictionaryModel
+from dmrimc_bids.core.protocol import Protocol
+proto = Protocol([500, 1000, 2000, 2500] * 2, [10] * 4 + [15] * 4, [22.5] * 4 + [45] * 4)
+dic = analytic_dictionary().select(["fin", "vCS"], {"D0in": 1.9, "D0ex": 1.9}).match(proto)
+rng = np.random.default_rng(0)
+p = np.column_stack([rng.uniform(0.3, 0.7, 6), rng.uniform(9, 15, 6)])
+clean = two_compartment_signal(proto.b, proto.small_delta_ms, proto.big_delta_ms, p[:, 0], p[:, 1], 1.9, 1.9)
+noisy = np.abs(clean + 0.02 * rng.standard_normal(clean.shape))
+out = {}
+for device in ("cpu", "gpu"):
+    for noise in ("gaussian", "rician"):
+        fit = DictionaryModel(dic, device=device, noise=noise, n_neighbours=12).fit(noisy, sigma=np.full(6, 0.02))
+        out[device + noise] = {k: np.asarray(v).tolist() for k, v in fit.maps().items()}
+        out[device + noise + "info"] = fit.info
+print(json.dumps(out))
+"""
+
+
+def test_gpu_path_matches_cpu_in_the_cuda_simulator():
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    res = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    for noise in ("gaussian", "rician"):
+        assert out["gpu" + noise + "info"]["device"] == "gpu"
+        cpu, gpu = out["cpu" + noise], out["gpu" + noise]
+        for k in ("fin", "vCS", "fin_sd", "fobj", "exitcode"):
+            assert np.allclose(gpu[k], cpu[k], rtol=1e-9, atol=1e-12), (noise, k)
