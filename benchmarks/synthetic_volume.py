@@ -8,7 +8,7 @@ only). Voxels are random entries with Rician noise at SNR 50 (σ = 0.02); the fi
 Times the grid search + refinement (surrogate built beforehand, numba compiled beforehand) and
 reports voxels/s, median of --repeats runs. The last line printed is one JSON object.
 
-    python benchmarks/synthetic_volume.py [--voxels 100000] [--threads 1 2] [--repeats 3]
+    python benchmarks/synthetic_volume.py [--voxels 100000] [--threads 1 2] [--repeats 3] [--record]
 """
 
 from __future__ import annotations
@@ -57,7 +57,8 @@ def dictionary(seed: int = 0, data: Path = SHARED):
     return Dictionary(sig, par, NAMES, proto), "synthetic analytic (no shared data)"
 
 
-def run(n_vox: int, threads: int, repeats: int, seed: int, surrogate: str, chunk: int, data: Path = SHARED):
+def run(n_vox: int, threads: int, repeats: int, seed: int, surrogate: str, chunk: int, data: Path = SHARED,
+        device: str = "cpu"):
     import numba
     from threadpoolctl import threadpool_limits
 
@@ -72,7 +73,7 @@ def run(n_vox: int, threads: int, repeats: int, seed: int, surrogate: str, chunk
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     with threadpool_limits(limits=threads):
         t0 = time.perf_counter()
-        model = DictionaryModel(dic, surrogate=surrogate, chunk_size=chunk)
+        model = DictionaryModel(dic, surrogate=surrogate, chunk_size=chunk, device=device)
         model.surrogate
         t_build = time.perf_counter() - t0
         model.fit(noisy[:64], sigma=np.full(64, sigma))  # compile / load the kernels
@@ -85,6 +86,7 @@ def run(n_vox: int, threads: int, repeats: int, seed: int, surrogate: str, chunk
     err = {k: round(float(np.median(np.abs(fit.params[k] - dic.params[truth, j]))), 4) for j, k in enumerate(NAMES)}
     return {"voxels": n_vox, "measurements": dic.signals.shape[1], "entries": len(dic.params),
             "parameters": len(NAMES), "dictionary": source, "surrogate": surrogate, "threads": threads,
+            "device": fit.info["device"],
             "seconds_median": round(med, 2), "seconds_all": [round(t, 2) for t in times],
             "voxels_per_s": round(n_vox / med, 1), "surrogate_build_s": round(t_build, 2),
             "mean_lm_iterations": fit.info["mean_lm_iterations"], "medae_vs_truth": err,
@@ -100,11 +102,28 @@ def main(argv=None):
     ap.add_argument("--surrogate", choices=["local", "global"], default="local")
     ap.add_argument("--chunk-size", type=int, default=10000)
     ap.add_argument("--data", type=Path, default=SHARED, help="histo_loo folder (absent: synthetic dictionary)")
+    ap.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
+    ap.add_argument("--record", action="store_true", help="write the rows into docs/benchmarks.md")
     args = ap.parse_args(argv)
-    results = [run(args.voxels, t, args.repeats, args.seed, args.surrogate, args.chunk_size, args.data) for t in args.threads]
+    results = [run(args.voxels, t, args.repeats, args.seed, args.surrogate, args.chunk_size, args.data,
+                   args.device) for t in args.threads]
     for r in results:
         print(f"{r['threads']} thread(s): {r['voxels']} voxels in {r['seconds_median']} s (median of "
               f"{len(r['seconds_all'])}) = {r['voxels_per_s']} voxels/s; {r['dictionary']}", file=sys.stderr)
+    if args.record:
+        from _record import machine, record
+        key = f"synthetic-{args.surrogate}-{results[0]['device']}"
+        lines = [f"`python benchmarks/synthetic_volume.py --voxels {args.voxels} --threads "
+                 f"{' '.join(map(str, args.threads))} --repeats {args.repeats} --surrogate {args.surrogate} "
+                 f"--device {args.device} --record` ({machine()}; dictionary: {results[0]['dictionary']})", "",
+                 "| threads | device | seconds (median) | runs | voxels/s | LM iterations/voxel | surrogate build s |",
+                 "|---|---|---|---|---|---|---|"]
+        for r in results:
+            lines.append(f"| {r['threads']} | {r['device']} | {r['seconds_median']} | {r['seconds_all']} | "
+                         f"{r['voxels_per_s']:.0f} | {r['mean_lm_iterations']} | {r['surrogate_build_s']} |")
+        lines += ["", "MedAE vs the true entries (SNR 50): " + ", ".join(
+            f"{k} {v}" for k, v in results[-1]["medae_vs_truth"].items())]
+        record(key, "\n".join(lines))
     print(json.dumps(results))
     return 0
 
