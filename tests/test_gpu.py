@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 SCRIPT = r"""
 import json, numpy as np

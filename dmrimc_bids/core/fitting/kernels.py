@@ -265,7 +265,7 @@ def lm_voxel(y, w, sig2, flo2, rician, z, a, centres, weights, poly, origin, lo,
             cost = data_cost(y, w, sig2, flo2, rician, s, jt, True, grad, hess)
             cost += penalty(z, uscale, reg_norm, reg_w, True, grad, hess)
             mu = max(mu / 3.0, 1e-12)
-            if gain < 1e-6 or moved < 1e-4:
+            if gain < 1e-5 or moved < 1e-3:
                 status = LM_CONVERGED
                 break
         else:
