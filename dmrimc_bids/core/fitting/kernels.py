@@ -330,13 +330,13 @@ def refine(y, w, sig2, flo2, rician, z, anchor, centres, weights, poly, origin, 
         status[v] = st
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def evaluate(y, w, sig2, flo2, rician, z, anchor, centres, weights, poly, origin, uscale, reg_norm, reg_w,
              s_out, jt_out, cost):
     """Surrogate signals s_out [V, M], Jacobian jt_out [V, d, M] and total cost at z (per voxel)."""
     n_v, m = y.shape
     d = z.shape[1]
-    for v in prange(n_v):
+    for v in range(n_v):
         vec = np.empty((5, d))
         mat = np.empty((2, d, d))
         tps_eval(z[v], anchor[v], centres, weights, poly, origin, s_out[v], jt_out[v], True)
@@ -344,11 +344,11 @@ def evaluate(y, w, sig2, flo2, rician, z, anchor, centres, weights, poly, origin
         cost[v] = c + penalty(z[v], uscale, reg_norm, reg_w, False, vec[0], mat[0])
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def entry_cost(y, w, sig2, flo2, rician, signals, entry, entry_pen, cost):
     """Total cost of dictionary entry entry[v] (exact signals) for every voxel v."""
     n_v = y.shape[0]
-    for v in prange(n_v):
+    for v in range(n_v):
         jt = np.empty((1, 1))
         vec = np.empty(1)
         mat = np.empty((1, 1))
