@@ -123,17 +123,32 @@ def test_noise_free_off_grid_recovery(matched):
     assert np.all(fit.exitcode == 1)
 
 
-def test_offset_gaussian_floor_reduces_rician_bias():
-    # one free parameter (fin; vCS, D0in, D0ex fixed on the grid) so that the noise model, not the
-    # ill-posedness of the full problem, decides the bias. SNR 10 at b=0: Rician floor ~ high-b signal.
-    m = analytic_dictionary().select(["fin"], {"vCS": 12, "D0in": 1.9, "D0ex": 1.9}).match(PROTO)
-    rng = np.random.default_rng(4)
-    n, sigma = 2000, 0.1
-    fin = rng.uniform(0.2, 0.8, n)
+def fin_only_dictionary():
+    """Only fin free (vCS, D0in, D0ex fixed on the grid), so that the noise model, not the
+    ill-posedness of the full problem, decides bias and spread."""
+    return analytic_dictionary().select(["fin"], {"vCS": 12, "D0in": 1.9, "D0ex": 1.9}).match(PROTO)
+
+
+def rician_draws(fin, sigma, seed):
+    """Rician magnitudes of the fin-only model at the given fin values."""
+    rng = np.random.default_rng(seed)
     clean = two_compartment_signal(PROTO.b, PROTO.small_delta_ms, PROTO.big_delta_ms, fin, 12, 1.9, 1.9)
-    noisy = np.abs(clean + rng.normal(0, sigma, clean.shape) + 1j * rng.normal(0, sigma, clean.shape))
-    with_floor = DictionaryModel(m).fit(noisy, sigma=np.full(n, sigma)).params["fin"]
-    plain = DictionaryModel(m).fit(noisy).params["fin"]
+    clean = np.broadcast_to(clean, (np.size(fin), len(PROTO)))
+    return np.abs(clean + rng.normal(0, sigma, clean.shape) + 1j * rng.normal(0, sigma, clean.shape))
+
+
+@pytest.fixture(scope="module")
+def low_snr():
+    """SNR 10 at b=0 (Rician floor ~ high-b signal): (dictionary, true fin, data, σ, least-squares fin)."""
+    m, n, sigma = fin_only_dictionary(), 2000, 0.1
+    fin = np.random.default_rng(4).uniform(0.2, 0.8, n)
+    noisy = rician_draws(fin, sigma, 5)
+    return m, fin, noisy, sigma, DictionaryModel(m).fit(noisy).params["fin"]
+
+
+def test_offset_gaussian_floor_reduces_rician_bias(low_snr):
+    m, fin, noisy, sigma, plain = low_snr
+    with_floor = DictionaryModel(m).fit(noisy, sigma=np.full(len(fin), sigma)).params["fin"]
     # measured: bias +0.020 plain vs -0.007 with the floor; SE of the mean bias ~0.002
     assert np.mean(plain - fin) > 0.01
     assert abs(np.mean(with_floor - fin)) < 0.5 * abs(np.mean(plain - fin))
@@ -233,26 +248,17 @@ def test_rician_and_offset_gaussian_agree_at_high_snr(matched):
     assert np.median(np.abs(g.params["vCS"] - r.params["vCS"])) < 0.05
 
 
-def test_rician_reduces_low_snr_bias_like_the_floor():
+def test_rician_reduces_low_snr_bias_like_the_floor(low_snr):
     """One free parameter at SNR 10: the Rician fit is as unbiased as the offset-Gaussian one."""
-    m = analytic_dictionary().select(["fin"], {"vCS": 12, "D0in": 1.9, "D0ex": 1.9}).match(PROTO)
-    rng = np.random.default_rng(4)
-    n, sigma = 2000, 0.1
-    fin = rng.uniform(0.2, 0.8, n)
-    clean = two_compartment_signal(PROTO.b, PROTO.small_delta_ms, PROTO.big_delta_ms, fin, 12, 1.9, 1.9)
-    noisy = np.abs(clean + rng.normal(0, sigma, clean.shape) + 1j * rng.normal(0, sigma, clean.shape))
-    ric = DictionaryModel(m, noise="rician").fit(noisy, sigma=np.full(n, sigma)).params["fin"]
-    plain = DictionaryModel(m).fit(noisy).params["fin"]
+    m, fin, noisy, sigma, plain = low_snr
+    ric = DictionaryModel(m, noise="rician").fit(noisy, sigma=np.full(len(fin), sigma)).params["fin"]
     assert abs(np.mean(ric - fin)) < 0.5 * abs(np.mean(plain - fin))
 
 
 def test_fisher_sd_matches_the_spread_of_estimates():
     """One free parameter (fin), 2000 noise draws at one truth: empirical SD == reported SD (±15 %)."""
-    m = analytic_dictionary().select(["fin"], {"vCS": 12, "D0in": 1.9, "D0ex": 1.9}).match(PROTO)
-    rng = np.random.default_rng(13)
-    n, sigma = 2000, 0.01
-    clean = two_compartment_signal(PROTO.b, PROTO.small_delta_ms, PROTO.big_delta_ms, 0.55, 12, 1.9, 1.9)
-    noisy = np.abs(clean + rng.normal(0, sigma, (n, len(PROTO))) + 1j * rng.normal(0, sigma, (n, len(PROTO))))
+    m, n, sigma = fin_only_dictionary(), 2000, 0.01
+    noisy = rician_draws(np.full(n, 0.55), sigma, 13)
     for sig in (np.full(n, sigma), None):  # with the noise map, and σ from the residuals
         fit = DictionaryModel(m).fit(noisy, sigma=sig)
         assert set(fit.sd) == {"fin"}

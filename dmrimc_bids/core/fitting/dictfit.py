@@ -33,7 +33,7 @@ from ..dictionary import Dictionary
 from . import kernels
 from .likelihood import (expected_signal, information_criteria, log_likelihood,
                          log_likelihood_unknown_sigma, noise_floor, rician_log_likelihood)
-from .surrogate import TPSStack, build_global, build_local, grid_steps, unique_entries
+from .surrogate import TPSStack, build_global, build_local, grid_steps
 
 #: Exit codes of the fit (published convention): 1 fitted, 0 background, -1 failed / invalid data.
 EXIT_OK, EXIT_BACKGROUND, EXIT_FAILED = 1, 0, -1
@@ -125,7 +125,6 @@ class DictionaryModel:
             kw = {} if self.surrogate_kind == "global" else {"n_neighbours": self.n_neighbours}
             self._surrogate = build(self.entries_z, self.dictionary.signals, self.smoothing,
                                     *self.bounds_z, **kw)
-            _, _, self._entry_unique = unique_entries(self.entries_z, self.dictionary.signals)
         return self._surrogate
 
     def _grid_arrays(self):
@@ -214,14 +213,15 @@ class DictionaryModel:
         fobj[in_mask & ~valid] = np.nan
         loglik[in_mask & ~valid] = np.nan
         todo = np.flatnonzero(valid)
-        n_iter, kept_entry = 0, 0
+        n_iter, kept_entry, n_unconverged = 0, 0, 0
         for c0 in range(0, todo.size, self.chunk_size):
             idx = todo[c0:c0 + self.chunk_size]
             res = self._fit_chunk(flat[idx], np.zeros((idx.size, m)) if sigma is None else sigma[idx])
-            params[idx], sd[idx], fobj[idx], loglik[idx], ok, it, kept = res
+            params[idx], sd[idx], fobj[idx], loglik[idx], ok, it, kept, unconverged = res
             exitcode[idx] = np.where(ok, EXIT_OK, EXIT_FAILED)
             n_iter += it
             kept_entry += kept
+            n_unconverged += unconverged
             if progress is not None:
                 progress(idx.size)
         aic, bic = information_criteria(loglik, self.free.size, m)
@@ -229,7 +229,8 @@ class DictionaryModel:
         bic = np.where(exitcode == EXIT_BACKGROUND, 0.0, bic)
         info = {"n_fitted": int(todo.size), "n_invalid": int((in_mask & ~valid).sum()),
                 "mean_lm_iterations": round(n_iter / max(todo.size, 1), 2),
-                "n_kept_dictionary_entry": int(kept_entry), "surrogate": self.surrogate_kind,
+                "n_kept_dictionary_entry": int(kept_entry), "n_lm_not_converged": int(n_unconverged),
+                "surrogate": self.surrogate_kind,
                 "noise_model": self.noise, "device": self.device}
         return DictionaryFit({n: params[:, j].reshape(shape) for j, n in enumerate(self.names)},
                              {n: sd[:, j].reshape(shape) for j, n in enumerate(self.names) if j in self.free},
@@ -246,8 +247,8 @@ class DictionaryModel:
         grid_cost = np.empty(v)  # the best entry's cost under the chosen noise model
         kernels.entry_cost(d, w, sig2, flo2, rician, sig_exact, best, pen, grid_cost)
         z = np.ascontiguousarray(self.entries_z[best])
-        anchor = sur.model_of_entry[self._entry_unique[best]]
-        z, anchor, cost, iters, _ = self._refine(d, w, sig2, flo2, rician, z, anchor)
+        anchor = sur.model_of_input[best]
+        z, anchor, cost, iters, status = self._refine(d, w, sig2, flo2, rician, z, anchor)
         s, jt = np.empty((v, m)), np.empty((v, self.free.size, m))
         kernels.evaluate(d, w, sig2, flo2, rician, z, anchor, sur.centres, sur.weights, sur.poly, sur.origin,
                          self.uscale, self.reg_norm, self.reg_weight, s, jt, cost)
@@ -264,7 +265,7 @@ class DictionaryModel:
         ok = np.all(np.isfinite(p), axis=1) & np.isfinite(cost)
         p[~ok] = np.nan
         sd[~ok] = np.nan
-        return p, sd, cost, ll, ok, int(iters.sum()), int(keep.sum())
+        return p, sd, cost, ll, ok, int(iters.sum()), int(keep.sum()), int(np.sum(status != kernels.LM_CONVERGED))
 
     def _loglik(self, d, s, g, sig2, rician, has_sigma):
         m = d.shape[1]

@@ -113,7 +113,7 @@ class TPSStack:
 
     centres [A, K, d], weights [A, K, M], poly [A, d+1, M], origin [A, d]; box_lo/box_hi [A, d]:
     the region where model a is trusted; model_of_entry [U]: the model of each unique entry, whose
-    coordinates are entries [U, d]."""
+    coordinates are entries [U, d]; model_of_input [N]: the model of each row given to the build."""
 
     centres: np.ndarray
     weights: np.ndarray
@@ -123,6 +123,7 @@ class TPSStack:
     box_hi: np.ndarray
     entries: np.ndarray
     model_of_entry: np.ndarray
+    model_of_input: np.ndarray
     kind: str
     smoothing: float
 
@@ -156,16 +157,17 @@ def build_global(coords: np.ndarray, signals: np.ndarray, smoothing: float, lo, 
     """One TPS on all (unique) entries; trusted everywhere inside [lo, hi]."""
     c, s, _ = unique_entries(coords, signals)
     origin = c.mean(axis=0)[None]
+    zero = np.zeros(len(coords), dtype=np.int64)
     w, p = _fit_tps(c[None], s[None], origin, smoothing)
     return TPSStack(c[None], w, p, origin, np.asarray(lo, float)[None], np.asarray(hi, float)[None],
-                    c, np.zeros(len(c), dtype=np.int64), "global", smoothing)
+                    c, np.zeros(len(c), dtype=np.int64), zero, "global", smoothing)
 
 
 def build_local(coords: np.ndarray, signals: np.ndarray, smoothing: float, lo, hi,
                 n_neighbours: int = 32, batch: int = 256) -> TPSStack:
     """One TPS per unique entry on its neighbourhood (:func:`neighbourhoods`); trusted in the
     neighbourhood's bounding box ∩ [lo, hi]."""
-    c, s, _ = unique_entries(coords, signals)
+    c, s, inverse = unique_entries(coords, signals)
     n, d = c.shape
     nbr = neighbourhoods(c, max(int(n_neighbours), d + 2))
     valid = nbr >= 0
@@ -180,4 +182,4 @@ def build_local(coords: np.ndarray, signals: np.ndarray, smoothing: float, lo, h
     box_hi = np.minimum(cen.max(axis=1), np.asarray(hi, float)[None])
     box_hi = np.maximum(box_hi, box_lo)
     return TPSStack(np.ascontiguousarray(cen), weights, poly, c.copy(), box_lo, box_hi, c,
-                    np.arange(n, dtype=np.int64), "local", smoothing)
+                    np.arange(n, dtype=np.int64), inverse.astype(np.int64), "local", smoothing)
