@@ -20,7 +20,7 @@ from .protocol import Protocol, read_numbers
 
 #: Units of the tissue parameters we know of (BIDS-style unit strings).
 PARAM_UNITS = {"fin": "", "mCS": "um", "varCS": "um^2", "skewCS": "", "vCS": "um", "vCS_sph": "um",
-               "vCS_cyl": "um", "D0in": "um^2/ms", "D0ex": "um^2/ms", "kappa": "um/s"}
+               "vCS_cyl": "um", "D0in": "um^2/ms", "D0ex": "um^2/ms", "kappa": "um/s", "cellularity": "1/mm^2"}
 PARAM_DESCRIPTIONS = {
     "fin": "intra-cellular volume fraction (normalised)",
     "mCS": "mean cell size (diameter of the circle with the cell's area)",
@@ -29,7 +29,7 @@ PARAM_DESCRIPTIONS = {
     "vCS_sph": "volume-weighted cell size index, spherical geometry ((<CS^7>/<CS^3>)^(1/4))",
     "vCS_cyl": "volume-weighted cell size index, cylindrical geometry ((<CS^6>/<CS^2>)^(1/4))",
     "D0in": "intrinsic intra-cellular diffusivity", "D0ex": "intrinsic extra-cellular diffusivity",
-    "kappa": "cell membrane permeability"}
+    "kappa": "cell membrane permeability", "cellularity": "cells per mm² of the substrate"}
 #: Column order of the published Histo-μSim parameter arrays.
 HISTOUSIM_PARAM_NAMES = ("fin", "mCS", "varCS", "skewCS", "vCS_sph", "vCS_cyl", "D0in", "D0ex", "kappa")
 #: Column order of the published leave-one-out arrays (shared/reference/histo_loo).
@@ -138,7 +138,8 @@ class Dictionary:
     def select(self, keep=None, fix: dict | None = None) -> "Dictionary":
         """Keep some parameters and fix others.
 
-        keep: names to estimate (``--params``); D0in, D0ex and kappa are added unless fixed.
+        keep: names to estimate (``--params``); D0in, D0ex and kappa are added unless fixed. Without
+        it, the dictionary's ``provenance['default_params']`` (if any), else every parameter.
         fix: {name: value}: keep only the rows at that value and drop the column; the value must be
         on the dictionary's grid. Unknown names raise InputError (exit 64).
         """
@@ -158,6 +159,8 @@ class Dictionary:
                 raise InputError(f"--fix {name}={value:g} is not on the dictionary's grid", exit_code=EX_USAGE,
                                  fix=f"use one of {shown}")
             rows &= at
+        if not keep and self.provenance.get("default_params"):
+            keep = [n for n in self.provenance["default_params"] if n in self.names]
         if keep:
             chosen = list(dict.fromkeys(list(keep) + [n for n in ALWAYS_KEPT if n in self.names]))
         else:

@@ -178,3 +178,85 @@ def unique_waveforms(waveforms: list) -> tuple[list, np.ndarray]:
             uniq.append(w)
         index.append(seen[key])
     return uniq, np.asarray(index, dtype=np.int64)
+
+
+# ---- protocol files for the simulators ------------------------------------------------------------
+def waveform_from_dict(d: dict) -> Waveform:
+    """Inverse of `waveform_to_dict`."""
+    return Waveform(tuple(d["breaks_ms"]), tuple(d["values"]), d.get("kind", "sampled"), tuple(d.get("timing", ())))
+
+
+def waveform_to_dict(w: Waveform) -> dict:
+    return {"kind": w.kind, "breaks_ms": [float(x) for x in w.breaks_ms], "values": [float(x) for x in w.values],
+            "timing": [float(x) for x in w.timing]}
+
+
+TRSE_COLUMNS = ("delta1", "delta2", "delta3", "delta4", "onset2", "onset4")
+
+
+def read_simulation_protocol(path, bval=None) -> Protocol:
+    """The protocol a simulator synthesises, with one waveform per measurement in ``extra['waveforms']``.
+
+    path: a TSV with columns ``b`` (s/mm²), ``small_delta``, ``big_delta`` (ms), optional
+    ``echo_time`` (ms) and ``waveform``: PGSE (default), TRSE (lobe columns delta1..delta4, onset2 =
+    Δ12, onset4 = Δ14, ms) or the path of a sampled waveform file (two columns: time ms, gradient);
+    or a BIDS DWI JSON sidecar (timing in s) with its ``.bval`` beside it (or given as ``bval``).
+    """
+    import csv
+
+    from .protocol import load_sidecar, read_numbers, read_protocol
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("protocol file not found", path=path, exit_code=EX_NOINPUT,
+                         fix="give a TSV (b, small_delta, big_delta) or a DWI .json sidecar with its .bval")
+    if path.suffix == ".json":
+        bval = Path(bval) if bval else path.with_suffix(".bval")
+        if not bval.is_file():
+            raise InputError("the sidecar's .bval was not found", path=bval, exit_code=EX_NOINPUT,
+                             fix="put the .bval beside the .json or pass --bval")
+        n = read_numbers(bval, "b-value").size
+        prot = read_protocol(bval, n, sidecar=load_sidecar(path), sidecar_path=path)
+        return prot
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh, delimiter="\t"))
+    if not rows or not {"b", "small_delta", "big_delta"} <= set(rows[0]):
+        raise InputError("protocol table needs tab-separated columns b, small_delta, big_delta (ms)",
+                         path=path, fix="add a header row with those column names (see DESIGN.md §3)")
+    prot = Protocol.from_table(path)
+    waves = []
+    for i, r in enumerate(rows):
+        kind = (r.get("waveform") or "PGSE").strip()
+        if prot.b[i] <= 0:
+            waves.append(None)
+            continue
+        try:
+            if kind.upper() == "PGSE":
+                waves.append(pgse(prot.small_delta_ms[i], prot.big_delta_ms[i]))
+            elif kind.upper() == "TRSE":
+                waves.append(trse(*(float(r[c]) for c in TRSE_COLUMNS)))
+            else:
+                f = Path(kind)
+                waves.append(read_sampled(f if f.is_absolute() else path.parent / f))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"row {i + 1}: bad {kind} timing ({exc})", path=path,
+                             fix="PGSE needs small_delta <= big_delta; TRSE needs columns "
+                                 + ", ".join(TRSE_COLUMNS) + " (ms)") from exc
+    prot.extra["waveforms"] = waves
+    return prot
+
+
+def protocol_to_json(protocol: Protocol) -> dict:
+    """JSON-able protocol including every measurement's waveform (for simulation jobs)."""
+    waves = protocol_waveforms(protocol)
+    return {"b": [float(x) for x in protocol.b], "small_delta": [float(x) for x in protocol.small_delta_ms],
+            "big_delta": [float(x) for x in protocol.big_delta_ms],
+            "echo_time": [None if not np.isfinite(x) else float(x) for x in protocol.echo_time_ms],
+            "waveforms": [None if w is None else waveform_to_dict(w) for w in waves]}
+
+
+def protocol_from_json(d: dict) -> Protocol:
+    te = [np.nan if x is None else x for x in d["echo_time"]]
+    prot = Protocol(d["b"], d["small_delta"], d["big_delta"], te)
+    prot.extra["waveforms"] = [None if w is None else waveform_from_dict(w) for w in d["waveforms"]]
+    return prot

@@ -1,0 +1,188 @@
+"""`dmrimc-sim`: build dictionaries with the simulators for the user's own protocol and histology.
+
+    dmrimc-sim histo --svg cells.svg --width-um 121.8 --protocol dwi.json --out dict.npz
+    dmrimc-sim default-dictionary            # rebuild the embedded default dictionary
+
+The Monte Carlo jobs run as a Nipype graph (workflows/simulation.py): ``--nprocs`` for MultiProc,
+``--plugin SLURM --plugin-args '{"sbatch_args": "..."}'`` on a cluster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..core.errors import EX_USAGE, InputError
+
+LOG = logging.getLogger("dmrimc_sim")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(EX_USAGE)
+
+
+def _positive(kind):
+    def conv(text):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not v > 0:
+            raise argparse.ArgumentTypeError(f"{text} must be > 0")
+        return v
+    return conv
+
+
+def _nonnegative(text):
+    v = float(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{text} must be >= 0")
+    return v
+
+
+def _common(p):
+    from ..core.simulate.montecarlo import DEFAULT_DT_MS, DEFAULT_WALKERS
+    p.add_argument("--walkers", type=_positive(int), default=DEFAULT_WALKERS,
+                   help=f"walkers per configuration ({DEFAULT_WALKERS})")
+    p.add_argument("--dt-ms", type=_positive(float), default=DEFAULT_DT_MS, help="time step [ms] (110/2370)")
+    p.add_argument("--grid-um", type=_positive(float), default=1.0, help="membrane look-up grid [µm] (1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=("cpu", "gpu", "auto"), default="auto")
+    p.add_argument("--nprocs", type=_positive(int), default=1, help="parallel jobs (MultiProc)")
+    p.add_argument("--plugin", default=None, help="Nipype plugin (e.g. SLURM, SGE); default Linear/MultiProc")
+    p.add_argument("--plugin-args", type=json.loads, default=None, help="plugin arguments as JSON")
+    p.add_argument("--configs-per-job", type=int, default=0, help="configurations per job (0: one job per substrate)")
+    p.add_argument("-w", "--work-dir", type=Path, default=None, help="Nipype work dir (kept; reruns reuse it)")
+    p.add_argument("--plot", action="store_true", help="write <out>.png: substrate(s) and example signals")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+
+
+def build_parser():
+    from ..core.simulate.histo import HISTOUSIM_D0, HISTOUSIM_KAPPA
+    parser = _Parser(prog="dmrimc-sim", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    h = sub.add_parser("histo", help="Histo-μSim dictionary: Monte Carlo in traced cell substrates")
+    h.add_argument("--svg", type=Path, nargs="+", required=True, help="SVG(s) of traced cells (one substrate each)")
+    g = h.add_mutually_exclusive_group(required=True)
+    g.add_argument("--scale", type=_positive(float), metavar="UM_PER_UNIT", help="µm per SVG user unit")
+    g.add_argument("--width-um", type=_positive(float), metavar="W", help="width of the substrate tile [µm]")
+    h.add_argument("--tolerance-um", type=_positive(float), default=0.01, help="curve flattening tolerance [µm]")
+    h.add_argument("--protocol", type=Path, required=True,
+                   help="TSV (b, small_delta, big_delta [, echo_time, waveform]) or DWI .json sidecar + .bval")
+    h.add_argument("--bval", type=Path, default=None, help="the sidecar's .bval (default: beside it)")
+    h.add_argument("--d0in", type=_positive(float), nargs="+", default=list(HISTOUSIM_D0), help="µm²/ms")
+    h.add_argument("--d0ex", type=_positive(float), nargs="+", default=list(HISTOUSIM_D0), help="µm²/ms")
+    h.add_argument("--kappa", type=_nonnegative, nargs="+", default=list(HISTOUSIM_KAPPA), help="µm/s")
+    h.add_argument("--metrics-area", choices=("polygon", "hull"), default="polygon",
+                   help="cell areas for the metrics (hull: as the published scripts)")
+    h.add_argument("--out", type=Path, required=True, help="dictionary .npz (its .json beside it)")
+    _common(h)
+    d = sub.add_parser("default-dictionary", help="rebuild the embedded default dictionary (generated substrates)")
+    d.add_argument("--out", type=Path, default=None, help="default: the package's data folder")
+    _common(d)
+    d.set_defaults(walkers=4000)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    try:
+        return _run(args)
+    except InputError as exc:
+        print(f"dmrimc-sim: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+def _run(args) -> int:
+    from ..core.simulate.histo import DEFAULT_SUBSTRATES, load_substrate
+    from ..core.simulate.montecarlo import resolve_device
+    from ..core.waveforms import read_simulation_protocol
+
+    if args.device == "gpu" and resolve_device("auto") != "gpu":
+        raise InputError("--device gpu: no CUDA GPU is visible", exit_code=EX_USAGE,
+                         fix="install the [gpu] extra on a machine with an NVIDIA GPU, or use --device cpu")
+    device = resolve_device(args.device)
+    if args.command == "histo":
+        prot = read_simulation_protocol(args.protocol, args.bval)
+        specs = [{"svg": str(p.resolve()), "scale_um_per_unit": args.scale, "width_um": args.width_um,
+                  "tolerance_um": args.tolerance_um} for p in args.svg]
+        substrates = [load_substrate(s) for s in specs]  # fail early, one clear line per bad SVG
+        d0in, d0ex, kappa, area, out = args.d0in, args.d0ex, args.kappa, args.metrics_area, args.out
+    else:
+        from ..core.dictionary_default import DEFAULT_PROTOCOL, default_dictionary_path
+        prot = DEFAULT_PROTOCOL()
+        specs = DEFAULT_SUBSTRATES
+        substrates = [load_substrate(s) for s in specs]
+        from ..core.dictionary_default import DEFAULT_D0, DEFAULT_KAPPA
+        d0in, d0ex, kappa, area = DEFAULT_D0, DEFAULT_D0, DEFAULT_KAPPA, "polygon"
+        out = args.out or default_dictionary_path()
+    for s in substrates:
+        for note in s.notes:
+            LOG.info("%s: %s", s.name, note)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    dic = run_histo_workflow(specs, prot, d0in, d0ex, kappa, out, args, device, area)
+    if args.command == "default-dictionary":
+        from ..core.dictionary_default import finalise_default
+        finalise_default(dic, out)
+    if args.plot:
+        from ..reports.simulation import plot_histo
+        plot_histo(substrates[:3], dic, out.with_suffix(".png"))
+    print(f"dmrimc-sim: wrote {out.with_suffix('.npz')} ({len(dic)} entries x {len(dic.protocol)} measurements)")
+    return 0
+
+
+def run_histo_workflow(specs, prot, d0in, d0ex, kappa, out, args, device, area):
+    """Build and run the simulation graph; returns the Dictionary written to ``out``."""
+    from nipype import config as ncfg
+    from nipype import logging as nlogging
+
+    from ..core.dictionary import Dictionary
+    from ..workflows.simulation import init_histo_simulation_wf
+
+    tmp = None
+    work = args.work_dir
+    if work is None:
+        tmp = work = Path(tempfile.mkdtemp(prefix="dmrimc_sim_"))
+    work = Path(work).resolve()
+    ncfg.update_config({"execution": {"crashdump_dir": str(work / "crash"), "crashfile_format": "txt"},
+                        "monitoring": {"enabled": False}})
+    for name in ("nipype.workflow", "nipype.interface", "nipype.utils"):
+        nlogging.getLogger(name).setLevel(logging.INFO if args.verbose > 1 else logging.WARNING)
+    n_threads = 0 if args.nprocs == 1 else 1
+    wf = init_histo_simulation_wf(specs, prot, d0in, d0ex, kappa, out, work, n_walkers=args.walkers,
+                                  dt_ms=args.dt_ms, seed=args.seed, configs_per_job=args.configs_per_job,
+                                  device=device, grid_um=args.grid_um, area=area, n_threads=n_threads)
+    if args.plugin:
+        plugin, plugin_args = args.plugin, dict(args.plugin_args or {})
+    elif args.nprocs > 1:
+        plugin, plugin_args = "MultiProc", {"n_procs": args.nprocs, "raise_insufficient": False}
+    else:
+        plugin, plugin_args = "Linear", {}
+    t0 = time.perf_counter()
+    try:
+        wf.run(plugin=plugin, plugin_args=plugin_args)
+    except RuntimeError as exc:
+        crashes = sorted((work / "crash").glob("crash-*.txt"))
+        raise InputError(f"simulation failed ({exc})", fix=f"see {crashes[-1] if crashes else work}",
+                         exit_code=1) from exc
+    LOG.info("simulation finished in %.1f s", time.perf_counter() - t0)
+    dic = Dictionary.load(out)
+    if tmp is not None:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dic
+
+
+if __name__ == "__main__":
+    sys.exit(main())

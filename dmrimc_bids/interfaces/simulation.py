@@ -1,0 +1,92 @@
+"""Nipype interfaces around core.simulate: one Monte Carlo job, and the assembly of a dictionary."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, traits
+
+from .io import cwd_path
+
+
+class _SimIn(BaseInterfaceInputSpec):
+    substrate = traits.Dict(mandatory=True, desc="substrate spec (core.simulate.histo.load_substrate)")
+    substrate_index = traits.Int(0, usedefault=True, desc="position of the substrate (seeds its walkers)")
+    configs = traits.List(traits.List(traits.Float), mandatory=True,
+                          desc="[[D0in µm²/ms, D0ex µm²/ms, kappa µm/s], ...]")
+    protocol_file = File(exists=True, mandatory=True, desc="protocol JSON (core.waveforms.protocol_to_json)")
+    n_walkers = traits.Int(20000, usedefault=True, desc="walkers per configuration")
+    dt_ms = traits.Float(110.0 / 2370.0, usedefault=True, desc="time step [ms]")
+    grid_um = traits.Float(1.0, usedefault=True, desc="membrane look-up grid spacing [µm]")
+    seed = traits.Int(0, usedefault=True)
+    device = traits.Enum("cpu", "gpu", "auto", usedefault=True)
+    area = traits.Enum("polygon", "hull", usedefault=True, desc="cell areas of the metrics")
+    n_threads = traits.Int(0, usedefault=True, desc="numba threads (0: all)")
+
+
+class _SimOut(TraitedSpec):
+    out_file = File(exists=True, desc="npz: signals [n, M], params [n, P], facts (JSON)")
+
+
+class SimulateHisto(SimpleInterface):
+    """Monte Carlo signals of one substrate for a list of (D0in, D0ex, κ) configurations."""
+
+    input_spec = _SimIn
+    output_spec = _SimOut
+
+    def _run_interface(self, runtime):
+        import numba
+
+        from ..core.simulate.histo import load_substrate, run_facts, simulate_substrate
+        from ..core.waveforms import protocol_from_json
+
+        i = self.inputs
+        if i.n_threads > 0:
+            numba.set_num_threads(min(i.n_threads, numba.config.NUMBA_NUM_THREADS))
+        sub = load_substrate(i.substrate)
+        prot = protocol_from_json(json.loads(open(i.protocol_file).read()))
+        signals, params, res = simulate_substrate(sub, prot, np.asarray(i.configs, float), seed=i.seed,
+                                                  index=i.substrate_index, area=i.area, n_walkers=i.n_walkers,
+                                                  dt_ms=i.dt_ms, grid_um=i.grid_um, device=i.device, progress=True)
+        out = cwd_path(runtime, f"mc_{i.substrate_index:03d}.npz")
+        facts = run_facts(sub, res)
+        facts["spec"] = i.substrate
+        np.savez(out, signals=signals, params=params, facts=json.dumps(facts))
+        self._results["out_file"] = out
+        return runtime
+
+
+class _AssembleIn(BaseInterfaceInputSpec):
+    parts = traits.List(File(exists=True), mandatory=True, desc="SimulateHisto outputs, in order")
+    protocol_file = File(exists=True, mandatory=True)
+    seed = traits.Int(0, usedefault=True)
+    area = traits.Enum("polygon", "hull", usedefault=True)
+    out_file = traits.Str(mandatory=True, desc="dictionary .npz to write (with its .json)")
+
+
+class _AssembleOut(TraitedSpec):
+    dictionary = File(exists=True)
+
+
+class AssembleDictionary(SimpleInterface):
+    """Join the Monte Carlo parts into one Dictionary (.npz + .json), written atomically."""
+
+    input_spec = _AssembleIn
+    output_spec = _AssembleOut
+
+    def _run_interface(self, runtime):
+        from ..core.simulate.histo import assemble, provenance
+        from ..core.waveforms import protocol_from_json
+
+        i = self.inputs
+        prot = protocol_from_json(json.loads(open(i.protocol_file).read()))
+        parts, facts = [], []
+        for f in i.parts:
+            with np.load(f) as z:
+                parts.append((z["signals"], z["params"]))
+                facts.append(json.loads(str(z["facts"])))
+        prov = provenance([], facts, i.seed, i.area)
+        dic = assemble(parts, prot, prov)
+        self._results["dictionary"] = str(dic.save(i.out_file))
+        return runtime
