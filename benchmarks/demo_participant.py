@@ -18,7 +18,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-PARAMS = ("fin", "vCS", "D0in", "D0ex")
+PARAMS = ("fin", "vCS_cyl", "D0in", "D0ex", "kappa")
 
 
 def recovery(out: Path, demo: Path) -> dict:

@@ -18,7 +18,7 @@ def run(capsys, *args):
 
 def maps(out, rel, base):
     return {p: nib.load(out / rel / f"{base}_space-dwi_model-histousim_param-{p}_dwimap.nii.gz").get_fdata()
-            for p in ("fin", "vCS", "D0in", "D0ex", "exitcode")}
+            for p in ("fin", "vCScyl", "D0in", "D0ex", "kappa", "exitcode")}
 
 
 @pytest.fixture(scope="module")
@@ -38,23 +38,26 @@ def test_demo_end_to_end_recovers_ground_truth(demo_run, demo_dir):
         mask = nib.load(gt_root / rel / f"{base}_desc-tumour_mask.nii.gz").get_fdata() > 0
         assert np.all(got["exitcode"][mask] == 1) and np.all(got["exitcode"][~mask] == 0)
         med = {}
-        for p in ("fin", "vCS", "D0in", "D0ex"):
+        for p in ("fin", "vCScyl", "D0in", "D0ex", "kappa"):
             truth = nib.load(gt_root / rel / f"{base}_space-dwi_model-histousim_param-{p}_dwimap.nii.gz").get_fdata()
             med[p] = np.median(np.abs(got[p][mask] - truth[mask]))
-        # measured on the demo (seed 1234): fin 0.06-0.07, vCS 0.86-0.98 um, D0in 0.87-0.96, D0ex 0.26-0.31
-        # um²/ms at SNR 40; D0in is poorly determined by two diffusion times (range 0.8-3.0).
-        assert med["fin"] < 0.1 and med["vCS"] < 1.5 and med["D0in"] < 1.2 and med["D0ex"] < 0.45, med
+        # measured on the demo (seed 1234, SNR 40, five free parameters, two diffusion times): fin 0.12-0.14,
+        # vCS_cyl 0.06-0.34 µm, D0in 0.58-0.70, D0ex 0.43-0.52 µm²/ms, kappa 9.7-12.5 µm/s; noise-free the
+        # same fit gives fin 0.03, vCS_cyl 0.10 µm, D0in 0.23, D0ex 0.19, kappa 4.1 (dictionary grid and
+        # its Monte Carlo noise), so the rest is the noise acting on weakly identified D0in, D0ex and kappa.
+        assert med["fin"] < 0.2 and med["vCScyl"] < 1.0 and med["D0in"] < 1.0 and med["D0ex"] < 0.75, med
+        assert med["kappa"] < 16, med
 
 
 def test_demo_sidecars_and_dataset_description(demo_run):
     _, out, _ = demo_run
-    side = json.loads((out / "sub-01/dwi/sub-01_space-dwi_model-histousim_param-vCS_dwimap.json").read_text())
+    side = json.loads((out / "sub-01/dwi/sub-01_space-dwi_model-histousim_param-vCScyl_dwimap.json").read_text())
     assert side["Units"] == "um" and side["Model"]["Parameters"]["Seed"] == 7
     prm = side["Model"]["Parameters"]
-    assert len(prm["Dictionary"]["Checksum"]["sha256"]) == 64 and "analytic" in prm["Dictionary"]["Provenance"]["source"]
+    assert len(prm["Dictionary"]["Checksum"]["sha256"]) == 64 and "Monte Carlo" in prm["Dictionary"]["Provenance"]["source"]
     fitted = prm["ProtocolFitted"]
-    assert sorted({r["b"] for r in fitted}) == [500, 1000, 1500, 2000, 2500]
-    assert {(r["small_delta"], r["big_delta"]) for r in fitted} == {(10.0, 22.5), (15.0, 45.0)}
+    assert sorted({r["b"] for r in fitted}) == [600, 1050, 1500, 1950, 2550]
+    assert {(r["small_delta"], r["big_delta"]) for r in fitted} == {(10.0, 25.0), (15.0, 45.0)}
     dropped = {d["b"] for d in prm["DroppedMeasurements"]}
     assert dropped == {0, 50, 100, 200}
     desc = json.loads((out / "dataset_description.json").read_text())
@@ -63,14 +66,19 @@ def test_demo_sidecars_and_dataset_description(demo_run):
     assert not list(out.rglob(".*.tmp*")) and not [p for p in out.rglob("*") if p.name.startswith(".sub")]
 
 
-def test_demo_writes_uncertainty_maps(demo_run):
+def test_demo_writes_uncertainty_maps(demo_run, demo_dir):
     _, out, _ = demo_run
     base = out / "sub-01/dwi/sub-01_space-dwi_model-histousim_param-fin"
     sd = nib.load(f"{base}_desc-sd_dwimap.nii.gz").get_fdata()
     fit = nib.load(f"{base}_dwimap.nii.gz").get_fdata()
+    truth = nib.load(demo_dir / "derivatives/groundtruth/sub-01/dwi/"
+                     "sub-01_space-dwi_model-histousim_param-fin_dwimap.nii.gz").get_fdata()
     inside = fit != 0
-    # SNR 40, four free parameters: the SD of fin is finite, positive and of the order of its error
-    assert np.all(np.isfinite(sd[inside]) & (sd[inside] > 0)) and 0.01 < np.median(sd[inside]) < 0.5
+    # five free parameters, fin and kappa trade off: the Fisher SD (bounds ignored, see dictfit.py) is
+    # finite where the information is not singular, positive, and never smaller than the actual errors
+    ok = np.isfinite(sd[inside])
+    assert ok.mean() > 0.99 and np.all(sd[inside][ok] > 0)
+    assert np.median(sd[inside][ok]) > np.median(np.abs(fit - truth)[inside])
     side = json.loads(Path(f"{base}_desc-sd_dwimap.json").read_text())
     assert side["Units"] == "" and "standard deviation" in side["Description"]
     assert side["Model"]["Parameters"]["NoiseModel"] == "offset-Gaussian"

@@ -2,10 +2,12 @@
 
 Two subjects (sub-02 with two sessions); per series two diffusion times, each with its own b=0
 volumes and echo time, b = 0, 50, 100, 200, 500, 1000, 1500, 2000, 2500 s/mm² along 3 directions;
-Rician noise (SNR 40 at b=0 and the shorter TE). Signals come from the forward model of the
-embedded default dictionary (core.analytic.two_compartment_signal) at continuous parameter values,
-so the fit has to interpolate between dictionary entries. Ground truth, the tumour mask and the
-noise σ map are written under derivatives/groundtruth/.
+Rician noise (SNR 40 at b=0 and the shorter TE). Signals come from the embedded default dictionary
+(Monte Carlo in generated cell packings): each tissue region is one of its substrates (dense
+small cells in the core, looser and larger towards the rim), and D0in, D0ex and κ vary smoothly
+between the dictionary's grid values (trilinear interpolation of the simulated signals), so the fit
+has to interpolate. Ground truth, the tumour mask and the noise σ map are written under
+derivatives/groundtruth/.
 """
 
 from __future__ import annotations
@@ -18,15 +20,16 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from ..core.analytic import two_compartment_signal
+from ..bids.derivatives import bids_label
+from ..core.dictionary_default import default_dictionary
 
 SHAPE = (20, 20, 4)
 VOXEL_MM = 2.0
-B_SHELLS = [50, 100, 200, 500, 1000, 1500, 2000, 2500]
+B_SHELLS = [50, 100, 200, 600, 1050, 1500, 1950, 2550]  # on the default dictionary's b grid
 N_B0 = 2
 DIRECTIONS = np.array([[1, 0, 0], [0, 0.8, 0.6], [0.6, -0.48, 0.64]])
 #: (δ ms, Δ ms, TE ms) of the two diffusion times, on the default dictionary's grid.
-TIMINGS = [(10.0, 22.5, 55.0), (15.0, 45.0, 80.0)]
+TIMINGS = [(10.0, 25.0, 55.0), (15.0, 45.0, 80.0)]
 T2_MS = 80.0
 S0 = 1000.0
 SNR_B0 = 40.0
@@ -46,26 +49,65 @@ def protocol():
     return tuple(np.array(x, float) for x in (b, vec, sd, bd, te))
 
 
+#: Truth maps written per voxel (the dictionary's fitted-by-default parameters).
+TRUTH = ("fin", "vCS_cyl", "D0in", "D0ex", "kappa")
+
+
 def phantom(rng, shift=0.0):
-    """Tumour mask and smooth ground-truth maps (fin, vCS µm, D0in, D0ex µm²/ms)."""
+    """Tumour mask, substrate index per voxel and smooth D0in, D0ex [µm²/ms], κ [µm/s] maps."""
     x, y, z = np.meshgrid(*(np.linspace(-1, 1, n) for n in SHAPE), indexing="ij")
     r = np.sqrt((x / 0.75) ** 2 + (y / 0.6) ** 2 + (z / 1.6) ** 2)
     mask = r <= 1.0
     t = np.clip(r, 0, 1)
-    gt = {"fin": 0.75 - 0.4 * t + 0.05 * shift,                 # dense core, looser rim
-          "vCS": 9.0 + 7.0 * (x + 1) / 2 + shift,              # left-right gradient of cell size
-          "D0in": 1.2 + 1.2 * (y + 1) / 2,
-          "D0ex": 2.6 - 0.8 * t}
-    outside = ~mask
-    gt["fin"][outside], gt["vCS"][outside], gt["D0in"][outside], gt["D0ex"][outside] = 0.2, 10.0, 2.0, 2.9
-    return mask, gt
+    # substrates of the default dictionary: index = 3·(packing level) + (size level)
+    packing = np.where(t < 0.45, 3, np.where(t < 0.75, 2, 1))  # dense core, looser rim
+    packing[~mask] = 0
+    size = np.clip(((x + 1) / 2 * 3 + shift).astype(int), 0, 2)  # left-right gradient of cell size
+    cont = {"D0in": 1.0 + 1.6 * (y + 1) / 2, "D0ex": 2.8 - 1.2 * t,
+            "kappa": np.clip(5.0 + 30.0 * (z + 1) / 2 + 5 * shift, 0, 40)}
+    cont["D0in"][~mask], cont["D0ex"][~mask], cont["kappa"][~mask] = 2.0, 2.9, 20.0
+    return mask, 3 * packing + size, cont
+
+
+def forward(dic, substrate, d0in, d0ex, kappa, b, sd, bd):
+    """Signals [n_vox, n_meas]: the dictionary's entries of each voxel's substrate, trilinearly
+    interpolated in (D0in, D0ex, κ), at the measurements (b, δ, Δ) (b = 0 gives 1)."""
+    from scipy.interpolate import RegularGridInterpolator
+
+    prot = dic.protocol
+    cols = np.array([-1 if bv <= 20 else int(np.flatnonzero((np.abs(prot.b - bv) < 1e-6)
+                                                             & (prot.small_delta_ms == s)
+                                                             & (prot.big_delta_ms == d))[0])
+                     for bv, s, d in zip(b, sd, bd)])
+    names = dic.names
+    keys = dic.params[:, [names.index("fin"), names.index("vCS_cyl")]]
+    block = np.concatenate([[0], np.cumsum(np.any(np.diff(keys, axis=0) != 0, axis=1))])  # simulated order
+    grid = [np.unique(dic.params[:, names.index(n)]) for n in ("D0in", "D0ex", "kappa")]
+    out = np.ones((len(substrate), len(b)))
+    pts = np.stack([d0in, d0ex, kappa], 1)
+    for k in range(int(block.max()) + 1):
+        vox = np.flatnonzero(substrate == k)
+        if vox.size == 0:
+            continue
+        rows = np.flatnonzero(block == k)
+        p = dic.params[rows][:, [names.index(n) for n in ("D0in", "D0ex", "kappa")]]
+        idx = [np.searchsorted(g, p[:, j]) for j, g in enumerate(grid)]
+        cube = np.empty(tuple(len(g) for g in grid) + (int((cols >= 0).sum()),))
+        cube[idx[0], idx[1], idx[2]] = dic.signals[rows][:, cols[cols >= 0]]
+        out[np.ix_(vox, np.flatnonzero(cols >= 0))] = RegularGridInterpolator(grid, cube)(pts[vox])
+    return out, [dic.params[int(np.flatnonzero(block == k)[0])] for k in range(int(block.max()) + 1)]
 
 
 def write_series(root: Path, sub: str, ses: str | None, rng, shift=0.0) -> None:
     b, vec, sd, bd, te = protocol()
-    mask, gt = phantom(rng, shift)
-    flat = {k: v.ravel() for k, v in gt.items()}
-    sig = two_compartment_signal(b, sd, bd, flat["fin"], flat["vCS"], flat["D0in"], flat["D0ex"])
+    mask, substrate, cont = phantom(rng, shift)
+    dic = default_dictionary()
+    sig, sub_params = forward(dic, substrate.ravel(), cont["D0in"].ravel(), cont["D0ex"].ravel(),
+                              cont["kappa"].ravel(), b, sd, bd)
+    gt = dict(cont)
+    for name in ("fin", "vCS_cyl"):
+        col = np.array([p[dic.names.index(name)] for p in sub_params])
+        gt[name] = col[substrate]
     s0 = S0 * np.exp(-te / T2_MS)
     sigma = S0 * np.exp(-TIMINGS[0][2] / T2_MS) / SNR_B0
     clean = sig * s0[None, :]
@@ -85,9 +127,10 @@ def write_series(root: Path, sub: str, ses: str | None, rng, shift=0.0) -> None:
     (d / f"{name}_dwi.json").write_text(json.dumps(side, indent=1) + "\n")
     g = root / "derivatives" / "groundtruth" / rel
     g.mkdir(parents=True, exist_ok=True)
-    for k, v in gt.items():
+    for k in TRUTH:
+        v = gt[k]
         nib.Nifti1Image(v.astype(np.float32), affine).to_filename(
-            g / f"{name}_space-dwi_model-histousim_param-{k}_dwimap.nii.gz")
+            g / f"{name}_space-dwi_model-histousim_param-{bids_label(k)}_dwimap.nii.gz")
     nib.Nifti1Image(mask.astype(np.uint8), affine).to_filename(g / f"{name}_desc-tumour_mask.nii.gz")
     nib.Nifti1Image(np.full(SHAPE, sigma, np.float32), affine).to_filename(g / f"{name}_desc-sigma_noise.nii.gz")
 

@@ -73,7 +73,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--small-delta", type=float, metavar="MS", help="gradient duration δ [ms] for every volume")
     g.add_argument("--big-delta", type=float, metavar="MS", help="gradient separation Δ [ms] for every volume")
     m = p.add_argument_group("model")
-    m.add_argument("--dictionary", type=Path, metavar="NPZ", help="dictionary (default: embedded analytic one)")
+    m.add_argument("--dictionary", type=Path, metavar="NPZ",
+                   help="dictionary (default: the embedded Monte Carlo one, see dmrimc-sim default-dictionary)")
+    m.add_argument("--dictionary-source", choices=["match", "simulate"], default="match",
+                   help="match: the dictionary's measurements nearest the protocol (default); simulate: run the "
+                        "Monte Carlo simulator for each subject's own protocol (cached in the work dir)")
+    m.add_argument("--substrate-svg", nargs="+", type=Path, metavar="SVG",
+                   help="with --dictionary-source simulate: traced cell substrates (default: the generated ones)")
+    sg = m.add_mutually_exclusive_group()
+    sg.add_argument("--substrate-width-um", type=float, metavar="W", help="width of each substrate SVG [µm]")
+    sg.add_argument("--substrate-scale", type=float, metavar="UM_PER_UNIT", help="µm per SVG unit")
+    m.add_argument("--sim-walkers", type=int, default=2000, metavar="N", help="walkers per simulated entry (2000)")
+    m.add_argument("--sim-d0", nargs="+", type=float, metavar="D", help="D0in and D0ex values [µm²/ms]")
+    m.add_argument("--sim-kappa", nargs="+", type=float, metavar="K", help="permeabilities [µm/s]")
     m.add_argument("--params", nargs="+", metavar="NAME", help="parameters to estimate (D0in, D0ex, kappa added)")
     m.add_argument("--fix", nargs="+", type=_fix, default=[], metavar="NAME=VALUE", help="fix at a grid value")
     m.add_argument("--bounds", nargs="+", type=_bound, default=[], metavar="NAME=LO,HI")
@@ -154,7 +166,10 @@ def _run(args) -> int:
                    reg_weight=reg_weight, bounds=dict(args.bounds), smoothing=args.surrogate_smoothing,
                    surrogate=args.surrogate, n_neighbours=args.surrogate_neighbours, noise_model=args.noise_model,
                    device=args.device,
-                   omp_nthreads=args.omp_nthreads, chunk_size=args.chunk_size, seed=args.seed)
+                   omp_nthreads=args.omp_nthreads, chunk_size=args.chunk_size, seed=args.seed,
+                   dictionary_source=args.dictionary_source)
+    if args.dictionary_source == "simulate":
+        _simulation_options(args, opts)
     dictionary = load_selected(opts.dictionary, opts.params, opts.fix)
     for name in opts.bounds:
         if name not in dictionary.names:
@@ -190,6 +205,33 @@ def _run(args) -> int:
     return 0
 
 
+def _simulation_options(args, opts) -> None:
+    """Fill the --dictionary-source simulate options; bad values give one error line (exit 64)."""
+    from ..core.dictionary_default import DEFAULT_D0, DEFAULT_KAPPA
+    from ..core.simulate.histo import DEFAULT_SUBSTRATES, load_substrate
+
+    if args.dictionary:
+        raise InputError("--dictionary and --dictionary-source simulate exclude each other", exit_code=EX_USAGE,
+                         fix="drop one of them")
+    if args.sim_walkers < 1 or any(d <= 0 for d in args.sim_d0 or []) or any(k < 0 for k in args.sim_kappa or []):
+        raise InputError("--sim-walkers must be >= 1, --sim-d0 > 0 and --sim-kappa >= 0", exit_code=EX_USAGE,
+                         fix="e.g. --sim-walkers 2000 --sim-d0 0.8 1.5 2.25 3 --sim-kappa 0 20 40")
+    if args.substrate_svg:
+        if args.substrate_width_um is None and args.substrate_scale is None:
+            raise InputError("--substrate-svg needs --substrate-width-um or --substrate-scale", exit_code=EX_USAGE,
+                             fix="give the substrate's width in µm (or µm per SVG unit)")
+        specs = [{"svg": str(p.resolve()), "width_um": args.substrate_width_um,
+                  "scale_um_per_unit": args.substrate_scale} for p in args.substrate_svg]
+        for spec in specs:
+            load_substrate(spec)  # one clear error now rather than a crash in the graph
+    else:
+        specs = DEFAULT_SUBSTRATES
+    opts.sim_substrates = specs
+    opts.sim_walkers = args.sim_walkers
+    opts.sim_d0 = list(args.sim_d0 or DEFAULT_D0)
+    opts.sim_kappa = list(args.sim_kappa or DEFAULT_KAPPA)
+
+
 def _execute(items, opts, args) -> list:
     """Run the graph; return [(item, exit code)] of the subjects whose outputs are missing."""
     from nipype import config as ncfg
@@ -210,6 +252,8 @@ def _execute(items, opts, args) -> list:
                         "monitoring": {"enabled": False}})
     for name in ("nipype.workflow", "nipype.interface", "nipype.utils"):
         nlogging.getLogger(name).setLevel(logging.INFO if args.verbose > 1 else logging.WARNING)
+    if opts.dictionary_source == "simulate" and not opts.sim_cache_dir:
+        opts.sim_cache_dir = str(work / "dictionary_cache")
     wf = init_participant_wf(items, opts, work)
     plugin, plugin_args = ("Linear", {}) if args.nprocs == 1 else ("MultiProc", {"n_procs": args.nprocs,
                                                                                    "raise_insufficient": False})

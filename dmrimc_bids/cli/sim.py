@@ -18,8 +18,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 from ..core.errors import EX_USAGE, InputError
 
 LOG = logging.getLogger("dmrimc_sim")

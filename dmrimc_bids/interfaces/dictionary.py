@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, traits
 
-from ..core.analytic import analytic_dictionary
 from ..core.dictionary import MATCH_TOL_B, MATCH_TOL_MS, Dictionary
 from ..core.protocol import Protocol
 from .io import cwd_path
 
 
 def load_selected(dictionary_file: str | None, params=None, fix=None) -> Dictionary:
-    """The dictionary at ``dictionary_file`` (the embedded analytic default when empty), selected."""
-    d = Dictionary.load(dictionary_file) if dictionary_file else analytic_dictionary()
+    """The dictionary at ``dictionary_file`` (the embedded default when empty), selected."""
+    from ..core.dictionary_default import default_dictionary
+
+    d = Dictionary.load(dictionary_file) if dictionary_file else default_dictionary()
     if dictionary_file:
         d.provenance.setdefault("file", str(dictionary_file))
     return d.select(params or None, fix or None)

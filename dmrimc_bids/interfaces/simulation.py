@@ -90,3 +90,74 @@ class AssembleDictionary(SimpleInterface):
         dic = assemble(parts, prot, prov)
         self._results["dictionary"] = str(dic.save(i.out_file))
         return runtime
+
+
+class _ForProtocolIn(BaseInterfaceInputSpec):
+    protocol = File(exists=True, mandatory=True, desc="protocol table of the measurements to fit")
+    substrates = traits.List(traits.Dict, mandatory=True, desc="substrate specs")
+    d0in = traits.List(traits.Float, mandatory=True, desc="µm²/ms")
+    d0ex = traits.List(traits.Float, mandatory=True, desc="µm²/ms")
+    kappa = traits.List(traits.Float, mandatory=True, desc="µm/s")
+    n_walkers = traits.Int(2000, usedefault=True)
+    dt_ms = traits.Float(110.0 / 2370.0, usedefault=True)
+    seed = traits.Int(0, usedefault=True)
+    device = traits.Enum("cpu", "gpu", "auto", usedefault=True)
+    n_threads = traits.Int(1, usedefault=True)
+    cache_dir = traits.Str(mandatory=True, desc="dictionaries are cached here, keyed by protocol and substrates")
+    b0_threshold = traits.Float(20.0, usedefault=True)
+
+
+class _ForProtocolOut(TraitedSpec):
+    dictionary = File(exists=True, desc="dictionary simulated for exactly this protocol")
+    description = traits.Dict(desc="its summary (provenance, checksum)")
+    cached = traits.Bool(desc="True when it came from the cache")
+
+
+class SimulateForProtocol(SimpleInterface):
+    """A Histo-μSim dictionary simulated for the subject's own protocol (``--dictionary-source simulate``).
+
+    Cached in ``cache_dir`` under the sha256 of the protocol (b, δ, Δ of the fitted measurements), the
+    substrates' geometry checksums, the configurations, walkers, time step, seed and software version,
+    so subjects sharing a protocol share one simulation.
+    """
+
+    input_spec = _ForProtocolIn
+    output_spec = _ForProtocolOut
+
+    def _run_interface(self, runtime):
+        import hashlib
+        from pathlib import Path
+
+        import numba
+
+        from .. import __version__
+        from ..core.dictionary import Dictionary
+        from ..core.protocol import Protocol
+        from ..core.simulate.histo import load_substrate, simulate_dictionary
+
+        i = self.inputs
+        prot = Protocol.from_table(i.protocol)
+        keep = prot.b > i.b0_threshold
+        rows = np.stack([prot.b[keep], prot.small_delta_ms[keep], prot.big_delta_ms[keep]], 1)
+        rows = np.unique(np.round(rows, 6), axis=0)
+        sim_prot = Protocol(rows[:, 0], rows[:, 1], rows[:, 2])
+        subs = [load_substrate(s) for s in i.substrates]
+        key = hashlib.sha256(json.dumps({
+            "protocol": rows.tolist(), "substrates": [s.checksum() for s in subs], "d0in": list(i.d0in),
+            "d0ex": list(i.d0ex), "kappa": list(i.kappa), "walkers": i.n_walkers, "dt": i.dt_ms, "seed": i.seed,
+            "version": __version__}, sort_keys=True).encode()).hexdigest()[:24]
+        cache = Path(i.cache_dir)
+        cache.mkdir(parents=True, exist_ok=True)
+        path = cache / f"histousim_{key}.npz"
+        cached = path.is_file() and path.with_suffix(".json").is_file()
+        if not cached:
+            numba.set_num_threads(max(1, min(i.n_threads, numba.config.NUMBA_NUM_THREADS)))
+            dic = simulate_dictionary(subs, sim_prot, i.d0in, i.d0ex, i.kappa, seed=i.seed, n_walkers=i.n_walkers,
+                                      dt_ms=i.dt_ms, device=i.device, progress=True)
+            dic.provenance["cache_key"] = key
+            dic.save(path)  # atomic
+        dic = Dictionary.load(path)
+        self._results["dictionary"] = str(path)
+        self._results["description"] = dic.select().describe()
+        self._results["cached"] = bool(cached)
+        return runtime

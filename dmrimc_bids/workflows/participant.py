@@ -21,6 +21,7 @@ from ..core.protocol import Protocol
 from ..interfaces.bids import WriteDerivatives
 from ..interfaces.dictionary import MatchDictionary, SelectDictionary, load_selected
 from ..interfaces.fitting import FitDictionary
+from ..interfaces.simulation import SimulateForProtocol
 from ..interfaces.preprocess import (NormaliseB0, PrepareMask, ReadProtocol, SphericalMean, VascularFilter,
                                      prepare_mask, series_protocol)
 
@@ -52,6 +53,12 @@ class Options:
     omp_nthreads: int = 1
     chunk_size: int = 10000
     seed: int = 0
+    dictionary_source: str = "match"
+    sim_substrates: list = field(default_factory=list)
+    sim_walkers: int = 2000
+    sim_d0: list = field(default_factory=list)
+    sim_kappa: list = field(default_factory=list)
+    sim_cache_dir: str = ""
 
     def fit_parameters(self) -> dict:
         """Model.Parameters common to every map."""
@@ -83,13 +90,16 @@ def preflight(item: SessionInputs, opts: Options, dictionary=None) -> dict:
     shells, _ = preprocess.shell_assignment(proto, opts.b0_threshold, opts.shell_tolerance)
     source = item.dwi_files[0]
     plan = preprocess.normalisation_plan(shells, opts.b0_threshold, source)
+    simulate = opts.dictionary_source == "simulate"
     dic = dictionary if dictionary is not None else load_selected(opts.dictionary, opts.params, opts.fix)
-    filt = preprocess.vascular_filter(shells, opts.vasc_threshold, dic.max_b, opts.b0_threshold)
+    max_b = float("inf") if simulate else dic.max_b
+    filt = preprocess.vascular_filter(shells, opts.vasc_threshold, max_b, opts.b0_threshold)
     if filt.keep.size == 0:
         raise InputError("no measurement left for the tissue fit", path=source,
                          fix=f"acquire b between --vasc-threshold ({opts.vasc_threshold:g}) and the dictionary's "
                              f"largest b ({dic.max_b:g} s/mm²)")
-    dic.match(shells.subset(filt.keep), opts.match_tol_b, opts.match_tol_ms, opts.b0_threshold, source)
+    if not simulate:  # a simulated dictionary matches by construction
+        dic.match(shells.subset(filt.keep), opts.match_tol_b, opts.match_tol_ms, opts.b0_threshold, source)
     return {"volumes": len(proto), "shells": len(shells), "fitted": int(filt.keep.size),
             "warnings": filt.warnings() + plan.notes}
 
@@ -102,8 +112,11 @@ def init_participant_wf(items: list[SessionInputs], opts: Options, work_dir, nam
                      name="select_dictionary", mem_gb=1.0)
     for item in items:
         sub = init_single_subject_wf(item, opts)
-        wf.connect([(select, sub, [("max_b", "vascular_filter.max_b"),
-                                   ("description", "write_maps.dictionary_description")])])
+        if opts.dictionary_source == "simulate":
+            wf.add_nodes([sub])
+        else:
+            wf.connect([(select, sub, [("max_b", "vascular_filter.max_b"),
+                                       ("description", "write_maps.dictionary_description")])])
     return wf
 
 
@@ -156,4 +169,15 @@ def init_single_subject_wf(item: SessionInputs, opts: Options) -> pe.Workflow:
         (filt, write, [("dropped", "dropped")]),
         (norm, write, [("notes", "notes")]),
     ])
+    if opts.dictionary_source == "simulate":
+        sim = pe.Node(SimulateForProtocol(substrates=list(opts.sim_substrates), d0in=list(opts.sim_d0),
+                                          d0ex=list(opts.sim_d0), kappa=list(opts.sim_kappa),
+                                          n_walkers=opts.sim_walkers, seed=opts.seed, device=opts.device,
+                                          n_threads=opts.omp_nthreads, cache_dir=opts.sim_cache_dir,
+                                          b0_threshold=opts.b0_threshold),
+                      name="simulate_dictionary", n_procs=opts.omp_nthreads, mem_gb=2.0)
+        filt.inputs.max_b = 1e12  # the dictionary is simulated for every measured b
+        wf.connect([(filt, sim, [("protocol", "protocol")]),
+                    (sim, match, [("dictionary", "dictionary_file")]),
+                    (sim, write, [("description", "dictionary_description")])])
     return wf

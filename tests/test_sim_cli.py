@@ -1,0 +1,116 @@
+"""`dmrimc-sim histo` and `dmrimc-bids --dictionary-source simulate` end to end (small, fast runs)."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from dmrimc_bids.cli.sim import main as sim_main
+from dmrimc_bids.core.dictionary import Dictionary
+from dmrimc_bids.core.simulate.histo import PARAM_NAMES
+
+CELLS_SVG = """<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 100 60">
+  <circle cx="20" cy="20" r="12"/><circle cx="55" cy="25" r="15"/><ellipse cx="80" cy="45" rx="12" ry="8"/>
+  <rect x="10" y="40" width="25" height="14"/>
+</svg>"""
+
+
+@pytest.fixture
+def svg(tmp_path):
+    p = tmp_path / "cells.svg"
+    p.write_text(CELLS_SVG)
+    return p
+
+
+@pytest.fixture
+def prot_tsv(tmp_path):
+    p = tmp_path / "prot.tsv"
+    p.write_text("b\tsmall_delta\tbig_delta\techo_time\twaveform\tdelta1\tdelta2\tdelta3\tdelta4\tonset2\tonset4\n"
+                 "0\t10\t20\t50\tPGSE\n1000\t10\t20\t50\tPGSE\n2000\t10\t20\t50\tPGSE\n1500\t15\t30\t60\tPGSE\n"
+                 "100\t0\t0\t100\tTRSE\t8.9\t17.6\t20.4\t6.0\t17.4\t63.9\n")
+    return p
+
+
+def sim(capsys, *args):
+    try:
+        code = sim_main([str(a) for a in args])
+    except SystemExit as exc:  # argparse usage errors
+        code = exc.code
+    return code, capsys.readouterr()
+
+
+def test_histo_cli_builds_a_dictionary_for_the_protocol(tmp_path, svg, prot_tsv, capsys):
+    out = tmp_path / "out" / "dict.npz"
+    args = ["histo", "--svg", svg, "--width-um", 50, "--protocol", prot_tsv, "--d0in", 1.0, 2.0, "--d0ex", 2.0,
+            "--kappa", 0, 30, "--walkers", 300, "--seed", 3, "--out", out, "--plot", "--device", "cpu"]
+    code, cap = sim(capsys, *args)
+    assert code == 0, cap.err
+    d = Dictionary.load(out)
+    assert d.names == PARAM_NAMES and d.signals.shape == (4, 5)
+    assert np.all(d.signals[:, 0] == 1) and np.all((d.signals > 0) & (d.signals <= 1))
+    # rows: D0in x D0ex x kappa, the substrate's metrics on every row; signal falls with b
+    assert d.params[:, PARAM_NAMES.index("kappa")].tolist() == [0, 30, 0, 30]
+    assert d.params[:, PARAM_NAMES.index("D0in")].tolist() == [1, 1, 2, 2]
+    assert np.ptp(d.params[:, PARAM_NAMES.index("fin")]) == 0
+    assert np.all(d.signals[:, 2] < d.signals[:, 1])
+    meta = json.loads(out.with_suffix(".json").read_text())
+    prov = meta["provenance"]
+    assert prov["seed"] == 3 and prov["n_walkers"] == 300 and prov["substrates"][0]["substrate"]["n_cells"] == 4
+    assert prov["waveforms"][4]["kind"] == "TRSE" and prov["default_params"] == ["fin", "vCS_cyl"]
+    assert out.with_suffix(".png").stat().st_size > 10_000
+    # deterministic for a seed
+    out2 = tmp_path / "again.npz"
+    code, cap = sim(capsys, *[out2 if a == out else a for a in args[:-3]], "--device", "cpu")
+    assert code == 0 and Dictionary.load(out2).checksum() == d.checksum()
+
+
+@pytest.mark.parametrize("case,code,text", [
+    ("no scale", 64, "--scale"),
+    ("missing svg", 66, "SVG file not found"),
+    ("bad protocol", 65, "columns b, small_delta, big_delta"),
+    ("negative kappa", 64, "must be >= 0"),
+])
+def test_histo_cli_bad_input_gives_one_line_and_no_output(tmp_path, svg, prot_tsv, capsys, case, code, text):
+    out = tmp_path / "d.npz"
+    args = ["histo", "--svg", svg, "--width-um", 50, "--protocol", prot_tsv, "--walkers", 10, "--out", out,
+            "--device", "cpu", "--d0in", 1, "--d0ex", 1, "--kappa", 0]
+    if case == "no scale":
+        args.remove("--width-um"), args.remove(50)
+    elif case == "missing svg":
+        args[2] = tmp_path / "nope.svg"
+    elif case == "bad protocol":
+        bad = tmp_path / "bad.tsv"
+        bad.write_text("bvalue\tdelta\n0\t1\n")
+        args[args.index(prot_tsv)] = bad
+    elif case == "negative kappa":
+        args[-1] = "-5"
+    rc, cap = sim(capsys, *args)
+    err = cap.err
+    assert rc == code, err
+    assert text in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_participant_simulates_its_own_dictionary_and_caches_it(tmp_path, single_demo, svg, capsys):
+    from dmrimc_bids.cli.run import main
+    out, work = tmp_path / "deriv", tmp_path / "work"
+    args = [single_demo, out, "participant", "-w", work, "--dictionary-source", "simulate", "--substrate-svg", svg,
+            "--substrate-width-um", 50, "--sim-walkers", 200, "--sim-d0", 1.0, 2.5, "--sim-kappa", 0, 30,
+            "--params", "fin", "--device", "cpu"]
+    assert main([str(a) for a in args]) == 0, capsys.readouterr().err
+    cache = list((work / "dictionary_cache").glob("histousim_*.npz"))
+    assert len(cache) == 1
+    d = Dictionary.load(cache[0])
+    # simulated for exactly the fitted measurements: b >= 250 of both diffusion times, nothing else
+    pairs = {(b, s, t) for b, s, t in zip(d.protocol.b, d.protocol.small_delta_ms, d.protocol.big_delta_ms)}
+    assert {(p[1], p[2]) for p in pairs} == {(10.0, 25.0), (15.0, 45.0)} and min(p[0] for p in pairs) >= 250
+    side = json.loads((out / "sub-01/dwi/sub-01_space-dwi_model-histousim_param-fin_dwimap.json").read_text())
+    prov = side["Model"]["Parameters"]["Dictionary"]["Provenance"]
+    assert "Monte Carlo" in prov["source"] and prov["cache_key"] in cache[0].name
+    # a second subject folder with the same protocol reuses the cached dictionary
+    mtime = cache[0].stat().st_mtime
+    shutil.rmtree(out)
+    shutil.rmtree(work / [p.name for p in work.iterdir() if p.name.startswith("dmrimc_bids_wf")][0])
+    assert main([str(a) for a in args]) == 0
+    assert cache[0].stat().st_mtime == mtime and len(list((work / "dictionary_cache").glob("*.npz"))) == 1
