@@ -18,7 +18,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-PARAMS = ("fin", "vCS_cyl", "D0in", "D0ex", "kappa")
+PARAMS = ("fin", "vCScyl", "D0in", "D0ex", "kappa")  # BIDS labels (no underscore)
 
 
 def recovery(out: Path, demo: Path) -> dict:
