@@ -251,3 +251,11 @@ def test_gpu_walk_matches_cpu_in_the_cuda_simulator():
     res = subprocess.run([sys.executable, "-c", GPU_SCRIPT], capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "OK gpu" in res.stdout
+
+
+def test_step_conditions_are_checked():
+    sub = _packing(radius=0.6)
+    with pytest.warns(UserWarning, match="small cells' radius"):
+        simulate(sub, Protocol([0, 1000], 5.0, 10.0), 3.0, 3.0, 0.0, n_walkers=10, dt_ms=0.1)
+    with pytest.warns(UserWarning, match="crossing probability"):
+        simulate(sub, Protocol([0, 1000], 5.0, 10.0), 0.1, 0.1, 5000.0, n_walkers=10, dt_ms=0.1)

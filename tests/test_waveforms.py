@@ -67,3 +67,27 @@ def test_protocol_waveforms_and_sampled_file(tmp_path):
         read_sampled(bad)
     with pytest.raises(ValueError):
         pgse(10, 5)
+
+
+def test_simulation_protocol_from_a_bids_sidecar_and_a_tsv(tmp_path):
+    import json
+
+    from dmrimc_bids.core.waveforms import protocol_from_json, protocol_to_json, read_simulation_protocol
+    (tmp_path / "dwi.bval").write_text("0 1000 2000\n")
+    (tmp_path / "dwi.json").write_text(json.dumps({"SmallDelta": 0.01, "BigDelta": [0.02, 0.02, 0.03]}))
+    p = read_simulation_protocol(tmp_path / "dwi.json")
+    assert p.b.tolist() == [0, 1000, 2000] and p.big_delta_ms.tolist() == [20, 20, 30]
+    tsv = tmp_path / "p.tsv"
+    np.savetxt(tmp_path / "osc.txt", np.stack([np.arange(4) * 2.0, [1, -1, -1, 1]], 1))
+    tsv.write_text("b\tsmall_delta\tbig_delta\twaveform\tdelta1\tdelta2\tdelta3\tdelta4\tonset2\tonset4\n"
+                   "0\t10\t20\tPGSE\n500\t10\t20\tPGSE\n"
+                   "100\t0\t0\tTRSE\t8.9\t17.6\t20.4\t6.0\t17.4\t63.9\n300\t0\t0\tosc.txt\n")
+    q = read_simulation_protocol(tsv)
+    kinds = [None if w is None else w.kind for w in q.extra["waveforms"]]
+    assert kinds == [None, "PGSE", "TRSE", "sampled"]
+    r = protocol_from_json(json.loads(json.dumps(protocol_to_json(q))))
+    assert [w and w.breaks_ms for w in r.extra["waveforms"]] == [w and w.breaks_ms for w in q.extra["waveforms"]]
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("b\tsmall_delta\tbig_delta\twaveform\n100\t0\t0\tTRSE\n")
+    with pytest.raises(InputError, match="TRSE"):
+        read_simulation_protocol(bad)

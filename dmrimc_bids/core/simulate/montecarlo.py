@@ -136,6 +136,33 @@ def crossing_probabilities(d_in, d_ex, kappa_um_per_s, dt_ms):
     return p_ie / norm, p_ei / norm
 
 
+#: Largest per-hit crossing probability and step length / smallest cell radius before a warning.
+MAX_CROSSING_P, MAX_STEP_TO_RADIUS = 0.1, 0.5
+
+
+def check_step_conditions(substrate: Substrate, step_in, step_ex, p_ie, p_ei) -> list:
+    """Warn (and return the messages) when the permeability rule's conditions P << 1 and ℓ << cell
+    size are not met; shorten dt (--dt-ms) to fix both."""
+    import warnings
+
+    msgs = []
+    p_max = float(max(np.max(p_ie, initial=0), np.max(p_ei, initial=0)))
+    if p_max > MAX_CROSSING_P:
+        msgs.append(f"crossing probability per hit up to {p_max:.2f} (> {MAX_CROSSING_P}): the permeability rule "
+                    "needs P << 1; shorten the time step")
+    if substrate.n_cells:
+        # the 10th percentile of the equivalent radii: clipped edge pieces are allowed to be small
+        r_small = float(np.percentile(np.sqrt(np.array([c.area for c in substrate.cells]) / math.pi), 10))
+        l_max = float(max(np.max(step_in), np.max(step_ex)))
+        if l_max > MAX_STEP_TO_RADIUS * r_small:
+            msgs.append(f"step length {l_max:.2f} µm exceeds {MAX_STEP_TO_RADIUS} x the small cells' radius "
+                        f"({r_small:.2f} µm, 10th percentile): restricted signals and the realised permeability "
+                        "are biased; shorten the time step")
+    for m in msgs:
+        warnings.warn(f"{substrate.name}: {m}", stacklevel=3)
+    return msgs
+
+
 @dataclass
 class MCResult:
     """Signals [n_configs, n_measurements] (mean of the x and y magnitudes) and run facts."""
@@ -191,6 +218,7 @@ def simulate(substrate: Substrate, protocol: Protocol, d0in, d0ex, kappa, *, n_w
     grid = MembraneGrid.build(substrate, grid_um)
     p_ie, p_ei = crossing_probabilities(d0in, d0ex, kappa, dt_ms)
     step_in, step_ex = np.sqrt(6 * d0in * dt_ms), np.sqrt(6 * d0ex * dt_ms)
+    check_step_conditions(substrate, step_in, step_ex, p_ie, p_ei)
     if start_xy is None:
         start = np.zeros((0, 2))
     else:
