@@ -91,3 +91,10 @@ def test_simulation_protocol_from_a_bids_sidecar_and_a_tsv(tmp_path):
     bad.write_text("b\tsmall_delta\tbig_delta\twaveform\n100\t0\t0\tTRSE\n")
     with pytest.raises(InputError, match="TRSE"):
         read_simulation_protocol(bad)
+
+
+def test_protocol_subset_keeps_the_waveforms_aligned():
+    w = [None, pgse(10, 20), trse(8.9, 17.6, 20.4, 6.0, 17.4, 63.9)]
+    p = Protocol([0, 1000, 100], 10, 20, extra={"waveforms": w})
+    sub = p.subset([2, 1])
+    assert [x.kind for x in protocol_waveforms(sub)] == ["TRSE", "PGSE"]

@@ -67,9 +67,12 @@ class Protocol:
     def subset(self, index) -> "Protocol":
         """The measurements selected by an index or boolean mask."""
         idx = np.arange(len(self))[index]
+        extra = dict(self.extra)
+        if "waveforms" in extra:  # one waveform per measurement (core.waveforms)
+            extra["waveforms"] = [extra["waveforms"][i] for i in np.atleast_1d(idx)]
         return Protocol(self.b[idx], self.small_delta_ms[idx], self.big_delta_ms[idx],
                         self.echo_time_ms[idx], self.bvecs[idx], self.n_averaged[idx],
-                        self.series[idx], self.waveform, dict(self.extra))
+                        self.series[idx], self.waveform, extra)
 
     @staticmethod
     def concatenate(protocols: list["Protocol"]) -> "Protocol":
