@@ -70,6 +70,7 @@ def test_histo_cli_builds_a_dictionary_for_the_protocol(tmp_path, svg, prot_tsv,
     ("missing svg", 66, "SVG file not found"),
     ("bad protocol", 65, "columns b, small_delta, big_delta"),
     ("negative kappa", 64, "must be >= 0"),
+    ("gpu without a gpu", 64, "no CUDA GPU"),
 ])
 def test_histo_cli_bad_input_gives_one_line_and_no_output(tmp_path, svg, prot_tsv, capsys, case, code, text):
     out = tmp_path / "d.npz"
@@ -85,6 +86,8 @@ def test_histo_cli_bad_input_gives_one_line_and_no_output(tmp_path, svg, prot_ts
         args[args.index(prot_tsv)] = bad
     elif case == "negative kappa":
         args[-1] = "-5"
+    elif case == "gpu without a gpu":
+        args[args.index("cpu")] = "gpu"
     rc, cap = sim(capsys, *args)
     err = cap.err
     assert rc == code, err

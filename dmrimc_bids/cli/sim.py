@@ -88,7 +88,7 @@ def build_parser():
     d = sub.add_parser("default-dictionary", help="rebuild the embedded default dictionary (generated substrates)")
     d.add_argument("--out", type=Path, default=None, help="default: the package's data folder")
     _common(d)
-    d.set_defaults(walkers=4000)
+    d.set_defaults(walkers=10000)
     return parser
 
 

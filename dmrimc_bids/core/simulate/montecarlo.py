@@ -279,7 +279,10 @@ def simulate(substrate: Substrate, protocol: Protocol, d0in, d0ex, kappa, *, n_w
 def resolve_device(device: str) -> str:
     """'cpu', 'gpu' or 'auto' (the GPU when numba.cuda sees one) -> 'cpu' | 'gpu'."""
     if device == "auto":
-        from . import cuda as mc_cuda
+        try:
+            from . import cuda as mc_cuda
+        except ImportError:  # a numba without its CUDA target and no numba-cuda: no GPU path
+            return "cpu"
         return "gpu" if mc_cuda.available() else "cpu"
     if device not in ("cpu", "gpu"):
         raise ValueError(f"device is 'cpu', 'gpu' or 'auto', not {device!r}")
