@@ -5,8 +5,8 @@ simulate.histo.DEFAULT_SUBSTRATES (packing fraction 0.3-0.85 x mean cell size 7-
 simulate.generate.cell_packing) x D0in, D0ex in DEFAULT_D0 x κ in DEFAULT_KAPPA, simulated for
 DEFAULT_PROTOCOL, a grid of PGSE measurements wide enough to match most clinical and preclinical
 protocols within the default tolerances (±100 s/mm², ±2.5 ms). Shipped as float16 signals in a
-compressed .npz (about 2 MB; float16's 5e-4 resolution is below the Monte Carlo error of ~0.008 at
-4,000 walkers per entry).
+compressed .npz (about 1.5 MB; float16's 5e-4 resolution is below the Monte Carlo error of ~0.005 at
+10,000 walkers per entry).
 """
 
 from __future__ import annotations
