@@ -255,8 +255,9 @@ def _execute(items, opts, args) -> list:
     if opts.dictionary_source == "simulate" and not opts.sim_cache_dir:
         opts.sim_cache_dir = str(work / "dictionary_cache")
     wf = init_participant_wf(items, opts, work)
-    plugin, plugin_args = ("Linear", {}) if args.nprocs == 1 else ("MultiProc", {"n_procs": args.nprocs,
-                                                                                   "raise_insufficient": False})
+    # forkserver: workers never inherit numba's thread pool from a parent that already ran kernels
+    plugin, plugin_args = ("Linear", {}) if args.nprocs == 1 else (
+        "MultiProc", {"n_procs": args.nprocs, "raise_insufficient": False, "mp_context": "forkserver"})
     before = set(crash_dir.glob("crash-*.txt")) if crash_dir.is_dir() else set()
     t0 = time.perf_counter()
     try:

@@ -165,7 +165,9 @@ def run_histo_workflow(specs, prot, d0in, d0ex, kappa, out, args, device, area):
     if args.plugin:
         plugin, plugin_args = args.plugin, dict(args.plugin_args or {})
     elif args.nprocs > 1:
-        plugin, plugin_args = "MultiProc", {"n_procs": args.nprocs, "raise_insufficient": False}
+        # forkserver: workers never inherit numba's thread pool from a parent that already ran kernels
+        plugin, plugin_args = "MultiProc", {"n_procs": args.nprocs, "raise_insufficient": False,
+                                            "mp_context": "forkserver"}
     else:
         plugin, plugin_args = "Linear", {}
     t0 = time.perf_counter()

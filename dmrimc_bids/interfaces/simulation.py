@@ -13,6 +13,7 @@ from .io import cwd_path
 class _SimIn(BaseInterfaceInputSpec):
     substrate = traits.Dict(mandatory=True, desc="substrate spec (core.simulate.histo.load_substrate)")
     substrate_index = traits.Int(0, usedefault=True, desc="position of the substrate (seeds its walkers)")
+    config_offset = traits.Int(0, usedefault=True, desc="position of the first configuration in the full grid")
     configs = traits.List(traits.List(traits.Float), mandatory=True,
                           desc="[[D0in µm²/ms, D0ex µm²/ms, kappa µm/s], ...]")
     protocol_file = File(exists=True, mandatory=True, desc="protocol JSON (core.waveforms.protocol_to_json)")
@@ -47,9 +48,10 @@ class SimulateHisto(SimpleInterface):
         sub = load_substrate(i.substrate)
         prot = protocol_from_json(json.loads(open(i.protocol_file).read()))
         signals, params, res = simulate_substrate(sub, prot, np.asarray(i.configs, float), seed=i.seed,
-                                                  index=i.substrate_index, area=i.area, n_walkers=i.n_walkers,
+                                                  index=i.substrate_index, config_offset=i.config_offset,
+                                                  area=i.area, n_walkers=i.n_walkers,
                                                   dt_ms=i.dt_ms, grid_um=i.grid_um, device=i.device, progress=True)
-        out = cwd_path(runtime, f"mc_{i.substrate_index:03d}.npz")
+        out = cwd_path(runtime, f"mc_{i.substrate_index:03d}_{i.config_offset:05d}.npz")
         facts = run_facts(sub, res)
         facts["spec"] = i.substrate
         np.savez(out, signals=signals, params=params, facts=json.dumps(facts))

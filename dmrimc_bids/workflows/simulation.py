@@ -18,12 +18,13 @@ from ..interfaces.simulation import AssembleDictionary, SimulateHisto
 
 
 def histo_jobs(substrates: list, configs: np.ndarray, configs_per_job: int = 0) -> list:
-    """[(substrate spec, substrate index, configs chunk)]; 0 = all of a substrate's configurations."""
+    """[(substrate spec, substrate index, configs chunk, offset of the chunk)]; configs_per_job 0 = all of
+    a substrate's configurations in one job."""
     per = len(configs) if configs_per_job <= 0 else configs_per_job
     jobs = []
     for i, spec in enumerate(substrates):
         for lo in range(0, len(configs), per):
-            jobs.append((spec, i, configs[lo:lo + per].tolist()))
+            jobs.append((spec, i, configs[lo:lo + per].tolist(), lo))
     return jobs
 
 
@@ -42,10 +43,12 @@ def init_histo_simulation_wf(substrates: list, protocol, d0in, d0ex, kappa, out_
     wf = pe.Workflow(name=name, base_dir=str(work_dir))
     sim = pe.MapNode(SimulateHisto(protocol_file=str(prot_file), n_walkers=n_walkers, dt_ms=dt_ms, seed=seed,
                                    device=device, grid_um=grid_um, area=area, n_threads=n_threads),
-                     iterfield=["substrate", "substrate_index", "configs"], name="simulate", mem_gb=2.0)
+                     iterfield=["substrate", "substrate_index", "configs", "config_offset"], name="simulate",
+                     mem_gb=2.0)
     sim.inputs.substrate = [j[0] for j in jobs]
     sim.inputs.substrate_index = [j[1] for j in jobs]
     sim.inputs.configs = [j[2] for j in jobs]
+    sim.inputs.config_offset = [j[3] for j in jobs]
     asm = pe.Node(AssembleDictionary(protocol_file=str(prot_file), seed=seed, area=area,
                                      out_file=str(Path(out_file).resolve())), name="assemble")
     wf.connect(sim, "out_file", asm, "parts")

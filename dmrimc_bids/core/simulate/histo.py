@@ -52,10 +52,13 @@ def substrate_seed(seed: int, index: int) -> int:
 
 
 def simulate_substrate(substrate, protocol: Protocol, configs: np.ndarray, *, seed: int = 0, index: int = 0,
-                       area: str = "polygon", **mc_kwargs):
-    """(signals [n, M], params [n, 10], MCResult) for one substrate's configurations."""
+                       area: str = "polygon", config_offset: int = 0, **mc_kwargs):
+    """(signals [n, M], params [n, 10], MCResult) for one substrate's configurations; config_offset is
+    the position of configs[0] in the substrate's full grid (keeps results independent of job splits)."""
+    n_walkers = mc_kwargs.get("n_walkers", montecarlo.DEFAULT_WALKERS)
     res = montecarlo.simulate(substrate, protocol, configs[:, 0], configs[:, 1], configs[:, 2],
-                              seed=substrate_seed(seed, index), **mc_kwargs)
+                              seed=substrate_seed(seed, index), walker_offset=config_offset * n_walkers,
+                              **mc_kwargs)
     return res.signals, entry_params(substrate.metrics(area), configs), res
 
 

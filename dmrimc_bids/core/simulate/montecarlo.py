@@ -202,12 +202,15 @@ def group_signals(phase, groups, meas_wave, b):
 def simulate(substrate: Substrate, protocol: Protocol, d0in, d0ex, kappa, *, n_walkers: int = DEFAULT_WALKERS,
              dt_ms: float = DEFAULT_DT_MS, seed: int = 0, grid_um: float = 1.0, start_xy=None,
              device: str = "cpu", batch_walkers: int = 1_000_000, keep_walkers: bool = False,
-             max_bounce: int = MAX_BOUNCES, progress: bool = False) -> MCResult:
+             max_bounce: int = MAX_BOUNCES, progress: bool = False, walker_offset: int = 0) -> MCResult:
     """Simulate every configuration (d0in[i], d0ex[i], kappa[i]) [µm²/ms, µm²/ms, µm/s] with n_walkers.
 
     start_xy: optional [n_walkers, 2] start positions (µm, in the tile), reused for every
     configuration; by default walkers start uniformly over the tile. keep_walkers: also return the
     per-walker phases, displacements and labels (memory!). device: 'cpu' or 'gpu' (numba.cuda).
+    walker_offset: global index of this call's first walker (its random streams are (seed, index)):
+    a job simulating configurations k.. of a larger grid passes k·n_walkers, so results do not depend
+    on how the grid is split into jobs.
     """
     d0in, d0ex, kappa = np.broadcast_arrays(*(np.atleast_1d(np.asarray(v, float)) for v in (d0in, d0ex, kappa)))
     if np.any(d0in <= 0) or np.any(d0ex <= 0) or np.any(kappa < 0):
@@ -247,7 +250,7 @@ def simulate(substrate: Substrate, protocol: Protocol, d0in, d0ex, kappa, *, n_w
         disp = np.zeros((n, 4))
         label = np.zeros((n, 2), np.int64)
         bounced = np.zeros(n, np.int64)
-        runner(np.uint64(seed), np.int64(first), st, cfg, d0in, d0ex, step_in, step_ex, p_ie, p_ei,
+        runner(np.uint64(seed), np.int64(walker_offset + first), st, cfg, d0in, d0ex, step_in, step_ex, p_ie, p_ei,
                np.int64(ev.n_steps), float(dt_ms), np.int64(max_bounce), *grid.args(), ev.step, ev.ptr, ev.wave,
                ev.coef, phase, disp, label, bounced)
         g_lo = cfg[0]
