@@ -44,7 +44,7 @@ def protocol():
     from dmrimc_bids.core.protocol import Protocol
     sys.path.insert(0, str(HERE))
     from loo_histo import B, BD, SD
-    from dmrimc_bids.core.waveforms import pgse, protocol_waveforms
+    from dmrimc_bids.core.waveforms import protocol_waveforms
     p = Protocol(np.append(B, 1000.0), np.append(SD, 30.0), np.append(BD, 80.0))
     p.extra["waveforms"] = protocol_waveforms(p)  # the last one spans 110 ms: 2,370 steps
     return p

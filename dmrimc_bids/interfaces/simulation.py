@@ -88,7 +88,7 @@ class AssembleDictionary(SimpleInterface):
             with np.load(f) as z:
                 parts.append((z["signals"], z["params"]))
                 facts.append(json.loads(str(z["facts"])))
-        prov = provenance([], facts, i.seed, i.area)
+        prov = provenance(facts, i.seed, i.area)
         dic = assemble(parts, prot, prov)
         self._results["dictionary"] = str(dic.save(i.out_file))
         return runtime

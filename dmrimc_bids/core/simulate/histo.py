@@ -84,7 +84,7 @@ def simulate_dictionary(substrates: list, protocol: Protocol, d0in, d0ex, kappa,
                                        progress=progress, **mc_kwargs)
         parts.append((s, p))
         facts.append(run_facts(sub, res))
-    return assemble(parts, protocol, provenance(substrates, facts, seed, area))
+    return assemble(parts, protocol, provenance(facts, seed, area))
 
 
 def run_facts(substrate, res) -> dict:
@@ -93,7 +93,8 @@ def run_facts(substrate, res) -> dict:
             "seconds": round(res.seconds, 3), "cut_steps": res.cut_steps, "device": res.device}
 
 
-def provenance(substrates, facts, seed, area) -> dict:
+def provenance(facts, seed, area) -> dict:
+    """Dictionary provenance from the per-job run facts (run_facts)."""
     from ... import __version__
     first = facts[0] if facts else {}
     return {"source": "Monte Carlo simulation (dmrimc_bids.core.simulate): 2D random walk in traced cell "

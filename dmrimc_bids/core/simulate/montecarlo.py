@@ -228,6 +228,7 @@ def simulate(substrate: Substrate, protocol: Protocol, d0in, d0ex, kappa, *, n_w
         start = np.ascontiguousarray(np.asarray(start_xy, float).reshape(-1, 2))
         n_walkers = len(start)
     total = n_cfg * n_walkers
+    # explicit starts are shared by every configuration: one configuration per batch then
     per_batch = max(n_walkers, (batch_walkers // n_walkers) * n_walkers) if start.shape[0] == 0 else n_walkers
     acc = np.zeros((n_cfg, len(protocol), 2, 2))
     sqrt_b = np.sqrt(np.maximum(protocol.b, 0) * B_TO_MS_PER_UM2)
@@ -243,14 +244,11 @@ def simulate(substrate: Substrate, protocol: Protocol, d0in, d0ex, kappa, *, n_w
     for first in range(0, total, per_batch):
         n = min(per_batch, total - first)
         cfg = (np.arange(first, first + n) // n_walkers).astype(np.int64)
-        st = start if start.shape[0] == 0 else start  # reused for every configuration
-        if start.shape[0] and n != n_walkers:
-            raise AssertionError("explicit starts run one configuration per batch")
         phase = np.zeros((n, max(ev.n_waves, 1), 2))
         disp = np.zeros((n, 4))
         label = np.zeros((n, 2), np.int64)
         bounced = np.zeros(n, np.int64)
-        runner(np.uint64(seed), np.int64(walker_offset + first), st, cfg, d0in, d0ex, step_in, step_ex, p_ie, p_ei,
+        runner(np.uint64(seed), np.int64(walker_offset + first), start, cfg, d0in, d0ex, step_in, step_ex, p_ie, p_ei,
                np.int64(ev.n_steps), float(dt_ms), np.int64(max_bounce), *grid.args(), ev.step, ev.ptr, ev.wave,
                ev.coef, phase, disp, label, bounced)
         g_lo = cfg[0]
