@@ -86,7 +86,7 @@ def main(argv=None) -> int:
         rows.append((th, rate, float(np.median(per_cfg)), min(rates), max(rates)))
         summary[f"steps_per_s_{args.device}_{th}"] = rate
         print(f"{args.device} threads={th}: {rate:.3g} walker-steps/s (runs {min(rates):.3g}-{max(rates):.3g}); "
-              f"one Histo-μSim run (2e4 walkers x 2370 steps) {np.median(per_cfg):.2f} s; whole published "
+              f"one run ({args.walkers} walkers x 2370 steps) {np.median(per_cfg):.2f} s; whole published "
               f"dictionary {PUBLISHED_STEPS / rate / 3600:.2f} h")
     if args.device == "gpu":
         from dmrimc_bids.core.simulate.histo import HISTOUSIM_D0, HISTOUSIM_KAPPA, config_grid
