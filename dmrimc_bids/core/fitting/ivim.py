@@ -1,0 +1,124 @@
+"""Segmented IVIM, vectorised over voxels (one TE / timing group at a time).
+
+Estimator (the common OSIPI "segmented" pattern, statement of what is computed):
+1. tissue: D and intercept A by least squares of S(b) = A e^{-bD} on b > b_split (default 200 s/mm²),
+   started from a weighted log-linear fit (weights S², Veraart et al. 2013) and refined on the exact
+   least-squares profile in D (A closed form);
+2. the tissue signal is extrapolated to low b, S_T = A e^{-bD}; the vascular signal is S_V = S - S_T;
+3. S_V on b <= b_split (b = 0 included) is fitted by F e^{-bD*} (least squares, F closed form, D*
+   bounded: exhaustive log-grid search then golden-section refinement);
+4. fV = F / (F + A), i.e. the vascular share of the fitted signal at b = 0 (using every low b, not only
+   the b = 0 volumes, for the amplitude); S0 = F + A.
+Noise-free, the estimator is biased when D* is small enough that the vascular signal has not decayed by
+b_split (e.g. D* = 10 µm²/ms); tests compare with its own noise-free limit (research/ivim.md §1.5).
+Units: b in s/mm², D and D* in µm²/ms (= 1e-3 mm²/s); fV dimensionless.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+#: Default b split between the vascular and tissue regimes [s/mm²].
+B_SPLIT = 200.0
+#: Default bounds: D [0, 5] µm²/ms, D* [3, 100] µm²/ms (OSIPI OJ_GU_seg: D* 0.003-0.1 mm²/s).
+D_BOUNDS = (0.0, 5.0)
+DSTAR_BOUNDS = (3.0, 100.0)
+_GOLD = (np.sqrt(5.0) - 1.0) / 2.0
+
+
+@dataclass
+class IvimFit:
+    """Per-voxel results [V]: D and Dstar [µm²/ms], fV, S0 and the tissue intercept A (signal units)."""
+
+    D: np.ndarray
+    fV: np.ndarray
+    Dstar: np.ndarray
+    S0: np.ndarray
+    A: np.ndarray
+
+    def tissue_signal(self, b) -> np.ndarray:
+        """S_T(b) = A e^{-bD} [V, M]."""
+        return self.A[:, None] * np.exp(-np.asarray(b, float)[None, :] * 1e-3 * self.D[:, None])
+
+    def vascular_signal(self, signals, b) -> np.ndarray:
+        """S_V / S_V(0) [V, M]: the vascular signal normalised by fV·S0 (NaN where fV = 0)."""
+        sv0 = self.fV * self.S0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return (np.asarray(signals, float) - self.tissue_signal(b)) / np.where(sv0 > 0, sv0, np.nan)[:, None]
+
+
+def _wls_line(x, y, w):
+    """Weighted least-squares line y ≈ c0 + c1 x per voxel (rows), x [M], y and w [V, M]."""
+    sw = w.sum(1)
+    mx = (w * x).sum(1) / sw
+    my = (w * y).sum(1) / sw
+    dx = x[None, :] - mx[:, None]
+    c1 = (w * dx * (y - my[:, None])).sum(1) / np.maximum((w * dx * dx).sum(1), 1e-300)
+    return my - c1 * mx, c1
+
+
+def _mono_cost(y, x, rate):
+    """Least-squares cost and optimal amplitude of y [V, M] ≈ a e^{-x·rate} for rates [V, K]."""
+    e = np.exp(-x[None, None, :] * rate[:, :, None])
+    a = np.einsum("vm,vkm->vk", y, e) / np.maximum(np.einsum("vkm,vkm->vk", e, e), 1e-300)
+    return np.sum((y[:, None, :] - a[:, :, None] * e) ** 2, axis=2), a
+
+
+def _golden(fun, lo, up, n=40):
+    """Vectorised golden-section minimisation of fun([V, 2]) -> [V, 2] on brackets [lo, up]."""
+    for _ in range(n):
+        c = up - _GOLD * (up - lo)
+        d = lo + _GOLD * (up - lo)
+        fc, fd = fun(np.stack([c, d], 1)).T
+        left = fc < fd
+        up = np.where(left, d, up)
+        lo = np.where(left, lo, c)
+    return 0.5 * (lo + up)
+
+
+def _profile_min(fun, start, bounds, n=48):
+    """Refine a start value per voxel: grid of ±60 % around it, then golden section."""
+    grid = np.clip(start[:, None] * np.linspace(0.4, 1.6, n)[None, :], *bounds)
+    grid[:, 0] = np.maximum(grid[:, 0], bounds[0])
+    k = np.argmin(fun(grid), axis=1)
+    rows = np.arange(len(start))
+    return _golden(fun, grid[rows, np.maximum(k - 1, 0)], grid[rows, np.minimum(k + 1, n - 1)])
+
+
+def fit_segmented_ivim(signals, b_values, b_split=B_SPLIT, b0_threshold=1e-6, d_bounds=D_BOUNDS,
+                       dstar_bounds=DSTAR_BOUNDS, n_iter=3) -> IvimFit:
+    """Segmented IVIM of signals [V, M] at b [M] (s/mm²); needs >= 2 distinct b > b_split and a b = 0
+    (b <= b0_threshold). Voxels with a non-positive or non-finite b = 0 signal give NaN."""
+    S = np.atleast_2d(np.asarray(signals, float))
+    b = np.asarray(b_values, float)
+    hi = b > b_split
+    zero = b <= b0_threshold
+    if np.unique(b[hi]).size < 2 or not zero.any():
+        raise ValueError(f"segmented IVIM needs a b = 0 and two distinct b > {b_split:g} s/mm²")
+    s0 = S[:, zero].mean(1)
+    ok = np.isfinite(s0) & (s0 > 0) & np.all(np.isfinite(S), axis=1)
+    s0s = np.where(ok, s0, 1.0)
+    Sn = np.where(ok[:, None], S, 1.0) / s0s[:, None]
+    bh = b[hi] * 1e-3
+    y = np.log(np.maximum(Sn[:, hi], 1e-6))
+    w = np.ones_like(y)
+    for _ in range(n_iter + 1):  # weighted log-linear start
+        c0, c1 = _wls_line(-bh, y, w)
+        w = np.exp(2.0 * (c0[:, None] - c1[:, None] * bh[None, :]))
+    D = _profile_min(lambda d: _mono_cost(Sn[:, hi], bh, d)[0], np.clip(c1, *d_bounds), d_bounds)
+    A = _mono_cost(Sn[:, hi], bh, D[:, None])[1][:, 0]
+    low = b <= b_split
+    bb = b[low] * 1e-3
+    sv = Sn[:, low] - A[:, None] * np.exp(-bb[None, :] * D[:, None])
+    grid = np.geomspace(*dstar_bounds, 192)
+    costs = np.concatenate([_mono_cost(sv, bb, np.broadcast_to(g, (len(S), g.size)))[0]
+                            for g in np.array_split(grid, 8)], axis=1)
+    k = np.argmin(costs, axis=1)
+    dstar = _golden(lambda ds: _mono_cost(sv, bb, ds)[0], grid[np.maximum(k - 1, 0)],
+                    grid[np.minimum(k + 1, grid.size - 1)])
+    F = np.maximum(_mono_cost(sv, bb, dstar[:, None])[1][:, 0], 0.0)
+    fV = np.clip(F / np.maximum(F + A, 1e-12), 0.0, 1.0)
+    nan = np.where(ok, 1.0, np.nan)
+    return IvimFit(D * nan, fV * nan, dstar * nan, (A + F) * s0s * nan, A * s0s * nan)

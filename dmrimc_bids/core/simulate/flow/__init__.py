@@ -1,0 +1,1 @@
+"""Blood flow in capillary networks (SpinFlowSim physics): network I/O, Kirchhoff solve, spins, metrics."""
