@@ -2,6 +2,7 @@
 
     dmrimc-sim histo --svg cells.svg --width-um 121.8 --protocol dwi.json --out dict.npz
     dmrimc-sim default-dictionary            # rebuild the embedded default dictionary
+    dmrimc-sim flow --network net.json --qin 1e-3 5e-3 --protocol dwi.json --out flow.npz
 
 The Monte Carlo jobs run as a Nipype graph (workflows/simulation.py): ``--nprocs`` for MultiProc,
 ``--plugin SLURM --plugin-args '{"sbatch_args": "..."}'`` on a cluster.
@@ -85,6 +86,29 @@ def build_parser():
                    help="cell areas for the metrics (hull: as the published scripts)")
     h.add_argument("--out", type=Path, required=True, help="dictionary .npz (its .json beside it)")
     _common(h)
+    f = sub.add_parser("flow", help="SpinFlowSim dictionary: blood flow in capillary networks")
+    f.add_argument("--network", type=Path, nargs="+", default=None,
+                   help="network file(s): .json, .csv (with --inlet/--outlet/--qin) or converted SpinFlowSim .npz; "
+                        "default: the project's generated capillary networks")
+    f.add_argument("--inlet", type=int, default=None, help="inlet node id (overrides the file)")
+    f.add_argument("--outlet", type=int, default=None, help="outlet node id (overrides the file)")
+    f.add_argument("--qin", type=_positive(float), nargs="+", default=None,
+                   help="input flow(s) [mm³/s]: one realisation per network and value (default: the file's)")
+    f.add_argument("--protocol", type=Path, required=True,
+                   help="TSV (b, small_delta, big_delta [, waveform PGSE/TRSE/file]) or DWI .json sidecar + .bval")
+    f.add_argument("--bval", type=Path, default=None, help="the sidecar's .bval (default: beside it)")
+    f.add_argument("--spins", type=_positive(int), default=2000, help="spins per realisation (2000)")
+    f.add_argument("--backend", choices=("scipy", "spice"), default="scipy",
+                   help="flow solver: scipy.sparse (default) or PySpice/ngspice (extra [spice])")
+    f.add_argument("--realisations-per-job", type=_positive(int), default=100)
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--nprocs", type=_positive(int), default=1, help="parallel jobs (MultiProc)")
+    f.add_argument("--plugin", default=None, help="Nipype plugin (e.g. SLURM, SGE); default Linear/MultiProc")
+    f.add_argument("--plugin-args", type=json.loads, default=None, help="plugin arguments as JSON")
+    f.add_argument("-w", "--work-dir", type=Path, default=None, help="Nipype work dir (kept; reruns reuse it)")
+    f.add_argument("--plot", action="store_true", help="write <out>.png: a network's velocities and example signals")
+    f.add_argument("--out", type=Path, required=True, help="dictionary .npz (its .json beside it)")
+    f.add_argument("-v", "--verbose", action="count", default=0)
     d = sub.add_parser("default-dictionary", help="rebuild the embedded default dictionary (generated substrates)")
     d.add_argument("--out", type=Path, default=None, help="default: the package's data folder")
     _common(d)
@@ -102,7 +126,42 @@ def main(argv=None) -> int:
         return exc.exit_code
 
 
+def _run_flow(args) -> int:
+    from ..core.simulate.flow.generate import default_realisations
+    from ..core.simulate.flow.network import read_network
+    from ..core.simulate.flow.resolve import solve_flow
+    from ..core.waveforms import read_simulation_protocol
+    from ..workflows.simulation import init_flow_simulation_wf
+
+    prot = read_simulation_protocol(args.protocol, args.bval)
+    if args.network:
+        nets = []
+        for path in args.network:
+            qins = args.qin or [None]
+            first = read_network(path, args.inlet, args.outlet, qins[0])
+            nets += [first] + [first.with_flow(q) for q in qins[1:]]
+    else:
+        nets = default_realisations()
+        if args.qin:
+            nets = [n.with_flow(q) for n in nets[::8] for q in args.qin]
+    for n in nets:  # fail early, one clear line per bad network
+        solve_flow(n, backend=args.backend, source=n.name)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    wf_builder = lambda work: init_flow_simulation_wf(  # noqa: E731
+        nets, prot, out, work, n_spins=args.spins, seed=args.seed, per_job=args.realisations_per_job,
+        backend=args.backend)
+    dic = run_workflow(wf_builder, out, args)
+    if args.plot:
+        from ..reports.simulation import plot_flow
+        plot_flow(solve_flow(nets[0]), dic, out.with_suffix(".png"))
+    print(f"dmrimc-sim: wrote {out.with_suffix('.npz')} ({len(dic)} realisations x {len(dic.protocol)} measurements)")
+    return 0
+
+
 def _run(args) -> int:
+    if args.command == "flow":
+        return _run_flow(args)
     from ..core.simulate.histo import DEFAULT_SUBSTRATES, load_substrate
     from ..core.simulate.montecarlo import resolve_device
     from ..core.waveforms import read_simulation_protocol
@@ -142,12 +201,22 @@ def _run(args) -> int:
 
 
 def run_histo_workflow(specs, prot, d0in, d0ex, kappa, out, args, device, area):
-    """Build and run the simulation graph; returns the Dictionary written to ``out``."""
+    """Build and run the Monte Carlo graph; returns the Dictionary written to ``out``."""
+    from ..workflows.simulation import init_histo_simulation_wf
+
+    n_threads = 0 if args.nprocs == 1 else 1
+    return run_workflow(lambda work: init_histo_simulation_wf(
+        specs, prot, d0in, d0ex, kappa, out, work, n_walkers=args.walkers, dt_ms=args.dt_ms, seed=args.seed,
+        configs_per_job=args.configs_per_job, device=device, grid_um=args.grid_um, area=area,
+        n_threads=n_threads), out, args)
+
+
+def run_workflow(build, out, args):
+    """Run the graph build(work_dir) with the chosen plugin; returns the Dictionary written to ``out``."""
     from nipype import config as ncfg
     from nipype import logging as nlogging
 
     from ..core.dictionary import Dictionary
-    from ..workflows.simulation import init_histo_simulation_wf
 
     tmp = None
     work = args.work_dir
@@ -158,10 +227,7 @@ def run_histo_workflow(specs, prot, d0in, d0ex, kappa, out, args, device, area):
                         "monitoring": {"enabled": False}})
     for name in ("nipype.workflow", "nipype.interface", "nipype.utils"):
         nlogging.getLogger(name).setLevel(logging.INFO if args.verbose > 1 else logging.WARNING)
-    n_threads = 0 if args.nprocs == 1 else 1
-    wf = init_histo_simulation_wf(specs, prot, d0in, d0ex, kappa, out, work, n_walkers=args.walkers,
-                                  dt_ms=args.dt_ms, seed=args.seed, configs_per_job=args.configs_per_job,
-                                  device=device, grid_um=args.grid_um, area=area, n_threads=n_threads)
+    wf = build(work)
     if args.plugin:
         plugin, plugin_args = args.plugin, dict(args.plugin_args or {})
     elif args.nprocs > 1:

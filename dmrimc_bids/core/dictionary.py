@@ -30,6 +30,16 @@ PARAM_DESCRIPTIONS = {
     "vCS_cyl": "volume-weighted cell size index, cylindrical geometry ((<CS^6>/<CS^2>)^(1/4))",
     "D0in": "intrinsic intra-cellular diffusivity", "D0ex": "intrinsic extra-cellular diffusivity",
     "kappa": "cell membrane permeability", "cellularity": "cells per mm² of the substrate"}
+# vascular parameters: network metrics of the flow simulator and segmented IVIM
+from .simulate.flow.metrics import METRIC_DESCRIPTIONS, METRIC_UNITS  # noqa: E402
+
+PARAM_UNITS.update(METRIC_UNITS)
+PARAM_DESCRIPTIONS.update(METRIC_DESCRIPTIONS)
+PARAM_UNITS.update({"fV": "", "D": "um^2/ms", "Dstar": "um^2/ms", "S0": ""})
+PARAM_DESCRIPTIONS.update({"fV": "IVIM vascular signal fraction (segmented fit)",
+                           "D": "IVIM tissue diffusion coefficient (segmented fit)",
+                           "Dstar": "IVIM pseudo-diffusion coefficient of the vascular signal",
+                           "S0": "fitted signal at b = 0, relative to the mean measured b = 0 signal"})
 #: Column order of the published Histo-μSim parameter arrays.
 HISTOUSIM_PARAM_NAMES = ("fin", "mCS", "varCS", "skewCS", "vCS_sph", "vCS_cyl", "D0in", "D0ex", "kappa")
 #: Column order of the published leave-one-out arrays (shared/reference/histo_loo).

@@ -163,3 +163,122 @@ class SimulateForProtocol(SimpleInterface):
         self._results["description"] = dic.select().describe()
         self._results["cached"] = bool(cached)
         return runtime
+
+
+# ---- capillary flow (SpinFlowSim) -----------------------------------------------------------------
+class _FlowSimIn(BaseInterfaceInputSpec):
+    realisations = traits.List(traits.Dict, mandatory=True, desc="networks as JSON (Network.to_json)")
+    offset = traits.Int(0, usedefault=True, desc="index of the first realisation in the whole set (seeds)")
+    protocol_file = File(exists=True, mandatory=True, desc="protocol JSON (core.waveforms.protocol_to_json)")
+    n_spins = traits.Int(2000, usedefault=True)
+    seed = traits.Int(0, usedefault=True)
+    backend = traits.Enum("scipy", "spice", usedefault=True, desc="flow solver")
+
+
+class SimulateFlow(SimpleInterface):
+    """Vascular signals and metrics of a chunk of network realisations."""
+
+    input_spec = _FlowSimIn
+    output_spec = _SimOut
+
+    def _run_interface(self, runtime):
+        from ..core.simulate.flow.dictionary import simulate_realisations
+        from ..core.simulate.flow.network import from_json
+        from ..core.waveforms import protocol_from_json
+
+        i = self.inputs
+        prot = protocol_from_json(json.loads(open(i.protocol_file).read()))
+        nets = [from_json(r) for r in i.realisations]
+        sig, par = simulate_realisations(nets, prot, n_spins=i.n_spins, seed=i.seed, offset=i.offset,
+                                         backend=i.backend)
+        out = cwd_path(runtime, f"flow_{i.offset:06d}.npz")
+        np.savez(out, signals=sig, params=par, names=json.dumps([n.name for n in nets]))
+        self._results["out_file"] = out
+        return runtime
+
+
+class _FlowAsmIn(BaseInterfaceInputSpec):
+    parts = traits.List(File(exists=True), mandatory=True, desc="SimulateFlow outputs, in order")
+    realisations = traits.List(traits.Dict, mandatory=True)
+    protocol_file = File(exists=True, mandatory=True)
+    n_spins = traits.Int(2000, usedefault=True)
+    seed = traits.Int(0, usedefault=True)
+    backend = traits.Enum("scipy", "spice", usedefault=True)
+    out_file = traits.Str(mandatory=True, desc="dictionary .npz to write (with its .json)")
+
+
+class AssembleFlowDictionary(SimpleInterface):
+    """Join SimulateFlow parts into one flow Dictionary, written atomically."""
+
+    input_spec = _FlowAsmIn
+    output_spec = _AssembleOut
+
+    def _run_interface(self, runtime):
+        from ..core.simulate.flow.dictionary import assemble_flow, flow_provenance
+        from ..core.simulate.flow.network import from_json
+        from ..core.waveforms import protocol_from_json
+
+        i = self.inputs
+        prot = protocol_from_json(json.loads(open(i.protocol_file).read()))
+        parts = []
+        for f in i.parts:
+            with np.load(f) as z:
+                parts.append((z["signals"], z["params"]))
+        nets = [from_json(r) for r in i.realisations]
+        dic = assemble_flow(parts, prot, flow_provenance(nets, i.n_spins, i.seed, {"backend": i.backend}))
+        self._results["dictionary"] = str(dic.save(i.out_file))
+        return runtime
+
+
+class _FlowForProtocolIn(BaseInterfaceInputSpec):
+    protocol = File(exists=True, mandatory=True, desc="protocol table (TSV) of the vascular measurements")
+    network_files = traits.List(traits.Str, desc="user networks (.json/.csv/.npz); empty: generated defaults")
+    n_spins = traits.Int(2000, usedefault=True)
+    seed = traits.Int(0, usedefault=True)
+    cache_dir = traits.Str(mandatory=True, desc="dictionaries are cached here, keyed by protocol and networks")
+    b0_threshold = traits.Float(20.0, usedefault=True)
+
+
+class SimulateFlowForProtocol(SimpleInterface):
+    """A flow dictionary simulated for the subject's own vascular measurements (the default route:
+    flow simulation is cheap, so there is no protocol matching to get wrong). Cached under the sha256
+    of the protocol, the realisations, spins, seed and software version."""
+
+    input_spec = _FlowForProtocolIn
+    output_spec = _ForProtocolOut
+
+    def _run_interface(self, runtime):
+        import hashlib
+        from pathlib import Path
+
+        from .. import __version__
+        from ..core.dictionary import Dictionary
+        from ..core.protocol import Protocol
+        from ..core.simulate.flow.dictionary import network_checksum, simulate_flow_dictionary
+        from ..core.simulate.flow.generate import default_realisations
+        from ..core.simulate.flow.network import read_network
+
+        i = self.inputs
+        prot = Protocol.from_table(i.protocol)
+        keep = prot.b > i.b0_threshold
+        rows = np.unique(np.round(np.stack([prot.b[keep], prot.small_delta_ms[keep], prot.big_delta_ms[keep]], 1),
+                                  6), axis=0)
+        sim_prot = Protocol(rows[:, 0], rows[:, 1], rows[:, 2])
+        nets = [read_network(f) for f in i.network_files] if i.network_files else default_realisations()
+        key = hashlib.sha256(json.dumps({
+            "protocol": rows.tolist(), "networks": [network_checksum(n) for n in nets], "spins": i.n_spins,
+            "seed": i.seed, "version": __version__}, sort_keys=True).encode()).hexdigest()[:24]
+        cache = Path(i.cache_dir)
+        cache.mkdir(parents=True, exist_ok=True)
+        path = cache / f"spinflowsim_{key}.npz"
+        cached = path.is_file() and path.with_suffix(".json").is_file()
+        if not cached:
+            dic = simulate_flow_dictionary(nets, sim_prot, n_spins=i.n_spins, seed=i.seed)
+            dic.provenance["cache_key"] = key
+            dic.provenance["networks_source"] = "user" if i.network_files else "generated (core/simulate/flow/generate.py)"
+            dic.save(path)
+        dic = Dictionary.load(path)
+        self._results["dictionary"] = str(path)
+        self._results["description"] = dic.select().describe()
+        self._results["cached"] = bool(cached)
+        return runtime

@@ -53,3 +53,29 @@ def init_histo_simulation_wf(substrates: list, protocol, d0in, d0ex, kappa, out_
                                      out_file=str(Path(out_file).resolve())), name="assemble")
     wf.connect(sim, "out_file", asm, "parts")
     return wf
+
+
+def init_flow_simulation_wf(networks: list, protocol, out_file, work_dir, *, n_spins: int = 2000, seed: int = 0,
+                            per_job: int = 100, backend: str = "scipy", name: str = "flow_simulation_wf"):
+    """Workflow: SimulateFlow over chunks of network realisations -> AssembleFlowDictionary."""
+    from ..interfaces.simulation import AssembleFlowDictionary, SimulateFlow
+
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    prot_file = work_dir / "flow_protocol.json"
+    text = json.dumps(protocol_to_json(protocol))
+    if not prot_file.is_file() or prot_file.read_text() != text:
+        prot_file.write_text(text)
+    specs = [n.to_json() for n in networks]
+    per = max(1, per_job)
+    chunks = [(specs[lo:lo + per], lo) for lo in range(0, len(specs), per)]
+    wf = pe.Workflow(name=name, base_dir=str(work_dir))
+    sim = pe.MapNode(SimulateFlow(protocol_file=str(prot_file), n_spins=n_spins, seed=seed, backend=backend),
+                     iterfield=["realisations", "offset"], name="simulate", mem_gb=1.0)
+    sim.inputs.realisations = [c[0] for c in chunks]
+    sim.inputs.offset = [c[1] for c in chunks]
+    asm = pe.Node(AssembleFlowDictionary(protocol_file=str(prot_file), realisations=specs, n_spins=n_spins,
+                                         seed=seed, backend=backend, out_file=str(Path(out_file).resolve())),
+                  name="assemble")
+    wf.connect(sim, "out_file", asm, "parts")
+    return wf
