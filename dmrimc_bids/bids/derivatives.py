@@ -17,6 +17,15 @@ MODEL_INFO = {
         "Description": "Histo-uSim: histology-informed Monte Carlo dictionary fit of directionally averaged, "
                        "b0-normalised PGSE signals (Grigoriou et al., Commun Biol 2025)",
         "URL": "https://doi.org/10.1038/s42003-025-09096-3"},
+    "ivim": {
+        "Description": "Segmented IVIM (tissue D and intercept from b > b_split, tissue signal extrapolated, "
+                       "vascular signal S_V = S - S_T fitted by fV, D*; Le Bihan et al., Radiology 1988; "
+                       "OSIPI TF2.4 segmented pattern)",
+        "URL": "https://doi.org/10.1148/radiology.168.2.3393671"},
+    "spinflowsim": {
+        "Description": "SpinFlowSim: dictionary fit of the b0-normalised vascular signal S_V/S_V(0) with blood "
+                       "flow simulated in capillary networks (Voronova et al., SpinFlowSim)",
+        "URL": "https://github.com/radiomicsgroup/SpinFlowSim"},
 }
 DIAGNOSTICS = {
     "exitcode": ("Fit exit code: 1 fitted, 0 background, -1 failed or invalid data (NaN/non-positive b=0)", ""),

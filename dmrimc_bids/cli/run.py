@@ -89,6 +89,20 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--params", nargs="+", metavar="NAME", help="parameters to estimate (D0in, D0ex, kappa added)")
     m.add_argument("--fix", nargs="+", type=_fix, default=[], metavar="NAME=VALUE", help="fix at a grid value")
     m.add_argument("--bounds", nargs="+", type=_bound, default=[], metavar="NAME=LO,HI")
+    v = p.add_argument_group("vascular branch (segmented IVIM + SpinFlowSim)")
+    v.add_argument("--vascular", choices=["auto", "on", "off"], default="auto",
+                   help="auto: run it when a TE group has IVIM b-values (default); on: require it; off: skip")
+    v.add_argument("--ivim-b-split", type=float, default=200.0, metavar="B",
+                   help="tissue ADC from b > B; vascular signal on b <= B [s/mm²] (200)")
+    v.add_argument("--ivim-b-max", type=float, default=1000.0, metavar="B",
+                   help="largest b of the tissue ADC segment [s/mm²] (1000)")
+    v.add_argument("--flow-dictionary", type=Path, metavar="NPZ",
+                   help="flow dictionary (dmrimc-sim flow); default: simulated for each protocol (cached)")
+    v.add_argument("--flow-networks", nargs="+", type=Path, metavar="FILE",
+                   help="networks (.json/.npz) for the simulated flow dictionary (default: generated ones)")
+    v.add_argument("--flow-spins", type=int, default=2000, metavar="N", help="spins per realisation (2000)")
+    v.add_argument("--flow-params", nargs="+", metavar="NAME",
+                   help="flow parameters to estimate (default vm vs anb)")
     m.add_argument("--b0-threshold", type=float, default=20.0, metavar="B", help="b <= B is b=0 [s/mm²] (20)")
     m.add_argument("--vasc-threshold", type=float, default=250.0, metavar="B",
                    help="drop non-zero b below B from the tissue fit [s/mm²] (250)")
@@ -155,6 +169,8 @@ def _run(args) -> int:
                              fix="use --device cpu (or auto), or install the [gpu] extra on a machine with a GPU")
 
     from ..bids.layout import collect_inputs, load_filters
+    from ..core.dictionary import Dictionary
+    from ..core.simulate.flow.network import read_network
     from ..interfaces.dictionary import load_selected
     from ..workflows.participant import Options, preflight
 
@@ -167,7 +183,19 @@ def _run(args) -> int:
                    surrogate=args.surrogate, n_neighbours=args.surrogate_neighbours, noise_model=args.noise_model,
                    device=args.device,
                    omp_nthreads=args.omp_nthreads, chunk_size=args.chunk_size, seed=args.seed,
-                   dictionary_source=args.dictionary_source)
+                   dictionary_source=args.dictionary_source, vascular=args.vascular,
+                   ivim_b_split=args.ivim_b_split, ivim_b_max=args.ivim_b_max,
+                   flow_dictionary=str(args.flow_dictionary.resolve()) if args.flow_dictionary else "",
+                   flow_networks=[str(f.resolve()) for f in args.flow_networks or []], flow_spins=args.flow_spins,
+                   flow_params=args.flow_params or [])
+    if not 0 < args.ivim_b_split < args.ivim_b_max:
+        raise InputError(f"--ivim-b-split {args.ivim_b_split:g} / --ivim-b-max {args.ivim_b_max:g}",
+                         exit_code=EX_USAGE, fix="give 0 < --ivim-b-split < --ivim-b-max (s/mm²)")
+    if args.flow_dictionary:
+        load_flow = Dictionary.load(args.flow_dictionary)  # fail early on an unreadable flow dictionary
+        load_flow.select(opts.flow_params or None)
+    for f in opts.flow_networks:
+        read_network(f)
     if args.dictionary_source == "simulate":
         _simulation_options(args, opts)
     dictionary = load_selected(opts.dictionary, opts.params, opts.fix)
@@ -252,7 +280,7 @@ def _execute(items, opts, args) -> list:
                         "monitoring": {"enabled": False}})
     for name in ("nipype.workflow", "nipype.interface", "nipype.utils"):
         nlogging.getLogger(name).setLevel(logging.INFO if args.verbose > 1 else logging.WARNING)
-    if opts.dictionary_source == "simulate" and not opts.sim_cache_dir:
+    if not opts.sim_cache_dir:
         opts.sim_cache_dir = str(work / "dictionary_cache")
     wf = init_participant_wf(items, opts, work)
     # forkserver: workers never inherit numba's thread pool from a parent that already ran kernels

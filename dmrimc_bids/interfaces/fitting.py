@@ -68,3 +68,75 @@ class FitDictionary(SimpleInterface):
         self._results["units"] = dict(fit.units)
         self._results["info"] = json.loads(json.dumps(fit.info))
         return runtime
+
+
+class _IvimIn(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="b0-normalised, directionally averaged signal (all shells)")
+    sigma_file = traits.Str("", usedefault=True, desc="normalised σ, one volume per shell ('' for none)")
+    shells = File(exists=True, mandatory=True, desc="per-shell protocol table")
+    mask_file = File(exists=True, mandatory=True)
+    b_split = traits.Float(200.0, usedefault=True, desc="[s/mm²]")
+    b_max = traits.Float(1000.0, usedefault=True, desc="largest b of the tissue segment [s/mm²]")
+    b0_threshold = traits.Float(20.0, usedefault=True)
+    min_fv = traits.Float(0.005, usedefault=True, desc="voxels with smaller fV get no vascular fit")
+
+
+class _IvimOut(TraitedSpec):
+    maps = traits.Dict(traits.Str, File(exists=True))
+    units = traits.Dict(traits.Str, traits.Str)
+    vascular_file = File(exists=True, desc="S_V/S_V(0) of the low-b measurements")
+    vascular_sigma_file = traits.Str(desc="σ of it ('' without a noise map)")
+    vascular_protocol = File(exists=True, desc="protocol table of the vascular measurements")
+    vascular_mask = File(exists=True, desc="mask ∩ fV >= min_fv")
+    notes = traits.List(traits.Str)
+    reference_group = traits.Dict()
+
+
+class FitIVIM(SimpleInterface):
+    """Segmented IVIM per TE group (core.fitting.ivim.fit_ivim_protocol) and the vascular signal."""
+
+    input_spec = _IvimIn
+    output_spec = _IvimOut
+
+    def _run_interface(self, runtime):
+        from ..core.fitting.ivim import fit_ivim_protocol
+        from ..core.protocol import Protocol
+
+        i = self.inputs
+        data, img = load_data(i.in_file, "signal")
+        mask = load_data(i.mask_file, "mask")[0] > 0
+        shells = Protocol.from_table(i.shells)
+        vox = data[mask]
+        res = fit_ivim_protocol(vox, shells, i.b_split, i.b_max, i.b0_threshold)
+        shape = mask.shape
+        maps, units = {}, {"fV": "", "D": "um^2/ms", "Dstar": "um^2/ms", "S0": ""}
+        for name, val in res.maps.items():
+            arr = np.full(shape, np.nan, np.float32)
+            arr[mask] = val
+            maps[name] = save_image(arr, img, cwd_path(runtime, f"{name}.nii.gz"))
+        vas = np.full(shape + (res.vascular.shape[1],), np.nan, np.float32)
+        vas[mask] = res.vascular
+        self._results["vascular_file"] = save_image(vas, img, cwd_path(runtime, "vascular.nii.gz"))
+        if i.sigma_file:
+            sig = load_data(i.sigma_file, "σ")[0].reshape(shape + (-1,))
+            vs = np.full(vas.shape, np.nan, np.float32)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                vs[mask] = sig[mask][:, res.vascular_index] / res.vascular_scale
+            self._results["vascular_sigma_file"] = save_image(vs, img, cwd_path(runtime, "vascular_sigma.nii.gz"))
+        else:
+            self._results["vascular_sigma_file"] = ""
+        vmask = np.zeros(shape, np.uint8)
+        good = (res.maps["fV"] >= i.min_fv) & np.all(np.isfinite(res.vascular), axis=1)
+        vmask[mask] = good
+        if not vmask.any():  # keep the graph running: one voxel, flagged by the fit as it is
+            vmask[tuple(np.argwhere(mask)[0])] = 1
+            res.notes.append(f"no voxel has fV >= {i.min_fv:g}: vascular maps are not meaningful")
+        self._results["vascular_mask"] = save_image(vmask, img, cwd_path(runtime, "vascular_mask.nii.gz"), np.uint8)
+        prot = shells.subset(res.vascular_index)
+        self._results["vascular_protocol"] = cwd_path(runtime, "vascular.tsv")
+        prot.to_table(self._results["vascular_protocol"])
+        self._results["maps"] = maps
+        self._results["units"] = units
+        self._results["notes"] = list(res.notes)
+        self._results["reference_group"] = json.loads(json.dumps(res.reference_group))
+        return runtime

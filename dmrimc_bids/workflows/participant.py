@@ -2,8 +2,8 @@
 
 read protocol -> mask -> spherical mean -> b0 normalisation -> vascular-threshold filter ->
 dictionary matching -> dictionary fit -> BIDS derivatives. The dictionary is selected once for all
-subjects. Later issues hang the vascular branch (segmented IVIM, SpinFlowSim fit) and the report
-off ``normalise``'s outputs.
+subjects. When low-b volumes exist, the vascular branch (segmented IVIM -> flow dictionary fit of
+S_V/S_V(0): init_vascular_wf) hangs off ``normalise``'s outputs.
 """
 
 from __future__ import annotations
@@ -59,6 +59,14 @@ class Options:
     sim_d0: list = field(default_factory=list)
     sim_kappa: list = field(default_factory=list)
     sim_cache_dir: str = ""
+    vascular: str = "auto"
+    ivim_b_split: float = 200.0
+    ivim_b_max: float = 1000.0
+    flow_dictionary: str = ""
+    flow_networks: list = field(default_factory=list)
+    flow_spins: int = 2000
+    flow_params: list = field(default_factory=list)
+    flow_match_tol_b: float = 5.0
 
     def fit_parameters(self) -> dict:
         """Model.Parameters common to every map."""
@@ -74,6 +82,41 @@ class Options:
                 "B0Threshold": self.b0_threshold, "VascularThreshold": self.vasc_threshold,
                 "ShellTolerance": self.shell_tolerance, "Fixed": self.fix, "Seed": self.seed,
                 "SoftwareVersion": __version__}
+
+
+    def ivim_parameters(self) -> dict:
+        return {"FitMethod": "segmented IVIM: D and intercept by least squares on b_split < b <= b_max; "
+                             "tissue signal extrapolated; S_V = S - S_T fitted by F exp(-b D*) on b <= b_split; "
+                             "fV = F/(F + intercept)",
+                "BSplit": self.ivim_b_split, "BMax": self.ivim_b_max, "B0Threshold": self.b0_threshold,
+                "Seed": self.seed, "SoftwareVersion": __version__}
+
+    def flow_parameters(self) -> dict:
+        out = self.fit_parameters()
+        out.pop("VascularThreshold", None)
+        out["Signal"] = "vascular signal S_V/S_V(0) of the b <= b_split measurements (segmented IVIM)"
+        out["FlowDictionary"] = self.flow_dictionary or ("simulated for this protocol from " + (
+            "the given networks" if self.flow_networks else "the project's generated capillary networks"))
+        return out
+
+
+def session_shells(item: SessionInputs, opts: Options) -> Protocol:
+    """The directionally averaged protocol of a session, from headers and metadata only."""
+    protos = [series_protocol(d, b, bv or None, sc or None, gd or None, gs or None, opts.small_delta_ms,
+                              opts.big_delta_ms, opts.b0_threshold)
+              for d, b, bv, sc, gd, gs in zip(item.dwi_files, item.bval_files, item.bvec_files,
+                                              item.sidecar_files, item.gdur_files, item.gsep_files)]
+    shells, _ = preprocess.shell_assignment(Protocol.concatenate(protos), opts.b0_threshold, opts.shell_tolerance)
+    return shells
+
+
+def has_vascular_branch(item: SessionInputs, opts: Options) -> bool:
+    """True when the vascular branch runs: not switched off and some TE group has IVIM b-values."""
+    from ..core.fitting.ivim import ivim_groups
+    if opts.vascular == "off":
+        return False
+    usable, _ = ivim_groups(session_shells(item, opts), opts.ivim_b_split, opts.ivim_b_max, opts.b0_threshold)
+    return bool(usable)
 
 
 def preflight(item: SessionInputs, opts: Options, dictionary=None) -> dict:
@@ -100,8 +143,13 @@ def preflight(item: SessionInputs, opts: Options, dictionary=None) -> dict:
                              f"largest b ({dic.max_b:g} s/mm²)")
     if not simulate:  # a simulated dictionary matches by construction
         dic.match(shells.subset(filt.keep), opts.match_tol_b, opts.match_tol_ms, opts.b0_threshold, source)
+    vascular = has_vascular_branch(item, opts)
+    if opts.vascular == "on" and not vascular:
+        raise InputError("--vascular on: no TE group has the b-values segmented IVIM needs", path=source,
+                         fix=f"acquire a b=0, a b in ({opts.b0_threshold:g}, {opts.ivim_b_split:g}] and two b in "
+                             f"({opts.ivim_b_split:g}, {opts.ivim_b_max:g}] s/mm² at one TE, or use --vascular off")
     return {"volumes": len(proto), "shells": len(shells), "fitted": int(filt.keep.size),
-            "warnings": filt.warnings() + plan.notes}
+            "warnings": filt.warnings() + plan.notes, "vascular": vascular}
 
 
 def init_participant_wf(items: list[SessionInputs], opts: Options, work_dir, name="dmrimc_bids_wf"):
@@ -117,6 +165,58 @@ def init_participant_wf(items: list[SessionInputs], opts: Options, work_dir, nam
         else:
             wf.connect([(select, sub, [("max_b", "vascular_filter.max_b"),
                                        ("description", "write_maps.dictionary_description")])])
+    return wf
+
+
+def init_vascular_wf(item: SessionInputs, opts: Options, wf, read, mask, sph, norm):
+    """Vascular branch: segmented IVIM -> flow dictionary (simulated for the vascular measurements, or
+    the user's, matched) -> dictionary fit of S_V/S_V(0) -> model-ivim and model-spinflowsim maps."""
+    from ..interfaces.fitting import FitIVIM
+    from ..interfaces.simulation import SimulateFlowForProtocol
+
+    out_dir = str(Path(opts.out_dir).resolve())
+    sources = [f"bids::{Path(f).name}" for f in item.dwi_files]
+    ivim = pe.Node(FitIVIM(b_split=opts.ivim_b_split, b_max=opts.ivim_b_max, b0_threshold=opts.b0_threshold),
+                   name="fit_ivim", mem_gb=1.0)
+    write_ivim = pe.Node(WriteDerivatives(out_dir=out_dir, subject=item.subject, session=item.session or "",
+                                          model="ivim", parameters=opts.ivim_parameters(), sources=sources,
+                                          dropped=[]),
+                         name="write_ivim", run_without_submitting=True)
+    match = pe.Node(MatchDictionary(params=list(opts.flow_params), tol_b=opts.flow_match_tol_b,
+                                    tol_ms=opts.match_tol_ms, b0_threshold=opts.b0_threshold,
+                                    source=item.dwi_files[0]), name="match_flow_dictionary", mem_gb=1.0)
+    fit = pe.Node(FitDictionary(n_averages=opts.n_averages, smoothing=opts.smoothing, surrogate="global",
+                                noise_model=opts.noise_model, device=opts.device, n_threads=opts.omp_nthreads,
+                                chunk_size=opts.chunk_size), name="fit_spinflowsim", n_procs=opts.omp_nthreads,
+                  mem_gb=2.0)
+    write_flow = pe.Node(WriteDerivatives(out_dir=out_dir, subject=item.subject, session=item.session or "",
+                                          model="spinflowsim", parameters=opts.flow_parameters(), sources=sources,
+                                          dropped=[]),
+                         name="write_spinflowsim", run_without_submitting=True)
+    wf.connect([
+        (norm, ivim, [("out_file", "in_file"), ("sigma_file", "sigma_file")]),
+        (sph, ivim, [("shells", "shells")]),
+        (mask, ivim, [("mask_file", "mask_file")]),
+        (ivim, write_ivim, [("maps", "maps"), ("units", "units"), ("notes", "notes")]),
+        (ivim, match, [("vascular_protocol", "protocol")]),
+        (ivim, fit, [("vascular_file", "in_file"), ("vascular_sigma_file", "sigma_file"),
+                     ("vascular_mask", "mask_file")]),
+        (match, fit, [("dictionary", "dictionary")]),
+        (fit, write_flow, [("maps", "maps"), ("units", "units")]),
+        (match, write_flow, [("dictionary", "matched_dictionary")]),
+        (ivim, write_flow, [("notes", "notes")]),
+    ])
+    if opts.flow_dictionary:
+        match.inputs.dictionary_file = opts.flow_dictionary
+        write_flow.inputs.dictionary_description = load_selected(opts.flow_dictionary, opts.flow_params).describe()
+    else:
+        sim = pe.Node(SimulateFlowForProtocol(network_files=list(opts.flow_networks), n_spins=opts.flow_spins,
+                                              seed=opts.seed, cache_dir=opts.sim_cache_dir,
+                                              b0_threshold=opts.b0_threshold),
+                      name="simulate_flow_dictionary", mem_gb=1.0)
+        wf.connect([(ivim, sim, [("vascular_protocol", "protocol")]),
+                    (sim, match, [("dictionary", "dictionary_file")]),
+                    (sim, write_flow, [("description", "dictionary_description")])])
     return wf
 
 
@@ -180,4 +280,6 @@ def init_single_subject_wf(item: SessionInputs, opts: Options) -> pe.Workflow:
         wf.connect([(filt, sim, [("protocol", "protocol")]),
                     (sim, match, [("dictionary", "dictionary_file")]),
                     (sim, write, [("description", "dictionary_description")])])
+    if has_vascular_branch(item, opts):
+        init_vascular_wf(item, opts, wf, read, mask, sph, norm)
     return wf

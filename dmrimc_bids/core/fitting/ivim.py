@@ -122,3 +122,75 @@ def fit_segmented_ivim(signals, b_values, b_split=B_SPLIT, b0_threshold=1e-6, d_
     fV = np.clip(F / np.maximum(F + A, 1e-12), 0.0, 1.0)
     nan = np.where(ok, 1.0, np.nan)
     return IvimFit(D * nan, fV * nan, dstar * nan, (A + F) * s0s * nan, A * s0s * nan)
+
+
+#: Default upper b of the tissue (ADC) segment [s/mm²]: above ~1000 tissue signals are not mono-exponential.
+B_MAX = 1000.0
+
+
+@dataclass
+class IvimGroups:
+    """Segmented IVIM of a whole protocol. maps: fV, D, Dstar, S0 of the reference group [V];
+    vascular: S_V/S_V(0) of every low-b measurement of every usable group [V, Mv]; vascular_index: those
+    measurements' indices in the protocol; vascular_scale: fV·S0 of their group [V, Mv] (divide a σ by it);
+    notes: which groups were used and why others were not."""
+
+    maps: dict
+    vascular: np.ndarray
+    vascular_index: np.ndarray
+    vascular_scale: np.ndarray
+    reference_group: dict
+    notes: list
+
+
+def ivim_groups(protocol, b_split=B_SPLIT, b_max=B_MAX, b0_threshold=20.0):
+    """Per TE (and series) group: (TE [ms], indices) of the groups usable for segmented IVIM (a b = 0,
+    a b in (b0_threshold, b_split] and two distinct b in (b_split, b_max]), and notes on the others."""
+    te = np.where(np.isfinite(protocol.echo_time_ms), np.round(protocol.echo_time_ms, 3), -1.0)
+    keys = sorted(set(zip(protocol.series.tolist(), te.tolist())), key=lambda k: (k[1], k[0]))
+    usable, notes = [], []
+    for series, t in keys:
+        idx = np.flatnonzero((protocol.series == series) & (te == t))
+        b = protocol.b[idx]
+        ok = ((b <= b0_threshold).any() and ((b > b0_threshold) & (b <= b_split)).any()
+              and np.unique(b[(b > b_split) & (b <= b_max)]).size >= 2)
+        label = f"series {series}, TE {t:g} ms" if t >= 0 else f"series {series}, TE unknown"
+        if ok:
+            usable.append((t, idx))
+        else:
+            notes.append(f"IVIM: {label} not used: needs a b=0, a b in ({b0_threshold:g}, {b_split:g}] and two "
+                         f"distinct b in ({b_split:g}, {b_max:g}] s/mm²")
+    return usable, notes
+
+
+def fit_ivim_protocol(signals, protocol, b_split=B_SPLIT, b_max=B_MAX, b0_threshold=20.0) -> IvimGroups:
+    """Segmented IVIM of every usable TE group of signals [V, M] (directionally averaged, any scaling).
+
+    The maps come from the shortest-TE usable group (closest to the vascular volume fraction: blood's
+    longer T2 inflates the apparent fV at longer TE); the vascular signals of all usable groups, each
+    normalised by its own fV·S0, feed the flow-dictionary fit (their (δ, Δ) carry the flow information).
+    """
+    S = np.atleast_2d(np.asarray(signals, float))
+    usable, notes = ivim_groups(protocol, b_split, b_max, b0_threshold)
+    if not usable:
+        raise ValueError("no TE group has the b-values segmented IVIM needs")
+    maps, vas, vidx, vscale, ref = None, [], [], [], None
+    for te, idx in usable:
+        b = protocol.b[idx]
+        use = (b <= b_max)
+        sub = idx[use]
+        fit = fit_segmented_ivim(S[:, sub], np.where(protocol.b[sub] <= b0_threshold, 0.0, protocol.b[sub]),
+                                 b_split=b_split)
+        low = sub[(protocol.b[sub] > b0_threshold) & (protocol.b[sub] <= b_split)]
+        sv0 = fit.fV * fit.S0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            vas.append((S[:, low] - fit.tissue_signal(protocol.b[low])) / np.where(sv0 > 0, sv0, np.nan)[:, None])
+        vidx.append(low)
+        vscale.append(np.repeat(sv0[:, None], low.size, axis=1))
+        if maps is None:
+            maps = {"fV": fit.fV, "D": fit.D, "Dstar": fit.Dstar, "S0": fit.S0}
+            ref = {"EchoTime_ms": te if te >= 0 else None, "Measurements": int(sub.size)}
+    if len(usable) > 1:
+        notes.append(f"IVIM maps from the shortest-TE group ({ref['EchoTime_ms']} ms); vascular signals of "
+                     f"{len(usable)} groups fitted together")
+    return IvimGroups(maps, np.concatenate(vas, 1), np.concatenate(vidx), np.concatenate(vscale, 1), ref, notes)
