@@ -117,4 +117,5 @@ def test_participant_simulates_its_own_dictionary_and_caches_it(tmp_path, single
     shutil.rmtree(out)
     shutil.rmtree(work / [p.name for p in work.iterdir() if p.name.startswith("dmrimc_bids_wf")][0])
     assert main([str(a) for a in args]) == 0
-    assert cache[0].stat().st_mtime == mtime and len(list((work / "dictionary_cache").glob("*.npz"))) == 1
+    assert cache[0].stat().st_mtime == mtime and len(list((work / "dictionary_cache").glob("histousim_*.npz"))) == 1
+    assert len(list((work / "dictionary_cache").glob("spinflowsim_*.npz"))) == 1  # the flow dictionary, cached too

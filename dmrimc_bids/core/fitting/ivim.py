@@ -66,7 +66,7 @@ def _mono_cost(y, x, rate):
     return np.sum((y[:, None, :] - a[:, :, None] * e) ** 2, axis=2), a
 
 
-def _golden(fun, lo, up, n=40):
+def _golden(fun, lo, up, n=32):
     """Vectorised golden-section minimisation of fun([V, 2]) -> [V, 2] on brackets [lo, up]."""
     for _ in range(n):
         c = up - _GOLD * (up - lo)
@@ -78,7 +78,7 @@ def _golden(fun, lo, up, n=40):
     return 0.5 * (lo + up)
 
 
-def _profile_min(fun, start, bounds, n=48):
+def _profile_min(fun, start, bounds, n=24):
     """Refine a start value per voxel: grid of ±60 % around it, then golden section."""
     grid = np.clip(start[:, None] * np.linspace(0.4, 1.6, n)[None, :], *bounds)
     grid[:, 0] = np.maximum(grid[:, 0], bounds[0])
@@ -112,7 +112,7 @@ def fit_segmented_ivim(signals, b_values, b_split=B_SPLIT, b0_threshold=1e-6, d_
     low = b <= b_split
     bb = b[low] * 1e-3
     sv = Sn[:, low] - A[:, None] * np.exp(-bb[None, :] * D[:, None])
-    grid = np.geomspace(*dstar_bounds, 192)
+    grid = np.geomspace(*dstar_bounds, 64)
     costs = np.concatenate([_mono_cost(sv, bb, np.broadcast_to(g, (len(S), g.size)))[0]
                             for g in np.array_split(grid, 8)], axis=1)
     k = np.argmin(costs, axis=1)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit, prange
 
-from ...waveforms import B_TO_MS_PER_UM2, Waveform
+from ...waveforms import B_TO_MS_PER_UM2
 from ..kernels import uniform, walker_state
 from .resolve import FlowSolution
 
