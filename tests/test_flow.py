@@ -199,3 +199,28 @@ def test_reference_trse_signals_within_monte_carlo_error():
     assert len(diff) >= 30
     assert np.median(diff) <= 1.5 * np.median(noise) + 2e-3, (np.median(diff), np.median(noise))
     assert np.median(diff) < 0.013
+
+
+@needs_sfs
+def test_published_anb_rule_reproduces_the_published_arrays():
+    from dmrimc_bids.core.simulate.flow.spins import anb_published
+    for r in _reference_rows(97)[:4]:
+        ref = np.load(SFS / "reference_arrays" / f"Net{r['net']}" / f"Net{r['net']}_Pars_anb.npy")[int(r["row"])]
+        sol = solve_flow(read_network(SFS / r["npz"]))
+        legacy = anb_published(sol, seed=3)
+        true = simulate_flow(sol, [0], [None], n_spins=5000).anb
+        # our emulation: +1..+14 % (median +6 %) over 20 rows; the published rule overstates the segments
+        # spins enter by 2.3-8.3x (research/spinflowsim.md §2.10)
+        assert 0.95 * ref < legacy < 1.2 * ref, (ref, legacy)
+        assert legacy > 2 * true
+
+
+def test_published_anb_counts_boundaries_and_transitions():
+    """One straight pipe along x from the origin: a spin entering k segments shows about 2 changes per
+    transition + binade crossings + 1 per spin boundary, always more than the true count."""
+    from dmrimc_bids.core.simulate.flow.spins import anb_published
+    net = Network([[0, 0, 0], [40, 0, 0]], [[0, 1]], [4.0], 0, 1, 1e-3 * 1e9)
+    sol = solve_flow(net)
+    true = simulate_flow(sol, [0], [None], n_spins=500).anb
+    legacy = anb_published(sol, n_spins=500)
+    assert true > 5 and legacy >= 2 * true

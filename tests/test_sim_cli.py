@@ -119,3 +119,44 @@ def test_participant_simulates_its_own_dictionary_and_caches_it(tmp_path, single
     assert main([str(a) for a in args]) == 0
     assert cache[0].stat().st_mtime == mtime and len(list((work / "dictionary_cache").glob("histousim_*.npz"))) == 1
     assert len(list((work / "dictionary_cache").glob("spinflowsim_*.npz"))) == 1  # the flow dictionary, cached too
+
+
+def test_dmrimc_sim_flow_builds_a_dictionary(tmp_path, capsys):
+    """`dmrimc-sim flow`: user network (JSON) x Qin values, PGSE + TRSE protocol, any job split, plot."""
+    from dmrimc_bids.cli.sim import main as sim_main
+    from dmrimc_bids.core.simulate.flow.generate import capillary_network
+    net = capillary_network(3)
+    (tmp_path / "net.json").write_text(json.dumps(net.to_json()))
+    prot = tmp_path / "prot.tsv"
+    prot.write_text("b\tsmall_delta\tbig_delta\twaveform\tdelta1\tdelta2\tdelta3\tdelta4\tonset2\tonset4\n"
+                    "0\t10\t30\tPGSE\t\t\t\t\t\t\n50\t10\t30\tPGSE\t\t\t\t\t\t\n100\t10\t30\tPGSE\t\t\t\t\t\t\n"
+                    "100\t0\t0\tTRSE\t8.9\t17.6\t20.4\t6.0\t17.4\t63.9\n")
+    outs = []
+    for k, extra in enumerate((["--realisations-per-job", "1", "--nprocs", "2", "--plot", "--published-anb"],
+                               ["--published-anb"])):
+        out = tmp_path / f"flow{k}.npz"
+        code = sim_main(["flow", "--network", str(tmp_path / "net.json"), "--qin", "5e-4", "2e-3", "4e-3",
+                         "--protocol", str(prot), "--spins", "500", "--out", str(out), *extra])
+        assert code == 0, capsys.readouterr().err
+        outs.append(Dictionary.load(out))
+    a, b = outs
+    np.testing.assert_array_equal(a.signals, b.signals)  # independent of the job split and the plugin
+    assert len(a) == 3 and a.names[:3] == ["vm", "vs", "anb"] and "anb_published" in a.names
+    vm = a.params[:, 0]
+    np.testing.assert_allclose(vm / vm[0], [1, 4, 8], rtol=1e-9)  # velocities scale with Qin
+    assert np.all(a.signals[:, 0] == 1) and np.all(a.signals[:, 2] <= a.signals[:, 1] + 0.02)
+    assert (tmp_path / "flow0.png").stat().st_size > 10_000
+    assert a.provenance["kind"] == "spinflowsim" and a.units["vm"] == "mm/s"
+
+
+def test_dmrimc_sim_flow_bad_network_one_line(tmp_path, capsys):
+    from dmrimc_bids.cli.sim import main as sim_main
+    bad = tmp_path / "net.json"
+    bad.write_text(json.dumps({"nodes": [[0, 0, 0, 0], [1, 10, 0, 0], [2, 50, 0, 0], [3, 60, 0, 0]],
+                               "segments": [[0, 1, 3], [2, 3, 3]], "inlet": 0, "outlet": 3, "qin_mm3_per_s": 1e-3}))
+    prot = tmp_path / "prot.tsv"
+    prot.write_text("b\tsmall_delta\tbig_delta\n0\t10\t30\n50\t10\t30\n")
+    code = sim_main(["flow", "--network", str(bad), "--protocol", str(prot), "--out", str(tmp_path / "x.npz")])
+    err = capsys.readouterr().err
+    assert code == 65 and "not connected" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x.npz").exists()

@@ -100,6 +100,8 @@ def build_parser():
     f.add_argument("--spins", type=_positive(int), default=2000, help="spins per realisation (2000)")
     f.add_argument("--backend", choices=("scipy", "spice"), default="scipy",
                    help="flow solver: scipy.sparse (default) or PySpice/ngspice (extra [spice])")
+    f.add_argument("--published-anb", action="store_true",
+                   help="add anb_published: ANB by the published (time-step artefact) rule, for comparisons")
     f.add_argument("--realisations-per-job", type=_positive(int), default=100)
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--nprocs", type=_positive(int), default=1, help="parallel jobs (MultiProc)")
@@ -135,22 +137,24 @@ def _run_flow(args) -> int:
 
     prot = read_simulation_protocol(args.protocol, args.bval)
     if args.network:
-        nets = []
+        nets, sources = [], []
         for path in args.network:
             qins = args.qin or [None]
             first = read_network(path, args.inlet, args.outlet, qins[0])
             nets += [first] + [first.with_flow(q) for q in qins[1:]]
+            sources += [path] * len(qins)
     else:
         nets = default_realisations()
         if args.qin:
             nets = [n.with_flow(q) for n in nets[::8] for q in args.qin]
-    for n in nets:  # fail early, one clear line per bad network
-        solve_flow(n, backend=args.backend, source=n.name)
+        sources = [n.name for n in nets]
+    for n, src in zip(nets, sources):  # fail early, one clear line per bad network
+        solve_flow(n, backend=args.backend, source=src)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     wf_builder = lambda work: init_flow_simulation_wf(  # noqa: E731
         nets, prot, out, work, n_spins=args.spins, seed=args.seed, per_job=args.realisations_per_job,
-        backend=args.backend)
+        backend=args.backend, published_anb=args.published_anb)
     dic = run_workflow(wf_builder, out, args)
     if args.plot:
         from ..reports.simulation import plot_flow

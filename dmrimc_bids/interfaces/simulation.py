@@ -173,6 +173,7 @@ class _FlowSimIn(BaseInterfaceInputSpec):
     n_spins = traits.Int(2000, usedefault=True)
     seed = traits.Int(0, usedefault=True)
     backend = traits.Enum("scipy", "spice", usedefault=True, desc="flow solver")
+    published_anb = traits.Bool(False, usedefault=True, desc="add the published ANB rule as anb_published")
 
 
 class SimulateFlow(SimpleInterface):
@@ -190,7 +191,7 @@ class SimulateFlow(SimpleInterface):
         prot = protocol_from_json(json.loads(open(i.protocol_file).read()))
         nets = [from_json(r) for r in i.realisations]
         sig, par = simulate_realisations(nets, prot, n_spins=i.n_spins, seed=i.seed, offset=i.offset,
-                                         backend=i.backend)
+                                         backend=i.backend, published_anb=i.published_anb)
         out = cwd_path(runtime, f"flow_{i.offset:06d}.npz")
         np.savez(out, signals=sig, params=par, names=json.dumps([n.name for n in nets]))
         self._results["out_file"] = out

@@ -56,7 +56,8 @@ def init_histo_simulation_wf(substrates: list, protocol, d0in, d0ex, kappa, out_
 
 
 def init_flow_simulation_wf(networks: list, protocol, out_file, work_dir, *, n_spins: int = 2000, seed: int = 0,
-                            per_job: int = 100, backend: str = "scipy", name: str = "flow_simulation_wf"):
+                            per_job: int = 100, backend: str = "scipy", published_anb: bool = False,
+                            name: str = "flow_simulation_wf"):
     """Workflow: SimulateFlow over chunks of network realisations -> AssembleFlowDictionary."""
     from ..interfaces.simulation import AssembleFlowDictionary, SimulateFlow
 
@@ -70,7 +71,8 @@ def init_flow_simulation_wf(networks: list, protocol, out_file, work_dir, *, n_s
     per = max(1, per_job)
     chunks = [(specs[lo:lo + per], lo) for lo in range(0, len(specs), per)]
     wf = pe.Workflow(name=name, base_dir=str(work_dir))
-    sim = pe.MapNode(SimulateFlow(protocol_file=str(prot_file), n_spins=n_spins, seed=seed, backend=backend),
+    sim = pe.MapNode(SimulateFlow(protocol_file=str(prot_file), n_spins=n_spins, seed=seed, backend=backend,
+                                  published_anb=published_anb),
                      iterfield=["realisations", "offset"], name="simulate", mem_gb=1.0)
     sim.inputs.realisations = [c[0] for c in chunks]
     sim.inputs.offset = [c[1] for c in chunks]

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import math
+
 import numpy as np
 from numba import njit, prange
 
@@ -247,3 +249,97 @@ def simulate_flow(sol: FlowSolution, b_values, waveforms, n_spins: int = 5000, s
     out = np.empty(len(b))
     _signals(integral, idx, scale, dirs, out)
     return FlowSimulation(out, float(entries.mean()), integral, uniq, entries)
+
+
+# ---- the published ANB rule (for comparisons with SpinFlowSim's arrays) ------------------------------
+@njit(cache=True, parallel=True)
+def _legacy_counts(seed, spin_seg, spin_frac, start_mm, end_mm, speed_mm_s, down, out_ptr, out_seg, out_cum,
+                   inlet, outlet, shift_mm, dt_s, n_samples, first, last, counts):
+    n_spins = spin_seg.shape[0]
+    for s in prange(n_spins):
+        state = walker_state(seed, s)
+        e = spin_seg[s]
+        o0, o1, o2 = 0.0, 0.0, 0.0
+        f = spin_frac[s]
+        a0 = start_mm[e, 0] + f * (end_mm[e, 0] - start_mm[e, 0])
+        a1 = start_mm[e, 1] + f * (end_mm[e, 1] - start_mm[e, 1])
+        a2 = start_mm[e, 2] + f * (end_mm[e, 2] - start_mm[e, 2])
+        k = 1  # samples written so far (the seeded point is sample 0)
+        p0, p1, p2 = a0, a1, a2
+        d0, d1, d2 = np.nan, np.nan, np.nan
+        c = 0
+        have = False
+        while k < n_samples:
+            b0, b1, b2 = end_mm[e, 0] + o0, end_mm[e, 1] + o1, end_mm[e, 2] + o2
+            L = math.sqrt((b0 - a0) ** 2 + (b1 - a1) ** 2 + (b2 - a2) ** 2)
+            step = speed_mm_s[e] * dt_s
+            n = int(math.floor(L / step)) if step > 0 else 0
+            i0, i1, i2 = step * (b0 - a0) / L, step * (b1 - a1) / L, step * (b2 - a2) / L
+            x0, x1, x2 = a0, a1, a2
+            for j in range(1, n + 1):  # samples 1..n-1 by repeated addition, sample n the node itself
+                if k >= n_samples:
+                    break
+                if j < n:
+                    x0 += i0
+                    x1 += i1
+                    x2 += i2
+                else:
+                    x0, x1, x2 = b0, b1, b2
+                s0, s1, s2 = x0 - p0, x1 - p1, x2 - p2
+                if have:
+                    if s0 != d0 or s1 != d1 or s2 != d2:
+                        c += 1
+                else:
+                    first[s, 0], first[s, 1], first[s, 2] = s0, s1, s2
+                    have = True
+                d0, d1, d2 = s0, s1, s2
+                p0, p1, p2 = x0, x1, x2
+                k += 1
+            node = down[e]
+            if node == outlet:
+                o0 += shift_mm[0]
+                o1 += shift_mm[1]
+                o2 += shift_mm[2]
+                node = inlet
+            lo, hi = out_ptr[node], out_ptr[node + 1]
+            if hi == lo:
+                break
+            u, state = uniform(state)
+            m = lo
+            while m < hi - 1 and out_cum[m] <= u:
+                m += 1
+            e = out_seg[m]
+            a0, a1, a2 = start_mm[e, 0] + o0, start_mm[e, 1] + o1, start_mm[e, 2] + o2
+        last[s, 0], last[s, 1], last[s, 2] = d0, d1, d2
+        counts[s] = c
+
+
+def anb_published(sol: FlowSolution, n_spins: int = 5000, seed: int = 0, dt_ms: float = 0.01,
+                  n_samples: int = 10002) -> float:
+    """ANB as SpinFlowSim computes it (calcMicroPar; research/spinflowsim.md §2.10), emulated.
+
+    Trajectories are time-stepped (dt 10 µs, 10002 samples = 100.01 ms) in mm: inside a segment the
+    samples are built by repeated floating-point addition of v·dt·ê, the segment's last sample is the
+    node itself (the fractional step is lost), and a segment shorter than one step yields no sample. The
+    step vectors of all spins are concatenated and ANB is the number of places where a step differs from
+    the previous one in any component, compared with exact float inequality, divided by the number of
+    spins. This counts about one change per spin boundary, two per segment transition and one each time
+    a coordinate crosses a power of two (rounding of the repeated addition), so it overstates the segments
+    spins really enter (`FlowSimulation.anb`) by 2.3-8.3x and depends on the coordinate origin (every
+    published realisation has its inlet at the origin: call with such a network for comparable values).
+    Seeding and random streams are ours (volume-proportional, SplitMix64), not the published MT19937
+    sequence, so values agree with the published arrays only statistically (a few %).
+    """
+    g = flow_graph(sol)
+    counts = seed_counts(g.volume, n_spins)
+    spin_seg = np.repeat(np.arange(len(counts)), counts)
+    spin_frac = np.random.default_rng([seed, 0x5eed]).random(n_spins)
+    start = g.start * 1e-3
+    end = start + g.direction * g.length[:, None] * 1e-3
+    first = np.full((n_spins, 3), np.nan)
+    last = np.full((n_spins, 3), np.nan)
+    c = np.zeros(n_spins, np.int64)
+    _legacy_counts(np.uint64(seed), spin_seg, spin_frac, start, end, g.speed, g.down, g.out_ptr, g.out_seg,
+                   g.out_cum, g.inlet, g.outlet, g.shift * 1e-3, dt_ms * 1e-3, n_samples, first, last, c)
+    boundary = np.any(last[:-1] != first[1:], axis=1).sum()  # the concatenation's spin boundaries
+    return float((c.sum() + boundary) / n_spins)
