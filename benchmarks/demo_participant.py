@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """Participant run on the demo dataset: wall time (median of --repeats cold runs) and recovered-vs-true
-median absolute error per parameter inside the tumour mask. Last line: one JSON object.
+median absolute error per parameter inside the tumour mask (vascular maps: also Spearman ρ; vm, vs,
+anb over the voxels the flow fit ran on, exit code 1). Last line: one JSON object.
 
     python benchmarks/demo_participant.py [--repeats 3] [--nprocs 2]
 """
@@ -17,8 +18,10 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from scipy.stats import spearmanr
 
 PARAMS = ("fin", "vCScyl", "D0in", "D0ex", "kappa")  # BIDS labels (no underscore)
+VASCULAR = (("ivim", "fV"), ("spinflowsim", "vm"), ("spinflowsim", "vs"), ("spinflowsim", "anb"))
 
 
 def recovery(out: Path, demo: Path) -> dict:
@@ -34,6 +37,14 @@ def recovery(out: Path, demo: Path) -> dict:
             t = nib.load(gt_root / rel / name).get_fdata()[mask]
             e = nib.load(out / rel / name).get_fdata()[mask]
             row[p] = {"medae": round(float(np.median(np.abs(e - t))), 4), "bias": round(float(np.mean(e - t)), 4)}
+        code = nib.load(out / rel / f"{base}_space-dwi_model-spinflowsim_param-exitcode_dwimap.nii.gz").get_fdata()
+        for model, p in VASCULAR:
+            name = f"{base}_space-dwi_model-{model}_param-{p}_dwimap.nii.gz"
+            sel = mask if model == "ivim" else mask & (code == 1)
+            t = nib.load(gt_root / rel / name).get_fdata()[sel]
+            e = nib.load(out / rel / name).get_fdata()[sel]
+            row[p] = {"medae": round(float(np.median(np.abs(e - t))), 4), "bias": round(float(np.mean(e - t)), 4),
+                      "rho": round(float(spearmanr(e, t)[0]), 3), "voxels": int(sel.sum())}
         res[base] = row
     return res
 
@@ -55,7 +66,8 @@ def main(argv=None) -> int:
             times.append(time.perf_counter() - t0)
         rec = recovery(out, demo)
     for base, row in rec.items():
-        print(base, " ".join(f"{p}: MedAE {v['medae']} bias {v['bias']:+}" for p, v in row.items()))
+        print(base, " ".join(f"{p}: MedAE {v['medae']} bias {v['bias']:+}" + (f" rho {v['rho']}" if "rho" in v else "")
+                             for p, v in row.items()))
     print(f"wall time (3 subject/sessions, cold start, nprocs {args.nprocs}): runs {[round(t, 1) for t in times]} s, "
           f"median {np.median(times):.1f} s")
     print(json.dumps({"recovery": rec, "wall_s": [round(t, 2) for t in times],

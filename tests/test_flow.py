@@ -224,3 +224,18 @@ def test_published_anb_counts_boundaries_and_transitions():
     true = simulate_flow(sol, [0], [None], n_spins=500).anb
     legacy = anb_published(sol, n_spins=500)
     assert true > 5 and legacy >= 2 * true
+
+
+def test_sampled_waveform_equals_its_analytic_shape():
+    """A PGSE given as samples (0.1 ms) and a TRSE give the signals of their analytic forms."""
+    from dmrimc_bids.core.waveforms import sampled
+    net = Network([[0, 0, 0], [40, 0, 0], [40, 30, 0], [80, 30, 0], [90, 0, 0]],
+                  [[0, 1], [1, 2], [0, 2], [2, 3], [1, 4], [4, 3]], [3, 4, 2.5, 3.5, 1.6, 6], 0, 3, 3e6)
+    sol = solve_flow(net)
+    t = np.arange(0, 40, 0.1)
+    g = np.where(t < 10, 1.0, np.where((t >= 30) & (t < 40), -1.0, 0.0))
+    a = simulate_flow(sol, [0, 50, 100], [None, pgse(10, 30), pgse(10, 30)], n_spins=2000, seed=2).signals
+    b = simulate_flow(sol, [0, 50, 100], [None, sampled(g, 0.1)] * 1 + [sampled(g, 0.1)], n_spins=2000,
+                      seed=2).signals
+    np.testing.assert_allclose(a, b, atol=1e-9)
+    assert a[2] < 0.99

@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--flow-spins", type=int, default=2000, metavar="N", help="spins per realisation (2000)")
     v.add_argument("--flow-params", nargs="+", metavar="NAME",
                    help="flow parameters to estimate (default vm vs anb)")
+    v.add_argument("--flow-estimator", choices=["posterior", "fit"], default="posterior",
+                   help="posterior: posterior mean over the flow dictionary (default; best in the "
+                        "leave-one-network-out benchmark); fit: grid search + Levenberg-Marquardt")
     m.add_argument("--b0-threshold", type=float, default=20.0, metavar="B", help="b <= B is b=0 [s/mm²] (20)")
     m.add_argument("--vasc-threshold", type=float, default=250.0, metavar="B",
                    help="drop non-zero b below B from the tissue fit [s/mm²] (250)")
@@ -187,7 +190,7 @@ def _run(args) -> int:
                    ivim_b_split=args.ivim_b_split, ivim_b_max=args.ivim_b_max,
                    flow_dictionary=str(args.flow_dictionary.resolve()) if args.flow_dictionary else "",
                    flow_networks=[str(f.resolve()) for f in args.flow_networks or []], flow_spins=args.flow_spins,
-                   flow_params=args.flow_params or [])
+                   flow_params=args.flow_params or [], flow_estimator=args.flow_estimator)
     if not 0 < args.ivim_b_split < args.ivim_b_max:
         raise InputError(f"--ivim-b-split {args.ivim_b_split:g} / --ivim-b-max {args.ivim_b_max:g}",
                          exit_code=EX_USAGE, fix="give 0 < --ivim-b-split < --ivim-b-max (s/mm²)")

@@ -28,6 +28,8 @@ class _FitIn(BaseInterfaceInputSpec):
     device = traits.Enum("auto", "cpu", "gpu", usedefault=True, desc="auto: the GPU when one is present")
     n_threads = traits.Int(1, usedefault=True, desc="numba and BLAS threads")
     chunk_size = traits.Int(10000, usedefault=True, desc="voxels per batch (bounds memory)")
+    estimator = traits.Enum("fit", "posterior", usedefault=True,
+                            desc="fit: grid search + LM on a surrogate; posterior: posterior mean over the entries")
 
 
 class _FitOut(TraitedSpec):
@@ -52,10 +54,14 @@ class FitDictionary(SimpleInterface):
         mask = load_data(i.mask_file, "mask")[0] > 0
         sigma = load_data(i.sigma_file, "σ")[0] if i.sigma_file else None
         dic = Dictionary.load(i.dictionary)
-        model = DictionaryModel(dic, i.n_averages, (i.reg_norm, i.reg_weight),
-                                {k: tuple(v) for k, v in (i.bounds or {}).items()}, i.smoothing,
-                                chunk_size=i.chunk_size, surrogate=i.surrogate, n_neighbours=i.n_neighbours,
-                                noise=i.noise_model, device=i.device)
+        if i.estimator == "posterior":
+            from ..core.fitting.posterior import PosteriorModel
+            model = PosteriorModel(dic, chunk_size=min(i.chunk_size, 2000))
+        else:
+            model = DictionaryModel(dic, i.n_averages, (i.reg_norm, i.reg_weight),
+                                    {k: tuple(v) for k, v in (i.bounds or {}).items()}, i.smoothing,
+                                    chunk_size=i.chunk_size, surrogate=i.surrogate, n_neighbours=i.n_neighbours,
+                                    noise=i.noise_model, device=i.device)
         numba.set_num_threads(max(1, min(i.n_threads, numba.config.NUMBA_NUM_THREADS)))
         with threadpool_limits(limits=max(1, i.n_threads)), \
                 tqdm(total=int(mask.sum()), desc="dictionary fit", unit="vox", mininterval=2) as bar:

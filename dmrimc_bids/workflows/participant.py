@@ -67,6 +67,7 @@ class Options:
     flow_spins: int = 2000
     flow_params: list = field(default_factory=list)
     flow_match_tol_b: float = 5.0
+    flow_estimator: str = "posterior"
 
     def fit_parameters(self) -> dict:
         """Model.Parameters common to every map."""
@@ -94,6 +95,13 @@ class Options:
     def flow_parameters(self) -> dict:
         out = self.fit_parameters()
         out.pop("VascularThreshold", None)
+        if self.flow_estimator == "posterior":
+            out["FitMethod"] = ("posterior mean over the flow dictionary's entries (Gaussian likelihood, flat prior "
+                                "over entries; geometric mean for positive parameters)")
+            out["NoiseModel"] = "Gaussian (S_V is a difference of magnitudes)"
+            out["Uncertainty"] = "desc-sd maps: posterior SD"
+            for k in ("SurrogateSmoothing", "Regularisation", "Bounds"):
+                out.pop(k, None)
         out["Signal"] = "vascular signal S_V/S_V(0) of the b <= b_split measurements (segmented IVIM)"
         out["FlowDictionary"] = self.flow_dictionary or ("simulated for this protocol from " + (
             "the given networks" if self.flow_networks else "the project's generated capillary networks"))
@@ -187,7 +195,8 @@ def init_vascular_wf(item: SessionInputs, opts: Options, wf, read, mask, sph, no
                                     source=item.dwi_files[0]), name="match_flow_dictionary", mem_gb=1.0)
     fit = pe.Node(FitDictionary(n_averages=opts.n_averages, smoothing=opts.smoothing, surrogate="global",
                                 noise_model=opts.noise_model, device=opts.device, n_threads=opts.omp_nthreads,
-                                chunk_size=opts.chunk_size), name="fit_spinflowsim", n_procs=opts.omp_nthreads,
+                                chunk_size=opts.chunk_size, estimator=opts.flow_estimator),
+                  name="fit_spinflowsim", n_procs=opts.omp_nthreads,
                   mem_gb=2.0)
     write_flow = pe.Node(WriteDerivatives(out_dir=out_dir, subject=item.subject, session=item.session or "",
                                           model="spinflowsim", parameters=opts.flow_parameters(), sources=sources,
