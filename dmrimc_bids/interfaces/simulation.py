@@ -94,6 +94,38 @@ class AssembleDictionary(SimpleInterface):
         return runtime
 
 
+def unique_measurements(protocol_table: str, b0_threshold: float):
+    """(rows [n, 3] of the distinct (b, δ, Δ) with b > b0_threshold, their Protocol) of a protocol table."""
+    from ..core.protocol import Protocol
+
+    prot = Protocol.from_table(protocol_table)
+    keep = prot.b > b0_threshold
+    rows = np.unique(np.round(np.stack([prot.b[keep], prot.small_delta_ms[keep], prot.big_delta_ms[keep]], 1), 6),
+                     axis=0)
+    return rows, Protocol(rows[:, 0], rows[:, 1], rows[:, 2])
+
+
+def cached_dictionary(cache_dir: str, prefix: str, key_fields: dict, build) -> tuple:
+    """(path, Dictionary, cached): the dictionary cached under sha256(key_fields + version), or build()
+    saved there (atomically) when absent."""
+    import hashlib
+    from pathlib import Path
+
+    from .. import __version__
+    from ..core.dictionary import Dictionary
+
+    key = hashlib.sha256(json.dumps({**key_fields, "version": __version__}, sort_keys=True).encode()).hexdigest()[:24]
+    cache = Path(cache_dir)
+    cache.mkdir(parents=True, exist_ok=True)
+    path = cache / f"{prefix}_{key}.npz"
+    cached = path.is_file() and path.with_suffix(".json").is_file()
+    if not cached:
+        dic = build()
+        dic.provenance["cache_key"] = key
+        dic.save(path)
+    return path, Dictionary.load(path), bool(cached)
+
+
 class _ForProtocolIn(BaseInterfaceInputSpec):
     protocol = File(exists=True, mandatory=True, desc="protocol table of the measurements to fit")
     substrates = traits.List(traits.Dict, mandatory=True, desc="substrate specs")
@@ -127,41 +159,26 @@ class SimulateForProtocol(SimpleInterface):
     output_spec = _ForProtocolOut
 
     def _run_interface(self, runtime):
-        import hashlib
-        from pathlib import Path
-
         import numba
 
-        from .. import __version__
-        from ..core.dictionary import Dictionary
-        from ..core.protocol import Protocol
         from ..core.simulate.histo import load_substrate, simulate_dictionary
 
         i = self.inputs
-        prot = Protocol.from_table(i.protocol)
-        keep = prot.b > i.b0_threshold
-        rows = np.stack([prot.b[keep], prot.small_delta_ms[keep], prot.big_delta_ms[keep]], 1)
-        rows = np.unique(np.round(rows, 6), axis=0)
-        sim_prot = Protocol(rows[:, 0], rows[:, 1], rows[:, 2])
+        rows, sim_prot = unique_measurements(i.protocol, i.b0_threshold)
         subs = [load_substrate(s) for s in i.substrates]
-        key = hashlib.sha256(json.dumps({
-            "protocol": rows.tolist(), "substrates": [s.checksum() for s in subs], "d0in": list(i.d0in),
-            "d0ex": list(i.d0ex), "kappa": list(i.kappa), "walkers": i.n_walkers, "dt": i.dt_ms, "seed": i.seed,
-            "version": __version__}, sort_keys=True).encode()).hexdigest()[:24]
-        cache = Path(i.cache_dir)
-        cache.mkdir(parents=True, exist_ok=True)
-        path = cache / f"histousim_{key}.npz"
-        cached = path.is_file() and path.with_suffix(".json").is_file()
-        if not cached:
+
+        def build():
             numba.set_num_threads(max(1, min(i.n_threads, numba.config.NUMBA_NUM_THREADS)))
-            dic = simulate_dictionary(subs, sim_prot, i.d0in, i.d0ex, i.kappa, seed=i.seed, n_walkers=i.n_walkers,
-                                      dt_ms=i.dt_ms, device=i.device, progress=True)
-            dic.provenance["cache_key"] = key
-            dic.save(path)  # atomic
-        dic = Dictionary.load(path)
+            return simulate_dictionary(subs, sim_prot, i.d0in, i.d0ex, i.kappa, seed=i.seed, n_walkers=i.n_walkers,
+                                       dt_ms=i.dt_ms, device=i.device, progress=True)
+
+        path, dic, cached = cached_dictionary(i.cache_dir, "histousim", {
+            "protocol": rows.tolist(), "substrates": [s.checksum() for s in subs], "d0in": list(i.d0in),
+            "d0ex": list(i.d0ex), "kappa": list(i.kappa), "walkers": i.n_walkers, "dt": i.dt_ms, "seed": i.seed},
+            build)
         self._results["dictionary"] = str(path)
         self._results["description"] = dic.select().describe()
-        self._results["cached"] = bool(cached)
+        self._results["cached"] = cached
         return runtime
 
 
@@ -249,37 +266,24 @@ class SimulateFlowForProtocol(SimpleInterface):
     output_spec = _ForProtocolOut
 
     def _run_interface(self, runtime):
-        import hashlib
-        from pathlib import Path
-
-        from .. import __version__
-        from ..core.dictionary import Dictionary
-        from ..core.protocol import Protocol
         from ..core.simulate.flow.dictionary import network_checksum, simulate_flow_dictionary
         from ..core.simulate.flow.generate import default_realisations
         from ..core.simulate.flow.network import read_network
 
         i = self.inputs
-        prot = Protocol.from_table(i.protocol)
-        keep = prot.b > i.b0_threshold
-        rows = np.unique(np.round(np.stack([prot.b[keep], prot.small_delta_ms[keep], prot.big_delta_ms[keep]], 1),
-                                  6), axis=0)
-        sim_prot = Protocol(rows[:, 0], rows[:, 1], rows[:, 2])
+        rows, sim_prot = unique_measurements(i.protocol, i.b0_threshold)
         nets = [read_network(f) for f in i.network_files] if i.network_files else default_realisations()
-        key = hashlib.sha256(json.dumps({
-            "protocol": rows.tolist(), "networks": [network_checksum(n) for n in nets], "spins": i.n_spins,
-            "seed": i.seed, "version": __version__}, sort_keys=True).encode()).hexdigest()[:24]
-        cache = Path(i.cache_dir)
-        cache.mkdir(parents=True, exist_ok=True)
-        path = cache / f"spinflowsim_{key}.npz"
-        cached = path.is_file() and path.with_suffix(".json").is_file()
-        if not cached:
+
+        def build():
             dic = simulate_flow_dictionary(nets, sim_prot, n_spins=i.n_spins, seed=i.seed)
-            dic.provenance["cache_key"] = key
-            dic.provenance["networks_source"] = "user" if i.network_files else "generated (core/simulate/flow/generate.py)"
-            dic.save(path)
-        dic = Dictionary.load(path)
+            dic.provenance["networks_source"] = ("user" if i.network_files
+                                                 else "generated (core/simulate/flow/generate.py)")
+            return dic
+
+        path, dic, cached = cached_dictionary(i.cache_dir, "spinflowsim", {
+            "protocol": rows.tolist(), "networks": [network_checksum(n) for n in nets], "spins": i.n_spins,
+            "seed": i.seed}, build)
         self._results["dictionary"] = str(path)
         self._results["description"] = dic.select().describe()
-        self._results["cached"] = bool(cached)
+        self._results["cached"] = cached
         return runtime

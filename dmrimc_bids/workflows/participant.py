@@ -108,22 +108,24 @@ class Options:
         return out
 
 
-def session_shells(item: SessionInputs, opts: Options) -> Protocol:
-    """The directionally averaged protocol of a session, from headers and metadata only."""
+def session_protocol(item: SessionInputs, opts: Options) -> tuple[Protocol, Protocol]:
+    """(per-volume protocol, directionally averaged shells) of a session, from headers and metadata only."""
     protos = [series_protocol(d, b, bv or None, sc or None, gd or None, gs or None, opts.small_delta_ms,
                               opts.big_delta_ms, opts.b0_threshold)
               for d, b, bv, sc, gd, gs in zip(item.dwi_files, item.bval_files, item.bvec_files,
                                               item.sidecar_files, item.gdur_files, item.gsep_files)]
-    shells, _ = preprocess.shell_assignment(Protocol.concatenate(protos), opts.b0_threshold, opts.shell_tolerance)
-    return shells
+    proto = Protocol.concatenate(protos)
+    shells, _ = preprocess.shell_assignment(proto, opts.b0_threshold, opts.shell_tolerance)
+    return proto, shells
 
 
-def has_vascular_branch(item: SessionInputs, opts: Options) -> bool:
+def has_vascular_branch(item: SessionInputs, opts: Options, shells: Protocol | None = None) -> bool:
     """True when the vascular branch runs: not switched off and some TE group has IVIM b-values."""
     from ..core.fitting.ivim import ivim_groups
     if opts.vascular == "off":
         return False
-    usable, _ = ivim_groups(session_shells(item, opts), opts.ivim_b_split, opts.ivim_b_max, opts.b0_threshold)
+    shells = session_protocol(item, opts)[1] if shells is None else shells
+    usable, _ = ivim_groups(shells, opts.ivim_b_split, opts.ivim_b_max, opts.b0_threshold)
     return bool(usable)
 
 
@@ -132,13 +134,8 @@ def preflight(item: SessionInputs, opts: Options, dictionary=None) -> dict:
 
     Returns a summary (volumes, shells, fitted and dropped measurements) for logging.
     """
-    protos = [series_protocol(d, b, bv or None, sc or None, gd or None, gs or None, opts.small_delta_ms,
-                              opts.big_delta_ms, opts.b0_threshold)
-              for d, b, bv, sc, gd, gs in zip(item.dwi_files, item.bval_files, item.bvec_files,
-                                              item.sidecar_files, item.gdur_files, item.gsep_files)]
-    proto = Protocol.concatenate(protos)
+    proto, shells = session_protocol(item, opts)
     prepare_mask(item.dwi_files[0], item.mask_file or None, item.sigma_file or None)
-    shells, _ = preprocess.shell_assignment(proto, opts.b0_threshold, opts.shell_tolerance)
     source = item.dwi_files[0]
     plan = preprocess.normalisation_plan(shells, opts.b0_threshold, source)
     simulate = opts.dictionary_source == "simulate"
@@ -151,7 +148,7 @@ def preflight(item: SessionInputs, opts: Options, dictionary=None) -> dict:
                              f"largest b ({dic.max_b:g} s/mm²)")
     if not simulate:  # a simulated dictionary matches by construction
         dic.match(shells.subset(filt.keep), opts.match_tol_b, opts.match_tol_ms, opts.b0_threshold, source)
-    vascular = has_vascular_branch(item, opts)
+    vascular = has_vascular_branch(item, opts, shells)
     if opts.vascular == "on" and not vascular:
         raise InputError("--vascular on: no TE group has the b-values segmented IVIM needs", path=source,
                          fix=f"acquire a b=0, a b in ({opts.b0_threshold:g}, {opts.ivim_b_split:g}] and two b in "

@@ -17,6 +17,16 @@ from ..core.waveforms import protocol_to_json
 from ..interfaces.simulation import AssembleDictionary, SimulateHisto
 
 
+def protocol_file(work_dir: Path, name: str, protocol) -> Path:
+    """Write the protocol JSON the simulation jobs read (only when it changed, so reruns hit the cache)."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    path = work_dir / name
+    text = json.dumps(protocol_to_json(protocol))
+    if not path.is_file() or path.read_text() != text:
+        path.write_text(text)
+    return path
+
+
 def histo_jobs(substrates: list, configs: np.ndarray, configs_per_job: int = 0) -> list:
     """[(substrate spec, substrate index, configs chunk, offset of the chunk)]; configs_per_job 0 = all of
     a substrate's configurations in one job."""
@@ -34,11 +44,7 @@ def init_histo_simulation_wf(substrates: list, protocol, d0in, d0ex, kappa, out_
                              area: str = "polygon", n_threads: int = 0, name: str = "histo_simulation_wf"):
     """Workflow: SimulateHisto over every (substrate, configuration chunk) -> AssembleDictionary."""
     work_dir = Path(work_dir)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    prot_file = work_dir / "protocol.json"
-    text = json.dumps(protocol_to_json(protocol))
-    if not prot_file.is_file() or prot_file.read_text() != text:
-        prot_file.write_text(text)
+    prot_file = protocol_file(work_dir, "protocol.json", protocol)
     jobs = histo_jobs(substrates, config_grid(d0in, d0ex, kappa), configs_per_job)
     wf = pe.Workflow(name=name, base_dir=str(work_dir))
     sim = pe.MapNode(SimulateHisto(protocol_file=str(prot_file), n_walkers=n_walkers, dt_ms=dt_ms, seed=seed,
@@ -62,11 +68,7 @@ def init_flow_simulation_wf(networks: list, protocol, out_file, work_dir, *, n_s
     from ..interfaces.simulation import AssembleFlowDictionary, SimulateFlow
 
     work_dir = Path(work_dir)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    prot_file = work_dir / "flow_protocol.json"
-    text = json.dumps(protocol_to_json(protocol))
-    if not prot_file.is_file() or prot_file.read_text() != text:
-        prot_file.write_text(text)
+    prot_file = protocol_file(work_dir, "flow_protocol.json", protocol)
     specs = [n.to_json() for n in networks]
     per = max(1, per_job)
     chunks = [(specs[lo:lo + per], lo) for lo in range(0, len(specs), per)]

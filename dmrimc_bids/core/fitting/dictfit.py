@@ -65,6 +65,20 @@ class DictionaryFit:
         return out
 
 
+def assemble_fit(dictionary: Dictionary, free, shape, n_meas, params, sd, exitcode, fobj, loglik,
+                 info) -> DictionaryFit:
+    """DictionaryFit from flat per-voxel arrays: maps reshaped to `shape`, SDs of the free parameters,
+    AIC/BIC from the log-likelihood (0 in the background)."""
+    names = list(dictionary.names)
+    aic, bic = information_criteria(loglik, len(free), n_meas)
+    aic = np.where(exitcode == EXIT_BACKGROUND, 0.0, aic)
+    bic = np.where(exitcode == EXIT_BACKGROUND, 0.0, bic)
+    return DictionaryFit({n: params[:, j].reshape(shape) for j, n in enumerate(names)},
+                         {n: sd[:, j].reshape(shape) for j, n in enumerate(names) if j in free},
+                         exitcode.reshape(shape), fobj.reshape(shape), loglik.reshape(shape),
+                         aic.reshape(shape), bic.reshape(shape), names, dict(dictionary.units), info)
+
+
 class DictionaryModel:
     """Histo-μSim-style dictionary model for one (matched) protocol.
 
@@ -224,18 +238,12 @@ class DictionaryModel:
             n_unconverged += unconverged
             if progress is not None:
                 progress(idx.size)
-        aic, bic = information_criteria(loglik, self.free.size, m)
-        aic = np.where(exitcode == EXIT_BACKGROUND, 0.0, aic)
-        bic = np.where(exitcode == EXIT_BACKGROUND, 0.0, bic)
         info = {"n_fitted": int(todo.size), "n_invalid": int((in_mask & ~valid).sum()),
                 "mean_lm_iterations": round(n_iter / max(todo.size, 1), 2),
                 "n_kept_dictionary_entry": int(kept_entry), "n_lm_not_converged": int(n_unconverged),
                 "surrogate": self.surrogate_kind,
                 "noise_model": self.noise, "device": self.device}
-        return DictionaryFit({n: params[:, j].reshape(shape) for j, n in enumerate(self.names)},
-                             {n: sd[:, j].reshape(shape) for j, n in enumerate(self.names) if j in self.free},
-                             exitcode.reshape(shape), fobj.reshape(shape), loglik.reshape(shape),
-                             aic.reshape(shape), bic.reshape(shape), self.names, dict(self.dictionary.units), info)
+        return assemble_fit(self.dictionary, self.free, shape, m, params, sd, exitcode, fobj, loglik, info)
 
     def _fit_chunk(self, d, sigma_chunk):
         v, m = d.shape

@@ -15,8 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..dictionary import Dictionary
-from .dictfit import EXIT_BACKGROUND, EXIT_FAILED, EXIT_OK, DictionaryFit
-from .likelihood import information_criteria
+from .dictfit import EXIT_BACKGROUND, EXIT_FAILED, EXIT_OK, DictionaryFit, assemble_fit
 
 
 class PosteriorModel:
@@ -74,12 +73,6 @@ class PosteriorModel:
             exitcode[idx] = EXIT_OK
             if progress is not None:
                 progress(idx.size)
-        aic, bic = information_criteria(loglik, self.free.size, m)
-        aic = np.where(exitcode == EXIT_BACKGROUND, 0.0, aic)
-        bic = np.where(exitcode == EXIT_BACKGROUND, 0.0, bic)
         info = {"n_fitted": int(todo.size), "n_invalid": int((in_mask & ~valid).sum()),
                 "estimator": "posterior mean over the dictionary entries (log scale for positive parameters)"}
-        return DictionaryFit({n: params[:, j].reshape(shape) for j, n in enumerate(self.names)},
-                             {n: sd[:, j].reshape(shape) for j, n in enumerate(self.names) if j in self.free},
-                             exitcode.reshape(shape), fobj.reshape(shape), loglik.reshape(shape),
-                             aic.reshape(shape), bic.reshape(shape), self.names, dict(self.dictionary.units), info)
+        return assemble_fit(self.dictionary, self.free, shape, m, params, sd, exitcode, fobj, loglik, info)

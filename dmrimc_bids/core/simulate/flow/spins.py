@@ -118,6 +118,19 @@ def _moments(x, lo, hi, t, g, c0, c1):
     return c0[k] + g[k] * (x - t[k]), c1[k] + g[k] * 0.5 * (x * x - t[k] * t[k])
 
 
+@njit(cache=True)
+def _next_segment(node, state, out_ptr, out_seg, out_cum):
+    """(segment leaving `node`, drawn with probability q_e / Σ q_out, new RNG state); -1 if none."""
+    lo, hi = out_ptr[node], out_ptr[node + 1]
+    if hi == lo:
+        return -1, state
+    u, state = uniform(state)
+    k = lo
+    while k < hi - 1 and out_cum[k] <= u:
+        k += 1
+    return out_seg[k], state
+
+
 @njit(cache=True, parallel=True)
 def _advect(seed, spin_seg, spin_frac, start, direction, length, speed, down, out_ptr, out_seg, out_cum,
             inlet, outlet, shift, t_end, window, wptr, wt, wg, wc0, wc1, integral, entries, max_events):
@@ -155,8 +168,8 @@ def _advect(seed, spin_seg, spin_frac, start, direction, length, speed, down, ou
                 oy += shift[1]
                 oz += shift[2]
                 node = inlet
-            lo, hi = out_ptr[node], out_ptr[node + 1]
-            if hi == lo:  # no way on (impossible in a resolved network): the spin rests at the node
+            nxt, state = _next_segment(node, state, out_ptr, out_seg, out_cum)
+            if nxt < 0:  # no way on (impossible in a resolved network): the spin rests at the node
                 for w in range(n_w):
                     m0b, m1b = _moments(t_end, wptr[w], wptr[w + 1], wt, wg, wc0, wc1)
                     d0 = m0b - m0a[w]
@@ -164,11 +177,7 @@ def _advect(seed, spin_seg, spin_frac, start, direction, length, speed, down, ou
                     integral[s, w, 1] += (py + uy * (t1 - t0)) * d0
                     integral[s, w, 2] += (pz + uz * (t1 - t0)) * d0
                 break
-            u, state = uniform(state)
-            k = lo
-            while k < hi - 1 and out_cum[k] <= u:
-                k += 1
-            e = out_seg[k]
+            e = nxt
             if t1 < window:
                 count += 1
             frac = 0.0
@@ -301,14 +310,9 @@ def _legacy_counts(seed, spin_seg, spin_frac, start_mm, end_mm, speed_mm_s, down
                 o1 += shift_mm[1]
                 o2 += shift_mm[2]
                 node = inlet
-            lo, hi = out_ptr[node], out_ptr[node + 1]
-            if hi == lo:
+            e, state = _next_segment(node, state, out_ptr, out_seg, out_cum)
+            if e < 0:
                 break
-            u, state = uniform(state)
-            m = lo
-            while m < hi - 1 and out_cum[m] <= u:
-                m += 1
-            e = out_seg[m]
             a0, a1, a2 = start_mm[e, 0] + o0, start_mm[e, 1] + o1, start_mm[e, 2] + o2
         last[s, 0], last[s, 1], last[s, 2] = d0, d1, d2
         counts[s] = c
