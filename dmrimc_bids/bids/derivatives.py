@@ -34,7 +34,8 @@ DIAGNOSTICS = {
     "aic": ("Akaike information criterion 2P - 2 logL", ""),
     "bic": ("Bayesian information criterion P ln M - 2 logL", ""),
 }
-BIDSIGNORE = ["*_dwimap.*", "*.html", "logs/", "figures/"]
+BIDSIGNORE = ["*_dwimap.*", "*.html", "logs/", "figures/", "group_*"]
+STATUS_COLUMNS = ("participant_id", "session_id", "status", "exit_code", "stage", "message")
 
 
 def bids_label(name: str) -> str:
@@ -52,11 +53,25 @@ def map_path(out_dir, subject, session, model, param, desc=None, ext=".nii.gz") 
     return base / "dwi" / (stem + ext)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _temp_beside(final: Path) -> tuple[int, str]:
+    """(fd, path) of a hidden temporary file next to `final`, with the permissions a plain open() would
+    give (mkstemp's are 0600, which would hide shared outputs from the rest of a lab)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", dir=final.parent)
+    os.chmod(tmp, 0o666 & ~_umask())
+    return fd, tmp
+
+
 def atomic_write_bytes(path, data: bytes) -> None:
     """Write via a temporary file in the same folder, then rename (never a half-written file)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = _temp_beside(path)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -94,18 +109,14 @@ def publish(staged: dict) -> list[str]:
 
 def stage_copy(src, final) -> str:
     """Copy src next to its final place under a hidden temporary name; returns the temp path."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", dir=final.parent)
+    fd, tmp = _temp_beside(Path(final))
     os.close(fd)
     shutil.copyfile(src, tmp)
     return tmp
 
 
 def stage_json(obj, final) -> str:
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", dir=final.parent)
+    fd, tmp = _temp_beside(Path(final))
     with os.fdopen(fd, "w") as fh:
         json.dump(obj, fh, indent=2, default=_jsonable)
         fh.write("\n")
@@ -144,3 +155,14 @@ def write_dataset_description(out_dir, bids_dir, seed=None, command=None) -> Non
     ignore = out_dir / ".bidsignore"
     lines = ignore.read_text().splitlines() if ignore.is_file() else []
     atomic_write_bytes(ignore, ("\n".join(dict.fromkeys(lines + BIDSIGNORE)) + "\n").encode())
+
+
+def write_status(out_dir, run_id: str, rows: list[dict]) -> Path:
+    """logs/<run_id>_status.tsv: one row per subject/session (finished or failed, exit code, stage,
+    message), written atomically."""
+    lines = ["\t".join(STATUS_COLUMNS)]
+    for r in rows:
+        lines.append("\t".join(str(r.get(c, "")).replace("\t", " ").replace("\n", " ") for c in STATUS_COLUMNS))
+    path = Path(out_dir) / "logs" / f"{run_id}_status.tsv"
+    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
+    return path

@@ -210,27 +210,41 @@ def _run(args) -> int:
     items = collect_inputs(args.bids_dir, args.derivatives, args.participant_label, args.session_label, filters,
                            validate=not args.skip_bids_validation, mask_label=args.mask_label,
                            mask_file=args.mask, sigma_file=args.noise_map)
-    ok, failed = [], []
+    run_id = time.strftime("%Y%m%d-%H%M%S") + f"_{os.getpid()}"
+    ok, failed, warnings, vascular = [], [], {}, False
     for item in items:
         try:
             summary = preflight(item, opts, dictionary)
         except InputError as exc:
             print(f"dmrimc-bids: error: {item.label}: {exc}", file=sys.stderr)
-            failed.append((item, exc.exit_code))
+            failed.append((item, exc.exit_code, "preflight", str(exc)))
             continue
         for w in summary["warnings"]:
             LOG.warning("%s: warning: %s", item.label, w)
         LOG.info("%s: %d volumes -> %d shells, %d fitted measurements", item.label, summary["volumes"],
                  summary["shells"], summary["fitted"])
+        warnings[item.label] = summary["warnings"]
+        vascular |= bool(summary["vascular"])
         ok.append(item)
     if ok:
-        failed += _execute(ok, opts, args)
+        failed += _execute(ok, opts, args, warnings)
+    from ..bids.derivatives import write_dataset_description, write_status
     if len(failed) < len(items):
-        from ..bids.derivatives import write_dataset_description
+        from ..reports.subject import write_citation
         write_dataset_description(args.output_dir, args.bids_dir, opts.seed, " ".join(sys.argv))
+        write_citation(args.output_dir, ["histousim"] + (["ivim", "spinflowsim"] if vascular else []),
+                       opts.report_options())
+    bad = {id(f[0]): f for f in failed}
+    rows = [{"participant_id": f"sub-{i.subject}", "session_id": f"ses-{i.session}" if i.session else "n/a",
+             "status": "failed" if id(i) in bad else "finished",
+             "exit_code": bad[id(i)][1] if id(i) in bad else 0,
+             "stage": bad[id(i)][2] if id(i) in bad else "report",
+             "message": bad[id(i)][3] if id(i) in bad else ""} for i in items]
+    status = write_status(args.output_dir, run_id, rows)
+    LOG.info("status of each subject/session: %s", status)
     if failed:
         print(f"dmrimc-bids: {len(failed)} of {len(items)} subject/session(s) failed: "
-              + ", ".join(i.label for i, _ in failed), file=sys.stderr)
+              + ", ".join(f[0].label for f in failed) + f" (see {status})", file=sys.stderr)
         return failed[0][1] if len(failed) == len(items) else 1
     LOG.info("dmrimc-bids: finished %d subject/session(s) -> %s", len(items), args.output_dir)
     return 0
@@ -263,8 +277,8 @@ def _simulation_options(args, opts) -> None:
     opts.sim_kappa = list(args.sim_kappa or DEFAULT_KAPPA)
 
 
-def _execute(items, opts, args) -> list:
-    """Run the graph; return [(item, exit code)] of the subjects whose outputs are missing."""
+def _execute(items, opts, args, warnings=None) -> list:
+    """Run the graph; return [(item, exit code, stage, message)] of the subjects whose outputs are missing."""
     from nipype import config as ncfg
     from nipype import logging as nlogging
 
@@ -285,7 +299,7 @@ def _execute(items, opts, args) -> list:
         nlogging.getLogger(name).setLevel(logging.INFO if args.verbose > 1 else logging.WARNING)
     if not opts.sim_cache_dir:
         opts.sim_cache_dir = str(work / "dictionary_cache")
-    wf = init_participant_wf(items, opts, work)
+    wf = init_participant_wf(items, opts, work, warnings=warnings)
     # forkserver: workers never inherit numba's thread pool from a parent that already ran kernels
     plugin, plugin_args = ("Linear", {}) if args.nprocs == 1 else (
         "MultiProc", {"n_procs": args.nprocs, "raise_insufficient": False, "mp_context": "forkserver"})
@@ -301,17 +315,23 @@ def _execute(items, opts, args) -> list:
     for item in items:
         reason = _crash_reason(crashes, item)
         expected = map_path(opts.out_dir, item.subject, item.session, "histousim", "exitcode")
+        report = Path(opts.out_dir) / f"sub-{item.subject}.html"
         if reason or not expected.is_file():
             print(f"dmrimc-bids: error: {item.label}: processing failed{': ' + reason if reason else ''}",
                   file=sys.stderr)
-            failed.append((item, 1))
+            failed.append((item, 1, "workflow", reason or "no maps were written"))
+        elif not report.is_file():
+            reason = _crash_reason(crashes, item, f"subject_report_{item.subject}")
+            print(f"dmrimc-bids: error: {item.label}: the report failed{': ' + reason if reason else ''}",
+                  file=sys.stderr)
+            failed.append((item, 1, "report", reason or "no report was written"))
     if tmp_work is not None and not failed:  # keep the crash files of a failed run
         shutil.rmtree(tmp_work, ignore_errors=True)
     return failed
 
 
-def _crash_reason(crash_files, item) -> str:
-    tag = f"single_subject_{item.subject}" + (f"_ses_{item.session}" if item.session else "") + "_wf"
+def _crash_reason(crash_files, item, tag=None) -> str:
+    tag = tag or f"single_subject_{item.subject}" + (f"_ses_{item.session}" if item.session else "") + "_wf"
     for f in crash_files:
         text = f.read_text(errors="replace")
         if tag in text or tag in f.name:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, traits
@@ -36,6 +37,7 @@ class _FitOut(TraitedSpec):
     maps = traits.Dict(traits.Str, File(exists=True), desc="map name -> NIfTI")
     units = traits.Dict(traits.Str, traits.Str)
     info = traits.Dict()
+    examples_file = File(exists=True, desc="measured and fitted signal of a few voxels (JSON, for the report)")
 
 
 class FitDictionary(SimpleInterface):
@@ -73,7 +75,39 @@ class FitDictionary(SimpleInterface):
         self._results["maps"] = maps
         self._results["units"] = dict(fit.units)
         self._results["info"] = json.loads(json.dumps(fit.info))
+        self._results["examples_file"] = write_examples(cwd_path(runtime, "examples.json"), model, dic, data,
+                                                        sigma, fit)
         return runtime
+
+
+def example_voxels(fobj, exitcode, n: int = 4) -> np.ndarray:
+    """Indices [n, ndim] of up to n fitted voxels spanning the residual's range (its 10/50/90/100th
+    percentiles), so the report shows a typical fit and the worst one."""
+    ok = np.argwhere(exitcode == 1)
+    if ok.size == 0:
+        return ok
+    order = ok[np.argsort(fobj[tuple(ok.T)], kind="stable")]
+    picks = np.unique(np.round(np.array([0.1, 0.5, 0.9, 1.0])[:n] * (len(order) - 1)).astype(int))
+    return order[picks]
+
+
+def write_examples(path, model, dic, data, sigma, fit) -> str:
+    """JSON with the protocol and, for example_voxels, the measured and model signal (S/S0)."""
+    idx = example_voxels(fit.fobj, fit.exitcode)
+    sel = tuple(idx.T)
+    y = data[sel].astype(float)
+    params = np.stack([fit.params[n][sel] for n in fit.names], axis=1) if len(idx) else np.zeros((0, 0))
+    sig = None
+    if sigma is not None and len(idx):
+        sig = np.broadcast_to(sigma.reshape(data.shape[:-1] + (-1,)), data.shape)[sel].astype(float)
+    fitted = model.predict(y, params, sig) if len(idx) else np.zeros((0, data.shape[-1]))
+    out = {"protocol": dic.protocol.to_rows(),
+           "voxels": [{"ijk": [int(v) for v in ijk], "measured": y[k].tolist(), "fitted": fitted[k].tolist(),
+                       "fobj": float(fit.fobj[tuple(ijk)]),
+                       "params": {n: float(params[k, j]) for j, n in enumerate(fit.names)}}
+                      for k, ijk in enumerate(idx)]}
+    Path(path).write_text(json.dumps(out, allow_nan=True))
+    return str(Path(path).resolve())
 
 
 class _IvimIn(BaseInterfaceInputSpec):

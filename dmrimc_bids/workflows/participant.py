@@ -85,6 +85,12 @@ class Options:
                 "SoftwareVersion": __version__}
 
 
+    def report_options(self) -> dict:
+        """Options quoted in the reports' methods text."""
+        return {"b0_threshold": self.b0_threshold, "vasc_threshold": self.vasc_threshold,
+                "noise_model": self.noise_model, "ivim_b_split": self.ivim_b_split, "ivim_b_max": self.ivim_b_max,
+                "flow_estimator": self.flow_estimator, "seed": self.seed}
+
     def ivim_parameters(self) -> dict:
         return {"FitMethod": "segmented IVIM: D and intercept by least squares on b_split < b <= b_max; "
                              "tissue signal extrapolated; S_V = S - S_T fitted by F exp(-b D*) on b <= b_split; "
@@ -157,23 +163,39 @@ def preflight(item: SessionInputs, opts: Options, dictionary=None) -> dict:
             "warnings": filt.warnings() + plan.notes, "vascular": vascular}
 
 
-def init_participant_wf(items: list[SessionInputs], opts: Options, work_dir, name="dmrimc_bids_wf"):
-    """Top workflow: the dictionary selection node plus one sub-workflow per subject/session."""
+def init_participant_wf(items: list[SessionInputs], opts: Options, work_dir, name="dmrimc_bids_wf",
+                        warnings: dict | None = None):
+    """Top workflow: the dictionary selection node, one sub-workflow per subject/session and one report
+    node per subject joining its sessions' fragments. warnings: {item label: [preflight warnings]}."""
+    from nipype.interfaces.utility import Merge
+
+    from ..interfaces.reports import SubjectReport
+
     major, minor = __version__.split(".")[:2]
     wf = pe.Workflow(name=f"{name}_{major}_{minor}", base_dir=str(work_dir))
     select = pe.Node(SelectDictionary(dictionary_file=opts.dictionary, params=list(opts.params), fix=dict(opts.fix)),
                      name="select_dictionary", mem_gb=1.0)
+    by_subject: dict = {}
     for item in items:
-        sub = init_single_subject_wf(item, opts)
+        sub = init_single_subject_wf(item, opts, (warnings or {}).get(item.label, []))
+        by_subject.setdefault(item.subject, []).append(sub)
         if opts.dictionary_source == "simulate":
             wf.add_nodes([sub])
         else:
             wf.connect([(select, sub, [("max_b", "vascular_filter.max_b"),
                                        ("description", "write_maps.dictionary_description")])])
+    for subject, subs in by_subject.items():
+        join = pe.Node(Merge(len(subs)), name=f"report_fragments_{subject}", run_without_submitting=True)
+        report = pe.Node(SubjectReport(out_dir=str(Path(opts.out_dir).resolve()), subject=subject,
+                                       options=opts.report_options()),
+                         name=f"subject_report_{subject}", mem_gb=0.5)
+        for k, sub in enumerate(subs, start=1):
+            wf.connect(sub, "session_report.fragment", join, f"in{k}")
+        wf.connect(join, "out", report, "fragments")
     return wf
 
 
-def init_vascular_wf(item: SessionInputs, opts: Options, wf, read, mask, sph, norm):
+def init_vascular_wf(item: SessionInputs, opts: Options, wf, read, mask, sph, norm, report=None):
     """Vascular branch: segmented IVIM -> flow dictionary (simulated for the vascular measurements, or
     the user's, matched) -> dictionary fit of S_V/S_V(0) -> model-ivim and model-spinflowsim maps."""
     from ..interfaces.fitting import FitIVIM
@@ -212,6 +234,10 @@ def init_vascular_wf(item: SessionInputs, opts: Options, wf, read, mask, sph, no
         (match, write_flow, [("dictionary", "matched_dictionary")]),
         (ivim, write_flow, [("notes", "notes")]),
     ])
+    if report is not None:
+        wf.connect([(fit, report, [("examples_file", "flow_examples")]),
+                    (write_ivim, report, [("out_files", "written_ivim")]),
+                    (write_flow, report, [("out_files", "written_flow")])])
     if opts.flow_dictionary:
         match.inputs.dictionary_file = opts.flow_dictionary
         write_flow.inputs.dictionary_description = load_selected(opts.flow_dictionary, opts.flow_params).describe()
@@ -226,8 +252,11 @@ def init_vascular_wf(item: SessionInputs, opts: Options, wf, read, mask, sph, no
     return wf
 
 
-def init_single_subject_wf(item: SessionInputs, opts: Options) -> pe.Workflow:
-    """Nodes for one subject/session (tissue branch)."""
+def init_single_subject_wf(item: SessionInputs, opts: Options, warnings: list | None = None) -> pe.Workflow:
+    """Nodes for one subject/session: tissue branch, vascular branch when the protocol allows, and the
+    session's report fragment."""
+    from ..interfaces.reports import SessionReport
+
     wf = pe.Workflow(name=f"single_subject_{item.subject}" + (f"_ses_{item.session}" if item.session else "") + "_wf")
     n = len(item.dwi_files)
     read = pe.Node(ReadProtocol(dwi_files=item.dwi_files, bval_files=item.bval_files,
@@ -286,6 +315,15 @@ def init_single_subject_wf(item: SessionInputs, opts: Options) -> pe.Workflow:
         wf.connect([(filt, sim, [("protocol", "protocol")]),
                     (sim, match, [("dictionary", "dictionary_file")]),
                     (sim, write, [("description", "dictionary_description")])])
+    report = pe.Node(SessionReport(out_dir=str(Path(opts.out_dir).resolve()), subject=item.subject,
+                                   session=item.session or "", b0_threshold=opts.b0_threshold,
+                                   warnings=list(warnings or [])), name="session_report", mem_gb=0.5)
+    wf.connect([(read, report, [("protocol", "protocol")]),
+                (sph, report, [("shells", "shells"), ("out_file", "sph_file")]),
+                (mask, report, [("mask_file", "mask_file")]),
+                (norm, report, [("out_file", "norm_file")]),
+                (fit, report, [("examples_file", "tissue_examples")]),
+                (write, report, [("out_files", "written_tissue")])])
     if has_vascular_branch(item, opts):
-        init_vascular_wf(item, opts, wf, read, mask, sph, norm)
+        init_vascular_wf(item, opts, wf, read, mask, sph, norm, report)
     return wf

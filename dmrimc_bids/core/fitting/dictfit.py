@@ -245,6 +245,18 @@ class DictionaryModel:
                 "noise_model": self.noise, "device": self.device}
         return assemble_fit(self.dictionary, self.free, shape, m, params, sd, exitcode, fobj, loglik, info)
 
+    def predict(self, data, params, sigma=None) -> np.ndarray:
+        """Expected magnitude [V, M] of the model at params [V, P] (physical units): the surrogate signal
+        with the noise floor of the likelihood (σ [V, M] normalised, or None). data is not used (the
+        signature is shared with PosteriorModel.predict)."""
+        params = np.atleast_2d(np.asarray(params, float))
+        z = (params[:, self.free] - self.lo[self.free]) / self.scale
+        s = self.surrogate(z)
+        if sigma is None:
+            return s
+        _, _, flo2, _, _ = self._noise_terms(np.atleast_2d(np.asarray(sigma, float)), s.shape[1])
+        return expected_signal(s, np.sqrt(flo2))
+
     def _fit_chunk(self, d, sigma_chunk):
         v, m = d.shape
         d = np.ascontiguousarray(d)

@@ -56,13 +56,7 @@ class PosteriorModel:
         todo = np.flatnonzero(valid)
         for c0 in range(0, todo.size, self.chunk_size):
             idx = todo[c0:c0 + self.chunk_size]
-            y = flat[idx]
-            d2 = np.maximum(np.einsum("vm,vm->v", y, y)[:, None] - 2 * y @ S.T + s2[None, :], 0.0)  # [V, K]
-            best = d2.min(1)
-            var = best / m if sig is None else sig[idx] ** 2
-            var = np.where(np.isfinite(var) & (var > 0), var, np.maximum(best / m, 1e-12))
-            w = np.exp(-(d2 - best[:, None]) / (2 * var[:, None]))
-            w /= w.sum(1, keepdims=True)
+            w, best, var = self._weights(flat[idx], S, s2, None if sig is None else sig[idx])
             mean = w @ self.values
             sdl = np.sqrt(np.maximum(w @ self.values ** 2 - mean ** 2, 0.0))
             est = np.where(self.log, np.exp(mean), mean)
@@ -76,3 +70,22 @@ class PosteriorModel:
         info = {"n_fitted": int(todo.size), "n_invalid": int((in_mask & ~valid).sum()),
                 "estimator": "posterior mean over the dictionary entries (log scale for positive parameters)"}
         return assemble_fit(self.dictionary, self.free, shape, m, params, sd, exitcode, fobj, loglik, info)
+
+    @staticmethod
+    def _weights(y, S, s2, sig):
+        """Posterior weights [V, K] of the entries, best squared distance [V] and the variance used [V]."""
+        m = y.shape[1]
+        d2 = np.maximum(np.einsum("vm,vm->v", y, y)[:, None] - 2 * y @ S.T + s2[None, :], 0.0)
+        best = d2.min(1)
+        var = best / m if sig is None else sig ** 2
+        var = np.where(np.isfinite(var) & (var > 0), var, np.maximum(best / m, 1e-12))
+        w = np.exp(-(d2 - best[:, None]) / (2 * var[:, None]))
+        return w / w.sum(1, keepdims=True), best, var
+
+    def predict(self, data, params=None, sigma=None) -> np.ndarray:
+        """Posterior-mean signal [V, M] of the voxels data [V, M] (σ [V] or [V, M] normalised, or None);
+        params is not used (the signature is shared with DictionaryModel.predict)."""
+        y = np.atleast_2d(np.asarray(data, float))
+        S = self.dictionary.signals.astype(np.float64)
+        sig = None if sigma is None else np.asarray(sigma, float).reshape(len(y), -1).mean(1)
+        return self._weights(y, S, np.einsum("km,km->k", S, S), sig)[0] @ S

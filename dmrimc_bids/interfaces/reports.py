@@ -1,0 +1,78 @@
+"""Nipype interfaces of the reports (reports.subject): a session's fragment, then the subject's HTML."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, traits
+
+from .io import cwd_path
+
+
+class _SessionIn(BaseInterfaceInputSpec):
+    out_dir = traits.Str(mandatory=True, desc="derivatives folder holding the session's maps")
+    subject = traits.Str(mandatory=True)
+    session = traits.Str("", usedefault=True)
+    protocol = File(exists=True, mandatory=True, desc="per-volume protocol table as acquired")
+    shells = File(exists=True, mandatory=True, desc="per-shell protocol table")
+    sph_file = File(exists=True, mandatory=True, desc="directionally averaged signal (b=0 underlay)")
+    mask_file = File(exists=True, mandatory=True)
+    norm_file = traits.Str("", usedefault=True, desc="b0-normalised signal of all shells (IVIM panel)")
+    tissue_examples = traits.Str("", usedefault=True, desc="FitDictionary examples of the tissue fit")
+    flow_examples = traits.Str("", usedefault=True, desc="FitDictionary examples of the vascular fit")
+    b0_threshold = traits.Float(20.0, usedefault=True, desc="[s/mm²]")
+    warnings = traits.List(traits.Str, desc="preflight warnings shown at the top of the section")
+    written_tissue = traits.List(traits.Str, desc="files written by the tissue writer (orders the node after it)")
+    written_ivim = traits.List(traits.Str, desc="files written by the IVIM writer")
+    written_flow = traits.List(traits.Str, desc="files written by the SpinFlowSim writer")
+
+
+class _SessionOut(TraitedSpec):
+    fragment = File(exists=True, desc="JSON fragment: tables and figures of the session")
+
+
+class SessionReport(SimpleInterface):
+    """A session's part of the subject report (reports.subject.session_fragment)."""
+
+    input_spec = _SessionIn
+    output_spec = _SessionOut
+    _always_run = True  # reads the derivatives, which a rerun may have rewritten
+
+    def _run_interface(self, runtime):
+        from ..reports.subject import session_fragment
+        i = self.inputs
+        frag = session_fragment(i.out_dir, i.subject, i.session or None, i.protocol, i.shells, i.sph_file,
+                                i.mask_file, i.norm_file, {"histousim": i.tissue_examples,
+                                                           "spinflowsim": i.flow_examples},
+                                i.b0_threshold, list(i.warnings))
+        self._results["fragment"] = cwd_path(runtime, "fragment.json")
+        Path(self._results["fragment"]).write_text(json.dumps(frag))
+        return runtime
+
+
+class _SubjectIn(BaseInterfaceInputSpec):
+    out_dir = traits.Str(mandatory=True)
+    subject = traits.Str(mandatory=True)
+    fragments = traits.List(File(exists=True), mandatory=True, desc="SessionReport fragments")
+    options = traits.Dict(desc="run options quoted in the methods text")
+
+
+class _SubjectOut(TraitedSpec):
+    report = traits.Str(desc="sub-<label>.html")
+
+
+class SubjectReport(SimpleInterface):
+    """sub-<label>.html in the output folder (atomic), sessions as sections."""
+
+    input_spec = _SubjectIn
+    output_spec = _SubjectOut
+    _always_run = True
+
+    def _run_interface(self, runtime):
+        from ..reports.subject import render_subject
+        i = self.inputs
+        frags = [json.loads(Path(f).read_text()) for f in i.fragments]
+        out = Path(i.out_dir) / f"sub-{i.subject}.html"
+        self._results["report"] = render_subject(i.subject, frags, out, dict(i.options))
+        return runtime

@@ -1,0 +1,220 @@
+"""Subject report: one self-contained ``sub-<label>.html`` per subject, one section per session.
+
+A session's part (a "fragment": tables + figures as data URIs, JSON-serialisable) is built from the
+derivatives already written (maps and sidecars) plus the session's directional averages, mask and the
+fit nodes' example voxels; the subject report joins the fragments with a jinja2 template.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+from ..bids.derivatives import MODEL_INFO, atomic_write_bytes, map_path
+from . import figures
+from .citations import methods_markdown, methods_paragraphs, references
+
+MODEL_TITLES = {"histousim": "Tissue microstructure (Histo-μSim)", "ivim": "Segmented IVIM",
+                "spinflowsim": "Microvasculature (SpinFlowSim)"}
+MODEL_ORDER = ("histousim", "ivim", "spinflowsim")
+QUALITY = ("exitcode", "fobj")
+DIAGNOSTIC = ("exitcode", "fobj", "loglik", "aic", "bic")
+_MAP_RE = re.compile(r"_model-(?P<model>[a-zA-Z0-9]+)_param-(?P<param>[a-zA-Z0-9]+)(?:_desc-(?P<desc>[a-zA-Z0-9]+))?"
+                     r"_dwimap\.nii(?:\.gz)?$")
+
+
+def find_maps(out_dir, subject: str, session: str | None) -> dict:
+    """{model: {(param, desc or None): NIfTI path}} of a subject/session's derivatives."""
+    folder = map_path(out_dir, subject, session, "x", "x").parent
+    stem = f"sub-{subject}" + (f"_ses-{session}" if session else "") + "_space-dwi_model-"
+    out: dict = {}
+    for f in sorted(folder.glob(stem + "*_dwimap.nii*")):
+        m = _MAP_RE.search(f.name)
+        if m:
+            out.setdefault(m["model"], {})[(m["param"], m["desc"])] = f
+    return out
+
+
+def _sidecar(nii: Path) -> dict:
+    js = Path(re.sub(r"\.nii(\.gz)?$", ".json", str(nii)))
+    try:
+        return json.loads(js.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _load(path) -> np.ndarray:
+    import nibabel as nib
+    return np.asarray(nib.load(str(path)).dataobj, dtype=np.float32)
+
+
+def _shell_rows(table) -> list[dict]:
+    from ..core.protocol import Protocol
+    p = Protocol.from_table(table)
+    return [{"b": f"{r['b']:g}", "small_delta": f"{r['small_delta']:g}", "big_delta": f"{r['big_delta']:g}",
+             "echo_time": "n/a" if r["echo_time"] is None else f"{r['echo_time']:g}", "n": r["n_averaged"]}
+            for r in p.to_rows()]
+
+
+def _protocol_rows(rows) -> list[dict]:
+    return [{"b": f"{r['b']:g}", "small_delta": f"{r['small_delta']:g}", "big_delta": f"{r['big_delta']:g}",
+             "echo_time": "n/a" if r.get("echo_time") is None else f"{r['echo_time']:g}",
+             "n": r.get("n_averaged", 1)} for r in rows]
+
+
+def b0_underlay(sph_file, shells_file, b0_threshold: float) -> np.ndarray:
+    """Mean directionally averaged b≈0 image of the first TE group (the report's anatomy)."""
+    from ..core.protocol import Protocol
+    shells = Protocol.from_table(shells_file)
+    data = _load(sph_file)
+    b0 = np.flatnonzero(shells.b <= b0_threshold)
+    if b0.size == 0:
+        return np.nanmean(data, axis=3)
+    te = shells.echo_time_ms[b0]
+    first = b0[np.isclose(te, np.nanmin(te)) | np.isnan(te)] if np.isfinite(te).any() else b0
+    return np.nanmean(data[..., first], axis=3)
+
+
+def _summary_row(name, unit, values) -> dict:
+    v = values[np.isfinite(values)]
+    if v.size == 0:
+        return {"name": name, "unit": unit, "n": 0, "median": "n/a", "iqr": "n/a"}
+    q1, med, q3 = np.percentile(v, [25, 50, 75])
+    return {"name": name, "unit": unit, "n": int(v.size), "median": f"{med:.4g}", "iqr": f"{q1:.3g} – {q3:.3g}"}
+
+
+def _example_figure(path, title) -> str | None:
+    """Measured vs fitted signal of the fit node's example voxels (one line per diffusion time)."""
+    if not path or not Path(path).is_file():
+        return None
+    ex = json.loads(Path(path).read_text())
+    if not ex.get("voxels"):
+        return None
+    rows = ex["protocol"]
+    b = np.array([r["b"] for r in rows], float)
+    keys = [(r["small_delta"], r["big_delta"], r.get("echo_time")) for r in rows]
+    uniq = list(dict.fromkeys(keys))
+    groups = np.array([uniq.index(k) for k in keys])
+    labels = [f"δ/Δ {k[0]:g}/{k[1]:g} ms" + (f", TE {k[2]:g}" if k[2] is not None else "") for k in uniq]
+    vox = []
+    for v in ex["voxels"]:
+        params = ", ".join(f"{k}={val:.3g}" for k, val in list(v["params"].items())[:4])
+        vox.append({**v, "title": f"voxel {tuple(v['ijk'])}\n{params}"})
+    return figures.signal_panel(vox, b, "b [s/mm²]", groups, labels, title)
+
+
+def _ivim_figure(norm_file, shells_file, maps: dict, mask, b0_threshold, b_max=1000.0) -> str | None:
+    """Measured S/S0 at low b of a few voxels with the segmented-IVIM model (1-fV)e^{-bD} + fV e^{-bD*}."""
+    from ..core.protocol import Protocol
+    need = {("fV", None), ("D", None), ("Dstar", None)}
+    if not norm_file or not need <= set(maps):
+        return None
+    shells = Protocol.from_table(shells_file)
+    te = shells.echo_time_ms
+    ref = np.isclose(te, np.nanmin(te)) if np.isfinite(te).any() else np.ones(len(shells), bool)
+    sel = np.flatnonzero(ref & (shells.b <= b_max))
+    if sel.size < 3:
+        return None
+    data = _load(norm_file)
+    fv, d, ds = (_load(maps[(k, None)]) for k in ("fV", "D", "Dstar"))
+    s0 = _load(maps[("S0", None)]) if ("S0", None) in maps else np.ones_like(fv)
+    ok = mask & np.isfinite(fv) & np.isfinite(ds)
+    idx = np.argwhere(ok)
+    if idx.size == 0:
+        return None
+    order = idx[np.argsort(fv[ok], kind="stable")]
+    picks = order[np.unique(np.round(np.array([0.5, 0.9, 1.0]) * (len(order) - 1)).astype(int))]
+    b = shells.b[sel]
+    vox = []
+    for ijk in picks:
+        t = tuple(ijk)
+        model = s0[t] * ((1 - fv[t]) * np.exp(-b * 1e-3 * d[t]) + fv[t] * np.exp(-b * 1e-3 * ds[t]))
+        vox.append({"measured": data[t][sel], "fitted": model,
+                    "title": f"voxel {t}\nfV={fv[t]:.3f}, D*={ds[t]:.3g} µm²/ms"})
+    return figures.signal_panel(vox, b, "b [s/mm²]", title="segmented IVIM: measured (dots), model (lines)")
+
+
+def session_fragment(out_dir, subject: str, session: str | None, protocol_file, shells_file, sph_file, mask_file,
+                     norm_file="", example_files: dict | None = None, b0_threshold: float = 20.0,
+                     warnings: list | None = None) -> dict:
+    """Tables and figures of one subject/session (JSON-serialisable)."""
+    from ..core.protocol import Protocol
+    maps_by_model = find_maps(out_dir, subject, session)
+    mask = _load(mask_file) > 0
+    underlay = b0_underlay(sph_file, shells_file, b0_threshold)
+    slices = figures.mosaic_slices(mask)
+    acquired = Protocol.from_table(protocol_file)
+    frag = {"session": session or "", "title": f"ses-{session}" if session else f"sub-{subject}",
+            "n_volumes": len(acquired), "n_mask": int(mask.sum()), "shells": _shell_rows(shells_file),
+            "warnings": list(warnings or []), "models": []}
+    for model in sorted(maps_by_model, key=lambda m: MODEL_ORDER.index(m) if m in MODEL_ORDER else 99):
+        maps = maps_by_model[model]
+        first = _sidecar(next(iter(maps.values())))
+        params = first.get("Model", {}).get("Parameters", {})
+        sect = {"model": model, "title": MODEL_TITLES.get(model, model),
+                "description": MODEL_INFO.get(model, {}).get("Description", ""),
+                "url": MODEL_INFO.get(model, {}).get("URL", ""),
+                "fit_method": params.get("FitMethod", ""),
+                "fitted": _protocol_rows(params.get("ProtocolFitted", [])),
+                "dropped": params.get("DroppedMeasurements", []),
+                "notes": params.get("NormalisationNotes", []),
+                "dictionary": params.get("Dictionary", {}),
+                "maps": [], "sd_maps": [], "quality": [], "summary": [], "diagnostics": []}
+        fit_mask = mask
+        if ("exitcode", None) in maps:
+            fit_mask = mask & (_load(maps[("exitcode", None)]) != 0)
+        for (param, desc), nii in sorted(maps.items(), key=lambda kv: (kv[0][0] in DIAGNOSTIC, kv[0][1] or "")):
+            side = _sidecar(nii)
+            unit = side.get("Units", "")
+            vol = _load(nii)
+            cmap = "magma" if desc == "sd" else "tab10" if param == "exitcode" else "viridis"
+            entry = {"name": param + (" SD" if desc else ""), "unit": unit, "description": side.get("Description", "")}
+            if param in DIAGNOSTIC:
+                sect["diagnostics"].append(_summary_row(param, unit, vol[fit_mask]))
+                if param not in QUALITY:
+                    continue
+            entry["img"] = figures.map_mosaic(vol, underlay, fit_mask, entry["name"], unit, cmap,
+                                              discrete=param == "exitcode", slices=slices)
+            if param in DIAGNOSTIC:
+                if param == "exitcode":
+                    codes, counts = np.unique(vol[mask].astype(int), return_counts=True)
+                    entry["counts"] = {int(c): int(n) for c, n in zip(codes, counts)}
+                sect["quality"].append(entry)
+            elif desc == "sd":
+                sect["sd_maps"].append(entry)
+            else:
+                sect["maps"].append(entry)
+                sect["summary"].append(_summary_row(param, unit, vol[fit_mask]))
+        ex = (example_files or {}).get(model)
+        sect["signals"] = _example_figure(ex, "measured (dots) and fitted (lines) signal; voxels at the 10th, "
+                                              "50th, 90th percentile and the maximum of the residual")
+        if model == "ivim":
+            sect["signals"] = _ivim_figure(norm_file, shells_file, maps, mask, b0_threshold)
+        frag["models"].append(sect)
+    return frag
+
+
+def render_subject(subject: str, fragments: list[dict], out_file, options: dict | None = None) -> str:
+    """Write the subject report (atomically) from session fragments; returns its path."""
+    import jinja2
+
+    from .. import __version__
+    env = jinja2.Environment(loader=jinja2.PackageLoader("dmrimc_bids.reports", "templates"),
+                             autoescape=jinja2.select_autoescape(["html", "j2"]))
+    models = sorted({m["model"] for f in fragments for m in f["models"]})
+    html = env.get_template("subject.html.j2").render(
+        subject=subject, fragments=sorted(fragments, key=lambda f: f["session"]), version=__version__,
+        methods=methods_paragraphs(models, options or {}), references=references(models),
+        options=options or {})
+    atomic_write_bytes(out_file, html.encode("utf-8"))
+    return str(out_file)
+
+
+def write_citation(out_dir, models, options: dict | None = None) -> str:
+    """logs/CITATION.md: the methods boilerplate with references (atomic)."""
+    path = Path(out_dir) / "logs" / "CITATION.md"
+    atomic_write_bytes(path, methods_markdown(models, options or {}).encode("utf-8"))
+    return str(path)
