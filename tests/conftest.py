@@ -14,6 +14,16 @@ def demo_dir(tmp_path_factory):
     return write_demo(tmp_path_factory.mktemp("demo") / "bids")
 
 
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory, demo_dir):
+    """The participant level on the whole demo dataset (seed 7, 2 processes): (exit code, out, work)."""
+    from dmrimc_bids.cli.run import main
+    out = tmp_path_factory.mktemp("out") / "deriv"
+    work = tmp_path_factory.mktemp("work")
+    code = main([str(demo_dir), str(out), "participant", "-w", str(work), "--nprocs", "2", "--seed", "7"])
+    return code, out, work
+
+
 @pytest.fixture
 def single_demo(tmp_path, demo_dir):
     """A private one-subject copy of the demo dataset (sub-01), safe to damage."""

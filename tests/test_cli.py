@@ -21,13 +21,6 @@ def maps(out, rel, base):
             for p in ("fin", "vCScyl", "D0in", "D0ex", "kappa", "exitcode")}
 
 
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory, demo_dir):
-    out = tmp_path_factory.mktemp("out") / "deriv"
-    work = tmp_path_factory.mktemp("work")
-    code = main([str(demo_dir), str(out), "participant", "-w", str(work), "--nprocs", "2", "--seed", "7"])
-    return code, out, work
-
 
 def test_demo_end_to_end_recovers_ground_truth(demo_run, demo_dir):
     code, out, _ = demo_run

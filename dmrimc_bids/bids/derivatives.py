@@ -68,6 +68,33 @@ def _temp_beside(final: Path) -> tuple[int, str]:
     return fd, tmp
 
 
+_MAP_RE = re.compile(r"_model-(?P<model>[a-zA-Z0-9]+)_param-(?P<param>[a-zA-Z0-9]+)(?:_desc-(?P<desc>[a-zA-Z0-9]+))?"
+                     r"_dwimap\.nii(?:\.gz)?$")
+_SUBSES_RE = re.compile(r"^sub-(?P<sub>[a-zA-Z0-9]+)(?:_ses-(?P<ses>[a-zA-Z0-9]+))?_space-")
+
+
+def find_maps(out_dir, subject: str, session: str | None) -> dict:
+    """{model: {(param, desc or None): NIfTI path}} of a subject/session's derivatives (map_path names)."""
+    folder = map_path(out_dir, subject, session, "x", "x").parent
+    stem = f"sub-{subject}" + (f"_ses-{session}" if session else "") + "_space-dwi_model-"
+    out: dict = {}
+    for f in sorted(folder.glob(stem + "*_dwimap.nii*")):
+        m = _MAP_RE.search(f.name)
+        if m:
+            out.setdefault(m["model"], {})[(m["param"], m["desc"])] = f
+    return out
+
+
+def find_sessions(out_dir) -> list[tuple[str, str | None]]:
+    """Sorted (subject, session or None) pairs that have maps in a derivatives folder."""
+    found = set()
+    for f in Path(out_dir).glob("sub-*/**/dwi/sub-*_dwimap.nii*"):
+        m = _SUBSES_RE.match(f.name)
+        if m and _MAP_RE.search(f.name):
+            found.add((m["sub"], m["ses"]))
+    return sorted(found, key=lambda t: (t[0], t[1] or ""))
+
+
 def atomic_write_bytes(path, data: bytes) -> None:
     """Write via a temporary file in the same folder, then rename (never a half-written file)."""
     path = Path(path)

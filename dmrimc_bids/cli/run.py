@@ -45,6 +45,20 @@ def _bound(text):
     return name, (lo, hi)
 
 
+def _memory_gb(text: str) -> float:
+    """'8G', '8000M', '8g', '8' (GB) -> GB."""
+    units = {"K": 1e-6, "M": 1e-3, "G": 1.0, "T": 1e3}
+    t = text.strip().upper().removesuffix("B")
+    scale = units.get(t[-1:], None)
+    try:
+        value = float(t[:-1] if scale else t) * (scale or 1.0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--mem {text}: give e.g. 8G or 8000M") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"--mem {text}: must be positive")
+    return value
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, BIDS-Apps usage exit code
         self.print_usage(sys.stderr)
@@ -70,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--mask-label", metavar="LABEL", help="use the derivative desc-LABEL_mask")
     g.add_argument("--noise-map", type=Path, metavar="FILE",
                    help="noise σ map of one acquired volume, signal units (default: derivative desc-sigma)")
+    g.add_argument("--atlas", metavar="TPL:ATLAS[:DESC[:RES]]",
+                   help="group level: TemplateFlow atlas ROIs for template-space inputs (from TEMPLATEFLOW_HOME)")
+    g.add_argument("--group-column", metavar="COLUMN",
+                   help="group level: participants.tsv column splitting the cohort distributions")
     g.add_argument("--small-delta", type=float, metavar="MS", help="gradient duration δ [ms] for every volume")
     g.add_argument("--big-delta", type=float, metavar="MS", help="gradient separation Δ [ms] for every volume")
     m = p.add_argument_group("model")
@@ -130,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--omp-nthreads", type=int, default=1, help="threads per fitting process")
     e.add_argument("--seed", "--random-seed", type=int, default=0, help="recorded in sidecars")
     e.add_argument("--chunk-size", type=int, default=10000, help="voxels per fitting batch (memory)")
+    e.add_argument("--mem", "--mem-gb", dest="mem_gb", type=_memory_gb, metavar="MEM",
+                   help="memory for the whole run, e.g. 8G or 8000M (a bare number is GB): Nipype schedules "
+                        "nodes within it and the fitting batches shrink to fit")
     e.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto",
                    help="fitting device; auto: a CUDA GPU when one is present (needs the [gpu] extra)")
     e.add_argument("-v", "--verbose", action="count", default=0)
@@ -148,9 +169,6 @@ def main(argv=None) -> int:
 
 
 def _run(args) -> int:
-    if args.analysis_level == "group":
-        raise InputError("the group level is not part of this version yet", exit_code=EX_USAGE,
-                         fix="run the participant level; cohort tables come with a later release")
     if args.output_dir.resolve() == args.bids_dir.resolve():
         raise InputError("the output folder is the BIDS dataset itself", path=args.output_dir, exit_code=EX_USAGE,
                          fix="write elsewhere, e.g. <bids_dir>/derivatives/dmrimc-bids")
@@ -165,6 +183,8 @@ def _run(args) -> int:
                                ("--surrogate-neighbours", args.surrogate_neighbours, 2)):
         if value < least:
             raise InputError(f"{flag} {value}", exit_code=EX_USAGE, fix=f"give {flag} >= {least}")
+    if args.analysis_level == "group":
+        return _run_group(args)
     if args.device == "gpu":
         from ..core.fitting import gpu
         if not gpu.available():
@@ -191,6 +211,11 @@ def _run(args) -> int:
                    flow_dictionary=str(args.flow_dictionary.resolve()) if args.flow_dictionary else "",
                    flow_networks=[str(f.resolve()) for f in args.flow_networks or []], flow_spins=args.flow_spins,
                    flow_params=args.flow_params or [], flow_estimator=args.flow_estimator)
+    if args.mem_gb:
+        from ..workflows.participant import chunk_for_memory
+        procs = max(1, args.nprocs // max(1, args.omp_nthreads))
+        opts.chunk_size = chunk_for_memory(args.mem_gb / procs, args.chunk_size)
+        LOG.info("--mem %.3g GB: fitting batches of at most %d voxels", args.mem_gb, opts.chunk_size)
     if not 0 < args.ivim_b_split < args.ivim_b_max:
         raise InputError(f"--ivim-b-split {args.ivim_b_split:g} / --ivim-b-max {args.ivim_b_max:g}",
                          exit_code=EX_USAGE, fix="give 0 < --ivim-b-split < --ivim-b-max (s/mm²)")
@@ -240,14 +265,77 @@ def _run(args) -> int:
              "exit_code": bad[id(i)][1] if id(i) in bad else 0,
              "stage": bad[id(i)][2] if id(i) in bad else "report",
              "message": bad[id(i)][3] if id(i) in bad else ""} for i in items]
-    status = write_status(args.output_dir, run_id, rows)
-    LOG.info("status of each subject/session: %s", status)
+    status = "stderr"
+    if ok:  # a run that started nothing (every subject refused at preflight) leaves no file behind
+        status = write_status(args.output_dir, run_id, rows)
+        LOG.info("status of each subject/session: %s", status)
     if failed:
         print(f"dmrimc-bids: {len(failed)} of {len(items)} subject/session(s) failed: "
               + ", ".join(f[0].label for f in failed) + f" (see {status})", file=sys.stderr)
         return failed[0][1] if len(failed) == len(items) else 1
     LOG.info("dmrimc-bids: finished %d subject/session(s) -> %s", len(items), args.output_dir)
     return 0
+
+
+def _run_group(args) -> int:
+    """Group level: ROI statistics of every subject/session's maps -> group_<model>.tsv + group.html."""
+    from ..bids.derivatives import find_sessions
+    from ..bids.layout import _strip
+    from ..reports.group import read_participants, read_status
+    from ..workflows.group import atlas_spec, check_group_inputs, find_rois, group_failures, init_group_wf
+
+    check_group_inputs(args.output_dir)
+    atlas = atlas_spec(args.atlas) if args.atlas else None
+    wanted = set(_strip(args.participant_label, "sub-"))
+    sessions_wanted = set(_strip(args.session_label, "ses-"))
+    pairs = [(s, ses) for s, ses in find_sessions(args.output_dir)
+             if (not wanted or s in wanted) and (not sessions_wanted or ses in sessions_wanted)]
+    participants = read_participants(args.bids_dir)
+    status = read_status(args.output_dir)
+    expected = sorted(wanted or set(participants) or {p.name[4:] for p in args.bids_dir.glob("sub-*") if p.is_dir()})
+    failures = group_failures(args.output_dir, status, set(pairs), expected)
+    entries = []
+    for sub, ses in pairs:
+        try:
+            specs = find_rois(args.bids_dir, args.derivatives, sub, ses)
+        except InputError as exc:
+            label = f"sub-{sub}" + (f"_ses-{ses}" if ses else "")
+            print(f"dmrimc-bids: error: {label}: {exc}", file=sys.stderr)
+            failures.append({"label": label, "exit_code": exc.exit_code, "stage": "group", "message": str(exc),
+                             "log": ""})
+            continue
+        entries.append((sub, ses, specs + ([atlas] if atlas else [])))
+    if not entries:
+        raise InputError("no participant-level maps to aggregate", path=args.output_dir, exit_code=66,
+                         fix="run the participant level first (and check --participant-label/--session-label)")
+    if args.group_column and participants and not any(args.group_column in p for p in participants.values()):
+        raise InputError(f"--group-column {args.group_column}: not a participants.tsv column",
+                         path=args.bids_dir / "participants.tsv", exit_code=EX_USAGE,
+                         fix=f"choose among {', '.join(sorted({k for p in participants.values() for k in p}))}")
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="dmrimc_group_")).resolve()
+    wf = init_group_wf(entries, args.output_dir, work, failures, participants, args.group_column, args.seed)
+    plugin, plugin_args = _plugin(args)
+    wf.run(plugin=plugin, plugin_args=plugin_args)
+    report = args.output_dir / "group.html"
+    from nipype.utils.filemanip import loadpkl
+    res = loadpkl(next((work / wf.name / "group_report").glob("result_*.pklz")))
+    all_failures = res.outputs.failures
+    for f in all_failures:
+        print(f"dmrimc-bids: {f['label']}: {f['stage']}: {f['message']}", file=sys.stderr)
+    LOG.info("dmrimc-bids: group tables %s and report %s (%d aggregated, %d failed or missing)",
+             ", ".join(res.outputs.tables.values()), report, len(entries), len(all_failures))
+    return 1 if all_failures else 0
+
+
+def _plugin(args):
+    """Nipype plugin and its arguments from --nprocs/--mem."""
+    if args.nprocs == 1:
+        return "Linear", {}
+    # forkserver: workers never inherit numba's thread pool from a parent that already ran kernels
+    plugin_args = {"n_procs": args.nprocs, "raise_insufficient": False, "mp_context": "forkserver"}
+    if getattr(args, "mem_gb", None):
+        plugin_args["memory_gb"] = args.mem_gb
+    return "MultiProc", plugin_args
 
 
 def _simulation_options(args, opts) -> None:
@@ -300,9 +388,7 @@ def _execute(items, opts, args, warnings=None) -> list:
     if not opts.sim_cache_dir:
         opts.sim_cache_dir = str(work / "dictionary_cache")
     wf = init_participant_wf(items, opts, work, warnings=warnings)
-    # forkserver: workers never inherit numba's thread pool from a parent that already ran kernels
-    plugin, plugin_args = ("Linear", {}) if args.nprocs == 1 else (
-        "MultiProc", {"n_procs": args.nprocs, "raise_insufficient": False, "mp_context": "forkserver"})
+    plugin, plugin_args = _plugin(args)
     before = set(crash_dir.glob("crash-*.txt")) if crash_dir.is_dir() else set()
     t0 = time.perf_counter()
     try:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bids.derivatives import MODEL_INFO, atomic_write_bytes, map_path
+from ..bids.derivatives import MODEL_INFO, atomic_write_bytes, find_maps
 from . import figures
 from .citations import methods_markdown, methods_paragraphs, references
 
@@ -22,22 +22,6 @@ MODEL_TITLES = {"histousim": "Tissue microstructure (Histo-μSim)", "ivim": "Seg
 MODEL_ORDER = ("histousim", "ivim", "spinflowsim")
 QUALITY = ("exitcode", "fobj")
 DIAGNOSTIC = ("exitcode", "fobj", "loglik", "aic", "bic")
-_MAP_RE = re.compile(r"_model-(?P<model>[a-zA-Z0-9]+)_param-(?P<param>[a-zA-Z0-9]+)(?:_desc-(?P<desc>[a-zA-Z0-9]+))?"
-                     r"_dwimap\.nii(?:\.gz)?$")
-
-
-def find_maps(out_dir, subject: str, session: str | None) -> dict:
-    """{model: {(param, desc or None): NIfTI path}} of a subject/session's derivatives."""
-    folder = map_path(out_dir, subject, session, "x", "x").parent
-    stem = f"sub-{subject}" + (f"_ses-{session}" if session else "") + "_space-dwi_model-"
-    out: dict = {}
-    for f in sorted(folder.glob(stem + "*_dwimap.nii*")):
-        m = _MAP_RE.search(f.name)
-        if m:
-            out.setdefault(m["model"], {})[(m["param"], m["desc"])] = f
-    return out
-
-
 def _sidecar(nii: Path) -> dict:
     js = Path(re.sub(r"\.nii(\.gz)?$", ".json", str(nii)))
     try:

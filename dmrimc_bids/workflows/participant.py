@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from nipype.pipeline import engine as pe
 
 from .. import __version__
@@ -112,6 +114,25 @@ class Options:
         out["FlowDictionary"] = self.flow_dictionary or ("simulated for this protocol from " + (
             "the given networks" if self.flow_networks else "the project's generated capillary networks"))
         return out
+
+
+#: Upper bound of the fitting memory per voxel of a batch [bytes]: grid-search and LM work arrays, and the
+#: posterior estimator's voxel x entry matrices for flow dictionaries of ~600 entries.
+BYTES_PER_BATCH_VOXEL = 40e3
+
+
+def chunk_for_memory(mem_gb_per_process: float, chunk_size: int) -> int:
+    """Largest batch (<= chunk_size, >= 100) whose work arrays use at most half of the memory budget."""
+    return int(max(100, min(chunk_size, 0.5 * mem_gb_per_process * 1e9 / BYTES_PER_BATCH_VOXEL)))
+
+
+def fit_memory_gb(item: SessionInputs, opts: Options, n_meas: int) -> float:
+    """Honest mem_gb of a fit node: the float64 copies of the data and σ (4 arrays of voxels x
+    measurements), the maps, and one batch's work arrays, plus the interpreter (~0.4 GB)."""
+    import nibabel as nib
+    n_vox = int(np.prod(nib.load(item.dwi_files[0]).shape[:3]))
+    data = 4 * n_vox * n_meas * 8 + 40 * n_vox * 4
+    return round(0.4 + (data + min(opts.chunk_size, n_vox) * BYTES_PER_BATCH_VOXEL) / 1e9, 2)
 
 
 def session_protocol(item: SessionInputs, opts: Options) -> tuple[Protocol, Protocol]:
@@ -216,7 +237,7 @@ def init_vascular_wf(item: SessionInputs, opts: Options, wf, read, mask, sph, no
                                 noise_model=opts.noise_model, device=opts.device, n_threads=opts.omp_nthreads,
                                 chunk_size=opts.chunk_size, estimator=opts.flow_estimator),
                   name="fit_spinflowsim", n_procs=opts.omp_nthreads,
-                  mem_gb=2.0)
+                  mem_gb=fit_memory_gb(item, opts, len(session_protocol(item, opts)[1])))
     write_flow = pe.Node(WriteDerivatives(out_dir=out_dir, subject=item.subject, session=item.session or "",
                                           model="spinflowsim", parameters=opts.flow_parameters(), sources=sources,
                                           dropped=[]),
@@ -256,6 +277,7 @@ def init_single_subject_wf(item: SessionInputs, opts: Options, warnings: list | 
     """Nodes for one subject/session: tissue branch, vascular branch when the protocol allows, and the
     session's report fragment."""
     from ..interfaces.reports import SessionReport
+    mem_gb = fit_memory_gb(item, opts, len(session_protocol(item, opts)[1]))
 
     wf = pe.Workflow(name=f"single_subject_{item.subject}" + (f"_ses_{item.session}" if item.session else "") + "_wf")
     n = len(item.dwi_files)
@@ -283,7 +305,7 @@ def init_single_subject_wf(item: SessionInputs, opts: Options, warnings: list | 
                                 surrogate=opts.surrogate, n_neighbours=opts.n_neighbours,
                                 noise_model=opts.noise_model, device=opts.device,
                                 n_threads=opts.omp_nthreads, chunk_size=opts.chunk_size),
-                  name="fit_histousim", n_procs=opts.omp_nthreads, mem_gb=2.0)
+                  name="fit_histousim", n_procs=opts.omp_nthreads, mem_gb=mem_gb)
     write = pe.Node(WriteDerivatives(out_dir=str(Path(opts.out_dir).resolve()), subject=item.subject,
                                      session=item.session or "", model="histousim",
                                      parameters=opts.fit_parameters(),

@@ -1,0 +1,126 @@
+"""Group level: one ROI-statistics node per subject/session with maps, joined by the cohort tables and
+report node. ROIs: the fitted voxels of each model, any desc-<label>_mask and dseg label image (with its
+TSV of names) in the derivative folders, and optionally a TemplateFlow atlas (template-space inputs)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from nipype.pipeline import engine as pe
+
+from .. import __version__
+from ..core.errors import EX_NOINPUT, EX_USAGE, InputError
+
+
+def atlas_spec(text: str) -> dict:
+    """ROI spec of a TemplateFlow atlas 'TEMPLATE:ATLAS[:DESC[:RES]]' (from TEMPLATEFLOW_HOME; no download
+    is attempted twice: a missing file gives one clear error)."""
+    parts = text.split(":")
+    if len(parts) < 2 or not all(parts):
+        raise InputError(f"--atlas {text}", exit_code=EX_USAGE,
+                         fix="give TEMPLATE:ATLAS[:DESC[:RES]], e.g. MNI152NLin2009cAsym:Schaefer2018:100Parcels7Networks:2")
+    tpl, atlas = parts[0], parts[1]
+    desc = parts[2] if len(parts) > 2 else None
+    res = int(parts[3]) if len(parts) > 3 else None
+    os.environ.setdefault("TEMPLATEFLOW_AUTOUPDATE", "0")
+    try:
+        from templateflow import api
+    except ImportError as exc:
+        raise InputError("--atlas needs the templateflow package", exit_code=EX_USAGE,
+                         fix="pip install 'dmrimc-bids[atlas]'") from exc
+    home = os.environ.get("TEMPLATEFLOW_HOME", "~/.cache/templateflow")
+    query = {"atlas": atlas, "suffix": "dseg"}
+    if desc:
+        query["desc"] = desc
+    try:
+        nii = api.get(tpl, extension=".nii.gz", raise_empty=True, **query,
+                      **({"resolution": res} if res is not None else {}))
+        tsv = api.get(tpl, extension=".tsv", raise_empty=True, **query)
+    except Exception as exc:  # templateflow raises ConnectionError, OSError, Exception("No results found")
+        raise InputError(f"--atlas {text}: not available from TEMPLATEFLOW_HOME ({type(exc).__name__}: "
+                         f"{str(exc)[:160]})", path=home, exit_code=EX_NOINPUT,
+                         fix="on a machine with internet, fetch it with templateflow.api.get(...) and copy the "
+                             "TemplateFlow folder; set TEMPLATEFLOW_HOME to it") from None
+    nii = nii if isinstance(nii, (str, os.PathLike)) else None if len(nii) != 1 else nii[0]
+    tsv = tsv if isinstance(tsv, (str, os.PathLike)) else tsv[0] if tsv else None
+    if nii is None:
+        raise InputError(f"--atlas {text}: several resolutions match", exit_code=EX_USAGE,
+                         fix="add the resolution: TEMPLATE:ATLAS:DESC:RES")
+    return {"label": f"{atlas}-", "file": str(nii), "kind": "atlas", "names": str(tsv)}
+
+
+def find_rois(bids_dir, derivatives, subject: str, session: str | None) -> list[dict]:
+    """ROI specs of a subject/session in the derivative folders: desc-<label>_mask and dseg (+ TSV)."""
+    from bids.layout import Query
+
+    from ..bids.layout import _derivative_layouts
+
+    specs = []
+    for _, lay in _derivative_layouts(Path(bids_dir), derivatives):
+        for ses in ([session, Query.NONE] if session else [Query.NONE]):
+            masks = lay.get(subject=subject, session=ses, suffix="mask", extension=[".nii", ".nii.gz"],
+                            return_type="object")
+            dsegs = lay.get(subject=subject, session=ses, suffix="dseg", extension=[".nii", ".nii.gz"],
+                            return_type="object")
+            for f in masks:
+                specs.append({"label": f.entities.get("desc", "mask"), "file": f.path, "kind": "mask"})
+            for f in dsegs:
+                tsv = Path(f.path.replace(".nii.gz", ".tsv").replace(".nii", ".tsv"))
+                if not tsv.is_file():
+                    raise InputError("label image without its TSV of names", path=f.path, exit_code=EX_NOINPUT,
+                                     fix=f"add {tsv.name} with columns index and name")
+                prefix = f.entities.get("desc", "")
+                specs.append({"label": f"{prefix}-" if prefix else "", "file": f.path, "kind": "dseg",
+                              "names": str(tsv)})
+            if masks or dsegs:
+                break
+    seen, unique = set(), []
+    for s in specs:
+        if s["file"] not in seen:
+            seen.add(s["file"])
+            unique.append(s)
+    return unique
+
+
+def init_group_wf(entries: list[tuple], out_dir, work_dir, failures: list[dict], participants: dict,
+                  group_column: str | None = None, seed: int = 0, name="dmrimc_bids_group_wf"):
+    """entries: [(subject, session or None, roi specs)]."""
+    from ..interfaces.group import GroupReport, RoiStatistics
+    from nipype.interfaces.utility import Merge
+
+    major, minor = __version__.split(".")[:2]
+    wf = pe.Workflow(name=f"{name}_{major}_{minor}", base_dir=str(work_dir))
+    out_dir = str(Path(out_dir).resolve())
+    join = pe.Node(Merge(len(entries)), name="collect", run_without_submitting=True)
+    for k, (sub, ses, specs) in enumerate(entries, start=1):
+        node = pe.Node(RoiStatistics(out_dir=out_dir, subject=sub, session=ses or "", roi_specs=specs, seed=seed),
+                       name=f"roi_statistics_{sub}" + (f"_{ses}" if ses else ""), mem_gb=0.5)
+        wf.connect(node, "result_file", join, f"in{k}")
+    report = pe.Node(GroupReport(out_dir=out_dir, failures=failures, participants=participants,
+                                 group_column=group_column or ""), name="group_report", mem_gb=1.0)
+    wf.connect(join, "out", report, "result_files")
+    return wf
+
+
+def group_failures(out_dir, status: dict, processed: set, expected: list[str]) -> list[dict]:
+    """Failures to report: the latest status 'failed' of each subject/session, and requested subjects
+    without any participant-level output or status."""
+    failures = []
+    for (pid, sid), row in sorted(status.items()):
+        if row.get("status") == "failed":
+            failures.append({"label": pid + (f"_{sid}" if sid not in ("n/a", "") else ""),
+                             "exit_code": row.get("exit_code", ""), "stage": row.get("stage", ""),
+                             "message": row.get("message", ""), "log": row["log"]})
+    known = {pid.removeprefix("sub-") for pid, _ in status} | {s for s, _ in processed}
+    for sub in expected:
+        if sub not in known:
+            failures.append({"label": f"sub-{sub}", "exit_code": "", "stage": "participant",
+                             "message": "no participant-level outputs", "log": ""})
+    return failures
+
+
+def check_group_inputs(out_dir) -> None:
+    if not Path(out_dir).is_dir():
+        raise InputError("output folder not found", path=out_dir, exit_code=EX_NOINPUT,
+                         fix="run the participant level into it first")

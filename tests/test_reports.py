@@ -1,0 +1,118 @@
+"""Subject reports: content checked against the derivatives, rendered in headless Chromium."""
+
+import base64
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+ARTIFACTS = Path(os.environ.get("DMRIMC_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "test-artifacts"))
+SECTIONS = ("protocol", "histousim", "ivim", "spinflowsim", "methods")
+
+
+def _images(html: str) -> list[bytes]:
+    return [base64.b64decode(m) for m in re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)]
+
+
+def test_reports_written_per_subject_with_sessions_as_sections(demo_run):
+    code, out, _ = demo_run
+    assert code == 0
+    one, two = (out / "sub-01.html").read_text(), (out / "sub-02.html").read_text()
+    assert 'id="ses-1"' in two and 'id="ses-2"' in two and 'id="ses-1"' not in one
+    for sect in ("protocol", "histousim", "ivim", "spinflowsim"):
+        assert f'id="ses-2-{sect}"' in two and f'id="sub-01-{sect}"' in one
+    assert 'id="methods"' in one and "doi:10.1038/s42003-025-09096-3" in one
+    for cls in ("maps", "uncertainty", "quality", "signals", "dictionary"):
+        assert f'class="{cls}"' in one, cls
+    # every figure is a valid PNG; one mosaic per parameter map, its SD, exit code and residual
+    import matplotlib.image as mpimg
+    imgs = _images(one)
+    for raw in imgs:
+        assert mpimg.imread(io.BytesIO(raw), format="png").shape[2] in (3, 4)
+    n_maps = len(list((out / "sub-01/dwi").glob("*_dwimap.nii.gz")))
+    n_diag_hidden = 2 * 3  # loglik, aic, bic of the two dictionary fits are tabulated, not drawn
+    signals = 3            # measured vs fitted: tissue, IVIM, vascular
+    assert len(imgs) == n_maps - n_diag_hidden + signals
+    # dropped measurements and why
+    assert "below the vascular threshold 250" in one and "b=0 shell (used for normalisation only)" in one
+    # the protocol table lists every acquired shell: 2 diffusion times x (b=0 + 10 shells)
+    block = one.split('id="sub-01-protocol"')[1].split("</table>")[0]
+    assert block.count("<tr>") == 1 + 22
+    assert (out / "logs/CITATION.md").read_text().count("doi:") >= 7
+
+
+def test_report_summary_matches_the_maps(demo_run):
+    _, out, _ = demo_run
+    html = (out / "sub-01.html").read_text()
+    fin = nib.load(out / "sub-01/dwi/sub-01_space-dwi_model-histousim_param-fin_dwimap.nii.gz").get_fdata()
+    ec = nib.load(out / "sub-01/dwi/sub-01_space-dwi_model-histousim_param-exitcode_dwimap.nii.gz").get_fdata()
+    med = np.median(fin[ec == 1])
+    row = re.search(r"<td class=\"l\">fin</td><td></td><td>(\d+)</td><td>([0-9.e-]+)</td>", html)
+    assert row and int(row[1]) == int((ec == 1).sum()) and float(row[2]) == pytest.approx(med, rel=1e-3)
+
+
+def test_examples_are_model_predictions(demo_run):
+    """The measured-vs-fitted voxels: 'measured' is the fitted input, 'fitted' reproduces it closely."""
+    _, _, work = demo_run
+    ex = json.loads(next(work.rglob("single_subject_01_wf/fit_histousim/examples.json")).read_text())
+    assert 1 <= len(ex["voxels"]) <= 4 and len(ex["protocol"]) == len(ex["voxels"][0]["measured"])
+    for v in ex["voxels"]:
+        m, f = np.array(v["measured"]), np.array(v["fitted"])
+        assert np.sqrt(np.mean((m - f) ** 2)) == pytest.approx(np.sqrt(v["fobj"]), rel=0.05, abs=2e-3)
+
+
+def _chromium():
+    exe = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if exe is None:
+        if os.environ.get("DMRIMC_REQUIRE_CHROMIUM"):
+            pytest.fail("DMRIMC_REQUIRE_CHROMIUM is set but no chromium is installed")
+        pytest.skip("headless Chromium not installed (Debian package chromium)")
+    return exe
+
+
+def render(html_file: Path, screenshot: Path | None = None) -> tuple[str, list[str]]:
+    """(DOM after load, console messages of level warning/error and uncaught exceptions) in headless Chromium."""
+    exe = _chromium()
+    base = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--enable-logging=stderr",
+            "--v=0", "--no-first-run", "--disable-dev-shm-usage", f"--user-data-dir={html_file.parent / '.chromium'}"]
+    url = html_file.resolve().as_uri()
+    dom = subprocess.run(base + ["--dump-dom", url], capture_output=True, text=True, timeout=120)
+    console = [line for line in dom.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
+    if screenshot is not None:
+        screenshot.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(base + ["--window-size=1300,4000", f"--screenshot={screenshot}", url], capture_output=True,
+                       timeout=120, check=True)
+    return dom.stdout, console
+
+
+def test_console_check_catches_errors(tmp_path):
+    """The harness itself: a page with a script error is caught."""
+    page = tmp_path / "bad.html"
+    page.write_text("<html><body><p id='x'>x</p><script>console.error('boom'); undefinedFunction();</script>"
+                    "</body></html>")
+    dom, console = render(page)
+    assert 'id="x"' in dom and any("boom" in c for c in console) and any("undefinedFunction" in c for c in console)
+
+
+def test_demo_report_loads_in_chromium(demo_run, tmp_path):
+    _, out, _ = demo_run
+    page = tmp_path / "sub-02.html"
+    shutil.copy(out / "sub-02.html", page)
+    shot = ARTIFACTS / "report_sub-02.png"
+    dom, console = render(page, shot)
+    assert console == []
+    for ses in ("ses-1", "ses-2"):
+        for sect in SECTIONS[:-1]:
+            assert f'id="{ses}-{sect}"' in dom
+    assert 'id="methods"' in dom
+    assert dom.count("<img") == len(_images(page.read_text()))
+    import matplotlib.image as mpimg
+    png = mpimg.imread(shot)
+    assert png.shape[0] == 4000 and png.shape[1] == 1300 and png[..., :3].std() > 0.05  # not a blank page
