@@ -133,13 +133,27 @@ class Protocol:
                              path=path, fix="add a header row with those column names")
 
         def col(name, default=np.nan):
-            return np.array([float(r[name]) if r.get(name) not in (None, "", "n/a") else default for r in rows])
+            out = np.full(len(rows), default, dtype=float)
+            for k, r in enumerate(rows):
+                v = r.get(name)
+                if v in (None, "", "n/a"):
+                    continue
+                try:
+                    out[k] = float(v)
+                except ValueError:
+                    raise InputError(f"protocol table row {k + 2}, column {name}: {v!r} is not a number",
+                                     path=path, fix="write numbers (or n/a) in every column") from None
+            return out
 
+        b, n_avg = col("b"), col("n_averaged", 1)
+        bad = np.flatnonzero(~(np.isfinite(b) & (b >= 0)) | ~(np.isfinite(n_avg) & (n_avg >= 1)))
+        if bad.size:
+            raise InputError(f"protocol table row {bad[0] + 2}: b must be a number >= 0 (s/mm²) and n_averaged >= 1",
+                             path=path, fix="correct that row")
         bvecs = None
         if "bvec_x" in rows[0]:
             bvecs = np.stack([col("bvec_x", 0.0), col("bvec_y", 0.0), col("bvec_z", 0.0)], axis=1)
-        return cls(col("b"), col("small_delta"), col("big_delta"), col("echo_time"), bvecs,
-                   col("n_averaged", 1), col("series", 0))
+        return cls(b, col("small_delta"), col("big_delta"), col("echo_time"), bvecs, n_avg, col("series", 0))
 
 
 def _fmt(v) -> str:
