@@ -53,8 +53,15 @@ def test_demo_sidecars_and_dataset_description(demo_run):
     assert {(r["small_delta"], r["big_delta"]) for r in fitted} == {(10.0, 25.0), (15.0, 45.0)}
     dropped = {d["b"] for d in prm["DroppedMeasurements"]}
     assert dropped == {0, 25, 50, 100, 200}
+    assert side["GeneratedBy"]["Description"] == "random seed 7"
     desc = json.loads((out / "dataset_description.json").read_text())
     assert desc["DatasetType"] == "derivative" and desc["GeneratedBy"][0]["Name"] == "dmrimc-bids"
+    assert "seed 7" in desc["GeneratedBy"][0]["Description"]
+    status = list((out / "logs").glob("*_status.tsv"))[0].read_text().splitlines()
+    assert status[0].split("\t")[:4] == ["participant_id", "session_id", "status", "exit_code"]
+    assert sorted(line.split("\t")[:4] for line in status[1:])[:3] == [
+        ["sub-01", "n/a", "finished", "0"], ["sub-02", "ses-1", "finished", "0"], ["sub-02", "ses-2", "finished", "0"]]
+    assert all(p.stat().st_mode & 0o044 for p in out.rglob("*.nii.gz"))  # readable by the group/others
     assert "*_dwimap.*" in (out / ".bidsignore").read_text()
     assert not list(out.rglob(".*.tmp*")) and not [p for p in out.rglob("*") if p.name.startswith(".sub")]
 
@@ -205,7 +212,11 @@ def test_one_failing_subject_does_not_stop_the_others(demo_dir, tmp_path, capsys
     code, err = run(capsys, bids, out, "participant", "--participant-label", "01", "02")
     assert code == 1 and "sub-02_ses-1" in err
     assert (out / "sub-01/dwi/sub-01_space-dwi_model-histousim_param-fin_dwimap.nii.gz").is_file()
-    assert not (out / "sub-02").exists()
+    assert (out / "sub-01.html").is_file() and not (out / "sub-02").exists() and not (out / "sub-02.html").exists()
+    rows = [line.split("\t") for line in next((out / "logs").glob("*_status.tsv")).read_text().splitlines()[1:]]
+    assert [r[:5] for r in rows] == [["sub-01", "n/a", "finished", "0", "report"],
+                                     ["sub-02", "ses-1", "failed", "65", "preflight"]]
+    assert "bval" in rows[1][5]
 
 
 @pytest.mark.parametrize("flags, named", [(["--device", "gpu"], "--device gpu"),

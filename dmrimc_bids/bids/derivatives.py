@@ -154,7 +154,8 @@ def map_sidecar(model: str, name: str, unit: str, description: str, parameters: 
     """Sidecar of one map: Description, Units, Model (BEP016 draft), SkullStripped, Sources."""
     return {"Description": description, "Units": unit, "SkullStripped": False,
             "Model": {**MODEL_INFO.get(model, {"Description": model}), "Parameters": parameters},
-            "Sources": sources, "GeneratedBy": {"Name": "dmrimc-bids", "Version": __version__},
+            "Sources": sources, "GeneratedBy": {"Name": "dmrimc-bids", "Version": __version__,
+                                                "Description": f"random seed {parameters.get('Seed', 0)}"},
             "ParameterName": name}
 
 
