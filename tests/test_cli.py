@@ -147,63 +147,6 @@ def test_nan_voxels_fail_alone(single_demo, tmp_path, capsys):
     assert np.sum(got["exitcode"] == 1) > 300
 
 
-def _break(kind, root: Path, tmp_path):
-    dwi = root / "sub-01/dwi"
-    side = dwi / "sub-01_dwi.json"
-    extra = []
-    if kind == "missing timing":
-        meta = json.loads(side.read_text())
-        del meta["SmallDelta"], meta["BigDelta"]
-        side.write_text(json.dumps(meta))
-        return side.name, extra
-    if kind == "bval count":
-        b = (dwi / "sub-01_dwi.bval").read_text().split()
-        (dwi / "sub-01_dwi.bval").write_text(" ".join(b[:-1]))
-        return "sub-01_dwi.bval", extra
-    if kind == "3D DWI":
-        img = nib.load(dwi / "sub-01_dwi.nii.gz")
-        nib.Nifti1Image(np.asarray(img.dataobj)[..., 0], img.affine).to_filename(dwi / "sub-01_dwi.nii.gz")
-        return "sub-01_dwi.nii.gz", extra
-    if kind == "mask geometry":
-        m = tmp_path / "mask.nii.gz"
-        nib.Nifti1Image(np.ones((10, 10, 4), np.uint8), np.eye(4)).to_filename(m)
-        return "mask.nii.gz", ["--mask", m]
-    if kind == "empty mask":
-        m = tmp_path / "mask.nii.gz"
-        nib.Nifti1Image(np.zeros((20, 20, 4), np.uint8), np.diag([2.0, 2, 2, 1])).to_filename(m)
-        return "mask.nii.gz", ["--mask", m]
-    if kind == "no b=0":
-        b = np.array((dwi / "sub-01_dwi.bval").read_text().split(), float)
-        b[b == 0] = 300
-        (dwi / "sub-01_dwi.bval").write_text(" ".join(f"{v:g}" for v in b))
-        return "sub-01_dwi.nii.gz", extra
-    if kind == "no dictionary match":
-        meta = json.loads(side.read_text())
-        meta["BigDelta"] = [0.3 if v > 0.04 else v for v in meta["BigDelta"]]  # Δ = 300 ms: beyond the dictionary
-        side.write_text(json.dumps(meta))
-        return "sub-01_dwi.nii.gz", extra
-    if kind == "unknown params":
-        return "kappaa", ["--params", "kappaa"]
-    if kind == "unreadable dwi":
-        (dwi / "sub-01_dwi.nii.gz").write_bytes(b"not a nifti")
-        return "sub-01_dwi.nii.gz", extra
-    raise ValueError(kind)
-
-
-@pytest.mark.parametrize("kind, code", [
-    ("missing timing", 66), ("bval count", 65), ("3D DWI", 65), ("mask geometry", 65), ("empty mask", 65),
-    ("no b=0", 65), ("no dictionary match", 65), ("unknown params", 64), ("unreadable dwi", 66)])
-def test_bad_input_one_clear_line_and_no_output(single_demo, tmp_path, capsys, kind, code):
-    named, extra = _break(kind, single_demo, tmp_path)
-    out = tmp_path / "out"
-    got, err = run(capsys, single_demo, out, "participant", *extra)
-    assert got == code, err
-    errors = [line for line in err.splitlines() if "error:" in line]
-    assert len(errors) == 1, err
-    assert named in errors[0] and ("Fix:" in errors[0] or "choose among" in errors[0]), errors[0]
-    assert not out.exists() or not any(out.rglob("*.nii.gz")) and not (out / "dataset_description.json").exists()
-
-
 def test_one_failing_subject_does_not_stop_the_others(demo_dir, tmp_path, capsys):
     bids = tmp_path / "bids"
     shutil.copytree(demo_dir, bids, ignore=shutil.ignore_patterns("ses-2"))

@@ -126,11 +126,13 @@ class Dictionary:
         p = Path(path)
         stem = p.with_suffix("") if p.suffix in (".npz", ".json") else p
         npz, js = stem.with_suffix(".npz"), stem.with_suffix(".json")
-        for f in (npz, js):
-            if not f.is_file():
-                raise InputError("dictionary file not found", path=f, exit_code=EX_NOINPUT,
-                                 fix="a dictionary is a .npz (signals, params) with a .json beside it; "
-                                     "import published arrays with `dmrimc-bids-dictionary import-histousim`")
+        if not npz.is_file():
+            raise InputError("dictionary file not found", path=npz, exit_code=EX_NOINPUT,
+                             fix="a dictionary is a .npz (signals, params) with a .json beside it; "
+                                 "import published arrays with `dmrimc-bids-dictionary import-histousim`")
+        if not js.is_file():
+            raise InputError(f"the dictionary's {js.name} (names, units, protocol) is missing beside it", path=npz,
+                             exit_code=EX_NOINPUT, fix="keep the .json that Dictionary.save wrote next to the .npz")
         try:
             arrays = np.load(npz)
             meta = json.loads(js.read_text())
