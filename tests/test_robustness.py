@@ -102,3 +102,43 @@ def test_derivatives_pass_the_bids_validator(demo_run, tmp_path):
     errors = _validate(out)
     assert errors == [], [(e["code"], e.get("location")) for e in errors]
     assert "group_*" in (out / ".bidsignore").read_text()
+
+
+def test_mem_bounds_scheduling_and_batches(single_demo, tmp_path):
+    from dmrimc_bids.bids.layout import collect_inputs
+    from dmrimc_bids.cli.run import _memory_gb, _plugin, build_parser
+    from dmrimc_bids.workflows.participant import (BYTES_PER_BATCH_VOXEL, Options, chunk_for_memory,
+                                                   init_participant_wf)
+    assert [_memory_gb(t) for t in ("8G", "8000M", "8", "8gb", "1T")] == [8.0, 8.0, 8.0, 8.0, 1000.0]
+    args = build_parser().parse_args([str(single_demo), str(tmp_path / "o"), "participant", "--mem", "3G",
+                                      "--nprocs", "2"])
+    plugin, plugin_args = _plugin(args)
+    assert plugin == "MultiProc" and plugin_args["memory_gb"] == 3.0 and plugin_args["n_procs"] == 2
+    # half of a process's share of the memory goes to the batch work arrays
+    assert chunk_for_memory(1.5, 10**6) == int(0.5 * 1.5e9 / BYTES_PER_BATCH_VOXEL)
+    assert chunk_for_memory(1e-6, 10**6) == 100 and chunk_for_memory(100, 5000) == 5000
+    item = collect_inputs(single_demo)[0]
+    small = init_participant_wf([item], Options(out_dir=str(tmp_path / "o"), chunk_size=100), tmp_path / "w")
+    big = init_participant_wf([item], Options(out_dir=str(tmp_path / "o"), chunk_size=10**5), tmp_path / "w")
+    mem = [next(n for n in wf._get_all_nodes() if n.name == "fit_histousim").mem_gb for wf in (small, big)]
+    n_vox, n_shells = 20 * 20 * 4, 22
+    expected = 0.4 + (4 * n_vox * n_shells * 8 + 40 * n_vox * 4) / 1e9
+    assert mem[0] == pytest.approx(expected + 100 * BYTES_PER_BATCH_VOXEL / 1e9, abs=0.01)
+    assert mem[1] == pytest.approx(expected + n_vox * BYTES_PER_BATCH_VOXEL / 1e9, abs=0.01)
+
+
+def test_failed_session_keeps_the_subject_report(demo_dir, tmp_path):
+    """A session that fails inside the graph (truncated data: the header reads, the voxels do not) is
+    reported; its sibling session's maps and the subject report are still written."""
+    from dmrimc_bids.cli.run import main
+    bids = tmp_path / "bids"
+    shutil.copytree(demo_dir, bids, ignore=shutil.ignore_patterns("sub-01"))
+    f = bids / "sub-02/ses-2/dwi/sub-02_ses-2_dwi.nii.gz"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    out = tmp_path / "out"
+    assert main([str(bids), str(out), "participant", "-w", str(tmp_path / "w")]) == 1
+    html = (out / "sub-02.html").read_text()
+    assert 'id="ses-1-histousim"' in html and 'id="ses-2"' in html and "processing failed" in html
+    rows = [line.split("\t") for line in next((out / "logs").glob("*_status.tsv")).read_text().splitlines()[1:]]
+    assert [r[1:5] for r in rows] == [["ses-1", "finished", "0", "report"], ["ses-2", "failed", "1", "workflow"]]
+    assert not (out / "sub-02/ses-2").exists()

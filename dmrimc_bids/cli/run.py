@@ -17,6 +17,7 @@ from .. import __version__  # noqa: E402
 from ..core.errors import EX_USAGE, InputError  # noqa: E402
 
 LOG = logging.getLogger("dmrimc-bids")
+LOCAL_POLL_S = 0.05  # Nipype scheduler poll interval for MultiProc [s]
 
 
 def _pair(text: str, what: str):
@@ -313,6 +314,9 @@ def _run_group(args) -> int:
                          path=args.bids_dir / "participants.tsv", exit_code=EX_USAGE,
                          fix=f"choose among {', '.join(sorted({k for p in participants.values() for k in p}))}")
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="dmrimc_group_")).resolve()
+    from nipype import config as ncfg
+    ncfg.update_config({"execution": {"poll_sleep_duration": LOCAL_POLL_S, "crashfile_format": "txt",
+                                      "crashdump_dir": str(work / "crash")}, "monitoring": {"enabled": False}})
     wf = init_group_wf(entries, args.output_dir, work, failures, participants, args.group_column, args.seed)
     plugin, plugin_args = _plugin(args)
     wf.run(plugin=plugin, plugin_args=plugin_args)
@@ -381,7 +385,10 @@ def _execute(items, opts, args, warnings=None) -> list:
     work = Path(work).resolve()
     crash_dir = work / "crash"
     ncfg.update_config({"execution": {"crashdump_dir": str(crash_dir), "crashfile_format": "txt",
-                                      "stop_on_first_crash": False, "remove_unnecessary_outputs": False},
+                                      "stop_on_first_crash": False, "remove_unnecessary_outputs": False,
+                                      # the scheduler submits one level of the graph per poll: Nipype's
+                                      # default 2 s would dominate a demo-sized run (local plugins only)
+                                      "poll_sleep_duration": LOCAL_POLL_S},
                         "monitoring": {"enabled": False}})
     for name in ("nipype.workflow", "nipype.interface", "nipype.utils"):
         nlogging.getLogger(name).setLevel(logging.INFO if args.verbose > 1 else logging.WARNING)
@@ -397,15 +404,18 @@ def _execute(items, opts, args, warnings=None) -> list:
         LOG.debug("workflow: %s", exc)
     LOG.info("workflow finished in %.1f s", time.perf_counter() - t0)
     crashes = sorted(set(crash_dir.glob("crash-*.txt")) - before) if crash_dir.is_dir() else []
-    failed = []
+    failed, broken = [], {}
     for item in items:
         reason = _crash_reason(crashes, item)
-        expected = map_path(opts.out_dir, item.subject, item.session, "histousim", "exitcode")
+        if reason or not map_path(opts.out_dir, item.subject, item.session, "histousim", "exitcode").is_file():
+            broken[id(item)] = reason or "no maps were written"
+    _partial_reports(items, broken, opts, work / wf.name)
+    for item in items:
         report = Path(opts.out_dir) / f"sub-{item.subject}.html"
-        if reason or not expected.is_file():
-            print(f"dmrimc-bids: error: {item.label}: processing failed{': ' + reason if reason else ''}",
-                  file=sys.stderr)
-            failed.append((item, 1, "workflow", reason or "no maps were written"))
+        if id(item) in broken:
+            reason = broken[id(item)]
+            print(f"dmrimc-bids: error: {item.label}: processing failed: {reason}", file=sys.stderr)
+            failed.append((item, 1, "workflow", reason))
         elif not report.is_file():
             reason = _crash_reason(crashes, item, f"subject_report_{item.subject}")
             print(f"dmrimc-bids: error: {item.label}: the report failed{': ' + reason if reason else ''}",
@@ -414,6 +424,31 @@ def _execute(items, opts, args, warnings=None) -> list:
     if tmp_work is not None and not failed:  # keep the crash files of a failed run
         shutil.rmtree(tmp_work, ignore_errors=True)
     return failed
+
+
+def _partial_reports(items, broken: dict, opts, wf_dir: Path) -> None:
+    """A subject with a failed session gets its report all the same (the graph skips the report node
+    downstream of a failure): the finished sessions' fragments plus one section per failed session."""
+    import json
+
+    from ..reports.subject import render_subject
+    by_subject: dict = {}
+    for item in items:
+        by_subject.setdefault(item.subject, []).append(item)
+    for subject, its in by_subject.items():
+        if not any(id(i) in broken for i in its) or all(id(i) in broken for i in its):
+            continue
+        frags = []
+        for i in its:
+            node = f"single_subject_{i.subject}" + (f"_ses_{i.session}" if i.session else "") + "_wf"
+            frag = wf_dir / node / "session_report" / "fragment.json"
+            if id(i) in broken or not frag.is_file():
+                frags.append({"session": i.session or "", "title": f"ses-{i.session}" if i.session else i.label,
+                              "n_volumes": 0, "n_mask": 0, "shells": [], "models": [],
+                              "warnings": [f"processing failed: {broken.get(id(i), 'no report fragment')}"]})
+            else:
+                frags.append(json.loads(frag.read_text()))
+        render_subject(subject, frags, Path(opts.out_dir) / f"sub-{subject}.html", opts.report_options())
 
 
 def _crash_reason(crash_files, item, tag=None) -> str:

@@ -18,11 +18,12 @@ def _plt():
     return plt
 
 
-def to_data_uri(fig) -> str:
-    """PNG data URI of a matplotlib figure (the figure is closed)."""
+def to_data_uri(fig, tight: bool = True) -> str:
+    """PNG data URI of a matplotlib figure (the figure is closed); tight=False keeps the figure's own
+    layout (one draw instead of two)."""
     plt = _plt()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight" if tight else None)
     plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
@@ -46,39 +47,70 @@ def robust_range(values: np.ndarray, lo_pct=2.0, hi_pct=98.0) -> tuple[float, fl
     return float(a), float(b)
 
 
+def _outline(mask2d: np.ndarray) -> np.ndarray:
+    """Pixels just outside a 2D mask (outside it, with a 4-neighbour inside), so the map stays visible."""
+    m = np.pad(mask2d, 1)
+    grown = m[1:-1, 1:-1] | m[:-2, 1:-1] | m[2:, 1:-1] | m[1:-1, :-2] | m[1:-1, 2:]
+    return grown & ~mask2d
+
+
+def slice_montage(volume, underlay, mask, slices, cmap, vmin, vmax) -> np.ndarray:
+    """RGB montage [rows, cols, 3] of axial slices side by side (1-pixel gaps): the map inside the mask
+    over the grey underlay, the mask's boundary in white. Rows run anterior-up (image y flipped)."""
+    plt = _plt()
+    cm = plt.get_cmap(cmap) if isinstance(cmap, str) else cmap
+    u_lo, u_hi = robust_range(underlay[np.isfinite(underlay)], 1, 99)
+    tiles = []
+    for k in slices:
+        u = np.clip((np.nan_to_num(underlay[:, :, k]) - u_lo) / (u_hi - u_lo), 0, 1)
+        rgb = np.repeat(u[..., None], 3, axis=2)
+        v = volume[:, :, k]
+        show = mask[:, :, k] & np.isfinite(v)
+        if show.any():
+            rgb[show] = cm(np.clip((v[show] - vmin) / (vmax - vmin), 0, 1))[:, :3]
+        if mask[:, :, k].any() and not mask[:, :, k].all():
+            rgb[_outline(mask[:, :, k])] = 1.0
+        tiles.append(np.transpose(rgb, (1, 0, 2))[::-1])
+        tiles.append(np.ones((tiles[-1].shape[0], 1, 3)))
+    return np.concatenate(tiles[:-1], axis=1) if tiles else np.ones((1, 1, 3))
+
+
 def map_mosaic(volume: np.ndarray, underlay: np.ndarray, mask: np.ndarray, title: str, unit: str,
                cmap: str = "viridis", discrete: bool = False, slices=None) -> str:
     """Axial slices of a map over the b=0 image (map shown inside the mask, mask outlined in white),
     with a colour bar in the map's unit and a histogram of the map inside the mask."""
+    import matplotlib as mpl
     plt = _plt()
     slices = mosaic_slices(mask) if slices is None else slices
     inside = volume[mask & np.isfinite(volume)]
-    vmin, vmax = (float(np.nanmin(inside)) - 0.5, float(np.nanmax(inside)) + 0.5) if discrete and inside.size \
-        else robust_range(inside)
-    fig, axes = plt.subplots(1, len(slices) + 1, figsize=(1.7 * len(slices) + 2.6, 2.0),
-                             gridspec_kw={"width_ratios": [1] * len(slices) + [1.6]})
-    u_lo, u_hi = robust_range(underlay[np.isfinite(underlay)], 1, 99)
-    im = None
-    for ax, k in zip(axes[:-1], slices):
-        ax.imshow(underlay[:, :, k].T, origin="lower", cmap="gray", vmin=u_lo, vmax=u_hi, interpolation="nearest")
-        layer = np.ma.masked_where(~(mask[:, :, k] & np.isfinite(volume[:, :, k])), volume[:, :, k])
-        im = ax.imshow(layer.T, origin="lower", cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
-        if mask[:, :, k].any() and not mask[:, :, k].all():
-            ax.contour(mask[:, :, k].T.astype(float), levels=[0.5], colors="w", linewidths=0.8)
-        ax.set_title(f"z={k}", fontsize=7)
-        ax.set_axis_off()
-    if im is not None:
-        cb = fig.colorbar(im, ax=list(axes[:-1]), fraction=0.025, pad=0.01)
-        cb.set_label(unit or "unitless", fontsize=7)
-        cb.ax.tick_params(labelsize=6)
-    hax = axes[-1]
+    if discrete:  # fit exit codes: -1 failed (red), 0 background (grey), 1 fitted (green)
+        cmap, (vmin, vmax) = mpl.colors.ListedColormap(["#c0392b", "#7f8c8d", "#27ae60"]), (-1.5, 1.5)
+    else:
+        vmin, vmax = robust_range(inside)
+    montage = slice_montage(volume, underlay, mask, slices, cmap, vmin, vmax)
+    h, w = montage.shape[:2]
+    img_w = 1.5 * len(slices)
+    fig = plt.figure(figsize=(img_w + 3.2, 1.9))
+    fw = img_w + 3.2
+    ax = fig.add_axes((0.1 / fw, 0.08, img_w / fw, 0.78))
+    ax.imshow(montage, interpolation="nearest", aspect="equal")
+    ax.set_axis_off()
+    for n, k in enumerate(slices):
+        ax.text((n + 0.5) * (w + 1) / len(slices), -1, f"z={k}", ha="center", va="bottom", fontsize=7)
+    cax = fig.add_axes(((img_w + 0.2) / fw, 0.12, 0.08 / fw, 0.7))
+    cb = fig.colorbar(mpl.cm.ScalarMappable(mpl.colors.Normalize(vmin, vmax), cmap), cax=cax)
+    cb.set_label(unit or "unitless", fontsize=7)
+    cb.ax.tick_params(labelsize=6)
+    if discrete:
+        cb.set_ticks([-1, 0, 1])
+    hax = fig.add_axes(((img_w + 1.4) / fw, 0.25, 1.7 / fw, 0.6))
     if inside.size:
-        hax.hist(inside, bins=30, color="#4a6fa5", range=(vmin, vmax))
+        hax.hist(inside, bins=3 if discrete else 30, color="#4a6fa5", range=(vmin, vmax))
     hax.set_xlabel(f"{title} [{unit}]" if unit else title, fontsize=7)
     hax.set_ylabel("voxels", fontsize=7)
     hax.tick_params(labelsize=6)
-    fig.suptitle(title, fontsize=9, x=0.02, ha="left")
-    return to_data_uri(fig)
+    fig.text(0.1 / fw, 0.97, title, fontsize=9, va="top")
+    return to_data_uri(fig, tight=False)
 
 
 def signal_panel(examples: list[dict], x: np.ndarray, xlabel: str, groups: np.ndarray | None = None,

@@ -154,7 +154,7 @@ def session_fragment(out_dir, subject: str, session: str | None, protocol_file, 
             side = _sidecar(nii)
             unit = side.get("Units", "")
             vol = _load(nii)
-            cmap = "magma" if desc == "sd" else "tab10" if param == "exitcode" else "viridis"
+            cmap = "magma" if desc == "sd" else "viridis"
             entry = {"name": param + (" SD" if desc else ""), "unit": unit, "description": side.get("Description", "")}
             if param in DIAGNOSTIC:
                 sect["diagnostics"].append(_summary_row(param, unit, vol[fit_mask]))
