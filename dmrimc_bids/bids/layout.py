@@ -83,7 +83,7 @@ def collect_inputs(bids_dir, derivatives=None, participant_label=None, session_l
     bids_dir = Path(bids_dir)
     if not bids_dir.is_dir():
         raise InputError("BIDS dataset folder not found", path=bids_dir, exit_code=EX_NOINPUT, fix="check bids_dir")
-    try:
+    try:  # no database_path: the index is an in-memory SQLite private to this run (parallel runs never share it)
         raw = BIDSLayout(str(bids_dir), validate=validate)
     except BIDSValidationError as exc:
         raise InputError(f"not a valid BIDS dataset ({exc})", path=bids_dir, exit_code=16,
