@@ -397,7 +397,7 @@ def _execute(items, opts, args, warnings=None) -> list:
     wf = init_participant_wf(items, opts, work, warnings=warnings)
     plugin, plugin_args = _plugin(args)
     before = set(crash_dir.glob("crash-*.txt")) if crash_dir.is_dir() else set()
-    t0 = time.perf_counter()
+    t0, started = time.perf_counter(), time.time() - 1.0  # 1 s of slack for coarse file-system clocks
     try:
         wf.run(plugin=plugin, plugin_args=plugin_args)
     except RuntimeError as exc:  # some node failed; we find out which subjects below
@@ -416,7 +416,7 @@ def _execute(items, opts, args, warnings=None) -> list:
             reason = broken[id(item)]
             print(f"dmrimc-bids: error: {item.label}: processing failed: {reason}", file=sys.stderr)
             failed.append((item, 1, "workflow", reason))
-        elif not report.is_file():
+        elif not report.is_file() or report.stat().st_mtime < started:  # an old report is not this run's
             reason = _crash_reason(crashes, item, f"subject_report_{item.subject}")
             print(f"dmrimc-bids: error: {item.label}: the report failed{': ' + reason if reason else ''}",
                   file=sys.stderr)
