@@ -53,7 +53,7 @@ def load_filters(path) -> dict:
     return {k: Query.NONE if v is None else Query.ANY if v == "*" else v for k, v in flt.items()}
 
 
-def _derivative_layouts(bids_dir: Path, derivatives):
+def derivative_layouts(bids_dir: Path, derivatives):
     from bids import BIDSLayout
 
     roots = [Path(d) for d in derivatives or []]
@@ -88,7 +88,7 @@ def collect_inputs(bids_dir, derivatives=None, participant_label=None, session_l
     except BIDSValidationError as exc:
         raise InputError(f"not a valid BIDS dataset ({exc})", path=bids_dir, exit_code=16,
                          fix="add dataset_description.json or pass --skip-bids-validation") from exc
-    ders = _derivative_layouts(bids_dir, derivatives)
+    ders = derivative_layouts(bids_dir, derivatives)
     explicit = [(r, lay) for r, lay in ders if str(r) in map(str, derivatives or [])]
     filters = dict(filters or {})
     subjects = raw.get_subjects() or []

@@ -294,7 +294,7 @@ def _run_group(args) -> int:
     participants = read_participants(args.bids_dir)
     status = read_status(args.output_dir)
     expected = sorted(wanted or set(participants) or {p.name[4:] for p in args.bids_dir.glob("sub-*") if p.is_dir()})
-    failures = group_failures(args.output_dir, status, set(pairs), expected)
+    failures = group_failures(status, set(pairs), expected)
     entries = []
     for sub, ses in pairs:
         try:
@@ -319,10 +319,9 @@ def _run_group(args) -> int:
                                       "crashdump_dir": str(work / "crash")}, "monitoring": {"enabled": False}})
     wf = init_group_wf(entries, args.output_dir, work, failures, participants, args.group_column, args.seed)
     plugin, plugin_args = _plugin(args)
-    wf.run(plugin=plugin, plugin_args=plugin_args)
+    graph = wf.run(plugin=plugin, plugin_args=plugin_args)
     report = args.output_dir / "group.html"
-    from nipype.utils.filemanip import loadpkl
-    res = loadpkl(next((work / wf.name / "group_report").glob("result_*.pklz")))
+    res = next(n for n in graph.nodes() if n.name == "group_report").result
     all_failures = res.outputs.failures
     for f in all_failures:
         print(f"dmrimc-bids: {f['label']}: {f['stage']}: {f['message']}", file=sys.stderr)

@@ -54,10 +54,10 @@ def find_rois(bids_dir, derivatives, subject: str, session: str | None) -> list[
     """ROI specs of a subject/session in the derivative folders: desc-<label>_mask and dseg (+ TSV)."""
     from bids.layout import Query
 
-    from ..bids.layout import _derivative_layouts
+    from ..bids.layout import derivative_layouts
 
     specs = []
-    for _, lay in _derivative_layouts(Path(bids_dir), derivatives):
+    for _, lay in derivative_layouts(Path(bids_dir), derivatives):
         for ses in ([session, Query.NONE] if session else [Query.NONE]):
             masks = lay.get(subject=subject, session=ses, suffix="mask", extension=[".nii", ".nii.gz"],
                             return_type="object")
@@ -103,7 +103,7 @@ def init_group_wf(entries: list[tuple], out_dir, work_dir, failures: list[dict],
     return wf
 
 
-def group_failures(out_dir, status: dict, processed: set, expected: list[str]) -> list[dict]:
+def group_failures(status: dict, processed: set, expected: list[str]) -> list[dict]:
     """Failures to report: the latest status 'failed' of each subject/session, and requested subjects
     without any participant-level output or status."""
     failures = []
