@@ -9,6 +9,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 from .. import __version__
 
 BIDS_VERSION = "1.10.0"
@@ -83,6 +85,13 @@ def find_maps(out_dir, subject: str, session: str | None) -> dict:
         if m:
             out.setdefault(m["model"], {})[(m["param"], m["desc"])] = f
     return out
+
+
+def read_map(path):
+    """(float32 data, nibabel image) of a derivative map or ROI image."""
+    import nibabel as nib
+    img = nib.load(str(path))
+    return np.asarray(img.dataobj, dtype=np.float32), img
 
 
 def find_sessions(out_dir) -> list[tuple[str, str | None]]:

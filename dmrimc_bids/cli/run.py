@@ -431,6 +431,7 @@ def _partial_reports(items, broken: dict, opts, wf_dir: Path) -> None:
     import json
 
     from ..reports.subject import render_subject
+    from ..workflows.participant import subject_wf_name
     by_subject: dict = {}
     for item in items:
         by_subject.setdefault(item.subject, []).append(item)
@@ -439,8 +440,7 @@ def _partial_reports(items, broken: dict, opts, wf_dir: Path) -> None:
             continue
         frags = []
         for i in its:
-            node = f"single_subject_{i.subject}" + (f"_ses_{i.session}" if i.session else "") + "_wf"
-            frag = wf_dir / node / "session_report" / "fragment.json"
+            frag = wf_dir / subject_wf_name(i) / "session_report" / "fragment.json"
             if id(i) in broken or not frag.is_file():
                 frags.append({"session": i.session or "", "title": f"ses-{i.session}" if i.session else i.label,
                               "n_volumes": 0, "n_mask": 0, "shells": [], "models": [],
@@ -451,7 +451,8 @@ def _partial_reports(items, broken: dict, opts, wf_dir: Path) -> None:
 
 
 def _crash_reason(crash_files, item, tag=None) -> str:
-    tag = tag or f"single_subject_{item.subject}" + (f"_ses_{item.session}" if item.session else "") + "_wf"
+    from ..workflows.participant import subject_wf_name
+    tag = tag or subject_wf_name(item)
     for f in crash_files:
         text = f.read_text(errors="replace")
         if tag in text or tag in f.name:

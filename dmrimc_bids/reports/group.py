@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bids.derivatives import atomic_write_bytes, atomic_write_json, find_maps
+from ..bids.derivatives import atomic_write_bytes, atomic_write_json, find_maps, read_map
 from ..core.dictionary import PARAM_DESCRIPTIONS
 from ..core.errors import EX_DATAERR, InputError
 from ..core.roistats import (OUTLIER_MIN_N, OUTLIER_Z, STATISTICS, label_rois, robust_z, roi_statistics, sample_rows,
@@ -25,12 +25,6 @@ STAT_DESCRIPTIONS = {"mean": "mean", "sd": "standard deviation (ddof 1)", "media
                      "n": "number of voxels with a finite value"}
 
 
-def _load(path):
-    import nibabel as nib
-    img = nib.load(str(path))
-    return np.asarray(img.dataobj, dtype=np.float32), img
-
-
 def read_label_names(tsv) -> dict:
     """{index: name} from a BIDS dseg TSV (columns index, name)."""
     with open(tsv, newline="") as fh:
@@ -43,7 +37,7 @@ def read_label_names(tsv) -> dict:
 
 def _rois_of(spec: dict, ref_img) -> dict:
     """{label: boolean ROI} of one ROI source on the maps' grid (an error names the file)."""
-    data, img = _load(spec["file"])
+    data, img = read_map(spec["file"])
     data = data.reshape(data.shape[:3]) if data.ndim > 3 and all(s == 1 for s in data.shape[3:]) else data
     if data.shape[:3] != ref_img.shape[:3] or not np.allclose(img.affine, ref_img.affine, atol=1e-3):
         if spec.get("kind") == "atlas":
@@ -74,7 +68,7 @@ def session_statistics(out_dir, subject: str, session: str | None, roi_specs: li
     for model, files in sorted(maps.items()):
         params = sorted(p for (p, d) in files if d is None and p not in SKIP_PARAMS)
         for p in params:
-            vol, img = _load(files[(p, None)])
+            vol, img = read_map(files[(p, None)])
             ref_img = ref_img or img
             values[(model, p)] = vol
             side = Path(str(files[(p, None)]).replace(".nii.gz", ".json"))
@@ -83,7 +77,7 @@ def session_statistics(out_dir, subject: str, session: str | None, roi_specs: li
             except (OSError, json.JSONDecodeError):
                 out["units"][f"{model}:{p}"] = ""
         if ("exitcode", None) in files:
-            fit_rois[model] = _load(files[("exitcode", None)])[0] == 1
+            fit_rois[model] = read_map(files[("exitcode", None)])[0] == 1
         else:
             fit_rois[model] = np.isfinite(values[(model, params[0])]) if params else None
     extra = {}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bids.derivatives import MODEL_INFO, atomic_write_bytes, find_maps
+from ..bids.derivatives import MODEL_INFO, atomic_write_bytes, find_maps, read_map
 from . import figures
 from .citations import methods_markdown, methods_paragraphs, references
 
@@ -31,8 +31,7 @@ def _sidecar(nii: Path) -> dict:
 
 
 def _load(path) -> np.ndarray:
-    import nibabel as nib
-    return np.asarray(nib.load(str(path)).dataobj, dtype=np.float32)
+    return read_map(path)[0]
 
 
 def _shell_rows(table) -> list[dict]:

@@ -216,7 +216,7 @@ def init_participant_wf(items: list[SessionInputs], opts: Options, work_dir, nam
     return wf
 
 
-def init_vascular_wf(item: SessionInputs, opts: Options, wf, read, mask, sph, norm, report=None):
+def init_vascular_wf(item: SessionInputs, opts: Options, wf, read, mask, sph, norm, report=None, mem_gb=2.0):
     """Vascular branch: segmented IVIM -> flow dictionary (simulated for the vascular measurements, or
     the user's, matched) -> dictionary fit of S_V/S_V(0) -> model-ivim and model-spinflowsim maps."""
     from ..interfaces.fitting import FitIVIM
@@ -237,7 +237,7 @@ def init_vascular_wf(item: SessionInputs, opts: Options, wf, read, mask, sph, no
                                 noise_model=opts.noise_model, device=opts.device, n_threads=opts.omp_nthreads,
                                 chunk_size=opts.chunk_size, estimator=opts.flow_estimator),
                   name="fit_spinflowsim", n_procs=opts.omp_nthreads,
-                  mem_gb=fit_memory_gb(item, opts, len(session_protocol(item, opts)[1])))
+                  mem_gb=mem_gb)
     write_flow = pe.Node(WriteDerivatives(out_dir=out_dir, subject=item.subject, session=item.session or "",
                                           model="spinflowsim", parameters=opts.flow_parameters(), sources=sources,
                                           dropped=[]),
@@ -273,13 +273,19 @@ def init_vascular_wf(item: SessionInputs, opts: Options, wf, read, mask, sph, no
     return wf
 
 
+def subject_wf_name(item: SessionInputs) -> str:
+    """Name of a subject/session's sub-workflow (its folder in the work dir; crash files carry it)."""
+    return f"single_subject_{item.subject}" + (f"_ses_{item.session}" if item.session else "") + "_wf"
+
+
 def init_single_subject_wf(item: SessionInputs, opts: Options, warnings: list | None = None) -> pe.Workflow:
     """Nodes for one subject/session: tissue branch, vascular branch when the protocol allows, and the
     session's report fragment."""
     from ..interfaces.reports import SessionReport
-    mem_gb = fit_memory_gb(item, opts, len(session_protocol(item, opts)[1]))
+    shells = session_protocol(item, opts)[1]
+    mem_gb = fit_memory_gb(item, opts, len(shells))
 
-    wf = pe.Workflow(name=f"single_subject_{item.subject}" + (f"_ses_{item.session}" if item.session else "") + "_wf")
+    wf = pe.Workflow(name=subject_wf_name(item))
     n = len(item.dwi_files)
     read = pe.Node(ReadProtocol(dwi_files=item.dwi_files, bval_files=item.bval_files,
                                 bvec_files=item.bvec_files or [""] * n, sidecar_files=item.sidecar_files or [""] * n,
@@ -346,6 +352,6 @@ def init_single_subject_wf(item: SessionInputs, opts: Options, warnings: list | 
                 (norm, report, [("out_file", "norm_file")]),
                 (fit, report, [("examples_file", "tissue_examples")]),
                 (write, report, [("out_files", "written_tissue")])])
-    if has_vascular_branch(item, opts):
-        init_vascular_wf(item, opts, wf, read, mask, sph, norm, report)
+    if has_vascular_branch(item, opts, shells):
+        init_vascular_wf(item, opts, wf, read, mask, sph, norm, report, mem_gb)
     return wf
