@@ -37,3 +37,26 @@ def histo_loo_or_skip():
     if not (HISTO_LOO / "npy_files").is_dir():
         pytest.skip(f"reference data not found at {HISTO_LOO} (shared/ is not part of the package)")
     return HISTO_LOO
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory):
+    """A single-node SLURM cluster started for the tests (root, Debian slurm-wlm + munge); skipped where it
+    cannot run, unless DMRIMC_REQUIRE_SLURM=1 (CI installs it, so there the tests must run)."""
+    import os
+
+    from .slurm_cluster import Cluster, missing
+    why = missing()
+    if why:
+        if os.environ.get("DMRIMC_REQUIRE_SLURM") == "1":
+            pytest.fail(f"DMRIMC_REQUIRE_SLURM=1 but {why}")
+        pytest.skip(why)
+    cluster = Cluster(tmp_path_factory.mktemp("slurm")).start()
+    old = os.environ.get("SLURM_CONF")
+    os.environ.update(cluster.env)
+    yield cluster
+    cluster.stop()
+    if old is None:
+        os.environ.pop("SLURM_CONF", None)
+    else:
+        os.environ["SLURM_CONF"] = old

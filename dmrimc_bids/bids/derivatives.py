@@ -176,6 +176,10 @@ def write_dataset_description(out_dir, bids_dir, seed=None, command=None) -> Non
                            + (f"; seed {seed}" if seed is not None else "")
                            + (f"; command: {command}" if command else ""),
             "CodeURL": "https://pypi.org/project/dmrimc-bids/"}
+    container = {k: os.environ[v] for k, v in (("Type", "DMRIMC_CONTAINER_TYPE"), ("Tag", "DMRIMC_CONTAINER_TAG"))
+                 if os.environ.get(v)}  # set in the Docker and Apptainer images
+    if "Type" in container:
+        ours["Container"] = container
     generated = [ours]
     src_desc = Path(bids_dir) / "dataset_description.json"
     name = "dmrimc-bids derivatives"

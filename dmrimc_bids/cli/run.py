@@ -17,7 +17,6 @@ from .. import __version__  # noqa: E402
 from ..core.errors import EX_USAGE, InputError  # noqa: E402
 
 LOG = logging.getLogger("dmrimc-bids")
-LOCAL_POLL_S = 0.05  # Nipype scheduler poll interval for MultiProc [s]
 
 
 def _pair(text: str, what: str):
@@ -145,7 +144,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "noise map use least squares")
     e = p.add_argument_group("execution")
     e.add_argument("-w", "--work-dir", type=Path, help="Nipype work dir; reruns reuse finished nodes")
-    e.add_argument("--nprocs", "--nthreads", "--n-cpus", type=int, default=1)
+    e.add_argument("--nprocs", "--nthreads", "--n-cpus", type=int, default=1,
+                   help="processes on this machine (MultiProc); 1: Linear")
+    e.add_argument("--plugin", metavar="NAME",
+                   help="Nipype execution plugin: Linear, MultiProc, or a cluster's (SLURM, SLURMGraph, SGE, "
+                        "SGEGraph, PBS, PBSGraph, LSF, Condor, CondorDAGMan, OAR); cluster plugins need -w on a "
+                        "shared file system (docs/cluster.md)")
+    e.add_argument("--plugin-args", metavar="JSON",
+                   help="""the plugin's arguments, a JSON object or file, e.g. '{"sbatch_args": "-p short"}'""")
     e.add_argument("--omp-nthreads", type=int, default=1, help="threads per fitting process")
     e.add_argument("--seed", "--random-seed", type=int, default=0, help="recorded in sidecars")
     e.add_argument("--chunk-size", type=int, default=10000, help="voxels per fitting batch (memory)")
@@ -184,6 +190,7 @@ def _run(args) -> int:
                                ("--surrogate-neighbours", args.surrogate_neighbours, 2)):
         if value < least:
             raise InputError(f"{flag} {value}", exit_code=EX_USAGE, fix=f"give {flag} >= {least}")
+    _execution(args)  # an unknown --plugin or bad --plugin-args fails here, before any output
     if args.analysis_level == "group":
         return _run_group(args)
     if args.device == "gpu":
@@ -252,14 +259,22 @@ def _run(args) -> int:
         warnings[item.label] = summary["warnings"]
         vascular |= bool(summary["vascular"])
         ok.append(item)
+    submitted = False
     if ok:
-        failed += _execute(ok, opts, args, warnings)
+        result = _execute(ok, opts, args, warnings)
+        submitted = result is None
+        failed += result or []
     from ..bids.derivatives import write_dataset_description, write_status
     if len(failed) < len(items):
         from ..reports.subject import write_citation
         write_dataset_description(args.output_dir, args.bids_dir, opts.seed, " ".join(sys.argv))
         write_citation(args.output_dir, ["histousim"] + (["ivim", "spinflowsim"] if vascular else []),
                        opts.report_options())
+    if submitted:
+        print(f"dmrimc-bids: submitted {len(ok)} subject/session(s) to {args.plugin} (work dir {args.work_dir}); "
+              "maps and reports appear as the jobs finish. To collect the status, rerun the same command with "
+              "--plugin Linear once they have: finished nodes are reused", file=sys.stderr)
+        return 1 if failed else 0
     bad = {id(f[0]): f for f in failed}
     rows = [{"participant_id": f"sub-{i.subject}", "session_id": f"ses-{i.session}" if i.session else "n/a",
              "status": "failed" if id(i) in bad else "finished",
@@ -313,13 +328,16 @@ def _run_group(args) -> int:
         raise InputError(f"--group-column {args.group_column}: not a participants.tsv column",
                          path=args.bids_dir / "participants.tsv", exit_code=EX_USAGE,
                          fix=f"choose among {', '.join(sorted({k for p in participants.values() for k in p}))}")
+    from ..workflows import execution
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="dmrimc_group_")).resolve()
-    from nipype import config as ncfg
-    ncfg.update_config({"execution": {"poll_sleep_duration": LOCAL_POLL_S, "crashfile_format": "txt",
-                                      "crashdump_dir": str(work / "crash")}, "monitoring": {"enabled": False}})
+    run_with = _execution(args)
+    execution.configure(run_with, work)
     wf = init_group_wf(entries, args.output_dir, work, failures, participants, args.group_column, args.seed)
-    plugin, plugin_args = _plugin(args)
-    graph = wf.run(plugin=plugin, plugin_args=plugin_args)
+    graph = execution.run(wf, run_with)
+    if graph is None:
+        print(f"dmrimc-bids: submitted the group graph to {run_with.plugin} (work dir {work}); group.html appears "
+              "when its jobs finish", file=sys.stderr)
+        return 0
     report = args.output_dir / "group.html"
     res = next(n for n in graph.nodes() if n.name == "group_report").result
     all_failures = res.outputs.failures
@@ -330,15 +348,11 @@ def _run_group(args) -> int:
     return 1 if all_failures else 0
 
 
-def _plugin(args):
-    """Nipype plugin and its arguments from --nprocs/--mem."""
-    if args.nprocs == 1:
-        return "Linear", {}
-    # forkserver: workers never inherit numba's thread pool from a parent that already ran kernels
-    plugin_args = {"n_procs": args.nprocs, "raise_insufficient": False, "mp_context": "forkserver"}
-    if getattr(args, "mem_gb", None):
-        plugin_args["memory_gb"] = args.mem_gb
-    return "MultiProc", plugin_args
+def _execution(args):
+    """The Nipype plugin of --plugin/--plugin-args/--nprocs/--mem (workflows/execution.py)."""
+    from ..workflows import execution
+    return execution.choose(args.plugin, execution.parse_plugin_args(args.plugin_args), args.nprocs,
+                            args.mem_gb, args.work_dir)
 
 
 def _simulation_options(args, opts) -> None:
@@ -369,13 +383,15 @@ def _simulation_options(args, opts) -> None:
 
 
 def _execute(items, opts, args, warnings=None) -> list:
-    """Run the graph; return [(item, exit code, stage, message)] of the subjects whose outputs are missing."""
-    from nipype import config as ncfg
+    """Run the graph; return [(item, exit code, stage, message)] of the subjects whose outputs are missing,
+    or None when a graph plugin only submitted it."""
     from nipype import logging as nlogging
 
     from ..bids.derivatives import map_path
+    from ..workflows import execution
     from ..workflows.participant import init_participant_wf
 
+    run_with = _execution(args)
     tmp_work = None
     work = args.work_dir
     if work is None:
@@ -383,22 +399,17 @@ def _execute(items, opts, args, warnings=None) -> list:
         work = tmp_work
     work = Path(work).resolve()
     crash_dir = work / "crash"
-    ncfg.update_config({"execution": {"crashdump_dir": str(crash_dir), "crashfile_format": "txt",
-                                      "stop_on_first_crash": False, "remove_unnecessary_outputs": False,
-                                      # the scheduler submits one level of the graph per poll: Nipype's
-                                      # default 2 s would dominate a demo-sized run (local plugins only)
-                                      "poll_sleep_duration": LOCAL_POLL_S},
-                        "monitoring": {"enabled": False}})
+    execution.configure(run_with, work)
     for name in ("nipype.workflow", "nipype.interface", "nipype.utils"):
         nlogging.getLogger(name).setLevel(logging.INFO if args.verbose > 1 else logging.WARNING)
     if not opts.sim_cache_dir:
         opts.sim_cache_dir = str(work / "dictionary_cache")
     wf = init_participant_wf(items, opts, work, warnings=warnings)
-    plugin, plugin_args = _plugin(args)
     before = set(crash_dir.glob("crash-*.txt")) if crash_dir.is_dir() else set()
     t0, started = time.perf_counter(), time.time() - 1.0  # 1 s of slack for coarse file-system clocks
     try:
-        wf.run(plugin=plugin, plugin_args=plugin_args)
+        if execution.run(wf, run_with) is None:
+            return None
     except RuntimeError as exc:  # some node failed; we find out which subjects below
         LOG.debug("workflow: %s", exc)
     LOG.info("workflow finished in %.1f s", time.perf_counter() - t0)

@@ -11,7 +11,6 @@ The Monte Carlo jobs run as a Nipype graph (workflows/simulation.py): ``--nprocs
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import shutil
 import sys
@@ -57,13 +56,22 @@ def _common(p):
     p.add_argument("--grid-um", type=_positive(float), default=1.0, help="membrane look-up grid [µm] (1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=("cpu", "gpu", "auto"), default="auto")
-    p.add_argument("--nprocs", type=_positive(int), default=1, help="parallel jobs (MultiProc)")
-    p.add_argument("--plugin", default=None, help="Nipype plugin (e.g. SLURM, SGE); default Linear/MultiProc")
-    p.add_argument("--plugin-args", type=json.loads, default=None, help="plugin arguments as JSON")
+    _execution_flags(p)
     p.add_argument("--configs-per-job", type=int, default=0, help="configurations per job (0: one job per substrate)")
     p.add_argument("-w", "--work-dir", type=Path, default=None, help="Nipype work dir (kept; reruns reuse it)")
     p.add_argument("--plot", action="store_true", help="write <out>.png: substrate(s) and example signals")
     p.add_argument("-v", "--verbose", action="count", default=0)
+
+
+def _execution_flags(p):
+    p.add_argument("--nprocs", type=_positive(int), default=1, help="parallel jobs on this machine (MultiProc)")
+    p.add_argument("--plugin", default=None, metavar="NAME",
+                   help="Nipype plugin: Linear, MultiProc or a cluster's (SLURM, SLURMGraph, SGE, PBS, ...); "
+                        "cluster plugins need -w on a shared file system (docs/cluster.md)")
+    p.add_argument("--plugin-args", default=None, metavar="JSON", help="the plugin's arguments: JSON object or file")
+    p.add_argument("--threads-per-job", type=int, default=None, metavar="N",
+                   help="numba threads per simulation job, requested from the scheduler (default: all cores "
+                        "with one local process, else 1)")
 
 
 def build_parser():
@@ -104,9 +112,7 @@ def build_parser():
                    help="add anb_published: ANB by the published (time-step artefact) rule, for comparisons")
     f.add_argument("--realisations-per-job", type=_positive(int), default=100)
     f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--nprocs", type=_positive(int), default=1, help="parallel jobs (MultiProc)")
-    f.add_argument("--plugin", default=None, help="Nipype plugin (e.g. SLURM, SGE); default Linear/MultiProc")
-    f.add_argument("--plugin-args", type=json.loads, default=None, help="plugin arguments as JSON")
+    _execution_flags(f)
     f.add_argument("-w", "--work-dir", type=Path, default=None, help="Nipype work dir (kept; reruns reuse it)")
     f.add_argument("--plot", action="store_true", help="write <out>.png: a network's velocities and example signals")
     f.add_argument("--out", type=Path, required=True, help="dictionary .npz (its .json beside it)")
@@ -154,8 +160,10 @@ def _run_flow(args) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     wf_builder = lambda work: init_flow_simulation_wf(  # noqa: E731
         nets, prot, out, work, n_spins=args.spins, seed=args.seed, per_job=args.realisations_per_job,
-        backend=args.backend, published_anb=args.published_anb)
+        backend=args.backend, published_anb=args.published_anb, n_threads=threads_per_job(args))
     dic = run_workflow(wf_builder, out, args)
+    if dic is None:
+        return _submitted(args, out)
     if args.plot:
         from ..reports.simulation import plot_flow
         plot_flow(solve_flow(nets[0]), dic, out.with_suffix(".png"))
@@ -163,7 +171,14 @@ def _run_flow(args) -> int:
     return 0
 
 
+def _submitted(args, out) -> int:
+    print(f"dmrimc-sim: submitted the simulation jobs to {args.plugin} (work dir {args.work_dir}); "
+          f"{out.with_suffix('.npz')} appears when the last one finishes", file=sys.stderr)
+    return 0
+
+
 def _run(args) -> int:
+    threads_per_job(args)  # an unknown --plugin or bad --plugin-args/--threads-per-job fails here
     if args.command == "flow":
         return _run_flow(args)
     from ..core.simulate.histo import DEFAULT_SUBSTRATES, load_substrate
@@ -194,6 +209,8 @@ def _run(args) -> int:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     dic = run_histo_workflow(specs, prot, d0in, d0ex, kappa, out, args, device, area)
+    if dic is None:
+        return _submitted(args, out)
     if args.command == "default-dictionary":
         from ..core.dictionary_default import finalise_default
         finalise_default(dic, out)
@@ -208,41 +225,50 @@ def run_histo_workflow(specs, prot, d0in, d0ex, kappa, out, args, device, area):
     """Build and run the Monte Carlo graph; returns the Dictionary written to ``out``."""
     from ..workflows.simulation import init_histo_simulation_wf
 
-    n_threads = 0 if args.nprocs == 1 else 1
     return run_workflow(lambda work: init_histo_simulation_wf(
         specs, prot, d0in, d0ex, kappa, out, work, n_walkers=args.walkers, dt_ms=args.dt_ms, seed=args.seed,
         configs_per_job=args.configs_per_job, device=device, grid_um=args.grid_um, area=area,
-        n_threads=n_threads), out, args)
+        n_threads=threads_per_job(args)), out, args)
+
+
+def _execution(args):
+    from ..workflows import execution
+    return execution.choose(args.plugin, execution.parse_plugin_args(args.plugin_args), args.nprocs,
+                            work_dir=args.work_dir)
+
+
+def threads_per_job(args) -> int:
+    """numba threads of each simulation job: --threads-per-job, else all cores (0) for one local process."""
+    if args.threads_per_job is not None:
+        if args.threads_per_job < 1:
+            raise InputError(f"--threads-per-job {args.threads_per_job}", exit_code=EX_USAGE,
+                             fix="give --threads-per-job >= 1")
+        return args.threads_per_job
+    return 0 if _execution(args).plugin == "Linear" else 1
 
 
 def run_workflow(build, out, args):
-    """Run the graph build(work_dir) with the chosen plugin; returns the Dictionary written to ``out``."""
-    from nipype import config as ncfg
+    """Run the graph build(work_dir) with the chosen plugin; returns the Dictionary written to ``out``,
+    or None when a graph plugin (SLURMGraph, ...) only submitted the jobs."""
     from nipype import logging as nlogging
 
     from ..core.dictionary import Dictionary
+    from ..workflows import execution
 
+    run_with = _execution(args)
     tmp = None
     work = args.work_dir
     if work is None:
         tmp = work = Path(tempfile.mkdtemp(prefix="dmrimc_sim_"))
     work = Path(work).resolve()
-    ncfg.update_config({"execution": {"crashdump_dir": str(work / "crash"), "crashfile_format": "txt"},
-                        "monitoring": {"enabled": False}})
+    execution.configure(run_with, work)
     for name in ("nipype.workflow", "nipype.interface", "nipype.utils"):
         nlogging.getLogger(name).setLevel(logging.INFO if args.verbose > 1 else logging.WARNING)
     wf = build(work)
-    if args.plugin:
-        plugin, plugin_args = args.plugin, dict(args.plugin_args or {})
-    elif args.nprocs > 1:
-        # forkserver: workers never inherit numba's thread pool from a parent that already ran kernels
-        plugin, plugin_args = "MultiProc", {"n_procs": args.nprocs, "raise_insufficient": False,
-                                            "mp_context": "forkserver"}
-    else:
-        plugin, plugin_args = "Linear", {}
     t0 = time.perf_counter()
     try:
-        wf.run(plugin=plugin, plugin_args=plugin_args)
+        if execution.run(wf, run_with) is None:
+            return None
     except RuntimeError as exc:
         crashes = sorted((work / "crash").glob("crash-*.txt"))
         raise InputError(f"simulation failed ({exc})", fix=f"see {crashes[-1] if crashes else work}",

@@ -191,6 +191,7 @@ class _FlowSimIn(BaseInterfaceInputSpec):
     seed = traits.Int(0, usedefault=True)
     backend = traits.Enum("scipy", "spice", usedefault=True, desc="flow solver")
     published_anb = traits.Bool(False, usedefault=True, desc="add the published ANB rule as anb_published")
+    n_threads = traits.Int(0, usedefault=True, desc="numba threads (0: all)")
 
 
 class SimulateFlow(SimpleInterface):
@@ -200,11 +201,15 @@ class SimulateFlow(SimpleInterface):
     output_spec = _SimOut
 
     def _run_interface(self, runtime):
+        import numba
+
         from ..core.simulate.flow.dictionary import simulate_realisations
         from ..core.simulate.flow.network import from_json
         from ..core.waveforms import protocol_from_json
 
         i = self.inputs
+        if i.n_threads > 0:
+            numba.set_num_threads(min(i.n_threads, numba.config.NUMBA_NUM_THREADS))
         prot = protocol_from_json(json.loads(open(i.protocol_file).read()))
         nets = [from_json(r) for r in i.realisations]
         sig, par = simulate_realisations(nets, prot, n_spins=i.n_spins, seed=i.seed, offset=i.offset,

@@ -27,6 +27,12 @@ def protocol_file(work_dir: Path, name: str, protocol) -> Path:
     return path
 
 
+def job_processors(n_threads: int) -> int:
+    """Processors a simulation job uses: n_threads, or every core for 0 ("all numba threads")."""
+    import numba
+    return n_threads if n_threads > 0 else numba.config.NUMBA_NUM_THREADS
+
+
 def histo_jobs(substrates: list, configs: np.ndarray, configs_per_job: int = 0) -> list:
     """[(substrate spec, substrate index, configs chunk, offset of the chunk)]; configs_per_job 0 = all of
     a substrate's configurations in one job."""
@@ -50,7 +56,7 @@ def init_histo_simulation_wf(substrates: list, protocol, d0in, d0ex, kappa, out_
     sim = pe.MapNode(SimulateHisto(protocol_file=str(prot_file), n_walkers=n_walkers, dt_ms=dt_ms, seed=seed,
                                    device=device, grid_um=grid_um, area=area, n_threads=n_threads),
                      iterfield=["substrate", "substrate_index", "configs", "config_offset"], name="simulate",
-                     mem_gb=2.0)
+                     mem_gb=2.0, n_procs=job_processors(n_threads))
     sim.inputs.substrate = [j[0] for j in jobs]
     sim.inputs.substrate_index = [j[1] for j in jobs]
     sim.inputs.configs = [j[2] for j in jobs]
@@ -63,7 +69,7 @@ def init_histo_simulation_wf(substrates: list, protocol, d0in, d0ex, kappa, out_
 
 def init_flow_simulation_wf(networks: list, protocol, out_file, work_dir, *, n_spins: int = 2000, seed: int = 0,
                             per_job: int = 100, backend: str = "scipy", published_anb: bool = False,
-                            name: str = "flow_simulation_wf"):
+                            n_threads: int = 1, name: str = "flow_simulation_wf"):
     """Workflow: SimulateFlow over chunks of network realisations -> AssembleFlowDictionary."""
     from ..interfaces.simulation import AssembleFlowDictionary, SimulateFlow
 
@@ -74,8 +80,9 @@ def init_flow_simulation_wf(networks: list, protocol, out_file, work_dir, *, n_s
     chunks = [(specs[lo:lo + per], lo) for lo in range(0, len(specs), per)]
     wf = pe.Workflow(name=name, base_dir=str(work_dir))
     sim = pe.MapNode(SimulateFlow(protocol_file=str(prot_file), n_spins=n_spins, seed=seed, backend=backend,
-                                  published_anb=published_anb),
-                     iterfield=["realisations", "offset"], name="simulate", mem_gb=1.0)
+                                  published_anb=published_anb, n_threads=n_threads),
+                     iterfield=["realisations", "offset"], name="simulate", mem_gb=1.0,
+                     n_procs=job_processors(n_threads))
     sim.inputs.realisations = [c[0] for c in chunks]
     sim.inputs.offset = [c[1] for c in chunks]
     asm = pe.Node(AssembleFlowDictionary(protocol_file=str(prot_file), realisations=specs, n_spins=n_spins,

@@ -1,0 +1,165 @@
+"""How a graph runs: one of Nipype's execution plugins, on this machine or through a cluster's scheduler.
+
+We never schedule anything ourselves. This module picks the plugin from the command line (``--plugin``,
+``--plugin-args``, ``--nprocs``, ``--mem``), sets Nipype's execution options for it, and turns every
+node's declared needs (``mem_gb``, ``n_procs``) into scheduler requests where Nipype leaves that to us
+(SLURM: ``--mem`` and ``--cpus-per-task`` per job), so the scheduler packs jobs as the nodes need.
+
+Plugin kinds:
+
+* local (Linear, MultiProc, LegacyMultiProc): nodes run on this machine; MultiProc schedules them within
+  ``n_procs`` processors and ``memory_gb``;
+* batch (SLURM, SGE, PBS, LSF, Condor, OAR): each node is one job; this process waits for them;
+* graph (SLURMGraph, SGEGraph, PBSGraph, CondorDAGMan): the whole graph is submitted at once with job
+  dependencies and this process returns at once; a later run with the same work dir collects the results.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import math
+import os
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..core.errors import EX_USAGE, InputError
+
+LOCAL_PLUGINS = ("Linear", "MultiProc", "LegacyMultiProc")
+BATCH_PLUGINS = ("SLURM", "SGE", "PBS", "LSF", "Condor", "OAR")
+GRAPH_PLUGINS = ("SLURMGraph", "SGEGraph", "PBSGraph", "CondorDAGMan")
+PLUGINS = LOCAL_PLUGINS + BATCH_PLUGINS + GRAPH_PLUGINS
+
+#: Scheduler poll interval [s]. The scheduler submits one level of the graph per poll, so Nipype's 2 s
+#: default would dominate a demo-sized local run; on a cluster every poll queries the scheduler per job.
+LOCAL_POLL_S = 0.05
+CLUSTER_POLL_S = 2.0
+
+
+@dataclass
+class Execution:
+    """A chosen plugin, its arguments and the Nipype config that goes with it."""
+    plugin: str
+    plugin_args: dict = field(default_factory=dict)
+
+    @property
+    def local(self) -> bool:
+        return self.plugin in LOCAL_PLUGINS
+
+    @property
+    def submits_graph(self) -> bool:
+        """True when ``run`` returns as soon as the jobs are submitted (the results come later)."""
+        return self.plugin in GRAPH_PLUGINS
+
+    @property
+    def poll_s(self) -> float:
+        return LOCAL_POLL_S if self.local else CLUSTER_POLL_S
+
+
+def parse_plugin_args(text: str | None) -> dict:
+    """``--plugin-args``: a JSON object, inline or in a file."""
+    if not text:
+        return {}
+    source = Path(text)
+    try:
+        value = json.loads(source.read_text() if source.is_file() else text)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"--plugin-args {text!r} is neither a JSON object nor a readable JSON file ({exc})",
+                         exit_code=EX_USAGE,
+                         fix="""give e.g. --plugin-args '{"sbatch_args": "--partition=short --time=02:00:00"}'""")
+    if not isinstance(value, dict):
+        raise InputError(f"--plugin-args {text!r} is not a JSON object", exit_code=EX_USAGE,
+                         fix="""give e.g. --plugin-args '{"sbatch_args": "--partition=short"}'""")
+    return value
+
+
+def choose(plugin: str | None, plugin_args: dict | None, nprocs: int = 1, mem_gb: float | None = None,
+           work_dir=None) -> Execution:
+    """The plugin for ``--plugin``/``--plugin-args``/``--nprocs``/``--mem`` (names are case-insensitive).
+
+    Without ``--plugin``: Linear for one process, MultiProc otherwise. A cluster plugin needs a work dir
+    the compute nodes can read (``-w`` on a shared file system): the jobs run from it.
+    """
+    args = dict(plugin_args or {})
+    if plugin is None:
+        plugin = "MultiProc" if nprocs > 1 else "Linear"
+    canonical = {p.lower(): p for p in PLUGINS}
+    name = canonical.get(plugin.lower())
+    if name is None:
+        raise InputError(f"--plugin {plugin}: not a Nipype execution plugin we support", exit_code=EX_USAGE,
+                         fix=f"choose among {', '.join(PLUGINS)}")
+    if name in ("MultiProc", "LegacyMultiProc"):
+        # forkserver: workers never inherit numba's thread pool from a parent that already ran kernels
+        defaults = {"n_procs": nprocs, "raise_insufficient": False}
+        if name == "MultiProc":
+            defaults["mp_context"] = "forkserver"
+        if mem_gb:
+            defaults["memory_gb"] = mem_gb
+        args = {**defaults, **args}
+    if name in GRAPH_PLUGINS and name != "CondorDAGMan":
+        # a resubmission skips the nodes already finished in the work dir, as local reruns do (and
+        # Nipype's SLURMGraph needs the key: without plugin_args it fails on the missing attribute)
+        args = {"dont_resubmit_completed_jobs": True, **args}
+    if name not in LOCAL_PLUGINS and work_dir is None:
+        raise InputError(f"--plugin {name} runs each node as a job from the work dir, and none was given",
+                         exit_code=EX_USAGE,
+                         fix="give -w/--work-dir on a file system the compute nodes share (not /tmp)")
+    return Execution(name, args)
+
+
+def configure(execution: Execution, work_dir: Path) -> None:
+    """Nipype's execution config for this plugin (crash files as text in ``work_dir/crash``)."""
+    from nipype import config as ncfg
+    ncfg.update_config({"execution": {"crashdump_dir": str(Path(work_dir) / "crash"), "crashfile_format": "txt",
+                                      "stop_on_first_crash": False, "remove_unnecessary_outputs": False,
+                                      "poll_sleep_duration": execution.poll_s},
+                        "monitoring": {"enabled": False}})
+    if not execution.local:
+        # Nipype's batch plugins name jobs after $LOGNAME, which containers and cron jobs often lack
+        os.environ.setdefault("LOGNAME", _user())
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "dmrimc"
+
+
+def scheduler_request(plugin: str, mem_gb: float, n_procs: int, user_args: str = "") -> dict:
+    """Node-level plugin_args asking the scheduler for what the node declares.
+
+    SLURM and SLURMGraph: ``--mem=<MB>M --cpus-per-task=<n>``, each unless the user's ``sbatch_args``
+    already set it. Other schedulers have no portable spelling (SGE's memory and parallel-environment
+    names are site settings): their jobs get only the user's ``qsub_args``/``bsub_args``.
+    """
+    if plugin not in ("SLURM", "SLURMGraph"):
+        return {}
+    given = shlex.split(user_args or "")
+    flags = []
+    if not any(a.startswith(("--mem", "--mem-per-cpu", "--mem-per-gpu")) for a in given):
+        flags.append(f"--mem={max(1, math.ceil(mem_gb * 1024))}M")
+    if not any(a.startswith(("--cpus-per-task", "-c")) for a in given):
+        flags.append(f"--cpus-per-task={max(1, int(n_procs))}")
+    # SLURMGraph joins the node's arguments to the plugin's without a space
+    return {"sbatch_args": " " + " ".join(flags)} if flags else {}
+
+
+def declare_resources(wf, execution: Execution) -> int:
+    """Give every node of ``wf`` the scheduler request for its mem_gb/n_procs; returns the nodes changed."""
+    user_args = execution.plugin_args.get("sbatch_args", "")
+    changed = 0
+    for node in wf._get_all_nodes():
+        request = scheduler_request(execution.plugin, node.mem_gb, node.n_procs, user_args)
+        if request:
+            node.plugin_args = {**request, **(node.plugin_args or {})}
+            changed += 1
+    return changed
+
+
+def run(wf, execution: Execution):
+    """Run ``wf`` with the plugin: the execution graph, or None when the plugin only submitted it."""
+    declare_resources(wf, execution)
+    graph = wf.run(plugin=execution.plugin, plugin_args=execution.plugin_args)
+    return None if execution.submits_graph else graph
