@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     print(text)
     if args.record:
         from _record import machine, record
-        record("cluster-overhead", text + f"\n\nDemo sub-01 (one session, 19 nodes), single-node SLURM on this "
+        record("cluster-overhead", text + f"\n\nDemo sub-01 (one session), single-node SLURM on this "
                                           f"machine ({machine()}). Command: `python benchmarks/cluster_overhead.py "
                                           f"--repeats {args.repeats} --record`.")
     print(json.dumps({"median_s": med, "runs_s": times}))

@@ -260,6 +260,7 @@ class _FlowForProtocolIn(BaseInterfaceInputSpec):
     seed = traits.Int(0, usedefault=True)
     cache_dir = traits.Str(mandatory=True, desc="dictionaries are cached here, keyed by protocol and networks")
     b0_threshold = traits.Float(20.0, usedefault=True)
+    n_threads = traits.Int(1, usedefault=True, desc="numba threads")
 
 
 class SimulateFlowForProtocol(SimpleInterface):
@@ -280,6 +281,8 @@ class SimulateFlowForProtocol(SimpleInterface):
         nets = [read_network(f) for f in i.network_files] if i.network_files else default_realisations()
 
         def build():
+            import numba
+            numba.set_num_threads(max(1, min(i.n_threads, numba.config.NUMBA_NUM_THREADS)))
             dic = simulate_flow_dictionary(nets, sim_prot, n_spins=i.n_spins, seed=i.seed)
             dic.provenance["networks_source"] = ("user" if i.network_files
                                                  else "generated (core/simulate/flow/generate.py)")

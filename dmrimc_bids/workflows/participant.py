@@ -281,8 +281,8 @@ def init_vascular_wf(item: SessionInputs, opts: Options, wf, read, mask, sph, no
     else:
         sim = pe.Node(SimulateFlowForProtocol(network_files=list(opts.flow_networks), n_spins=opts.flow_spins,
                                               seed=opts.seed, cache_dir=opts.sim_cache_dir,
-                                              b0_threshold=opts.b0_threshold),
-                      name="simulate_flow_dictionary", mem_gb=1.0)
+                                              b0_threshold=opts.b0_threshold, n_threads=opts.omp_nthreads),
+                      name="simulate_flow_dictionary", mem_gb=1.0, n_procs=opts.omp_nthreads)
         wf.connect([(ivim, sim, [("vascular_protocol", "protocol")]),
                     (sim, match, [("dictionary", "dictionary_file")]),
                     (sim, write_flow, [("description", "dictionary_description")])])
