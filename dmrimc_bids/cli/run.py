@@ -15,6 +15,7 @@ os.environ.setdefault("NIPYPE_NO_ET", "1")  # no network check for updates (offl
 
 from .. import __version__  # noqa: E402
 from ..core.errors import EX_USAGE, InputError  # noqa: E402
+from ..workflows.execution import PLUGINS  # noqa: E402
 
 LOG = logging.getLogger("dmrimc-bids")
 
@@ -147,9 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--nprocs", "--nthreads", "--n-cpus", type=int, default=1,
                    help="processes on this machine (MultiProc); 1: Linear")
     e.add_argument("--plugin", metavar="NAME",
-                   help="Nipype execution plugin: Linear, MultiProc, or a cluster's (SLURM, SLURMGraph, SGE, "
-                        "SGEGraph, PBS, PBSGraph, LSF, Condor, CondorDAGMan, OAR); cluster plugins need -w on a "
-                        "shared file system (docs/cluster.md)")
+                   help=f"Nipype execution plugin, one of {', '.join(PLUGINS)} (default: Linear, or MultiProc "
+                        "with --nprocs > 1); cluster plugins need -w on a shared file system (docs/cluster.md)")
     e.add_argument("--plugin-args", metavar="JSON",
                    help="""the plugin's arguments, a JSON object or file, e.g. '{"sbatch_args": "-p short"}'""")
     e.add_argument("--omp-nthreads", type=int, default=1, help="threads per fitting process")
@@ -271,7 +271,8 @@ def _run(args) -> int:
         write_citation(args.output_dir, ["histousim"] + (["ivim", "spinflowsim"] if vascular else []),
                        opts.report_options())
     if submitted:
-        print(f"dmrimc-bids: submitted {len(ok)} subject/session(s) to {args.plugin} (work dir {args.work_dir}); "
+        print(f"dmrimc-bids: submitted {len(ok)} subject/session(s) to {_execution(args).plugin} "
+              f"(work dir {args.work_dir}); "
               "maps and reports appear as the jobs finish. To collect the status, rerun the same command with "
               "--plugin Linear once they have: finished nodes are reused", file=sys.stderr)
         return 1 if failed else 0

@@ -65,9 +65,10 @@ def _common(p):
 
 def _execution_flags(p):
     p.add_argument("--nprocs", type=_positive(int), default=1, help="parallel jobs on this machine (MultiProc)")
+    from ..workflows.execution import PLUGINS
     p.add_argument("--plugin", default=None, metavar="NAME",
-                   help="Nipype plugin: Linear, MultiProc or a cluster's (SLURM, SLURMGraph, SGE, PBS, ...); "
-                        "cluster plugins need -w on a shared file system (docs/cluster.md)")
+                   help=f"Nipype plugin, one of {', '.join(PLUGINS)}; cluster plugins need -w on a shared file "
+                        "system (docs/cluster.md)")
     p.add_argument("--plugin-args", default=None, metavar="JSON", help="the plugin's arguments: JSON object or file")
     p.add_argument("--threads-per-job", type=int, default=None, metavar="N",
                    help="numba threads per simulation job, requested from the scheduler (default: all cores "
@@ -172,7 +173,7 @@ def _run_flow(args) -> int:
 
 
 def _submitted(args, out) -> int:
-    print(f"dmrimc-sim: submitted the simulation jobs to {args.plugin} (work dir {args.work_dir}); "
+    print(f"dmrimc-sim: submitted the simulation jobs to {_execution(args).plugin} (work dir {args.work_dir}); "
           f"{out.with_suffix('.npz')} appears when the last one finishes", file=sys.stderr)
     return 0
 
