@@ -143,3 +143,29 @@ def test_failed_session_keeps_the_subject_report(demo_dir, tmp_path):
     rows = [line.split("\t") for line in next((out / "logs").glob("*_status.tsv")).read_text().splitlines()[1:]]
     assert [r[1:5] for r in rows] == [["ses-1", "finished", "0", "report"], ["ses-2", "failed", "1", "workflow"]]
     assert not (out / "sub-02/ses-2").exists()
+
+
+def test_temporary_files_of_dead_writers_are_removed(tmp_path):
+    """A run killed mid-write leaves its temporary file; the next run removes it, but never one that a
+    live run (this process, another host's recent one) is still writing."""
+    from dmrimc_bids.bids.derivatives import (STALE_TEMP_S, _temp_beside, _writer_tag, atomic_write_bytes,
+                                              remove_stale_temps)
+    out = tmp_path / "out" / "sub-01" / "dwi"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()  # a pid that has exited
+    host = _writer_tag().rsplit("-", 1)[0]
+    fd, live = _temp_beside(out / "a.nii.gz")  # this (live) process's
+    os.close(fd)
+    stale = out / f".b.nii.gz.{host}-{dead}.abcd1234"
+    recent_other = out / ".c.json.otherhost-12.abcd1234"
+    old_other = out / ".d.json.otherhost-12.abcd1234"
+    unrelated = out / ".hidden_notes"
+    for p in (stale, recent_other, old_other, unrelated):
+        p.write_bytes(b"\x1f\x8b partial")
+    os.utime(old_other, (time.time() - STALE_TEMP_S - 60,) * 2)
+    assert sorted(remove_stale_temps(tmp_path / "out")) == sorted([stale, old_other])
+    assert not stale.exists() and not old_other.exists()
+    assert Path(live).exists() and recent_other.exists() and unrelated.exists()
+    atomic_write_bytes(out / "e.json", b"{}")  # an atomic write leaves no temporary file behind
+    assert sorted(p.name for p in out.iterdir()) == sorted([Path(live).name, recent_other.name, unrelated.name,
+                                                            "e.json"])

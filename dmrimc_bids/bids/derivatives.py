@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
@@ -61,13 +62,52 @@ def _umask() -> int:
     return mask
 
 
+def _writer_tag() -> str:
+    """<host>-<pid> of this process, as temporary files name their writer."""
+    host = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname().split(".")[0]) or "host"
+    return f"{host}-{os.getpid()}"
+
+
+#: .<final name>.<host>-<pid>.<mkstemp suffix>: a temporary file of an atomic write
+_TEMP_RE = re.compile(r"^\.(?P<final>.+)\.(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)\.(?P<rand>[A-Za-z0-9_]{8})$")
+#: a write never takes this long: another host's temporary file this old belongs to a dead run [s]
+STALE_TEMP_S = 24 * 3600.0
+
+
 def _temp_beside(final: Path) -> tuple[int, str]:
-    """(fd, path) of a hidden temporary file next to `final`, with the permissions a plain open() would
-    give (mkstemp's are 0600, which would hide shared outputs from the rest of a lab)."""
+    """(fd, path) of a hidden temporary file next to `final`, named after its writer (host, pid), with the
+    permissions a plain open() would give (mkstemp's are 0600, which would hide shared outputs from the
+    rest of a lab)."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", dir=final.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.{_writer_tag()}.", dir=final.parent)
     os.chmod(tmp, 0o666 & ~_umask())
     return fd, tmp
+
+
+def remove_stale_temps(out_dir) -> list[Path]:
+    """Delete the temporary files of atomic writes whose writer is gone (a run killed mid-write): this
+    host's when the process no longer exists, another host's when older than STALE_TEMP_S. Temporary
+    files of live runs writing into the same folder are left alone. Returns the files removed."""
+    import time
+    host = _writer_tag().rsplit("-", 1)[0]
+    removed = []
+    for p in Path(out_dir).rglob(".*"):
+        m = _TEMP_RE.match(p.name)
+        if not m or not p.is_file():
+            continue
+        if m["host"] == host:
+            try:
+                os.kill(int(m["pid"]), 0)
+                continue  # still running
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue  # alive, another user's
+        elif time.time() - p.stat().st_mtime < STALE_TEMP_S:
+            continue
+        p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
 
 
 _MAP_RE = re.compile(r"_model-(?P<model>[a-zA-Z0-9]+)_param-(?P<param>[a-zA-Z0-9]+)(?:_desc-(?P<desc>[a-zA-Z0-9]+))?"

@@ -261,6 +261,7 @@ def _run(args) -> int:
         ok.append(item)
     submitted = False
     if ok:
+        _remove_stale_temps(args.output_dir)
         result = _execute(ok, opts, args, warnings)
         submitted = result is None
         failed += result or []
@@ -333,6 +334,7 @@ def _run_group(args) -> int:
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="dmrimc_group_")).resolve()
     run_with = _execution(args)
     execution.configure(run_with, work)
+    _remove_stale_temps(args.output_dir)
     wf = init_group_wf(entries, args.output_dir, work, failures, participants, args.group_column, args.seed)
     graph = execution.run(wf, run_with)
     if graph is None:
@@ -347,6 +349,13 @@ def _run_group(args) -> int:
     LOG.info("dmrimc-bids: group tables %s and report %s (%d aggregated, %d failed or missing)",
              ", ".join(res.outputs.tables.values()), report, len(entries), len(all_failures))
     return 1 if all_failures else 0
+
+
+def _remove_stale_temps(out_dir) -> None:
+    from ..bids.derivatives import remove_stale_temps
+    removed = remove_stale_temps(out_dir)
+    if removed:
+        LOG.info("removed %d temporary file(s) left by an interrupted run in %s", len(removed), out_dir)
 
 
 def _execution(args):
