@@ -69,6 +69,15 @@ def test_participant_workflow_runs_as_slurm_jobs(slurm, demo_dir, demo_run, tmp_
     fit = by_node["fit_histousim"]
     assert fit["MinMemoryNode"] != by_node["read_protocol"]["MinMemoryNode"]  # honest, not one size for all
 
+    # the group level through the same plugin: one ROI-statistics job per subject/session, then the report
+    before = {j["JobId"] for j in slurm.jobs()}
+    assert main([str(demo_dir), str(out), "group", "--participant-label", "01", "-w", str(tmp_path / "gwork"),
+                 "--plugin", "SLURM"]) == 0
+    names = sorted(j["JobName"].split(".")[0] for j in slurm.jobs() if j["JobId"] not in before)
+    assert names == ["group_report", "roi_statistics_01"]
+    rows = (out / "group_histousim.tsv").read_text().splitlines()
+    assert len(rows) > 1 and rows[1].startswith("sub-01") and (out / "group.html").is_file()
+
 
 def test_participant_graph_submission_then_collection(slurm, single_demo, tmp_path, capsys):
     """SLURMGraph submits the whole graph and returns; rerunning with the same work dir and a local plugin
