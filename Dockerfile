@@ -8,7 +8,7 @@ FROM python:3.11.7-slim-bookworm
 ARG VERSION=0.1.0
 ARG SOURCE=https://github.com/dmrimc-bids/dmrimc-bids
 # TemplateFlow atlases baked in for offline group-level ROIs (--atlas); empty to skip
-ARG TEMPLATEFLOW_ATLASES="MNI152NLin2009cAsym:HOSPA:th25:2"
+ARG TEMPLATEFLOW_ATLASES="MNI152NLin2009cAsym:Schaefer2018:100Parcels7Networks:2 MNI152NLin2009cAsym:HOSPA:th25:2"
 
 LABEL org.opencontainers.image.title="dmrimc-bids" \
       org.opencontainers.image.description="BIDS App: histology-informed diffusion MRI microstructure and microvasculature maps (Histo-uSim, SpinFlowSim)" \

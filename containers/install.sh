@@ -63,7 +63,15 @@ for spec in "${templateflow[@]}"; do
     : "${TEMPLATEFLOW_HOME:?set TEMPLATEFLOW_HOME to the folder the atlases go into}"
     echo "install.sh: fetching TemplateFlow $spec into $TEMPLATEFLOW_HOME"
     # the same lookup as --atlas at the group level (workflows/group.py), which downloads what is missing
-    "$venv/bin/python" -c 'import sys; from dmrimc_bids.workflows.group import atlas_spec; print(atlas_spec(sys.argv[1]))' "$spec"
+    "$venv/bin/python" - "$spec" <<'PY'
+import sys
+from dmrimc_bids.core.errors import InputError
+from dmrimc_bids.workflows.group import atlas_spec
+try:
+    print(atlas_spec(sys.argv[1]))
+except InputError as exc:
+    sys.exit(f"install.sh: {exc}")
+PY
 done
 if [ "${#templateflow[@]}" -gt 0 ]; then chmod -R a+rX "$TEMPLATEFLOW_HOME"; fi
 

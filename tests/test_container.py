@@ -52,11 +52,13 @@ def _install_call(text: str) -> list[str]:
 
 
 def _flags(args: list[str]) -> dict:
+    """{flag: value or True}; a repeated flag (--templateflow) gives its values space-separated."""
     out, i = {}, 0
     while i < len(args):
         if args[i].startswith("--"):
             takes_value = i + 1 < len(args) and not args[i + 1].startswith("--")
-            out[args[i]] = args[i + 1] if takes_value else True
+            value = args[i + 1] if takes_value else True
+            out[args[i]] = f"{out[args[i]]} {value}" if args[i] in out else value
             i += 2 if takes_value else 1
         else:
             i += 1

@@ -170,6 +170,16 @@ def test_group_templateflow_atlas_offline(demo_dir, derivs, tmp_path):
     rows = {r["roi"]: r for r in _rows(derivs / "group_histousim.tsv")}
     ec = _load(derivs, "01", "histousim", "exitcode")
     assert int(rows["Schaefer2018-left"]["fin_n"]) == int((ec[:10] == 1).sum()) > 0
+    # an atlas without a label table (Harvard-Oxford subcortical): ROIs named by label number
+    hospa = tpl / "tpl-MNI152NLin2009cAsym_res-02_atlas-HOSPA_desc-th25_dseg.nii.gz"
+    hospa.unlink(missing_ok=True)
+    _dseg(hospa, img.shape[:3], img.affine, 10)
+    Path(str(hospa).replace(".nii.gz", ".tsv")).unlink()
+    res = subprocess.run(cmd[:-1] + ["MNI152NLin2009cAsym:HOSPA:th25:2"], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = {r["roi"]: r for r in _rows(derivs / "group_histousim.tsv")}
+    assert int(rows["HOSPA-label1"]["fin_n"]) == int((ec[:10] == 1).sum()) > 0 and "HOSPA-label2" in rows
     res = subprocess.run(cmd[:-1] + ["MNI152NLin2009cAsym:NoSuchAtlas"], env=env, capture_output=True, text=True,
                          timeout=300)
     errors = [line for line in res.stderr.splitlines() if "error:" in line]

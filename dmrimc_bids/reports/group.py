@@ -48,7 +48,10 @@ def _rois_of(spec: dict, ref_img) -> dict:
                              path=spec["file"], exit_code=EX_DATAERR,
                              fix="resample the ROI onto the DWI grid the maps were fitted on")
     if spec.get("kind") in ("dseg", "atlas"):
-        names = read_label_names(spec["names"])
+        if spec.get("names"):
+            names = read_label_names(spec["names"])
+        else:  # an atlas without a label table: its label numbers
+            names = {int(k): f"label{int(k)}" for k in np.unique(np.rint(np.nan_to_num(data))) if k != 0}
         prefix = spec.get("label", "")
         return {f"{prefix}{name}": roi for name, roi in label_rois(data, names).items()}
     return {spec["label"]: np.nan_to_num(data) > 0}

@@ -36,18 +36,25 @@ def atlas_spec(text: str) -> dict:
     try:
         nii = api.get(tpl, extension=".nii.gz", raise_empty=True, **query,
                       **({"resolution": res} if res is not None else {}))
-        tsv = api.get(tpl, extension=".tsv", raise_empty=True, **query)
     except Exception as exc:  # templateflow raises ConnectionError, OSError, Exception("No results found")
         raise InputError(f"--atlas {text}: not available from TEMPLATEFLOW_HOME ({type(exc).__name__}: "
                          f"{str(exc)[:160]})", path=home, exit_code=EX_NOINPUT,
                          fix="on a machine with internet, fetch it with templateflow.api.get(...) and copy the "
                              "TemplateFlow folder; set TEMPLATEFLOW_HOME to it") from None
     nii = nii if isinstance(nii, (str, os.PathLike)) else None if len(nii) != 1 else nii[0]
-    tsv = tsv if isinstance(tsv, (str, os.PathLike)) else tsv[0] if tsv else None
+    tsv = None  # label names: the atlas TSV (with its desc, else without); none (HOSPA): label numbers
+    for q in (query, {k: v for k, v in query.items() if k != "desc"}):
+        try:
+            found = api.get(tpl, extension=".tsv", raise_empty=True, **q)
+        except Exception:  # not in TemplateFlow, or not fetched for offline use
+            continue
+        tsv = found if isinstance(found, (str, os.PathLike)) else found[0] if len(found) == 1 else None
+        if tsv:
+            break
     if nii is None:
         raise InputError(f"--atlas {text}: several resolutions match", exit_code=EX_USAGE,
                          fix="add the resolution: TEMPLATE:ATLAS:DESC:RES")
-    return {"label": f"{atlas}-", "file": str(nii), "kind": "atlas", "names": str(tsv)}
+    return {"label": f"{atlas}-", "file": str(nii), "kind": "atlas", "names": str(tsv) if tsv else ""}
 
 
 def find_rois(bids_dir, derivatives, subject: str, session: str | None) -> list[dict]:
