@@ -190,9 +190,9 @@ def _run(args) -> int:
                                ("--surrogate-neighbours", args.surrogate_neighbours, 2)):
         if value < least:
             raise InputError(f"{flag} {value}", exit_code=EX_USAGE, fix=f"give {flag} >= {least}")
-    _execution(args)  # an unknown --plugin or bad --plugin-args fails here, before any output
+    run_with = _execution(args)  # an unknown --plugin or bad --plugin-args fails here, before any output
     if args.analysis_level == "group":
-        return _run_group(args)
+        return _run_group(args, run_with)
     if args.device == "gpu":
         from ..core.fitting import gpu
         if not gpu.available():
@@ -262,7 +262,7 @@ def _run(args) -> int:
     submitted = False
     if ok:
         _remove_stale_temps(args.output_dir)
-        result = _execute(ok, opts, args, warnings)
+        result = _execute(ok, opts, args, run_with, warnings)
         submitted = result is None
         failed += result or []
     from ..bids.derivatives import write_dataset_description, write_status
@@ -272,7 +272,7 @@ def _run(args) -> int:
         write_citation(args.output_dir, ["histousim"] + (["ivim", "spinflowsim"] if vascular else []),
                        opts.report_options())
     if submitted:
-        print(f"dmrimc-bids: submitted {len(ok)} subject/session(s) to {_execution(args).plugin} "
+        print(f"dmrimc-bids: submitted {len(ok)} subject/session(s) to {run_with.plugin} "
               f"(work dir {args.work_dir}); "
               "maps and reports appear as the jobs finish. To collect the status, rerun the same command with "
               "--plugin Linear once they have: finished nodes are reused", file=sys.stderr)
@@ -295,7 +295,7 @@ def _run(args) -> int:
     return 0
 
 
-def _run_group(args) -> int:
+def _run_group(args, run_with) -> int:
     """Group level: ROI statistics of every subject/session's maps -> group_<model>.tsv + group.html."""
     from ..bids.derivatives import find_sessions
     from ..bids.layout import _strip
@@ -332,7 +332,6 @@ def _run_group(args) -> int:
                          fix=f"choose among {', '.join(sorted({k for p in participants.values() for k in p}))}")
     from ..workflows import execution
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="dmrimc_group_")).resolve()
-    run_with = _execution(args)
     execution.configure(run_with, work)
     _remove_stale_temps(args.output_dir)
     wf = init_group_wf(entries, args.output_dir, work, failures, participants, args.group_column, args.seed)
@@ -392,7 +391,7 @@ def _simulation_options(args, opts) -> None:
     opts.sim_kappa = list(args.sim_kappa or DEFAULT_KAPPA)
 
 
-def _execute(items, opts, args, warnings=None) -> list:
+def _execute(items, opts, args, run_with, warnings=None) -> list:
     """Run the graph; return [(item, exit code, stage, message)] of the subjects whose outputs are missing,
     or None when a graph plugin only submitted it."""
     from nipype import logging as nlogging
@@ -401,7 +400,6 @@ def _execute(items, opts, args, warnings=None) -> list:
     from ..workflows import execution
     from ..workflows.participant import init_participant_wf
 
-    run_with = _execution(args)
     tmp_work = None
     work = args.work_dir
     if work is None:

@@ -126,11 +126,16 @@ def chunk_for_memory(mem_gb_per_process: float, chunk_size: int) -> int:
     return int(max(100, min(chunk_size, 0.5 * mem_gb_per_process * 1e9 / BYTES_PER_BATCH_VOXEL)))
 
 
-def fit_memory_gb(item: SessionInputs, opts: Options, n_meas: int) -> float:
+def dwi_size(item: SessionInputs) -> tuple[int, int]:
+    """(voxels, volumes of all runs) of a session's DWI, from the headers."""
+    import nibabel as nib
+    shapes = [nib.load(f).shape for f in item.dwi_files]
+    return int(np.prod(shapes[0][:3])), sum(s[3] if len(s) > 3 else 1 for s in shapes)
+
+
+def fit_memory_gb(n_vox: int, opts: Options, n_meas: int) -> float:
     """Honest mem_gb of a fit node: the float64 copies of the data and σ (4 arrays of voxels x
     measurements), the maps, and one batch's work arrays, plus the interpreter (~0.4 GB)."""
-    import nibabel as nib
-    n_vox = int(np.prod(nib.load(item.dwi_files[0]).shape[:3]))
     data = 4 * n_vox * n_meas * 8 + 40 * n_vox * 4
     return round(0.4 + (data + min(opts.chunk_size, n_vox) * BYTES_PER_BATCH_VOXEL) / 1e9, 2)
 
@@ -142,13 +147,14 @@ IMAGE_NODE_COPIES = {"spherical_mean": 1.5, "normalise_b0": 1.5, "vascular_filte
 INTERPRETER_GB = 0.15
 
 
-def image_node_memory_gb(item: SessionInputs, node: str) -> float:
-    """Honest mem_gb of an image-processing node: the interpreter plus IMAGE_NODE_COPIES[node] float64
-    copies of the session's DWI (all runs, from the headers)."""
-    import nibabel as nib
-    shapes = [nib.load(f).shape for f in item.dwi_files]
-    dwi_gb = sum(int(np.prod(s[:3])) * (s[3] if len(s) > 3 else 1) for s in shapes) * 8 / 1e9
-    return round(INTERPRETER_GB + IMAGE_NODE_COPIES[node] * dwi_gb, 2)
+def session_memory_gb(item: SessionInputs, opts: Options, n_meas: int) -> dict:
+    """Honest mem_gb of a session's nodes, {node: GB} (headers read once): the image nodes hold the
+    interpreter plus IMAGE_NODE_COPIES[node] float64 copies of the DWI (all runs); "fit" is fit_memory_gb."""
+    n_vox, n_vol = dwi_size(item)
+    dwi_gb = n_vox * n_vol * 8 / 1e9
+    mem = {node: round(INTERPRETER_GB + copies * dwi_gb, 2) for node, copies in IMAGE_NODE_COPIES.items()}
+    mem["fit"] = fit_memory_gb(n_vox, opts, n_meas)
+    return mem
 
 
 def session_protocol(item: SessionInputs, opts: Options) -> tuple[Protocol, Protocol]:
@@ -232,7 +238,7 @@ def init_participant_wf(items: list[SessionInputs], opts: Options, work_dir, nam
     return wf
 
 
-def init_vascular_wf(item: SessionInputs, opts: Options, wf, read, mask, sph, norm, report=None, mem_gb=2.0):
+def init_vascular_wf(item: SessionInputs, opts: Options, wf, read, mask, sph, norm, report=None, *, mem: dict):
     """Vascular branch: segmented IVIM -> flow dictionary (simulated for the vascular measurements, or
     the user's, matched) -> dictionary fit of S_V/S_V(0) -> model-ivim and model-spinflowsim maps."""
     from ..interfaces.fitting import FitIVIM
@@ -241,7 +247,7 @@ def init_vascular_wf(item: SessionInputs, opts: Options, wf, read, mask, sph, no
     out_dir = str(Path(opts.out_dir).resolve())
     sources = [f"bids::{Path(f).name}" for f in item.dwi_files]
     ivim = pe.Node(FitIVIM(b_split=opts.ivim_b_split, b_max=opts.ivim_b_max, b0_threshold=opts.b0_threshold),
-                   name="fit_ivim", mem_gb=max(1.0, image_node_memory_gb(item, "fit_ivim")))
+                   name="fit_ivim", mem_gb=max(1.0, mem["fit_ivim"]))
     write_ivim = pe.Node(WriteDerivatives(out_dir=out_dir, subject=item.subject, session=item.session or "",
                                           model="ivim", parameters=opts.ivim_parameters(), sources=sources,
                                           dropped=[]),
@@ -253,7 +259,7 @@ def init_vascular_wf(item: SessionInputs, opts: Options, wf, read, mask, sph, no
                                 noise_model=opts.noise_model, device=opts.device, n_threads=opts.omp_nthreads,
                                 chunk_size=opts.chunk_size, estimator=opts.flow_estimator),
                   name="fit_spinflowsim", n_procs=opts.omp_nthreads,
-                  mem_gb=mem_gb)
+                  mem_gb=mem["fit"])
     write_flow = pe.Node(WriteDerivatives(out_dir=out_dir, subject=item.subject, session=item.session or "",
                                           model="spinflowsim", parameters=opts.flow_parameters(), sources=sources,
                                           dropped=[]),
@@ -299,7 +305,7 @@ def init_single_subject_wf(item: SessionInputs, opts: Options, warnings: list | 
     session's report fragment."""
     from ..interfaces.reports import SessionReport
     shells = session_protocol(item, opts)[1]
-    mem_gb = fit_memory_gb(item, opts, len(shells))
+    mem = session_memory_gb(item, opts, len(shells))
 
     wf = pe.Workflow(name=subject_wf_name(item))
     n = len(item.dwi_files)
@@ -313,12 +319,12 @@ def init_single_subject_wf(item: SessionInputs, opts: Options, warnings: list | 
         read.inputs.big_delta_ms = opts.big_delta_ms
     mask = pe.Node(PrepareMask(mask_file=item.mask_file, sigma_file=item.sigma_file), name="prepare_mask")
     sph = pe.Node(SphericalMean(b0_threshold=opts.b0_threshold, shell_tolerance=opts.shell_tolerance),
-                  name="spherical_mean", mem_gb=image_node_memory_gb(item, "spherical_mean"))
+                  name="spherical_mean", mem_gb=mem["spherical_mean"])
     norm = pe.Node(NormaliseB0(sigma_file=item.sigma_file, b0_threshold=opts.b0_threshold,
                                source=item.dwi_files[0]), name="normalise_b0",
-                   mem_gb=image_node_memory_gb(item, "normalise_b0"))
+                   mem_gb=mem["normalise_b0"])
     filt = pe.Node(VascularFilter(vasc_threshold=opts.vasc_threshold, b0_threshold=opts.b0_threshold),
-                   name="vascular_filter", mem_gb=image_node_memory_gb(item, "vascular_filter"))
+                   name="vascular_filter", mem_gb=mem["vascular_filter"])
     match = pe.Node(MatchDictionary(dictionary_file=opts.dictionary, params=list(opts.params), fix=dict(opts.fix),
                                     tol_b=opts.match_tol_b, tol_ms=opts.match_tol_ms,
                                     b0_threshold=opts.b0_threshold, source=item.dwi_files[0]),
@@ -328,7 +334,7 @@ def init_single_subject_wf(item: SessionInputs, opts: Options, warnings: list | 
                                 surrogate=opts.surrogate, n_neighbours=opts.n_neighbours,
                                 noise_model=opts.noise_model, device=opts.device,
                                 n_threads=opts.omp_nthreads, chunk_size=opts.chunk_size),
-                  name="fit_histousim", n_procs=opts.omp_nthreads, mem_gb=mem_gb)
+                  name="fit_histousim", n_procs=opts.omp_nthreads, mem_gb=mem["fit"])
     write = pe.Node(WriteDerivatives(out_dir=str(Path(opts.out_dir).resolve()), subject=item.subject,
                                      session=item.session or "", model="histousim",
                                      parameters=opts.fit_parameters(),
@@ -363,7 +369,7 @@ def init_single_subject_wf(item: SessionInputs, opts: Options, warnings: list | 
     report = pe.Node(SessionReport(out_dir=str(Path(opts.out_dir).resolve()), subject=item.subject,
                                    session=item.session or "", b0_threshold=opts.b0_threshold,
                                    warnings=list(warnings or [])), name="session_report",
-                     mem_gb=max(0.5, image_node_memory_gb(item, "session_report")))
+                     mem_gb=max(0.5, mem["session_report"]))
     wf.connect([(read, report, [("protocol", "protocol")]),
                 (sph, report, [("shells", "shells"), ("out_file", "sph_file")]),
                 (mask, report, [("mask_file", "mask_file")]),
@@ -371,5 +377,5 @@ def init_single_subject_wf(item: SessionInputs, opts: Options, warnings: list | 
                 (fit, report, [("examples_file", "tissue_examples")]),
                 (write, report, [("out_files", "written_tissue")])])
     if has_vascular_branch(item, opts, shells):
-        init_vascular_wf(item, opts, wf, read, mask, sph, norm, report, mem_gb)
+        init_vascular_wf(item, opts, wf, read, mask, sph, norm, report, mem=mem)
     return wf
