@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 from ..core.errors import EX_USAGE, InputError
 
 LOG = logging.getLogger("dmrimc_sim")
@@ -59,8 +61,26 @@ def _common(p):
     _execution_flags(p)
     p.add_argument("--configs-per-job", type=int, default=0, help="configurations per job (0: one job per substrate)")
     p.add_argument("-w", "--work-dir", type=Path, default=None, help="Nipype work dir (kept; reruns reuse it)")
-    p.add_argument("--plot", action="store_true", help="write <out>.png: substrate(s) and example signals")
+    _picture_flags(p, "walkers", "<out>.png (substrates and example signals) and <out>_signals.png (signal vs b "
+                                 "of --show-entry, with free diffusion)")
+    p.add_argument("--video-phase", action="store_true",
+                   help="colour the video's walkers by their phase for --video-measurement (cyclic map)")
     p.add_argument("-v", "--verbose", action="count", default=0)
+
+
+def _picture_flags(p, movers: str, plots: str):
+    p.add_argument("--plot", action="store_true", help=f"write {plots}")
+    p.add_argument("--show-entry", type=int, default=0, metavar="K",
+                   help="dictionary entry (substrate-major for histo) the signal plot and the video show (0)")
+    p.add_argument("--video", type=Path, default=None, metavar="OUT.gif|OUT.mp4",
+                   help=f"write a video of --show-entry's {movers} as the simulation moved them (GIF: Pillow; "
+                        "MP4: needs ffmpeg)")
+    p.add_argument(f"--video-{movers}", dest="video_count", type=_positive(int), default=300, metavar="N",
+                   help=f"{movers} shown in the video (300)")
+    p.add_argument("--video-frames", type=_positive(int), default=120, metavar="N", help="frames (120)")
+    p.add_argument("--video-fps", type=_positive(float), default=20.0, metavar="F", help="frames per second (20)")
+    p.add_argument("--video-measurement", type=int, default=None, metavar="M",
+                   help="protocol row whose gradient waveform the video draws (default: the largest b)")
 
 
 def _execution_flags(p):
@@ -115,7 +135,9 @@ def build_parser():
     f.add_argument("--seed", type=int, default=0)
     _execution_flags(f)
     f.add_argument("-w", "--work-dir", type=Path, default=None, help="Nipype work dir (kept; reruns reuse it)")
-    f.add_argument("--plot", action="store_true", help="write <out>.png: a network's velocities and example signals")
+    _picture_flags(f, "spins", "<out>.png (--show-entry's network coloured by velocity and by flow), "
+                               "<out>_signals.png (its signal vs b) and, for a 3D network with plotly installed, "
+                               "<out>_network.html (interactive)")
     f.add_argument("--out", type=Path, required=True, help="dictionary .npz (its .json beside it)")
     f.add_argument("-v", "--verbose", action="count", default=0)
     d = sub.add_parser("default-dictionary", help="rebuild the embedded default dictionary (generated substrates)")
@@ -159,22 +181,91 @@ def _run_flow(args) -> int:
         solve_flow(n, backend=args.backend, source=src)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    entry, video = _pictures_asked(args, len(nets), prot)
+    track = None
+    if video is not None:
+        times = np.linspace(0.0, video["waveform"].duration_ms, args.video_frames)
+        track = {"realisation": entry, "spins": args.video_count, "times_ms": times.tolist()}
     wf_builder = lambda work: init_flow_simulation_wf(  # noqa: E731
         nets, prot, out, work, n_spins=args.spins, seed=args.seed, per_job=args.realisations_per_job,
-        backend=args.backend, published_anb=args.published_anb, n_threads=threads_per_job(args))
-    dic = run_workflow(wf_builder, out, args)
+        backend=args.backend, published_anb=args.published_anb, n_threads=threads_per_job(args),
+        track=track and {**track, "out": work / VIDEO_TRACK})
+    dic = run_workflow(wf_builder, out, args, after=video and (lambda work: _flow_video(
+        args, solve_flow(nets[entry], backend=args.backend), work / VIDEO_TRACK, video)))
     if dic is None:
         return _submitted(args, out)
     if args.plot:
-        from ..reports.simulation import plot_flow
-        plot_flow(solve_flow(nets[0]), dic, out.with_suffix(".png"))
+        from ..reports.simulation import plot_network, plot_signals
+        sol = solve_flow(nets[entry], backend=args.backend)
+        plot_network(sol, out.with_suffix(".png"))
+        plot_signals(dic, entry, out.with_name(out.stem + "_signals.png"), planar=sol.network.is_planar)
+        if not sol.network.is_planar:
+            _network_html(sol, out.with_name(out.stem + "_network.html"))
     print(f"dmrimc-sim: wrote {out.with_suffix('.npz')} ({len(dic)} realisations x {len(dic.protocol)} measurements)")
     return 0
 
 
+#: Name of the recorded spins/walkers file in the work dir (core.simulate.tracks).
+VIDEO_TRACK = "video_track.npz"
+
+
+def _pictures_asked(args, n_entries: int, prot) -> tuple:
+    """(entry, video settings or None), checked before anything is simulated: one clear error for an
+    entry out of range, a bad video name, a missing ffmpeg or a measurement without gradient."""
+    entry = args.show_entry
+    if not 0 <= entry < n_entries:
+        raise InputError(f"--show-entry {entry}: the dictionary has {n_entries} entries", exit_code=EX_USAGE,
+                         fix=f"give --show-entry between 0 and {n_entries - 1}")
+    if args.video is None:
+        return entry, None
+    from ..core.waveforms import protocol_waveforms
+    from ..reports.video import check_video_path
+
+    check_video_path(args.video)
+    waves = protocol_waveforms(prot)
+    m = args.video_measurement
+    if m is None:
+        m = max(range(len(prot)), key=lambda k: (prot.b[k], waves[k].duration_ms if waves[k] else 0.0))
+    if not 0 <= m < len(prot) or waves[m] is None or prot.b[m] <= 0:
+        raise InputError(f"--video-measurement {m}: not a diffusion-weighted row of the protocol ({len(prot)} rows)",
+                         exit_code=EX_USAGE, fix="give the row of a measurement with b > 0, or leave it out")
+    return entry, {"waveform": waves[m], "b": float(prot.b[m]), "measurement": m}
+
+
+def _flow_video(args, solution, track_file, video):
+    from ..core.simulate.tracks import load_track
+    from ..reports.video import FlowAnimation, save_animation
+
+    anim = FlowAnimation(solution, load_track(track_file), video["waveform"], video["b"])
+    save_animation(anim, args.video, fps=args.video_fps)
+    print(f"dmrimc-sim: wrote {args.video} ({anim.n_frames} frames)")
+
+
+def _histo_video(args, substrate, track_file, video):
+    from ..core.simulate.tracks import load_track
+    from ..reports.video import WalkerAnimation, frame_indices, save_animation
+
+    track = load_track(track_file)
+    anim = WalkerAnimation(substrate, track, frame_indices(track.position_um.shape[1], args.video_frames),
+                           waveform=video["waveform"], b=video["b"],
+                           colour="phase" if args.video_phase else "compartment")
+    save_animation(anim, args.video, fps=args.video_fps)
+    print(f"dmrimc-sim: wrote {args.video} ({anim.n_frames} frames)")
+
+
+def _network_html(solution, out):
+    from ..reports.simulation import network_html
+    try:
+        network_html(solution, out)
+    except InputError as exc:  # plotly is optional: the PNG is enough
+        LOG.warning("dmrimc-sim: no interactive view: %s (%s)", exc, exc.fix)
+
+
 def _submitted(args, out) -> int:
     print(f"dmrimc-sim: submitted the simulation jobs to {_execution(args).plugin} (work dir {args.work_dir}); "
-          f"{out.with_suffix('.npz')} appears when the last one finishes", file=sys.stderr)
+          f"{out.with_suffix('.npz')} appears when the last one finishes"
+          + ("; rerun with --plugin Linear to collect them and draw the pictures"
+             if args.plot or args.video else ""), file=sys.stderr)
     return 0
 
 
@@ -182,7 +273,7 @@ def _run(args) -> int:
     threads_per_job(args)  # an unknown --plugin or bad --plugin-args/--threads-per-job fails here
     if args.command == "flow":
         return _run_flow(args)
-    from ..core.simulate.histo import DEFAULT_SUBSTRATES, load_substrate
+    from ..core.simulate.histo import DEFAULT_SUBSTRATES, config_grid, load_substrate
     from ..core.simulate.montecarlo import resolve_device
     from ..core.waveforms import read_simulation_protocol
 
@@ -209,27 +300,37 @@ def _run(args) -> int:
             LOG.info("%s: %s", s.name, note)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    dic = run_histo_workflow(specs, prot, d0in, d0ex, kappa, out, args, device, area)
+    n_cfg = len(config_grid(d0in, d0ex, kappa))
+    entry, video = _pictures_asked(args, len(substrates) * n_cfg, prot)
+    track = None
+    if video is not None:
+        track = {"substrate": entry // n_cfg, "config": entry % n_cfg, "walkers": args.video_count}
+    dic = run_histo_workflow(specs, prot, d0in, d0ex, kappa, out, args, device, area, track=track,
+                             after=video and (lambda work: _histo_video(args, substrates[entry // n_cfg],
+                                                                         work / VIDEO_TRACK, video)))
     if dic is None:
         return _submitted(args, out)
     if args.command == "default-dictionary":
         from ..core.dictionary_default import finalise_default
         finalise_default(dic, out)
     if args.plot:
-        from ..reports.simulation import plot_histo
+        from ..reports.simulation import plot_histo, plot_signals
         plot_histo(substrates[:3], dic, out.with_suffix(".png"))
+        plot_signals(dic, entry, out.with_name(out.stem + "_signals.png"))
     print(f"dmrimc-sim: wrote {out.with_suffix('.npz')} ({len(dic)} entries x {len(dic.protocol)} measurements)")
     return 0
 
 
-def run_histo_workflow(specs, prot, d0in, d0ex, kappa, out, args, device, area):
-    """Build and run the Monte Carlo graph; returns the Dictionary written to ``out``."""
+def run_histo_workflow(specs, prot, d0in, d0ex, kappa, out, args, device, area, track=None, after=None):
+    """Build and run the Monte Carlo graph; returns the Dictionary written to ``out`` (track, after: as
+    for init_histo_simulation_wf and run_workflow, the track written to the work dir's VIDEO_TRACK)."""
     from ..workflows.simulation import init_histo_simulation_wf
 
     return run_workflow(lambda work: init_histo_simulation_wf(
         specs, prot, d0in, d0ex, kappa, out, work, n_walkers=args.walkers, dt_ms=args.dt_ms, seed=args.seed,
         configs_per_job=args.configs_per_job, device=device, grid_um=args.grid_um, area=area,
-        n_threads=threads_per_job(args)), out, args)
+        n_threads=threads_per_job(args), track=track and {**track, "out": work / VIDEO_TRACK}), out, args,
+        after=after)
 
 
 def _execution(args):
@@ -248,9 +349,10 @@ def threads_per_job(args) -> int:
     return 0 if _execution(args).plugin == "Linear" else 1
 
 
-def run_workflow(build, out, args):
+def run_workflow(build, out, args, after=None):
     """Run the graph build(work_dir) with the chosen plugin; returns the Dictionary written to ``out``,
-    or None when a graph plugin (SLURMGraph, ...) only submitted the jobs."""
+    or None when a graph plugin (SLURMGraph, ...) only submitted the jobs. after(work_dir), if given,
+    runs once the graph has finished, before a temporary work dir is removed."""
     from nipype import logging as nlogging
 
     from ..core.dictionary import Dictionary
@@ -276,8 +378,12 @@ def run_workflow(build, out, args):
                          exit_code=1) from exc
     LOG.info("simulation finished in %.1f s", time.perf_counter() - t0)
     dic = Dictionary.load(out)
-    if tmp is not None:
-        shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        if after:
+            after(work)
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
     return dic
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, traits
+from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, isdefined, traits
 
 from .io import cwd_path
 
@@ -24,10 +24,13 @@ class _SimIn(BaseInterfaceInputSpec):
     device = traits.Enum("cpu", "gpu", "auto", usedefault=True)
     area = traits.Enum("polygon", "hull", usedefault=True, desc="cell areas of the metrics")
     n_threads = traits.Int(0, usedefault=True, desc="numba threads (0: all)")
+    track_substrate = traits.Int(-1, usedefault=True, desc="substrate index whose walkers are recorded (-1: none)")
+    track_config = traits.Int(-1, usedefault=True, desc="index (full grid) of the configuration recorded")
+    track_walkers = traits.Int(0, usedefault=True, desc="walkers recorded at every step (for a video)")
 
 
 class _SimOut(TraitedSpec):
-    out_file = File(exists=True, desc="npz: signals [n, M], params [n, P], facts (JSON)")
+    out_file = File(exists=True, desc="npz: signals [n, M], params [n, P], facts (JSON) [, track_* arrays]")
 
 
 class SimulateHisto(SimpleInterface):
@@ -40,6 +43,7 @@ class SimulateHisto(SimpleInterface):
         import numba
 
         from ..core.simulate.histo import load_substrate, run_facts, simulate_substrate
+        from ..core.simulate.tracks import to_arrays
         from ..core.waveforms import protocol_from_json
 
         i = self.inputs
@@ -47,14 +51,20 @@ class SimulateHisto(SimpleInterface):
             numba.set_num_threads(min(i.n_threads, numba.config.NUMBA_NUM_THREADS))
         sub = load_substrate(i.substrate)
         prot = protocol_from_json(json.loads(open(i.protocol_file).read()))
+        track = {}
+        local = i.track_config - i.config_offset
+        if i.track_walkers > 0 and i.track_substrate == i.substrate_index and 0 <= local < len(i.configs):
+            track = {"track_walkers": i.track_walkers, "track_config": local}
         signals, params, res = simulate_substrate(sub, prot, np.asarray(i.configs, float), seed=i.seed,
                                                   index=i.substrate_index, config_offset=i.config_offset,
                                                   area=i.area, n_walkers=i.n_walkers,
-                                                  dt_ms=i.dt_ms, grid_um=i.grid_um, device=i.device, progress=True)
+                                                  dt_ms=i.dt_ms, grid_um=i.grid_um, device=i.device, progress=True,
+                                                  **track)
         out = cwd_path(runtime, f"mc_{i.substrate_index:03d}_{i.config_offset:05d}.npz")
         facts = run_facts(sub, res)
         facts["spec"] = i.substrate
-        np.savez(out, signals=signals, params=params, facts=json.dumps(facts))
+        np.savez(out, signals=signals, params=params, facts=json.dumps(facts),
+                 **(to_arrays(res.track) if res.track is not None else {}))
         self._results["out_file"] = out
         return runtime
 
@@ -65,6 +75,19 @@ class _AssembleIn(BaseInterfaceInputSpec):
     seed = traits.Int(0, usedefault=True)
     area = traits.Enum("polygon", "hull", usedefault=True)
     out_file = traits.Str(mandatory=True, desc="dictionary .npz to write (with its .json)")
+    track_out = traits.Str(desc="where to write the recorded walkers/spins of a part, if one has them (.npz)")
+
+
+def save_part_track(parts: list, track_out: str) -> None:
+    """Write the track recorded by one of the simulation parts to track_out (atomically)."""
+    from ..core.simulate.tracks import from_arrays, save_track
+
+    for f in parts:
+        with np.load(f) as z:
+            track = from_arrays(z)
+        if track is not None:
+            save_track(track, track_out)
+            return
 
 
 class _AssembleOut(TraitedSpec):
@@ -91,6 +114,8 @@ class AssembleDictionary(SimpleInterface):
         prov = provenance(facts, i.seed, i.area)
         dic = assemble(parts, prot, prov)
         self._results["dictionary"] = str(dic.save(i.out_file))
+        if isdefined(i.track_out):
+            save_part_track(i.parts, i.track_out)
         return runtime
 
 
@@ -192,6 +217,9 @@ class _FlowSimIn(BaseInterfaceInputSpec):
     backend = traits.Enum("scipy", "spice", usedefault=True, desc="flow solver")
     published_anb = traits.Bool(False, usedefault=True, desc="add the published ANB rule as anb_published")
     n_threads = traits.Int(0, usedefault=True, desc="numba threads (0: all)")
+    track_realisation = traits.Int(-1, usedefault=True, desc="realisation (global index) whose spins are recorded")
+    track_spins = traits.Int(0, usedefault=True, desc="spins recorded (for a video)")
+    track_times_ms = traits.List(traits.Float, desc="times the recorded spins' positions are taken at [ms]")
 
 
 class SimulateFlow(SimpleInterface):
@@ -205,6 +233,7 @@ class SimulateFlow(SimpleInterface):
 
         from ..core.simulate.flow.dictionary import simulate_realisations
         from ..core.simulate.flow.network import from_json
+        from ..core.simulate.tracks import to_arrays
         from ..core.waveforms import protocol_from_json
 
         i = self.inputs
@@ -212,10 +241,15 @@ class SimulateFlow(SimpleInterface):
             numba.set_num_threads(min(i.n_threads, numba.config.NUMBA_NUM_THREADS))
         prot = protocol_from_json(json.loads(open(i.protocol_file).read()))
         nets = [from_json(r) for r in i.realisations]
-        sig, par = simulate_realisations(nets, prot, n_spins=i.n_spins, seed=i.seed, offset=i.offset,
-                                         backend=i.backend, published_anb=i.published_anb)
+        track = None
+        if i.track_spins > 0 and i.track_realisation >= 0:
+            track = {"realisation": i.track_realisation, "spins": i.track_spins,
+                     "times_ms": list(i.track_times_ms) if isdefined(i.track_times_ms) else [0.0]}
+        sig, par, tracked = simulate_realisations(nets, prot, n_spins=i.n_spins, seed=i.seed, offset=i.offset,
+                                                  backend=i.backend, published_anb=i.published_anb, track=track)
         out = cwd_path(runtime, f"flow_{i.offset:06d}.npz")
-        np.savez(out, signals=sig, params=par, names=json.dumps([n.name for n in nets]))
+        np.savez(out, signals=sig, params=par, names=json.dumps([n.name for n in nets]),
+                 **(to_arrays(tracked) if tracked is not None else {}))
         self._results["out_file"] = out
         return runtime
 
@@ -228,6 +262,7 @@ class _FlowAsmIn(BaseInterfaceInputSpec):
     seed = traits.Int(0, usedefault=True)
     backend = traits.Enum("scipy", "spice", usedefault=True)
     out_file = traits.Str(mandatory=True, desc="dictionary .npz to write (with its .json)")
+    track_out = traits.Str(desc="where to write the recorded spins of a part, if one has them (.npz)")
 
 
 class AssembleFlowDictionary(SimpleInterface):
@@ -250,6 +285,8 @@ class AssembleFlowDictionary(SimpleInterface):
         nets = [from_json(r) for r in i.realisations]
         dic = assemble_flow(parts, prot, flow_provenance(nets, i.n_spins, i.seed, {"backend": i.backend}))
         self._results["dictionary"] = str(dic.save(i.out_file))
+        if isdefined(i.track_out):
+            save_part_track(i.parts, i.track_out)
         return runtime
 
 

@@ -48,12 +48,12 @@ def _compiled():
     @cuda.jit
     def walk_kernel(seed, walker0, start_xy, cfg, d_in, d_ex, step_in, step_ex, p_ie, p_ei, n_steps, dt,
                     max_bounce, owner, cell_ptr, cell_seg, cell_xy, nx, ny, hx, hy, lx, ly, ev_step, ev_ptr,
-                    ev_wave, ev_coef, phase, disp, label, bounced_out):
+                    ev_wave, ev_coef, phase, disp, label, bounced_out, track_lo, track):
         i = cuda.grid(1)
         if i < cfg.shape[0]:
             walk(i, seed, walker0, start_xy, cfg, d_in, d_ex, step_in, step_ex, p_ie, p_ei, n_steps, dt,
                  max_bounce, owner, cell_ptr, cell_seg, cell_xy, nx, ny, hx, hy, lx, ly, ev_step, ev_ptr,
-                 ev_wave, ev_coef, phase, disp, label, bounced_out)
+                 ev_wave, ev_coef, phase, disp, label, bounced_out, track_lo, track)
 
     @cuda.jit
     def acc_kernel(phase, group_start, group_stop, meas_wave, meas_sqrt_b, acc):
@@ -77,23 +77,26 @@ class _Session:
 
 def walk_all(seed, walker0, start_xy, cfg, d_in, d_ex, step_in, step_ex, p_ie, p_ei, n_steps, dt, max_bounce,
              owner, cell_ptr, cell_seg, cell_xy, nx, ny, hx, hy, lx, ly, ev_step, ev_ptr, ev_wave, ev_coef,
-             phase, disp, label, bounced_out):
-    """GPU kernels.walk_all (same arguments; phase, disp, label and bounced_out are filled)."""
+             phase, disp, label, bounced_out, track_lo, track):
+    """GPU kernels.walk_all (same arguments; phase, disp, label, bounced_out and track are filled)."""
     walk_kernel = _compiled()[0]
     arrays = [start_xy if start_xy.shape[0] else np.zeros((1, 2)), cfg, d_in, d_ex, step_in, step_ex, p_ie, p_ei,
               owner, cell_ptr, cell_seg, cell_xy, ev_step, ev_ptr, ev_wave, ev_coef]
     dev = [cuda.to_device(np.ascontiguousarray(a)) for a in arrays]
     if not start_xy.shape[0]:
         dev[0] = cuda.to_device(np.zeros((0, 2)))
-    d_phase, d_disp, d_label, d_bounced = (cuda.to_device(a) for a in (phase, disp, label, bounced_out))
+    d_phase, d_disp, d_label, d_bounced, d_track = (cuda.to_device(a) for a in (phase, disp, label, bounced_out,
+                                                                                track))
     n = cfg.shape[0]
     blocks = (n + THREADS_PER_BLOCK - 1) // THREADS_PER_BLOCK
     with np.errstate(over="ignore"):  # 64-bit RNG arithmetic wraps by design (simulator warns)
         walk_kernel[blocks, THREADS_PER_BLOCK](seed, walker0, dev[0], dev[1], dev[2], dev[3], dev[4], dev[5], dev[6],
                                                dev[7], n_steps, dt, max_bounce, dev[8], dev[9], dev[10], dev[11], nx,
                                                ny, hx, hy, lx, ly, dev[12], dev[13], dev[14], dev[15], d_phase, d_disp,
-                                               d_label, d_bounced)
+                                               d_label, d_bounced, track_lo, d_track)
     d_phase.copy_to_host(phase)
+    if track.size:
+        d_track.copy_to_host(track)
     d_disp.copy_to_host(disp)
     d_label.copy_to_host(label)
     d_bounced.copy_to_host(bounced_out)

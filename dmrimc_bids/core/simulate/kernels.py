@@ -125,10 +125,12 @@ def locate(px, py, owner, cell_ptr, cell_seg, cell_xy, nx, ny, hx, hy, lx, ly):
 @njit(cache=True)
 def walk(i, seed, walker0, start_xy, cfg, d_in, d_ex, step_in, step_ex, p_ie, p_ei, n_steps, dt, max_bounce,
          owner, cell_ptr, cell_seg, cell_xy, nx, ny, hx, hy, lx, ly, ev_step, ev_ptr, ev_wave, ev_coef,
-         phase, disp, label, bounced_out):
+         phase, disp, label, bounced_out, track_lo, track):
     """Walk walker i (global index walker0 + i) for n_steps; write its phase integrals phase[i, w, axis]
-    (µm·ms scaled per waveform), final displacement and position disp[i] = (dx, dy, x, y) (µm), labels at start/end and the number
-    of steps cut short by max_bounce."""
+    (µm·ms scaled per waveform), final displacement and position disp[i] = (dx, dy, x, y) (µm), labels at
+    start/end and the number of steps cut short by max_bounce. Walkers track_lo <= i < track_lo + len(track)
+    also write track[i - track_lo, k] = (x, y, dx, dy, compartment) before step 0 and after every step k
+    (position in the tile, unwrapped displacement [µm], cell index or -1)."""
     state = walker_state(seed, walker0 + i)
     if start_xy.shape[0] > 0:
         x, y = start_xy[i, 0], start_xy[i, 1]
@@ -139,6 +141,15 @@ def walk(i, seed, walker0, start_xy, cfg, d_in, d_ex, step_in, step_ex, p_ie, p_
         y = u * ly
     comp = locate(x, y, owner, cell_ptr, cell_seg, cell_xy, nx, ny, hx, hy, lx, ly)
     label[i, 0] = comp
+    tr = i - track_lo
+    if tr < 0 or tr >= track.shape[0]:
+        tr = -1
+    else:
+        track[tr, 0, 0] = x
+        track[tr, 0, 1] = y
+        track[tr, 0, 2] = 0.0
+        track[tr, 0, 3] = 0.0
+        track[tr, 0, 4] = comp
     c = cfg[i]
     ux, uy, pux, puy, qx, qy = 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
     e = 0
@@ -213,6 +224,12 @@ def walk(i, seed, walker0, start_xy, cfg, d_in, d_ex, step_in, step_ex, p_ie, p_
         qy += 0.5 * (puy + uy) * dt
         pux, puy = ux, uy
         kk = k + 1
+        if tr >= 0:
+            track[tr, kk, 0] = x
+            track[tr, kk, 1] = y
+            track[tr, kk, 2] = ux
+            track[tr, kk, 3] = uy
+            track[tr, kk, 4] = comp
         while e < n_ev and ev_step[e] == kk:
             for q in range(ev_ptr[e], ev_ptr[e + 1]):
                 w = ev_wave[q]
@@ -230,12 +247,12 @@ def walk(i, seed, walker0, start_xy, cfg, d_in, d_ex, step_in, step_ex, p_ie, p_
 @njit(cache=True, parallel=True)
 def walk_all(seed, walker0, start_xy, cfg, d_in, d_ex, step_in, step_ex, p_ie, p_ei, n_steps, dt, max_bounce,
              owner, cell_ptr, cell_seg, cell_xy, nx, ny, hx, hy, lx, ly, ev_step, ev_ptr, ev_wave, ev_coef,
-             phase, disp, label, bounced_out):
+             phase, disp, label, bounced_out, track_lo, track):
     """CPU driver: every walker of the batch, in parallel (prange)."""
     for i in prange(cfg.shape[0]):
         walk(i, seed, walker0, start_xy, cfg, d_in, d_ex, step_in, step_ex, p_ie, p_ei, n_steps, dt, max_bounce,
              owner, cell_ptr, cell_seg, cell_xy, nx, ny, hx, hy, lx, ly, ev_step, ev_ptr, ev_wave, ev_coef,
-             phase, disp, label, bounced_out)
+             phase, disp, label, bounced_out, track_lo, track)
 
 
 @njit(cache=True)

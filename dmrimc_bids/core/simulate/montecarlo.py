@@ -164,6 +164,40 @@ def check_step_conditions(substrate: Substrate, step_in, step_ex, p_ie, p_ei) ->
 
 
 @dataclass
+class WalkerTrack:
+    """Every step of a few walkers of one configuration, recorded by the walk itself (kernels.walk).
+
+    position_um [N, K+1, 2]: in the periodic tile; displacement_um [N, K+1, 2]: unwrapped, from the
+    start; compartment [N, K+1]: the cell a walker is in (-1: extra-cellular); entry k is the state
+    after k steps of dt_ms. config: (D0in µm²/ms, D0ex µm²/ms, κ µm/s).
+    """
+
+    dt_ms: float
+    position_um: np.ndarray
+    displacement_um: np.ndarray
+    compartment: np.ndarray
+    config: tuple
+    tile_um: tuple
+
+    @property
+    def times_ms(self) -> np.ndarray:
+        return np.arange(self.position_um.shape[1]) * self.dt_ms
+
+    def phase(self, waveform, b: float) -> np.ndarray:
+        """Phase [rad] accumulated up to each step [N, K+1, 2] (x, y gradient) for a measurement of b
+        [s/mm²] with this waveform: sqrt(b)·Σ_{j<k} ḡ_j·(u_j + u_{j+1})/2·dt / sqrt(∫q² dt), the walk's
+        own discretisation (step-averaged g, trapezoid displacement), so the last entry is the phase
+        the signal of the simulation used."""
+        n = self.position_um.shape[1] - 1
+        g = waveform.step_averages(self.dt_ms, n)
+        u = self.displacement_um
+        mid = 0.5 * (u[:, :-1] + u[:, 1:])
+        acc = np.cumsum(g[None, :, None] * mid * self.dt_ms, axis=1)
+        scale = math.sqrt(max(b, 0.0) * B_TO_MS_PER_UM2) * waveform.phase_scale()
+        return scale * np.concatenate([np.zeros((u.shape[0], 1, 2)), acc], axis=1)
+
+
+@dataclass
 class MCResult:
     """Signals [n_configs, n_measurements] (mean of the x and y magnitudes) and run facts."""
 
@@ -178,6 +212,7 @@ class MCResult:
     cut_steps: int
     device: str
     walkers: dict = field(default_factory=dict)
+    track: WalkerTrack | None = None
 
     @property
     def steps_per_second(self) -> float:
@@ -202,7 +237,8 @@ def group_signals(phase, groups, meas_wave, b):
 def simulate(substrate: Substrate, protocol: Protocol, d0in, d0ex, kappa, *, n_walkers: int = DEFAULT_WALKERS,
              dt_ms: float = DEFAULT_DT_MS, seed: int = 0, grid_um: float = 1.0, start_xy=None,
              device: str = "cpu", batch_walkers: int = 1_000_000, keep_walkers: bool = False,
-             max_bounce: int = MAX_BOUNCES, progress: bool = False, walker_offset: int = 0) -> MCResult:
+             max_bounce: int = MAX_BOUNCES, progress: bool = False, walker_offset: int = 0,
+             track_walkers: int = 0, track_config: int = 0) -> MCResult:
     """Simulate every configuration (d0in[i], d0ex[i], kappa[i]) [µm²/ms, µm²/ms, µm/s] with n_walkers.
 
     start_xy: optional [n_walkers, 2] start positions (µm, in the tile), reused for every
@@ -210,7 +246,9 @@ def simulate(substrate: Substrate, protocol: Protocol, d0in, d0ex, kappa, *, n_w
     per-walker phases, displacements and labels (memory!). device: 'cpu' or 'gpu' (numba.cuda).
     walker_offset: global index of this call's first walker (its random streams are (seed, index)):
     a job simulating configurations k.. of a larger grid passes k·n_walkers, so results do not depend
-    on how the grid is split into jobs.
+    on how the grid is split into jobs. track_walkers > 0 records every step of the first track_walkers
+    walkers of configuration track_config (`WalkerTrack`, ~40 bytes per walker-step); recording changes
+    no signal.
     """
     d0in, d0ex, kappa = np.broadcast_arrays(*(np.atleast_1d(np.asarray(v, float)) for v in (d0in, d0ex, kappa)))
     if np.any(d0in <= 0) or np.any(d0ex <= 0) or np.any(kappa < 0):
@@ -228,6 +266,11 @@ def simulate(substrate: Substrate, protocol: Protocol, d0in, d0ex, kappa, *, n_w
         start = np.ascontiguousarray(np.asarray(start_xy, float).reshape(-1, 2))
         n_walkers = len(start)
     total = n_cfg * n_walkers
+    n_track = min(int(track_walkers), n_walkers)
+    if n_track and not 0 <= track_config < n_cfg:
+        raise ValueError(f"track_config {track_config} is not one of the {n_cfg} configurations")
+    track = np.zeros((n_track, ev.n_steps + 1, 5))
+    track_start = track_config * n_walkers
     # explicit starts are shared by every configuration: one configuration per batch then
     per_batch = max(n_walkers, (batch_walkers // n_walkers) * n_walkers) if start.shape[0] == 0 else n_walkers
     acc = np.zeros((n_cfg, len(protocol), 2, 2))
@@ -250,7 +293,7 @@ def simulate(substrate: Substrate, protocol: Protocol, d0in, d0ex, kappa, *, n_w
         bounced = np.zeros(n, np.int64)
         runner(np.uint64(seed), np.int64(walker_offset + first), start, cfg, d0in, d0ex, step_in, step_ex, p_ie, p_ei,
                np.int64(ev.n_steps), float(dt_ms), np.int64(max_bounce), *grid.args(), ev.step, ev.ptr, ev.wave,
-               ev.coef, phase, disp, label, bounced)
+               ev.coef, phase, disp, label, bounced, np.int64(track_start - first), track)
         g_lo = cfg[0]
         groups = np.arange(g_lo, cfg[-1] + 1)
         gs = np.searchsorted(cfg, groups).astype(np.int64)
@@ -273,8 +316,13 @@ def simulate(substrate: Substrate, protocol: Protocol, d0in, d0ex, kappa, *, n_w
     walkers = {k: np.concatenate(v) for k, v in kept.items()} if keep_walkers else {}
     if keep_walkers:
         walkers["meas_wave"] = meas_wave
+    tracked = None
+    if n_track:
+        c = track_config
+        tracked = WalkerTrack(float(dt_ms), track[..., :2], track[..., 2:4], track[..., 4].astype(np.int64),
+                              (float(d0in[c]), float(d0ex[c]), float(kappa[c])), tuple(map(float, substrate.tile_um)))
     return MCResult(mag.mean(-1), mag, np.stack([d0in, d0ex, kappa], 1), n_walkers, ev.n_steps, dt_ms, seconds,
-                    float(total) * ev.n_steps, cut, device, walkers)
+                    float(total) * ev.n_steps, cut, device, walkers, tracked)
 
 
 def resolve_device(device: str) -> str:

@@ -45,16 +45,23 @@ def param_names(published_anb: bool = False) -> list:
 
 def simulate_realisations(nets: list, protocol: Protocol, *, n_spins: int = DEFAULT_SPINS, seed: int = 0,
                           offset: int = 0, backend: str = "scipy", published_anb: bool = False,
-                          progress=None) -> tuple[np.ndarray, np.ndarray]:
-    """(signals [n, M], params [n, P]) of realisations nets; offset = index of nets[0] in the whole set.
-    published_anb adds the column anb_published (spins.anb_published, 5000 spins: ~0.1 s per realisation)."""
+                          progress=None, track: dict | None = None) -> tuple:
+    """(signals [n, M], params [n, P], SpinTrack or None) of realisations nets; offset = index of nets[0]
+    in the whole set. published_anb adds the column anb_published (spins.anb_published, 5000 spins: ~0.1 s
+    per realisation). track {"realisation": global index, "spins": R, "times_ms": [...]}: record that
+    realisation's first R spins (`spins.simulate_flow`) when it is one of nets."""
     waves = protocol_waveforms(protocol)
     names = param_names(published_anb)
     sig = np.empty((len(nets), len(protocol)))
     par = np.empty((len(nets), len(names)))
+    tracked = None
     for k, net in enumerate(nets):
         sol = solve_flow(net, backend=backend)
-        sim = simulate_flow(sol, protocol.b, waves, n_spins=n_spins, seed=realisation_seed(seed, offset + k))
+        rec = {}
+        if track and track.get("realisation") == offset + k:
+            rec = {"track_spins": track["spins"], "track_times_ms": track["times_ms"]}
+        sim = simulate_flow(sol, protocol.b, waves, n_spins=n_spins, seed=realisation_seed(seed, offset + k), **rec)
+        tracked = sim.track if rec else tracked
         m = network_metrics(sol)
         m["anb"] = sim.anb
         if published_anb:
@@ -63,7 +70,7 @@ def simulate_realisations(nets: list, protocol: Protocol, *, n_spins: int = DEFA
         par[k] = [m[n] for n in names]
         if progress:
             progress(1)
-    return sig, par
+    return sig, par, tracked
 
 
 def flow_provenance(nets: list, n_spins: int, seed: int, extra: dict | None = None) -> dict:
@@ -88,6 +95,6 @@ def assemble_flow(parts: list, protocol: Protocol, provenance: dict) -> Dictiona
 def simulate_flow_dictionary(nets: list, protocol: Protocol, *, n_spins: int = DEFAULT_SPINS, seed: int = 0,
                              backend: str = "scipy", published_anb: bool = False, progress=None) -> Dictionary:
     """A flow dictionary for `protocol` from network realisations (one entry each)."""
-    sig, par = simulate_realisations(nets, protocol, n_spins=n_spins, seed=seed, backend=backend,
-                                     published_anb=published_anb, progress=progress)
+    sig, par, _ = simulate_realisations(nets, protocol, n_spins=n_spins, seed=seed, backend=backend,
+                                        published_anb=published_anb, progress=progress)
     return assemble_flow([(sig, par)], protocol, flow_provenance(nets, n_spins, seed, {"backend": backend}))

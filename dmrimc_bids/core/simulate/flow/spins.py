@@ -133,9 +133,12 @@ def _next_segment(node, state, out_ptr, out_seg, out_cum):
 
 @njit(cache=True, parallel=True)
 def _advect(seed, spin_seg, spin_frac, start, direction, length, speed, down, out_ptr, out_seg, out_cum,
-            inlet, outlet, shift, t_end, window, wptr, wt, wg, wc0, wc1, integral, entries, max_events):
+            inlet, outlet, shift, t_end, window, wptr, wt, wg, wc0, wc1, integral, entries, max_events,
+            rec_t, rec_stride, rec_pos, rec_copy, rec_seg):
     n_spins, n_w = spin_seg.shape[0], wptr.shape[0] - 1
+    n_rec, n_t = rec_pos.shape[0], rec_t.shape[0]
     for s in prange(n_spins):
+        slot = s // rec_stride if s % rec_stride == 0 else n_rec  # spins 0, stride, 2·stride, ... are recorded
         state = walker_state(seed, s)
         e = spin_seg[s]
         frac = spin_frac[s]
@@ -147,11 +150,22 @@ def _advect(seed, spin_seg, spin_frac, start, direction, length, speed, down, ou
         m0a = np.zeros(n_w)
         m1a = np.zeros(n_w)
         count = 0
+        copy = 0
+        rk = 0
         for _ in range(max_events):
             v = speed[e]
             t1 = t0 + (1.0 - frac) * length[e] / v
             tb = min(t1, t_end)
             ux, uy, uz = v * direction[e, 0], v * direction[e, 1], v * direction[e, 2]
+            if slot < n_rec:  # recorded spin: its position at the record times within this piece
+                while rk < n_t and (rec_t[rk] <= t1 or t1 >= t_end):
+                    h = rec_t[rk] - t0
+                    rec_pos[slot, rk, 0] = px + ux * h
+                    rec_pos[slot, rk, 1] = py + uy * h
+                    rec_pos[slot, rk, 2] = pz + uz * h
+                    rec_copy[slot, rk] = copy
+                    rec_seg[slot, rk] = e
+                    rk += 1
             for w in range(n_w):
                 m0b, m1b = _moments(tb, wptr[w], wptr[w + 1], wt, wg, wc0, wc1)
                 d0 = m0b - m0a[w]
@@ -167,9 +181,18 @@ def _advect(seed, spin_seg, spin_frac, start, direction, length, speed, down, ou
                 ox += shift[0]
                 oy += shift[1]
                 oz += shift[2]
+                copy += 1
                 node = inlet
             nxt, state = _next_segment(node, state, out_ptr, out_seg, out_cum)
             if nxt < 0:  # no way on (impossible in a resolved network): the spin rests at the node
+                if slot < n_rec:
+                    while rk < n_t:
+                        rec_pos[slot, rk, 0] = px + ux * (t1 - t0)
+                        rec_pos[slot, rk, 1] = py + uy * (t1 - t0)
+                        rec_pos[slot, rk, 2] = pz + uz * (t1 - t0)
+                        rec_copy[slot, rk] = copy
+                        rec_seg[slot, rk] = e
+                        rk += 1
                 for w in range(n_w):
                     m0b, m1b = _moments(t_end, wptr[w], wptr[w + 1], wt, wg, wc0, wc1)
                     d0 = m0b - m0a[w]
@@ -208,15 +231,35 @@ def _signals(integral, meas_wave, meas_scale, dirs, out):
 
 
 @dataclass
+class SpinTrack:
+    """Positions of some spins of a simulation at given times, recorded by the simulation itself.
+
+    times_ms [T]; position_um [R, T, 3] (continuous across the periodic boundary: the network copy a
+    spin is in is shifted by copy · shift_um); copy [R, T]: outlet passages so far (0: the original
+    network); segment [R, T]: index of the network segment the spin is in (`Network.segments`);
+    spin [R]: the recorded spins' indices in the simulation (rows of `FlowSimulation.integral`).
+    """
+
+    times_ms: np.ndarray
+    position_um: np.ndarray
+    copy: np.ndarray
+    segment: np.ndarray
+    shift_um: np.ndarray
+    spin: np.ndarray
+
+
+@dataclass
 class FlowSimulation:
     """Result of one network realisation: signals [M] (1 at b = 0), anb (mean segment entries per spin
-    in 100 ms), the per-spin phase integrals [S, W, 3] (µm·ms) and the unique waveforms."""
+    in 100 ms), the per-spin phase integrals [S, W, 3] (µm·ms), the unique waveforms, segments entered
+    per spin in the ANB window, and the tracked spins' positions (`SpinTrack`, when asked for)."""
 
     signals: np.ndarray
     anb: float
     integral: np.ndarray
     waveforms: list
     entries: np.ndarray
+    track: SpinTrack | None = None
 
 
 def default_directions(planar: bool) -> np.ndarray:
@@ -225,11 +268,15 @@ def default_directions(planar: bool) -> np.ndarray:
 
 
 def simulate_flow(sol: FlowSolution, b_values, waveforms, n_spins: int = 5000, seed: int = 0,
-                  directions=None, anb_window_ms: float = ANB_WINDOW_MS) -> FlowSimulation:
+                  directions=None, anb_window_ms: float = ANB_WINDOW_MS, track_spins: int = 0,
+                  track_times_ms=None) -> FlowSimulation:
     """Vascular signals of a resolved network for measurements (b [s/mm²], waveform or None for b = 0).
 
     directions: unit vectors [D, 3] (default `default_directions`); the signal is the mean of their
-    magnitudes. Deterministic for a given seed (one SplitMix64 stream per spin).
+    magnitudes. Deterministic for a given seed (one SplitMix64 stream per spin). track_spins > 0 also
+    records the positions of track_spins spins, evenly spaced in seeding order (so every segment's spins
+    are sampled), at track_times_ms (increasing, within the simulated time max(waveform durations,
+    anb_window_ms)) as the simulation moves them (`SpinTrack`); recording changes no signal.
     """
     from ...waveforms import unique_waveforms
 
@@ -240,16 +287,26 @@ def simulate_flow(sol: FlowSolution, b_values, waveforms, n_spins: int = 5000, s
     spin_seg = np.repeat(np.arange(len(counts)), counts)
     rng = np.random.default_rng([seed, 0x5eed])
     spin_frac = rng.random(n_spins)
-    t_end = max([w.duration_ms for w in uniq] + [anb_window_ms, 1e-9])
+    t_end = simulated_time_ms(uniq, anb_window_ms)
     wptr, wt, wg, wc0, wc1 = _pack_waveforms(uniq) if uniq else (np.zeros(1, np.int64), np.zeros(1), np.zeros(1),
                                                                   np.zeros(1), np.zeros(1))
     integral = np.zeros((n_spins, max(len(uniq), 0), 3))
     entries = np.zeros(n_spins, np.int64)
     min_time = float(np.min(g.length / g.speed))
     max_events = int(min(1e8, t_end / max(min_time, 1e-12) + 10))
+    n_track = min(int(track_spins), n_spins)
+    rec_t = np.zeros(0) if n_track == 0 else np.ascontiguousarray(track_times_ms, dtype=float).ravel()
+    if n_track and (np.any(np.diff(rec_t) < 0) or rec_t.min() < 0 or rec_t.max() > t_end + 1e-9):
+        raise ValueError(f"track_times_ms must increase within [0, {t_end:g}] ms")
+    rec_pos = np.zeros((n_track, rec_t.size, 3))
+    rec_copy = np.zeros((n_track, rec_t.size), np.int64)
+    rec_seg = np.zeros((n_track, rec_t.size), np.int64)
+    stride = max(1, n_spins // max(n_track, 1))  # spins are seeded segment by segment: sample them all
     _advect(np.uint64(seed), spin_seg, spin_frac, g.start, g.direction, g.length, g.speed, g.down, g.out_ptr,
             g.out_seg, g.out_cum, g.inlet, g.outlet, g.shift, t_end, anb_window_ms, wptr, wt, wg, wc0, wc1,
-            integral, entries, max_events)
+            integral, entries, max_events, rec_t, stride, rec_pos, rec_copy, rec_seg)
+    track = SpinTrack(rec_t, rec_pos, rec_copy, g.segment_index[rec_seg], g.shift.copy(),
+                      np.arange(n_track) * stride) if n_track else None
     dirs = default_directions(sol.network.is_planar) if directions is None else np.atleast_2d(
         np.asarray(directions, float))
     dirs = dirs / np.linalg.norm(dirs, axis=1, keepdims=True)
@@ -257,7 +314,12 @@ def simulate_flow(sol: FlowSolution, b_values, waveforms, n_spins: int = 5000, s
                       for bb, i in zip(b, idx)])
     out = np.empty(len(b))
     _signals(integral, idx, scale, dirs, out)
-    return FlowSimulation(out, float(entries.mean()), integral, uniq, entries)
+    return FlowSimulation(out, float(entries.mean()), integral, uniq, entries, track)
+
+
+def simulated_time_ms(waveforms, anb_window_ms: float = ANB_WINDOW_MS) -> float:
+    """How long `simulate_flow` moves the spins [ms]: the longest waveform or the ANB window."""
+    return max([w.duration_ms for w in waveforms if w is not None] + [anb_window_ms, 1e-9])
 
 
 # ---- the published ANB rule (for comparisons with SpinFlowSim's arrays) ------------------------------
