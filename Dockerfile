@@ -37,7 +37,7 @@ COPY . /src/dmrimc-bids/
 # dataset compiles the numba kernels into NUMBA_CACHE_DIR
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 RUN TF_ARGS=(); for spec in ${TEMPLATEFLOW_ATLASES}; do TF_ARGS+=(--templateflow "$spec"); done; \
-    /src/dmrimc-bids/containers/install.sh --venv "${DMRIMC_VENV}" --extras spice,atlas "${TF_ARGS[@]}" \
+    /src/dmrimc-bids/containers/install.sh --venv "${DMRIMC_VENV}" --extras spice,atlas,plots,video "${TF_ARGS[@]}" \
         --numba-cache "${NUMBA_CACHE_DIR}" --smoke-test --slim \
     && rm -rf /src/dmrimc-bids \
     && useradd --create-home --home-dir /home/dmrimc --shell /bin/bash --uid 1000 dmrimc \

@@ -93,7 +93,7 @@ def test_dockerfile_entrypoint_user_labels_and_install_path(dockerfile):
     flags = _flags(_install_call(DOCKERFILE.read_text()))
     assert flags["--venv"] == "${DMRIMC_VENV}" and flags["--smoke-test"] and flags["--slim"]
     assert "--templateflow" in runs[0] and "TEMPLATEFLOW_ATLASES" in runs[0]  # atlases baked in for offline use
-    assert set(flags["--extras"].split(",")) == {"spice", "atlas"}
+    assert set(flags["--extras"].split(",")) == {"spice", "atlas", "plots", "video"}  # MP4 with no system tool
     workdir = [s["value"] for s in dockerfile.structure if s["instruction"] == "WORKDIR"][-1]
     assert workdir == "/tmp"
     ignored = (ROOT / ".dockerignore").read_text().split()
