@@ -17,6 +17,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from dmrimc_bids.core.dictionary_default import default_dictionary_path
+
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
 
 
@@ -161,6 +163,13 @@ CASES = [
     Case("sim-bad-threads", "dmrimc-sim flow --threads-per-job 0", 64, "--threads-per-job",
          lambda bids, tmp: ("dmrimc-sim", ["flow", "--protocol", tmp / "p.tsv", "--out", tmp / "f.npz",
                                            "--threads-per-job", "0"])),
+    Case("sim-bad-video", "dmrimc-sim --video that is neither .gif nor .mp4", 64, "spins.avi",
+         _sim("flow", "--protocol", "/prot_ok.tsv", "--video", "/spins.avi")),
+    Case("sim-bad-show-entry", "dmrimc-sim --show-entry beyond the dictionary's entries", 64, "--show-entry 9999",
+         _sim("flow", "--protocol", "/prot_ok.tsv", "--show-entry", "9999")),
+    Case("sim-plot-bad-entry", "dmrimc-sim plot --entry beyond the dictionary's entries", 64, "entry 99999",
+         lambda bids, tmp: ("dmrimc-sim", ["plot", "--dictionary", default_dictionary_path(), "--entry", "99999",
+                                           "--out", tmp / "signals.png"])),
     Case("output-is-input", "output folder = the BIDS dataset", 64, "output folder", _same_dir),
     Case("no-dataset-description", "bids_dir without dataset_description.json", 16, "not a valid BIDS dataset",
          _no_description),

@@ -303,3 +303,16 @@ def test_sim_histo_video_with_phase(tmp_path, capsys):
         code, cap = _sim(capsys, *[bad if a == out else a for a in args[:-2]], *extra)
         assert code == 64 and text in cap.err and len(cap.err.strip().splitlines()) == 1, cap.err
         assert not bad.exists() and not (tmp_path / "v.gif").exists()
+
+
+def test_sim_plot_draws_existing_dictionaries_and_networks(tmp_path, capsys):
+    from dmrimc_bids.core.dictionary_default import default_dictionary_path
+    from dmrimc_bids.core.simulate.flow.generate import capillary_network
+    code, cap = _sim(capsys, "plot", "--dictionary", default_dictionary_path(), "--entry", 7,
+                     "--out", tmp_path / "s.png")
+    assert code == 0 and PIL.open(tmp_path / "s.png").size[0] > 500, cap.err
+    (tmp_path / "n.json").write_text(json.dumps(capillary_network(2).to_json()))
+    code, cap = _sim(capsys, "plot", "--network", tmp_path / "n.json", "--qin", "2e-3", "--out", tmp_path / "n.svg")
+    assert code == 0 and (tmp_path / "n.svg").read_text().startswith("<?xml"), cap.err
+    code, cap = _sim(capsys, "plot", "--dictionary", default_dictionary_path(), "--out", tmp_path / "s.html")
+    assert code == 64 and ".png, .svg, .pdf" in cap.err and not (tmp_path / "s.html").exists()

@@ -3,6 +3,8 @@
     dmrimc-sim histo --svg cells.svg --width-um 121.8 --protocol dwi.json --out dict.npz
     dmrimc-sim default-dictionary            # rebuild the embedded default dictionary
     dmrimc-sim flow --network net.json --qin 1e-3 5e-3 --protocol dwi.json --out flow.npz
+    dmrimc-sim flow --protocol dwi.json --out flow.npz --plot --video spins.gif   # pictures and a video
+    dmrimc-sim plot --dictionary dict.npz --entry 12 --out signals.png
 
 The Monte Carlo jobs run as a Nipype graph (workflows/simulation.py): ``--nprocs`` for MultiProc,
 ``--plugin SLURM --plugin-args '{"sbatch_args": "..."}'`` on a cluster.
@@ -144,7 +146,49 @@ def build_parser():
     d.add_argument("--out", type=Path, default=None, help="default: the package's data folder")
     _common(d)
     d.set_defaults(walkers=10000)
+    pl = sub.add_parser("plot", help="pictures of an existing dictionary or network, with no simulation")
+    g = pl.add_mutually_exclusive_group(required=True)
+    g.add_argument("--dictionary", type=Path, help="dictionary .npz: signal vs b of --entry per diffusion time")
+    g.add_argument("--network", type=Path,
+                   help="network file (.json/.csv/.npz): map by velocity and flow (.png/.svg/.pdf), or an "
+                        "interactive 3D view (.html, extra [plots])")
+    pl.add_argument("--entry", type=int, default=0, metavar="K", help="dictionary entry (0)")
+    pl.add_argument("--inlet", type=int, default=None, help="inlet node id (overrides the file)")
+    pl.add_argument("--outlet", type=int, default=None, help="outlet node id (overrides the file)")
+    pl.add_argument("--qin", type=_positive(float), default=None, help="input flow [mm³/s] (default: the file's)")
+    pl.add_argument("--out", type=Path, required=True, help="picture to write")
+    pl.add_argument("-v", "--verbose", action="count", default=0)
     return parser
+
+
+PICTURE_SUFFIXES = (".png", ".svg", ".pdf")
+
+
+def _run_plot(args) -> int:
+    """`dmrimc-sim plot`: signal plot of a dictionary entry, or a network map / interactive view."""
+    from ..reports import simulation as pictures
+
+    out = Path(args.out)
+    allowed = PICTURE_SUFFIXES + ((".html",) if args.network else ())
+    if out.suffix.lower() not in allowed:
+        raise InputError(f"{out}: cannot draw a {out.suffix or 'suffix-less'} file", exit_code=EX_USAGE,
+                         fix=f"name the output with one of {', '.join(allowed)}")
+    if not out.parent.is_dir():
+        raise InputError(f"{out}: its folder does not exist", exit_code=EX_USAGE, fix=f"mkdir -p {out.parent}")
+    if args.dictionary:
+        from ..core.dictionary import Dictionary
+        dic = Dictionary.load(args.dictionary)
+        pictures.plot_signals(dic, args.entry, out)
+    else:
+        from ..core.simulate.flow.network import read_network
+        from ..core.simulate.flow.resolve import solve_flow
+        sol = solve_flow(read_network(args.network, args.inlet, args.outlet, args.qin), source=args.network)
+        if out.suffix.lower() == ".html":
+            pictures.network_html(sol, out)
+        else:
+            pictures.plot_network(sol, out)
+    print(f"dmrimc-sim: wrote {out}")
+    return 0
 
 
 def main(argv=None) -> int:
@@ -179,9 +223,9 @@ def _run_flow(args) -> int:
         sources = [n.name for n in nets]
     for n, src in zip(nets, sources):  # fail early, one clear line per bad network
         solve_flow(n, backend=args.backend, source=src)
+    entry, video = _pictures_asked(args, len(nets), prot)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    entry, video = _pictures_asked(args, len(nets), prot)
     track = None
     if video is not None:
         times = np.linspace(0.0, video["waveform"].duration_ms, args.video_frames)
@@ -270,6 +314,8 @@ def _submitted(args, out) -> int:
 
 
 def _run(args) -> int:
+    if args.command == "plot":
+        return _run_plot(args)
     threads_per_job(args)  # an unknown --plugin or bad --plugin-args/--threads-per-job fails here
     if args.command == "flow":
         return _run_flow(args)
@@ -298,10 +344,10 @@ def _run(args) -> int:
     for s in substrates:
         for note in s.notes:
             LOG.info("%s: %s", s.name, note)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     n_cfg = len(config_grid(d0in, d0ex, kappa))
     entry, video = _pictures_asked(args, len(substrates) * n_cfg, prot)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     track = None
     if video is not None:
         track = {"substrate": entry // n_cfg, "config": entry % n_cfg, "walkers": args.video_count}

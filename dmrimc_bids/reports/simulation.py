@@ -256,8 +256,8 @@ def plot_signals(dictionary, entry: int, out, *, max_b: float | None = None, pla
     reference of `reference_curves` (dashed; planar: the entry's network is planar)."""
     plt = _pyplot()
     if not 0 <= entry < len(dictionary):
-        from ..core.errors import InputError
-        raise InputError(f"dictionary entry {entry} does not exist ({len(dictionary)} entries)",
+        from ..core.errors import EX_USAGE, InputError
+        raise InputError(f"dictionary entry {entry} does not exist ({len(dictionary)} entries)", exit_code=EX_USAGE,
                          fix=f"give an entry between 0 and {len(dictionary) - 1}")
     prot = dictionary.protocol
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
