@@ -81,6 +81,8 @@ def _picture_flags(p, movers: str, plots: str):
                    help=f"{movers} shown in the video (300)")
     p.add_argument("--video-frames", type=_positive(int), default=120, metavar="N", help="frames (120)")
     p.add_argument("--video-fps", type=_positive(float), default=20.0, metavar="F", help="frames per second (20)")
+    p.add_argument("--video-dpi", type=_positive(int), default=100, metavar="DPI",
+                   help="resolution (100: about 720 pixels wide)")
     p.add_argument("--video-measurement", type=int, default=None, metavar="M",
                    help="protocol row whose gradient waveform the video draws (default: the largest b)")
 
@@ -280,7 +282,7 @@ def _flow_video(args, solution, track_file, video):
     from ..core.simulate.tracks import load_track
     from ..reports.video import FlowAnimation, save_animation
 
-    anim = FlowAnimation(solution, load_track(track_file), video["waveform"], video["b"])
+    anim = FlowAnimation(solution, load_track(track_file), video["waveform"], video["b"], dpi=args.video_dpi)
     save_animation(anim, args.video, fps=args.video_fps)
     print(f"dmrimc-sim: wrote {args.video} ({anim.n_frames} frames)")
 
@@ -292,7 +294,7 @@ def _histo_video(args, substrate, track_file, video):
     track = load_track(track_file)
     anim = WalkerAnimation(substrate, track, frame_indices(track.position_um.shape[1], args.video_frames),
                            waveform=video["waveform"], b=video["b"],
-                           colour="phase" if args.video_phase else "compartment")
+                           colour="phase" if args.video_phase else "compartment", dpi=args.video_dpi)
     save_animation(anim, args.video, fps=args.video_fps)
     print(f"dmrimc-sim: wrote {args.video} ({anim.n_frames} frames)")
 

@@ -272,7 +272,7 @@ def save_animation(animation, out, *, fps: float = 20.0, progress: bool = True) 
     kind = check_video_path(out)
     if kind == "ffmpeg":
         plt.rcParams["animation.ffmpeg_path"] = find_ffmpeg()
-        writer = mpl_anim.FFMpegWriter(fps=fps, codec="libx264", extra_args=["-pix_fmt", "yuv420p"])
+        writer = mpl_anim.FFMpegWriter(fps=fps, codec="h264", extra_args=["-pix_fmt", "yuv420p"])  # even sizes
     else:
         writer = mpl_anim.PillowWriter(fps=fps)
     anim = mpl_anim.FuncAnimation(animation.fig, animation.draw, frames=animation.n_frames, blit=False,
