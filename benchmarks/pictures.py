@@ -17,6 +17,7 @@ Medians of --repeats runs after a warm-up (numba compiled). The last line printe
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import statistics
 import tempfile
@@ -107,11 +108,8 @@ def drawing(repeats, frames, tmp: Path):
     stills = {"plot_network, 2D": lambda: pics.plot_network(sol, tmp / "n.png"),
               "plot_network, 3D": lambda: pics.plot_network(sol3d, tmp / "n3.png"),
               "plot_signals, default dictionary entry": lambda: pics.plot_signals(dic, 100, tmp / "s.png")}
-    try:
-        import plotly  # noqa: F401
+    if importlib.util.find_spec("plotly"):
         stills["network_html, 3D"] = lambda: pics.network_html(sol3d, tmp / "n.html")
-    except ImportError:
-        pass
     for name, fn in stills.items():
         rows[f"{name}, per picture"] = _median_time(fn, repeats)
     return rows

@@ -275,11 +275,20 @@ def test_sim_flow_plot_and_video(tmp_path, capsys):
     out = tmp_path / "flow.npz"
     code, cap = _sim(capsys, "flow", "--network", tmp_path / "net.json", "--qin", "1e-3", "4e-3", "--protocol", prot,
                      "--spins", 300, "--out", out, "--plot", "--show-entry", 1, "--video", tmp_path / "spins.gif",
-                     "--video-frames", 6, "--video-spins", 30)
+                     "--video-frames", 6, "--video-spins", 30, "--realisations-per-job", 1, "-w", tmp_path / "work")
     assert code == 0, cap.err
     assert _gif(tmp_path / "spins.gif")[0] == 6
     assert (tmp_path / "flow.png").is_file() and (tmp_path / "flow_signals.png").is_file()
     assert not list(tmp_path.glob(".*"))
+    # the video's spins are those the job simulating entry 1 (Qin 4e-3) moved: the same run in process
+    from dmrimc_bids.core.simulate.flow.dictionary import realisation_seed
+    from dmrimc_bids.core.waveforms import read_simulation_protocol
+    shown = load_track(tmp_path / "work" / "video_track.npz")
+    p = read_simulation_protocol(prot)
+    again = simulate_flow(solve_flow(capillary_network(3).with_flow(4e-3)), p.b, protocol_waveforms(p), n_spins=300,
+                          seed=realisation_seed(0, 1), track_spins=30, track_times_ms=shown.times_ms).track
+    np.testing.assert_array_equal(shown.position_um, again.position_um)
+    np.testing.assert_allclose(shown.times_ms, np.linspace(0, 40, 6))
 
 
 def test_sim_histo_video_with_phase(tmp_path, capsys):
@@ -292,9 +301,14 @@ def test_sim_histo_video_with_phase(tmp_path, capsys):
     args = ["histo", "--svg", svg, "--width-um", 50, "--protocol", prot, "--d0in", 1, 2, "--d0ex", 2,
             "--kappa", 0, "--walkers", 200, "--out", out, "--device", "cpu", "--show-entry", 1]
     code, cap = _sim(capsys, *args, "--plot", "--video", tmp_path / "w.gif", "--video-frames", 5, "--video-phase",
-                     "--configs-per-job", 1)
+                     "--configs-per-job", 1, "-w", tmp_path / "work")
     assert code == 0, cap.err
     assert _gif(tmp_path / "w.gif")[0] == 5 and (tmp_path / "h_signals.png").is_file()
+    from dmrimc_bids.core.dictionary import Dictionary
+    d = Dictionary.load(out)
+    shown = load_track(tmp_path / "work" / "video_track.npz")  # entry 1's walkers: D0in 2, D0ex 2, κ 0
+    assert shown.config == tuple(d.params[1, [d.names.index(n) for n in ("D0in", "D0ex", "kappa")]])
+    assert shown.config == (2.0, 2.0, 0.0) and shown.position_um.shape[0] == 200
     # bad requests fail before simulating: one line, exit 64, nothing written
     for extra, text in ((["--video", tmp_path / "w.avi"], ".gif or .mp4"),
                         (["--show-entry", 2], "--show-entry 2"),
