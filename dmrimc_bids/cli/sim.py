@@ -223,9 +223,10 @@ def _run_flow(args) -> int:
         if args.qin:
             nets = [n.with_flow(q) for n in nets[::8] for q in args.qin]
         sources = [n.name for n in nets]
-    for n, src in zip(nets, sources):  # fail early, one clear line per bad network
-        solve_flow(n, backend=args.backend, source=src)
+    # fail early, one clear line per bad network
+    solutions = [solve_flow(n, backend=args.backend, source=src) for n, src in zip(nets, sources)]
     entry, video = _pictures_asked(args, len(nets), prot)
+    shown = solutions[entry]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     track = None
@@ -236,17 +237,16 @@ def _run_flow(args) -> int:
         nets, prot, out, work, n_spins=args.spins, seed=args.seed, per_job=args.realisations_per_job,
         backend=args.backend, published_anb=args.published_anb, n_threads=threads_per_job(args),
         track=track and {**track, "out": work / VIDEO_TRACK})
-    dic = run_workflow(wf_builder, out, args, after=video and (lambda work: _flow_video(
-        args, solve_flow(nets[entry], backend=args.backend), work / VIDEO_TRACK, video)))
+    dic = run_workflow(wf_builder, out, args,
+                       after=video and (lambda work: _flow_video(args, shown, work / VIDEO_TRACK, video)))
     if dic is None:
         return _submitted(args, out)
     if args.plot:
         from ..reports.simulation import plot_network, plot_signals
-        sol = solve_flow(nets[entry], backend=args.backend)
-        plot_network(sol, out.with_suffix(".png"))
-        plot_signals(dic, entry, out.with_name(out.stem + "_signals.png"), planar=sol.network.is_planar)
-        if not sol.network.is_planar:
-            _network_html(sol, out.with_name(out.stem + "_network.html"))
+        plot_network(shown, out.with_suffix(".png"))
+        plot_signals(dic, entry, out.with_name(out.stem + "_signals.png"), planar=shown.network.is_planar)
+        if not shown.network.is_planar:
+            _network_html(shown, out.with_name(out.stem + "_network.html"))
     print(f"dmrimc-sim: wrote {out.with_suffix('.npz')} ({len(dic)} realisations x {len(dic.protocol)} measurements)")
     return 0
 

@@ -11,7 +11,8 @@ import numpy as np
 DPI = 90
 
 
-def _plt():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display needed)."""
     import matplotlib
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
@@ -21,7 +22,7 @@ def _plt():
 def to_data_uri(fig, tight: bool = True) -> str:
     """PNG data URI of a matplotlib figure (the figure is closed); tight=False keeps the figure's own
     layout (one draw instead of two)."""
-    plt = _plt()
+    plt = pyplot()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight" if tight else None)
     plt.close(fig)
@@ -57,7 +58,7 @@ def _outline(mask2d: np.ndarray) -> np.ndarray:
 def slice_montage(volume, underlay, mask, slices, cmap, vmin, vmax) -> np.ndarray:
     """RGB montage [rows, cols, 3] of axial slices side by side (1-pixel gaps): the map inside the mask
     over the grey underlay, the mask's boundary in white. Rows run anterior-up (image y flipped)."""
-    plt = _plt()
+    plt = pyplot()
     cm = plt.get_cmap(cmap) if isinstance(cmap, str) else cmap
     u_lo, u_hi = robust_range(underlay[np.isfinite(underlay)], 1, 99)
     tiles = []
@@ -80,7 +81,7 @@ def map_mosaic(volume: np.ndarray, underlay: np.ndarray, mask: np.ndarray, title
     """Axial slices of a map over the b=0 image (map shown inside the mask, mask outlined in white),
     with a colour bar in the map's unit and a histogram of the map inside the mask."""
     import matplotlib as mpl
-    plt = _plt()
+    plt = pyplot()
     slices = mosaic_slices(mask) if slices is None else slices
     inside = volume[mask & np.isfinite(volume)]
     if discrete:  # fit exit codes: -1 failed (red), 0 background (grey), 1 fitted (green)
@@ -117,7 +118,7 @@ def signal_panel(examples: list[dict], x: np.ndarray, xlabel: str, groups: np.nd
                  group_labels: list[str] | None = None, title: str = "") -> str:
     """Measured (markers) and fitted (lines) normalised signal of a few voxels vs x (usually b),
     one line style per group (e.g. diffusion time)."""
-    plt = _plt()
+    plt = pyplot()
     n = max(len(examples), 1)
     fig, axes = plt.subplots(1, n, figsize=(2.7 * n, 2.3), squeeze=False)
     groups = np.zeros(len(x), int) if groups is None else np.asarray(groups)
@@ -145,7 +146,7 @@ def signal_panel(examples: list[dict], x: np.ndarray, xlabel: str, groups: np.nd
 def distributions(values: dict, unit: str, title: str, flagged: set | None = None) -> str:
     """Strip plot with a box per group: values {group label: [(subject label, value), ...]}; points of
     flagged subject labels are drawn as red crosses."""
-    plt = _plt()
+    plt = pyplot()
     flagged = flagged or set()
     labels = list(values)
     fig, ax = plt.subplots(figsize=(max(2.5, 1.1 * len(labels) + 1), 2.4))
@@ -172,7 +173,7 @@ def distributions(values: dict, unit: str, title: str, flagged: set | None = Non
 
 def correlation_matrix(rho: np.ndarray, names: list[str], title: str) -> str:
     """Heat map of a correlation matrix with the coefficients written in the cells."""
-    plt = _plt()
+    plt = pyplot()
     k = len(names)
     fig, ax = plt.subplots(figsize=(0.55 * k + 1.8, 0.55 * k + 1.2))
     im = ax.imshow(rho, cmap="RdBu_r", vmin=-1, vmax=1)

@@ -10,36 +10,29 @@ Files are written atomically (temporary name, then rename). Videos are in report
 
 from __future__ import annotations
 
-import os
+import io
 from pathlib import Path
 
 import numpy as np
 
-
-def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
+from ..bids.derivatives import atomic_write_bytes
+from .figures import pyplot
 
 
 def save_figure(fig, out, dpi: int = 110) -> Path:
-    """Save a matplotlib figure atomically (format from the suffix) and close it."""
-    plt = _pyplot()
-    out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp{out.suffix}")
+    """Save a matplotlib figure atomically (format from the suffix: png, svg, pdf) and close it."""
+    buf = io.BytesIO()
     try:
-        fig.savefig(tmp, dpi=dpi)
-        os.replace(tmp, out)
+        fig.savefig(buf, format=Path(out).suffix.lstrip(".").lower() or "png", dpi=dpi)
     finally:
-        plt.close(fig)
-        tmp.unlink(missing_ok=True)
-    return out
+        pyplot().close(fig)
+    atomic_write_bytes(out, buf.getvalue())
+    return Path(out)
 
 
 def plot_histo(substrates: list, dictionary, out_png) -> Path:
     """PNG: each substrate's cells on its periodic tile, and signal vs b of a few entries per (δ, Δ)."""
-    plt = _pyplot()
+    plt = pyplot()
     n = len(substrates)
     fig, axes = plt.subplots(1, n + 1, figsize=(4.2 * (n + 1), 4.0), squeeze=False)
     for ax, sub in zip(axes[0], substrates):
@@ -56,13 +49,9 @@ def plot_histo(substrates: list, dictionary, out_png) -> Path:
         ax.set_ylabel("y [µm]")
     ax = axes[0][-1]
     prot = dictionary.protocol
-    pairs = sorted({(s, b) for s, b in zip(prot.small_delta_ms, prot.big_delta_ms) if np.isfinite(s)})[:3]
     rows = np.linspace(0, len(dictionary) - 1, min(4, len(dictionary))).astype(int)
     names = dictionary.names
-    for k, (sd, bd) in enumerate(pairs):
-        sel = np.flatnonzero((prot.small_delta_ms == sd) & (prot.big_delta_ms == bd))
-        sel = np.union1d(sel, np.flatnonzero(prot.b == 0)) if not np.any(prot.b[sel] == 0) else sel
-        order = sel[np.argsort(prot.b[sel])]
+    for k, (sd, bd, order) in enumerate(diffusion_time_groups(prot)[:3]):
         for j, r in enumerate(rows):
             lab = (f"δ/Δ {sd:g}/{bd:g} ms; " if j == 0 else "") + \
                   ", ".join(f"{nm} {dictionary.params[r, names.index(nm)]:.2g}" for nm in ("fin", "D0in", "kappa")
@@ -111,7 +100,8 @@ def network_lines(ax, solution, values, norm, cmap, *, shift=(0.0, 0.0, 0.0), al
     return lines
 
 
-def _ports(ax, net, three_d):
+def mark_ports(ax, net, three_d: bool = False):
+    """Mark the inlet (red triangle) and the outlet (blue square) of a network (x-y, or x-y-z on 3D axes)."""
     for node, marker, colour, label in ((net.inlet, "^", "red", "inlet"), (net.outlet, "s", "blue", "outlet")):
         p = net.nodes[node]
         if three_d:
@@ -127,7 +117,7 @@ def plot_network(solution, out, *, title: str | None = None, arrows: bool = True
     (mplot3d); `network_html` gives an interactive view."""
     from matplotlib.colors import LogNorm, Normalize
 
-    plt = _pyplot()
+    plt = pyplot()
     net = solution.network
     v, q, live = _segment_colours(solution)
     three_d = not net.is_planar
@@ -140,7 +130,7 @@ def plot_network(solution, out, *, title: str | None = None, arrows: bool = True
     labels = ("velocity [mm/s]", "flow [mm³/s]")
     for ax, values, norm, label, cmap in zip(axes, (v, q), norms, labels, ("viridis", "magma")):
         lines = network_lines(ax, solution, values, norm, cmap)
-        _ports(ax, net, three_d)
+        mark_ports(ax, net, three_d)
         if three_d:
             lo, hi = net.nodes.min(0), net.nodes.max(0)
             ax.set_xlim(lo[0], hi[0])
@@ -211,14 +201,8 @@ def network_html(solution, out) -> Path:
     fig.update_layout(title=f"{net.name or 'network'}: Qin {net.qin_mm3_per_s:.3g} mm³/s",
                       scene={"xaxis_title": "x [µm]", "yaxis_title": "y [µm]", "zaxis_title": "z [µm]",
                              "aspectmode": "data"})
-    out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp.html")
-    try:
-        fig.write_html(str(tmp), include_plotlyjs=True, full_html=True)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
+    atomic_write_bytes(out, fig.to_html(include_plotlyjs=True, full_html=True).encode())
+    return Path(out)
 
 
 def diffusion_time_groups(protocol) -> list:
@@ -254,7 +238,7 @@ def reference_curves(dictionary, entry: int, planar: bool = True) -> list:
 def plot_signals(dictionary, entry: int, out, *, max_b: float | None = None, planar: bool = True) -> Path:
     """Signal vs b [s/mm²] per diffusion time (Δ - δ/3) of one dictionary entry, with the analytic
     reference of `reference_curves` (dashed; planar: the entry's network is planar)."""
-    plt = _pyplot()
+    plt = pyplot()
     if not 0 <= entry < len(dictionary):
         from ..core.errors import EX_USAGE, InputError
         raise InputError(f"dictionary entry {entry} does not exist ({len(dictionary)} entries)", exit_code=EX_USAGE,

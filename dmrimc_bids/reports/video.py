@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import EX_USAGE, InputError
+from .figures import pyplot
 
 #: Video formats and their writers.
 VIDEO_SUFFIXES = {".gif": "pillow", ".mp4": "ffmpeg"}
@@ -62,17 +63,10 @@ def frame_indices(n_samples: int, n_frames: int) -> np.ndarray:
     return np.unique(np.round(np.linspace(0, n_samples - 1, n_frames)).astype(int))
 
 
-def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
 def _layout(aspect: float, with_wave: bool, width_in: float = 7.2):
     """(figure, picture axes, colour-bar axes, waveform axes or None) for a picture of height/width
     `aspect`, the waveform panel beneath it; sizes in inches, even pixel counts at 100 dpi (for MP4)."""
-    plt = _pyplot()
+    plt = pyplot()
     img_w = 0.72 * width_in
     img_h = float(np.clip(img_w * aspect, 2.2, 7.5))
     img_w = min(img_w, img_h / aspect) if aspect > 0 else img_w
@@ -122,7 +116,7 @@ class FlowAnimation:
     def __init__(self, solution, track, waveform=None, b=None, *, title: str | None = None, dpi: int = 100):
         from matplotlib.colors import Normalize
 
-        from .simulation import network_lines
+        from .simulation import mark_ports, network_lines
         self.track, self.dpi = track, dpi
         net = solution.network
         n_copies = int(track.copy.max()) + 1 if track.copy.size else 1
@@ -145,8 +139,7 @@ class FlowAnimation:
         ax.set_xlim(lo[0], hi[0])
         ax.set_ylim(lo[1], hi[1])
         ax.set_aspect("equal")
-        ax.plot(*net.nodes[net.inlet, :2], "^", color="red", ms=9, label="inlet", ls="none")
-        ax.plot(*net.nodes[net.outlet, :2], "s", color="blue", ms=8, label="outlet", ls="none")
+        mark_ports(ax, net)
         ax.set_xlabel("x [µm]")
         ax.set_ylabel("y [µm]")
         ax.set_title(title or f"{net.name or 'network'}: {track.position_um.shape[0]} spins"
@@ -267,7 +260,7 @@ def save_animation(animation, out, *, fps: float = 20.0, progress: bool = True) 
     atomically; returns out."""
     import matplotlib.animation as mpl_anim
 
-    plt = _pyplot()
+    plt = pyplot()
     out = Path(out)
     kind = check_video_path(out)
     if kind == "ffmpeg":
