@@ -366,8 +366,8 @@ def _execution(args):
 
 def _simulation_options(args, opts) -> None:
     """Fill the --dictionary-source simulate options; bad values give one error line (exit 64)."""
-    from ..core.dictionary_default import DEFAULT_D0, DEFAULT_KAPPA
-    from ..core.simulate.histo import DEFAULT_SUBSTRATES, load_substrate
+    from ..core.dictionary_default import SIMULATE_D0, SIMULATE_KAPPA
+    from ..core.simulate.histo import default_simulation_substrates, load_substrate
 
     if args.dictionary:
         raise InputError("--dictionary and --dictionary-source simulate exclude each other", exit_code=EX_USAGE,
@@ -384,11 +384,11 @@ def _simulation_options(args, opts) -> None:
         for spec in specs:
             load_substrate(spec)  # one clear error now rather than a crash in the graph
     else:
-        specs = DEFAULT_SUBSTRATES
+        specs = default_simulation_substrates()
     opts.sim_substrates = specs
     opts.sim_walkers = args.sim_walkers
-    opts.sim_d0 = list(args.sim_d0 or DEFAULT_D0)
-    opts.sim_kappa = list(args.sim_kappa or DEFAULT_KAPPA)
+    opts.sim_d0 = list(args.sim_d0 or SIMULATE_D0)
+    opts.sim_kappa = list(args.sim_kappa or SIMULATE_KAPPA)
 
 
 def _execute(items, opts, args, run_with, warnings=None) -> list:

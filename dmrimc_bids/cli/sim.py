@@ -70,6 +70,52 @@ def _common(p):
     p.add_argument("-v", "--verbose", action="count", default=0)
 
 
+def _default_flags(d):
+    from ..core import dictionary_default as dd
+    from ..core.simulate.scaled import DEFAULT_STEP_UM
+    d.add_argument("--out", type=Path, default=None, help="default: the package's data folder")
+    d.add_argument("--substrates", type=_positive(int), default=dd.DEFAULT_N_SUBSTRATES,
+                   help=f"generated substrates ({dd.DEFAULT_N_SUBSTRATES})")
+    d.add_argument("--walkers", type=_positive(int), default=dd.DEFAULT_WALKERS,
+                   help=f"walkers per walk ({dd.DEFAULT_WALKERS})")
+    d.add_argument("--step-um", type=_positive(float), default=DEFAULT_STEP_UM,
+                   help=f"walker step length [µm] ({DEFAULT_STEP_UM})")
+    d.add_argument("--seed", type=int, default=dd.DEFAULT_SEED, help=f"population and walker seed ({dd.DEFAULT_SEED})")
+    d.add_argument("--device", choices=("cpu", "gpu", "auto"), default="auto")
+    _execution_flags(d)
+    d.add_argument("-w", "--work-dir", type=Path, default=None,
+                   help="Nipype work dir (kept; an interrupted build rerun with it resumes from the finished "
+                        "substrates)")
+    d.add_argument("--plot", action="store_true", help="write <out>.png (substrates and example signals)")
+    d.add_argument("-v", "--verbose", action="count", default=0)
+
+
+def _run_default(args, device) -> int:
+    """dmrimc-sim default-dictionary: the generated population by diffusion-time scaling."""
+    from ..core import dictionary_default as dd
+    from ..core.simulate.histo import load_substrate
+    from ..workflows.simulation import init_default_dictionary_wf
+
+    specs = dd.default_substrate_specs(args.substrates, args.seed)
+    out = Path(args.out or dd.default_dictionary_path())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    prot = dd.DEFAULT_TIMING_GRID.protocol()
+    dic = run_workflow(lambda work: init_default_dictionary_wf(
+        specs, prot, dd.DEFAULT_DESIGN, out, work, n_walkers=args.walkers, step_um=args.step_um, seed=args.seed,
+        device=device, area=dd.DEFAULT_METRICS_AREA, n_threads=threads_per_job(args)), out, args)
+    if dic is None:
+        return _submitted(args, out)
+    dic.provenance.update(timing_grid=dd.DEFAULT_TIMING_GRID.describe(), design=dd.DEFAULT_DESIGN,
+                          population={"n_substrates": args.substrates, "seed": args.seed,
+                                      "generator": "core.dictionary_default.default_substrate_specs"})
+    dd.finalise_default(dic, out)
+    if args.plot:
+        from ..reports.simulation import plot_histo
+        plot_histo([load_substrate(s) for s in specs[:3]], dic, out.with_suffix(".png"))
+    print(f"dmrimc-sim: wrote {out.with_suffix('.npz')} ({len(dic)} entries x {len(dic.protocol)} measurements)")
+    return 0
+
+
 def _picture_flags(p, movers: str, plots: str):
     p.add_argument("--plot", action="store_true", help=f"write {plots}")
     p.add_argument("--show-entry", type=int, default=0, metavar="K",
@@ -145,9 +191,7 @@ def build_parser():
     f.add_argument("--out", type=Path, required=True, help="dictionary .npz (its .json beside it)")
     f.add_argument("-v", "--verbose", action="count", default=0)
     d = sub.add_parser("default-dictionary", help="rebuild the embedded default dictionary (generated substrates)")
-    d.add_argument("--out", type=Path, default=None, help="default: the package's data folder")
-    _common(d)
-    d.set_defaults(walkers=10000)
+    _default_flags(d)
     pl = sub.add_parser("plot", help="pictures of an existing dictionary or network, with no simulation")
     g = pl.add_mutually_exclusive_group(required=True)
     g.add_argument("--dictionary", type=Path, help="dictionary .npz: signal vs b of --entry per diffusion time")
@@ -321,7 +365,7 @@ def _run(args) -> int:
     threads_per_job(args)  # an unknown --plugin or bad --plugin-args/--threads-per-job fails here
     if args.command == "flow":
         return _run_flow(args)
-    from ..core.simulate.histo import DEFAULT_SUBSTRATES, config_grid, load_substrate
+    from ..core.simulate.histo import config_grid, load_substrate
     from ..core.simulate.montecarlo import resolve_device
     from ..core.waveforms import read_simulation_protocol
 
@@ -329,20 +373,14 @@ def _run(args) -> int:
         raise InputError("--device gpu: no CUDA GPU is visible", exit_code=EX_USAGE,
                          fix="install the [gpu] extra on a machine with an NVIDIA GPU, or use --device cpu")
     device = resolve_device(args.device)
+    if args.command == "default-dictionary":
+        return _run_default(args, device)
     if args.command == "histo":
         prot = read_simulation_protocol(args.protocol, args.bval)
         specs = [{"svg": str(p.resolve()), "scale_um_per_unit": args.scale, "width_um": args.width_um,
                   "tolerance_um": args.tolerance_um} for p in args.svg]
         substrates = [load_substrate(s) for s in specs]  # fail early, one clear line per bad SVG
         d0in, d0ex, kappa, area, out = args.d0in, args.d0ex, args.kappa, args.metrics_area, args.out
-    else:
-        from ..core.dictionary_default import DEFAULT_PROTOCOL, default_dictionary_path
-        prot = DEFAULT_PROTOCOL()
-        specs = DEFAULT_SUBSTRATES
-        substrates = [load_substrate(s) for s in specs]
-        from ..core.dictionary_default import DEFAULT_D0, DEFAULT_KAPPA
-        d0in, d0ex, kappa, area = DEFAULT_D0, DEFAULT_D0, DEFAULT_KAPPA, "polygon"
-        out = args.out or default_dictionary_path()
     for s in substrates:
         for note in s.notes:
             LOG.info("%s: %s", s.name, note)
@@ -358,9 +396,6 @@ def _run(args) -> int:
                                                                          work / VIDEO_TRACK, video)))
     if dic is None:
         return _submitted(args, out)
-    if args.command == "default-dictionary":
-        from ..core.dictionary_default import finalise_default
-        finalise_default(dic, out)
     if args.plot:
         from ..reports.simulation import plot_histo, plot_signals
         plot_histo(substrates[:3], dic, out.with_suffix(".png"))

@@ -196,6 +196,11 @@ class Dictionary:
         not have). Measured b=0 maps to a signal of 1. The result has the measured protocol and a
         ``matching`` provenance table; InputError names every measurement without a match.
         """
+        grid = TimingGrid.from_provenance(self.provenance)
+        if grid is not None and len(self.protocol) == grid.size:
+            inside = grid.contains(measured) | (measured.b <= b0_threshold)
+            if inside.all():
+                return self._interpolated(measured, grid, b0_threshold)
         d = self.protocol
         dw = d.b > b0_threshold
         cols, report, unmatched = [], [], []
@@ -229,6 +234,90 @@ class Dictionary:
         prov["matching"] = {"tolerance": {"b": tol_b, "ms": tol_ms}, "measurements": report,
                             "source_checksum": self.checksum()}
         return Dictionary(sig, self.params, self.names, measured, self.units, prov)
+
+
+    def _interpolated(self, measured: Protocol, grid: "TimingGrid", b0_threshold: float) -> "Dictionary":
+        """The dictionary at the measured protocol, interpolated on its timing grid (TimingGrid)."""
+        dwi = measured.b > b0_threshold
+        sig = np.ones((len(self), len(measured)), dtype=np.float32)
+        if dwi.any():
+            sig[:, dwi] = grid.interpolate(self.signals, measured.b[dwi], measured.small_delta_ms[dwi],
+                                           measured.big_delta_ms[dwi])
+        prov = dict(self.provenance)
+        prov["matching"] = {"method": "interpolated on the timing grid (bilinear in δ and Δ - δ, monotone "
+                                      "cubic in b of log S)",
+                            "measurements": [{"b": float(b), "small_delta": float(sd), "big_delta": float(bd)}
+                                             for b, sd, bd in zip(measured.b, measured.small_delta_ms,
+                                                                   measured.big_delta_ms)],
+                            "source_checksum": self.checksum()}
+        return Dictionary(sig, self.params, self.names, measured, self.units, prov)
+
+
+@dataclass
+class TimingGrid:
+    """A dictionary protocol laid out as a full grid of PGSE timings: every b of ``b`` [s/mm²] for
+    every gradient duration δ of ``small_delta`` [ms] and every gap Δ - δ of ``gap`` [ms]; column
+    ((i_δ·n_gap) + i_gap)·n_b + i_b. Signals between the nodes are interpolated: bilinearly in
+    (δ, Δ - δ) and with a monotone cubic (PCHIP) in b of log S, through S(b=0) = 1."""
+
+    small_delta: np.ndarray
+    gap: np.ndarray
+    b: np.ndarray
+
+    def __post_init__(self):
+        self.small_delta, self.gap, self.b = (np.asarray(v, float) for v in (self.small_delta, self.gap, self.b))
+
+    @property
+    def size(self) -> int:
+        return self.small_delta.size * self.gap.size * self.b.size
+
+    def protocol(self) -> Protocol:
+        sd, gp, b = np.meshgrid(self.small_delta, self.gap, self.b, indexing="ij")
+        return Protocol(b.ravel(), sd.ravel(), (sd + gp).ravel())
+
+    def describe(self) -> dict:
+        return {"small_delta": self.small_delta.tolist(), "gap": self.gap.tolist(), "b": self.b.tolist()}
+
+    @classmethod
+    def from_provenance(cls, prov: dict) -> "TimingGrid | None":
+        g = prov.get("timing_grid")
+        return None if not g else cls(g["small_delta"], g["gap"], g["b"])
+
+    def contains(self, p: Protocol) -> np.ndarray:
+        """Which measurements lie inside the grid (no extrapolation)."""
+        gap = p.big_delta_ms - p.small_delta_ms
+        eps = 1e-6
+        return ((p.small_delta_ms >= self.small_delta[0] - eps) & (p.small_delta_ms <= self.small_delta[-1] + eps)
+                & (gap >= self.gap[0] - eps) & (gap <= self.gap[-1] + eps) & (p.b <= self.b[-1] + eps)
+                & (p.b > 0))
+
+    def interpolate(self, signals, b, small_delta, big_delta) -> np.ndarray:
+        """Signals [K, len(b)] at the requested measurements from grid signals [K, size]."""
+        from scipy.interpolate import PchipInterpolator
+
+        k = signals.shape[0]
+        cube = np.log(np.clip(np.asarray(signals, float), 1e-6, None)).reshape(
+            k, self.small_delta.size, self.gap.size, self.b.size)
+        out = np.empty((k, len(b)))
+        for m, (bb, sd, bd) in enumerate(zip(b, small_delta, big_delta)):
+            acc = np.zeros((k, self.b.size))
+            for i, wi in _weights(self.small_delta, sd):
+                for j, wj in _weights(self.gap, bd - sd):
+                    acc += wi * wj * cube[:, i, j, :]
+            xb = np.concatenate([[0.0], self.b])
+            yb = np.concatenate([np.zeros((k, 1)), acc], 1)
+            out[:, m] = PchipInterpolator(xb, yb, axis=1)(bb)
+        return np.exp(out)
+
+
+def _weights(nodes: np.ndarray, x: float) -> list:
+    """Linear interpolation weights [(index, weight), ...] of x on sorted nodes (clamped)."""
+    x = float(np.clip(x, nodes[0], nodes[-1]))
+    j = int(np.clip(np.searchsorted(nodes, x, side="right") - 1, 0, nodes.size - 1))
+    if j == nodes.size - 1:
+        return [(j, 1.0)]
+    t = (x - nodes[j]) / (nodes[j + 1] - nodes[j])
+    return [(j, 1.0 - t), (j + 1, t)]
 
 
 def import_histousim(ref_bval, ref_gdur, ref_gsep, signal_files, param_files, names=None,

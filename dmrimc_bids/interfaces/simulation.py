@@ -69,6 +69,48 @@ class SimulateHisto(SimpleInterface):
         return runtime
 
 
+class _ScaledIn(BaseInterfaceInputSpec):
+    substrate = traits.Dict(mandatory=True, desc="substrate spec (core.simulate.histo.load_substrate)")
+    substrate_index = traits.Int(0, usedefault=True, desc="position of the substrate (seeds its walkers)")
+    protocol_file = File(exists=True, mandatory=True, desc="protocol JSON (core.waveforms.protocol_to_json)")
+    design = traits.Dict(mandatory=True, desc="configuration design (core.simulate.scaled.substrate_entries)")
+    n_walkers = traits.Int(2000, usedefault=True, desc="walkers per walk")
+    step_um = traits.Float(0.6, usedefault=True, desc="walker step length [µm]")
+    seed = traits.Int(0, usedefault=True, desc="random seed of the whole dictionary")
+    device = traits.Enum("cpu", "gpu", "auto", usedefault=True, desc="numba CPU or CUDA kernels")
+    area = traits.Enum("polygon", "hull", usedefault=True, desc="cell areas of the metrics")
+    n_threads = traits.Int(0, usedefault=True, desc="numba threads (0: all)")
+
+
+class SimulateScaled(SimpleInterface):
+    """Monte Carlo signals of one substrate for a configuration design, by diffusion-time scaling
+    (core.simulate.scaled): the default dictionary's job."""
+
+    input_spec = _ScaledIn
+    output_spec = _SimOut
+
+    def _run_interface(self, runtime):
+        import numba
+
+        from ..core.simulate.histo import load_substrate, simulate_scaled_substrate
+        from ..core.simulate.montecarlo import resolve_device
+        from ..core.waveforms import protocol_from_json
+
+        i = self.inputs
+        if i.n_threads > 0:
+            numba.set_num_threads(min(i.n_threads, numba.config.NUMBA_NUM_THREADS))
+        sub = load_substrate(i.substrate)
+        prot = protocol_from_json(json.loads(open(i.protocol_file).read()))
+        signals, params, facts = simulate_scaled_substrate(sub, prot, dict(i.design), n_walkers=i.n_walkers,
+                                                           step_um=i.step_um, seed=i.seed, index=i.substrate_index,
+                                                           area=i.area, device=resolve_device(i.device))
+        facts["spec"] = i.substrate
+        out = cwd_path(runtime, f"scaled_{i.substrate_index:03d}.npz")
+        np.savez(out, signals=signals, params=params, facts=json.dumps(facts))
+        self._results["out_file"] = out
+        return runtime
+
+
 class _AssembleIn(BaseInterfaceInputSpec):
     parts = traits.List(File(exists=True), mandatory=True, desc="SimulateHisto outputs, in order")
     protocol_file = File(exists=True, mandatory=True)

@@ -14,7 +14,7 @@ from nipype.pipeline import engine as pe
 
 from ..core.simulate.histo import config_grid
 from ..core.waveforms import protocol_to_json
-from ..interfaces.simulation import AssembleDictionary, SimulateHisto
+from ..interfaces.simulation import AssembleDictionary, SimulateHisto, SimulateScaled
 
 
 def protocol_file(work_dir: Path, name: str, protocol) -> Path:
@@ -72,6 +72,26 @@ def init_histo_simulation_wf(substrates: list, protocol, d0in, d0ex, kappa, out_
                                      out_file=str(Path(out_file).resolve()),
                                      **({"track_out": str(Path(track["out"]).resolve())} if track else {})),
                   name="assemble")
+    wf.connect(sim, "out_file", asm, "parts")
+    return wf
+
+
+def init_default_dictionary_wf(substrates: list, protocol, design: dict, out_file, work_dir, *,
+                               n_walkers: int, step_um: float, seed: int, device: str = "cpu", area: str = "hull",
+                               n_threads: int = 0, name: str = "default_dictionary_wf"):
+    """Workflow: SimulateScaled per substrate (one job each; an interrupted build resumes from the
+    finished ones through the work dir) -> AssembleDictionary."""
+    work_dir = Path(work_dir)
+    prot_file = protocol_file(work_dir, "protocol.json", protocol)
+    wf = pe.Workflow(name=name, base_dir=str(work_dir))
+    sim = pe.MapNode(SimulateScaled(protocol_file=str(prot_file), design=design, n_walkers=n_walkers,
+                                    step_um=step_um, seed=seed, device=device, area=area, n_threads=n_threads),
+                     iterfield=["substrate", "substrate_index"], name="simulate", mem_gb=2.0,
+                     n_procs=job_processors(n_threads))
+    sim.inputs.substrate = list(substrates)
+    sim.inputs.substrate_index = list(range(len(substrates)))
+    asm = pe.Node(AssembleDictionary(protocol_file=str(prot_file), seed=seed, area=area,
+                                     out_file=str(Path(out_file).resolve())), name="assemble")
     wf.connect(sim, "out_file", asm, "parts")
     return wf
 

@@ -47,6 +47,10 @@ def grid_steps(params: np.ndarray) -> np.ndarray:
     return out
 
 
+#: Ridge on the TPS polynomial block (regularises rank-deficient neighbourhoods; negligible otherwise).
+POLY_RIDGE = 1e-9
+
+
 def _phi(r2):
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(r2 > 0, 0.5 * r2 * np.log(np.where(r2 > 0, r2, 1.0)), 0.0)
@@ -65,6 +69,9 @@ def _fit_tps(centres, values, origin, smoothing, valid=None):
     q = np.concatenate([np.ones((b, k, 1)), centres - origin[:, None, :]], axis=2) * valid[:, :, None]
     lhs[:, :k, k:] = q
     lhs[:, k:, :k] = np.swapaxes(q, 1, 2)
+    # a tiny ridge on the polynomial block keeps the system regular when a neighbourhood spans fewer
+    # than d+1 affinely independent points (e.g. two substrates whose fin and vCS move together)
+    lhs[:, k:, k:] = -POLY_RIDGE * np.eye(d + 1)
     rhs = np.concatenate([values * valid[:, :, None], np.zeros((b, d + 1, values.shape[2]))], axis=1)
     coef = np.linalg.solve(lhs, rhs)
     return coef[:, :k], coef[:, k:]

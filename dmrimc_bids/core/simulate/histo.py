@@ -105,19 +105,39 @@ def provenance(facts, seed, area) -> dict:
 
 
 def load_substrate(spec: dict):
-    """A Substrate from a JSON-able spec: {"svg": path, "scale_um_per_unit" | "width_um", ["tolerance_um"]}
-    or {"packing": {cell_packing keyword arguments}}."""
-    from .generate import cell_packing
+    """A Substrate from a JSON-able spec: {"svg": path, "scale_um_per_unit" | "width_um", ["tolerance_um"]},
+    {"packing": {cell_packing keyword arguments}} or {"tissue": {tissue_packing keyword arguments}}."""
+    from .generate import cell_packing, tissue_packing
     from .substrate import FLATTEN_TOLERANCE_UM, read_svg
 
     if "packing" in spec:
         return cell_packing(**spec["packing"])
+    if "tissue" in spec:
+        return tissue_packing(**spec["tissue"])
     return read_svg(spec["svg"], spec.get("scale_um_per_unit"), spec.get("width_um"),
                     tolerance_um=spec.get("tolerance_um", FLATTEN_TOLERANCE_UM))
 
 
-#: The project's own substrates behind the embedded default dictionary (generate.cell_packing):
-#: packing fractions x mean cell sizes spanning the published substrates (fin 0.02-0.87, CS 6-16 µm).
-DEFAULT_SUBSTRATES = [{"packing": {"fin": fin, "mean_cs_um": cs, "cv_cs": 0.25, "irregularity": 0.15,
-                                   "n_cells": 120, "seed": 100 + 10 * i + j}}
-                      for i, fin in enumerate((0.3, 0.5, 0.7, 0.85)) for j, cs in enumerate((7.0, 11.0, 16.0))]
+def simulate_scaled_substrate(substrate, protocol: Protocol, design: dict, *, n_walkers: int, step_um: float,
+                              seed: int = 0, index: int = 0, area: str = "hull", device: str = "cpu"):
+    """(signals [n, M], params [n, 10], facts) of one substrate by diffusion-time scaling
+    (scaled.substrate_entries; design as there)."""
+    import time
+
+    from . import scaled
+
+    t0 = time.perf_counter()
+    signals, configs = scaled.substrate_entries(substrate, protocol, design, n_walkers=n_walkers, step_um=step_um,
+                                                seed=substrate_seed(seed, index), device=device)
+    facts = {"substrate": substrate.describe(), "metrics": substrate.metrics(area), "n_walkers": int(n_walkers),
+             "step_um": float(step_um), "dt_ms": scaled.dt_for_step(step_um, 1.0), "n_steps": None,
+             "method": "diffusion-time scaling (core/simulate/scaled.py)",
+             "seconds": round(time.perf_counter() - t0, 3), "device": device}
+    return signals, entry_params(substrate.metrics(area), configs), facts
+
+
+#: Substrates of ``--dictionary-source simulate`` (simulated for the subject's exact protocol): the
+#: first 12 of the default dictionary's population (dictionary_default.default_substrate_specs).
+def default_simulation_substrates() -> list:
+    from ..dictionary_default import default_substrate_specs
+    return default_substrate_specs()[:12]
