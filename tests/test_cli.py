@@ -22,24 +22,69 @@ def maps(out, rel, base):
 
 
 
-def test_demo_end_to_end_recovers_ground_truth(demo_run, demo_dir):
-    code, out, _ = demo_run
-    assert code == 0
+DEMO_SERIES = (("sub-01/dwi", "sub-01"), ("sub-02/ses-1/dwi", "sub-02_ses-1"), ("sub-02/ses-2/dwi", "sub-02_ses-2"))
+TISSUE = ("fin", "vCScyl", "D0in", "D0ex", "kappa")
+#: Bars of the demo's tissue recovery, pooled over its three series (tumour voxels). The demo's signals
+#: are simulated in substrates and at (D0in, D0ex, κ) that the default dictionary does not hold
+#: (core/phantom.py). Measured (seed 1234 noise, fit seed 7): see docs/benchmarks.md "demo recovery".
+DEMO_MIN_RHO = {"fin": 0.6, "vCScyl": 0.5}
+
+
+def demo_recovery(est: dict, truth: dict) -> dict:
+    """Per parameter: Spearman ρ of estimate vs truth, median absolute error, and the median absolute
+    error of the best constant guess (the truth's median)."""
+    from scipy.stats import spearmanr
+    out = {}
+    for p in est:
+        e, t = np.asarray(est[p], float), np.asarray(truth[p], float)
+        rho = spearmanr(e, t)[0] if np.ptp(e) > 0 else 0.0
+        out[p] = {"rho": float(rho), "medae": float(np.median(np.abs(e - t))),
+                  "medae_constant": float(np.median(np.abs(np.median(t) - t)))}
+    return out
+
+
+def demo_recovery_ok(rec: dict) -> list:
+    """The failed bars (empty when the fit passes): ρ above DEMO_MIN_RHO and a median error below the
+    constant guess's for fin and vCS_cyl, and no parameter anti-correlated."""
+    bad = [f"{p}: rho {rec[p]['rho']:.2f} < {lim}" for p, lim in DEMO_MIN_RHO.items() if not rec[p]["rho"] > lim]
+    bad += [f"{p}: MedAE {rec[p]['medae']:.3g} >= constant guess {rec[p]['medae_constant']:.3g}"
+            for p in DEMO_MIN_RHO if not rec[p]["medae"] < rec[p]["medae_constant"]]
+    bad += [f"{p}: anti-correlated (rho {v['rho']:.2f})" for p, v in rec.items() if v["rho"] < 0]
+    return bad
+
+
+def _demo_estimates(out, demo_dir):
     gt_root = demo_dir / "derivatives" / "groundtruth"
-    for rel, base in (("sub-01/dwi", "sub-01"), ("sub-02/ses-1/dwi", "sub-02_ses-1"), ("sub-02/ses-2/dwi", "sub-02_ses-2")):
+    est, truth = {p: [] for p in TISSUE}, {p: [] for p in TISSUE}
+    for rel, base in DEMO_SERIES:
         got = maps(out, rel, base)
         mask = nib.load(gt_root / rel / f"{base}_desc-tumour_mask.nii.gz").get_fdata() > 0
         assert np.all(got["exitcode"][mask] == 1) and np.all(got["exitcode"][~mask] == 0)
-        med = {}
-        for p in ("fin", "vCScyl", "D0in", "D0ex", "kappa"):
-            truth = nib.load(gt_root / rel / f"{base}_space-dwi_model-histousim_param-{p}_dwimap.nii.gz").get_fdata()
-            med[p] = np.median(np.abs(got[p][mask] - truth[mask]))
-        # measured on the demo (seed 1234, SNR 40, five free parameters, two diffusion times): fin 0.13-0.15,
-        # vCS_cyl 0.10-0.34 µm, D0in 0.59-0.75, D0ex 0.45-0.51 µm²/ms, kappa 8.9-12.5 µm/s; noise-free the
-        # same fit gives fin 0.03, vCS_cyl 0.10 µm, D0in 0.29, D0ex 0.15, kappa 3.3 (the dictionary's coarse
-        # grid), so the rest is the noise acting on weakly identified D0in, D0ex and kappa.
-        assert med["fin"] < 0.2 and med["vCScyl"] < 1.0 and med["D0in"] < 1.0 and med["D0ex"] < 0.75, med
-        assert med["kappa"] < 16, med
+        for p in TISSUE:
+            t = nib.load(gt_root / rel / f"{base}_space-dwi_model-histousim_param-{p}_dwimap.nii.gz").get_fdata()
+            est[p].append(got[p][mask])
+            truth[p].append(t[mask])
+    return ({p: np.concatenate(v) for p, v in est.items()}, {p: np.concatenate(v) for p, v in truth.items()})
+
+
+def test_demo_end_to_end_recovers_ground_truth(demo_run, demo_dir):
+    code, out, _ = demo_run
+    assert code == 0
+    est, truth = _demo_estimates(out, demo_dir)
+    rec = demo_recovery(est, truth)
+    assert not demo_recovery_ok(rec), rec
+
+
+def test_demo_recovery_bars_fail_for_a_constant_or_shuffled_estimate(demo_run, demo_dir):
+    """The bars above cannot be met without tracking the truth: a constant guess (the truth's median) and
+    the fitted maps shuffled across voxels both fail them."""
+    _, out, _ = demo_run
+    est, truth = _demo_estimates(out, demo_dir)
+    constant = {p: np.full_like(t, np.median(t)) for p, t in truth.items()}
+    assert demo_recovery_ok(demo_recovery(constant, truth))
+    rng = np.random.default_rng(0)
+    shuffled = {p: rng.permutation(e) for p, e in est.items()}
+    assert demo_recovery_ok(demo_recovery(shuffled, truth))
 
 
 def test_demo_sidecars_and_dataset_description(demo_run):

@@ -149,3 +149,14 @@ def test_dictionary_match_interpolates_on_a_timing_grid_and_refuses_outside():
     np.testing.assert_allclose(m.signals[:, 1:], _analytic_signals(meas)[:, 1:], atol=0.02)
     with pytest.raises(InputError):  # δ 40 ms is outside the grid and no node is within tolerance
         dic.match(Protocol([1000.0], [40.0], [60.0]))
+
+
+def test_estimate_placement_counts_nodes_and_bounds():
+    from dmrimc_bids.core.fitting.dictfit import estimate_placement
+    proto = Protocol([1000.0], [10.0], [30.0])
+    grid = np.array([[a, b] for a in (0.0, 0.5, 1.0) for b in (1.0, 2.0, 3.0)])
+    dic = Dictionary(np.ones((9, 1), np.float32), grid, ["x", "y"], proto)
+    est = np.array([[0.5, 2.0], [0.25, 2.5], [1.0, 1.7], [0.5000001, 2.9999999]])
+    got = estimate_placement(est, dic, ["x", "y"], np.array([0.0, 1.0]), np.array([1.0, 3.0]))
+    assert got["x"] == {"on_node": 0.75, "at_bound": 0.25, "n": 4}
+    assert got["y"] == {"on_node": 0.5, "at_bound": 0.25, "n": 4}

@@ -160,3 +160,31 @@ def test_dmrimc_sim_flow_bad_network_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 65 and "not connected" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x.npz").exists()
+
+
+def test_default_dictionary_cli_builds_a_grid_dictionary_and_resumes(tmp_path, capsys):
+    """`dmrimc-sim default-dictionary` (two substrates, few walkers): the timing grid is recorded, any
+    protocol inside it is matched by interpolation, and a rerun on the same work dir reuses every
+    finished substrate job."""
+    from dmrimc_bids.core.dictionary_default import DEFAULT_TIMING_GRID
+    from dmrimc_bids.core.protocol import Protocol
+
+    out, work = tmp_path / "dd.npz", tmp_path / "work"
+    args = ("default-dictionary", "--substrates", 2, "--walkers", 200, "--out", out, "-w", work, "--device", "cpu")
+    code, cap = sim(capsys, *args)
+    assert code == 0, cap.err
+    dic = Dictionary.load(out)
+    assert dic.provenance["timing_grid"] == DEFAULT_TIMING_GRID.describe()
+    assert len(dic.protocol) == DEFAULT_TIMING_GRID.size and dic.signals.dtype == np.float32
+    kappa = dic.params[:, dic.names.index("kappa")]
+    assert kappa.min() == 0 and 0 < np.unique(kappa)[1] < 5 and kappa.max() <= 40
+    assert len(np.unique(dic.params[:, dic.names.index("fin")])) == 2
+    m = dic.match(Protocol([0, 700, 1300], [12.0, 12.0, 17.0], [30.0, 30.0, 41.0]))
+    assert m.provenance["matching"]["method"].startswith("interpolated")
+    assert np.all(m.signals[:, 1] > m.signals[:, 2])  # more weighting, less signal
+    jobs = sorted(work.rglob("result__simulate*.pklz"))  # one per MapNode iteration (substrate)
+    stamps = [p.stat().st_mtime_ns for p in jobs]
+    assert len(jobs) == 2
+    code, cap = sim(capsys, *args)
+    assert code == 0, cap.err
+    assert [p.stat().st_mtime_ns for p in jobs] == stamps

@@ -2,14 +2,15 @@
 
 Two subjects (sub-02 with two sessions); per series two diffusion times, each with its own b=0
 volumes and echo time, b = 0, 25, 50, 100, 200, 450, 600, 1050, 1500, 1950, 2550 s/mm² along 3
-directions; Rician noise (SNR 40 at b=0 and the shorter TE). Tissue signals come from the embedded default dictionary
-(Monte Carlo in generated cell packings): each tissue region is one of its substrates (dense
-small cells in the core, looser and larger towards the rim), and D0in, D0ex and κ vary smoothly
-between the dictionary's grid values (trilinear interpolation of the simulated signals), so the fit
-has to interpolate. A vascular compartment (fV 0.03-0.10, higher at the rim) carries the signal of
-blood flowing in one of the project's generated capillary networks per region (flow simulator,
-spins.simulate_flow), so the IVIM and SpinFlowSim branches have something to find. Ground truth
-(tissue, fV, vm, vs, anb), the tumour mask and the noise σ map are written under derivatives/groundtruth/.
+directions; Rician noise (SNR 40 at b=0 and the shorter TE). The tissue is NOT made from the
+default dictionary (core/phantom.py): five regions from a loose small-celled rim through dense,
+large-celled viable tumour to a necrotic core, each a substrate the default dictionary does not
+hold (another generator and seeds, one tile read from an SVG), each split into three angular
+sectors with off-grid D0in, D0ex and κ, simulated directly for exactly this protocol. A vascular
+compartment (fV 0.03-0.10, higher at the rim) carries the signal of blood flowing in one of the
+project's generated capillary networks per region (flow simulator, spins.simulate_flow), so the
+IVIM and SpinFlowSim branches have something to find. Ground truth (tissue, fV, vm, vs, anb), the
+tumour mask and the noise σ map are written under derivatives/groundtruth/.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import nibabel as nib
 import numpy as np
 
 from ..bids.derivatives import bids_label
-from ..core.dictionary_default import default_dictionary
+from ..core import phantom
 
 SHAPE = (20, 20, 4)
 VOXEL_MM = 2.0
@@ -32,7 +33,7 @@ VOXEL_MM = 2.0
 B_SHELLS = [25, 50, 100, 200, 450, 600, 1050, 1500, 1950, 2550]
 N_B0 = 2
 DIRECTIONS = np.array([[1, 0, 0], [0, 0.8, 0.6], [0.6, -0.48, 0.64]])
-#: (δ ms, Δ ms, TE ms) of the two diffusion times, on the default dictionary's grid.
+#: (δ ms, Δ ms, TE ms) of the two diffusion times (between the default dictionary's timing nodes).
 TIMINGS = [(10.0, 25.0, 55.0), (15.0, 45.0, 80.0)]
 T2_MS = 80.0
 S0 = 1000.0
@@ -53,61 +54,8 @@ def protocol():
     return tuple(np.array(x, float) for x in (b, vec, sd, bd, te))
 
 
-#: Truth maps written per voxel (the dictionary's fitted-by-default parameters).
-TRUTH = ("fin", "vCS_cyl", "D0in", "D0ex", "kappa")
-
-
-def phantom(rng, shift=0.0):
-    """Tumour mask, substrate index per voxel and smooth D0in, D0ex [µm²/ms], κ [µm/s] maps."""
-    x, y, z = np.meshgrid(*(np.linspace(-1, 1, n) for n in SHAPE), indexing="ij")
-    r = np.sqrt((x / 0.75) ** 2 + (y / 0.6) ** 2 + (z / 1.6) ** 2)
-    mask = r <= 1.0
-    t = np.clip(r, 0, 1)
-    # substrates of the default dictionary: index = 3·(packing level) + (size level)
-    packing = np.where(t < 0.45, 3, np.where(t < 0.75, 2, 1))  # dense core, looser rim
-    packing[~mask] = 0
-    size = np.clip(((x + 1) / 2 * 3 + shift).astype(int), 0, 2)  # left-right gradient of cell size
-    cont = {"D0in": 1.0 + 1.6 * (y + 1) / 2, "D0ex": 2.8 - 1.2 * t,
-            "kappa": np.clip(5.0 + 30.0 * (z + 1) / 2 + 5 * shift, 0, 40)}
-    cont["D0in"][~mask], cont["D0ex"][~mask], cont["kappa"][~mask] = 2.0, 2.9, 20.0
-    return mask, 3 * packing + size, cont
-
-
-def forward(dic, substrate, d0in, d0ex, kappa, b, sd, bd):
-    """Signals [n_vox, n_meas]: the dictionary's entries of each voxel's substrate, trilinearly
-    interpolated in (D0in, D0ex, κ), at the measurements (b, δ, Δ) (b = 0 gives 1)."""
-    from scipy.interpolate import RegularGridInterpolator
-
-    prot = dic.protocol
-    def column(bv, s, d):
-        hit = np.flatnonzero((np.abs(prot.b - bv) < 1e-6) & (prot.small_delta_ms == s) & (prot.big_delta_ms == d))
-        return int(hit[0]) if bv > 20 and hit.size else -1
-
-    cols = np.array([column(bv, s, d) for bv, s, d in zip(b, sd, bd)])
-    names = dic.names
-    keys = dic.params[:, [names.index("fin"), names.index("vCS_cyl")]]
-    block = np.concatenate([[0], np.cumsum(np.any(np.diff(keys, axis=0) != 0, axis=1))])  # simulated order
-    grid = [np.unique(dic.params[:, names.index(n)]) for n in ("D0in", "D0ex", "kappa")]
-    low = (b > 20) & (cols < 0)  # below the grid: extrapolated from b = 50 (mono-exponential)
-    if low.any():
-        ref = np.flatnonzero((np.abs(prot.b - 50) < 1e-6))
-        cols[low] = [ref[(prot.small_delta_ms[ref] == s) & (prot.big_delta_ms[ref] == d)][0]
-                     for s, d in zip(sd[low], bd[low])]
-    out = np.ones((len(substrate), len(b)))
-    pts = np.stack([d0in, d0ex, kappa], 1)
-    for k in range(int(block.max()) + 1):
-        vox = np.flatnonzero(substrate == k)
-        if vox.size == 0:
-            continue
-        rows = np.flatnonzero(block == k)
-        p = dic.params[rows][:, [names.index(n) for n in ("D0in", "D0ex", "kappa")]]
-        idx = [np.searchsorted(g, p[:, j]) for j, g in enumerate(grid)]
-        cube = np.empty(tuple(len(g) for g in grid) + (int((cols >= 0).sum()),))
-        cube[idx[0], idx[1], idx[2]] = dic.signals[rows][:, cols[cols >= 0]]
-        out[np.ix_(vox, np.flatnonzero(cols >= 0))] = RegularGridInterpolator(grid, cube)(pts[vox])
-    if low.any():
-        out[:, low] = out[:, low] ** (b[low] / 50.0)
-    return out, [dic.params[int(np.flatnonzero(block == k)[0])] for k in range(int(block.max()) + 1)]
+#: Truth maps written per voxel (the tissue parameters fitted by default).
+TRUTH = phantom.TRUTH_PARAMS
 
 
 #: Vascular truth maps: model-ivim fV and model-spinflowsim vm, vs, anb.
@@ -148,20 +96,15 @@ def vascular(mask, b, sd, bd, shift, seed=0):
 
 def write_series(root: Path, sub: str, ses: str | None, rng, shift=0.0) -> None:
     b, vec, sd, bd, te = protocol()
-    mask, substrate, cont = phantom(rng, shift)
-    dic = default_dictionary()
-    sig, sub_params = forward(dic, substrate.ravel(), cont["D0in"].ravel(), cont["D0ex"].ravel(),
-                              cont["kappa"].ravel(), b, sd, bd)
-    fv, region, vsig, vmet = vascular(mask, b, sd, bd, shift)
+    mask, region, sector = phantom.phantom_labels(SHAPE, 0.1 * shift)
+    sig, truth = phantom.tissue_signals(region.ravel(), sector.ravel(), b, sd, bd)
+    fv, vregion, vsig, vmet = vascular(mask, b, sd, bd, shift)
     f = fv.ravel()[:, None]
-    sig = (1 - f) * sig + f * vsig[region.ravel()]
-    gt = dict(cont)
+    sig = (1 - f) * sig + f * vsig[vregion.ravel()]
+    gt = {k: truth[:, j].reshape(SHAPE) for j, k in enumerate(TRUTH)}
     gt["fV"] = fv
     for j, name in enumerate(("vm", "vs", "anb")):
-        gt[name] = np.where(mask, vmet[region, j], np.nan)
-    for name in ("fin", "vCS_cyl"):
-        col = np.array([p[dic.names.index(name)] for p in sub_params])
-        gt[name] = col[substrate]
+        gt[name] = np.where(mask, vmet[vregion, j], np.nan)
     s0 = S0 * np.exp(-te / T2_MS)
     sigma = S0 * np.exp(-TIMINGS[0][2] / T2_MS) / SNR_B0
     clean = sig * s0[None, :]
@@ -211,12 +154,26 @@ def write_demo(out, seed: int = 1234) -> Path:
     return root
 
 
+def rebuild_tissue(out: Path) -> int:
+    """Simulate the demo's tissue library (core/phantom.build_tissue_library) for this protocol into out."""
+    b, _, sd, bd, _ = protocol()
+    from ..core.protocol import Protocol
+    svg_dir = Path(__file__).resolve().parents[2] / "docs" / "examples"
+    path = phantom.build_tissue_library(Protocol(b, sd, bd), Path(out), svg_dir)
+    print(f"demo tissue library written to {path}")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="dmrimc-bids-demo", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out", type=Path, help="folder to write the BIDS dataset into")
     ap.add_argument("--seed", type=int, default=1234, help="noise seed")
+    ap.add_argument("--rebuild-tissue", action="store_true",
+                    help="re-simulate the shipped tissue library (core/phantom.py; about a minute) into OUT")
     args = ap.parse_args(argv)
+    if args.rebuild_tissue:
+        return rebuild_tissue(args.out)
     root = write_demo(args.out, args.seed)
     print(f"demo BIDS dataset written to {root}")
     return 0

@@ -25,6 +25,7 @@ class _WriteIn(BaseInterfaceInputSpec):
     dropped = traits.List(traits.Dict, desc="measurements dropped before the fit")
     notes = traits.List(traits.Str, desc="normalisation notes")
     sources = traits.List(traits.Str)
+    fit_info = traits.Dict(desc="the fit's info (FitDictionary): estimate placement on dictionary nodes/bounds")
 
 
 class _WriteOut(TraitedSpec):
@@ -49,6 +50,11 @@ class WriteDerivatives(SimpleInterface):
             params["ProtocolMatching"] = matched["provenance"].get("matching", {})
         params["DroppedMeasurements"] = list(i.dropped)
         params["NormalisationNotes"] = list(i.notes)
+        placement = (i.fit_info or {}).get("estimate_placement")
+        if placement:
+            params["EstimatePlacement"] = {
+                k: {"OnDictionaryNode": v["on_node"], "AtBound": v["at_bound"], "Voxels": v["n"]}
+                for k, v in placement.items()}
         staged = {}
         try:
             for name, src in i.maps.items():

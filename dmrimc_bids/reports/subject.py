@@ -69,6 +69,22 @@ def _summary_row(name, unit, values) -> dict:
     return {"name": name, "unit": unit, "n": int(v.size), "median": f"{med:.4g}", "iqr": f"{q1:.3g} – {q3:.3g}"}
 
 
+#: Fraction of estimates on dictionary nodes or bounds above which the report flags a parameter.
+PLACEMENT_WARN = 0.25
+
+
+def _placement_rows(placement: dict) -> list[dict]:
+    """Rows of the 'estimates on a dictionary node / at a bound' table (sidecar EstimatePlacement)."""
+    rows = []
+    for name, v in placement.items():
+        node, bound = v.get("OnDictionaryNode"), v.get("AtBound")
+        if node is None:
+            continue
+        rows.append({"name": name, "on_node": f"{100 * node:.1f} %", "at_bound": f"{100 * bound:.1f} %",
+                     "flag": node > PLACEMENT_WARN or bound > PLACEMENT_WARN})
+    return rows
+
+
 def _example_figure(path, title) -> str | None:
     """Measured vs fitted signal of the fit node's example voxels (one line per diffusion time)."""
     if not path or not Path(path).is_file():
@@ -145,6 +161,7 @@ def session_fragment(out_dir, subject: str, session: str | None, protocol_file, 
                 "dropped": params.get("DroppedMeasurements", []),
                 "notes": params.get("NormalisationNotes", []),
                 "dictionary": params.get("Dictionary", {}),
+                "placement": _placement_rows(params.get("EstimatePlacement", {})),
                 "maps": [], "sd_maps": [], "quality": [], "summary": [], "diagnostics": []}
         fit_mask = mask
         if ("exitcode", None) in maps:

@@ -350,7 +350,7 @@ def init_single_subject_wf(item: SessionInputs, opts: Options, warnings: list | 
         (filt, fit, [("out_file", "in_file"), ("sigma_file", "sigma_file")]),
         (mask, fit, [("mask_file", "mask_file")]),
         (match, fit, [("dictionary", "dictionary")]),
-        (fit, write, [("maps", "maps"), ("units", "units")]),
+        (fit, write, [("maps", "maps"), ("units", "units"), ("info", "fit_info")]),
         (match, write, [("dictionary", "matched_dictionary")]),
         (filt, write, [("dropped", "dropped")]),
         (norm, write, [("notes", "notes")]),

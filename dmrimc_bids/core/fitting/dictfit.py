@@ -79,6 +79,32 @@ def assemble_fit(dictionary: Dictionary, free, shape, n_meas, params, sd, exitco
                          aic.reshape(shape), bic.reshape(shape), names, dict(dictionary.units), info)
 
 
+#: An estimate within this fraction of a parameter's range of a value counts as sitting on it.
+PLACEMENT_TOL = 1e-3
+
+
+def estimate_placement(params: np.ndarray, dictionary: Dictionary, names, lo, hi) -> dict:
+    """Per fitted parameter, the fraction of estimates (params [V, P], the dictionary's column order)
+    that sit on one of the dictionary's values of that parameter (a "node") and at a bound [lo, hi]:
+    the symptoms of a dictionary too coarse or too narrow for the data ("steps" in map histograms)."""
+    out = {}
+    for name in names:
+        j = list(dictionary.names).index(name)
+        v = params[:, j]
+        v = v[np.isfinite(v)]
+        span = max(float(hi[j] - lo[j]), 1e-12)
+        nodes = np.unique(dictionary.params[:, j])
+        if v.size == 0:
+            out[name] = {"on_node": None, "at_bound": None, "n": 0}
+            continue
+        pos = np.clip(np.searchsorted(nodes, v), 1, max(nodes.size - 1, 1))
+        near = np.minimum(np.abs(v - nodes[pos - 1]), np.abs(v - nodes[np.minimum(pos, nodes.size - 1)]))
+        at_bound = (np.abs(v - lo[j]) <= PLACEMENT_TOL * span) | (np.abs(v - hi[j]) <= PLACEMENT_TOL * span)
+        out[name] = {"on_node": round(float(np.mean(near <= PLACEMENT_TOL * span)), 4),
+                     "at_bound": round(float(np.mean(at_bound)), 4), "n": int(v.size)}
+    return out
+
+
 class DictionaryModel:
     """Histo-μSim-style dictionary model for one (matched) protocol.
 
@@ -129,6 +155,13 @@ class DictionaryModel:
         self.n_averaged = dictionary.protocol.n_averaged.astype(float)
         self._surrogate = None
         self._grid = None
+
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """Physical (lo, hi) of every parameter: the dictionary's ranges, narrowed by ``bounds``."""
+        lo, hi = self.lo.copy(), self.hi.copy()
+        lo[self.free] = self.lo[self.free] + self.bounds_z[0] * self.scale
+        hi[self.free] = self.lo[self.free] + self.bounds_z[1] * self.scale
+        return lo, hi
 
     # ---- pieces ----------------------------------------------------------------------------------
     @property
@@ -242,7 +275,9 @@ class DictionaryModel:
                 "mean_lm_iterations": round(n_iter / max(todo.size, 1), 2),
                 "n_kept_dictionary_entry": int(kept_entry), "n_lm_not_converged": int(n_unconverged),
                 "surrogate": self.surrogate_kind,
-                "noise_model": self.noise, "device": self.device}
+                "noise_model": self.noise, "device": self.device,
+                "estimate_placement": estimate_placement(params[exitcode == EXIT_OK], self.dictionary,
+                                                         [self.names[j] for j in self.free], *self.bounds())}
         return assemble_fit(self.dictionary, self.free, shape, m, params, sd, exitcode, fobj, loglik, info)
 
     def predict(self, data, params, sigma=None) -> np.ndarray:
