@@ -116,3 +116,22 @@ def test_demo_report_loads_in_chromium(demo_run, tmp_path):
     import matplotlib.image as mpimg
     png = mpimg.imread(shot)
     assert png.shape[0] == 4000 and png.shape[1] == 1300 and png[..., :3].std() > 0.05  # not a blank page
+
+
+def test_report_shows_estimate_placement_from_the_fit(demo_run):
+    """The share of estimates on a dictionary node / at a bound is computed by the fit, recorded in the
+    sidecars (EstimatePlacement) and shown in the report, flagged above 25 %."""
+    import json
+    _, out, _ = demo_run
+    side = json.loads((out / "sub-01/dwi/sub-01_space-dwi_model-histousim_param-fin_dwimap.json").read_text())
+    place = side["Model"]["Parameters"]["EstimatePlacement"]
+    assert set(place) == {"fin", "vCS_cyl", "D0in", "D0ex", "kappa"}
+    fin = nib.load(out / "sub-01/dwi/sub-01_space-dwi_model-histousim_param-fin_dwimap.nii.gz").get_fdata()
+    code = nib.load(out / "sub-01/dwi/sub-01_space-dwi_model-histousim_param-exitcode_dwimap.nii.gz").get_fdata()
+    assert place["fin"]["Voxels"] == int((code == 1).sum())
+    assert all(0 <= v["OnDictionaryNode"] <= 1 and 0 <= v["AtBound"] <= 1 for v in place.values())
+    html = (out / "sub-01.html").read_text()
+    assert "Estimates on a dictionary node or at a bound" in html
+    row = re.search(r"<td class=\"l\">kappa[^<]*</td><td>([0-9.]+) %</td><td>([0-9.]+) %</td>", html)
+    assert row and float(row.group(1)) == pytest.approx(100 * place["kappa"]["OnDictionaryNode"], abs=0.05)
+    assert np.isfinite(fin[code == 1]).all()

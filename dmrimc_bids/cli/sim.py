@@ -100,6 +100,7 @@ def _run_default(args, device) -> int:
     out = Path(args.out or dd.default_dictionary_path())
     out.parent.mkdir(parents=True, exist_ok=True)
     prot = dd.DEFAULT_TIMING_GRID.protocol()
+    t0 = time.perf_counter()
     dic = run_workflow(lambda work: init_default_dictionary_wf(
         specs, prot, dd.DEFAULT_DESIGN, out, work, n_walkers=args.walkers, step_um=args.step_um, seed=args.seed,
         device=device, area=dd.DEFAULT_METRICS_AREA, n_threads=threads_per_job(args)), out, args)
@@ -107,7 +108,9 @@ def _run_default(args, device) -> int:
         return _submitted(args, out)
     dic.provenance.update(timing_grid=dd.DEFAULT_TIMING_GRID.describe(), design=dd.DEFAULT_DESIGN,
                           population={"n_substrates": args.substrates, "seed": args.seed,
-                                      "generator": "core.dictionary_default.default_substrate_specs"})
+                                      "generator": "core.dictionary_default.default_substrate_specs"},
+                          build={"wall_seconds": round(time.perf_counter() - t0, 1), "nprocs": args.nprocs,
+                                 "threads_per_job": threads_per_job(args), "device": device})
     dd.finalise_default(dic, out)
     if args.plot:
         from ..reports.simulation import plot_histo

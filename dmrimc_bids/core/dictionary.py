@@ -47,6 +47,8 @@ HISTOUSIM_LOO_PARAM_NAMES = ("fin", "vCS", "D0in", "D0ex", "kappa")
 #: Parameters always kept by a selection unless fixed (as in the published tools).
 ALWAYS_KEPT = ("D0in", "D0ex", "kappa")
 
+#: Substrates listed in full in a dictionary's description (sidecars); longer lists are summarised.
+SIDECAR_MAX_SUBSTRATES = 12
 #: Default matching tolerances: b [s/mm²] and δ, Δ [ms].
 MATCH_TOL_B = 100.0
 MATCH_TOL_MS = 2.5
@@ -98,9 +100,14 @@ class Dictionary:
     def describe(self) -> dict:
         """JSON-able summary for sidecars: size, parameters, ranges, provenance, checksum."""
         lo, hi = self.ranges()
+        prov = dict(self.provenance)
+        subs = prov.get("substrates")
+        if isinstance(subs, list) and len(subs) > SIDECAR_MAX_SUBSTRATES:  # keep sidecars small
+            prov["substrates"] = {"n": len(subs), "first": subs[:3],
+                                  "note": "the full list is in the dictionary's .json (its checksum above)"}
         return {"Entries": len(self), "Measurements": len(self.protocol), "Parameters": self.names,
                 "Units": self.units, "Ranges": {n: [float(a), float(b)] for n, a, b in zip(self.names, lo, hi)},
-                "Checksum": {"sha256": self.checksum()}, "Provenance": self.provenance}
+                "Checksum": {"sha256": self.checksum()}, "Provenance": prov}
 
     # ---- io -------------------------------------------------------------------------------------
     def save(self, path) -> Path:

@@ -3,17 +3,18 @@
 Built by ``dmrimc-sim default-dictionary`` (workflows/simulation.init_default_dictionary_wf):
 
 - **substrates**: DEFAULT_N_SUBSTRATES tiles of simulate.generate.tissue_packing, their knobs drawn
-  from a scrambled Sobol sequence (default_substrate_specs): intra-cellular fraction 0.02-0.92, cell
+  from a scrambled Sobol sequence (default_substrate_specs): intra-cellular fraction 0.02-0.95 asked, cell
   size spread (cv 0.15-0.5), irregular, elongated and clustered cells. Cell size follows the tumour
   trend that denser tissue holds larger cells, with a wide band around it (see `target_vcs_um`);
 - **configurations**: without permeability every (D0in, D0ex) pair of DEFAULT_DESIGN["d0"] (7 x 7); with
   permeability, walks at D0ex/D0in in DEFAULT_DESIGN["ratios"] and κ/D0in in
   DEFAULT_DESIGN["kappa_per_d0"], each giving every D0in of the grid (simulate/scaled.py: one walk serves
-  every diffusivity by diffusion-time scaling), κ up to 40 µm/s;
+  every diffusivity by diffusion-time scaling), κ up to 40 µm/s; DEFAULT_WALKERS walkers per walk;
 - **protocol**: DEFAULT_TIMING_GRID, every b of 8 values for every (δ, Δ - δ) of a 9 x 10 grid (δ 2.5-40
   ms, Δ up to 100 ms); Dictionary.match interpolates between the nodes, so any PGSE protocol inside the
   grid is matched without a tolerance;
-- a walker step of 0.6 µm (simulate/scaled.DEFAULT_STEP_UM: a quarter of a 5 µm cell's radius).
+- a walker step of 0.75 µm at every diffusivity (simulate/scaled.DEFAULT_STEP_UM: 0.3 x the radius of a
+  5 µm cell; Histo-μSim's 0.0464 ms steps are 0.91 µm long at D = 3 µm²/ms).
 
 Shipped as float16 signals in a compressed .npz (float16's 5e-4 resolution is below the Monte Carlo
 error of ~2e-3 at the default walkers).
@@ -36,14 +37,14 @@ DEFAULT_TIMING_GRID = TimingGrid(small_delta=[2.5, 5.0, 8.0, 11.0, 15.0, 20.0, 2
 #: Configurations (simulate.scaled.substrate_entries): diffusivities [µm²/ms], D0ex/D0in ratios and
 #: κ/D0in [µm/s per µm²/ms] of the permeable walks, largest κ [µm/s].
 DEFAULT_DESIGN = {"d0": [0.8, 1.1667, 1.5333, 1.9, 2.2667, 2.6333, 3.0],
-                  "ratios": [0.4, 0.6, 0.8, 1.0, 1.25, 1.7, 2.4],
-                  "kappa_per_d0": [3.0, 8.0, 16.0, 28.0], "kappa_max": 40.0}
+                  "ratios": [0.5, 0.75, 1.0, 1.4, 2.1],
+                  "kappa_per_d0": [3.0, 6.0, 10.0, 15.0, 22.0, 32.0], "kappa_max": 40.0}
 #: Diffusivities [µm²/ms] and permeabilities [µm/s] of ``--dictionary-source simulate`` (a dictionary
 #: simulated for the subject's exact protocol from the first 12 default substrates).
 SIMULATE_D0 = [0.8, 1.5, 2.25, 3.0]
 SIMULATE_KAPPA = [0.0, 20.0, 40.0]
-DEFAULT_N_SUBSTRATES = 96
-DEFAULT_WALKERS = 2000
+DEFAULT_N_SUBSTRATES = 128
+DEFAULT_WALKERS = 4000
 DEFAULT_SEED = 2026
 #: Cell areas of the tissue metrics: convex hulls, as the published Histo-μSim geometry scripts.
 DEFAULT_METRICS_AREA = "hull"
@@ -52,12 +53,12 @@ _NAME = "default_histousim"
 
 def target_vcs_um(fin: float, u: float) -> float:
     """Volume-weighted cell size [µm] asked of a substrate with intra-cellular fraction fin, for a
-    uniform draw u in [0, 1]: a band of ±5 µm around 7 + 18·fin² µm, within 5-30 µm. Dense tumour
+    uniform draw u in [0, 1]: a band of ±5 µm around 7 + 26·fin² µm, within 5-34 µm. Dense tumour
     tissue holds larger cells (the 18 traced substrates of the Histo-μSim paper span vCS 8 µm at fin
     0.02-0.13 to 15-19 µm at fin 0.75-0.87); the band is wide enough to hold small-cell dense tissue
     (the traced mouse substrate: fin 0.67, vCS 8.4 µm). The tiles realise somewhat smaller sizes than
     asked at high fin, where cells are cut to their neighbourhoods."""
-    return float(np.clip(7.0 + 18.0 * fin ** 2 + 10.0 * (u - 0.5), 5.0, 30.0))
+    return float(np.clip(7.0 + 26.0 * fin ** 2 + 10.0 * (u - 0.5), 5.0, 34.0))
 
 
 def _vcs_over_mean(cv: float) -> float:
@@ -72,10 +73,10 @@ def default_substrate_specs(n: int = DEFAULT_N_SUBSTRATES, seed: int = DEFAULT_S
     """Specs {"tissue": tissue_packing keyword arguments} of the default substrate population."""
     from scipy.stats import qmc
 
-    u = qmc.Sobol(6, seed=seed).random(n)
+    u = qmc.Sobol(6, seed=seed).random_base2(max(0, math.ceil(math.log2(max(n, 1)))))[:n]
     specs = []
     for i, x in enumerate(u):
-        fin = 0.02 + 0.90 * float(x[0])
+        fin = 0.02 + 0.93 * float(x[0])
         cv = 0.15 + 0.35 * float(x[2])
         specs.append({"tissue": {"fin": round(fin, 4),
                                  "mean_cs_um": round(target_vcs_um(fin, float(x[1])) / _vcs_over_mean(cv), 3),

@@ -25,8 +25,8 @@ import numpy as np
 from ..protocol import Protocol
 from . import montecarlo
 
-#: Default walker step length [µm] (3D step ℓ = sqrt(6·D·dt)); well below the radius of a 5 µm cell.
-DEFAULT_STEP_UM = 0.6
+#: Default walker step length [µm] (3D step ℓ = sqrt(6·D·dt)): 0.3 x the radius of a 5 µm cell.
+DEFAULT_STEP_UM = 0.75
 
 
 def scaled_protocol(protocol: Protocol, factors) -> Protocol:
