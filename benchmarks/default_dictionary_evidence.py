@@ -132,12 +132,15 @@ def build_facts(dic) -> str:
     path = default_dictionary_path()
     size = path.stat().st_size + path.with_suffix(".json").stat().st_size
     build = prov.get("build", {})
+    kap = dic.params[:, dic.names.index("kappa")]
     return (f"The embedded dictionary: {len(subs)} substrates, {len(dic)} entries x {len(dic.protocol)} "
             f"measurements, {prov.get('n_walkers')} walkers per walk; {sum(secs) / 3600:.2f} h of simulation "
             f"jobs in all (median {np.median(secs):.1f} s per substrate, each job one thread)"
             + (f", {build['wall_seconds'] / 60:.1f} min wall time with --nprocs {build.get('nprocs')}"
                if build.get("wall_seconds") else "")
-            + f"; {size / 1e6:.1f} MB on disk (npz + json).")
+            + f"; {size / 1e6:.1f} MB on disk (npz + json). Its κ design: {100 * np.mean(kap == 0):.0f} % of entries "
+            f"at κ = 0, {100 * np.mean(kap >= 30):.0f} % at κ >= 30 µm/s, largest κ {kap.max():.1f} µm/s (the published "
+            "grid: 11 % at each of 0, 5, ..., 40 µm/s, 22 % at >= 30).")
 
 
 def main(argv=None) -> int:

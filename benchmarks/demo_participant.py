@@ -79,6 +79,8 @@ def pooled(out: Path, demo: Path) -> dict:
 def _record(res, args):
     from _record import machine, record
 
+    from dmrimc_bids.core.phantom import DEMO_CONFIGS, DEMO_REGIONS
+
     if args.participant_label:
         record(f"demo-timing-{'-'.join(args.participant_label)}",
                f"`python benchmarks/demo_participant.py --participant-label {' '.join(args.participant_label)} "
@@ -89,10 +91,12 @@ def _record(res, args):
     lines = [f"`python benchmarks/demo_participant.py --repeats {args.repeats} --nprocs {args.nprocs} --record` "
              f"({machine()}). **How the demo is made** (`dmrimc_bids/core/phantom.py`, `cli/demo.py`): its tissue "
              "signals are simulated directly (not by the default dictionary's diffusion-time scaling) in five "
-             "substrates the default dictionary does not hold (the older Voronoi generator with seeds 501-505 and "
-             "one SVG tile), a loose small-celled rim, denser larger-celled viable tumour and a necrotic core, "
-             "each region split into three angular sectors with off-grid (D0in, D0ex, κ) = (1.05, 2.65, 7), "
-             "(1.75, 2.05, 18), (2.45, 1.45, 31); SNR 40 at b=0, two diffusion times (δ/Δ 10/25 and 15/45 ms) "
+             "substrates the default dictionary does not hold (the older Voronoi generator with seeds "
+             + ", ".join(str(r["packing"]["seed"]) for r in DEMO_REGIONS if "packing" in r)
+             + " and one SVG tile, docs/examples/cells.svg), a loose small-celled rim, denser larger-celled viable tumour and a necrotic core, "
+             "each region split into three angular sectors with off-grid (D0in, D0ex, κ) = "
+             + ", ".join(f"({a:g}, {b:g}, {k:g})" for a, b, k in DEMO_CONFIGS)
+             + "; SNR 40 at b=0, two diffusion times (δ/Δ 10/25 and 15/45 ms) "
              "between the dictionary's timing nodes, a vascular compartment on top. Fitted with default options.",
              "", "Tissue maps pooled over the 3 series (tumour voxels):", "",
              "| parameter | ρ vs truth | MedAE | MedAE of a constant guess |", "|---|---|---|---|"]

@@ -21,17 +21,17 @@ import numpy as np
 
 from .protocol import Protocol
 
-#: Regions from the rim (index 0) to the core: cell_packing arguments (or an SVG tile) and the
-#: normalised radius where each region ends.
+#: Regions from the rim (index 0) to the core, each holding the same number of tumour voxels:
+#: cell_packing arguments or an SVG tile.
 DEMO_REGIONS = [
-    {"name": "rim", "until": 0.3, "packing": {"fin": 0.35, "mean_cs_um": 7.0, "cv_cs": 0.3, "seed": 501}},
-    {"name": "outer", "until": 0.5, "svg": "cells.svg"},
-    {"name": "viable", "until": 0.7, "packing": {"fin": 0.7, "mean_cs_um": 12.0, "cv_cs": 0.3, "seed": 503}},
-    {"name": "dense", "until": 0.85, "packing": {"fin": 0.83, "mean_cs_um": 15.0, "cv_cs": 0.25, "seed": 504}},
-    {"name": "necrotic", "until": 1.01, "packing": {"fin": 0.12, "mean_cs_um": 6.0, "cv_cs": 0.5, "seed": 505}},
+    {"name": "rim", "packing": {"fin": 0.35, "mean_cs_um": 7.0, "cv_cs": 0.3, "seed": 501}},
+    {"name": "outer", "svg": "cells.svg"},
+    {"name": "viable", "packing": {"fin": 0.7, "mean_cs_um": 12.0, "cv_cs": 0.3, "seed": 503}},
+    {"name": "dense", "packing": {"fin": 0.83, "mean_cs_um": 15.0, "cv_cs": 0.25, "seed": 504}},
+    {"name": "necrotic", "packing": {"fin": 0.12, "mean_cs_um": 6.0, "cv_cs": 0.5, "seed": 505}},
 ]
 #: (D0in, D0ex [µm²/ms], κ [µm/s]) of the three angular sectors: none on the default dictionary's grid.
-DEMO_CONFIGS = [(1.05, 2.65, 7.0), (1.75, 2.05, 18.0), (2.45, 1.45, 31.0)]
+DEMO_CONFIGS = [(1.05, 1.45, 7.0), (1.75, 2.65, 31.0), (2.45, 2.05, 18.0)]
 DEMO_WALKERS = 6000
 DEMO_STEP_UM = 0.5
 DEMO_SEED = 77
@@ -90,14 +90,15 @@ def build_tissue_library(protocol: Protocol, out: Path, svg_dir: Path, *, n_walk
 
 def phantom_labels(shape, shift: float = 0.0):
     """(tumour mask, region index, sector index) per voxel of an ellipsoidal tumour in ``shape``:
-    regions by normalised radius (DEMO_REGIONS: rim outside, necrosis at the centre), sectors by angle
-    (rotated by ``shift`` turns)."""
+    regions by depth from the rim (DEMO_REGIONS: rim outside, necrosis at the centre; equal voxel
+    counts), sectors by angle (rotated by ``shift`` turns)."""
     x, y, z = np.meshgrid(*(np.linspace(-1, 1, n) for n in shape), indexing="ij")
     r = np.sqrt((x / 0.75) ** 2 + (y / 0.6) ** 2 + (z / 1.6) ** 2)
     mask = r <= 1.0
     depth = 1.0 - np.clip(r, 0, 1)  # 0 at the rim, 1 at the centre
-    ends = np.array([reg["until"] for reg in DEMO_REGIONS])
-    region = np.minimum(np.searchsorted(ends, depth, side="right"), len(DEMO_REGIONS) - 1)
+    n = len(DEMO_REGIONS)
+    ends = np.quantile(depth[mask], np.arange(1, n) / n)  # equal numbers of tumour voxels per region
+    region = np.searchsorted(ends, depth, side="right")
     angle = (np.arctan2(y, x) / (2 * np.pi) + 0.5 + shift) % 1.0
     sector = np.minimum((angle * len(DEMO_CONFIGS)).astype(int), len(DEMO_CONFIGS) - 1)
     return mask, region, sector

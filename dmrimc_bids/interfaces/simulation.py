@@ -33,6 +33,18 @@ class _SimOut(TraitedSpec):
     out_file = File(exists=True, desc="npz: signals [n, M], params [n, P], facts (JSON) [, track_* arrays]")
 
 
+def substrate_job(inputs):
+    """(Substrate, Protocol) of a simulation job, with its numba threads set (n_threads > 0)."""
+    import numba
+
+    from ..core.simulate.histo import load_substrate
+    from ..core.waveforms import protocol_from_json
+
+    if inputs.n_threads > 0:
+        numba.set_num_threads(min(inputs.n_threads, numba.config.NUMBA_NUM_THREADS))
+    return load_substrate(inputs.substrate), protocol_from_json(json.loads(open(inputs.protocol_file).read()))
+
+
 class SimulateHisto(SimpleInterface):
     """Monte Carlo signals of one substrate for a list of (D0in, D0ex, κ) configurations."""
 
@@ -40,17 +52,11 @@ class SimulateHisto(SimpleInterface):
     output_spec = _SimOut
 
     def _run_interface(self, runtime):
-        import numba
-
-        from ..core.simulate.histo import load_substrate, run_facts, simulate_substrate
+        from ..core.simulate.histo import run_facts, simulate_substrate
         from ..core.simulate.tracks import to_arrays
-        from ..core.waveforms import protocol_from_json
 
         i = self.inputs
-        if i.n_threads > 0:
-            numba.set_num_threads(min(i.n_threads, numba.config.NUMBA_NUM_THREADS))
-        sub = load_substrate(i.substrate)
-        prot = protocol_from_json(json.loads(open(i.protocol_file).read()))
+        sub, prot = substrate_job(i)
         track = {}
         local = i.track_config - i.config_offset
         if i.track_walkers > 0 and i.track_substrate == i.substrate_index and 0 <= local < len(i.configs):
@@ -90,17 +96,11 @@ class SimulateScaled(SimpleInterface):
     output_spec = _SimOut
 
     def _run_interface(self, runtime):
-        import numba
-
-        from ..core.simulate.histo import load_substrate, simulate_scaled_substrate
+        from ..core.simulate.histo import simulate_scaled_substrate
         from ..core.simulate.montecarlo import resolve_device
-        from ..core.waveforms import protocol_from_json
 
         i = self.inputs
-        if i.n_threads > 0:
-            numba.set_num_threads(min(i.n_threads, numba.config.NUMBA_NUM_THREADS))
-        sub = load_substrate(i.substrate)
-        prot = protocol_from_json(json.loads(open(i.protocol_file).read()))
+        sub, prot = substrate_job(i)
         signals, params, facts = simulate_scaled_substrate(sub, prot, dict(i.design), n_walkers=i.n_walkers,
                                                            step_um=i.step_um, seed=i.seed, index=i.substrate_index,
                                                            area=i.area, device=resolve_device(i.device))

@@ -25,16 +25,18 @@ import numpy as np
 from .substrate import Substrate, clean_cells
 
 
-def _rsa_centres(rng, diam, lx, ly, max_tries=2000):
-    """Random sequential addition of discs (periodic), largest first; discs that do not fit are
-    placed at the least-overlapping candidate."""
+def _rsa_centres(rng, diam, lx, ly, tries: int = 200, draw=None, radius_factor: float = 0.4):
+    """Random sequential addition of discs of radius radius_factor·diam (periodic), largest first, each
+    from at most ``tries`` candidates of ``draw()`` (default uniform in the tile); discs that do not
+    fit are placed at the least-overlapping candidate."""
+    draw = draw or (lambda: rng.random(2) * (lx, ly))
     order = np.argsort(-diam)
     pts, rad = [], []
     for i in order:
-        r = 0.5 * diam[i] * 0.8  # discs may overlap a little: Voronoi regions are shared space
+        r = radius_factor * diam[i]  # discs may overlap a little: Voronoi regions are shared space
         best, best_gap = None, -np.inf
-        for _ in range(max_tries // 10 if len(pts) else 1):
-            cand = rng.random(2) * (lx, ly)
+        for _ in range(tries if len(pts) else 1):
+            cand = draw()
             if not pts:
                 best = cand
                 break
@@ -228,29 +230,7 @@ def tissue_packing(fin: float = 0.6, mean_cs_um: float = 10.0, cv_cs: float = 0.
     side = math.sqrt(np.sum(np.pi * diam ** 2 / 4) / fin)
     lx = ly = side
     draw = _cluster_centres(rng, n_cells, lx, ly, clustering)
-    order = np.argsort(-diam)
-    pts = np.empty((n_cells, 2))
-    placed_r = []
-    placed = []
-    for i in order:  # random sequential addition: discs of 0.85·CS/2 may not overlap (best of 60 tries)
-        r = 0.425 * diam[i]
-        best, best_gap = None, -np.inf
-        for _ in range(60):
-            cand = draw()
-            if not placed:
-                best = cand
-                break
-            d = np.abs(np.asarray(placed) - cand)
-            d = np.minimum(d, (lx, ly) - d)
-            gap = np.min(np.hypot(d[:, 0], d[:, 1]) - np.asarray(placed_r) - r)
-            if gap >= 0:
-                best = cand
-                break
-            if gap > best_gap:
-                best, best_gap = cand, gap
-        pts[i] = best
-        placed.append(best)
-        placed_r.append(r)
+    pts = _rsa_centres(rng, diam, lx, ly, tries=60, draw=draw, radius_factor=0.425)
     shapes = []
     n_v = 72
     t = np.linspace(0, 2 * np.pi, n_v, endpoint=False)
