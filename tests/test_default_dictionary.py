@@ -59,7 +59,7 @@ def test_impermeable_compartments_combine_to_any_diffusivity_pair():
         s_in, s_ex = scaled.impermeable_signals(sub, PROTO, [1.2, 2.8], n_walkers=n, seed=5)
         direct = montecarlo.simulate(sub, PROTO, 2.8, 1.2, 0.0, n_walkers=n, seed=9,
                                      dt_ms=scaled.dt_for_step(scaled.DEFAULT_STEP_UM, 2.8)).signals[0]
-    w = scaled.intra_fraction(sub)
+    w = sub.metrics("polygon")["fin"]
     assert w == pytest.approx(4 * 16 * np.pi / 400, rel=0.01)
     combined = w * s_in[1] + (1 - w) * s_ex[0]
     assert np.all(np.abs(combined - direct) < 5 * _mc_sd(direct, n / 2) + 2e-3)

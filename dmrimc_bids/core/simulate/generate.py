@@ -56,15 +56,51 @@ def _rsa_centres(rng, diam, lx, ly, tries: int = 200, draw=None, radius_factor: 
     return out
 
 
+def _periodic_regions(pts, lx, ly) -> list:
+    """The periodic Voronoi region (shapely Polygon, or None) of each centre pts [n, 2] in an lx x ly
+    tile: the centres are replicated 3 x 3 and the regions of the central copies kept."""
+    import shapely
+    from shapely.geometry import MultiPoint, box
+
+    n = len(pts)
+    allp = np.concatenate([pts + s for s in _shifts(lx, ly)])
+    regs = list(shapely.voronoi_polygons(MultiPoint(allp), extend_to=box(-2 * lx, -2 * ly, 3 * lx, 3 * ly)).geoms)
+    tree = shapely.STRtree(regs)
+    centre = len(_shifts(lx, ly)) // 2  # the (0, 0) copy
+    out = []
+    for i in range(n):
+        hit = tree.query(shapely.points(allp[centre * n + i]), predicate="intersects")
+        out.append(regs[hit[0]] if len(hit) else None)
+    return out
+
+
+def _shifts(lx, ly) -> list:
+    return [(dx * lx, dy * ly) for dx in (-1, 0, 1) for dy in (-1, 0, 1)]
+
+
+def _tile_pieces(cell, lx, ly) -> list:
+    """Vertex arrays of every periodic copy's part of ``cell`` inside the tile (cells crossing the edge
+    are split there, as traced ROIs are clipped)."""
+    from shapely.affinity import translate
+    from shapely.geometry import Polygon, box
+
+    out = []
+    for sx, sy in _shifts(lx, ly):
+        piece = translate(cell, sx, sy).intersection(box(0, 0, lx, ly))
+        for g in getattr(piece, "geoms", [piece]):
+            if isinstance(g, Polygon) and g.area > 0.05:
+                out.append(np.asarray(g.exterior.coords)[:-1])
+    return out
+
+
 def cell_packing(fin: float = 0.6, mean_cs_um: float = 10.0, cv_cs: float = 0.25, irregularity: float = 0.15,
                  n_cells: int = 150, seed: int = 0, name: str | None = None) -> Substrate:
     """A periodic tile of ``n_cells`` irregular cells covering ``fin`` of it (see module docstring).
 
     The tile is square with area n_cells·<π CS²/4>/fin (µm²).
     """
-    import shapely
-    from shapely.affinity import scale as shp_scale, translate
-    from shapely.geometry import MultiPoint, Polygon, box
+    from shapely.affinity import scale as shp_scale
+    from shapely.geometry import Polygon
 
     if not (0.05 <= fin <= 0.9):
         raise ValueError("fin must be in [0.05, 0.9] (Voronoi-based packings cannot exceed ~0.9)")
@@ -75,21 +111,7 @@ def cell_packing(fin: float = 0.6, mean_cs_um: float = 10.0, cv_cs: float = 0.25
     area_cells = np.sum(np.pi * diam ** 2 / 4)
     side = math.sqrt(area_cells / fin)
     lx = ly = side
-    centres = _rsa_centres(rng, diam, lx, ly)
-    # periodic Voronoi: replicate the centres 3x3, keep the regions of the central copies
-    shifts = [(dx * lx, dy * ly) for dx in (-1, 0, 1) for dy in (-1, 0, 1)]
-    allp = np.concatenate([centres + s for s in shifts])
-    regions = shapely.voronoi_polygons(MultiPoint(allp), extend_to=box(-2 * lx, -2 * ly, 3 * lx, 3 * ly))
-    regs = list(regions.geoms)
-    tree = shapely.STRtree(regs)
-    centre_idx = len(shifts) // 2  # (0, 0) shift
-    cells = []
-    for i in range(n_cells):
-        p = shapely.points(allp[centre_idx * n_cells + i])
-        hit = tree.query(p, predicate="intersects")
-        if len(hit) == 0:
-            continue
-        cells.append(regs[hit[0]])
+    cells = [c for c in _periodic_regions(_rsa_centres(rng, diam, lx, ly), lx, ly) if c is not None]
     # shrink each region about its centroid to the target cell area (its disc area, scaled so the
     # total equals fin of the tile), not beyond its own region
     total_region = sum(c.area for c in cells)
@@ -114,13 +136,7 @@ def cell_packing(fin: float = 0.6, mean_cs_um: float = 10.0, cv_cs: float = 0.25
         if cell.is_empty:
             continue
         geoms = getattr(cell, "geoms", [cell])
-        cell = max(geoms, key=lambda g: g.area)
-        # split across the tile edge: every periodic copy's part inside the tile is a cell piece
-        for sx, sy in shifts:
-            piece = translate(cell, sx, sy).intersection(box(0, 0, lx, ly))
-            for g in getattr(piece, "geoms", [piece]):
-                if isinstance(g, Polygon) and g.area > 0.05:
-                    out.append(np.asarray(g.exterior.coords)[:-1])
+        out += _tile_pieces(max(geoms, key=lambda g: g.area), lx, ly)
     sub = clean_cells(out, (lx, ly), name=name or f"packing_fin{fin:g}_cs{mean_cs_um:g}_seed{seed}",
                       source="dmrimc_bids.core.simulate.generate.cell_packing")
     sub.notes.insert(0, f"generated: fin={fin:g}, mean CS={mean_cs_um:g} µm, cv={cv_cs:g}, "
@@ -159,23 +175,13 @@ def _blob(cx, cy, radius, aspect, angle, pert):
 def _tissue_cells(pts, side, diam, shapes, gap_um):
     """Cells (vertex arrays, split at the tile edge) of tissue_packing for centres ``pts`` in a square
     tile of ``side`` µm, and their total area [µm²]."""
-    import shapely
-    from shapely.affinity import translate
-    from shapely.geometry import MultiPoint, Polygon, box
+    from shapely.geometry import Polygon
 
-    n_cells = len(pts)
-    shifts = [(dx * side, dy * side) for dx in (-1, 0, 1) for dy in (-1, 0, 1)]
-    allp = np.concatenate([pts + s for s in shifts])
-    regs = list(shapely.voronoi_polygons(MultiPoint(allp), extend_to=box(-2 * side, -2 * side, 3 * side,
-                                                                          3 * side)).geoms)
-    tree = shapely.STRtree(regs)
-    c0 = len(shifts) // 2
     out, total = [], 0.0
-    for i in range(n_cells):
-        hit = tree.query(shapely.points(allp[c0 * n_cells + i]), predicate="intersects")
-        if len(hit) == 0:
+    for i, reg in enumerate(_periodic_regions(pts, side, side)):
+        if reg is None:
             continue
-        region = regs[hit[0]].buffer(-gap_um / 2, join_style="mitre")
+        region = reg.buffer(-gap_um / 2, join_style="mitre")
         if region.is_empty:
             continue
         pert, aspect, angle = shapes[i]
@@ -199,11 +205,7 @@ def _tissue_cells(pts, side, diam, shapes, gap_um):
             continue
         cell = max(geoms, key=lambda g: g.area).simplify(0.05)
         total += cell.area
-        for sx, sy in shifts:
-            piece = translate(cell, sx, sy).intersection(box(0, 0, side, side))
-            for g in getattr(piece, "geoms", [piece]):
-                if isinstance(g, Polygon) and g.area > 0.05:
-                    out.append(np.asarray(g.exterior.coords)[:-1])
+        out += _tile_pieces(cell, side, side)
     return out, total
 
 

@@ -59,12 +59,6 @@ def starts_in(substrate, n: int, intra: bool, rng) -> np.ndarray:
     return np.ascontiguousarray(out[:n])
 
 
-def intra_fraction(substrate) -> float:
-    """Area fraction of the cells (the water fraction of uniformly seeded walkers)."""
-    lx, ly = map(float, substrate.tile_um)
-    return float(sum(c.area for c in substrate.cells) / (lx * ly))
-
-
 def impermeable_signals(substrate, protocol: Protocol, d0_values, *, n_walkers: int, step_um: float = DEFAULT_STEP_UM,
                         seed: int = 0, device: str = "cpu"):
     """(S_in, S_ex) [len(d0_values), M]: each compartment's signal for every intrinsic diffusivity in
@@ -116,7 +110,7 @@ def substrate_entries(substrate, protocol: Protocol, design: dict, *, n_walkers:
     lo, hi = float(d0.min()), float(d0.max())
     s_in, s_ex = impermeable_signals(substrate, protocol, d0, n_walkers=n_walkers, step_um=step_um, seed=seed,
                                      device=device)
-    w = intra_fraction(substrate)
+    w = substrate.metrics("polygon")["fin"]  # the cells' area fraction = the walkers' water fraction
     sig = [w * s_in[i] + (1 - w) * s_ex[j] for i in range(d0.size) for j in range(d0.size)]
     cfg = [(d0[i], d0[j], 0.0) for i in range(d0.size) for j in range(d0.size)]
     walk = 1
