@@ -71,3 +71,43 @@ def test_vascular_filter_lists_drops():
     assert "vascular" in reasons[50] and "vascular" in reasons[200] and "largest b" in reasons[3500]
     assert "normalisation" in reasons[0]
     assert any("50, 200" in w for w in res.warnings()) and not any(w.startswith("dropped b = 0,") for w in res.warnings())
+
+
+def _two_runs(n_vox, scale2, rng, snr=50.0):
+    """Two series (runs) at one TE, each a b=0 and a b=1000 with true attenuation 0.5; run 2 is
+    written with a global scale `scale2`. Gaussian noise of σ = S0/snr on every volume."""
+    p = Protocol([0, 1000, 0, 1000], [np.nan, 10, np.nan, 10], [np.nan, 30, np.nan, 30], 60,
+                 series=[0, 0, 1, 1])
+    s0 = rng.uniform(500, 1500, n_vox)
+    clean = np.stack([s0, 0.5 * s0, scale2 * s0, scale2 * 0.5 * s0], 1)
+    return p, clean + rng.normal(0, 1, clean.shape) * (s0[:, None] / snr * np.array([1, 1, scale2, scale2]))
+
+
+def test_b0_pooled_across_runs_is_scale_matched_and_less_noisy():
+    rng = np.random.default_rng(4)
+    p, data = _two_runs(20000, 1.7, rng)
+    sm, shells, _ = spherical_mean(data, p)
+    pooled, _, plan = normalise_b0(sm, shells)
+    own, _, plan_own = normalise_b0(sm, shells, pool_series=False)
+    dw = [list(shells.b).index(1000), len(shells) - 1]
+    assert all(plan.pooled[i] for i in dw) and not any(plan_own.pooled) and len(plan.notes) == 1
+    for i in dw:  # run 2's different scale is matched: no bias in either run
+        assert np.mean(pooled[:, i]) == pytest.approx(0.5, abs=2e-3)
+    # the run-wide b=0 noise shrinks: the normalised b=1000 scatter drops (theory: sqrt(1.25/1.125) = 1.054;
+    # relative var per volume (1/50)^2 -> 0.25 + 0.25/2 instead of 0.25 + 0.25)
+    ratio = np.std(own[:, dw[0]]) / np.std(pooled[:, dw[0]])
+    assert 1.035 < ratio < 1.08
+    # without the scale matching (naive pooling), run 2 would be off by 1.7 / 1.35
+    naive = sm[:, dw[1]] / sm[:, [0, 2]].mean(1)
+    assert abs(np.mean(naive) - 0.5) > 0.1
+
+
+def test_b0_pooling_one_voxel_is_the_runs_own_and_other_te_is_not_pooled():
+    rng = np.random.default_rng(5)
+    p, data = _two_runs(1, 1.3, rng)
+    sm, shells, _ = spherical_mean(data, p)
+    assert np.allclose(normalise_b0(sm, shells)[0], normalise_b0(sm, shells, pool_series=False)[0], rtol=1e-6)
+    p2 = Protocol([0, 1000, 0, 1000], 10, 30, [60, 60, 90, 90], series=[0, 0, 1, 1])
+    _, shells2, _ = spherical_mean(np.ones((1, 4)), p2)
+    _, _, plan2 = normalise_b0(np.ones((1, len(shells2))), shells2)
+    assert not any(plan2.pooled) and plan2.notes == []

@@ -126,11 +126,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="posterior: posterior mean over the flow dictionary (default; best in the "
                         "leave-one-network-out benchmark); fit: grid search + Levenberg-Marquardt")
     m.add_argument("--b0-threshold", type=float, default=20.0, metavar="B", help="b <= B is b=0 [s/mm²] (20)")
+    m.add_argument("--b0-per-series", action="store_true",
+                   help="normalise each series (run) by its own b=0 only; default: pool the b=0 of every series "
+                        "with the same TE, after matching each series' global scale (less noise)")
     m.add_argument("--vasc-threshold", type=float, default=250.0, metavar="B",
                    help="drop non-zero b below B from the tissue fit [s/mm²] (250)")
     m.add_argument("--shell-tolerance", type=float, default=20.0, metavar="B", help="b within B is one shell [s/mm²] (20)")
     m.add_argument("--match-tolerance-b", type=float, default=100.0, metavar="B", help="[s/mm²] (100)")
     m.add_argument("--match-tolerance-ms", type=float, default=2.5, metavar="MS", help="δ and Δ [ms] (2.5)")
+    m.add_argument("--estimator", choices=["posterior-median", "posterior-mean", "fit"], default="posterior-median",
+                   help="posterior-median (default; best on real-histology signals, docs/benchmarks.md) or "
+                        "posterior-mean over the dictionary's entries, or fit: grid search + Levenberg-Marquardt "
+                        "on a spline surrogate (the published method; the options below apply to it)")
     m.add_argument("--n-averages", type=float, default=1.0, metavar="N",
                    help="the σ map refers to data magnitude-averaged over N volumes (1)")
     m.add_argument("--reg", nargs=2, default=["2", "0"], metavar=("NORM", "WEIGHT"),
@@ -190,6 +197,15 @@ def _run(args) -> int:
                                ("--surrogate-neighbours", args.surrogate_neighbours, 2)):
         if value < least:
             raise InputError(f"{flag} {value}", exit_code=EX_USAGE, fix=f"give {flag} >= {least}")
+    if args.estimator != "fit":
+        fit_only = [flag for flag, given in (("--reg", args.reg != ["2", "0"]), ("--n-averages", args.n_averages != 1.0),
+                                             ("--surrogate", args.surrogate != "local"),
+                                             ("--surrogate-smoothing", args.surrogate_smoothing != 1e-3),
+                                             ("--surrogate-neighbours", args.surrogate_neighbours != 32),
+                                             ("--noise-model", args.noise_model != "gaussian")) if given]
+        if fit_only:
+            raise InputError(f"{', '.join(fit_only)} only apply to --estimator fit", exit_code=EX_USAGE,
+                             fix=f"add --estimator fit, or drop {', '.join(fit_only)}")
     run_with = _execution(args)  # an unknown --plugin or bad --plugin-args fails here, before any output
     if args.analysis_level == "group":
         return _run_group(args, run_with)
@@ -206,13 +222,14 @@ def _run(args) -> int:
     from ..workflows.participant import Options, preflight
 
     opts = Options(out_dir=str(args.output_dir), dictionary=str(args.dictionary or ""), params=args.params or [],
-                   fix=dict(args.fix), b0_threshold=args.b0_threshold, vasc_threshold=args.vasc_threshold,
+                   fix=dict(args.fix), b0_threshold=args.b0_threshold, b0_pool_series=not args.b0_per_series,
+                   vasc_threshold=args.vasc_threshold,
                    shell_tolerance=args.shell_tolerance, small_delta_ms=args.small_delta,
                    big_delta_ms=args.big_delta, match_tol_b=args.match_tolerance_b,
                    match_tol_ms=args.match_tolerance_ms, n_averages=args.n_averages, reg_norm=reg_norm,
                    reg_weight=reg_weight, bounds=dict(args.bounds), smoothing=args.surrogate_smoothing,
                    surrogate=args.surrogate, n_neighbours=args.surrogate_neighbours, noise_model=args.noise_model,
-                   device=args.device,
+                   device=args.device, estimator=args.estimator,
                    omp_nthreads=args.omp_nthreads, chunk_size=args.chunk_size, seed=args.seed,
                    dictionary_source=args.dictionary_source, vascular=args.vascular,
                    ivim_b_split=args.ivim_b_split, ivim_b_max=args.ivim_b_max,

@@ -193,6 +193,22 @@ class Dictionary:
         return Dictionary(self.signals[rows], self.params[np.ix_(rows, cols)], chosen, self.protocol,
                           {n: self.units[n] for n in chosen}, prov)
 
+    def within(self, bounds: dict) -> "Dictionary":
+        """The entries whose parameters lie inside {name: (lo, hi)} (physical units), e.g. the prior
+        support of a posterior estimate under --bounds; InputError when none does."""
+        if not bounds:
+            return self
+        rows = np.ones(len(self), bool)
+        for name, (lo, hi) in bounds.items():
+            col = self.params[:, self.names.index(name)]
+            rows &= (col >= lo) & (col <= hi)
+        if not rows.any():
+            raise InputError("no dictionary entry lies inside --bounds " + " ".join(
+                f"{k}={v[0]:g},{v[1]:g}" for k, v in bounds.items()), exit_code=EX_USAGE,
+                fix="widen the bounds to overlap the dictionary's ranges")
+        return Dictionary(self.signals[rows], self.params[rows], list(self.names), self.protocol, dict(self.units),
+                          dict(self.provenance))
+
     def match(self, measured: Protocol, tol_b: float = MATCH_TOL_B, tol_ms: float = MATCH_TOL_MS,
               b0_threshold: float = 20.0, source=None) -> "Dictionary":
         """The dictionary's columns for a measured protocol, matched jointly on (b, δ, Δ).

@@ -38,7 +38,7 @@ DEFAULT_TIMING_GRID = TimingGrid(small_delta=[2.5, 5.0, 8.0, 11.0, 15.0, 20.0, 2
 #: κ/D0in [µm/s per µm²/ms] of the permeable walks, largest κ [µm/s].
 DEFAULT_DESIGN = {"d0": [0.8, 1.1667, 1.5333, 1.9, 2.2667, 2.6333, 3.0],
                   "ratios": [0.5, 0.75, 1.0, 1.4, 2.1],
-                  "kappa_per_d0": [3.0, 6.0, 10.0, 15.0, 22.0, 32.0], "kappa_max": 40.0}
+                  "kappa_per_d0": [3.0, 6.0, 9.0, 12.0, 16.0, 21.0, 27.0, 35.0, 45.0], "kappa_max": 40.0}
 #: Diffusivities [µm²/ms] and permeabilities [µm/s] of ``--dictionary-source simulate`` (a dictionary
 #: simulated for the subject's exact protocol from the first 12 default substrates).
 SIMULATE_D0 = [0.8, 1.5, 2.25, 3.0]

@@ -5,7 +5,7 @@ Data arrays have the measurement axis last ([..., N]); b in s/mm², times in ms.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -86,15 +86,20 @@ class Normalisation:
     normaliser: list        # per measurement: list of b0-shell indices
     b0_shells: np.ndarray   # indices of b=0 shells
     notes: list             # human-readable notes (fallbacks used)
+    pooled: list = field(default_factory=list)  # per measurement: True when its b=0 shells span series
 
 
-def normalisation_plan(shells: Protocol, b0_threshold: float = 20.0, source=None) -> Normalisation:
-    """Pick for each measurement the b=0 shells of its own series, TE and (δ, Δ).
+def normalisation_plan(shells: Protocol, b0_threshold: float = 20.0, source=None,
+                       pool_series: bool = True) -> Normalisation:
+    """Pick for each measurement the b=0 shells that normalise it.
 
-    b=0 shells with no timing (δ or Δ unknown or 0) serve every timing of their series and TE.
-    When a group has no b=0 of its own timing, b=0 shells of the same series and TE are used (a
-    note says so: T2 weighting is the same, so the ratio is still valid). No b=0 at that TE is an
-    InputError.
+    pool_series (default): when several series hold b=0 volumes at the measurement's TE, all of them
+    are pooled (T2 weighting is the same; normalise_b0 first matches each series' global scale), which
+    divides the b=0 noise that every measurement of a series shares by the square root of the number
+    of b=0 volumes. Otherwise (and for a TE only one series has): the b=0 shells of its own series, TE
+    and (δ, Δ); b=0 shells with no timing (δ or Δ unknown or 0) serve every timing of their series and
+    TE; when a group has no b=0 of its own timing, b=0 shells of the same series and TE are used (a note
+    says so). No b=0 at that TE in the series is an InputError.
     """
     is_b0 = shells.b <= b0_threshold
     b0_idx = np.flatnonzero(is_b0)
@@ -103,13 +108,22 @@ def normalisation_plan(shells: Protocol, b0_threshold: float = 20.0, source=None
                          path=source, fix="include b=0 volumes in the series, or raise --b0-threshold if "
                                           "your b≈0 volumes have a small nominal b")
     keys = [_timing_key(shells, i, bool(is_b0[i])) for i in range(len(shells))]
-    normaliser, notes = [], []
+    normaliser, notes, pooled, pooled_te = [], [], [], set()
     for i in range(len(shells)):
         series, te, timing = keys[i]
         same_te = [j for j in b0_idx if keys[j][0] == series and keys[j][1] == te]
-        exact = [j for j in same_te if keys[j][2] is None or keys[j][2] == timing or is_b0[i]]
+        across = [j for j in b0_idx if keys[j][1] == te]
         if is_b0[i]:
-            exact = [i]
+            normaliser.append([i])
+            pooled.append(False)
+            continue
+        if pool_series and same_te and len({keys[j][0] for j in across}) > 1:
+            normaliser.append(across)
+            pooled.append(True)
+            pooled_te.add(te)
+            continue
+        exact = [j for j in same_te if keys[j][2] is None or keys[j][2] == timing]
+        pooled.append(False)
         if exact:
             normaliser.append(exact)
         elif same_te:
@@ -121,29 +135,64 @@ def normalisation_plan(shells: Protocol, b0_threshold: float = 20.0, source=None
             raise InputError(f"no b=0 volume with the same series and {te_txt} as the b={shells.b[i]:g} "
                              f"s/mm² volumes (δ={shells.small_delta_ms[i]:g}, Δ={shells.big_delta_ms[i]:g} ms)",
                              path=source, fix="acquire b=0 volumes with every echo time, or drop these volumes")
-    return Normalisation(normaliser, b0_idx, notes)
+    for te in sorted(pooled_te, key=lambda t: -1 if t is None else t):
+        n = len({keys[j][0] for j in b0_idx if keys[j][1] == te})
+        te_txt = "unknown TE" if te is None else f"TE={te * TIMING_TOLERANCE_MS:g} ms"
+        notes.append(f"b=0 volumes of {n} series at {te_txt} pooled for normalisation, each series' global scale "
+                     "matched first (median b=0 ratio over the brighter half of the voxels)")
+    return Normalisation(normaliser, b0_idx, notes, pooled)
+
+
+def pooled_b0(data: np.ndarray, shells: Protocol, b0_shells, series: int) -> np.ndarray:
+    """The b=0 signal [...] of one series estimated from the b=0 shells of several series.
+
+    Each series' mean b=0 image m_s is divided by its global scale c_s (median of m_s / mean_s m_s over
+    the voxels brighter than the median, so background noise does not set it), the scale-free images
+    are averaged with the number of volumes as weights, and the result is put back on the scale of
+    ``series``. Runs written with different scaling (e.g. per-series rescale slopes) are thereby
+    combined correctly; with one voxel it reduces to the series' own b=0."""
+    idx = np.asarray(b0_shells, int)
+    ser = np.asarray(shells.series)[idx]
+    w = shells.n_averaged[idx].astype(float)
+    ids = sorted(set(int(v) for v in ser))
+    means = {s: np.tensordot(data[..., idx[ser == s]], w[ser == s] / w[ser == s].sum(), axes=([-1], [0]))
+             for s in ids}
+    ref = np.mean([means[s] for s in ids], axis=0)
+    ok = np.isfinite(ref) & (ref > 0)
+    for s in ids:
+        ok &= np.isfinite(means[s]) & (means[s] > 0)
+    bright = ok & (ref >= np.median(ref[ok])) if ok.any() else ok
+    scale = {s: float(np.median(means[s][bright] / ref[bright])) if bright.any() else 1.0 for s in ids}
+    weight = {s: float(w[ser == s].sum()) for s in ids}
+    free = sum(weight[s] * means[s] / scale[s] for s in ids) / sum(weight.values())
+    return scale[int(series)] * free
 
 
 def normalise_b0(data: np.ndarray, shells: Protocol, b0_threshold: float = 20.0,
-                 sigma: np.ndarray | None = None, source=None):
-    """Divide each measurement by the mean of its group's b=0 shells (see normalisation_plan).
+                 sigma: np.ndarray | None = None, source=None, pool_series: bool = True):
+    """Divide each measurement by its b=0 signal: the mean of its group's b=0 shells, or the pooled,
+    scale-matched b=0 of several series (see normalisation_plan and pooled_b0).
 
     data: [..., S] (e.g. spherical means). sigma: optional noise σ map [...] in the same units
     as the data, normalised by the same b=0 signal, so one σ becomes one value per measurement.
     Voxels whose b=0 signal is not finite and positive become NaN (the fit marks them exit -1).
     Returns (normalised [..., S], sigma_normalised [..., S] or None, plan).
     """
-    plan = normalisation_plan(shells, b0_threshold, source)
+    plan = normalisation_plan(shells, b0_threshold, source, pool_series)
     data = np.asarray(data, dtype=np.float64)
     out = np.empty(data.shape, dtype=np.float32)
     sig_out = None if sigma is None else np.empty(data.shape, dtype=np.float32)
     cache: dict = {}
     with np.errstate(divide="ignore", invalid="ignore"):
         for i, norm in enumerate(plan.normaliser):
-            key = tuple(norm)
+            pooled = bool(plan.pooled[i])
+            key = (tuple(norm), int(shells.series[i]) if pooled else None)
             if key not in cache:
-                w = shells.n_averaged[norm].astype(float)
-                s0 = np.tensordot(data[..., norm], w / w.sum(), axes=([-1], [0]))
+                if pooled:
+                    s0 = pooled_b0(data, shells, norm, int(shells.series[i]))
+                else:
+                    w = shells.n_averaged[norm].astype(float)
+                    s0 = np.tensordot(data[..., norm], w / w.sum(), axes=([-1], [0]))
                 cache[key] = np.where(np.isfinite(s0) & (s0 > 0), s0, np.nan)
             s0 = cache[key]
             out[..., i] = data[..., i] / s0

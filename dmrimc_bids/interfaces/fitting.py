@@ -29,8 +29,9 @@ class _FitIn(BaseInterfaceInputSpec):
     device = traits.Enum("auto", "cpu", "gpu", usedefault=True, desc="auto: the GPU when one is present")
     n_threads = traits.Int(1, usedefault=True, desc="numba and BLAS threads")
     chunk_size = traits.Int(10000, usedefault=True, desc="voxels per batch (bounds memory)")
-    estimator = traits.Enum("fit", "posterior", usedefault=True,
-                            desc="fit: grid search + LM on a surrogate; posterior: posterior mean over the entries")
+    estimator = traits.Enum("fit", "posterior", "posterior-mean", "posterior-median", usedefault=True,
+                            desc="fit: grid search + LM on a surrogate; posterior (= posterior-mean): posterior mean "
+                                 "over the entries; posterior-median: their posterior median")
 
 
 class _FitOut(TraitedSpec):
@@ -38,6 +39,15 @@ class _FitOut(TraitedSpec):
     units = traits.Dict(traits.Str, traits.Str)
     info = traits.Dict()
     examples_file = File(exists=True, desc="measured and fitted signal of a few voxels (JSON, for the report)")
+
+
+#: Largest voxel x entry matrix of one posterior batch [elements] (~100 MB of float64 each).
+POSTERIOR_BATCH_ELEMENTS = 12_000_000
+
+
+def posterior_chunk(chunk_size: int, n_entries: int) -> int:
+    """Voxels per posterior batch: at most chunk_size, 2000, and POSTERIOR_BATCH_ELEMENTS / entries."""
+    return max(16, min(int(chunk_size), 2000, POSTERIOR_BATCH_ELEMENTS // max(int(n_entries), 1)))
 
 
 class FitDictionary(SimpleInterface):
@@ -56,9 +66,11 @@ class FitDictionary(SimpleInterface):
         mask = load_data(i.mask_file, "mask")[0] > 0
         sigma = load_data(i.sigma_file, "σ")[0] if i.sigma_file else None
         dic = Dictionary.load(i.dictionary)
-        if i.estimator == "posterior":
+        if i.estimator.startswith("posterior"):
             from ..core.fitting.posterior import PosteriorModel
-            model = PosteriorModel(dic, chunk_size=min(i.chunk_size, 2000))
+            dic = dic.within({k: tuple(v) for k, v in (i.bounds or {}).items()})
+            model = PosteriorModel(dic, chunk_size=posterior_chunk(i.chunk_size, len(dic)),
+                                   point="median" if i.estimator == "posterior-median" else "mean")
         else:
             model = DictionaryModel(dic, i.n_averages, (i.reg_norm, i.reg_weight),
                                     {k: tuple(v) for k, v in (i.bounds or {}).items()}, i.smoothing,

@@ -155,6 +155,7 @@ class _NormaliseIn(BaseInterfaceInputSpec):
     shells = File(exists=True, mandatory=True)
     sigma_file = traits.Str("", usedefault=True, desc="noise σ map (3D, signal units) or ''")
     b0_threshold = traits.Float(20.0, usedefault=True)
+    pool_series = traits.Bool(True, usedefault=True, desc="pool the b=0 of series sharing a TE (scale-matched)")
     source = traits.Str("", usedefault=True, desc="input name for error messages")
 
 
@@ -177,7 +178,7 @@ class NormaliseB0(SimpleInterface):
             sigma, _ = load_data(self.inputs.sigma_file, "noise σ map")
             sigma = sigma.reshape(data.shape[:3])
         norm, sig, plan = core.normalise_b0(data, Protocol.from_table(self.inputs.shells), self.inputs.b0_threshold,
-                                            sigma, self.inputs.source or None)
+                                            sigma, self.inputs.source or None, self.inputs.pool_series)
         self._results["out_file"] = save_image(norm, img, cwd_path(runtime, "normalised.nii.gz"))
         self._results["sigma_file"] = "" if sig is None else save_image(sig, img, cwd_path(runtime, "sigma.nii.gz"))
         self._results["notes"] = plan.notes

@@ -35,15 +35,27 @@ def methods_paragraphs(models, options: dict) -> list[str]:
     out = [f"Diffusion MRI maps were computed with dmrimc-bids {__version__} [bids, pybids, nipype, numba]. "
            f"Each subject's DWI series were read with their per-volume timing (b, δ, Δ, TE); volumes were "
            f"averaged over directions within each (b, δ, Δ, TE) shell and normalised by the mean b=0 signal "
-           f"(b ≤ {_fmt(o.get('b0_threshold'))} s/mm²) of their echo-time/diffusion-time group."]
+           f"(b ≤ {_fmt(o.get('b0_threshold'))} s/mm²) "
+           + ("of their echo time (the b=0 volumes of all series at that echo time pooled after matching each "
+              "series' global scale)." if o.get("b0_pool_series", True) else
+              "of their series and echo-time/diffusion-time group.")]
     if "histousim" in models:
+        if o.get("estimator", "fit").startswith("posterior"):
+            point = "median" if o.get("estimator") == "posterior-median" else "mean"
+            method = (f"as the posterior {point} over the entries of a dictionary of Monte Carlo diffusion signals "
+                      "simulated in cell substrates (Gaussian likelihood with each voxel's noise level, flat prior "
+                      "over the entries)")
+            spread = "posterior standard deviations"
+        else:
+            method = ("voxel by voxel against a dictionary of Monte Carlo diffusion signals simulated in cell "
+                      "substrates (grid search followed by bounded Levenberg-Marquardt on a thin-plate-spline "
+                      f"surrogate; {o.get('noise_model', 'gaussian')} noise model)")
+            spread = "standard deviations from the Fisher information"
         out.append("Tissue microstructure was estimated with Histo-μSim [histousim]: measurements with "
                    f"b < {_fmt(o.get('vasc_threshold'))} s/mm² were discarded to suppress vascular signal, and the "
-                   "remaining signals were fitted voxel by voxel against a dictionary of Monte Carlo diffusion "
-                   "signals simulated in cell substrates (grid search followed by bounded Levenberg-Marquardt on a "
-                   f"thin-plate-spline surrogate; {o.get('noise_model', 'gaussian')} noise model), giving the "
+                   f"remaining signals were fitted {method}, giving the "
                    "intra-cellular fraction fin, cell size vCS_cyl, intrinsic diffusivities D0in and D0ex and "
-                   "membrane permeability kappa, with standard deviations from the Fisher information.")
+                   f"membrane permeability kappa, with {spread}.")
     if "ivim" in models:
         out.append("The vascular signal fraction fV and pseudo-diffusion coefficient D* were estimated by "
                    f"segmented IVIM [ivim]: the tissue ADC and intercept from {_fmt(o.get('ivim_b_split'))} < b ≤ "

@@ -37,6 +37,7 @@ class Options:
     params: list = field(default_factory=list)
     fix: dict = field(default_factory=dict)
     b0_threshold: float = 20.0
+    b0_pool_series: bool = True
     vasc_threshold: float = 250.0
     shell_tolerance: float = preprocess.DEFAULT_SHELL_TOLERANCE
     small_delta_ms: float | None = None
@@ -51,6 +52,7 @@ class Options:
     surrogate: str = "local"
     n_neighbours: int = 32
     noise_model: str = "gaussian"
+    estimator: str = "posterior-median"
     device: str = "auto"
     omp_nthreads: int = 1
     chunk_size: int = 10000
@@ -71,8 +73,16 @@ class Options:
     flow_match_tol_b: float = 5.0
     flow_estimator: str = "posterior"
 
-    def fit_parameters(self) -> dict:
-        """Model.Parameters common to every map."""
+    def fit_parameters(self, estimator: str | None = None) -> dict:
+        """Model.Parameters common to every map (of the tissue estimator, or of ``estimator``)."""
+        estimator = estimator or self.estimator
+        if estimator.startswith("posterior"):
+            point = ("posterior median (interpolated between neighbouring values)" if estimator == "posterior-median"
+                     else "posterior mean (geometric mean for positive parameters)")
+            return {"FitMethod": f"{point} over the dictionary's entries (Gaussian likelihood with the voxel's "
+                                 "sigma, flat prior over the entries inside the bounds)",
+                    "NoiseModel": "Gaussian", "Uncertainty": "desc-sd maps: posterior SD",
+                    "Bounds": self.bounds or "dictionary range", **self._common_parameters()}
         return {"FitMethod": "dictionary grid search + projected Levenberg-Marquardt on a thin-plate-spline "
                              f"surrogate ({self.surrogate}, {self.n_neighbours} nearest entries per local model)"
                              if self.surrogate == "local" else "dictionary grid search + projected "
@@ -82,15 +92,20 @@ class Options:
                 "NoiseFloor": "sigma*sqrt(NAverages)*sqrt(pi/2) (no noise map: least squares)",
                 "NAverages": self.n_averages, "Regularisation": {"Norm": self.reg_norm, "Weight": self.reg_weight},
                 "Bounds": self.bounds or "dictionary range", "SurrogateSmoothing": self.smoothing,
-                "B0Threshold": self.b0_threshold, "VascularThreshold": self.vasc_threshold,
+                **self._common_parameters()}
+
+    def _common_parameters(self) -> dict:
+        return {"B0Threshold": self.b0_threshold, "VascularThreshold": self.vasc_threshold,
+                "B0Normalisation": "b=0 of every series at the same TE, pooled after matching each series' "
+                                   "global scale" if self.b0_pool_series else "b=0 of the measurement's own series",
                 "ShellTolerance": self.shell_tolerance, "Fixed": self.fix, "Seed": self.seed,
                 "SoftwareVersion": __version__}
-
 
     def report_options(self) -> dict:
         """Options quoted in the reports' methods text."""
         return {"b0_threshold": self.b0_threshold, "vasc_threshold": self.vasc_threshold,
-                "noise_model": self.noise_model, "ivim_b_split": self.ivim_b_split, "ivim_b_max": self.ivim_b_max,
+                "noise_model": self.noise_model, "estimator": self.estimator,
+                "b0_pool_series": self.b0_pool_series, "ivim_b_split": self.ivim_b_split, "ivim_b_max": self.ivim_b_max,
                 "flow_estimator": self.flow_estimator, "seed": self.seed}
 
     def ivim_parameters(self) -> dict:
@@ -101,7 +116,7 @@ class Options:
                 "Seed": self.seed, "SoftwareVersion": __version__}
 
     def flow_parameters(self) -> dict:
-        out = self.fit_parameters()
+        out = self.fit_parameters("fit")
         out.pop("VascularThreshold", None)
         if self.flow_estimator == "posterior":
             out["FitMethod"] = ("posterior mean over the flow dictionary's entries (Gaussian likelihood, flat prior "
@@ -186,7 +201,7 @@ def preflight(item: SessionInputs, opts: Options, dictionary=None) -> dict:
     proto, shells = session_protocol(item, opts)
     prepare_mask(item.dwi_files[0], item.mask_file or None, item.sigma_file or None)
     source = item.dwi_files[0]
-    plan = preprocess.normalisation_plan(shells, opts.b0_threshold, source)
+    plan = preprocess.normalisation_plan(shells, opts.b0_threshold, source, opts.b0_pool_series)
     simulate = opts.dictionary_source == "simulate"
     dic = dictionary if dictionary is not None else load_selected(opts.dictionary, opts.params, opts.fix)
     max_b = float("inf") if simulate else dic.max_b
@@ -321,7 +336,7 @@ def init_single_subject_wf(item: SessionInputs, opts: Options, warnings: list | 
     sph = pe.Node(SphericalMean(b0_threshold=opts.b0_threshold, shell_tolerance=opts.shell_tolerance),
                   name="spherical_mean", mem_gb=mem["spherical_mean"])
     norm = pe.Node(NormaliseB0(sigma_file=item.sigma_file, b0_threshold=opts.b0_threshold,
-                               source=item.dwi_files[0]), name="normalise_b0",
+                               pool_series=opts.b0_pool_series, source=item.dwi_files[0]), name="normalise_b0",
                    mem_gb=mem["normalise_b0"])
     filt = pe.Node(VascularFilter(vasc_threshold=opts.vasc_threshold, b0_threshold=opts.b0_threshold),
                    name="vascular_filter", mem_gb=mem["vascular_filter"])
@@ -333,7 +348,7 @@ def init_single_subject_wf(item: SessionInputs, opts: Options, warnings: list | 
                                 bounds={k: list(v) for k, v in opts.bounds.items()}, smoothing=opts.smoothing,
                                 surrogate=opts.surrogate, n_neighbours=opts.n_neighbours,
                                 noise_model=opts.noise_model, device=opts.device,
-                                n_threads=opts.omp_nthreads, chunk_size=opts.chunk_size),
+                                n_threads=opts.omp_nthreads, chunk_size=opts.chunk_size, estimator=opts.estimator),
                   name="fit_histousim", n_procs=opts.omp_nthreads, mem_gb=mem["fit"])
     write = pe.Node(WriteDerivatives(out_dir=str(Path(opts.out_dir).resolve()), subject=item.subject,
                                      session=item.session or "", model="histousim",

@@ -15,21 +15,29 @@ from __future__ import annotations
 import numpy as np
 
 from ..dictionary import Dictionary
-from .dictfit import EXIT_BACKGROUND, EXIT_FAILED, EXIT_OK, DictionaryFit, assemble_fit
+from .dictfit import EXIT_BACKGROUND, EXIT_FAILED, EXIT_OK, DictionaryFit, assemble_fit, estimate_placement
+
+
+#: Point estimates: the posterior mean (log scale for positive parameters) or the posterior median.
+POINT_ESTIMATES = ("mean", "median")
 
 
 class PosteriorModel:
     """dictionary: signals on exactly the measurements to fit; chunk_size: voxels per batch (memory
-    ~ chunk_size x entries x 8 bytes x 3)."""
+    ~ chunk_size x entries x 8 bytes x 3); point: 'mean' or 'median' (see posterior_median)."""
 
-    def __init__(self, dictionary: Dictionary, chunk_size: int = 2000):
+    def __init__(self, dictionary: Dictionary, chunk_size: int = 2000, point: str = "mean"):
+        if point not in POINT_ESTIMATES:
+            raise ValueError(f"point estimate {point!r} is not one of {POINT_ESTIMATES}")
         self.dictionary = dictionary
         self.names = list(dictionary.names)
         self.chunk_size = int(chunk_size)
+        self.point = point
         p = dictionary.params
         self.log = np.all(p > 0, axis=0)
         self.values = np.where(self.log, np.log(np.where(p > 0, p, 1.0)), p)
         self.free = np.flatnonzero(np.ptp(p, axis=0) > 0)
+        self._medians = [_MedianColumn(p[:, j]) for j in range(p.shape[1])] if point == "median" else None
 
     def fit(self, data, mask=None, sigma=None, progress=None) -> DictionaryFit:
         """data [..., M]; mask [...] bool; sigma [...] or [..., M] (its mean over M is used) or None."""
@@ -60,6 +68,8 @@ class PosteriorModel:
             mean = w @ self.values
             sdl = np.sqrt(np.maximum(w @ self.values ** 2 - mean ** 2, 0.0))
             est = np.where(self.log, np.exp(mean), mean)
+            if self._medians is not None:
+                est = np.stack([col.median(w) for col in self._medians], axis=1)
             params[idx] = est
             sd[idx] = np.where(self.log, sdl * est, sdl)
             fobj[idx] = best / m
@@ -67,8 +77,13 @@ class PosteriorModel:
             exitcode[idx] = EXIT_OK
             if progress is not None:
                 progress(idx.size)
+        lo, hi = self.dictionary.ranges()
         info = {"n_fitted": int(todo.size), "n_invalid": int((in_mask & ~valid).sum()),
-                "estimator": "posterior mean over the dictionary entries (log scale for positive parameters)"}
+                "estimator": "posterior median over the dictionary entries (interpolated between neighbouring "
+                             "values)" if self.point == "median" else
+                             "posterior mean over the dictionary entries (log scale for positive parameters)",
+                "estimate_placement": estimate_placement(params[exitcode == EXIT_OK], self.dictionary,
+                                                         [self.names[j] for j in self.free], lo, hi)}
         return assemble_fit(self.dictionary, self.free, shape, m, params, sd, exitcode, fobj, loglik, info)
 
     @staticmethod
@@ -89,3 +104,28 @@ class PosteriorModel:
         S = self.dictionary.signals.astype(np.float64)
         sig = None if sigma is None else np.asarray(sigma, float).reshape(len(y), -1).mean(1)
         return self._weights(y, S, np.einsum("km,km->k", S, S), sig)[0] @ S
+
+
+class _MedianColumn:
+    """Posterior median of one parameter from entry weights [V, K].
+
+    The entries' distinct values u_1 < ... < u_n carry the posterior masses p_i; mass p_i is spread
+    evenly between the midpoints to its neighbours (u_1 and u_n are the ends), and the median is where
+    that piecewise-linear distribution function reaches 1/2. It therefore moves continuously between
+    the dictionary's values instead of jumping from node to node (no "steps" in the maps)."""
+
+    def __init__(self, column: np.ndarray):
+        self.order = np.argsort(column, kind="stable")
+        values, self.starts = np.unique(column[self.order], return_index=True)
+        self.edges = np.concatenate([values[:1], (values[1:] + values[:-1]) / 2, values[-1:]])
+
+    def median(self, w: np.ndarray) -> np.ndarray:
+        if self.starts.size == 1:
+            return np.full(w.shape[0], self.edges[0])
+        mass = np.add.reduceat(w[:, self.order], self.starts, axis=1)
+        cdf = np.cumsum(mass, axis=1)
+        i = np.argmax(cdf >= 0.5 * cdf[:, -1:], axis=1)
+        rows = np.arange(w.shape[0])
+        below = np.where(i > 0, cdf[rows, i - 1], 0.0)
+        frac = np.clip((0.5 * cdf[:, -1] - below) / np.maximum(mass[rows, i], 1e-300), 0.0, 1.0)
+        return self.edges[i] + frac * (self.edges[i + 1] - self.edges[i])

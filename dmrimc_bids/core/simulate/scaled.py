@@ -80,16 +80,20 @@ def impermeable_signals(substrate, protocol: Protocol, d0_values, *, n_walkers: 
     return out[0], out[1]
 
 
-def permeable_signals(substrate, protocol: Protocol, d0in_values, ratio: float, kappa_per_d0in: float, *,
+def permeable_signals(substrate, protocol: Protocol, d0in_values, ratio: float, kappa_per_d0in, *,
                       n_walkers: int, step_um: float = DEFAULT_STEP_UM, seed: int = 0, device: str = "cpu"):
-    """Signals [len(d0in_values), M] of (D0in, D0ex = ratio·D0in, κ = kappa_per_d0in·D0in) for every
-    D0in in d0in_values [µm²/ms], from one walk at (1, ratio, kappa_per_d0in) [µm²/ms, µm/s]."""
+    """Signals [len(kappa_per_d0in), len(d0in_values), M] of (D0in, D0ex = ratio·D0in, κ = κ'·D0in) for
+    every D0in in d0in_values [µm²/ms] and every κ' in kappa_per_d0in [µm/s per µm²/ms], from one call
+    walking n_walkers per κ' at (1, ratio, κ') (a scalar κ' gives [len(d0in_values), M]). One call keeps
+    the GPU busy (n_walkers x len(κ') threads); the walks share the time step of D = max(1, ratio)."""
     d0 = np.asarray(d0in_values, float)
+    kp = np.atleast_1d(np.asarray(kappa_per_d0in, float))
     proto = scaled_protocol(protocol, d0)
     dt = dt_for_step(step_um, max(1.0, ratio))
-    res = montecarlo.simulate(substrate, proto, 1.0, ratio, kappa_per_d0in, n_walkers=n_walkers, dt_ms=dt,
+    res = montecarlo.simulate(substrate, proto, 1.0, ratio, kp, n_walkers=n_walkers, dt_ms=dt,
                               seed=seed, device=device)
-    return res.signals[0].reshape(d0.size, len(protocol))
+    out = res.signals.reshape(kp.size, d0.size, len(protocol))
+    return out[0] if np.ndim(kappa_per_d0in) == 0 else out
 
 
 def within(values, lo, hi) -> np.ndarray:
@@ -113,15 +117,16 @@ def substrate_entries(substrate, protocol: Protocol, design: dict, *, n_walkers:
     w = substrate.metrics("polygon")["fin"]  # the cells' area fraction = the walkers' water fraction
     sig = [w * s_in[i] + (1 - w) * s_ex[j] for i in range(d0.size) for j in range(d0.size)]
     cfg = [(d0[i], d0[j], 0.0) for i in range(d0.size) for j in range(d0.size)]
-    walk = 1
-    for r in design["ratios"]:
-        for kp in design["kappa_per_d0"]:
-            keep = within(d0 * r, lo, hi) & (d0 * kp <= design.get("kappa_max", math.inf) + 1e-9)
-            walk += 1
-            if not keep.any():
-                continue
-            s = permeable_signals(substrate, protocol, d0[keep], r, kp, n_walkers=n_walkers, step_um=step_um,
-                                  seed=seed * 1000 + walk, device=device)
-            sig.extend(s)
-            cfg.extend((d, r * d, kp * d) for d in d0[keep])
+    kmax = design.get("kappa_max", math.inf) + 1e-9
+    for walk, r in enumerate(design["ratios"], start=1):
+        keep = within(d0 * r, lo, hi)
+        kps = [kp for kp in design["kappa_per_d0"] if np.any(d0[keep] * kp <= kmax)]
+        if not keep.any() or not kps:
+            continue
+        s = permeable_signals(substrate, protocol, d0[keep], r, kps, n_walkers=n_walkers, step_um=step_um,
+                              seed=seed * 1000 + walk, device=device)
+        for k, kp in enumerate(kps):
+            ok = d0[keep] * kp <= kmax
+            sig.extend(s[k][ok])
+            cfg.extend((d, r * d, kp * d) for d in d0[keep][ok])
     return np.asarray(sig), np.asarray(cfg, float)
