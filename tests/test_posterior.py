@@ -44,3 +44,36 @@ def test_mask_nan_and_unknown_sigma():
     fit = PosteriorModel(dic).fit(y.reshape(3, 1, 4), mask=np.array([[True], [False], [True]]))
     assert fit.exitcode.ravel().tolist() == [1, 0, -1]
     assert fit.params["vm"][0, 0] > 0 and fit.params["vm"][1, 0] == 0 and np.isnan(fit.params["vm"][2, 0])
+
+
+def test_posterior_median_by_hand_and_between_nodes():
+    from dmrimc_bids.core.fitting.posterior import _MedianColumn
+
+    col = _MedianColumn(np.array([2.0, 0.0, 1.0, 1.0]))  # values 0, 1, 2; edges 0, 0.5, 1.5, 2
+    w = np.array([[0.0, 0.25, 0.25, 0.5],     # mass 0: 0.25, 1: 0.75, 2: 0 -> cdf crosses 1/2 inside [0.5, 1.5]
+                  [1.0, 0.0, 0.0, 0.0],       # all on the value 2 -> its half of [1.5, 2] -> 1.75
+                  [0.0, 1.0, 0.0, 0.0]])      # all on 0 -> [0, 0.5] -> 0.25
+    np.testing.assert_allclose(col.median(w), [0.5 + (0.5 - 0.25) / 0.75, 1.75, 0.25])
+    # a mono-exponential dictionary on a coarse D grid: data from D between two nodes gives a median
+    # between them (no "steps"), closer to the truth than either node
+    b = np.array([300.0, 600, 1000, 1500, 2000])
+    d = np.arange(0.5, 3.01, 0.5)
+    dic = Dictionary(np.exp(-np.outer(d, b) * 1e-3), d[:, None], ["D"], Protocol(b, 10.0, 30.0))
+    y = np.exp(-1.3 * b * 1e-3)[None]
+    med = PosteriorModel(dic, point="median").fit(y, sigma=np.array([0.1])).params["D"][0]
+    assert 1.0 < med < 1.5 and abs(med - 1.3) < 0.2 and min(abs(med - 1.0), abs(med - 1.5)) > 0.05
+    fit = PosteriorModel(dic, point="median").fit(y, sigma=np.array([0.1]))
+    assert fit.info["estimate_placement"]["D"]["on_node"] == 0.0
+
+
+def test_dictionary_within_bounds():
+    import pytest
+
+    from dmrimc_bids.core.errors import InputError
+
+    dic = toy()
+    sub = dic.within({"vm": (1.0, 10.0)})
+    assert len(sub) == int(np.sum((dic.params[:, 0] >= 1) & (dic.params[:, 0] <= 10))) and len(sub) < len(dic)
+    assert sub.params[:, 0].min() >= 1.0 and sub.params[:, 0].max() <= 10.0
+    with pytest.raises(InputError, match="--bounds"):
+        dic.within({"vm": (100.0, 200.0)})

@@ -204,7 +204,7 @@ def _run(args) -> int:
                                              ("--surrogate-neighbours", args.surrogate_neighbours != 32),
                                              ("--noise-model", args.noise_model != "gaussian")) if given]
         if fit_only:
-            raise InputError(f"{', '.join(fit_only)} only apply to --estimator fit", exit_code=EX_USAGE,
+            raise InputError(f"{', '.join(fit_only)}: only for --estimator fit", exit_code=EX_USAGE,
                              fix=f"add --estimator fit, or drop {', '.join(fit_only)}")
     run_with = _execution(args)  # an unknown --plugin or bad --plugin-args fails here, before any output
     if args.analysis_level == "group":
