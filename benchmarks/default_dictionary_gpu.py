@@ -8,6 +8,7 @@ with the default population, design, timing grid and seeds of ``dmrimc-sim defau
     python benchmarks/default_dictionary_gpu.py reference REF.json           # here, on the CPU
     python benchmarks/default_dictionary_gpu.py build OUTDIR --reference REF.json --budget-s 420
     python benchmarks/default_dictionary_gpu.py assemble OUTDIR [--out NPZ] [--record]
+    python benchmarks/default_dictionary_gpu.py cpu-time [--walkers 8000] [--sample 0 32 64 96] [--record]
 
 ``reference`` walks a small permeable case on the CPU; ``build`` first walks it on the GPU (the walks
 share their random streams, so the signals must agree to within a few 1e-3) and stops if they do not.
@@ -16,7 +17,10 @@ whose projected build fits --budget-s, simulates every substrate and writes the 
 (``parts_K.npz``: float16 signals, parameters, per-substrate facts) and ``build.json`` (device, walkers,
 seconds). ``assemble`` makes the dictionary from the parts exactly as the workflow's AssembleDictionary
 does, with the provenance of ``dmrimc-sim default-dictionary``, and with --record writes the build
-figures into docs/benchmarks.md. The last line printed is one JSON object.
+figures into docs/benchmarks.md. ``cpu-time`` times the same per-substrate jobs on this machine (two
+single-thread jobs at a time, as ``dmrimc-sim default-dictionary --nprocs 2 --threads-per-job 1`` runs them)
+for a sample of the substrates and projects the 2-core build time of the whole population. The last line
+printed is one JSON object.
 """
 
 from __future__ import annotations
@@ -172,6 +176,46 @@ def assemble(args) -> dict:
     return res
 
 
+def _time_one(job):
+    import numba
+
+    numba.set_num_threads(1)
+    from types import SimpleNamespace
+
+    from dmrimc_bids.core import dictionary_default as dd
+
+    i, walkers = job
+    t0 = time.perf_counter()
+    _simulate(dd.default_substrate_specs(), i, walkers, SimpleNamespace(step_um=0.75, seed=dd.DEFAULT_SEED), "cpu")
+    return time.perf_counter() - t0
+
+
+def cpu_time(args) -> dict:
+    import multiprocessing as mp
+    import platform
+
+    from dmrimc_bids.core import dictionary_default as dd
+
+    with mp.get_context("spawn").Pool(2) as pool:
+        pool.map(_time_one, [(1, 50), (2, 50)])  # compile the kernels in each worker first
+        seconds = pool.map(_time_one, [(i, args.walkers) for i in args.sample])
+    n = dd.DEFAULT_N_SUBSTRATES
+    res = {"walkers": args.walkers, "sample": list(args.sample), "seconds": [round(x, 1) for x in seconds],
+           "median_s": round(float(np.median(seconds)), 1),
+           "projected_build_min_2_jobs": round(float(np.median(seconds)) * n / 2 / 60, 1),
+           "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cpus"}
+    if args.record:
+        from _record import record
+        record(f"default-dictionary-cpu-{args.walkers}", (
+            f"`python benchmarks/default_dictionary_gpu.py cpu-time --walkers {args.walkers} --sample "
+            f"{' '.join(map(str, args.sample))} --record` ({res['machine']}): substrates {res['sample']} of the default "
+            f"population at {args.walkers} walkers per walk, two single-thread jobs at a time: {res['seconds']} s "
+            f"(median {res['median_s']} s), so the 2-core build of all {n} substrates "
+            f"(`dmrimc-sim default-dictionary --walkers {args.walkers} --nprocs 2 --threads-per-job 1 --device cpu`) "
+            f"takes about **{res['projected_build_min_2_jobs']:.0f} min** (projected from the sample)."))
+    return res
+
+
 def _record(res: dict) -> None:
     from _record import record
 
@@ -207,8 +251,14 @@ def main(argv=None) -> int:
     a.add_argument("outdir", type=Path)
     a.add_argument("--out", type=Path, default=None)
     a.add_argument("--record", action="store_true")
+    c = sub.add_parser("cpu-time")
+    c.add_argument("--walkers", type=int, default=8000)
+    c.add_argument("--sample", type=int, nargs="+", default=[0, 32, 64, 96])
+    c.add_argument("--record", action="store_true")
     args = ap.parse_args(argv)
-    if args.cmd == "reference":
+    if args.cmd == "cpu-time":
+        res = cpu_time(args)
+    elif args.cmd == "reference":
         res = reference(args.path)
     elif args.cmd == "build":
         res = build(args)

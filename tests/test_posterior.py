@@ -47,13 +47,13 @@ def test_mask_nan_and_unknown_sigma():
 
 
 def test_posterior_median_by_hand_and_between_nodes():
-    from dmrimc_bids.core.fitting.posterior import _MedianColumn
+    from dmrimc_bids.core.fitting.posterior import _Medians
 
-    col = _MedianColumn(np.array([2.0, 0.0, 1.0, 1.0]))  # values 0, 1, 2; edges 0, 0.5, 1.5, 2
+    col = _Medians(np.array([[2.0, 5.0], [0.0, 5.0], [1.0, 5.0], [1.0, 5.0]]))  # values 0, 1, 2; edges 0, 0.5, 1.5, 2
     w = np.array([[0.0, 0.25, 0.25, 0.5],     # mass 0: 0.25, 1: 0.75, 2: 0 -> cdf crosses 1/2 inside [0.5, 1.5]
                   [1.0, 0.0, 0.0, 0.0],       # all on the value 2 -> its half of [1.5, 2] -> 1.75
                   [0.0, 1.0, 0.0, 0.0]])      # all on 0 -> [0, 0.5] -> 0.25
-    np.testing.assert_allclose(col.median(w), [0.5 + (0.5 - 0.25) / 0.75, 1.75, 0.25])
+    np.testing.assert_allclose(col.median(w), [[0.5 + (0.5 - 0.25) / 0.75, 5], [1.75, 5], [0.25, 5]])
     # a mono-exponential dictionary on a coarse D grid: data from D between two nodes gives a median
     # between them (no "steps"), closer to the truth than either node
     b = np.array([300.0, 600, 1000, 1500, 2000])

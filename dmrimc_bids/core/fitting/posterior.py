@@ -37,7 +37,7 @@ class PosteriorModel:
         self.log = np.all(p > 0, axis=0)
         self.values = np.where(self.log, np.log(np.where(p > 0, p, 1.0)), p)
         self.free = np.flatnonzero(np.ptp(p, axis=0) > 0)
-        self._medians = [_MedianColumn(p[:, j]) for j in range(p.shape[1])] if point == "median" else None
+        self._medians = _Medians(p) if point == "median" else None
 
     def fit(self, data, mask=None, sigma=None, progress=None) -> DictionaryFit:
         """data [..., M]; mask [...] bool; sigma [...] or [..., M] (its mean over M is used) or None."""
@@ -69,7 +69,7 @@ class PosteriorModel:
             sdl = np.sqrt(np.maximum(w @ self.values ** 2 - mean ** 2, 0.0))
             est = np.where(self.log, np.exp(mean), mean)
             if self._medians is not None:
-                est = np.stack([col.median(w) for col in self._medians], axis=1)
+                est = self._medians.median(w)
             params[idx] = est
             sd[idx] = np.where(self.log, sdl * est, sdl)
             fobj[idx] = best / m
@@ -106,26 +106,42 @@ class PosteriorModel:
         return self._weights(y, S, np.einsum("km,km->k", S, S), sig)[0] @ S
 
 
-class _MedianColumn:
-    """Posterior median of one parameter from entry weights [V, K].
+class _Medians:
+    """Posterior medians of every parameter from entry weights [V, K].
 
-    The entries' distinct values u_1 < ... < u_n carry the posterior masses p_i; mass p_i is spread
+    A parameter's distinct values u_1 < ... < u_n carry the posterior masses p_i; mass p_i is spread
     evenly between the midpoints to its neighbours (u_1 and u_n are the ends), and the median is where
     that piecewise-linear distribution function reaches 1/2. It therefore moves continuously between
-    the dictionary's values instead of jumping from node to node (no "steps" in the maps)."""
+    the dictionary's values instead of jumping from node to node (no "steps" in the maps). The masses of
+    all parameters come from one sparse product with the entries' value indicators (one pass over w)."""
 
-    def __init__(self, column: np.ndarray):
-        self.order = np.argsort(column, kind="stable")
-        values, self.starts = np.unique(column[self.order], return_index=True)
-        self.edges = np.concatenate([values[:1], (values[1:] + values[:-1]) / 2, values[-1:]])
+    def __init__(self, params: np.ndarray):
+        import scipy.sparse as sp
+
+        self.edges, self.slices, cols, offset = [], [], [], 0
+        for j in range(params.shape[1]):
+            values, index = np.unique(params[:, j], return_inverse=True)
+            self.edges.append(np.concatenate([values[:1], (values[1:] + values[:-1]) / 2, values[-1:]]))
+            self.slices.append(slice(offset, offset + values.size))
+            cols.append(offset + index.ravel())
+            offset += values.size
+        k = params.shape[0]
+        rows = np.tile(np.arange(k), params.shape[1])
+        self.indicator = sp.csr_matrix((np.ones(rows.size), (rows, np.concatenate(cols))), shape=(k, offset))
 
     def median(self, w: np.ndarray) -> np.ndarray:
-        if self.starts.size == 1:
-            return np.full(w.shape[0], self.edges[0])
-        mass = np.add.reduceat(w[:, self.order], self.starts, axis=1)
-        cdf = np.cumsum(mass, axis=1)
-        i = np.argmax(cdf >= 0.5 * cdf[:, -1:], axis=1)
+        mass_all = np.asarray((self.indicator.T @ w.T).T)
         rows = np.arange(w.shape[0])
-        below = np.where(i > 0, cdf[rows, i - 1], 0.0)
-        frac = np.clip((0.5 * cdf[:, -1] - below) / np.maximum(mass[rows, i], 1e-300), 0.0, 1.0)
-        return self.edges[i] + frac * (self.edges[i + 1] - self.edges[i])
+        out = np.empty((w.shape[0], len(self.edges)))
+        for j, (edges, sl) in enumerate(zip(self.edges, self.slices)):
+            mass = mass_all[:, sl]
+            if mass.shape[1] == 1:
+                out[:, j] = edges[0]
+                continue
+            cdf = np.cumsum(mass, axis=1)
+            half = 0.5 * cdf[:, -1]
+            i = np.argmax(cdf >= half[:, None], axis=1)
+            below = np.where(i > 0, cdf[rows, i - 1], 0.0)
+            frac = np.clip((half - below) / np.maximum(mass[rows, i], 1e-300), 0.0, 1.0)
+            out[:, j] = edges[i] + frac * (edges[i + 1] - edges[i])
+        return out
