@@ -26,8 +26,9 @@ DEMO_SERIES = (("sub-01/dwi", "sub-01"), ("sub-02/ses-1/dwi", "sub-02_ses-1"), (
 TISSUE = ("fin", "vCScyl", "D0in", "D0ex", "kappa")
 #: Bars of the demo's tissue recovery, pooled over its three series (tumour voxels). The demo's signals
 #: are simulated in substrates and at (D0in, D0ex, κ) that the default dictionary does not hold
-#: (core/phantom.py). Measured (seed 1234 noise, fit seed 7): see docs/benchmarks.md "demo recovery".
-DEMO_MIN_RHO = {"fin": 0.7, "vCScyl": 0.6}
+#: (core/phantom.py). Measured (seed 1234 noise, fit seed 7; default posterior-median estimate): fin 0.93,
+#: vCS_cyl 0.88, D0ex 0.65 (docs/benchmarks.md "demo recovery"); κ (0.04) is not identifiable in the demo.
+DEMO_MIN_RHO = {"fin": 0.8, "vCScyl": 0.75, "D0ex": 0.4}
 
 
 def demo_recovery(est: dict, truth: dict) -> dict:
@@ -44,8 +45,8 @@ def demo_recovery(est: dict, truth: dict) -> dict:
 
 
 def demo_recovery_ok(rec: dict) -> list:
-    """The failed bars (empty when the fit passes): ρ above DEMO_MIN_RHO and a median error below the
-    constant guess's for fin and vCS_cyl, and no parameter anti-correlated."""
+    """The failed bars (empty when the fit passes): for each parameter of DEMO_MIN_RHO, ρ above its bar and
+    a median error below the constant guess's; and no parameter anti-correlated."""
     bad = [f"{p}: rho {rec[p]['rho']:.2f} < {lim}" for p, lim in DEMO_MIN_RHO.items() if not rec[p]["rho"] > lim]
     bad += [f"{p}: MedAE {rec[p]['medae']:.3g} >= constant guess {rec[p]['medae_constant']:.3g}"
             for p in DEMO_MIN_RHO if not rec[p]["medae"] < rec[p]["medae_constant"]]
