@@ -170,7 +170,7 @@ def assemble(args) -> dict:
     res = {"entries": len(dic), "measurements": len(dic.protocol), "walkers": summary["walkers"],
            "build_seconds": summary["build_seconds"], "seconds_per_substrate_median":
            summary["seconds_per_substrate_median"], "size_mb": round(size / 1e6, 1), "device": summary["device"],
-           "gpu_check": summary["check"]}
+           "gpu_check": summary["check"], "pilot": summary.get("pilot", {})}
     if args.record:
         _record(res)
     return res
@@ -221,8 +221,10 @@ def _record(res: dict) -> None:
 
     c = res["gpu_check"]
     record("default-dictionary-gpu", "".join([
-        f"`python benchmarks/default_dictionary_gpu.py build ...` on the device machine ({res['device']}), "
-        f"then `... assemble --record` here: the default population (128 substrates), design and timing "
+        f"`python benchmarks/default_dictionary_gpu.py build OUT --reference REF.json --budget-s 390` on the device "
+        f"machine ({res['device']}), then `... assemble OUT --record` here. Substrate 0 at "
+        f"{res['pilot'].get('walkers')} walkers took {res['pilot'].get('seconds')} s, so the budget chose "
+        f"{res['walkers']}: the default population (128 substrates), design and timing "
         f"grid, **{res['walkers']} walkers per walk**, all on the GPU (numba.cuda): **{res['build_seconds']:.0f} s** "
         f"for the whole dictionary (median {res['seconds_per_substrate_median']:.2f} s per substrate); "
         f"{res['entries']} entries x {res['measurements']} measurements, {res['size_mb']} MB on disk (npz + json). "
