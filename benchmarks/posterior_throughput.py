@@ -3,7 +3,7 @@
 
 The embedded dictionary (23,680 entries) is matched to the demo's 12 fitted measurements (b 450-2550
 s/mm², δ/Δ 10/25 and 15/45 ms); voxels are random entries with Gaussian noise of σ = 0.02 (SNR 50). The
-estimate runs in the app's batches (interfaces/fitting.posterior_chunk). Reports voxels/s, median of
+estimate runs in the app's batches (core/fitting/posterior.posterior_chunk). Reports voxels/s, median of
 --repeats runs, at the given BLAS thread count. The last line printed is one JSON object.
 
     python benchmarks/posterior_throughput.py [--voxels 20000] [--threads 2] [--repeats 3] [--record]
@@ -33,9 +33,8 @@ def main(argv=None) -> int:
     from threadpoolctl import threadpool_limits
 
     from dmrimc_bids.core.dictionary_default import default_dictionary
-    from dmrimc_bids.core.fitting.posterior import PosteriorModel
+    from dmrimc_bids.core.fitting.posterior import PosteriorModel, posterior_chunk
     from dmrimc_bids.core.protocol import Protocol
-    from dmrimc_bids.interfaces.fitting import posterior_chunk
 
     b = [450, 600, 1050, 1500, 1950, 2550] * 2
     prot = Protocol(b, [10.0] * 6 + [15.0] * 6, [25.0] * 6 + [45.0] * 6)

@@ -182,6 +182,21 @@ def main(argv=None) -> int:
         return exc.exit_code
 
 
+#: Options of the published fitting method (--estimator fit) only.
+FIT_ONLY_OPTIONS = ("reg", "n_averages", "surrogate", "surrogate_smoothing", "surrogate_neighbours", "noise_model")
+
+
+def _check_estimator_options(args) -> None:
+    """A usage error when a fit-only option differs from its default under a posterior estimator."""
+    if args.estimator == "fit":
+        return
+    defaults = build_parser()
+    given = ["--" + d.replace("_", "-") for d in FIT_ONLY_OPTIONS if getattr(args, d) != defaults.get_default(d)]
+    if given:
+        raise InputError(f"{', '.join(given)}: only for --estimator fit", exit_code=EX_USAGE,
+                         fix=f"add --estimator fit, or drop {', '.join(given)}")
+
+
 def _run(args) -> int:
     if args.output_dir.resolve() == args.bids_dir.resolve():
         raise InputError("the output folder is the BIDS dataset itself", path=args.output_dir, exit_code=EX_USAGE,
@@ -197,15 +212,7 @@ def _run(args) -> int:
                                ("--surrogate-neighbours", args.surrogate_neighbours, 2)):
         if value < least:
             raise InputError(f"{flag} {value}", exit_code=EX_USAGE, fix=f"give {flag} >= {least}")
-    if args.estimator != "fit":
-        fit_only = [flag for flag, given in (("--reg", args.reg != ["2", "0"]), ("--n-averages", args.n_averages != 1.0),
-                                             ("--surrogate", args.surrogate != "local"),
-                                             ("--surrogate-smoothing", args.surrogate_smoothing != 1e-3),
-                                             ("--surrogate-neighbours", args.surrogate_neighbours != 32),
-                                             ("--noise-model", args.noise_model != "gaussian")) if given]
-        if fit_only:
-            raise InputError(f"{', '.join(fit_only)}: only for --estimator fit", exit_code=EX_USAGE,
-                             fix=f"add --estimator fit, or drop {', '.join(fit_only)}")
+    _check_estimator_options(args)
     run_with = _execution(args)  # an unknown --plugin or bad --plugin-args fails here, before any output
     if args.analysis_level == "group":
         return _run_group(args, run_with)

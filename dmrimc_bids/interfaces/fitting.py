@@ -41,15 +41,6 @@ class _FitOut(TraitedSpec):
     examples_file = File(exists=True, desc="measured and fitted signal of a few voxels (JSON, for the report)")
 
 
-#: Largest voxel x entry matrix of one posterior batch [elements] (~100 MB of float64 each).
-POSTERIOR_BATCH_ELEMENTS = 12_000_000
-
-
-def posterior_chunk(chunk_size: int, n_entries: int) -> int:
-    """Voxels per posterior batch: at most chunk_size, 2000, and POSTERIOR_BATCH_ELEMENTS / entries."""
-    return max(16, min(int(chunk_size), 2000, POSTERIOR_BATCH_ELEMENTS // max(int(n_entries), 1)))
-
-
 class FitDictionary(SimpleInterface):
     """Voxel-wise dictionary fit (core.fitting.dictfit.DictionaryModel)."""
 
@@ -67,7 +58,7 @@ class FitDictionary(SimpleInterface):
         sigma = load_data(i.sigma_file, "σ")[0] if i.sigma_file else None
         dic = Dictionary.load(i.dictionary)
         if i.estimator.startswith("posterior"):
-            from ..core.fitting.posterior import PosteriorModel
+            from ..core.fitting.posterior import PosteriorModel, posterior_chunk
             dic = dic.within({k: tuple(v) for k, v in (i.bounds or {}).items()})
             model = PosteriorModel(dic, chunk_size=posterior_chunk(i.chunk_size, len(dic)),
                                    point="median" if i.estimator == "posterior-median" else "mean")

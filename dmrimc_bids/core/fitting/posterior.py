@@ -18,6 +18,15 @@ from ..dictionary import Dictionary
 from .dictfit import EXIT_BACKGROUND, EXIT_FAILED, EXIT_OK, DictionaryFit, assemble_fit, estimate_placement
 
 
+#: Largest voxel x entry matrix of one posterior batch [elements] (~100 MB of float64 each).
+POSTERIOR_BATCH_ELEMENTS = 12_000_000
+
+
+def posterior_chunk(chunk_size: int, n_entries: int) -> int:
+    """Voxels per posterior batch: at most chunk_size, 2000, and POSTERIOR_BATCH_ELEMENTS / entries."""
+    return max(16, min(int(chunk_size), 2000, POSTERIOR_BATCH_ELEMENTS // max(int(n_entries), 1)))
+
+
 #: Point estimates: the posterior mean (log scale for positive parameters) or the posterior median.
 POINT_ESTIMATES = ("mean", "median")
 
