@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 
@@ -90,3 +92,17 @@ def test_published_loo_arrays_have_unit_b0(tmp_path):
     assert d.names == ["fin", "vCS", "D0in", "D0ex", "kappa"] and len(d) == 4050
     assert np.allclose(d.signals[:, b == 0], 1.0)
     assert np.array_equal(np.unique(d.params[:, 4]), np.arange(0, 41, 5))
+
+
+def test_dictionary_cli_default_is_the_embedded_monte_carlo_one(tmp_path):
+    """`dmrimc-bids-dictionary default` writes the dictionary the app uses, not the analytic test one."""
+    from dmrimc_bids.cli.dictionary import main
+    from dmrimc_bids.core.dictionary_default import default_dictionary
+
+    assert main(["default", str(tmp_path / "d")]) == 0
+    written, embedded = Dictionary.load(tmp_path / "d.npz"), default_dictionary()
+    assert written.names == embedded.names and written.signals.shape == embedded.signals.shape
+    assert np.array_equal(written.params, embedded.params)
+    assert "analytic" not in json.dumps(written.provenance).lower()
+    assert main(["analytic", str(tmp_path / "a")]) == 0
+    assert "analytic" in json.dumps(Dictionary.load(tmp_path / "a.npz").provenance).lower()

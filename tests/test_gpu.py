@@ -38,3 +38,43 @@ def test_gpu_path_matches_cpu_in_the_cuda_simulator():
         cpu, gpu = out["cpu" + noise], out["gpu" + noise]
         for k in ("fin", "vCS", "fin_sd", "fobj", "exitcode"):
             assert np.allclose(gpu[k], cpu[k], rtol=1e-9, atol=1e-12), (noise, k)
+
+
+def test_cuda_import_leaves_numpy_alone():
+    """Importing the CUDA paths does not add np.row_stack to a NumPy that has none (NumPy >= 2.5)."""
+    code = ("import numpy as np\n"
+            "if hasattr(np, 'row_stack'): del np.row_stack\n"
+            "import dmrimc_bids.core.simulate.cuda, dmrimc_bids.core.fitting.gpu\n"
+            "assert not hasattr(np, 'row_stack'), 'np.row_stack was patched'\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+
+
+class _BrokenGPU:
+    """A GPU backend whose kernels fail to compile, as a CUDA toolkit mismatch would."""
+
+    @staticmethod
+    def grid_search(*args, **kwargs):
+        raise RuntimeError("CUDA_ERROR_UNSUPPORTED_PTX_VERSION")
+
+    refine = grid_search
+
+
+def test_device_auto_falls_back_to_cpu_with_one_warning(monkeypatch, caplog):
+    from dmrimc_bids.core.analytic import analytic_dictionary, two_compartment_signal
+    from dmrimc_bids.core.fitting import dictfit
+    from dmrimc_bids.core.protocol import Protocol
+
+    proto = Protocol([500, 1000, 2000, 2500] * 2, [10] * 4 + [15] * 4, [22.5] * 4 + [45] * 4)
+    dic = analytic_dictionary().select(["fin", "vCS"], {"D0in": 1.9, "D0ex": 1.9}).match(proto)
+    data = np.stack([two_compartment_signal(proto.b, proto.small_delta_ms, proto.big_delta_ms, f, 12.0, 1.9, 1.9)
+                     for f in (0.3, 0.5, 0.7)])
+    cpu = dictfit.DictionaryModel(dic, device="cpu", chunk_size=2).fit(data)
+    monkeypatch.setattr(dictfit, "_backend", lambda device: _BrokenGPU)
+    with caplog.at_level("WARNING"):
+        auto = dictfit.DictionaryModel(dic, device="auto", chunk_size=2).fit(data)
+    assert np.array_equal(auto.params["fin"], cpu.params["fin"]) and auto.info["device"] == "cpu"
+    assert sum("GPU dictionary fit failed" in r.getMessage() for r in caplog.records) == 1
+    import pytest
+    with pytest.raises(RuntimeError, match="PTX"):
+        dictfit.DictionaryModel(dic, device="gpu").fit(data)

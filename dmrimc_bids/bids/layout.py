@@ -147,15 +147,15 @@ def _session_item(sub, ses, files, layout) -> SessionInputs:
                 raise InputError("no .bval file for this DWI", path=f.path, exit_code=EX_NOINPUT,
                                  fix="add the .bval beside the NIfTI (one b-value per volume)") from exc
         bval.append(str(b))
-        try:
-            bvec.append(str(Path(stem + ".bvec")) if Path(stem + ".bvec").is_file() else layout.get_bvec(f.path))
-        except Exception:
-            bvec.append("")
+        if Path(stem + ".bvec").is_file():
+            bvec.append(str(Path(stem + ".bvec")))
+        else:  # inherited, or none (a b=0-only series)
+            bvec.append(str(_lookup("the .bvec file", f.path, layout.get_bvec, f.path) or ""))
         js = Path(stem + ".json")
         if js.is_file():
             side.append(str(js))
         else:
-            meta = layout.get_metadata(f.path)
+            meta = _lookup("the JSON sidecar", f.path, layout.get_metadata, f.path)
             side.append(_inherited_sidecar(layout, f) if meta else "")
         gdur.append(stem + ".gdur" if Path(stem + ".gdur").is_file() else "")
         gsep.append(stem + ".gsep" if Path(stem + ".gsep").is_file() else "")
@@ -165,11 +165,20 @@ def _session_item(sub, ses, files, layout) -> SessionInputs:
 
 def _inherited_sidecar(layout, f) -> str:
     """The nearest JSON sidecar that BIDS inheritance applies to this file ("" if none)."""
+    near = _lookup("the inherited JSON sidecar", f.path, layout.get_nearest, f.path, extension=".json",
+                   suffix="dwi", strict=False, all_=False)
+    return near or ""
+
+
+def _lookup(what: str, path, fn, *args, **kwargs):
+    """fn(*args, **kwargs), a pybids look-up of a DWI's companion file; a failure of the look-up itself
+    (unreadable file, broken index) is an InputError naming the DWI, not a silently missing file."""
     try:
-        near = layout.get_nearest(f.path, extension=".json", suffix="dwi", strict=False, all_=False)
-        return near or ""
-    except Exception:
-        return ""
+        return fn(*args, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - pybids raises many types; all mean the same to the user
+        raise InputError(f"could not look up {what}: {type(exc).__name__}: {exc}", path=path, exit_code=EX_NOINPUT,
+                         fix="check that the dataset's files are readable, or pass --skip-bids-validation "
+                             "and the files beside the NIfTI") from exc
 
 
 def _find_one(ders, sub, ses, **query) -> str:

@@ -2,7 +2,8 @@
 
     dmrimc-bids-dictionary import-histousim OUT --bval ref.bval --gdur ref.gdur --gsep ref.gsep \
         --signals s1.npy s2.npy --params p1.npy p2.npy [--names fin mCS ...]
-    dmrimc-bids-dictionary default OUT      # the embedded analytic default, for inspection
+    dmrimc-bids-dictionary default OUT      # a copy of the embedded (Monte Carlo) default, for inspection
+    dmrimc-bids-dictionary analytic OUT     # the analytic test dictionary (restricted-cylinder signals)
 """
 
 from __future__ import annotations
@@ -26,13 +27,18 @@ def main(argv=None) -> int:
     imp.add_argument("--signals", required=True, nargs="+", type=Path, help="SIGNALS .npy file(s)")
     imp.add_argument("--params", required=True, nargs="+", type=Path, help="PARAMETERS .npy file(s), same order")
     imp.add_argument("--names", nargs="+", help="parameter column names (default: the published order)")
-    dflt = sub.add_parser("default", help="write the embedded analytic default dictionary")
+    dflt = sub.add_parser("default", help="write a copy of the embedded default dictionary (Monte Carlo)")
     dflt.add_argument("out", type=Path)
+    ana = sub.add_parser("analytic", help="write the analytic dictionary the tests use (not the app's default)")
+    ana.add_argument("out", type=Path)
     args = ap.parse_args(argv)
     try:
         if args.cmd == "import-histousim":
             from ..core.dictionary import import_histousim
             d = import_histousim(args.bval, args.gdur, args.gsep, args.signals, args.params, args.names)
+        elif args.cmd == "default":
+            from ..core.dictionary_default import default_dictionary
+            d = default_dictionary()
         else:
             from ..core.analytic import analytic_dictionary
             d = analytic_dictionary()

@@ -135,6 +135,7 @@ class DictionaryModel:
         self.noise, self.surrogate_kind = noise, surrogate
         self.smoothing, self.n_neighbours = float(smoothing), int(n_neighbours)
         self.max_iter, self.max_rounds, self.chunk_size = int(max_iter), int(max_rounds), int(chunk_size)
+        self.requested_device = device
         self.backend = _backend(device)
         self.device = "gpu" if self.backend is not kernels else "cpu"
 
@@ -293,6 +294,17 @@ class DictionaryModel:
         return expected_signal(s, np.sqrt(flo2))
 
     def _fit_chunk(self, d, sigma_chunk):
+        try:
+            return self._fit_chunk_on_backend(d, sigma_chunk)
+        except Exception as exc:  # noqa: BLE001 - any CUDA failure under 'auto': the CPU kernels are the same
+            if self.backend is kernels or self.requested_device != "auto":
+                raise
+            from ..cudacompat import warn_cpu_fallback
+            warn_cpu_fallback("dictionary fit", exc)
+            self.backend, self.device = kernels, "cpu"
+            return self._fit_chunk_on_backend(d, sigma_chunk)
+
+    def _fit_chunk_on_backend(self, d, sigma_chunk):
         v, m = d.shape
         d = np.ascontiguousarray(d)
         w, sig2, flo2, rician, has_sigma = self._noise_terms(sigma_chunk, m)

@@ -16,9 +16,12 @@ import math
 import types
 
 import numpy as np
-from numba import cuda, float64
+from numba import float64
 
+from ..cudacompat import import_numba_cuda
 from . import kernels
+
+cuda = import_numba_cuda()
 
 #: Largest number of fitted parameters / measurements a GPU thread holds in local memory.
 MAX_PARAMS, MAX_MEASUREMENTS = 8, 256

@@ -16,11 +16,10 @@ import types
 
 import numpy as np
 
-if not hasattr(np, "row_stack"):  # numba-cuda's typing registry still names it (NumPy >= 2.5 dropped it)
-    np.row_stack = np.vstack
-from numba import cuda  # noqa: E402 - after the shim
+from ..cudacompat import import_numba_cuda
+from . import kernels
 
-from . import kernels  # noqa: E402
+cuda = import_numba_cuda()
 
 _DEVICE_ROUTINES = ("mix64", "uniform", "walker_state", "first_hit", "locate", "walk", "accumulate_one")
 _CONSTANTS = ("EPS_UM", "EPS_U", "_GOLDEN", "_M1", "_M2", "_S30", "_S27", "_S31", "_S11", "_TO_UNIT")

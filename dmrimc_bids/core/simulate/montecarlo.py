@@ -234,7 +234,23 @@ def group_signals(phase, groups, meas_wave, b):
     return out
 
 
-def simulate(substrate: Substrate, protocol: Protocol, d0in, d0ex, kappa, *, n_walkers: int = DEFAULT_WALKERS,
+def simulate(substrate: Substrate, protocol: Protocol, d0in, d0ex, kappa, *, device: str = "cpu",
+             **options) -> MCResult:
+    """Simulate every configuration (d0in[i], d0ex[i], kappa[i]) [µm²/ms, µm²/ms, µm/s]: see `_simulate`
+    for the options. device: 'cpu', 'gpu' (numba.cuda) or 'auto' (the GPU when one is visible; if its
+    compilation or a launch fails, the walk is redone on the CPU with one warning line)."""
+    resolved = resolve_device(device)
+    if device == "auto" and resolved == "gpu":
+        try:
+            return _simulate(substrate, protocol, d0in, d0ex, kappa, device="gpu", **options)
+        except Exception as exc:  # noqa: BLE001 - any CUDA failure: the CPU gives the same physics
+            from ..cudacompat import warn_cpu_fallback
+            warn_cpu_fallback("Monte Carlo walk", exc)
+            resolved = "cpu"
+    return _simulate(substrate, protocol, d0in, d0ex, kappa, device=resolved, **options)
+
+
+def _simulate(substrate: Substrate, protocol: Protocol, d0in, d0ex, kappa, *, n_walkers: int = DEFAULT_WALKERS,
              dt_ms: float = DEFAULT_DT_MS, seed: int = 0, grid_um: float = 1.0, start_xy=None,
              device: str = "cpu", batch_walkers: int = 1_000_000, keep_walkers: bool = False,
              max_bounce: int = MAX_BOUNCES, progress: bool = False, walker_offset: int = 0,
