@@ -6,7 +6,8 @@
 FROM python:3.11.7-slim-bookworm
 
 ARG VERSION=0.1.0
-ARG SOURCE=https://github.com/dmrimc-bids/dmrimc-bids
+# the project's code URL, when it has one: --build-arg SOURCE=https://... (labels and CodeURL stay empty without)
+ARG SOURCE=
 # TemplateFlow atlases baked in for offline group-level ROIs (--atlas); empty to skip
 ARG TEMPLATEFLOW_ATLASES="MNI152NLin2009cAsym:Schaefer2018:100Parcels7Networks:2 MNI152NLin2009cAsym:HOSPA:th25:2"
 
@@ -30,6 +31,7 @@ ENV DMRIMC_VENV=/opt/dmrimc \
     PYTHONDONTWRITEBYTECODE=1 \
     DMRIMC_CONTAINER_TYPE=docker \
     DMRIMC_CONTAINER_TAG=dmrimc-bids:${VERSION} \
+    DMRIMC_PROJECT_URL=${SOURCE} \
     HOME=/home/dmrimc
 
 COPY . /src/dmrimc-bids/

@@ -103,6 +103,8 @@ def test_demo_sidecars_and_dataset_description(demo_run):
     desc = json.loads((out / "dataset_description.json").read_text())
     assert desc["DatasetType"] == "derivative" and desc["GeneratedBy"][0]["Name"] == "dmrimc-bids"
     assert "seed 7" in desc["GeneratedBy"][0]["Description"]
+    assert "CodeURL" not in desc["GeneratedBy"][0]  # the package declares no project URL: no guessed one
+
     status = list((out / "logs").glob("*_status.tsv"))[0].read_text().splitlines()
     assert status[0].split("\t")[:4] == ["participant_id", "session_id", "status", "exit_code"]
     assert sorted(line.split("\t")[:4] for line in status[1:])[:3] == [
@@ -256,3 +258,14 @@ def test_gdur_gsep_files_beside_the_nifti(single_demo, tmp_path, capsys):
     assert item.sigma_file.endswith("desc-sigma_noise.nii.gz")
     summary = preflight(item, Options(out_dir=str(tmp_path / "o")))
     assert summary["fitted"] == 12 and summary["shells"] == 22
+
+
+def test_code_url_only_from_a_project_url_setting(tmp_path, monkeypatch):
+    from dmrimc_bids.bids.derivatives import write_dataset_description
+    monkeypatch.delenv("DMRIMC_PROJECT_URL", raising=False)
+    write_dataset_description(tmp_path / "a", tmp_path)
+    assert "CodeURL" not in json.loads((tmp_path / "a/dataset_description.json").read_text())["GeneratedBy"][0]
+    monkeypatch.setenv("DMRIMC_PROJECT_URL", "https://git.example.net/lab/dmrimc-bids")
+    write_dataset_description(tmp_path / "b", tmp_path)
+    ours = json.loads((tmp_path / "b/dataset_description.json").read_text())["GeneratedBy"][0]
+    assert ours["CodeURL"] == "https://git.example.net/lab/dmrimc-bids"

@@ -73,6 +73,10 @@ def test_hadolint_passes():
     assert res.returncode == 0, res.stdout + res.stderr
 
 
+def env_has_project_url(dockerfile) -> bool:
+    return dockerfile.envs.get("DMRIMC_PROJECT_URL") == ""  # from ARG SOURCE
+
+
 def test_dockerfile_entrypoint_user_labels_and_install_path(dockerfile):
     base = dockerfile.baseimage
     assert re.fullmatch(r"python:3\.\d+\.\d+-slim-bookworm(@sha256:[0-9a-f]{64})?", base), base  # pinned, no latest
@@ -83,7 +87,9 @@ def test_dockerfile_entrypoint_user_labels_and_install_path(dockerfile):
     assert user and user[-1].split(":")[0] not in ("root", "0")
     labels = dockerfile.labels
     assert labels["org.opencontainers.image.version"] == __version__
-    assert labels["org.opencontainers.image.source"].startswith("https://")
+    # no guessed URL written as a fact: the source label, the url label and CodeURL come from --build-arg SOURCE
+    assert labels["org.opencontainers.image.source"] == labels["org.opencontainers.image.url"] == ""
+    assert dockerfile.args["SOURCE"] == "" and env_has_project_url(dockerfile)
     assert {"org.opencontainers.image.title", "org.opencontainers.image.licenses"} <= set(labels)
     env = dockerfile.envs
     assert env["TEMPLATEFLOW_HOME"].startswith("/opt/") and env["DMRIMC_CONTAINER_TYPE"] == "docker"
@@ -120,7 +126,7 @@ def test_apptainer_def_matches_the_dockerfile(dockerfile):
     assert sections["runscript"] == [f'exec {" ".join(entry)} "$@"']
     labels = dict(line.split(None, 1) for line in sections["labels"])
     assert labels["org.opencontainers.image.version"] == __version__
-    assert labels["org.opencontainers.image.source"] == dockerfile.labels["org.opencontainers.image.source"]
+    assert "org.opencontainers.image.source" not in labels  # no project URL to state
 
 
 def test_ci_installs_through_the_container_script():

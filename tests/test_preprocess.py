@@ -111,3 +111,17 @@ def test_b0_pooling_one_voxel_is_the_runs_own_and_other_te_is_not_pooled():
     _, shells2, _ = spherical_mean(np.ones((1, 4)), p2)
     _, _, plan2 = normalise_b0(np.ones((1, len(shells2))), shells2)
     assert not any(plan2.pooled) and plan2.notes == []
+
+
+def test_borrowed_b0_timing_is_one_note_per_series():
+    """Eight shells whose (δ, Δ) has no b=0 of its own give one note for their series, not eight."""
+    from dmrimc_bids.core.preprocess import normalisation_plan
+    b = [0.0] + [300.0 * k for k in range(1, 9)] + [0.0, 500.0]
+    sd = [10.0] + [15.0] * 8 + [10.0, 10.0]
+    bd = [25.0] + [45.0] * 8 + [25.0, 25.0]
+    shells = Protocol(b, sd, bd, echo_time_ms=80.0, series=[0] * 9 + [1, 1])
+    plan = normalisation_plan(shells, pool_series=False)
+    borrowed = [n for n in plan.notes if "another timing" in n]
+    assert len(borrowed) == 1 and "series 0" in borrowed[0] and "8 measurement(s)" in borrowed[0]
+    assert "(15, 45)" in borrowed[0]
+    assert plan.normaliser[1] == [0] and plan.normaliser[10] == [9]

@@ -208,14 +208,30 @@ def map_sidecar(model: str, name: str, unit: str, description: str, parameters: 
             "ParameterName": name}
 
 
+def project_url() -> str:
+    """The project's code URL: $DMRIMC_PROJECT_URL (the container images set it from their build argument
+    SOURCE), else a Project-URL of the installed package's metadata, else "" (the field is left out rather
+    than filled with a guess)."""
+    if os.environ.get("DMRIMC_PROJECT_URL"):
+        return os.environ["DMRIMC_PROJECT_URL"]
+    from importlib import metadata
+    try:
+        urls = metadata.metadata("dmrimc-bids").get_all("Project-URL") or []
+    except metadata.PackageNotFoundError:
+        return ""
+    return urls[0].split(",", 1)[-1].strip() if urls else ""
+
+
 def write_dataset_description(out_dir, bids_dir, seed=None, command=None) -> None:
     """dataset_description.json (derivative; our GeneratedBy first, then the input's) and .bidsignore."""
     out_dir = Path(out_dir)
     ours = {"Name": "dmrimc-bids", "Version": __version__,
             "Description": "histology-informed dMRI microstructure maps"
                            + (f"; seed {seed}" if seed is not None else "")
-                           + (f"; command: {command}" if command else ""),
-            "CodeURL": "https://pypi.org/project/dmrimc-bids/"}
+                           + (f"; command: {command}" if command else "")}
+    url = project_url()
+    if url:
+        ours["CodeURL"] = url
     container = {k: os.environ[v] for k, v in (("Type", "DMRIMC_CONTAINER_TYPE"), ("Tag", "DMRIMC_CONTAINER_TAG"))
                  if os.environ.get(v)}  # set in the Docker and Apptainer images
     if "Type" in container:

@@ -108,7 +108,7 @@ def normalisation_plan(shells: Protocol, b0_threshold: float = 20.0, source=None
                          path=source, fix="include b=0 volumes in the series, or raise --b0-threshold if "
                                           "your b≈0 volumes have a small nominal b")
     keys = [_timing_key(shells, i, bool(is_b0[i])) for i in range(len(shells))]
-    normaliser, notes, pooled, pooled_te = [], [], [], set()
+    normaliser, notes, pooled, pooled_te, borrowed = [], [], [], set(), {}
     for i in range(len(shells)):
         series, te, timing = keys[i]
         same_te = [j for j in b0_idx if keys[j][0] == series and keys[j][1] == te]
@@ -128,13 +128,18 @@ def normalisation_plan(shells: Protocol, b0_threshold: float = 20.0, source=None
             normaliser.append(exact)
         elif same_te:
             normaliser.append(same_te)
-            notes.append(f"b={shells.b[i]:g} (δ={shells.small_delta_ms[i]:g}, Δ={shells.big_delta_ms[i]:g} ms) "
-                         f"normalised by b=0 volumes of another timing at the same TE")
+            borrowed.setdefault((series, te), []).append(i)
         else:
             te_txt = "unknown TE" if te is None else f"TE={shells.echo_time_ms[i]:g} ms"
             raise InputError(f"no b=0 volume with the same series and {te_txt} as the b={shells.b[i]:g} "
                              f"s/mm² volumes (δ={shells.small_delta_ms[i]:g}, Δ={shells.big_delta_ms[i]:g} ms)",
                              path=source, fix="acquire b=0 volumes with every echo time, or drop these volumes")
+    for (series, te), idx in borrowed.items():  # one note per series and TE, not per measurement
+        te_txt = "unknown TE" if te is None else f"TE={shells.echo_time_ms[idx[0]]:g} ms"
+        timings = sorted({(float(shells.small_delta_ms[i]), float(shells.big_delta_ms[i])) for i in idx})
+        notes.append(f"series {series} ({te_txt}): {len(idx)} measurement(s) at (δ, Δ) = "
+                     + ", ".join(f"({d:g}, {D:g})" for d, D in timings)
+                     + " ms normalised by the b=0 volumes of another timing at the same TE")
     for te in sorted(pooled_te, key=lambda t: -1 if t is None else t):
         n = len({keys[j][0] for j in b0_idx if keys[j][1] == te})
         te_txt = "unknown TE" if te is None else f"TE={te * TIMING_TOLERANCE_MS:g} ms"
