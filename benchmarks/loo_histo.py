@@ -33,7 +33,15 @@ DEFAULT_DATA = HERE.parent.parent / "shared" / "reference" / "histo_loo"
 B = [0, 50, 100, 400, 900, 1200, 1500] * 3
 SD = [np.nan, 3.9, 5.2, 9.2, 15.0, 18.2, 21.0] + [np.nan, 3.9, 5.2, 9.2, 13.0, 15.8, 18.5] * 2
 BD = [np.nan, 27.8, 29.0, 33.0, 28.7, 31.8, 34.7] + [np.nan, 7.8, 29.0, 33.0, 37.0, 39.6, 42.3] * 2
-NAMES = ["fin", "vCS", "D0in", "D0ex", "kappa"]
+NAMES = ["fin", "vCS_cyl", "D0in", "D0ex", "kappa"]
+
+
+def published_reference(data_dir: Path) -> dict:
+    """published_reference.json with its parameters under the app's names (vCS -> vCS_cyl)."""
+    from dmrimc_bids.core.dictionary import canonical_name
+    ref = json.loads((Path(data_dir) / "published_reference.json").read_text())
+    ref["params"] = {canonical_name(k): v for k, v in ref["params"].items()}
+    return ref
 
 
 def spearman(a, b) -> float:
@@ -92,7 +100,7 @@ def run(data: Path, subs, smoothing: float, reg: float, surrogate: str = "local"
 def _record(res, ref, args):
     from _record import machine, record
 
-    units = {"fin": "", "vCS": " (µm)", "D0in": " (µm²/ms)", "D0ex": " (µm²/ms)", "kappa": " (µm/s)"}
+    units = {"fin": "", "vCS_cyl": " (µm)", "D0in": " (µm²/ms)", "D0ex": " (µm²/ms)", "kappa": " (µm/s)"}
     lines = [f"`python benchmarks/loo_histo.py --surrogate {res['surrogate']} --noise {res['noise']} "
              f"--threads {res['threads']} --repeats {args.repeats} --record` ({machine()}; "
              f"{res['n_voxels']} voxels, substrates {res['substrates'][0]}-{res['substrates'][-1]}, "
@@ -143,7 +151,7 @@ def main(argv=None):
     res["threads"] = args.threads
     ref_file = args.data / "published_reference.json"
     if ref_file.is_file():
-        ref = json.loads(ref_file.read_text())
+        ref = published_reference(args.data)
         print(f"{'param':6s} {'rho ours':>9s} {'rho publ':>9s} {'MedAE ours':>11s} {'MedAE publ':>11s}")
         for k, v in res["params"].items():
             r = ref["params"][k]

@@ -25,7 +25,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parent.parent / "shared" / "reference" / "histo_loo"
-NAMES = ["fin", "vCS", "D0in", "D0ex", "kappa"]
+NAMES = ["fin", "vCS_cyl", "D0in", "D0ex", "kappa"]
 
 
 def dictionary(seed: int = 0, data: Path = SHARED):

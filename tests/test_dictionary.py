@@ -89,7 +89,7 @@ def test_published_loo_arrays_have_unit_b0(tmp_path):
     (tmp_path / "ref.gsep").write_text(" ".join(["30"] * 21))
     d = import_histousim(tmp_path / "ref.bval", tmp_path / "ref.gdur", tmp_path / "ref.gsep",
                          [data / "all_signals_PGSEin_config14.npy"], [data / "all_params_PGSEin_config14.npy"])
-    assert d.names == ["fin", "vCS", "D0in", "D0ex", "kappa"] and len(d) == 4050
+    assert d.names == ["fin", "vCS_cyl", "D0in", "D0ex", "kappa"] and len(d) == 4050
     assert np.allclose(d.signals[:, b == 0], 1.0)
     assert np.array_equal(np.unique(d.params[:, 4]), np.arange(0, 41, 5))
 
@@ -106,3 +106,21 @@ def test_dictionary_cli_default_is_the_embedded_monte_carlo_one(tmp_path):
     assert "analytic" not in json.dumps(written.provenance).lower()
     assert main(["analytic", str(tmp_path / "a")]) == 0
     assert "analytic" in json.dumps(Dictionary.load(tmp_path / "a.npz").provenance).lower()
+
+
+def test_one_spelling_of_each_parameter():
+    """vCS_cyl everywhere in the package (the published 'vCS' is mapped in one function), and one BIDS label."""
+    import ast
+    from pathlib import Path
+
+    from dmrimc_bids.bids.derivatives import bids_label
+    from dmrimc_bids.core.analytic import analytic_dictionary
+    from dmrimc_bids.core.dictionary import HISTOUSIM_LOO_PARAM_NAMES, canonical_name
+
+    pkg = Path(__file__).resolve().parents[1] / "dmrimc_bids"
+    literals = [(f.name, node.lineno) for f in pkg.rglob("*.py") for node in ast.walk(ast.parse(f.read_text()))
+                if isinstance(node, ast.Constant) and node.value == "vCS" and f.name != "dictionary.py"]
+    assert literals == []
+    assert "vCS_cyl" in analytic_dictionary().names and "vCS_cyl" in HISTOUSIM_LOO_PARAM_NAMES
+    assert canonical_name("vCS") == "vCS_cyl" and canonical_name("fin") == "fin"
+    assert bids_label("vCS_cyl") == "vCScyl"

@@ -13,7 +13,7 @@ from dmrimc_bids.core.analytic import analytic_dictionary, two_compartment_signa
 from dmrimc_bids.core.fitting.dictfit import DictionaryModel
 from dmrimc_bids.core.protocol import Protocol
 proto = Protocol([500, 1000, 2000, 2500] * 2, [10] * 4 + [15] * 4, [22.5] * 4 + [45] * 4)
-dic = analytic_dictionary().select(["fin", "vCS"], {"D0in": 1.9, "D0ex": 1.9}).match(proto)
+dic = analytic_dictionary().select(["fin", "vCS_cyl"], {"D0in": 1.9, "D0ex": 1.9}).match(proto)
 rng = np.random.default_rng(0)
 p = np.column_stack([rng.uniform(0.3, 0.7, 6), rng.uniform(9, 15, 6)])
 clean = two_compartment_signal(proto.b, proto.small_delta_ms, proto.big_delta_ms, p[:, 0], p[:, 1], 1.9, 1.9)
@@ -36,7 +36,7 @@ def test_gpu_path_matches_cpu_in_the_cuda_simulator():
     for noise in ("gaussian", "rician"):
         assert out["gpu" + noise + "info"]["device"] == "gpu"
         cpu, gpu = out["cpu" + noise], out["gpu" + noise]
-        for k in ("fin", "vCS", "fin_sd", "fobj", "exitcode"):
+        for k in ("fin", "vCS_cyl", "fin_sd", "fobj", "exitcode"):
             assert np.allclose(gpu[k], cpu[k], rtol=1e-9, atol=1e-12), (noise, k)
 
 
@@ -66,7 +66,7 @@ def test_device_auto_falls_back_to_cpu_with_one_warning(monkeypatch, caplog):
     from dmrimc_bids.core.protocol import Protocol
 
     proto = Protocol([500, 1000, 2000, 2500] * 2, [10] * 4 + [15] * 4, [22.5] * 4 + [45] * 4)
-    dic = analytic_dictionary().select(["fin", "vCS"], {"D0in": 1.9, "D0ex": 1.9}).match(proto)
+    dic = analytic_dictionary().select(["fin", "vCS_cyl"], {"D0in": 1.9, "D0ex": 1.9}).match(proto)
     data = np.stack([two_compartment_signal(proto.b, proto.small_delta_ms, proto.big_delta_ms, f, 12.0, 1.9, 1.9)
                      for f in (0.3, 0.5, 0.7)])
     cpu = dictfit.DictionaryModel(dic, device="cpu", chunk_size=2).fit(data)

@@ -122,7 +122,7 @@ def two_compartment_signal(b, small_delta_ms, big_delta_ms, fin, vcs_um, d0in, d
 #: Grid of the embedded default dictionary (analytic, see analytic_dictionary).
 DEFAULT_GRID = {
     "fin": np.linspace(0.1, 0.85, 10),
-    "vCS": np.linspace(6.0, 20.0, 8),           # µm
+    "vCS_cyl": np.linspace(6.0, 20.0, 8),           # µm
     "D0in": np.linspace(0.8, 3.0, 5),           # µm²/ms
     "D0ex": np.linspace(0.8, 3.0, 5),           # µm²/ms
     "b": np.concatenate([[0, 50, 100, 150, 200, 250], np.arange(300, 3001, 100)]),  # s/mm²
@@ -142,7 +142,7 @@ def analytic_dictionary(grid: dict | None = None):
     from .protocol import Protocol
 
     g = {k: np.asarray(v, float) for k, v in {**DEFAULT_GRID, **(grid or {})}.items()}
-    pf = np.stack(np.meshgrid(g["fin"], g["vCS"], g["D0in"], g["D0ex"], indexing="ij"), -1).reshape(-1, 4)
+    pf = np.stack(np.meshgrid(g["fin"], g["vCS_cyl"], g["D0in"], g["D0ex"], indexing="ij"), -1).reshape(-1, 4)
     sd, bd = np.meshgrid(g["small_delta"], g["big_delta"], indexing="ij")
     ok = bd >= sd
     pairs = np.stack([sd[ok], bd[ok]], 1)
@@ -155,5 +155,5 @@ def analytic_dictionary(grid: dict | None = None):
                       "(Neuman 1974; van Gelderen 1994) + hindered extra-cellular diffusion with "
                       "D_ex = D0ex/(1+fin); no membrane exchange. Not histology-informed: a stand-in "
                       "until a Monte Carlo dictionary is simulated.",
-            "grid": {k: [float(x) for x in v] for k, v in g.items() if k in ("fin", "vCS", "D0in", "D0ex")}}
-    return Dictionary(signals, pf, ["fin", "vCS", "D0in", "D0ex"], prot, {}, prov)
+            "grid": {k: [float(x) for x in v] for k, v in g.items() if k in ("fin", "vCS_cyl", "D0in", "D0ex")}}
+    return Dictionary(signals, pf, ["fin", "vCS_cyl", "D0in", "D0ex"], prot, {}, prov)

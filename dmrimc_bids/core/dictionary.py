@@ -19,13 +19,12 @@ from .errors import EX_NOINPUT, EX_USAGE, InputError
 from .protocol import Protocol, read_numbers
 
 #: Units of the tissue parameters we know of (BIDS-style unit strings).
-PARAM_UNITS = {"fin": "", "mCS": "um", "varCS": "um^2", "skewCS": "", "vCS": "um", "vCS_sph": "um",
+PARAM_UNITS = {"fin": "", "mCS": "um", "varCS": "um^2", "skewCS": "", "vCS_sph": "um",
                "vCS_cyl": "um", "D0in": "um^2/ms", "D0ex": "um^2/ms", "kappa": "um/s", "cellularity": "1/mm^2"}
 PARAM_DESCRIPTIONS = {
     "fin": "intra-cellular volume fraction (normalised)",
     "mCS": "mean cell size (diameter of the circle with the cell's area)",
     "varCS": "variance of cell size", "skewCS": "skewness of cell size",
-    "vCS": "volume-weighted cell size index",
     "vCS_sph": "volume-weighted cell size index, spherical geometry ((<CS^7>/<CS^3>)^(1/4))",
     "vCS_cyl": "volume-weighted cell size index, cylindrical geometry ((<CS^6>/<CS^2>)^(1/4))",
     "D0in": "intrinsic intra-cellular diffusivity", "D0ex": "intrinsic extra-cellular diffusivity",
@@ -43,7 +42,14 @@ PARAM_DESCRIPTIONS.update({"fV": "IVIM vascular signal fraction (segmented fit)"
 #: Column order of the published Histo-μSim parameter arrays.
 HISTOUSIM_PARAM_NAMES = ("fin", "mCS", "varCS", "skewCS", "vCS_sph", "vCS_cyl", "D0in", "D0ex", "kappa")
 #: Column order of the published leave-one-out arrays (shared/reference/histo_loo).
-HISTOUSIM_LOO_PARAM_NAMES = ("fin", "vCS", "D0in", "D0ex", "kappa")
+HISTOUSIM_LOO_PARAM_NAMES = ("fin", "vCS_cyl", "D0in", "D0ex", "kappa")
+#: Names the published tools' files and figures give our parameters (the code spells each one one way).
+PUBLISHED_ALIASES = {"vCS": "vCS_cyl"}
+
+
+def canonical_name(name: str) -> str:
+    """Our spelling of a parameter named by the published tools (vCS -> vCS_cyl); others unchanged."""
+    return PUBLISHED_ALIASES.get(name, name)
 #: Parameters always kept by a selection unless fixed (as in the published tools).
 ALWAYS_KEPT = ("D0in", "D0ex", "kappa")
 
