@@ -252,11 +252,12 @@ def test_gdur_gsep_files_beside_the_nifti(single_demo, tmp_path, capsys):
     (dwi / "sub-01_dwi.gsep").write_text(" ".join(f"{v * 1000:g}" for v in meta.pop("BigDelta")))
     (dwi / "sub-01_dwi.json").write_text(json.dumps(meta))
     from dmrimc_bids.bids.layout import collect_inputs
-    from dmrimc_bids.workflows.participant import Options, preflight
+    from dmrimc_bids.workflows.config import Config
+    from dmrimc_bids.workflows.participant import preflight
     item = collect_inputs(single_demo)[0]
     assert item.gdur_files[0].endswith(".gdur") and item.mask_file.endswith("desc-tumour_mask.nii.gz")
     assert item.sigma_file.endswith("desc-sigma_noise.nii.gz")
-    summary = preflight(item, Options(out_dir=str(tmp_path / "o")))
+    summary = preflight(item, Config(out_dir=str(tmp_path / "o")))
     assert summary["fitted"] == 12 and summary["shells"] == 22
 
 

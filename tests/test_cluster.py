@@ -37,7 +37,8 @@ def _job_name(node) -> str:
 def test_participant_workflow_runs_as_slurm_jobs(slurm, demo_dir, demo_run, tmp_path):
     from dmrimc_bids.bids.layout import collect_inputs
     from dmrimc_bids.cli.run import main
-    from dmrimc_bids.workflows.participant import Options, init_participant_wf
+    from dmrimc_bids.workflows.config import Config
+    from dmrimc_bids.workflows.participant import init_participant_wf
 
     code, local_out, _ = demo_run
     assert code == 0
@@ -57,7 +58,7 @@ def test_participant_workflow_runs_as_slurm_jobs(slurm, demo_dir, demo_run, tmp_
     jobs = [j for j in slurm.jobs() if j["JobId"] not in before]
     assert jobs and all(j["JobState"] == "COMPLETED" for j in jobs), [(j["JobName"], j["JobState"]) for j in jobs]
     wf = init_participant_wf(collect_inputs(demo_dir, participant_label=["01"]),
-                             Options(out_dir=str(out), seed=7), work)
+                             Config(out_dir=str(out), seed=7), work)
     declared = {_job_name(n): n for n in wf._get_all_nodes() if not n.run_without_submitting}
     by_node = {j["JobName"].split(".")[0]: j for j in jobs}
     assert set(by_node) == set(declared)

@@ -33,7 +33,7 @@ class SessionInputs:
         return f"sub-{self.subject}" + (f"_ses-{self.session}" if self.session else "")
 
 
-def _strip(labels, prefix):
+def strip_prefix(labels, prefix):
     return [lbl[len(prefix):] if lbl.startswith(prefix) else lbl for lbl in labels or []]
 
 
@@ -94,14 +94,14 @@ def collect_inputs(bids_dir, derivatives=None, participant_label=None, session_l
     subjects = raw.get_subjects() or []
     for _, lay in explicit:
         subjects = sorted(set(subjects) | set(lay.get_subjects()))
-    wanted = _strip(participant_label, "sub-")
+    wanted = strip_prefix(participant_label, "sub-")
     if wanted:
         missing = [s for s in wanted if s not in subjects]
         if missing:
             raise InputError(f"participant(s) {', '.join(missing)} not in the dataset", path=bids_dir,
                              exit_code=EX_NOINPUT, fix=f"choose among {', '.join(subjects) or '(none)'}")
         subjects = wanted
-    sessions_wanted = _strip(session_label, "ses-")
+    sessions_wanted = strip_prefix(session_label, "ses-")
     out = []
     for sub in subjects:
         sessions = sorted(set(raw.get_sessions(subject=sub)) |

@@ -115,6 +115,21 @@ class Dictionary:
                 "Units": self.units, "Ranges": {n: [float(a), float(b)] for n, a, b in zip(self.names, lo, hi)},
                 "Checksum": {"sha256": self.checksum()}, "Provenance": prov}
 
+    def summary(self) -> dict:
+        """What the methods text says about the dictionary: entries, source, file, estimated and fixed
+        parameters, number of substrates or networks."""
+        prov = self.provenance
+        subs = prov.get("substrates")
+        n_subs = len(subs) if isinstance(subs, list) else (subs or {}).get("n") if isinstance(subs, dict) else None
+        nets = prov.get("networks")
+        selection = prov.get("selection", {})
+        simulated_here = "cache_key" in prov  # simulated for this run's protocol (the file is a cache entry)
+        return {"entries": len(self), "file": "" if simulated_here else prov.get("file", ""),
+                "origin": "simulated for the acquired protocol" if simulated_here else prov.get("origin", ""),
+                "source": prov.get("source") or prov.get("simulator", ""), "kind": prov.get("kind", ""),
+                "estimated": list(selection.get("estimated", self.names)), "fixed": dict(selection.get("fixed", {})),
+                "substrates": n_subs, "networks": len(nets) if isinstance(nets, list) else None}
+
     # ---- io -------------------------------------------------------------------------------------
     def save(self, path) -> Path:
         """Write ``<stem>.npz`` and ``<stem>.json`` atomically; returns the .npz path."""
@@ -398,3 +413,20 @@ def _load_npy(path) -> np.ndarray:
     except (OSError, ValueError) as exc:
         raise InputError(f"cannot read the array ({exc})", path=path, exit_code=EX_NOINPUT,
                          fix="give a NumPy .npy file") from exc
+
+
+def cached_dictionary(cache_dir, prefix: str, key_fields: dict, build) -> tuple:
+    """(path, Dictionary, cached): the dictionary cached in cache_dir under sha256(key_fields + software
+    version), or build() saved there (atomically) when absent."""
+    from .. import __version__
+
+    key = hashlib.sha256(json.dumps({**key_fields, "version": __version__}, sort_keys=True).encode()).hexdigest()[:24]
+    cache = Path(cache_dir)
+    cache.mkdir(parents=True, exist_ok=True)
+    path = cache / f"{prefix}_{key}.npz"
+    cached = path.is_file() and path.with_suffix(".json").is_file()
+    if not cached:
+        dic = build()
+        dic.provenance["cache_key"] = key
+        dic.save(path)
+    return path, Dictionary.load(path), bool(cached)

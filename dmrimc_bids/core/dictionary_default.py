@@ -116,3 +116,14 @@ def default_dictionary() -> Dictionary:
                          fix="rebuild it with `dmrimc-sim default-dictionary` or pass --dictionary",
                          exit_code=EX_NOINPUT)
     return Dictionary.load(path)
+
+
+def load_selected(dictionary_file: str | None, params=None, fix=None) -> Dictionary:
+    """The dictionary at ``dictionary_file`` (the embedded default when empty), with its parameters
+    selected (Dictionary.select: params estimated, fix {name: value} fixed)."""
+    d = Dictionary.load(dictionary_file) if dictionary_file else default_dictionary()
+    if dictionary_file:
+        d.provenance.setdefault("file", str(dictionary_file))
+    else:
+        d.provenance.setdefault("origin", "the embedded default dictionary")
+    return d.select(params or None, fix or None)

@@ -319,3 +319,12 @@ def load_sidecar(path) -> dict:
 
 __all__ = ["Protocol", "read_protocol", "read_numbers", "read_bvecs", "timing_from_sidecar",
            "load_sidecar", "GAMMA_RAD_PER_S_PER_T", "EX_DATAERR"]
+
+
+def unique_measurements(protocol: Protocol, b0_threshold: float):
+    """(rows [n, 3] of the distinct (b, δ, Δ) with b > b0_threshold, their Protocol): the measurements a
+    dictionary must be simulated for."""
+    keep = protocol.b > b0_threshold
+    rows = np.unique(np.round(np.stack([protocol.b[keep], protocol.small_delta_ms[keep],
+                                        protocol.big_delta_ms[keep]], 1), 6), axis=0)
+    return rows, Protocol(rows[:, 0], rows[:, 1], rows[:, 2])

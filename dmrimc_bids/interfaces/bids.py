@@ -6,30 +6,31 @@ import json
 import os
 from pathlib import Path
 
-from nipype.interfaces.base import BaseInterfaceInputSpec, SimpleInterface, TraitedSpec, traits
+from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, isdefined, traits
 
 from ..bids.derivatives import DIAGNOSTICS, map_path, map_sidecar, publish, stage_copy, stage_json
 from ..core.dictionary import PARAM_DESCRIPTIONS
 
 
 class _WriteIn(BaseInterfaceInputSpec):
-    out_dir = traits.Str(mandatory=True)
-    subject = traits.Str(mandatory=True)
-    session = traits.Str("", usedefault=True)
-    model = traits.Str("histousim", usedefault=True)
-    maps = traits.Dict(traits.Str, traits.Str, mandatory=True, desc="map name -> NIfTI")
-    units = traits.Dict(traits.Str, traits.Str)
-    parameters = traits.Dict(desc="Model.Parameters of every sidecar (fit options, seed, ...)")
-    dictionary_description = traits.Dict(desc="SelectDictionary's summary (provenance, checksum)")
-    matched_dictionary = traits.Str("", usedefault=True, desc="matched dictionary .npz (its .json: matching)")
+    out_dir = traits.Str(mandatory=True, desc="derivatives folder")
+    subject = traits.Str(mandatory=True, desc="participant label (no sub- prefix)")
+    session = traits.Str("", usedefault=True, desc="session label ('' for none)")
+    model = traits.Str("histousim", usedefault=True, desc="model label of the file names (model-<label>)")
+    maps = traits.Dict(traits.Str, File(exists=True), mandatory=True, desc="map name -> NIfTI (empty: write nothing)")
+    units = traits.Dict(traits.Str, traits.Str, desc="parameter -> unit")
+    description = traits.Dict(desc="FitModel description: its 'parameters' open every sidecar's Model.Parameters")
+    parameters = traits.Dict(desc="Model.Parameters fields of the pipeline (Config.sidecar_parameters)")
+    dictionary_description = traits.Dict(desc="the dictionary's summary for the sidecars (provenance, checksum)")
+    matched_dictionary = File(exists=True, desc="matched dictionary .npz (its .json: the matching)")
     dropped = traits.List(traits.Dict, desc="measurements dropped before the fit")
-    notes = traits.List(traits.Str, desc="normalisation notes")
-    sources = traits.List(traits.Str)
-    fit_info = traits.Dict(desc="the fit's info (FitDictionary): estimate placement on dictionary nodes/bounds")
+    notes = traits.List(traits.Str, desc="normalisation and model notes")
+    sources = traits.List(traits.Str, desc="BIDS URIs of the input files")
+    fit_info = traits.Dict(desc="the fit's info: estimate placement on dictionary nodes and bounds")
 
 
 class _WriteOut(TraitedSpec):
-    out_files = traits.List(traits.Str)
+    out_files = traits.List(traits.Str, desc="the files written (maps and sidecars)")
 
 
 class WriteDerivatives(SimpleInterface):
@@ -41,16 +42,17 @@ class WriteDerivatives(SimpleInterface):
 
     def _run_interface(self, runtime):
         i = self.inputs
-        params = dict(i.parameters)
-        if i.dictionary_description:
+        value = lambda x, default: x if isdefined(x) else default  # noqa: E731
+        params = {**value(i.description, {}).get("parameters", {}), **value(i.parameters, {})}
+        if value(i.dictionary_description, {}):
             params["Dictionary"] = dict(i.dictionary_description)
-        if i.matched_dictionary:
+        if isdefined(i.matched_dictionary):
             matched = json.loads(Path(i.matched_dictionary).with_suffix(".json").read_text())
             params["ProtocolFitted"] = matched["protocol"]
             params["ProtocolMatching"] = matched["provenance"].get("matching", {})
-        params["DroppedMeasurements"] = list(i.dropped)
-        params["NormalisationNotes"] = list(i.notes)
-        placement = (i.fit_info or {}).get("estimate_placement")
+        params["DroppedMeasurements"] = list(value(i.dropped, []))
+        params["NormalisationNotes"] = list(value(i.notes, []))
+        placement = value(i.fit_info, {}).get("estimate_placement")
         if placement:
             params["EstimatePlacement"] = {
                 k: {"OnDictionaryNode": v["on_node"], "AtBound": v["at_bound"], "Voxels": v["n"]}
@@ -61,11 +63,13 @@ class WriteDerivatives(SimpleInterface):
                 param, sd = (name[:-3], "sd") if name.endswith("_sd") else (name, None)
                 nii = map_path(i.out_dir, i.subject, i.session or None, i.model, param, desc=sd)
                 desc, unit = DIAGNOSTICS.get(param, (PARAM_DESCRIPTIONS.get(param, param),
-                                                     (i.units or {}).get(param, "")))
+                                                     value(i.units, {}).get(param, "")))
                 if sd:
-                    desc = f"standard deviation (Fisher/Laplace, at the estimate) of: {desc}"
+                    kind = ("posterior" if "posterior" in str(params.get("Uncertainty", "")) else
+                            "Fisher/Laplace, at the estimate")
+                    desc = f"standard deviation ({kind}) of: {desc}"
                 staged[str(nii)] = stage_copy(src, nii)
-                side = map_sidecar(i.model, param, unit, desc, params, list(i.sources))
+                side = map_sidecar(i.model, param, unit, desc, params, list(value(i.sources, [])))
                 staged[str(nii).replace(".nii.gz", ".json")] = stage_json(side, str(nii).replace(".nii.gz", ".json"))
         except BaseException:
             for tmp in staged.values():

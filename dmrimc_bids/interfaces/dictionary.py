@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, traits
+from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, isdefined, traits
 
-from ..core.dictionary import MATCH_TOL_B, MATCH_TOL_MS, Dictionary
+from ..core.dictionary import MATCH_TOL_B, MATCH_TOL_MS
+from ..core.dictionary_default import load_selected
 from ..core.protocol import Protocol
 from .io import cwd_path
 
 
-def load_selected(dictionary_file: str | None, params=None, fix=None) -> Dictionary:
-    """The dictionary at ``dictionary_file`` (the embedded default when empty), selected."""
-    from ..core.dictionary_default import default_dictionary
-
-    d = Dictionary.load(dictionary_file) if dictionary_file else default_dictionary()
-    if dictionary_file:
-        d.provenance.setdefault("file", str(dictionary_file))
-    return d.select(params or None, fix or None)
-
-
 class _SelectIn(BaseInterfaceInputSpec):
-    dictionary_file = traits.Str("", usedefault=True, desc="dictionary .npz ('' = embedded default)")
+    dictionary_file = File(exists=True, desc="dictionary .npz (absent: the embedded default)")
     params = traits.List(traits.Str, desc="parameters to estimate (D0in, D0ex, kappa added unless fixed)")
     fix = traits.Dict(traits.Str, traits.Float, desc="parameters fixed at a grid value")
 
@@ -37,7 +28,7 @@ class SelectDictionary(SimpleInterface):
     output_spec = _SelectOut
 
     def _run_interface(self, runtime):
-        d = load_selected(self.inputs.dictionary_file, self.inputs.params, self.inputs.fix)
+        d = load_selected(_file(self.inputs.dictionary_file), self.inputs.params, self.inputs.fix)
         self._results["max_b"] = d.max_b
         self._results["description"] = d.describe()
         return runtime
@@ -47,8 +38,8 @@ class _MatchIn(_SelectIn):
     protocol = File(exists=True, mandatory=True, desc="protocol table of the measurements to fit")
     tol_b = traits.Float(MATCH_TOL_B, usedefault=True, desc="matching tolerance in b [s/mm²]")
     tol_ms = traits.Float(MATCH_TOL_MS, usedefault=True, desc="matching tolerance in δ and Δ [ms]")
-    b0_threshold = traits.Float(20.0, usedefault=True)
-    source = traits.Str("", usedefault=True)
+    b0_threshold = traits.Float(20.0, usedefault=True, desc="b at or below this is b=0 [s/mm²]")
+    source = traits.Str("", usedefault=True, desc="input file named in error messages")
 
 
 class _MatchOut(TraitedSpec):
@@ -62,8 +53,12 @@ class MatchDictionary(SimpleInterface):
     output_spec = _MatchOut
 
     def _run_interface(self, runtime):
-        d = load_selected(self.inputs.dictionary_file, self.inputs.params, self.inputs.fix)
+        d = load_selected(_file(self.inputs.dictionary_file), self.inputs.params, self.inputs.fix)
         m = d.match(Protocol.from_table(self.inputs.protocol), self.inputs.tol_b, self.inputs.tol_ms,
                     self.inputs.b0_threshold, self.inputs.source or None)
         self._results["dictionary"] = str(m.save(cwd_path(runtime, "matched_dictionary")))
         return runtime
+
+
+def _file(value) -> str:
+    return value if isdefined(value) else ""

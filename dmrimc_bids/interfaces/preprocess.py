@@ -35,10 +35,14 @@ def _opt(value):
 class _ReadProtocolIn(BaseInterfaceInputSpec):
     dwi_files = InputMultiObject(File(exists=True), mandatory=True, desc="4D DWI series (one per run)")
     bval_files = InputMultiObject(File(exists=True), mandatory=True, desc="b-values [s/mm²], one file per series")
-    bvec_files = InputMultiObject(traits.Str, desc="bvec files ('' for none)")
-    sidecar_files = InputMultiObject(traits.Str, desc="JSON sidecars with SmallDelta/BigDelta [s] ('' for none)")
-    gdur_files = InputMultiObject(traits.Str, desc=".gdur files, δ [ms] ('' for none)")
-    gsep_files = InputMultiObject(traits.Str, desc=".gsep files, Δ [ms] ('' for none)")
+    bvec_files = InputMultiObject(traits.Either(File(exists=True), traits.Str("")),
+                                  desc="bvec files, one per series ('' where a series has none)")
+    sidecar_files = InputMultiObject(traits.Either(File(exists=True), traits.Str("")),
+                                     desc="JSON sidecars with SmallDelta/BigDelta [s], one per series ('' for none)")
+    gdur_files = InputMultiObject(traits.Either(File(exists=True), traits.Str("")),
+                                  desc=".gdur files, δ [ms], one per series ('' for none)")
+    gsep_files = InputMultiObject(traits.Either(File(exists=True), traits.Str("")),
+                                  desc=".gsep files, Δ [ms], one per series ('' for none)")
     small_delta_ms = traits.Float(desc="δ for every volume [ms] (overrides files)")
     big_delta_ms = traits.Float(desc="Δ for every volume [ms] (overrides files)")
     b0_threshold = traits.Float(20.0, usedefault=True, desc="b below this [s/mm²] is b=0")
@@ -101,9 +105,9 @@ def prepare_mask(dwi_file, mask_file=None, sigma_file=None):
 
 
 class _PrepareMaskIn(BaseInterfaceInputSpec):
-    dwi_file = File(exists=True, mandatory=True)
-    mask_file = traits.Str("", usedefault=True, desc="binary mask ('' for the whole field of view)")
-    sigma_file = traits.Str("", usedefault=True, desc="noise σ map to check against the DWI grid")
+    dwi_file = File(exists=True, mandatory=True, desc="the session's DWI (the grid to check against)")
+    mask_file = File(exists=True, desc="binary mask (absent: the whole field of view)")
+    sigma_file = File(exists=True, desc="noise σ map to check against the DWI grid")
 
 
 class _PrepareMaskOut(TraitedSpec):
@@ -117,15 +121,15 @@ class PrepareMask(SimpleInterface):
     output_spec = _PrepareMaskOut
 
     def _run_interface(self, runtime):
-        mask, ref = prepare_mask(self.inputs.dwi_file, self.inputs.mask_file or None, self.inputs.sigma_file or None)
+        mask, ref = prepare_mask(self.inputs.dwi_file, _opt(self.inputs.mask_file), _opt(self.inputs.sigma_file))
         self._results["mask_file"] = save_image(mask, ref, cwd_path(runtime, "mask.nii.gz"), np.uint8)
         return runtime
 
 
 class _SphericalMeanIn(BaseInterfaceInputSpec):
-    dwi_file = File(exists=True, mandatory=True)
+    dwi_file = File(exists=True, mandatory=True, desc="4D DWI (runs concatenated)")
     protocol = File(exists=True, mandatory=True, desc="per-volume protocol table")
-    b0_threshold = traits.Float(20.0, usedefault=True)
+    b0_threshold = traits.Float(20.0, usedefault=True, desc="b at or below this is b=0 [s/mm²]")
     shell_tolerance = traits.Float(core.DEFAULT_SHELL_TOLERANCE, usedefault=True, desc="[s/mm²]")
 
 
@@ -152,17 +156,17 @@ class SphericalMean(SimpleInterface):
 
 class _NormaliseIn(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="directionally averaged signal")
-    shells = File(exists=True, mandatory=True)
-    sigma_file = traits.Str("", usedefault=True, desc="noise σ map (3D, signal units) or ''")
-    b0_threshold = traits.Float(20.0, usedefault=True)
+    shells = File(exists=True, mandatory=True, desc="per-shell protocol table")
+    sigma_file = File(exists=True, desc="noise σ map (3D, signal units); absent: no σ")
+    b0_threshold = traits.Float(20.0, usedefault=True, desc="b at or below this is b=0 [s/mm²]")
     pool_series = traits.Bool(True, usedefault=True, desc="pool the b=0 of series sharing a TE (scale-matched)")
     source = traits.Str("", usedefault=True, desc="input name for error messages")
 
 
 class _NormaliseOut(TraitedSpec):
     out_file = File(exists=True, desc="b0-normalised signal")
-    sigma_file = traits.Str(desc="normalised σ, one volume per measurement ('' when no σ map)")
-    notes = traits.List(traits.Str)
+    sigma_file = File(exists=True, desc="normalised σ, one volume per measurement (absent without a σ map)")
+    notes = traits.List(traits.Str, desc="normalisation notes (pooled or borrowed b=0)")
 
 
 class NormaliseB0(SimpleInterface):
@@ -174,29 +178,30 @@ class NormaliseB0(SimpleInterface):
     def _run_interface(self, runtime):
         data, img = load_data(self.inputs.in_file, "signal")
         sigma = None
-        if self.inputs.sigma_file:
+        if isdefined(self.inputs.sigma_file):
             sigma, _ = load_data(self.inputs.sigma_file, "noise σ map")
             sigma = sigma.reshape(data.shape[:3])
         norm, sig, plan = core.normalise_b0(data, Protocol.from_table(self.inputs.shells), self.inputs.b0_threshold,
                                             sigma, self.inputs.source or None, self.inputs.pool_series)
         self._results["out_file"] = save_image(norm, img, cwd_path(runtime, "normalised.nii.gz"))
-        self._results["sigma_file"] = "" if sig is None else save_image(sig, img, cwd_path(runtime, "sigma.nii.gz"))
+        if sig is not None:
+            self._results["sigma_file"] = save_image(sig, img, cwd_path(runtime, "sigma.nii.gz"))
         self._results["notes"] = plan.notes
         return runtime
 
 
 class _FilterIn(BaseInterfaceInputSpec):
-    in_file = File(exists=True, mandatory=True)
-    sigma_file = traits.Str("", usedefault=True)
-    shells = File(exists=True, mandatory=True)
-    vasc_threshold = traits.Float(250.0, usedefault=True, desc="[s/mm²]")
+    in_file = File(exists=True, mandatory=True, desc="b0-normalised signal of every shell")
+    sigma_file = File(exists=True, desc="its σ (absent without a σ map)")
+    shells = File(exists=True, mandatory=True, desc="per-shell protocol table")
+    vasc_threshold = traits.Float(250.0, usedefault=True, desc="drop non-zero b below this [s/mm²]")
     max_b = traits.Float(desc="dictionary's largest b [s/mm²]")
-    b0_threshold = traits.Float(20.0, usedefault=True)
+    b0_threshold = traits.Float(20.0, usedefault=True, desc="b at or below this is b=0 [s/mm²]")
 
 
 class _FilterOut(TraitedSpec):
-    out_file = File(exists=True)
-    sigma_file = traits.Str()
+    out_file = File(exists=True, desc="signal of the kept measurements")
+    sigma_file = File(exists=True, desc="their σ (absent without a σ map)")
     protocol = File(exists=True, desc="protocol of the kept measurements")
     dropped = traits.List(traits.Dict, desc="dropped measurements with reasons")
 
@@ -218,11 +223,9 @@ class VascularFilter(SimpleInterface):
         img = nib.load(self.inputs.in_file)
         data = np.asarray(img.dataobj, dtype=np.float32)[..., res.keep]
         self._results["out_file"] = save_image(data, img, cwd_path(runtime, "tissue.nii.gz"))
-        if self.inputs.sigma_file:
+        if isdefined(self.inputs.sigma_file):
             s = np.asarray(nib.load(self.inputs.sigma_file).dataobj, dtype=np.float32)[..., res.keep]
             self._results["sigma_file"] = save_image(s, img, cwd_path(runtime, "tissue_sigma.nii.gz"))
-        else:
-            self._results["sigma_file"] = ""
         self._results["protocol"] = cwd_path(runtime, "tissue_protocol.tsv")
         shells.subset(res.keep).to_table(self._results["protocol"])
         self._results["dropped"] = json.loads(json.dumps(res.dropped))

@@ -5,24 +5,28 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, traits
+from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, isdefined, traits
 
 from .io import cwd_path
 
 
 class _SessionIn(BaseInterfaceInputSpec):
     out_dir = traits.Str(mandatory=True, desc="derivatives folder holding the session's maps")
-    subject = traits.Str(mandatory=True)
-    session = traits.Str("", usedefault=True)
+    subject = traits.Str(mandatory=True, desc="participant label (no sub- prefix)")
+    session = traits.Str("", usedefault=True, desc="session label ('' for none)")
     protocol = File(exists=True, mandatory=True, desc="per-volume protocol table as acquired")
     shells = File(exists=True, mandatory=True, desc="per-shell protocol table")
     sph_file = File(exists=True, mandatory=True, desc="directionally averaged signal (b=0 underlay)")
-    mask_file = File(exists=True, mandatory=True)
-    norm_file = traits.Str("", usedefault=True, desc="b0-normalised signal of all shells (IVIM panel)")
-    tissue_examples = traits.Str("", usedefault=True, desc="FitDictionary examples of the tissue fit")
-    flow_examples = traits.Str("", usedefault=True, desc="FitDictionary examples of the vascular fit")
-    b0_threshold = traits.Float(20.0, usedefault=True, desc="[s/mm²]")
+    mask_file = File(exists=True, mandatory=True, desc="fitted voxels (uint8)")
+    norm_file = File(exists=True, desc="b0-normalised signal of all shells (IVIM panel)")
+    tissue_examples = File(exists=True, desc="FitModel examples of the tissue fit")
+    flow_examples = File(exists=True, desc="FitModel examples of the vascular fit")
+    b0_threshold = traits.Float(20.0, usedefault=True, desc="b at or below this is b=0 [s/mm²]")
     warnings = traits.List(traits.Str, desc="preflight warnings shown at the top of the section")
+    skipped = traits.List(traits.Str, desc="why a model wrote no maps (shown with the warnings)")
+    tissue_description = traits.Dict(desc="FitModel description of the tissue model (methods text)")
+    ivim_description = traits.Dict(desc="FitModel description of segmented IVIM")
+    flow_description = traits.Dict(desc="FitModel description of the flow model")
     written_tissue = traits.List(traits.Str, desc="files written by the tissue writer (orders the node after it)")
     written_ivim = traits.List(traits.Str, desc="files written by the IVIM writer")
     written_flow = traits.List(traits.Str, desc="files written by the SpinFlowSim writer")
@@ -42,18 +46,22 @@ class SessionReport(SimpleInterface):
     def _run_interface(self, runtime):
         from ..reports.subject import session_fragment
         i = self.inputs
+        value = lambda x, default="": x if isdefined(x) else default  # noqa: E731
+        methods = {"histousim": value(i.tissue_description, {}), "ivim": value(i.ivim_description, {}),
+                   "spinflowsim": value(i.flow_description, {})}
         frag = session_fragment(i.out_dir, i.subject, i.session or None, i.protocol, i.shells, i.sph_file,
-                                i.mask_file, i.norm_file, {"histousim": i.tissue_examples,
-                                                           "spinflowsim": i.flow_examples},
-                                i.b0_threshold, list(i.warnings))
+                                i.mask_file, value(i.norm_file), {"histousim": value(i.tissue_examples),
+                                                                  "spinflowsim": value(i.flow_examples)},
+                                i.b0_threshold, list(value(i.warnings, [])) + list(value(i.skipped, [])),
+                                {k: v for k, v in methods.items() if v})
         self._results["fragment"] = cwd_path(runtime, "fragment.json")
         Path(self._results["fragment"]).write_text(json.dumps(frag))
         return runtime
 
 
 class _SubjectIn(BaseInterfaceInputSpec):
-    out_dir = traits.Str(mandatory=True)
-    subject = traits.Str(mandatory=True)
+    out_dir = traits.Str(mandatory=True, desc="derivatives folder (the report is written there)")
+    subject = traits.Str(mandatory=True, desc="participant label (no sub- prefix)")
     fragments = traits.List(File(exists=True), mandatory=True, desc="SessionReport fragments")
     options = traits.Dict(desc="run options quoted in the methods text")
 

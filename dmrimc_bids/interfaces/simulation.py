@@ -7,6 +7,8 @@ import json
 import numpy as np
 from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, isdefined, traits
 
+from ..core.dictionary import cached_dictionary
+from ..core.protocol import Protocol, unique_measurements
 from .io import cwd_path
 
 
@@ -161,38 +163,6 @@ class AssembleDictionary(SimpleInterface):
         return runtime
 
 
-def unique_measurements(protocol_table: str, b0_threshold: float):
-    """(rows [n, 3] of the distinct (b, δ, Δ) with b > b0_threshold, their Protocol) of a protocol table."""
-    from ..core.protocol import Protocol
-
-    prot = Protocol.from_table(protocol_table)
-    keep = prot.b > b0_threshold
-    rows = np.unique(np.round(np.stack([prot.b[keep], prot.small_delta_ms[keep], prot.big_delta_ms[keep]], 1), 6),
-                     axis=0)
-    return rows, Protocol(rows[:, 0], rows[:, 1], rows[:, 2])
-
-
-def cached_dictionary(cache_dir: str, prefix: str, key_fields: dict, build) -> tuple:
-    """(path, Dictionary, cached): the dictionary cached under sha256(key_fields + version), or build()
-    saved there (atomically) when absent."""
-    import hashlib
-    from pathlib import Path
-
-    from .. import __version__
-    from ..core.dictionary import Dictionary
-
-    key = hashlib.sha256(json.dumps({**key_fields, "version": __version__}, sort_keys=True).encode()).hexdigest()[:24]
-    cache = Path(cache_dir)
-    cache.mkdir(parents=True, exist_ok=True)
-    path = cache / f"{prefix}_{key}.npz"
-    cached = path.is_file() and path.with_suffix(".json").is_file()
-    if not cached:
-        dic = build()
-        dic.provenance["cache_key"] = key
-        dic.save(path)
-    return path, Dictionary.load(path), bool(cached)
-
-
 class _ForProtocolIn(BaseInterfaceInputSpec):
     protocol = File(exists=True, mandatory=True, desc="protocol table of the measurements to fit")
     substrates = traits.List(traits.Dict, mandatory=True, desc="substrate specs")
@@ -231,7 +201,7 @@ class SimulateForProtocol(SimpleInterface):
         from ..core.simulate.histo import load_substrate, simulate_dictionary
 
         i = self.inputs
-        rows, sim_prot = unique_measurements(i.protocol, i.b0_threshold)
+        rows, sim_prot = unique_measurements(Protocol.from_table(i.protocol), i.b0_threshold)
         subs = [load_substrate(s) for s in i.substrates]
 
         def build():
@@ -356,7 +326,7 @@ class SimulateFlowForProtocol(SimpleInterface):
         from ..core.simulate.flow.network import read_network
 
         i = self.inputs
-        rows, sim_prot = unique_measurements(i.protocol, i.b0_threshold)
+        rows, sim_prot = unique_measurements(Protocol.from_table(i.protocol), i.b0_threshold)
         nets = [read_network(f) for f in i.network_files] if i.network_files else default_realisations()
 
         def build():

@@ -28,8 +28,35 @@ def _fmt(value, default="n/a"):
     return default if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def methods_paragraphs(models, options: dict) -> list[str]:
-    """Plain-text paragraphs describing what was run (models present, key options)."""
+def _dictionary_phrase(d: dict | None, what: str) -> str:
+    """'the embedded default dictionary of ...' or 'the dictionary FILE (...)' from Dictionary.summary()."""
+    if not d:
+        return f"a dictionary of {what}"
+    size = f"{d['entries']} entries"
+    if d.get("substrates"):
+        size += f" from {d['substrates']} cell substrates"
+    if d.get("networks"):
+        size += f" from {d['networks']} capillary networks"
+    if d.get("file"):
+        return f"the dictionary {d['file']} ({size}; {d.get('source') or 'provenance not recorded'})"
+    origin = d.get("origin") or "a dictionary"
+    return f"{origin} of {what} ({size})" if origin.startswith(("the ", "a ")) else f"a dictionary of {what}, {origin} ({size})"
+
+
+def _parameters_phrase(d: dict | None, default: list) -> str:
+    estimated = list((d or {}).get("estimated") or default)
+    fixed = (d or {}).get("fixed") or {}
+    names = ", ".join(estimated[:-1]) + (" and " if len(estimated) > 1 else "") + estimated[-1] if estimated else ""
+    text = f"estimating {names}"
+    if fixed:
+        text += " with " + ", ".join(f"{k} fixed at {_fmt(float(v))}" for k, v in fixed.items())
+    return text
+
+
+def methods_paragraphs(descriptions: dict, options: dict) -> list[str]:
+    """Plain-text paragraphs describing what was run: descriptions {model label: FitModel's description
+    (Model.describe() plus the dictionary's summary)} of the models that wrote maps, and the pipeline's
+    options (Config.report_options)."""
     from .. import __version__
     o = options
     out = [f"Diffusion MRI maps were computed with dmrimc-bids {__version__} [bids, pybids, nipype, numba]. "
@@ -39,34 +66,25 @@ def methods_paragraphs(models, options: dict) -> list[str]:
            + ("of their echo time (the b=0 volumes of all series at that echo time pooled after matching each "
               "series' global scale)." if o.get("b0_pool_series", True) else
               "of their series and echo-time/diffusion-time group.")]
-    if "histousim" in models:
-        if o.get("estimator", "fit").startswith("posterior"):
-            point = "median" if o.get("estimator") == "posterior-median" else "mean"
-            method = (f"as the posterior {point} over the entries of a dictionary of Monte Carlo diffusion signals "
-                      "simulated in cell substrates (Gaussian likelihood with each voxel's noise level, flat prior "
-                      "over the entries)")
-            spread = "posterior standard deviations"
-        else:
-            method = ("voxel by voxel against a dictionary of Monte Carlo diffusion signals simulated in cell "
-                      "substrates (grid search followed by bounded Levenberg-Marquardt on a thin-plate-spline "
-                      f"surrogate; {o.get('noise_model', 'gaussian')} noise model)")
-            spread = "standard deviations from the Fisher information"
+    if "histousim" in descriptions:
+        d = descriptions["histousim"]
         out.append("Tissue microstructure was estimated with Histo-μSim [histousim]: measurements with "
                    f"b < {_fmt(o.get('vasc_threshold'))} s/mm² were discarded to suppress vascular signal, and the "
-                   f"remaining signals were fitted {method}, giving the "
-                   "intra-cellular fraction fin, cell size vCS_cyl, intrinsic diffusivities D0in and D0ex and "
-                   f"membrane permeability kappa, with {spread}.")
-    if "ivim" in models:
-        out.append("The vascular signal fraction fV and pseudo-diffusion coefficient D* were estimated by "
-                   f"segmented IVIM [ivim]: the tissue ADC and intercept from {_fmt(o.get('ivim_b_split'))} < b ≤ "
-                   f"{_fmt(o.get('ivim_b_max'))} s/mm², the tissue signal extrapolated to low b and the vascular "
-                   "signal S_V = S - S_T fitted by a mono-exponential.")
-    if "spinflowsim" in models:
+                   f"remaining signals were fitted {d['method']}, against "
+                   + _dictionary_phrase(d.get("dictionary"), "Monte Carlo diffusion signals simulated in cell substrates")
+                   + f", {_parameters_phrase(d.get('dictionary'), ['fin', 'vCS_cyl', 'D0in', 'D0ex', 'kappa'])}.")
+    if "ivim" in descriptions:
+        out.append("The vascular signal fraction fV and pseudo-diffusion coefficient D* were estimated "
+                   f"{descriptions['ivim']['method']} [ivim].")
+    if "spinflowsim" in descriptions:
+        d = descriptions["spinflowsim"]
         out.append("Capillary flow properties (mean blood velocity vm, its spread vs and the apparent network "
-                   "branching ANB) were estimated with SpinFlowSim [spinflowsim] by fitting S_V/S_V(0) against a "
-                   "dictionary of vascular signals simulated for the acquired protocol by advecting spins through "
-                   "capillary networks (Kirchhoff flow with the modified Hagen-Poiseuille resistance of [blinder]; "
-                   f"estimator: {o.get('flow_estimator', 'posterior')}).")
+                   "branching ANB) were estimated with SpinFlowSim [spinflowsim]: S_V/S_V(0) was fitted "
+                   f"{d['method']}, against "
+                   + _dictionary_phrase(d.get("dictionary"), "vascular signals of spins advected through capillary "
+                                                              "networks")
+                   + f", {_parameters_phrase(d.get('dictionary'), ['vm', 'vs', 'anb'])}; the networks' flow obeys "
+                     "Kirchhoff's laws with the modified Hagen-Poiseuille resistance of [blinder].")
     out.append(f"Random seed: {_fmt(o.get('seed'), '0')}.")
     return out
 
@@ -79,10 +97,10 @@ def references(models) -> list[tuple[str, str]]:
     return [(k, REFERENCES[k]) for k in keys]
 
 
-def methods_markdown(models, options: dict) -> str:
+def methods_markdown(descriptions: dict, options: dict) -> str:
     """logs/CITATION.md text."""
     lines = ["# Methods (boilerplate)", "",
              "Works using these derivatives should describe the processing; this text may be copied.", ""]
-    lines += [p + "\n" for p in methods_paragraphs(models, options)]
-    lines += ["## References", ""] + [f"- [{k}] {ref}" for k, ref in references(models)]
+    lines += [p + "\n" for p in methods_paragraphs(descriptions, options)]
+    lines += ["## References", ""] + [f"- [{k}] {ref}" for k, ref in references(descriptions)]
     return "\n".join(lines) + "\n"

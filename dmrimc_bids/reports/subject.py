@@ -105,7 +105,7 @@ def _example_figure(path, title) -> str | None:
     return figures.signal_panel(vox, b, "b [s/mm²]", groups, labels, title)
 
 
-def _ivim_figure(norm_file, shells_file, maps: dict, mask, b0_threshold, b_max=1000.0) -> str | None:
+def _ivim_figure(norm_file, shells_file, maps: dict, mask, b_max=1000.0) -> str | None:
     """Measured S/S0 at low b of a few voxels with the segmented-IVIM model (1-fV)e^{-bD} + fV e^{-bD*}."""
     from ..core.protocol import Protocol
     need = {("fV", None), ("D", None), ("Dstar", None)}
@@ -138,7 +138,7 @@ def _ivim_figure(norm_file, shells_file, maps: dict, mask, b0_threshold, b_max=1
 
 def session_fragment(out_dir, subject: str, session: str | None, protocol_file, shells_file, sph_file, mask_file,
                      norm_file="", example_files: dict | None = None, b0_threshold: float = 20.0,
-                     warnings: list | None = None) -> dict:
+                     warnings: list | None = None, methods: dict | None = None) -> dict:
     """Tables and figures of one subject/session (JSON-serialisable)."""
     from ..core.protocol import Protocol
     maps_by_model = find_maps(out_dir, subject, session)
@@ -148,7 +148,7 @@ def session_fragment(out_dir, subject: str, session: str | None, protocol_file, 
     acquired = Protocol.from_table(protocol_file)
     frag = {"session": session or "", "title": f"ses-{session}" if session else f"sub-{subject}",
             "n_volumes": len(acquired), "n_mask": int(mask.sum()), "shells": _shell_rows(shells_file),
-            "warnings": list(warnings or []), "models": []}
+            "warnings": list(warnings or []), "models": [], "methods": dict(methods or {})}
     for model in sorted(maps_by_model, key=lambda m: MODEL_ORDER.index(m) if m in MODEL_ORDER else 99):
         maps = maps_by_model[model]
         first = _sidecar(next(iter(maps.values())))
@@ -192,7 +192,7 @@ def session_fragment(out_dir, subject: str, session: str | None, protocol_file, 
         sect["signals"] = _example_figure(ex, "measured (dots) and fitted (lines) signal; voxels at the 10th, "
                                               "50th, 90th percentile and the maximum of the residual")
         if model == "ivim":
-            sect["signals"] = _ivim_figure(norm_file, shells_file, maps, mask, b0_threshold)
+            sect["signals"] = _ivim_figure(norm_file, shells_file, maps, mask)
         frag["models"].append(sect)
     return frag
 
@@ -204,17 +204,30 @@ def render_subject(subject: str, fragments: list[dict], out_file, options: dict 
     from .. import __version__
     env = jinja2.Environment(loader=jinja2.PackageLoader("dmrimc_bids.reports", "templates"),
                              autoescape=jinja2.select_autoescape(["html", "j2"]))
-    models = sorted({m["model"] for f in fragments for m in f["models"]})
+    descriptions = ran_models(fragments)
     html = env.get_template("subject.html.j2").render(
         subject=subject, fragments=sorted(fragments, key=lambda f: f["session"]), version=__version__,
-        methods=methods_paragraphs(models, options or {}), references=references(models),
+        methods=methods_paragraphs(descriptions, options or {}), references=references(descriptions),
         options=options or {})
     atomic_write_bytes(out_file, html.encode("utf-8"))
     return str(out_file)
 
 
-def write_citation(out_dir, models, options: dict | None = None) -> str:
-    """logs/CITATION.md: the methods boilerplate with references (atomic)."""
+def ran_models(fragments: list[dict]) -> dict:
+    """{model label: description} of the models that wrote maps in these session fragments (the first
+    session's description of each; every session of a run shares the options)."""
+    wrote = {m["model"] for f in fragments for m in f["models"]}
+    out = {}
+    for f in fragments:
+        for model, desc in (f.get("methods") or {}).items():
+            if model in wrote and desc:
+                out.setdefault(model, desc)
+    return {m: out[m] for m in MODEL_ORDER if m in out}
+
+
+def write_citation(out_dir, fragments: list[dict], options: dict | None = None) -> str:
+    """logs/CITATION.md from the session fragments of the run (atomic): the methods boilerplate of the
+    models that wrote maps, with references."""
     path = Path(out_dir) / "logs" / "CITATION.md"
-    atomic_write_bytes(path, methods_markdown(models, options or {}).encode("utf-8"))
+    atomic_write_bytes(path, methods_markdown(ran_models(fragments), options or {}).encode("utf-8"))
     return str(path)

@@ -131,3 +131,70 @@ def check_group_inputs(out_dir) -> None:
     if not Path(out_dir).is_dir():
         raise InputError("output folder not found", path=out_dir, exit_code=EX_NOINPUT,
                          fix="run the participant level into it first")
+
+
+def run_group(config, run_with) -> int:
+    """Group level: ROI statistics of every subject/session's maps -> group_<model>.tsv + group.html;
+    exit code 0 when every expected subject/session was aggregated."""
+    import sys
+    import tempfile
+
+    from ..bids.derivatives import find_sessions
+    from ..bids.layout import strip_prefix
+    from ..reports.group import read_participants, read_status
+    from . import execution
+    from .runner import remove_stale_temps
+
+    out_dir, bids_dir = Path(config.out_dir), Path(config.bids_dir)
+    check_group_inputs(out_dir)
+    atlas = atlas_spec(config.atlas) if config.atlas else None
+    wanted = set(strip_prefix(config.participant_label, "sub-"))
+    sessions_wanted = set(strip_prefix(config.session_label, "ses-"))
+    pairs = [(s, ses) for s, ses in find_sessions(out_dir)
+             if (not wanted or s in wanted) and (not sessions_wanted or ses in sessions_wanted)]
+    participants = read_participants(bids_dir)
+    expected = sorted(wanted or set(participants) or {p.name[4:] for p in bids_dir.glob("sub-*") if p.is_dir()})
+    failures = group_failures(read_status(out_dir), set(pairs), expected)
+    entries = _group_entries(config, pairs, atlas, failures)
+    if config.group_column and participants and not any(config.group_column in p for p in participants.values()):
+        raise InputError(f"--group-column {config.group_column}: not a participants.tsv column",
+                         path=bids_dir / "participants.tsv", exit_code=EX_USAGE,
+                         fix=f"choose among {', '.join(sorted({k for p in participants.values() for k in p}))}")
+    work = Path(config.work_dir or tempfile.mkdtemp(prefix="dmrimc_group_")).resolve()
+    execution.configure(run_with, work)
+    remove_stale_temps(out_dir)
+    wf = init_group_wf(entries, out_dir, work, failures, participants, config.group_column or None, config.seed)
+    graph = execution.run(wf, run_with)
+    if graph is None:
+        print(f"dmrimc-bids: submitted the group graph to {run_with.plugin} (work dir {work}); group.html appears "
+              "when its jobs finish", file=sys.stderr)
+        return 0
+    res = next(n for n in graph.nodes() if n.name == "group_report").result
+    for f in res.outputs.failures:
+        print(f"dmrimc-bids: {f['label']}: {f['stage']}: {f['message']}", file=sys.stderr)
+    import logging
+    logging.getLogger("dmrimc-bids").info(
+        "dmrimc-bids: group tables %s and report %s (%d aggregated, %d failed or missing)",
+        ", ".join(res.outputs.tables.values()), out_dir / "group.html", len(entries), len(res.outputs.failures))
+    return 1 if res.outputs.failures else 0
+
+
+def _group_entries(config, pairs, atlas, failures: list) -> list:
+    """[(subject, session, ROI specs)] of the sessions with maps; a session whose ROIs cannot be found is
+    added to ``failures``. InputError when none is left."""
+    import sys
+    entries = []
+    for sub, ses in pairs:
+        try:
+            specs = find_rois(Path(config.bids_dir), [Path(d) for d in config.derivatives] or None, sub, ses)
+        except InputError as exc:
+            label = f"sub-{sub}" + (f"_ses-{ses}" if ses else "")
+            print(f"dmrimc-bids: error: {label}: {exc}", file=sys.stderr)
+            failures.append({"label": label, "exit_code": exc.exit_code, "stage": "group", "message": str(exc),
+                             "log": ""})
+            continue
+        entries.append((sub, ses, specs + ([atlas] if atlas else [])))
+    if not entries:
+        raise InputError("no participant-level maps to aggregate", path=config.out_dir, exit_code=EX_NOINPUT,
+                         fix="run the participant level first (and check --participant-label/--session-label)")
+    return entries

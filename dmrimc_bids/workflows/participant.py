@@ -1,134 +1,44 @@
-"""Participant-level Nipype graph: one sub-workflow per subject/session.
+"""Participant-level Nipype graph, built from literate sub-workflows (each with an inputnode and an
+outputnode, fMRIPrep style):
 
-read protocol -> mask -> spherical mean -> b0 normalisation -> vascular-threshold filter ->
-dictionary matching -> dictionary fit -> BIDS derivatives. The dictionary is selected once for all
-subjects. When low-b volumes exist, the vascular branch (segmented IVIM -> flow dictionary fit of
-S_V/S_V(0): init_vascular_wf) hangs off ``normalise``'s outputs.
+    init_participant_wf
+      select_dictionary (once for all subjects)
+      init_single_subject_wf (one per subject/session)
+        init_dwi_preproc_wf   read protocol -> mask -> spherical mean -> b0 normalisation
+        init_tissue_wf        vascular-threshold filter -> [simulate] -> match dictionary -> FitModel
+        init_vascular_wf      FitModel(ivim) -> [simulate flow] -> match flow dictionary -> FitModel
+        init_derivatives_wf   (one per model) maps + JSON sidecars, written atomically
+        session_report        the session's report fragment (maps, figures, the models' descriptions)
+      subject_report (one per subject, joining its sessions)
+
+Every model node is the one generic FitModel interface; its options come from Config.*_model_options,
+its description (method sentence, sidecar parameters) from the model that ran.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from nipype.pipeline import engine as pe
 
+from nipype.interfaces.utility import IdentityInterface
+
 from .. import __version__
 from ..bids.layout import SessionInputs
 from ..core import preprocess
+from ..core.dictionary_default import load_selected
 from ..core.errors import InputError
 from ..core.protocol import Protocol
 from ..interfaces.bids import WriteDerivatives
-from ..interfaces.dictionary import MatchDictionary, SelectDictionary, load_selected
-from ..interfaces.fitting import FitDictionary
-from ..interfaces.simulation import SimulateForProtocol
+from ..interfaces.dictionary import MatchDictionary, SelectDictionary
+from ..interfaces.fitting import FitModel
 from ..interfaces.preprocess import (NormaliseB0, PrepareMask, ReadProtocol, SphericalMean, VascularFilter,
                                      prepare_mask, series_protocol)
-
-
-@dataclass
-class Options:
-    """Everything that changes the participant results (recorded in the sidecars)."""
-
-    out_dir: str
-    dictionary: str = ""
-    params: list = field(default_factory=list)
-    fix: dict = field(default_factory=dict)
-    b0_threshold: float = 20.0
-    b0_pool_series: bool = True
-    vasc_threshold: float = 250.0
-    shell_tolerance: float = preprocess.DEFAULT_SHELL_TOLERANCE
-    small_delta_ms: float | None = None
-    big_delta_ms: float | None = None
-    match_tol_b: float = 100.0
-    match_tol_ms: float = 2.5
-    n_averages: float = 1.0
-    reg_norm: int = 2
-    reg_weight: float = 0.0
-    bounds: dict = field(default_factory=dict)
-    smoothing: float = 1e-3
-    surrogate: str = "local"
-    n_neighbours: int = 32
-    noise_model: str = "gaussian"
-    estimator: str = "posterior-median"
-    device: str = "auto"
-    omp_nthreads: int = 1
-    chunk_size: int = 10000
-    seed: int = 0
-    dictionary_source: str = "match"
-    sim_substrates: list = field(default_factory=list)
-    sim_walkers: int = 2000
-    sim_d0: list = field(default_factory=list)
-    sim_kappa: list = field(default_factory=list)
-    sim_cache_dir: str = ""
-    vascular: str = "auto"
-    ivim_b_split: float = 200.0
-    ivim_b_max: float = 1000.0
-    flow_dictionary: str = ""
-    flow_networks: list = field(default_factory=list)
-    flow_spins: int = 2000
-    flow_params: list = field(default_factory=list)
-    flow_match_tol_b: float = 5.0
-    flow_estimator: str = "posterior"
-
-    def fit_parameters(self, estimator: str | None = None) -> dict:
-        """Model.Parameters common to every map (of the tissue estimator, or of ``estimator``)."""
-        estimator = estimator or self.estimator
-        if estimator.startswith("posterior"):
-            point = ("posterior median (interpolated between neighbouring values)" if estimator == "posterior-median"
-                     else "posterior mean (geometric mean for positive parameters)")
-            return {"FitMethod": f"{point} over the dictionary's entries (Gaussian likelihood with the voxel's "
-                                 "sigma, flat prior over the entries inside the bounds)",
-                    "NoiseModel": "Gaussian", "Uncertainty": "desc-sd maps: posterior SD",
-                    "Bounds": self.bounds or "dictionary range", **self._common_parameters()}
-        return {"FitMethod": "dictionary grid search + projected Levenberg-Marquardt on a thin-plate-spline "
-                             f"surrogate ({self.surrogate}, {self.n_neighbours} nearest entries per local model)"
-                             if self.surrogate == "local" else "dictionary grid search + projected "
-                             "Levenberg-Marquardt on a thin-plate-spline surrogate (global)",
-                "NoiseModel": {"gaussian": "offset-Gaussian", "rician": "Rician"}[self.noise_model],
-                "Uncertainty": "desc-sd maps: sqrt(diag(inverse Fisher information)) at the estimate",
-                "NoiseFloor": "sigma*sqrt(NAverages)*sqrt(pi/2) (no noise map: least squares)",
-                "NAverages": self.n_averages, "Regularisation": {"Norm": self.reg_norm, "Weight": self.reg_weight},
-                "Bounds": self.bounds or "dictionary range", "SurrogateSmoothing": self.smoothing,
-                **self._common_parameters()}
-
-    def _common_parameters(self) -> dict:
-        return {"B0Threshold": self.b0_threshold, "VascularThreshold": self.vasc_threshold,
-                "B0Normalisation": "b=0 of every series at the same TE, pooled after matching each series' "
-                                   "global scale" if self.b0_pool_series else "b=0 of the measurement's own series",
-                "ShellTolerance": self.shell_tolerance, "Fixed": self.fix, "Seed": self.seed,
-                "SoftwareVersion": __version__}
-
-    def report_options(self) -> dict:
-        """Options quoted in the reports' methods text."""
-        return {"b0_threshold": self.b0_threshold, "vasc_threshold": self.vasc_threshold,
-                "noise_model": self.noise_model, "estimator": self.estimator,
-                "b0_pool_series": self.b0_pool_series, "ivim_b_split": self.ivim_b_split, "ivim_b_max": self.ivim_b_max,
-                "flow_estimator": self.flow_estimator, "seed": self.seed}
-
-    def ivim_parameters(self) -> dict:
-        return {"FitMethod": "segmented IVIM: D and intercept by least squares on b_split < b <= b_max; "
-                             "tissue signal extrapolated; S_V = S - S_T fitted by F exp(-b D*) on b <= b_split; "
-                             "fV = F/(F + intercept)",
-                "BSplit": self.ivim_b_split, "BMax": self.ivim_b_max, "B0Threshold": self.b0_threshold,
-                "Seed": self.seed, "SoftwareVersion": __version__}
-
-    def flow_parameters(self) -> dict:
-        out = self.fit_parameters("fit")
-        out.pop("VascularThreshold", None)
-        if self.flow_estimator == "posterior":
-            out["FitMethod"] = ("posterior mean over the flow dictionary's entries (Gaussian likelihood, flat prior "
-                                "over entries; geometric mean for positive parameters)")
-            out["NoiseModel"] = "Gaussian (S_V is a difference of magnitudes)"
-            out["Uncertainty"] = "desc-sd maps: posterior SD"
-            for k in ("SurrogateSmoothing", "Regularisation", "Bounds"):
-                out.pop(k, None)
-        out["Signal"] = "vascular signal S_V/S_V(0) of the b <= b_split measurements (segmented IVIM)"
-        out["FlowDictionary"] = self.flow_dictionary or ("simulated for this protocol from " + (
-            "the given networks" if self.flow_networks else "the project's generated capillary networks"))
-        return out
+from ..interfaces.reports import SessionReport, SubjectReport
+from ..interfaces.simulation import SimulateFlowForProtocol, SimulateForProtocol
+from .config import Config
 
 
 #: Upper bound of the fitting memory per voxel of a batch [bytes]: grid-search and LM work arrays, and the
@@ -148,11 +58,11 @@ def dwi_size(item: SessionInputs) -> tuple[int, int]:
     return int(np.prod(shapes[0][:3])), sum(s[3] if len(s) > 3 else 1 for s in shapes)
 
 
-def fit_memory_gb(n_vox: int, opts: Options, n_meas: int) -> float:
+def fit_memory_gb(n_vox: int, config: Config, n_meas: int) -> float:
     """Honest mem_gb of a fit node: the float64 copies of the data and σ (4 arrays of voxels x
     measurements), the maps, and one batch's work arrays, plus the interpreter (~0.4 GB)."""
     data = 4 * n_vox * n_meas * 8 + 40 * n_vox * 4
-    return round(0.4 + (data + min(opts.chunk_size, n_vox) * BYTES_PER_BATCH_VOXEL) / 1e9, 2)
+    return round(0.4 + (data + min(config.chunk_size, n_vox) * BYTES_PER_BATCH_VOXEL) / 1e9, 2)
 
 
 #: Peak memory of a node that holds images, in float64 copies of the session's 4D DWI, and the interpreter
@@ -162,151 +72,93 @@ IMAGE_NODE_COPIES = {"spherical_mean": 1.5, "normalise_b0": 1.5, "vascular_filte
 INTERPRETER_GB = 0.15
 
 
-def session_memory_gb(item: SessionInputs, opts: Options, n_meas: int) -> dict:
+def session_memory_gb(item: SessionInputs, config: Config, n_meas: int) -> dict:
     """Honest mem_gb of a session's nodes, {node: GB} (headers read once): the image nodes hold the
     interpreter plus IMAGE_NODE_COPIES[node] float64 copies of the DWI (all runs); "fit" is fit_memory_gb."""
     n_vox, n_vol = dwi_size(item)
     dwi_gb = n_vox * n_vol * 8 / 1e9
     mem = {node: round(INTERPRETER_GB + copies * dwi_gb, 2) for node, copies in IMAGE_NODE_COPIES.items()}
-    mem["fit"] = fit_memory_gb(n_vox, opts, n_meas)
+    mem["fit"] = fit_memory_gb(n_vox, config, n_meas)
     return mem
 
 
-def session_protocol(item: SessionInputs, opts: Options) -> tuple[Protocol, Protocol]:
+def session_protocol(item: SessionInputs, config: Config) -> tuple[Protocol, Protocol]:
     """(per-volume protocol, directionally averaged shells) of a session, from headers and metadata only."""
-    protos = [series_protocol(d, b, bv or None, sc or None, gd or None, gs or None, opts.small_delta_ms,
-                              opts.big_delta_ms, opts.b0_threshold)
+    protos = [series_protocol(d, b, bv or None, sc or None, gd or None, gs or None, config.small_delta_ms,
+                              config.big_delta_ms, config.b0_threshold)
               for d, b, bv, sc, gd, gs in zip(item.dwi_files, item.bval_files, item.bvec_files,
                                               item.sidecar_files, item.gdur_files, item.gsep_files)]
     proto = Protocol.concatenate(protos)
-    shells, _ = preprocess.shell_assignment(proto, opts.b0_threshold, opts.shell_tolerance)
+    shells, _ = preprocess.shell_assignment(proto, config.b0_threshold, config.shell_tolerance)
     return proto, shells
 
 
-def has_vascular_branch(item: SessionInputs, opts: Options, shells: Protocol | None = None) -> bool:
+def has_vascular_branch(item: SessionInputs, config: Config, shells: Protocol | None = None) -> bool:
     """True when the vascular branch runs: not switched off and some TE group has IVIM b-values."""
     from ..core.fitting.ivim import ivim_groups
-    if opts.vascular == "off":
+    if config.vascular == "off":
         return False
-    shells = session_protocol(item, opts)[1] if shells is None else shells
-    usable, _ = ivim_groups(shells, opts.ivim_b_split, opts.ivim_b_max, opts.b0_threshold)
+    shells = session_protocol(item, config)[1] if shells is None else shells
+    usable, _ = ivim_groups(shells, config.ivim_b_split, config.ivim_b_max, config.b0_threshold)
     return bool(usable)
 
 
-def preflight(item: SessionInputs, opts: Options, dictionary=None) -> dict:
+def preflight(item: SessionInputs, config: Config, dictionary=None) -> dict:
     """Run every input check of the graph on headers and metadata only (fast), raising InputError.
 
     Returns a summary (volumes, shells, fitted and dropped measurements) for logging.
     """
-    proto, shells = session_protocol(item, opts)
+    proto, shells = session_protocol(item, config)
     prepare_mask(item.dwi_files[0], item.mask_file or None, item.sigma_file or None)
     source = item.dwi_files[0]
-    plan = preprocess.normalisation_plan(shells, opts.b0_threshold, source, opts.b0_pool_series)
-    simulate = opts.dictionary_source == "simulate"
-    dic = dictionary if dictionary is not None else load_selected(opts.dictionary, opts.params, opts.fix)
+    plan = preprocess.normalisation_plan(shells, config.b0_threshold, source, config.b0_pool_series)
+    simulate = config.dictionary_source == "simulate"
+    dic = dictionary if dictionary is not None else load_selected(config.dictionary, config.params, config.fix)
     max_b = float("inf") if simulate else dic.max_b
-    filt = preprocess.vascular_filter(shells, opts.vasc_threshold, max_b, opts.b0_threshold)
+    filt = preprocess.vascular_filter(shells, config.vasc_threshold, max_b, config.b0_threshold)
     if filt.keep.size == 0:
         raise InputError("no measurement left for the tissue fit", path=source,
-                         fix=f"acquire b between --vasc-threshold ({opts.vasc_threshold:g}) and the dictionary's "
+                         fix=f"acquire b between --vasc-threshold ({config.vasc_threshold:g}) and the dictionary's "
                              f"largest b ({dic.max_b:g} s/mm²)")
     if not simulate:  # a simulated dictionary matches by construction
-        dic.match(shells.subset(filt.keep), opts.match_tol_b, opts.match_tol_ms, opts.b0_threshold, source)
-    vascular = has_vascular_branch(item, opts, shells)
-    if opts.vascular == "on" and not vascular:
+        dic.match(shells.subset(filt.keep), config.match_tol_b, config.match_tol_ms, config.b0_threshold, source)
+    vascular = has_vascular_branch(item, config, shells)
+    if config.vascular == "on" and not vascular:
         raise InputError("--vascular on: no TE group has the b-values segmented IVIM needs", path=source,
-                         fix=f"acquire a b=0, a b in ({opts.b0_threshold:g}, {opts.ivim_b_split:g}] and two b in "
-                             f"({opts.ivim_b_split:g}, {opts.ivim_b_max:g}] s/mm² at one TE, or use --vascular off")
+                         fix=f"acquire a b=0, a b in ({config.b0_threshold:g}, {config.ivim_b_split:g}] and two b in "
+                             f"({config.ivim_b_split:g}, {config.ivim_b_max:g}] s/mm² at one TE, or use --vascular off")
     return {"volumes": len(proto), "shells": len(shells), "fitted": int(filt.keep.size),
             "warnings": filt.warnings() + plan.notes, "vascular": vascular}
 
 
-def init_participant_wf(items: list[SessionInputs], opts: Options, work_dir, name="dmrimc_bids_wf",
+def init_participant_wf(items: list[SessionInputs], config: Config, work_dir, name="dmrimc_bids_wf",
                         warnings: dict | None = None):
     """Top workflow: the dictionary selection node, one sub-workflow per subject/session and one report
     node per subject joining its sessions' fragments. warnings: {item label: [preflight warnings]}."""
     from nipype.interfaces.utility import Merge
 
-    from ..interfaces.reports import SubjectReport
-
     major, minor = __version__.split(".")[:2]
     wf = pe.Workflow(name=f"{name}_{major}_{minor}", base_dir=str(work_dir))
-    select = pe.Node(SelectDictionary(dictionary_file=opts.dictionary, params=list(opts.params), fix=dict(opts.fix)),
-                     name="select_dictionary", mem_gb=1.0)
+    select = pe.Node(SelectDictionary(params=list(config.params), fix=dict(config.fix)), name="select_dictionary",
+                     mem_gb=1.0)
+    if config.dictionary:
+        select.inputs.dictionary_file = config.dictionary
     by_subject: dict = {}
     for item in items:
-        sub = init_single_subject_wf(item, opts, (warnings or {}).get(item.label, []))
+        sub = init_single_subject_wf(item, config, (warnings or {}).get(item.label, []))
         by_subject.setdefault(item.subject, []).append(sub)
-        if opts.dictionary_source == "simulate":
+        if config.dictionary_source == "simulate":
             wf.add_nodes([sub])
         else:
-            wf.connect([(select, sub, [("max_b", "vascular_filter.max_b"),
-                                       ("description", "write_maps.dictionary_description")])])
+            wf.connect([(select, sub, [("max_b", "tissue_wf.inputnode.max_b"),
+                                       ("description", "histousim_derivatives_wf.inputnode.dictionary_description")])])
     for subject, subs in by_subject.items():
         join = pe.Node(Merge(len(subs)), name=f"report_fragments_{subject}", run_without_submitting=True)
-        report = pe.Node(SubjectReport(out_dir=str(Path(opts.out_dir).resolve()), subject=subject,
-                                       options=opts.report_options()),
+        report = pe.Node(SubjectReport(out_dir=config.out_dir, subject=subject, options=config.report_options()),
                          name=f"subject_report_{subject}", mem_gb=0.5)
         for k, sub in enumerate(subs, start=1):
             wf.connect(sub, "session_report.fragment", join, f"in{k}")
         wf.connect(join, "out", report, "fragments")
-    return wf
-
-
-def init_vascular_wf(item: SessionInputs, opts: Options, wf, read, mask, sph, norm, report=None, *, mem: dict):
-    """Vascular branch: segmented IVIM -> flow dictionary (simulated for the vascular measurements, or
-    the user's, matched) -> dictionary fit of S_V/S_V(0) -> model-ivim and model-spinflowsim maps."""
-    from ..interfaces.fitting import FitIVIM
-    from ..interfaces.simulation import SimulateFlowForProtocol
-
-    out_dir = str(Path(opts.out_dir).resolve())
-    sources = [f"bids::{Path(f).name}" for f in item.dwi_files]
-    ivim = pe.Node(FitIVIM(b_split=opts.ivim_b_split, b_max=opts.ivim_b_max, b0_threshold=opts.b0_threshold),
-                   name="fit_ivim", mem_gb=max(1.0, mem["fit_ivim"]))
-    write_ivim = pe.Node(WriteDerivatives(out_dir=out_dir, subject=item.subject, session=item.session or "",
-                                          model="ivim", parameters=opts.ivim_parameters(), sources=sources,
-                                          dropped=[]),
-                         name="write_ivim", run_without_submitting=True)
-    match = pe.Node(MatchDictionary(params=list(opts.flow_params), tol_b=opts.flow_match_tol_b,
-                                    tol_ms=opts.match_tol_ms, b0_threshold=opts.b0_threshold,
-                                    source=item.dwi_files[0]), name="match_flow_dictionary", mem_gb=1.0)
-    fit = pe.Node(FitDictionary(n_averages=opts.n_averages, smoothing=opts.smoothing, surrogate="global",
-                                noise_model=opts.noise_model, device=opts.device, n_threads=opts.omp_nthreads,
-                                chunk_size=opts.chunk_size, estimator=opts.flow_estimator),
-                  name="fit_spinflowsim", n_procs=opts.omp_nthreads,
-                  mem_gb=mem["fit"])
-    write_flow = pe.Node(WriteDerivatives(out_dir=out_dir, subject=item.subject, session=item.session or "",
-                                          model="spinflowsim", parameters=opts.flow_parameters(), sources=sources,
-                                          dropped=[]),
-                         name="write_spinflowsim", run_without_submitting=True)
-    wf.connect([
-        (norm, ivim, [("out_file", "in_file"), ("sigma_file", "sigma_file")]),
-        (sph, ivim, [("shells", "shells")]),
-        (mask, ivim, [("mask_file", "mask_file")]),
-        (ivim, write_ivim, [("maps", "maps"), ("units", "units"), ("notes", "notes")]),
-        (ivim, match, [("vascular_protocol", "protocol")]),
-        (ivim, fit, [("vascular_file", "in_file"), ("vascular_sigma_file", "sigma_file"),
-                     ("vascular_mask", "mask_file")]),
-        (match, fit, [("dictionary", "dictionary")]),
-        (fit, write_flow, [("maps", "maps"), ("units", "units")]),
-        (match, write_flow, [("dictionary", "matched_dictionary")]),
-        (ivim, write_flow, [("notes", "notes")]),
-    ])
-    if report is not None:
-        wf.connect([(fit, report, [("examples_file", "flow_examples")]),
-                    (write_ivim, report, [("out_files", "written_ivim")]),
-                    (write_flow, report, [("out_files", "written_flow")])])
-    if opts.flow_dictionary:
-        match.inputs.dictionary_file = opts.flow_dictionary
-        write_flow.inputs.dictionary_description = load_selected(opts.flow_dictionary, opts.flow_params).describe()
-    else:
-        sim = pe.Node(SimulateFlowForProtocol(network_files=list(opts.flow_networks), n_spins=opts.flow_spins,
-                                              seed=opts.seed, cache_dir=opts.sim_cache_dir,
-                                              b0_threshold=opts.b0_threshold, n_threads=opts.omp_nthreads),
-                      name="simulate_flow_dictionary", mem_gb=1.0, n_procs=opts.omp_nthreads)
-        wf.connect([(ivim, sim, [("vascular_protocol", "protocol")]),
-                    (sim, match, [("dictionary", "dictionary_file")]),
-                    (sim, write_flow, [("description", "dictionary_description")])])
     return wf
 
 
@@ -315,82 +167,222 @@ def subject_wf_name(item: SessionInputs) -> str:
     return f"single_subject_{item.subject}" + (f"_ses_{item.session}" if item.session else "") + "_wf"
 
 
-def init_single_subject_wf(item: SessionInputs, opts: Options, warnings: list | None = None) -> pe.Workflow:
-    """Nodes for one subject/session: tissue branch, vascular branch when the protocol allows, and the
-    session's report fragment."""
-    from ..interfaces.reports import SessionReport
-    shells = session_protocol(item, opts)[1]
-    mem = session_memory_gb(item, opts, len(shells))
-
+def init_single_subject_wf(item: SessionInputs, config: Config, warnings: list | None = None) -> pe.Workflow:
+    """One subject/session: preprocessing, the tissue branch, the vascular branch when the protocol has
+    IVIM b-values, one derivatives writer per model, and the session's report fragment."""
+    shells = session_protocol(item, config)[1]
+    mem = session_memory_gb(item, config, len(shells))
     wf = pe.Workflow(name=subject_wf_name(item))
-    n = len(item.dwi_files)
+    prep = init_dwi_preproc_wf(item, config, mem)
+    tissue = init_tissue_wf(item, config, mem)
+    write = init_derivatives_wf(item, config, "histousim")
+    report = pe.Node(SessionReport(out_dir=config.out_dir, subject=item.subject, session=item.session or "",
+                                   b0_threshold=config.b0_threshold, warnings=list(warnings or [])),
+                     name="session_report", mem_gb=max(0.5, mem["session_report"]))
+    branch_in = [(f"outputnode.{f}", f"inputnode.{f}") for f in ("norm_file", "sigma_file", "shells", "mask_file")]
+    wf.connect([
+        (prep, tissue, list(branch_in)),  # a copy each: Nipype rewrites a connection list in place
+        (tissue, write, [(f"outputnode.{f}", f"inputnode.{f}") for f in
+                         ("maps", "units", "description", "fit_info", "matched_dictionary", "dropped")]),
+        (prep, write, [("outputnode.notes", "inputnode.notes")]),
+        (prep, report, [("outputnode.protocol", "protocol"), ("outputnode.shells", "shells"),
+                        ("outputnode.sph_file", "sph_file"), ("outputnode.mask_file", "mask_file"),
+                        ("outputnode.norm_file", "norm_file")]),
+        (tissue, report, [("outputnode.examples_file", "tissue_examples"),
+                          ("outputnode.description", "tissue_description")]),
+        (write, report, [("outputnode.out_files", "written_tissue")]),
+    ])
+    if config.dictionary_source == "simulate":
+        wf.connect(tissue, "outputnode.dictionary_description", write, "inputnode.dictionary_description")
+    if has_vascular_branch(item, config, shells):
+        _add_vascular_branch(wf, item, config, mem, prep, report, branch_in)
+    return wf
+
+
+def _add_vascular_branch(wf, item, config: Config, mem: dict, prep, report, branch_in) -> None:
+    """init_vascular_wf and its two derivatives writers (ivim, spinflowsim), wired into a session."""
+    vascular = init_vascular_wf(item, config, mem)
+    write_ivim = init_derivatives_wf(item, config, "ivim")
+    write_flow = init_derivatives_wf(item, config, "spinflowsim")
+    wf.connect([
+        (prep, vascular, list(branch_in)),
+        (vascular, write_ivim, [("outputnode.ivim_maps", "inputnode.maps"), ("outputnode.ivim_units", "inputnode.units"),
+                                ("outputnode.ivim_description", "inputnode.description"),
+                                ("outputnode.notes", "inputnode.notes")]),
+        (vascular, write_flow, [("outputnode.flow_maps", "inputnode.maps"), ("outputnode.flow_units", "inputnode.units"),
+                                ("outputnode.flow_description", "inputnode.description"),
+                                ("outputnode.matched_dictionary", "inputnode.matched_dictionary"),
+                                ("outputnode.dictionary_description", "inputnode.dictionary_description"),
+                                ("outputnode.notes", "inputnode.notes")]),
+        (vascular, report, [("outputnode.flow_examples", "flow_examples"), ("outputnode.skipped", "skipped"),
+                            ("outputnode.ivim_description", "ivim_description"),
+                            ("outputnode.flow_description", "flow_description")]),
+        (write_ivim, report, [("outputnode.out_files", "written_ivim")]),
+        (write_flow, report, [("outputnode.out_files", "written_flow")]),
+    ])
+
+
+def init_dwi_preproc_wf(item: SessionInputs, config: Config, mem: dict, name="dwi_preproc_wf") -> pe.Workflow:
+    """Preprocessing of one session's DWI series.
+
+    read_protocol (runs concatenated, per-volume b/δ/Δ/TE) -> prepare_mask (grid checked) ->
+    spherical_mean (per (b, δ, Δ, TE) shell) -> normalise_b0 (pooled b=0 per TE, σ map too).
+    outputnode: protocol, shells, sph_file, mask_file, norm_file, sigma_file (absent without a σ map),
+    notes (normalisation notes).
+    """
+    wf = pe.Workflow(name=name)
+    outputnode = pe.Node(IdentityInterface(fields=["protocol", "shells", "sph_file", "mask_file", "norm_file",
+                                                   "sigma_file", "notes"]), name="outputnode")
     read = pe.Node(ReadProtocol(dwi_files=item.dwi_files, bval_files=item.bval_files,
-                                bvec_files=item.bvec_files or [""] * n, sidecar_files=item.sidecar_files or [""] * n,
-                                gdur_files=item.gdur_files or [""] * n, gsep_files=item.gsep_files or [""] * n,
-                                b0_threshold=opts.b0_threshold), name="read_protocol")
-    if opts.small_delta_ms is not None:
-        read.inputs.small_delta_ms = opts.small_delta_ms
-    if opts.big_delta_ms is not None:
-        read.inputs.big_delta_ms = opts.big_delta_ms
-    mask = pe.Node(PrepareMask(mask_file=item.mask_file, sigma_file=item.sigma_file), name="prepare_mask")
-    sph = pe.Node(SphericalMean(b0_threshold=opts.b0_threshold, shell_tolerance=opts.shell_tolerance),
+                                b0_threshold=config.b0_threshold), name="read_protocol")
+    for trait, files in (("bvec_files", item.bvec_files), ("sidecar_files", item.sidecar_files),
+                         ("gdur_files", item.gdur_files), ("gsep_files", item.gsep_files)):
+        setattr(read.inputs, trait, list(files) if files else [""] * len(item.dwi_files))
+    for trait in ("small_delta_ms", "big_delta_ms"):
+        if getattr(config, trait) is not None:
+            setattr(read.inputs, trait, getattr(config, trait))
+    mask = pe.Node(PrepareMask(), name="prepare_mask")
+    norm = pe.Node(NormaliseB0(b0_threshold=config.b0_threshold, pool_series=config.b0_pool_series,
+                               source=item.dwi_files[0]), name="normalise_b0", mem_gb=mem["normalise_b0"])
+    for node in (mask, norm):
+        if item.sigma_file:
+            node.inputs.sigma_file = item.sigma_file
+    if item.mask_file:
+        mask.inputs.mask_file = item.mask_file
+    sph = pe.Node(SphericalMean(b0_threshold=config.b0_threshold, shell_tolerance=config.shell_tolerance),
                   name="spherical_mean", mem_gb=mem["spherical_mean"])
-    norm = pe.Node(NormaliseB0(sigma_file=item.sigma_file, b0_threshold=opts.b0_threshold,
-                               pool_series=opts.b0_pool_series, source=item.dwi_files[0]), name="normalise_b0",
-                   mem_gb=mem["normalise_b0"])
-    filt = pe.Node(VascularFilter(vasc_threshold=opts.vasc_threshold, b0_threshold=opts.b0_threshold),
-                   name="vascular_filter", mem_gb=mem["vascular_filter"])
-    match = pe.Node(MatchDictionary(dictionary_file=opts.dictionary, params=list(opts.params), fix=dict(opts.fix),
-                                    tol_b=opts.match_tol_b, tol_ms=opts.match_tol_ms,
-                                    b0_threshold=opts.b0_threshold, source=item.dwi_files[0]),
-                    name="match_dictionary", mem_gb=1.0)
-    fit = pe.Node(FitDictionary(n_averages=opts.n_averages, reg_norm=opts.reg_norm, reg_weight=opts.reg_weight,
-                                bounds={k: list(v) for k, v in opts.bounds.items()}, smoothing=opts.smoothing,
-                                surrogate=opts.surrogate, n_neighbours=opts.n_neighbours,
-                                noise_model=opts.noise_model, device=opts.device,
-                                n_threads=opts.omp_nthreads, chunk_size=opts.chunk_size, estimator=opts.estimator),
-                  name="fit_histousim", n_procs=opts.omp_nthreads, mem_gb=mem["fit"])
-    write = pe.Node(WriteDerivatives(out_dir=str(Path(opts.out_dir).resolve()), subject=item.subject,
-                                     session=item.session or "", model="histousim",
-                                     parameters=opts.fit_parameters(),
-                                     sources=[f"bids::{Path(f).name}" for f in item.dwi_files]),
-                    name="write_maps", run_without_submitting=True)
     wf.connect([
         (read, mask, [("dwi_file", "dwi_file")]),
         (read, sph, [("dwi_file", "dwi_file"), ("protocol", "protocol")]),
         (sph, norm, [("out_file", "in_file"), ("shells", "shells")]),
-        (norm, filt, [("out_file", "in_file"), ("sigma_file", "sigma_file")]),
-        (sph, filt, [("shells", "shells")]),
+        (read, outputnode, [("protocol", "protocol")]),
+        (sph, outputnode, [("shells", "shells"), ("out_file", "sph_file")]),
+        (mask, outputnode, [("mask_file", "mask_file")]),
+        (norm, outputnode, [("out_file", "norm_file"), ("sigma_file", "sigma_file"), ("notes", "notes")]),
+    ])
+    return wf
+
+
+def init_tissue_wf(item: SessionInputs, config: Config, mem: dict, name="tissue_wf") -> pe.Workflow:
+    """Tissue microstructure (Histo-μSim).
+
+    vascular_filter (drop b below --vasc-threshold and above the dictionary's largest b) ->
+    [simulate_dictionary for exactly these measurements, --dictionary-source simulate] ->
+    match_dictionary (the dictionary's columns for the measured (b, δ, Δ)) -> fit_histousim (FitModel,
+    estimator --estimator). inputnode: norm_file, sigma_file, shells, mask_file, max_b. outputnode: maps,
+    units, description, fit_info, examples_file, matched_dictionary, dropped, dictionary_description
+    (simulated dictionaries; a matched one is described by the top workflow's select_dictionary).
+    """
+    wf = pe.Workflow(name=name)
+    inputnode = pe.Node(IdentityInterface(fields=["norm_file", "sigma_file", "shells", "mask_file", "max_b"]),
+                        name="inputnode")
+    outputnode = pe.Node(IdentityInterface(fields=["maps", "units", "description", "fit_info", "examples_file",
+                                                   "matched_dictionary", "dropped", "dictionary_description"]),
+                         name="outputnode")
+    filt = pe.Node(VascularFilter(vasc_threshold=config.vasc_threshold, b0_threshold=config.b0_threshold),
+                   name="vascular_filter", mem_gb=mem["vascular_filter"])
+    match = pe.Node(MatchDictionary(params=list(config.params), fix=dict(config.fix), tol_b=config.match_tol_b,
+                                    tol_ms=config.match_tol_ms, b0_threshold=config.b0_threshold,
+                                    source=item.dwi_files[0]), name="match_dictionary", mem_gb=1.0)
+    fit = pe.Node(FitModel(estimator=config.estimator, options=config.tissue_model_options(),
+                           n_threads=config.omp_nthreads, label="Histo-uSim fit"),
+                  name="fit_histousim", n_procs=config.omp_nthreads, mem_gb=mem["fit"])
+    wf.connect([
+        (inputnode, filt, [("norm_file", "in_file"), ("sigma_file", "sigma_file"), ("shells", "shells")]),
         (filt, match, [("protocol", "protocol")]),
         (filt, fit, [("out_file", "in_file"), ("sigma_file", "sigma_file")]),
-        (mask, fit, [("mask_file", "mask_file")]),
+        (inputnode, fit, [("mask_file", "mask_file")]),
         (match, fit, [("dictionary", "dictionary")]),
-        (fit, write, [("maps", "maps"), ("units", "units"), ("info", "fit_info")]),
-        (match, write, [("dictionary", "matched_dictionary")]),
-        (filt, write, [("dropped", "dropped")]),
-        (norm, write, [("notes", "notes")]),
+        (fit, outputnode, [("maps", "maps"), ("units", "units"), ("description", "description"),
+                           ("info", "fit_info"), ("examples_file", "examples_file")]),
+        (match, outputnode, [("dictionary", "matched_dictionary")]),
+        (filt, outputnode, [("dropped", "dropped")]),
     ])
-    if opts.dictionary_source == "simulate":
-        sim = pe.Node(SimulateForProtocol(substrates=list(opts.sim_substrates), d0in=list(opts.sim_d0),
-                                          d0ex=list(opts.sim_d0), kappa=list(opts.sim_kappa),
-                                          n_walkers=opts.sim_walkers, seed=opts.seed, device=opts.device,
-                                          n_threads=opts.omp_nthreads, cache_dir=opts.sim_cache_dir,
-                                          b0_threshold=opts.b0_threshold),
-                      name="simulate_dictionary", n_procs=opts.omp_nthreads, mem_gb=2.0)
-        filt.inputs.max_b = 1e12  # the dictionary is simulated for every measured b
-        wf.connect([(filt, sim, [("protocol", "protocol")]),
-                    (sim, match, [("dictionary", "dictionary_file")]),
-                    (sim, write, [("description", "dictionary_description")])])
-    report = pe.Node(SessionReport(out_dir=str(Path(opts.out_dir).resolve()), subject=item.subject,
-                                   session=item.session or "", b0_threshold=opts.b0_threshold,
-                                   warnings=list(warnings or [])), name="session_report",
-                     mem_gb=max(0.5, mem["session_report"]))
-    wf.connect([(read, report, [("protocol", "protocol")]),
-                (sph, report, [("shells", "shells"), ("out_file", "sph_file")]),
-                (mask, report, [("mask_file", "mask_file")]),
-                (norm, report, [("out_file", "norm_file")]),
-                (fit, report, [("examples_file", "tissue_examples")]),
-                (write, report, [("out_files", "written_tissue")])])
-    if has_vascular_branch(item, opts, shells):
-        init_vascular_wf(item, opts, wf, read, mask, sph, norm, report, mem=mem)
+    if config.dictionary_source != "simulate":
+        if config.dictionary:
+            match.inputs.dictionary_file = config.dictionary
+        wf.connect(inputnode, "max_b", filt, "max_b")
+        return wf
+    sim = pe.Node(SimulateForProtocol(substrates=list(config.sim_substrates), d0in=list(config.sim_d0),
+                                      d0ex=list(config.sim_d0), kappa=list(config.sim_kappa),
+                                      n_walkers=config.sim_walkers, seed=config.seed, device=config.device,
+                                      n_threads=config.omp_nthreads, cache_dir=config.sim_cache_dir,
+                                      b0_threshold=config.b0_threshold),
+                  name="simulate_dictionary", n_procs=config.omp_nthreads, mem_gb=2.0)
+    filt.inputs.max_b = 1e12  # the dictionary is simulated for every measured b
+    wf.connect([(filt, sim, [("protocol", "protocol")]), (sim, match, [("dictionary", "dictionary_file")]),
+                (sim, outputnode, [("description", "dictionary_description")])])
+    return wf
+
+
+def init_vascular_wf(item: SessionInputs, config: Config, mem: dict, name="vascular_wf") -> pe.Workflow:
+    """Microvasculature (segmented IVIM, then SpinFlowSim).
+
+    fit_ivim (FitModel 'ivim': fV, D, D*, S0 and the vascular signal S_V/S_V(0) of the low-b
+    measurements, with the voxels where fV >= 0.005) -> [simulate_flow_dictionary for exactly those
+    measurements, unless --flow-dictionary] -> match_flow_dictionary -> fit_spinflowsim (FitModel,
+    --flow-estimator). When no voxel has a vascular signal the flow fit writes no maps and ``skipped``
+    says why. inputnode: norm_file, sigma_file, shells, mask_file. outputnode: ivim_maps, ivim_units,
+    ivim_description, notes, skipped, flow_maps, flow_units, flow_description, flow_examples,
+    matched_dictionary, dictionary_description.
+    """
+    wf = pe.Workflow(name=name)
+    inputnode = pe.Node(IdentityInterface(fields=["norm_file", "sigma_file", "shells", "mask_file"]), name="inputnode")
+    outputnode = pe.Node(IdentityInterface(fields=[
+        "ivim_maps", "ivim_units", "ivim_description", "notes", "skipped", "flow_maps", "flow_units",
+        "flow_description", "flow_examples", "matched_dictionary", "dictionary_description"]), name="outputnode")
+    ivim = pe.Node(FitModel(estimator="ivim", options=config.ivim_model_options(), label="segmented IVIM"),
+                   name="fit_ivim", mem_gb=max(1.0, mem["fit_ivim"]))
+    match = pe.Node(MatchDictionary(params=list(config.flow_params), tol_b=config.flow_match_tol_b,
+                                    tol_ms=config.match_tol_ms, b0_threshold=config.b0_threshold,
+                                    source=item.dwi_files[0]), name="match_flow_dictionary", mem_gb=1.0)
+    fit = pe.Node(FitModel(estimator=config.flow_estimator, options=config.flow_model_options(),
+                           n_threads=config.omp_nthreads, label="SpinFlowSim fit"),
+                  name="fit_spinflowsim", n_procs=config.omp_nthreads, mem_gb=mem["fit"])
+    wf.connect([
+        (inputnode, ivim, [("norm_file", "in_file"), ("sigma_file", "sigma_file"), ("shells", "protocol"),
+                           ("mask_file", "mask_file")]),
+        (ivim, match, [("signal_protocol", "protocol")]),
+        (ivim, fit, [("signal_file", "in_file"), ("signal_sigma_file", "sigma_file"), ("signal_mask", "mask_file")]),
+        (match, fit, [("dictionary", "dictionary")]),
+        (ivim, outputnode, [("maps", "ivim_maps"), ("units", "ivim_units"), ("description", "ivim_description"),
+                            ("notes", "notes"), (("signal_reason", _as_list), "skipped")]),
+        (fit, outputnode, [("maps", "flow_maps"), ("units", "flow_units"), ("description", "flow_description"),
+                           ("examples_file", "flow_examples")]),
+        (match, outputnode, [("dictionary", "matched_dictionary")]),
+    ])
+    if config.flow_dictionary:
+        match.inputs.dictionary_file = config.flow_dictionary
+        outputnode.inputs.dictionary_description = load_selected(config.flow_dictionary, config.flow_params).describe()
+        return wf
+    sim = pe.Node(SimulateFlowForProtocol(network_files=list(config.flow_networks), n_spins=config.flow_spins,
+                                          seed=config.seed, cache_dir=config.sim_cache_dir,
+                                          b0_threshold=config.b0_threshold, n_threads=config.omp_nthreads),
+                  name="simulate_flow_dictionary", mem_gb=1.0, n_procs=config.omp_nthreads)
+    wf.connect([(ivim, sim, [("signal_protocol", "protocol")]), (sim, match, [("dictionary", "dictionary_file")]),
+                (sim, outputnode, [("description", "dictionary_description")])])
+    return wf
+
+
+def _as_list(reason: str) -> list:
+    """A node output's reason ('' for none) as the report's list of lines."""
+    return [f"SpinFlowSim: {reason}"] if reason else []
+
+
+def init_derivatives_wf(item: SessionInputs, config: Config, model: str, name=None) -> pe.Workflow:
+    """BIDS derivatives of one model (``model``: histousim, ivim, spinflowsim): every map with its JSON
+    sidecar, staged and then renamed into place (bids.derivatives). The sidecar's Model.Parameters are
+    the model's own (``description``) followed by the pipeline's (Config.sidecar_parameters). inputnode:
+    maps, units, description, fit_info, matched_dictionary, dictionary_description, dropped, notes.
+    outputnode: out_files (none when ``maps`` is empty)."""
+    fields = ["maps", "units", "description", "fit_info", "matched_dictionary", "dictionary_description",
+              "dropped", "notes"]
+    wf = pe.Workflow(name=name or f"{model}_derivatives_wf")
+    inputnode = pe.Node(IdentityInterface(fields=fields), name="inputnode")
+    outputnode = pe.Node(IdentityInterface(fields=["out_files"]), name="outputnode")
+    write = pe.Node(WriteDerivatives(out_dir=config.out_dir, subject=item.subject, session=item.session or "",
+                                     model=model, parameters=config.sidecar_parameters(model),
+                                     sources=[f"bids::{Path(f).name}" for f in item.dwi_files]),
+                    name="write_maps", run_without_submitting=True)
+    wf.connect([(inputnode, write, [(f, f) for f in fields]), (write, outputnode, [("out_files", "out_files")])])
     return wf

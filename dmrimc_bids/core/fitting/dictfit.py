@@ -33,18 +33,16 @@ from ..dictionary import Dictionary
 from . import kernels
 from .likelihood import (expected_signal, information_criteria, log_likelihood,
                          log_likelihood_unknown_sigma, noise_floor, rician_log_likelihood)
+from .model import EXIT_BACKGROUND, EXIT_FAILED, EXIT_OK, Description, Fit, Model
 from .surrogate import TPSStack, build_global, build_local, grid_steps
-
-#: Exit codes of the fit (published convention): 1 fitted, 0 background, -1 failed / invalid data.
-EXIT_OK, EXIT_BACKGROUND, EXIT_FAILED = 1, 0, -1
 NOISE_MODELS = ("gaussian", "rician")
 SURROGATES = ("local", "global")
 
 
 @dataclass
-class DictionaryFit:
+class DictionaryFit(Fit):
     """Per-voxel results: parameter maps (physical units), the standard deviation of each fitted
-    (not fixed) parameter, and diagnostics."""
+    (not fixed) parameter, and diagnostics (the Fit of the dictionary estimators)."""
 
     params: dict
     sd: dict
@@ -57,12 +55,9 @@ class DictionaryFit:
     units: dict
     info: dict = field(default_factory=dict)
 
-    def maps(self) -> dict:
-        """All maps by name: the parameters, '<name>_sd', then exitcode, fobj, loglik, aic, bic."""
-        out = dict(self.params)
-        out.update({f"{k}_sd": v for k, v in self.sd.items()})
-        out.update(exitcode=self.exitcode, fobj=self.fobj, loglik=self.loglik, aic=self.aic, bic=self.bic)
-        return out
+    def diagnostics(self) -> dict:
+        """exitcode, fobj, loglik, aic, bic."""
+        return {"exitcode": self.exitcode, "fobj": self.fobj, "loglik": self.loglik, "aic": self.aic, "bic": self.bic}
 
 
 def assemble_fit(dictionary: Dictionary, free, shape, n_meas, params, sd, exitcode, fobj, loglik,
@@ -105,7 +100,7 @@ def estimate_placement(params: np.ndarray, dictionary: Dictionary, names, lo, hi
     return out
 
 
-class DictionaryModel:
+class DictionaryModel(Model):
     """Histo-μSim-style dictionary model for one (matched) protocol.
 
     dictionary: signals on exactly the measurements to be fitted (Dictionary.match).
@@ -132,6 +127,7 @@ class DictionaryModel:
         if surrogate not in SURROGATES:
             raise ValueError(f"surrogate {surrogate!r} is not one of {SURROGATES}")
         self.reg_norm, self.reg_weight = int(norm), float(weight)
+        self.user_bounds = {k: tuple(v) for k, v in (bounds or {}).items()}
         self.noise, self.surrogate_kind = noise, surrogate
         self.smoothing, self.n_neighbours = float(smoothing), int(n_neighbours)
         self.max_iter, self.max_rounds, self.chunk_size = int(max_iter), int(max_rounds), int(chunk_size)
@@ -237,6 +233,7 @@ class DictionaryModel:
         (default all). sigma: normalised noise σ, [...] or [..., M]; voxels whose σ is not finite and
         positive fall back to plain least squares. progress: optional callable(n_voxels_done).
         """
+        given, given_sigma = data, sigma
         data = np.asarray(data, dtype=np.float64)
         shape, m = data.shape[:-1], data.shape[-1]
         if m != len(self.dictionary.protocol):
@@ -279,7 +276,25 @@ class DictionaryModel:
                 "noise_model": self.noise, "device": self.device,
                 "estimate_placement": estimate_placement(params[exitcode == EXIT_OK], self.dictionary,
                                                          [self.names[j] for j in self.free], *self.bounds())}
-        return assemble_fit(self.dictionary, self.free, shape, m, params, sd, exitcode, fobj, loglik, info)
+        fit = assemble_fit(self.dictionary, self.free, shape, m, params, sd, exitcode, fobj, loglik, info)
+        return fit.bind(self, given, given_sigma)
+
+    def describe(self) -> Description:
+        """The published method: grid search + projected Levenberg-Marquardt on a thin-plate-spline surrogate."""
+        surrogate = (f"thin-plate-spline surrogate ({self.surrogate_kind}, {self.n_neighbours} nearest entries per "
+                     "local model)" if self.surrogate_kind == "local" else "thin-plate-spline surrogate (global)")
+        noise = {"gaussian": "offset-Gaussian", "rician": "Rician"}[self.noise]
+        return Description(
+            method=f"voxel by voxel by grid search followed by bounded Levenberg-Marquardt on a "
+                   f"{surrogate.split(' (')[0]} ({noise} noise model), with standard deviations from the Fisher "
+                   "information",
+            parameters={"FitMethod": f"dictionary grid search + projected Levenberg-Marquardt on a {surrogate}",
+                        "NoiseModel": noise,
+                        "Uncertainty": "desc-sd maps: sqrt(diag(inverse Fisher information)) at the estimate",
+                        "NoiseFloor": "sigma*sqrt(NAverages)*sqrt(pi/2) (no noise map: least squares)",
+                        "NAverages": self.n_averages,
+                        "Regularisation": {"Norm": self.reg_norm, "Weight": self.reg_weight},
+                        "Bounds": self.user_bounds or "dictionary range", "SurrogateSmoothing": self.smoothing})
 
     def predict(self, data, params, sigma=None) -> np.ndarray:
         """Expected magnitude [V, M] of the model at params [V, P] (physical units): the surrogate signal

@@ -16,9 +16,11 @@ Units: b in s/mm², D and D* in µm²/ms (= 1e-3 mm²/s); fV dimensionless.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
+
+from .model import EXIT_BACKGROUND, EXIT_FAILED, EXIT_OK, Description, Fit, Model
 
 #: Default b split between the vascular and tissue regimes [s/mm²].
 B_SPLIT = 200.0
@@ -194,3 +196,113 @@ def fit_ivim_protocol(signals, protocol, b_split=B_SPLIT, b_max=B_MAX, b0_thresh
         notes.append(f"IVIM maps from the shortest-TE group ({ref['EchoTime_ms']} ms); vascular signals of "
                      f"{len(usable)} groups fitted together")
     return IvimGroups(maps, np.concatenate(vas, 1), np.concatenate(vidx), np.concatenate(vscale, 1), ref, notes)
+
+
+@dataclass
+class VascularSignal:
+    """What segmented IVIM hands to the flow-dictionary fit. signal: S_V/S_V(0) [..., Mv] of the low-b
+    measurements (NaN outside the mask); sigma: its σ (the normalised σ divided by fV·S0) or None; mask:
+    the voxels where it is meaningful (fitted, fV >= min_fv, finite); index: the measurements' indices in
+    the fitted protocol; reason: why no voxel qualifies ("" when some do)."""
+
+    signal: np.ndarray
+    sigma: np.ndarray | None
+    mask: np.ndarray
+    index: np.ndarray
+    reason: str = ""
+
+
+@dataclass
+class IvimMapFit(Fit):
+    """Segmented IVIM maps fV, D, Dstar [µm²/ms], S0 in the data's spatial shape (NaN outside the mask),
+    the vascular signal for the flow fit, and notes on the TE groups used."""
+
+    params: dict
+    exitcode: np.ndarray
+    vascular: VascularSignal
+    notes: list
+    reference_group: dict
+    names: list = field(default_factory=lambda: list(IVIM_NAMES))
+    units: dict = field(default_factory=lambda: dict(IVIM_UNITS))
+    sd: dict = field(default_factory=dict)
+    info: dict = field(default_factory=dict)
+
+    def diagnostics(self) -> dict:
+        return {}  # the IVIM maps are fV, D, Dstar and S0 only
+
+    def residual(self) -> np.ndarray:
+        """Mean squared misfit of the bi-exponential over the measurements with b <= b_max."""
+        ok = self.exitcode == EXIT_OK
+        out = np.full(self.exitcode.shape, np.nan)
+        if ok.any():
+            sel = np.nonzero(ok)
+            use = self._model.protocol.b <= self._model.b_max
+            out[sel] = np.mean((self._data[sel][:, use] - self.predict(sel)[:, use]) ** 2, axis=1)
+        return out
+
+
+#: The IVIM maps and their units.
+IVIM_NAMES = ("fV", "D", "Dstar", "S0")
+IVIM_UNITS = {"fV": "", "D": "um^2/ms", "Dstar": "um^2/ms", "S0": ""}
+#: Voxels with a smaller vascular signal fraction get no flow-dictionary fit.
+MIN_FV = 0.005
+
+
+class IvimModel(Model):
+    """Segmented IVIM of a whole protocol (fit_ivim_protocol) as a Model. protocol: the directionally
+    averaged shells the data are on; b_split, b_max, b0_threshold [s/mm²]; min_fv: smallest fV whose
+    vascular signal goes on to the flow fit."""
+
+    names = list(IVIM_NAMES)
+
+    def __init__(self, protocol, b_split: float = B_SPLIT, b_max: float = B_MAX, b0_threshold: float = 20.0,
+                 min_fv: float = MIN_FV):
+        self.protocol, self.b_split, self.b_max = protocol, float(b_split), float(b_max)
+        self.b0_threshold, self.min_fv = float(b0_threshold), float(min_fv)
+
+    def fit(self, data, mask=None, sigma=None, progress=None) -> IvimMapFit:
+        """data [..., M] b0-normalised signal of every shell; sigma [..., M] or None."""
+        shape = data.shape[:-1]
+        mask = np.ones(shape, bool) if mask is None else np.asarray(mask, bool)
+        res = fit_ivim_protocol(data[mask], self.protocol, self.b_split, self.b_max, self.b0_threshold)
+        params = {}
+        for name in IVIM_NAMES:
+            params[name] = np.full(shape, np.nan)
+            params[name][mask] = res.maps[name]
+        signal = np.full(shape + (res.vascular.shape[1],), np.nan)
+        signal[mask] = res.vascular
+        vsigma = None
+        if sigma is not None:
+            sig = np.asarray(sigma).reshape(shape + (-1,))
+            vsigma = np.full(signal.shape, np.nan)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                vsigma[mask] = sig[mask][:, res.vascular_index] / res.vascular_scale
+        vmask = np.zeros(shape, bool)
+        vmask[mask] = (res.maps["fV"] >= self.min_fv) & np.all(np.isfinite(res.vascular), axis=1)
+        reason = "" if vmask.any() else f"no voxel has fV >= {self.min_fv:g}: no flow maps were written"
+        finite = np.isfinite(params["fV"])
+        exitcode = np.where(mask, np.where(finite, EXIT_OK, EXIT_FAILED), EXIT_BACKGROUND).astype(np.int8)
+        if progress is not None:
+            progress(int(mask.sum()))
+        fit = IvimMapFit(params, exitcode, VascularSignal(signal, vsigma, vmask, res.vascular_index, reason),
+                         list(res.notes) + ([reason] if reason else []), res.reference_group,
+                         info={"n_fitted": int(finite.sum()), "n_vascular": int(vmask.sum())})
+        return fit.bind(self, data, sigma)
+
+    def predict(self, data, params, sigma=None) -> np.ndarray:
+        """Bi-exponential S0·((1 - fV) e^{-bD} + fV e^{-bD*}) [V, M] at every measurement; params [V, 4]
+        in IVIM_NAMES order."""
+        fv, d, dstar, s0 = (np.asarray(params, float)[:, j, None] for j in range(4))
+        b = np.where(self.protocol.b <= self.b0_threshold, 0.0, self.protocol.b)[None, :] * 1e-3
+        return s0 * ((1 - fv) * np.exp(-b * d) + fv * np.exp(-b * dstar))
+
+    def describe(self) -> Description:
+        return Description(
+            method=f"by segmented IVIM: the tissue ADC and intercept from {self.b_split:g} < b ≤ {self.b_max:g} "
+                   "s/mm², the tissue signal extrapolated to low b and the vascular signal S_V = S - S_T fitted by "
+                   "a mono-exponential",
+            parameters={"FitMethod": "segmented IVIM: D and intercept by least squares on b_split < b <= b_max; "
+                                     "tissue signal extrapolated; S_V = S - S_T fitted by F exp(-b D*) on b <= b_split; "
+                                     "fV = F/(F + intercept)",
+                        "BSplit": self.b_split, "BMax": self.b_max, "B0Threshold": self.b0_threshold},
+            references=["ivim"])

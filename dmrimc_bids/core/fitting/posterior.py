@@ -15,7 +15,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..dictionary import Dictionary
-from .dictfit import EXIT_BACKGROUND, EXIT_FAILED, EXIT_OK, DictionaryFit, assemble_fit, estimate_placement
+from .dictfit import DictionaryFit, assemble_fit, estimate_placement
+from .model import EXIT_BACKGROUND, EXIT_FAILED, EXIT_OK, Description, Model
 
 
 #: Largest voxel x entry matrix of one posterior batch [elements] (~100 MB of float64 each).
@@ -31,13 +32,16 @@ def posterior_chunk(chunk_size: int, n_entries: int) -> int:
 POINT_ESTIMATES = ("mean", "median")
 
 
-class PosteriorModel:
+class PosteriorModel(Model):
     """dictionary: signals on exactly the measurements to fit; chunk_size: voxels per batch (memory
-    ~ chunk_size x entries x 8 bytes x 3); point: 'mean' or 'median' (see posterior_median)."""
+    ~ chunk_size x entries x 8 bytes x 3); point: 'mean' or 'median' (see _Medians); bounds: {name:
+    (lo, hi)} physical units, the flat prior's support (entries outside are dropped, Dictionary.within)."""
 
-    def __init__(self, dictionary: Dictionary, chunk_size: int = 2000, point: str = "mean"):
+    def __init__(self, dictionary: Dictionary, chunk_size: int = 2000, point: str = "mean", bounds: dict | None = None):
         if point not in POINT_ESTIMATES:
             raise ValueError(f"point estimate {point!r} is not one of {POINT_ESTIMATES}")
+        self.user_bounds = {k: tuple(v) for k, v in (bounds or {}).items()}
+        dictionary = dictionary.within(self.user_bounds) if self.user_bounds else dictionary
         self.dictionary = dictionary
         self.names = list(dictionary.names)
         self.chunk_size = int(chunk_size)
@@ -50,6 +54,7 @@ class PosteriorModel:
 
     def fit(self, data, mask=None, sigma=None, progress=None) -> DictionaryFit:
         """data [..., M]; mask [...] bool; sigma [...] or [..., M] (its mean over M is used) or None."""
+        given, given_sigma = data, sigma
         data = np.asarray(data, float)
         shape, m = data.shape[:-1], data.shape[-1]
         if m != len(self.dictionary.protocol):
@@ -93,7 +98,20 @@ class PosteriorModel:
                              "posterior mean over the dictionary entries (log scale for positive parameters)",
                 "estimate_placement": estimate_placement(params[exitcode == EXIT_OK], self.dictionary,
                                                          [self.names[j] for j in self.free], lo, hi)}
-        return assemble_fit(self.dictionary, self.free, shape, m, params, sd, exitcode, fobj, loglik, info)
+        fit = assemble_fit(self.dictionary, self.free, shape, m, params, sd, exitcode, fobj, loglik, info)
+        return fit.bind(self, given, given_sigma)
+
+    def describe(self) -> Description:
+        """Posterior median or mean over the entries, Gaussian likelihood, flat prior inside the bounds."""
+        point = ("posterior median (interpolated between neighbouring values)" if self.point == "median"
+                 else "posterior mean (geometric mean for positive parameters)")
+        return Description(
+            method=f"as the posterior {self.point} over the dictionary's entries (Gaussian likelihood with each "
+                   "voxel's noise level, flat prior over the entries), with posterior standard deviations",
+            parameters={"FitMethod": f"{point} over the dictionary's entries (Gaussian likelihood with the voxel's "
+                                     "sigma, flat prior over the entries inside the bounds)",
+                        "NoiseModel": "Gaussian", "Uncertainty": "desc-sd maps: posterior SD",
+                        "Bounds": self.user_bounds or "dictionary range"})
 
     @staticmethod
     def _weights(y, S, s2, sig):

@@ -1,0 +1,120 @@
+"""One Model/Fit protocol for every estimator (the shape of dipy's ``ReconstModel`` -> ``ReconstFit``,
+batched over voxels instead of a per-voxel Python loop).
+
+``Model(dictionary_or_protocol, **options).fit(data, mask=None, sigma=None) -> Fit``:
+
+- data [..., M]: normalised signals on the model's measurements; mask [...] bool (default every voxel);
+  sigma: the normalised noise σ, [...] or [..., M], or None;
+- ``Fit`` holds one array per map in the data's spatial shape: ``params`` (physical units), ``sd``
+  (uncertainty of each estimated parameter), ``exitcode`` (1 fitted, 0 background, -1 failed), the
+  diagnostics and ``info``; ``Fit.predict(index)`` gives the model signal of the voxels at ``index``
+  (the report's measured-vs-fitted panel) and ``Fit.examples()`` picks and describes a few of them;
+- ``Model.describe()`` -> ``Description``: the method sentence of the methods text, its references
+  and the sidecar's ``Model.Parameters``.
+
+The dictionary fit (dictfit.DictionaryModel), the posterior estimator (posterior.PosteriorModel) and
+segmented IVIM (ivim.IvimModel) implement it; registry.build_model makes any of them by name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+#: Exit codes of a fit (published convention): 1 fitted, 0 background, -1 failed / invalid data.
+EXIT_OK, EXIT_BACKGROUND, EXIT_FAILED = 1, 0, -1
+
+
+@dataclass
+class Description:
+    """What a model computes. method: a sentence fragment for the methods text ("... were estimated
+    <method>"); parameters: the sidecar's Model.Parameters of the model's own options; references: keys
+    of reports.citations.REFERENCES."""
+
+    method: str
+    parameters: dict
+    references: list = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, "parameters": dict(self.parameters), "references": list(self.references)}
+
+
+class Model:
+    """Base class: subclasses set ``names`` and implement ``fit`` and ``describe``."""
+
+    names: list
+
+    def fit(self, data, mask=None, sigma=None, progress=None) -> "Fit":
+        raise NotImplementedError
+
+    def describe(self) -> Description:
+        raise NotImplementedError
+
+
+class Fit:
+    """Base class of the fits. Subclasses provide ``names``, ``units``, ``params``, ``sd``, ``exitcode``,
+    ``info`` and ``diagnostics()``; the model binds itself and the data so that ``predict`` works."""
+
+    names: list
+    units: dict
+    params: dict
+    sd: dict
+    exitcode: np.ndarray
+    info: dict
+
+    def diagnostics(self) -> dict:
+        """Maps other than the parameters and their SDs, in sidecar order (name -> array)."""
+        return {"exitcode": self.exitcode}
+
+    def maps(self) -> dict:
+        """Every map by name: the parameters, '<name>_sd', then the diagnostics."""
+        out = dict(self.params)
+        out.update({f"{k}_sd": v for k, v in self.sd.items()})
+        out.update(self.diagnostics())
+        return out
+
+    def bind(self, model, data, sigma=None) -> "Fit":
+        """Remember the model and the data it fitted (no copy) so that predict() can evaluate it."""
+        self._model, self._data, self._sigma = model, data, sigma
+        return self
+
+    def predict(self, index) -> np.ndarray:
+        """Model signal [n, M] of the voxels at ``index`` (a tuple of index arrays into the map shape)."""
+        data = self._data[index].astype(float)
+        params = np.stack([self.params[n][index] for n in self.names], axis=1)
+        sigma = None
+        if self._sigma is not None:
+            sig = np.asarray(self._sigma, float)
+            shape = self._data.shape
+            sigma = np.broadcast_to(sig.reshape(shape[:-1] + (-1,)), shape)[index]
+        return self._model.predict(data, params, sigma)
+
+    def residual(self) -> np.ndarray:
+        """Per-voxel misfit used to choose examples (the objective where the fit has one)."""
+        return getattr(self, "fobj")
+
+    def example_voxels(self, n: int = 4) -> np.ndarray:
+        """Indices [n, ndim] of up to n fitted voxels spanning the misfit's range (its 10/50/90/100th
+        percentiles), so the report shows a typical fit and the worst one."""
+        ok = np.argwhere(self.exitcode == EXIT_OK)
+        if ok.size == 0:
+            return ok
+        order = ok[np.argsort(self.residual()[tuple(ok.T)], kind="stable")]
+        picks = np.unique(np.round(np.array([0.1, 0.5, 0.9, 1.0])[:n] * (len(order) - 1)).astype(int))
+        return order[picks]
+
+    def examples(self, protocol_rows: list, n: int = 4) -> dict:
+        """JSON-ready measured and model signal of example_voxels (with the protocol's rows)."""
+        idx = self.example_voxels(n)
+        sel = tuple(idx.T)
+        if not len(idx):
+            return {"protocol": protocol_rows, "voxels": []}
+        measured = self._data[sel].astype(float)
+        fitted = self.predict(sel)
+        misfit = self.residual()
+        return {"protocol": protocol_rows,
+                "voxels": [{"ijk": [int(v) for v in ijk], "measured": measured[k].tolist(),
+                            "fitted": fitted[k].tolist(), "fobj": float(misfit[tuple(ijk)]),
+                            "params": {name: float(self.params[name][tuple(ijk)]) for name in self.names}}
+                           for k, ijk in enumerate(idx)]}

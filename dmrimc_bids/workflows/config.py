@@ -1,0 +1,177 @@
+"""The run's one configuration object: built by the command-line parser (cli/parser.py), validated once
+(every path absolute, every named file checked), written to ``logs/config-<run>.json`` and read by the
+workflows, the sidecars, the reports and the methods text (fMRIPrep's single serialisable config)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from .. import __version__
+from ..core import preprocess
+from ..core.errors import EX_NOINPUT, EX_USAGE, InputError
+
+
+@dataclass
+class Config:
+    """Everything that changes the results or how they are computed. Paths are absolute strings after
+    ``validate()`` ("" or [] when not given); units as on the command line (b in s/mm², δ/Δ in ms)."""
+
+    out_dir: str
+    bids_dir: str = ""
+    analysis_level: str = "participant"
+    derivatives: list = field(default_factory=list)
+    participant_label: list = field(default_factory=list)
+    session_label: list = field(default_factory=list)
+    bids_filter_file: str = ""
+    skip_bids_validation: bool = False
+    mask: str = ""
+    mask_label: str = ""
+    noise_map: str = ""
+    atlas: str = ""
+    group_column: str = ""
+    dictionary: str = ""
+    params: list = field(default_factory=list)
+    fix: dict = field(default_factory=dict)
+    b0_threshold: float = 20.0
+    b0_pool_series: bool = True
+    vasc_threshold: float = 250.0
+    shell_tolerance: float = preprocess.DEFAULT_SHELL_TOLERANCE
+    small_delta_ms: float | None = None
+    big_delta_ms: float | None = None
+    match_tol_b: float = 100.0
+    match_tol_ms: float = 2.5
+    n_averages: float = 1.0
+    reg_norm: int = 2
+    reg_weight: float = 0.0
+    bounds: dict = field(default_factory=dict)
+    smoothing: float = 1e-3
+    surrogate: str = "local"
+    n_neighbours: int = 32
+    noise_model: str = "gaussian"
+    estimator: str = "posterior-median"
+    device: str = "auto"
+    omp_nthreads: int = 1
+    chunk_size: int = 10000
+    seed: int = 0
+    dictionary_source: str = "match"
+    sim_substrates: list = field(default_factory=list)
+    sim_walkers: int = 2000
+    sim_d0: list = field(default_factory=list)
+    sim_kappa: list = field(default_factory=list)
+    sim_cache_dir: str = ""
+    vascular: str = "auto"
+    ivim_b_split: float = 200.0
+    ivim_b_max: float = 1000.0
+    flow_dictionary: str = ""
+    flow_networks: list = field(default_factory=list)
+    flow_spins: int = 2000
+    flow_params: list = field(default_factory=list)
+    flow_match_tol_b: float = 5.0
+    flow_estimator: str = "posterior"
+    work_dir: str = ""
+    nprocs: int = 1
+    plugin: str = ""
+    plugin_args: dict = field(default_factory=dict)
+    mem_gb: float | None = None
+    verbose: int = 0
+    command: str = ""
+
+    # ---- validation and serialisation -----------------------------------------------------------------
+    def validate(self) -> "Config":
+        """Resolve every path to an absolute one and check that every named input file exists (InputError
+        naming the option otherwise); returns self. A relative ``--dictionary`` is read from where the
+        command was started, never from a node's working directory."""
+        for name, flag in (("dictionary", "--dictionary"), ("flow_dictionary", "--flow-dictionary"),
+                           ("mask", "--mask"), ("noise_map", "--noise-map"), ("bids_filter_file", "--bids-filter-file")):
+            setattr(self, name, _existing(getattr(self, name), flag))
+        self.flow_networks = [_existing(f, "--flow-networks") for f in self.flow_networks]
+        self.derivatives = [_absolute(d) for d in self.derivatives]
+        for spec in self.sim_substrates:
+            if spec.get("svg"):
+                spec["svg"] = _existing(spec["svg"], "--substrate-svg")
+        for name in ("out_dir", "bids_dir", "work_dir", "sim_cache_dir"):
+            setattr(self, name, _absolute(getattr(self, name)))
+        return self
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "Config":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise InputError(f"unknown configuration field(s) {', '.join(unknown)}", exit_code=EX_USAGE,
+                             fix=f"use the fields of dmrimc_bids.workflows.config.Config")
+        cfg = cls(**values)
+        cfg.fix = dict(cfg.fix)
+        cfg.bounds = {k: tuple(v) for k, v in cfg.bounds.items()}
+        return cfg
+
+    def write(self, run_id: str) -> Path:
+        """logs/config-<run_id>.json in the output folder (atomic)."""
+        from ..bids.derivatives import atomic_write_json
+        path = Path(self.out_dir) / "logs" / f"config-{run_id}.json"
+        atomic_write_json(path, {"dmrimc_bids_version": __version__, **self.to_dict()})
+        return path
+
+    # ---- what the models are given (one place for the nodes and for the descriptions) -------------------
+    def tissue_model_options(self) -> dict:
+        """build_model options of the tissue estimator (JSON-typed)."""
+        bounds = {k: list(v) for k, v in self.bounds.items()}
+        if self.estimator.startswith("posterior"):
+            return {"bounds": bounds, "chunk_size": self.chunk_size}
+        return {"n_averages": self.n_averages, "regularisation": [self.reg_norm, self.reg_weight], "bounds": bounds,
+                "smoothing": self.smoothing, "chunk_size": self.chunk_size, "surrogate": self.surrogate,
+                "n_neighbours": self.n_neighbours, "noise": self.noise_model, "device": self.device}
+
+    def flow_model_options(self) -> dict:
+        """build_model options of the flow estimator (the published fit uses the global surrogate)."""
+        if self.flow_estimator.startswith("posterior"):
+            return {"chunk_size": self.chunk_size}
+        return {"n_averages": self.n_averages, "smoothing": self.smoothing, "chunk_size": self.chunk_size,
+                "surrogate": "global", "noise": self.noise_model, "device": self.device}
+
+    def ivim_model_options(self) -> dict:
+        return {"b_split": self.ivim_b_split, "b_max": self.ivim_b_max, "b0_threshold": self.b0_threshold}
+
+    # ---- sidecar fields of the pipeline (the model's own come from Model.describe()) ---------------------
+    def sidecar_parameters(self, model: str) -> dict:
+        """Model.Parameters fields set by the pipeline for the maps of ``model`` (histousim, ivim,
+        spinflowsim), written after the model's own."""
+        if model == "ivim":
+            return {"Seed": self.seed, "SoftwareVersion": __version__}
+        out = {"B0Threshold": self.b0_threshold, "VascularThreshold": self.vasc_threshold,
+               "B0Normalisation": "b=0 of every series at the same TE, pooled after matching each series' "
+                                  "global scale" if self.b0_pool_series else "b=0 of the measurement's own series",
+               "ShellTolerance": self.shell_tolerance, "Fixed": self.fix, "Seed": self.seed,
+               "SoftwareVersion": __version__}
+        if model == "spinflowsim":
+            out.pop("VascularThreshold")
+            out["Signal"] = "vascular signal S_V/S_V(0) of the b <= b_split measurements (segmented IVIM)"
+            out["FlowDictionary"] = self.flow_dictionary or ("simulated for this protocol from " + (
+                "the given networks" if self.flow_networks else "the project's generated capillary networks"))
+        return out
+
+    def report_options(self) -> dict:
+        """Pipeline options quoted in the reports' methods text."""
+        return {"b0_threshold": self.b0_threshold, "vasc_threshold": self.vasc_threshold,
+                "b0_pool_series": self.b0_pool_series, "ivim_b_split": self.ivim_b_split, "ivim_b_max": self.ivim_b_max,
+                "params": list(self.params), "fix": dict(self.fix), "seed": self.seed}
+
+
+def _absolute(path) -> str:
+    return str(Path(path).expanduser().resolve()) if path else ""
+
+
+def _existing(path, flag: str) -> str:
+    if not path:
+        return ""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise InputError(f"{flag} {path}: file not found", path=p.resolve(), exit_code=EX_NOINPUT,
+                         fix=f"check the path given to {flag} (relative paths are read from the folder the command "
+                             "was started in)")
+    return str(p.resolve())

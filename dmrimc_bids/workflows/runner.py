@@ -1,0 +1,233 @@
+"""Running the participant level for a Config: preflight every subject/session, build and run the graph,
+find out which subjects failed, finish their reports, and write the run's records (config, status,
+dataset_description.json, CITATION.md). One failing subject never stops the others."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from ..core.errors import InputError
+from . import execution
+from .config import Config
+
+LOG = logging.getLogger("dmrimc-bids")
+
+
+def run_participants(config: Config, run_with: execution.Execution, run_id: str) -> int:
+    """The participant level: exit code 0 when every requested subject/session finished."""
+    _check_device(config)
+    if config.mem_gb:
+        from .participant import chunk_for_memory
+        procs = max(1, config.nprocs // max(1, config.omp_nthreads))
+        config.chunk_size = chunk_for_memory(config.mem_gb / procs, config.chunk_size)
+        LOG.info("--mem %.3g GB: fitting batches of at most %d voxels", config.mem_gb, config.chunk_size)
+    items, dictionary = _collect(config)
+    ok, failed, warnings = [], [], {}
+    for item in items:
+        try:
+            summary = _preflight(item, config, dictionary)
+        except InputError as exc:
+            print(f"dmrimc-bids: error: {item.label}: {exc}", file=sys.stderr)
+            failed.append((item, exc.exit_code, "preflight", str(exc)))
+            continue
+        warnings[item.label] = summary["warnings"]
+        ok.append(item)
+    if not ok:
+        return _report_status(config, items, failed, run_id, wrote_status=False)
+    remove_stale_temps(config.out_dir)
+    config.write(run_id)
+    result = execute(ok, config, run_with, warnings)
+    if result is None:
+        _write_dataset_records(config, [])
+        print(f"dmrimc-bids: submitted {len(ok)} subject/session(s) to {run_with.plugin} (work dir "
+              f"{config.work_dir}); maps and reports appear as the jobs finish. To collect the status, rerun the "
+              "same command with --plugin Linear once they have: finished nodes are reused", file=sys.stderr)
+        return 1 if failed else 0
+    failed += result["failed"]
+    if len(failed) < len(items):
+        _write_dataset_records(config, result["fragments"])
+    return _report_status(config, items, failed, run_id, wrote_status=True)
+
+
+def _check_device(config: Config) -> None:
+    if config.device == "gpu":
+        from ..core.fitting import gpu
+        if not gpu.available():
+            raise InputError("--device gpu: no CUDA GPU is visible", exit_code=64,
+                             fix="use --device cpu (or auto), or install the [gpu] extra on a machine with a GPU")
+
+
+def _collect(config: Config):
+    """(session inputs, the selected dictionary) of the run; InputError when none can be found."""
+    from ..bids.layout import collect_inputs, load_filters
+    from ..core.dictionary import Dictionary
+    from ..core.dictionary_default import load_selected
+    from ..core.simulate.flow.network import read_network
+
+    if config.flow_dictionary:  # fail early on an unreadable flow dictionary or an unknown parameter
+        Dictionary.load(config.flow_dictionary).select(config.flow_params or None)
+    for f in config.flow_networks:
+        read_network(f)
+    dictionary = load_selected(config.dictionary, config.params, config.fix)
+    for name in config.bounds:
+        if name not in dictionary.names:
+            raise InputError(f"--bounds names unknown parameter {name!r}", exit_code=64,
+                             fix=f"choose among {', '.join(dictionary.names)}")
+    filters = load_filters(config.bids_filter_file) if config.bids_filter_file else None
+    items = collect_inputs(Path(config.bids_dir), [Path(d) for d in config.derivatives] or None,
+                           config.participant_label or None, config.session_label or None, filters,
+                           validate=not config.skip_bids_validation, mask_label=config.mask_label or None,
+                           mask_file=Path(config.mask) if config.mask else None,
+                           sigma_file=Path(config.noise_map) if config.noise_map else None)
+    return items, dictionary
+
+
+def _preflight(item, config: Config, dictionary) -> dict:
+    from .participant import preflight
+    summary = preflight(item, config, dictionary)
+    for w in summary["warnings"]:
+        LOG.warning("%s: warning: %s", item.label, w)
+    LOG.info("%s: %d volumes -> %d shells, %d fitted measurements", item.label, summary["volumes"],
+             summary["shells"], summary["fitted"])
+    return summary
+
+
+def _write_dataset_records(config: Config, fragments: list) -> None:
+    from ..bids.derivatives import write_dataset_description
+    from ..reports.subject import write_citation
+    write_dataset_description(config.out_dir, config.bids_dir, config.seed, config.command)
+    if fragments:
+        write_citation(config.out_dir, fragments, config.report_options())
+
+
+def _report_status(config: Config, items, failed, run_id: str, wrote_status: bool) -> int:
+    """logs/<run>_status.tsv (when anything ran), one summary line; the exit code."""
+    from ..bids.derivatives import write_status
+    bad = {id(f[0]): f for f in failed}
+    rows = [{"participant_id": f"sub-{i.subject}", "session_id": f"ses-{i.session}" if i.session else "n/a",
+             "status": "failed" if id(i) in bad else "finished", "exit_code": bad[id(i)][1] if id(i) in bad else 0,
+             "stage": bad[id(i)][2] if id(i) in bad else "report", "message": bad[id(i)][3] if id(i) in bad else ""}
+            for i in items]
+    status = "stderr"
+    if wrote_status:  # a run that started nothing (every subject refused at preflight) leaves no file behind
+        status = write_status(config.out_dir, run_id, rows)
+        LOG.info("status of each subject/session: %s", status)
+    if failed:
+        print(f"dmrimc-bids: {len(failed)} of {len(items)} subject/session(s) failed: "
+              + ", ".join(f[0].label for f in failed) + f" (see {status})", file=sys.stderr)
+        return failed[0][1] if len(failed) == len(items) else 1
+    LOG.info("dmrimc-bids: finished %d subject/session(s) -> %s", len(items), config.out_dir)
+    return 0
+
+
+def remove_stale_temps(out_dir) -> None:
+    from ..bids.derivatives import remove_stale_temps as remove
+    removed = remove(out_dir)
+    if removed:
+        LOG.info("removed %d temporary file(s) left by an interrupted run in %s", len(removed), out_dir)
+
+
+def execute(items, config: Config, run_with: execution.Execution, warnings=None) -> dict | None:
+    """Run the graph: {"failed": [(item, exit code, stage, message)], "fragments": the finished sessions'
+    report fragments}, or None when a graph plugin only submitted it."""
+    from nipype import logging as nlogging
+
+    from .participant import init_participant_wf
+
+    tmp_work = None if config.work_dir else Path(tempfile.mkdtemp(prefix="dmrimc_work_"))
+    work = Path(config.work_dir or tmp_work).resolve()
+    execution.configure(run_with, work)
+    for name in ("nipype.workflow", "nipype.interface", "nipype.utils"):
+        nlogging.getLogger(name).setLevel(logging.INFO if config.verbose > 1 else logging.WARNING)
+    if not config.sim_cache_dir:
+        config.sim_cache_dir = str(work / "dictionary_cache")
+    wf = init_participant_wf(items, config, work, warnings=warnings)
+    crash_dir = work / "crash"
+    before = set(crash_dir.glob("crash-*.txt")) if crash_dir.is_dir() else set()
+    t0, started = time.perf_counter(), time.time() - 1.0  # 1 s of slack for coarse file-system clocks
+    try:
+        if execution.run(wf, run_with) is None:
+            return None
+    except RuntimeError as exc:  # some node failed; we find out which subjects below
+        LOG.debug("workflow: %s", exc)
+    LOG.info("workflow finished in %.1f s", time.perf_counter() - t0)
+    crashes = sorted(set(crash_dir.glob("crash-*.txt")) - before) if crash_dir.is_dir() else []
+    failed = _failures(items, config, crashes, work / wf.name, started)
+    fragments = [f for f in (_fragment(work / wf.name, i) for i in items) if f is not None]
+    if tmp_work is not None and not failed:  # keep the crash files of a failed run
+        shutil.rmtree(tmp_work, ignore_errors=True)
+    return {"failed": failed, "fragments": fragments}
+
+
+def _failures(items, config: Config, crashes, wf_dir: Path, started: float) -> list:
+    from ..bids.derivatives import map_path
+    broken, failed = {}, []
+    for item in items:
+        reason = _crash_reason(crashes, item)
+        if reason or not map_path(config.out_dir, item.subject, item.session, "histousim", "exitcode").is_file():
+            broken[id(item)] = reason or "no maps were written"
+    _partial_reports(items, broken, config, wf_dir)
+    for item in items:
+        report = Path(config.out_dir) / f"sub-{item.subject}.html"
+        if id(item) in broken:
+            reason = broken[id(item)]
+            print(f"dmrimc-bids: error: {item.label}: processing failed: {reason}", file=sys.stderr)
+            failed.append((item, 1, "workflow", reason))
+        elif not report.is_file() or report.stat().st_mtime < started:  # an old report is not this run's
+            reason = _crash_reason(crashes, item, f"subject_report_{item.subject}")
+            print(f"dmrimc-bids: error: {item.label}: the report failed{': ' + reason if reason else ''}",
+                  file=sys.stderr)
+            failed.append((item, 1, "report", reason or "no report was written"))
+    return failed
+
+
+def _fragment(wf_dir: Path, item) -> dict | None:
+    from .participant import subject_wf_name
+    frag = wf_dir / subject_wf_name(item) / "session_report" / "fragment.json"
+    return json.loads(frag.read_text()) if frag.is_file() else None
+
+
+def _partial_reports(items, broken: dict, config: Config, wf_dir: Path) -> None:
+    """A subject with a failed session gets its report all the same (the graph skips the report node
+    downstream of a failure): the SubjectReport interface run on the finished sessions' fragments plus
+    one section per failed session."""
+    from ..interfaces.reports import SubjectReport
+    by_subject: dict = {}
+    for item in items:
+        by_subject.setdefault(item.subject, []).append(item)
+    for subject, its in by_subject.items():
+        if not any(id(i) in broken for i in its) or all(id(i) in broken for i in its):
+            continue
+        frags = []
+        for i in its:
+            frag = None if id(i) in broken else _fragment(wf_dir, i)
+            frags.append(frag or {"session": i.session or "", "title": f"ses-{i.session}" if i.session else i.label,
+                                  "n_volumes": 0, "n_mask": 0, "shells": [], "models": [],
+                                  "warnings": [f"processing failed: {broken.get(id(i), 'no report fragment')}"]})
+        folder = Path(tempfile.mkdtemp(prefix="dmrimc_report_"))
+        files = []
+        for k, frag in enumerate(frags):
+            files.append(str(folder / f"fragment_{k}.json"))
+            Path(files[-1]).write_text(json.dumps(frag))
+        SubjectReport(out_dir=config.out_dir, subject=subject, fragments=files,
+                      options=config.report_options()).run(cwd=str(folder))
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _crash_reason(crash_files, item, tag=None) -> str:
+    from .participant import subject_wf_name
+    tag = tag or subject_wf_name(item)
+    for f in crash_files:
+        text = f.read_text(errors="replace")
+        if tag in text or tag in f.name:
+            for line in reversed(text.splitlines()):
+                if "InputError" in line or "Error" in line:
+                    return line.split(":", 1)[-1].strip() + f" (crash file {f})"
+            return f"see {f}"
+    return ""
