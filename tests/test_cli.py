@@ -178,7 +178,7 @@ def test_demo_writes_uncertainty_maps(demo_run, demo_dir):
 
 def test_rerun_reuses_the_work_dir(demo_run, demo_dir, tmp_path, capsys):
     _, out, work = demo_run
-    res = next(work.rglob("single_subject_01_wf/fit_histousim/result_fit_histousim.pklz"))
+    res = next(work.rglob("single_subject_01_wf/tissue_wf/fit_histousim/result_fit_histousim.pklz"))
     before = res.stat().st_mtime_ns
     code, _ = run(capsys, demo_dir, out, "participant", "--participant-label", "01", "-w", work, "--seed", "7")
     assert code == 0 and res.stat().st_mtime_ns == before  # the fit node was not recomputed

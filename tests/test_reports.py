@@ -61,7 +61,7 @@ def test_report_summary_matches_the_maps(demo_run):
 def test_examples_are_model_predictions(demo_run):
     """The measured-vs-fitted voxels: 'measured' is the fitted input, 'fitted' reproduces it closely."""
     _, _, work = demo_run
-    ex = json.loads(next(work.rglob("single_subject_01_wf/fit_histousim/examples.json")).read_text())
+    ex = json.loads(next(work.rglob("single_subject_01_wf/tissue_wf/fit_histousim/examples.json")).read_text())
     assert 1 <= len(ex["voxels"]) <= 4 and len(ex["protocol"]) == len(ex["voxels"][0]["measured"])
     for v in ex["voxels"]:
         m, f = np.array(v["measured"]), np.array(v["fitted"])

@@ -106,13 +106,16 @@ def test_derivatives_pass_the_bids_validator(demo_run, tmp_path):
 
 def test_mem_bounds_scheduling_and_batches(single_demo, tmp_path):
     from dmrimc_bids.bids.layout import collect_inputs
-    from dmrimc_bids.cli.run import _execution, _memory_gb, build_parser
+    from dmrimc_bids.cli.parser import _memory_gb, build_parser, config_from_args
+    from dmrimc_bids.workflows import execution
+    from dmrimc_bids.workflows.config import Config
     from dmrimc_bids.workflows.participant import (BYTES_PER_BATCH_VOXEL, chunk_for_memory,
                                                    init_participant_wf)
     assert [_memory_gb(t) for t in ("8G", "8000M", "8", "8gb", "1T")] == [8.0, 8.0, 8.0, 8.0, 1000.0]
     args = build_parser().parse_args([str(single_demo), str(tmp_path / "o"), "participant", "--mem", "3G",
                                       "--nprocs", "2"])
-    run_with = _execution(args)
+    cfg = config_from_args(args)
+    run_with = execution.choose(cfg.plugin or None, cfg.plugin_args, cfg.nprocs, cfg.mem_gb, None)
     assert run_with.plugin == "MultiProc" and run_with.plugin_args["memory_gb"] == 3.0
     assert run_with.plugin_args["n_procs"] == 2
     # half of a process's share of the memory goes to the batch work arrays

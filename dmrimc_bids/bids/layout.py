@@ -78,7 +78,6 @@ def collect_inputs(bids_dir, derivatives=None, participant_label=None, session_l
     """
     from bids import BIDSLayout
     from bids.exceptions import BIDSValidationError
-    from bids.layout import Query
 
     bids_dir = Path(bids_dir)
     if not bids_dir.is_dir():
@@ -109,17 +108,7 @@ def collect_inputs(bids_dir, derivatives=None, participant_label=None, session_l
         for ses in sessions:
             if sessions_wanted and ses not in sessions_wanted:
                 continue
-            q = dict(subject=sub, session=ses if ses else Query.NONE, datatype="dwi", suffix="dwi",
-                     extension=[".nii", ".nii.gz"], **filters)
-            files, lay_used = [], raw
-            for _, lay in explicit:
-                files = lay.get(desc="preproc", return_type="object", **q)
-                if files:
-                    lay_used = lay
-                    break
-            if not files:
-                files = raw.get(return_type="object", **{k: v for k, v in q.items()})
-                files = [f for f in files if "desc" not in f.entities]
+            files, lay_used = _session_dwi(raw, explicit, sub, ses, filters)
             if not files:
                 continue
             item = _session_item(sub, ses, files, lay_used)
@@ -131,6 +120,21 @@ def collect_inputs(bids_dir, derivatives=None, participant_label=None, session_l
                          exit_code=EXIT_NO_FILES, fix="check --participant-label, --session-label, "
                                                        "--bids-filter-file and --derivatives")
     return out
+
+
+def _session_dwi(raw, explicit, sub, ses, filters: dict):
+    """(DWI files, the layout holding them) of a subject/session: the first --derivatives folder with a
+    desc-preproc DWI, else the raw dataset's (files without a desc entity)."""
+    from bids.layout import Query
+
+    q = dict(subject=sub, session=ses if ses else Query.NONE, datatype="dwi", suffix="dwi",
+             extension=[".nii", ".nii.gz"], **filters)
+    for _, lay in explicit:
+        files = lay.get(desc="preproc", return_type="object", **q)
+        if files:
+            return files, lay
+    files = raw.get(return_type="object", **q)
+    return [f for f in files if "desc" not in f.entities], raw
 
 
 def _session_item(sub, ses, files, layout) -> SessionInputs:

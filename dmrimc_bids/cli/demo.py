@@ -26,90 +26,14 @@ import numpy as np
 from ..bids.derivatives import bids_label
 from ..core import phantom
 
-SHAPE = (20, 20, 4)
 VOXEL_MM = 2.0
-#: b > 20 s/mm² (the default b=0 threshold) and > 20 apart (the shell tolerance); 25 is below the tissue dictionary's grid (tissue signal
-#: extrapolated mono-exponentially from b = 50), the rest on it; 450 and 600 give segmented IVIM its ADC.
-B_SHELLS = [25, 50, 100, 200, 450, 600, 1050, 1500, 1950, 2550]
-N_B0 = 2
-DIRECTIONS = np.array([[1, 0, 0], [0, 0.8, 0.6], [0.6, -0.48, 0.64]])
-#: (δ ms, Δ ms, TE ms) of the two diffusion times (between the default dictionary's timing nodes).
-TIMINGS = [(10.0, 25.0, 55.0), (15.0, 45.0, 80.0)]
-T2_MS = 80.0
-S0 = 1000.0
-SNR_B0 = 40.0
 SESSIONS = {"01": [None], "02": ["1", "2"]}
 
 
-def protocol():
-    """Per-volume b [s/mm²], bvecs [N, 3], δ, Δ, TE [ms]."""
-    b, vec, sd, bd, te = [], [], [], [], []
-    for small, big, echo in TIMINGS:
-        for _ in range(N_B0):
-            b.append(0.0), vec.append([0, 0, 0]), sd.append(small), bd.append(big), te.append(echo)
-        for bv in B_SHELLS:
-            for d in DIRECTIONS:
-                b.append(float(bv)), vec.append(list(d / np.linalg.norm(d))), sd.append(small), bd.append(big)
-                te.append(echo)
-    return tuple(np.array(x, float) for x in (b, vec, sd, bd, te))
-
-
-#: Truth maps written per voxel (the tissue parameters fitted by default).
-TRUTH = phantom.TRUTH_PARAMS
-
-
-#: Vascular truth maps: model-ivim fV and model-spinflowsim vm, vs, anb.
-VASCULAR_TRUTH = {"fV": "ivim", "vm": "spinflowsim", "vs": "spinflowsim", "anb": "spinflowsim"}
-#: Flow realisations of the demo: generated networks (core/simulate/flow/generate.py) with vm 2-10 mm/s
-#: (faster flow leaves no vascular signal above b = 25 s/mm²; slower flow leaves so much above b = 250 that
-#: it biases the tissue fit, as it would in a patient); one per vascular region.
-N_FLOW_REGIONS = 6
-
-
-def vascular(mask, b, sd, bd, shift, seed=0):
-    """(fV map, realisation index per voxel, vascular signals [n_real, M], metrics [n_real, 3] vm, vs, anb)."""
-    from ..core.simulate.flow.generate import default_realisations
-    from ..core.simulate.flow.metrics import network_metrics
-    from ..core.simulate.flow.resolve import solve_flow
-    from ..core.simulate.flow.spins import simulate_flow
-    from ..core.waveforms import pgse
-
-    x, y, z = np.meshgrid(*(np.linspace(-1, 1, n) for n in SHAPE), indexing="ij")
-    r = np.sqrt((x / 0.75) ** 2 + (y / 0.6) ** 2 + (z / 1.6) ** 2)
-    fv = np.where(mask, 0.03 + 0.07 * np.clip(r, 0, 1) ** 2, 0.03)
-    nets = default_realisations()
-    sols = [solve_flow(n) for n in nets]
-    vm = np.array([network_metrics(s)["vm"] for s in sols])
-    pick = np.flatnonzero((vm > 2.0) & (vm < 10.0))
-    pick = pick[np.argsort(vm[pick])][np.linspace(0, pick.size - 1, N_FLOW_REGIONS).astype(int)]
-    angle = (np.arctan2(y, x) / (2 * np.pi) + 0.5 + 0.1 * shift) % 1.0
-    region = np.minimum((angle * N_FLOW_REGIONS).astype(int), N_FLOW_REGIONS - 1)
-    waves = [None if bb <= 20 else pgse(s, d) for bb, s, d in zip(b, sd, bd)]
-    sig, met = [], []
-    for k, i in enumerate(pick):
-        sim = simulate_flow(sols[i], b, waves, n_spins=4000, seed=seed + k)
-        m = network_metrics(sols[i])
-        sig.append(sim.signals)
-        met.append([m["vm"], m["vs"], sim.anb])
-    return fv, region, np.array(sig), np.array(met)
-
-
 def write_series(root: Path, sub: str, ses: str | None, rng, shift=0.0) -> None:
-    b, vec, sd, bd, te = protocol()
-    mask, region, sector = phantom.phantom_labels(SHAPE, 0.1 * shift)
-    sig, truth = phantom.tissue_signals(region.ravel(), sector.ravel(), b, sd, bd)
-    fv, vregion, vsig, vmet = vascular(mask, b, sd, bd, shift)
-    f = fv.ravel()[:, None]
-    sig = (1 - f) * sig + f * vsig[vregion.ravel()]
-    gt = {k: truth[:, j].reshape(SHAPE) for j, k in enumerate(TRUTH)}
-    gt["fV"] = fv
-    for j, name in enumerate(("vm", "vs", "anb")):
-        gt[name] = np.where(mask, vmet[vregion, j], np.nan)
-    s0 = S0 * np.exp(-te / T2_MS)
-    sigma = S0 * np.exp(-TIMINGS[0][2] / T2_MS) / SNR_B0
-    clean = sig * s0[None, :]
-    noisy = np.sqrt((clean + rng.normal(0, sigma, clean.shape)) ** 2 + rng.normal(0, sigma, clean.shape) ** 2)
-    data = noisy.reshape(SHAPE + (len(b),)).astype(np.float32)
+    """One subject/session of the demo (core/phantom.demo_session) as BIDS files and its ground truth."""
+    b, vec, sd, bd, te = phantom.demo_protocol()
+    data, gt, mask, sigma = phantom.demo_session(rng, shift)
     affine = np.diag([VOXEL_MM, VOXEL_MM, VOXEL_MM, 1.0])
     name = f"sub-{sub}" + (f"_ses-{ses}" if ses else "")
     rel = Path(f"sub-{sub}") / (f"ses-{ses}" if ses else "") / "dwi"
@@ -124,13 +48,13 @@ def write_series(root: Path, sub: str, ses: str | None, rng, shift=0.0) -> None:
     (d / f"{name}_dwi.json").write_text(json.dumps(side, indent=1) + "\n")
     g = root / "derivatives" / "groundtruth" / rel
     g.mkdir(parents=True, exist_ok=True)
-    for k in TRUTH + tuple(VASCULAR_TRUTH):
+    for k in phantom.TRUTH_PARAMS + tuple(phantom.VASCULAR_TRUTH):
         v = gt[k]
-        model = VASCULAR_TRUTH.get(k, "histousim")
+        model = phantom.VASCULAR_TRUTH.get(k, "histousim")
         nib.Nifti1Image(v.astype(np.float32), affine).to_filename(
             g / f"{name}_space-dwi_model-{model}_param-{bids_label(k)}_dwimap.nii.gz")
     nib.Nifti1Image(mask.astype(np.uint8), affine).to_filename(g / f"{name}_desc-tumour_mask.nii.gz")
-    nib.Nifti1Image(np.full(SHAPE, sigma, np.float32), affine).to_filename(g / f"{name}_desc-sigma_noise.nii.gz")
+    nib.Nifti1Image(np.full(phantom.SHAPE, sigma, np.float32), affine).to_filename(g / f"{name}_desc-sigma_noise.nii.gz")
 
 
 def write_demo(out, seed: int = 1234) -> Path:
@@ -156,7 +80,7 @@ def write_demo(out, seed: int = 1234) -> Path:
 
 def rebuild_tissue(out: Path) -> int:
     """Simulate the demo's tissue library (core/phantom.build_tissue_library) for this protocol into out."""
-    b, _, sd, bd, _ = protocol()
+    b, _, sd, bd, _ = phantom.demo_protocol()
     from ..core.protocol import Protocol
     svg_dir = Path(__file__).resolve().parents[2] / "docs" / "examples"
     path = phantom.build_tissue_library(Protocol(b, sd, bd), Path(out), svg_dir)

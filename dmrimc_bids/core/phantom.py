@@ -118,3 +118,87 @@ def tissue_signals(region, sector, b, small_delta, big_delta, library: Path | No
             raise ValueError(f"the demo tissue library has no measurement b={bb:g}, δ={sd:g}, Δ={bd:g}: rebuild it")
         out[:, k] = lib[region, sector, hit[0]]
     return out, truth[region, sector]
+
+
+#: ---- the demo dataset's acquisition and vascular component (cli/demo.py writes the files) ----
+SHAPE = (20, 20, 4)
+#: b > 20 s/mm² (the default b=0 threshold) and > 20 apart (the shell tolerance); 25 is below the tissue dictionary's grid (tissue signal
+#: extrapolated mono-exponentially from b = 50), the rest on it; 450 and 600 give segmented IVIM its ADC.
+B_SHELLS = [25, 50, 100, 200, 450, 600, 1050, 1500, 1950, 2550]
+N_B0 = 2
+DIRECTIONS = np.array([[1, 0, 0], [0, 0.8, 0.6], [0.6, -0.48, 0.64]])
+#: (δ ms, Δ ms, TE ms) of the two diffusion times (between the default dictionary's timing nodes).
+TIMINGS = [(10.0, 25.0, 55.0), (15.0, 45.0, 80.0)]
+T2_MS = 80.0
+S0 = 1000.0
+SNR_B0 = 40.0
+
+
+def demo_protocol():
+    """Per-volume b [s/mm²], bvecs [N, 3], δ, Δ, TE [ms]."""
+    b, vec, sd, bd, te = [], [], [], [], []
+    for small, big, echo in TIMINGS:
+        for _ in range(N_B0):
+            b.append(0.0), vec.append([0, 0, 0]), sd.append(small), bd.append(big), te.append(echo)
+        for bv in B_SHELLS:
+            for d in DIRECTIONS:
+                b.append(float(bv)), vec.append(list(d / np.linalg.norm(d))), sd.append(small), bd.append(big)
+                te.append(echo)
+    return tuple(np.array(x, float) for x in (b, vec, sd, bd, te))
+
+
+#: Vascular truth maps: model-ivim fV and model-spinflowsim vm, vs, anb.
+VASCULAR_TRUTH = {"fV": "ivim", "vm": "spinflowsim", "vs": "spinflowsim", "anb": "spinflowsim"}
+#: Flow realisations of the demo: generated networks (core/simulate/flow/generate.py) with vm 2-10 mm/s
+#: (faster flow leaves no vascular signal above b = 25 s/mm²; slower flow leaves so much above b = 250 that
+#: it biases the tissue fit, as it would in a patient); one per vascular region.
+N_FLOW_REGIONS = 6
+
+
+def vascular_component(mask, b, sd, bd, shift, seed=0):
+    """(fV map, realisation index per voxel, vascular signals [n_real, M], metrics [n_real, 3] vm, vs, anb)."""
+    from .simulate.flow.generate import default_realisations
+    from .simulate.flow.metrics import network_metrics
+    from .simulate.flow.resolve import solve_flow
+    from .simulate.flow.spins import simulate_flow
+    from .waveforms import pgse
+
+    x, y, z = np.meshgrid(*(np.linspace(-1, 1, n) for n in SHAPE), indexing="ij")
+    r = np.sqrt((x / 0.75) ** 2 + (y / 0.6) ** 2 + (z / 1.6) ** 2)
+    fv = np.where(mask, 0.03 + 0.07 * np.clip(r, 0, 1) ** 2, 0.03)
+    nets = default_realisations()
+    sols = [solve_flow(n) for n in nets]
+    vm = np.array([network_metrics(s)["vm"] for s in sols])
+    pick = np.flatnonzero((vm > 2.0) & (vm < 10.0))
+    pick = pick[np.argsort(vm[pick])][np.linspace(0, pick.size - 1, N_FLOW_REGIONS).astype(int)]
+    angle = (np.arctan2(y, x) / (2 * np.pi) + 0.5 + 0.1 * shift) % 1.0
+    region = np.minimum((angle * N_FLOW_REGIONS).astype(int), N_FLOW_REGIONS - 1)
+    waves = [None if bb <= 20 else pgse(s, d) for bb, s, d in zip(b, sd, bd)]
+    sig, met = [], []
+    for k, i in enumerate(pick):
+        sim = simulate_flow(sols[i], b, waves, n_spins=4000, seed=seed + k)
+        m = network_metrics(sols[i])
+        sig.append(sim.signals)
+        met.append([m["vm"], m["vs"], sim.anb])
+    return fv, region, np.array(sig), np.array(met)
+
+
+def demo_session(rng, shift: float = 0.0):
+    """(noisy DWI [SHAPE + (M,)] float32, ground truth {name: map}, tumour mask, noise σ) of one demo
+    subject/session: tissue signals of the regions (tissue_signals) plus the vascular component, scaled by
+    T2 decay at each TE, with Rician noise of σ = S0 e^{-TE1/T2} / SNR_B0 drawn from rng."""
+    b, vec, sd, bd, te = demo_protocol()
+    mask, region, sector = phantom_labels(SHAPE, 0.1 * shift)
+    sig, truth = tissue_signals(region.ravel(), sector.ravel(), b, sd, bd)
+    fv, vregion, vsig, vmet = vascular_component(mask, b, sd, bd, shift)
+    f = fv.ravel()[:, None]
+    sig = (1 - f) * sig + f * vsig[vregion.ravel()]
+    gt = {k: truth[:, j].reshape(SHAPE) for j, k in enumerate(TRUTH_PARAMS)}
+    gt["fV"] = fv
+    for j, name in enumerate(("vm", "vs", "anb")):
+        gt[name] = np.where(mask, vmet[vregion, j], np.nan)
+    s0 = S0 * np.exp(-te / T2_MS)
+    sigma = S0 * np.exp(-TIMINGS[0][2] / T2_MS) / SNR_B0
+    clean = sig * s0[None, :]
+    noisy = np.sqrt((clean + rng.normal(0, sigma, clean.shape)) ** 2 + rng.normal(0, sigma, clean.shape) ** 2)
+    return noisy.reshape(SHAPE + (len(b),)).astype(np.float32), gt, mask, sigma

@@ -236,9 +236,18 @@ def group_signals(phase, groups, meas_wave, b):
 
 def simulate(substrate: Substrate, protocol: Protocol, d0in, d0ex, kappa, *, device: str = "cpu",
              **options) -> MCResult:
-    """Simulate every configuration (d0in[i], d0ex[i], kappa[i]) [µm²/ms, µm²/ms, µm/s]: see `_simulate`
-    for the options. device: 'cpu', 'gpu' (numba.cuda) or 'auto' (the GPU when one is visible; if its
-    compilation or a launch fails, the walk is redone on the CPU with one warning line)."""
+    """Simulate every configuration (d0in[i], d0ex[i], kappa[i]) [µm²/ms, µm²/ms, µm/s] with n_walkers.
+
+    Options (keywords of `_simulate`): n_walkers, dt_ms, seed, grid_um (membrane look-up grid [µm]),
+    start_xy: optional [n_walkers, 2] start positions (µm, in the tile), reused for every
+    configuration; by default walkers start uniformly over the tile. keep_walkers: also return the
+    per-walker phases, displacements and labels (memory!). walker_offset: global index of this call's
+    first walker (its random streams are (seed, index)): a job simulating configurations k.. of a larger
+    grid passes k·n_walkers, so results do not depend on how the grid is split into jobs.
+    track_walkers > 0 records every step of the first track_walkers walkers of configuration
+    track_config (`WalkerTrack`, ~40 bytes per walker-step); recording changes no signal.
+    device: 'cpu', 'gpu' (numba.cuda) or 'auto' (the GPU when one is visible; if its compilation or a
+    launch fails, the walk is redone on the CPU with one warning line)."""
     resolved = resolve_device(device)
     if device == "auto" and resolved == "gpu":
         try:
@@ -255,32 +264,15 @@ def _simulate(substrate: Substrate, protocol: Protocol, d0in, d0ex, kappa, *, n_
              device: str = "cpu", batch_walkers: int = 1_000_000, keep_walkers: bool = False,
              max_bounce: int = MAX_BOUNCES, progress: bool = False, walker_offset: int = 0,
              track_walkers: int = 0, track_config: int = 0) -> MCResult:
-    """Simulate every configuration (d0in[i], d0ex[i], kappa[i]) [µm²/ms, µm²/ms, µm/s] with n_walkers.
-
-    start_xy: optional [n_walkers, 2] start positions (µm, in the tile), reused for every
-    configuration; by default walkers start uniformly over the tile. keep_walkers: also return the
-    per-walker phases, displacements and labels (memory!). device: 'cpu' or 'gpu' (numba.cuda).
-    walker_offset: global index of this call's first walker (its random streams are (seed, index)):
-    a job simulating configurations k.. of a larger grid passes k·n_walkers, so results do not depend
-    on how the grid is split into jobs. track_walkers > 0 records every step of the first track_walkers
-    walkers of configuration track_config (`WalkerTrack`, ~40 bytes per walker-step); recording changes
-    no signal.
-    """
+    """The walk of `simulate` on one resolved device ('cpu' or 'gpu')."""
     d0in, d0ex, kappa = np.broadcast_arrays(*(np.atleast_1d(np.asarray(v, float)) for v in (d0in, d0ex, kappa)))
     if np.any(d0in <= 0) or np.any(d0ex <= 0) or np.any(kappa < 0):
         raise ValueError("diffusivities must be > 0 and permeability >= 0")
     n_cfg = d0in.size
-    waves, meas_wave = unique_waveforms(protocol_waveforms(protocol))
-    ev = WaveformEvents.build(waves, dt_ms)
-    grid = MembraneGrid.build(substrate, grid_um)
-    p_ie, p_ei = crossing_probabilities(d0in, d0ex, kappa, dt_ms)
-    step_in, step_ex = np.sqrt(6 * d0in * dt_ms), np.sqrt(6 * d0ex * dt_ms)
-    check_step_conditions(substrate, step_in, step_ex, p_ie, p_ei)
-    if start_xy is None:
-        start = np.zeros((0, 2))
-    else:
-        start = np.ascontiguousarray(np.asarray(start_xy, float).reshape(-1, 2))
-        n_walkers = len(start)
+    ev, meas_wave, grid, (step_in, step_ex, p_ie, p_ei) = _walk_setup(substrate, protocol, d0in, d0ex, kappa,
+                                                                      dt_ms, grid_um)
+    start = np.zeros((0, 2)) if start_xy is None else np.ascontiguousarray(np.asarray(start_xy, float).reshape(-1, 2))
+    n_walkers = len(start) if len(start) else n_walkers
     total = n_cfg * n_walkers
     n_track = min(int(track_walkers), n_walkers)
     if n_track and not 0 <= track_config < n_cfg:
@@ -295,33 +287,20 @@ def _simulate(substrate: Substrate, protocol: Protocol, d0in, d0ex, kappa, *, n_
     cut = 0
     device = resolve_device(device)
     runner, reducer = _runner(device)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=total, unit="walker", desc=f"MC {substrate.name}", leave=False)
+    bar = _progress_bar(total, substrate.name) if progress else None
     t0 = time.perf_counter()
     for first in range(0, total, per_batch):
         n = min(per_batch, total - first)
         cfg = (np.arange(first, first + n) // n_walkers).astype(np.int64)
-        phase = np.zeros((n, max(ev.n_waves, 1), 2))
-        disp = np.zeros((n, 4))
-        label = np.zeros((n, 2), np.int64)
-        bounced = np.zeros(n, np.int64)
+        phase, disp, label, bounced = (np.zeros((n, max(ev.n_waves, 1), 2)), np.zeros((n, 4)),
+                                       np.zeros((n, 2), np.int64), np.zeros(n, np.int64))
         runner(np.uint64(seed), np.int64(walker_offset + first), start, cfg, d0in, d0ex, step_in, step_ex, p_ie, p_ei,
                np.int64(ev.n_steps), float(dt_ms), np.int64(max_bounce), *grid.args(), ev.step, ev.ptr, ev.wave,
                ev.coef, phase, disp, label, bounced, np.int64(track_start - first), track)
-        g_lo = cfg[0]
-        groups = np.arange(g_lo, cfg[-1] + 1)
-        gs = np.searchsorted(cfg, groups).astype(np.int64)
-        ge = np.searchsorted(cfg, groups, side="right").astype(np.int64)
-        part = np.zeros((len(groups), len(protocol), 2, 2))
-        reducer(phase, gs, ge, meas_wave, sqrt_b, part)
-        acc[groups] += part
+        _accumulate(reducer, phase, cfg, meas_wave, sqrt_b, acc)
         cut += int(bounced.sum())
-        if keep_walkers:
-            kept["phase"].append(phase)
-            kept["disp"].append(disp)
-            kept["label"].append(label)
+        for key, value in (("phase", phase), ("disp", disp), ("label", label)) if keep_walkers else ():
+            kept[key].append(value)
         if bar is not None:
             bar.update(n)
     seconds = time.perf_counter() - t0
@@ -332,13 +311,39 @@ def _simulate(substrate: Substrate, protocol: Protocol, d0in, d0ex, kappa, *, n_
     walkers = {k: np.concatenate(v) for k, v in kept.items()} if keep_walkers else {}
     if keep_walkers:
         walkers["meas_wave"] = meas_wave
-    tracked = None
-    if n_track:
-        c = track_config
-        tracked = WalkerTrack(float(dt_ms), track[..., :2], track[..., 2:4], track[..., 4].astype(np.int64),
-                              (float(d0in[c]), float(d0ex[c]), float(kappa[c])), tuple(map(float, substrate.tile_um)))
+    tracked = None if not n_track else WalkerTrack(
+        float(dt_ms), track[..., :2], track[..., 2:4], track[..., 4].astype(np.int64),
+        (float(d0in[track_config]), float(d0ex[track_config]), float(kappa[track_config])),
+        tuple(map(float, substrate.tile_um)))
     return MCResult(mag.mean(-1), mag, np.stack([d0in, d0ex, kappa], 1), n_walkers, ev.n_steps, dt_ms, seconds,
                     float(total) * ev.n_steps, cut, device, walkers, tracked)
+
+
+def _walk_setup(substrate, protocol, d0in, d0ex, kappa, dt_ms, grid_um):
+    """(waveform events, measurement -> waveform index, membrane grid, (steps in/ex [µm], crossing
+    probabilities in->ex, ex->in)) of a walk, its step conditions checked."""
+    waves, meas_wave = unique_waveforms(protocol_waveforms(protocol))
+    ev = WaveformEvents.build(waves, dt_ms)
+    grid = MembraneGrid.build(substrate, grid_um)
+    p_ie, p_ei = crossing_probabilities(d0in, d0ex, kappa, dt_ms)
+    step_in, step_ex = np.sqrt(6 * d0in * dt_ms), np.sqrt(6 * d0ex * dt_ms)
+    check_step_conditions(substrate, step_in, step_ex, p_ie, p_ei)
+    return ev, meas_wave, grid, (step_in, step_ex, p_ie, p_ei)
+
+
+def _accumulate(reducer, phase, cfg, meas_wave, sqrt_b, acc) -> None:
+    """Add one batch's per-configuration sums of the walkers' phase factors to acc [n_cfg, M, 2, 2]."""
+    groups = np.arange(cfg[0], cfg[-1] + 1)
+    gs = np.searchsorted(cfg, groups).astype(np.int64)
+    ge = np.searchsorted(cfg, groups, side="right").astype(np.int64)
+    part = np.zeros((len(groups), acc.shape[1], 2, 2))
+    reducer(phase, gs, ge, meas_wave, sqrt_b, part)
+    acc[groups] += part
+
+
+def _progress_bar(total: int, name: str):
+    from tqdm.auto import tqdm
+    return tqdm(total=total, unit="walker", desc=f"MC {name}", leave=False)
 
 
 def resolve_device(device: str) -> str:

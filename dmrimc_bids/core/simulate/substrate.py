@@ -234,13 +234,30 @@ def clean_cells(rings, tile_um, *, min_gap_um: float = MIN_GAP_UM, source=None, 
     (probably a duplicated or mis-traced cell), naming both.
     """
     import shapely
-    from shapely.geometry import Polygon, box
+    from shapely.geometry import Polygon
     from shapely.geometry.polygon import orient
 
     lx, ly = float(tile_um[0]), float(tile_um[1])
     if not (lx > 0 and ly > 0):
         raise InputError(f"tile {lx:g} x {ly:g} µm is empty", path=source, fix="check the scale and the SVG size")
     notes = []
+    cells, labels = _cells_in_tile(rings, lx, ly, min_gap_um, notes)
+    _separate_cells(cells, labels, min_gap_um, max_overlap, source, notes)
+    cells = [orient(Polygon(c.exterior), 1.0) for c in cells if c is not None and c.area >= MIN_CELL_AREA_UM2]
+    out = []  # without repeated vertices (zero-length membranes)
+    for c in cells:
+        c = shapely.remove_repeated_points(c, tolerance=1e-6)
+        if c.is_valid and not c.is_empty:
+            out.append(orient(Polygon(c.exterior), 1.0))
+    return Substrate(out, (lx, ly), name=name, source=None if source is None else str(source), notes=notes)
+
+
+def _cells_in_tile(rings, lx: float, ly: float, min_gap_um: float, notes: list):
+    """(valid polygons inside the tile less half a gap, their input indices): outlines repaired, clipped
+    or dropped, each change noted."""
+    import shapely
+    from shapely.geometry import Polygon, box
+
     g = min_gap_um / 2.0
     inner = box(g, g, lx - g, ly - g)
     cells, labels = [], []
@@ -266,8 +283,15 @@ def clean_cells(rings, tile_um, *, min_gap_um: float = MIN_GAP_UM, source=None, 
             continue
         cells.append(Polygon(poly.exterior))
         labels.append(i)
+    return cells, labels
 
-    # overlaps and near-contacts
+
+def _separate_cells(cells: list, labels: list, min_gap_um: float, max_overlap: float, source, notes: list) -> None:
+    """Remove small overlaps (from the smaller cell) and open a gap between touching cells, in place;
+    InputError for an overlap above max_overlap of the smaller cell."""
+    import shapely
+    from shapely.geometry import Polygon
+
     tree = shapely.STRtree(cells)
     pairs = tree.query(np.array(cells, dtype=object), predicate="dwithin", distance=min_gap_um) if cells \
         else np.zeros((2, 0), np.int64)
@@ -293,14 +317,6 @@ def clean_cells(rings, tile_um, *, min_gap_um: float = MIN_GAP_UM, source=None, 
                 if shrunk is not None and not shrunk.is_empty:
                     cells[k] = Polygon(shrunk.exterior)
             notes.append(f"cells {labels[a]} and {labels[b]}: touching; separated by {min_gap_um:g} µm")
-    cells = [orient(Polygon(c.exterior), 1.0) for c in cells if c is not None and c.area >= MIN_CELL_AREA_UM2]
-    # remove repeated vertices (zero-length membranes)
-    out = []
-    for c in cells:
-        c = shapely.remove_repeated_points(c, tolerance=1e-6)
-        if c.is_valid and not c.is_empty:
-            out.append(orient(Polygon(c.exterior), 1.0))
-    return Substrate(out, (lx, ly), name=name, source=None if source is None else str(source), notes=notes)
 
 
 def from_polygons(polygons, tile_um, name: str = "substrate", **kwargs) -> Substrate:
