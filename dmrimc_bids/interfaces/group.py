@@ -14,11 +14,11 @@ from .io import cwd_path
 
 class _RoiIn(BaseInterfaceInputSpec):
     out_dir = traits.Str(mandatory=True, desc="participant-level derivatives folder")
-    subject = traits.Str(mandatory=True)
-    session = traits.Str("", usedefault=True)
+    subject = traits.Str(mandatory=True, desc="participant label (no sub- prefix)")
+    session = traits.Str("", usedefault=True, desc="session label ('' for none)")
     roi_specs = traits.List(traits.Dict, desc='[{"label", "file", "kind": mask|dseg|atlas, "names": TSV}]')
     sample_size = traits.Int(5000, usedefault=True, desc="voxels sampled for the cohort correlation")
-    seed = traits.Int(0, usedefault=True)
+    seed = traits.Int(0, usedefault=True, desc="random seed (walker/spin streams)")
 
 
 class _RoiOut(TraitedSpec):
@@ -46,8 +46,9 @@ class RoiStatistics(SimpleInterface):
 
 
 class _GroupIn(BaseInterfaceInputSpec):
-    out_dir = traits.Str(mandatory=True)
-    result_files = traits.List(File(exists=True), mandatory=True)
+    out_dir = traits.Str(mandatory=True, desc="derivatives folder (tables and report go there)")
+    result_files = traits.List(File(exists=True), mandatory=True,
+                               desc="RoiStatistics results (JSON), one per subject/session")
     failures = traits.List(traits.Dict, desc="failed/missing subjects from the participant logs")
     participants = traits.Dict(desc="participants.tsv rows by subject label")
     group_column = traits.Str("", usedefault=True, desc="participants.tsv column splitting the distributions")

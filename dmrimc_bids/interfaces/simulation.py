@@ -22,8 +22,8 @@ class _SimIn(BaseInterfaceInputSpec):
     n_walkers = traits.Int(20000, usedefault=True, desc="walkers per configuration")
     dt_ms = traits.Float(110.0 / 2370.0, usedefault=True, desc="time step [ms]")
     grid_um = traits.Float(1.0, usedefault=True, desc="membrane look-up grid spacing [µm]")
-    seed = traits.Int(0, usedefault=True)
-    device = traits.Enum("cpu", "gpu", "auto", usedefault=True)
+    seed = traits.Int(0, usedefault=True, desc="random seed (walker/spin streams)")
+    device = traits.Enum("cpu", "gpu", "auto", usedefault=True, desc="cpu, gpu or auto (the GPU when one is visible)")
     area = traits.Enum("polygon", "hull", usedefault=True, desc="cell areas of the metrics")
     n_threads = traits.Int(0, usedefault=True, desc="numba threads (0: all)")
     track_substrate = traits.Int(-1, usedefault=True, desc="substrate index whose walkers are recorded (-1: none)")
@@ -115,10 +115,10 @@ class SimulateScaled(SimpleInterface):
 
 class _AssembleIn(BaseInterfaceInputSpec):
     parts = traits.List(File(exists=True), mandatory=True, desc="SimulateHisto outputs, in order")
-    protocol_file = File(exists=True, mandatory=True)
-    seed = traits.Int(0, usedefault=True)
-    area = traits.Enum("polygon", "hull", usedefault=True)
-    out_file = traits.Str(mandatory=True, desc="dictionary .npz to write (with its .json)")
+    protocol_file = File(exists=True, mandatory=True, desc="protocol JSON (core.waveforms.protocol_to_json)")
+    seed = traits.Int(0, usedefault=True, desc="random seed (walker/spin streams)")
+    area = traits.Enum("polygon", "hull", usedefault=True, desc="cell areas of the metrics (polygon or convex hull)")
+    out_file = File(mandatory=True, desc="dictionary .npz to write (with its .json)")
     track_out = traits.Str(desc="where to write the recorded walkers/spins of a part, if one has them (.npz)")
 
 
@@ -135,7 +135,7 @@ def save_part_track(parts: list, track_out: str) -> None:
 
 
 class _AssembleOut(TraitedSpec):
-    dictionary = File(exists=True)
+    dictionary = File(exists=True, desc="the assembled dictionary .npz (+ .json)")
 
 
 class AssembleDictionary(SimpleInterface):
@@ -169,13 +169,13 @@ class _ForProtocolIn(BaseInterfaceInputSpec):
     d0in = traits.List(traits.Float, mandatory=True, desc="µm²/ms")
     d0ex = traits.List(traits.Float, mandatory=True, desc="µm²/ms")
     kappa = traits.List(traits.Float, mandatory=True, desc="µm/s")
-    n_walkers = traits.Int(2000, usedefault=True)
-    dt_ms = traits.Float(110.0 / 2370.0, usedefault=True)
-    seed = traits.Int(0, usedefault=True)
-    device = traits.Enum("cpu", "gpu", "auto", usedefault=True)
-    n_threads = traits.Int(1, usedefault=True)
+    n_walkers = traits.Int(2000, usedefault=True, desc="walkers per configuration")
+    dt_ms = traits.Float(110.0 / 2370.0, usedefault=True, desc="time step [ms]")
+    seed = traits.Int(0, usedefault=True, desc="random seed (walker/spin streams)")
+    device = traits.Enum("cpu", "gpu", "auto", usedefault=True, desc="cpu, gpu or auto (the GPU when one is visible)")
+    n_threads = traits.Int(1, usedefault=True, desc="numba threads")
     cache_dir = traits.Str(mandatory=True, desc="dictionaries are cached here, keyed by protocol and substrates")
-    b0_threshold = traits.Float(20.0, usedefault=True)
+    b0_threshold = traits.Float(20.0, usedefault=True, desc="b at or below this is b=0 [s/mm²]")
 
 
 class _ForProtocolOut(TraitedSpec):
@@ -224,8 +224,8 @@ class _FlowSimIn(BaseInterfaceInputSpec):
     realisations = traits.List(traits.Dict, mandatory=True, desc="networks as JSON (Network.to_json)")
     offset = traits.Int(0, usedefault=True, desc="index of the first realisation in the whole set (seeds)")
     protocol_file = File(exists=True, mandatory=True, desc="protocol JSON (core.waveforms.protocol_to_json)")
-    n_spins = traits.Int(2000, usedefault=True)
-    seed = traits.Int(0, usedefault=True)
+    n_spins = traits.Int(2000, usedefault=True, desc="spins per realisation")
+    seed = traits.Int(0, usedefault=True, desc="random seed (walker/spin streams)")
     backend = traits.Enum("scipy", "spice", usedefault=True, desc="flow solver")
     published_anb = traits.Bool(False, usedefault=True, desc="add the published ANB rule as anb_published")
     n_threads = traits.Int(0, usedefault=True, desc="numba threads (0: all)")
@@ -268,12 +268,12 @@ class SimulateFlow(SimpleInterface):
 
 class _FlowAsmIn(BaseInterfaceInputSpec):
     parts = traits.List(File(exists=True), mandatory=True, desc="SimulateFlow outputs, in order")
-    realisations = traits.List(traits.Dict, mandatory=True)
-    protocol_file = File(exists=True, mandatory=True)
-    n_spins = traits.Int(2000, usedefault=True)
-    seed = traits.Int(0, usedefault=True)
-    backend = traits.Enum("scipy", "spice", usedefault=True)
-    out_file = traits.Str(mandatory=True, desc="dictionary .npz to write (with its .json)")
+    realisations = traits.List(traits.Dict, mandatory=True, desc="realisation parts (.npz) to assemble")
+    protocol_file = File(exists=True, mandatory=True, desc="protocol JSON (core.waveforms.protocol_to_json)")
+    n_spins = traits.Int(2000, usedefault=True, desc="spins per realisation")
+    seed = traits.Int(0, usedefault=True, desc="random seed (walker/spin streams)")
+    backend = traits.Enum("scipy", "spice", usedefault=True, desc="flow solver backend (scipy or spice)")
+    out_file = File(mandatory=True, desc="dictionary .npz to write (with its .json)")
     track_out = traits.Str(desc="where to write the recorded spins of a part, if one has them (.npz)")
 
 
@@ -305,10 +305,10 @@ class AssembleFlowDictionary(SimpleInterface):
 class _FlowForProtocolIn(BaseInterfaceInputSpec):
     protocol = File(exists=True, mandatory=True, desc="protocol table (TSV) of the vascular measurements")
     network_files = traits.List(traits.Str, desc="user networks (.json/.csv/.npz); empty: generated defaults")
-    n_spins = traits.Int(2000, usedefault=True)
-    seed = traits.Int(0, usedefault=True)
+    n_spins = traits.Int(2000, usedefault=True, desc="spins per realisation")
+    seed = traits.Int(0, usedefault=True, desc="random seed (walker/spin streams)")
     cache_dir = traits.Str(mandatory=True, desc="dictionaries are cached here, keyed by protocol and networks")
-    b0_threshold = traits.Float(20.0, usedefault=True)
+    b0_threshold = traits.Float(20.0, usedefault=True, desc="b at or below this is b=0 [s/mm²]")
     n_threads = traits.Int(1, usedefault=True, desc="numba threads")
 
 

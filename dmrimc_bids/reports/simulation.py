@@ -74,7 +74,7 @@ def _segment_colours(solution):
     return solution.velocity_um_per_s * 1e-3, np.abs(solution.flow_um3_per_s) * 1e-9, solution.live
 
 
-def network_lines(ax, solution, values, norm, cmap, *, shift=(0.0, 0.0, 0.0), alpha=1.0, planar=None):
+def network_lines(ax, solution, values, norm, cmap, *, shift=(0.0, 0.0, 0.0), alpha=1.0):
     """Draw a network's segments on ax coloured by values (x-y for planar axes, x-y-z on 3D axes); dead
     segments grey and dashed. Returns the live segments' collection (for a colour bar)."""
     from matplotlib.collections import LineCollection

@@ -73,13 +73,13 @@ def capillary_network(seed: int, dim: int = 2, size_um=(200.0, 200.0, 120.0), n_
     radius = np.clip(radius_median_um * np.exp(radius_log_sd * rng.standard_normal(len(seg))), 1.5, 10.0)
     nodes = np.zeros((n, 3))
     nodes[:, :dim] = pts
-    inlet, outlet = port_pairs(nodes, box[0], 1, seed)[0]
+    inlet, outlet = port_pairs(nodes, 1, seed)[0]
     return Network(nodes, seg, radius, inlet, outlet, qin_mm3_per_s * UM3_PER_MM3,
                    f"gen{dim}d_{seed}", {"generator": "capillary_network", "seed": seed, "dim": dim})
 
 
-def port_pairs(nodes: np.ndarray, width_um: float, n_pairs: int, seed: int) -> list:
-    """Distinct (inlet, outlet) pairs: inlets among the nodes nearest x = 0, outlets nearest x = width."""
+def port_pairs(nodes: np.ndarray, n_pairs: int, seed: int) -> list:
+    """Distinct (inlet, outlet) pairs: inlets among the nodes of smallest x, outlets among those of largest x."""
     rng = np.random.default_rng([seed, 0xB0A7])
     x = nodes[:, 0]
     left = np.argsort(x)[:max(3, n_pairs)]
@@ -98,7 +98,7 @@ def default_realisations(n_planar: int = 16, n_3d: int = 8, n_pairs: int = 3, n_
     for dim, count in ((2, n_planar), (3, n_3d)):
         for k in range(count):
             net = capillary_network(seed * 1000 + k, dim=dim)
-            for inlet, outlet in port_pairs(net.nodes, 200.0, n_pairs, seed * 1000 + k):
+            for inlet, outlet in port_pairs(net.nodes, n_pairs, seed * 1000 + k):
                 for q in qins:
                     out.append(net.with_ports(inlet, outlet).with_flow(float(q)))
     return out

@@ -67,11 +67,6 @@ class Network:
         return np.linalg.norm(self.nodes[self.segments[:, 1]] - self.nodes[self.segments[:, 0]], axis=1)
 
     @property
-    def volume_um3(self) -> np.ndarray:
-        """Segment volumes π r² L [µm³]."""
-        return np.pi * self.radius_um ** 2 * self.length_um
-
-    @property
     def is_planar(self) -> bool:
         """True when every node has the same z (a 2D network)."""
         return bool(np.ptp(self.nodes[:, 2]) == 0)

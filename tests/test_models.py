@@ -1,0 +1,155 @@
+"""One Model/Fit protocol (core/fitting/model.py): every estimator fits, predicts and describes itself the
+same way; the methods text follows the models and options that ran."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from dmrimc_bids.core.analytic import analytic_dictionary, two_compartment_signal
+from dmrimc_bids.core.fitting.model import EXIT_BACKGROUND, EXIT_OK, Fit, Model
+from dmrimc_bids.core.fitting.registry import build_model
+from dmrimc_bids.core.protocol import Protocol
+
+PROTO = Protocol([500, 1000, 2000, 2500] * 2, [10] * 4 + [15] * 4, [22.5] * 4 + [45] * 4)
+
+
+def _tissue(shape=(3, 2)):
+    """Noise-free signals of off-grid fin (0.33, 0.47, 0.61 ...) at vCS 12 µm, D0 1.9 (not dictionary entries)."""
+    fins = np.linspace(0.33, 0.68, int(np.prod(shape)))
+    data = np.stack([two_compartment_signal(PROTO.b, PROTO.small_delta_ms, PROTO.big_delta_ms, f, 12.0, 1.9, 1.9)
+                     for f in fins])
+    return data.reshape(shape + (len(PROTO),)), fins.reshape(shape)
+
+
+@pytest.mark.parametrize("estimator", ["fit", "posterior-mean", "posterior-median"])
+def test_dictionary_estimators_share_the_protocol(estimator):
+    dic = analytic_dictionary().select(["fin", "vCS_cyl"], {"D0in": 1.9, "D0ex": 1.9}).match(PROTO)
+    data, fins = _tissue()
+    mask = np.ones(fins.shape, bool)
+    mask[0, 0] = False
+    model = build_model(estimator, dic, chunk_size=4)
+    assert isinstance(model, Model)
+    fit = model.fit(data, mask, np.full(fins.shape, 0.01))
+    assert isinstance(fit, Fit) and fit.names == dic.names
+    assert fit.exitcode[0, 0] == EXIT_BACKGROUND and np.all(fit.exitcode[mask] == EXIT_OK)
+    # the estimate follows the truth (a constant guess would not): within 0.05 of fin everywhere
+    err = np.abs(fit.params["fin"][mask] - fins[mask])
+    assert err.max() < 0.05 and np.abs(np.median(fins[mask]) - fins[mask]).max() > 0.1
+    assert set(fit.sd) == {"fin", "vCS_cyl"} and np.all(np.isfinite(fit.sd["fin"][mask]))
+    # predict: the model signal of the fitted voxels, close to the noise-free data
+    sel = np.nonzero(mask)
+    err = np.abs(fit.predict(sel) - data[sel]).max()
+    assert err < 0.04 and err < 0.5 * np.abs(data[sel].mean(0) - data[sel]).max()  # beats the mean signal
+    ex = fit.examples(dic.protocol.to_rows())
+    assert 1 <= len(ex["voxels"]) <= 4 and len(ex["voxels"][0]["fitted"]) == len(PROTO)
+    desc = model.describe()
+    assert desc.method and desc.parameters["FitMethod"] and desc.parameters["NoiseModel"]
+    assert ("posterior" in desc.parameters["FitMethod"]) == estimator.startswith("posterior")
+    json.dumps(desc.to_dict())
+
+
+def test_ivim_model_fits_predicts_and_hands_on_the_vascular_signal():
+    b = np.array([0, 10, 25, 50, 100, 200, 400, 600, 800, 1000], float)
+    shells = Protocol(b, 10.0, 30.0, echo_time_ms=80.0)
+    fv = np.array([[0.0, 0.05], [0.10, 0.15]])
+    d, dstar = 1.2, 25.0
+    data = (1 - fv)[..., None] * np.exp(-b * 1e-3 * d) + fv[..., None] * np.exp(-b * 1e-3 * dstar)
+    model = build_model("ivim", protocol=shells, b_split=200.0, b_max=1000.0, b0_threshold=5.0)
+    fit = model.fit(data, np.ones(fv.shape, bool))
+    assert set(fit.maps()) == {"fV", "D", "Dstar", "S0"}
+    assert np.abs(fit.params["fV"] - fv).max() < 0.01 and np.abs(fit.params["D"] - d).max() < 0.02
+    sel = np.nonzero(fv > 0)
+    assert np.abs(fit.predict(sel) - data[sel]).max() < 0.01
+    vas = fit.vascular
+    assert not vas.mask[0, 0] and vas.mask[sel].all() and vas.reason == ""
+    assert np.allclose(vas.signal[1, 1], np.exp(-shells.b[vas.index] * 1e-3 * dstar), atol=0.03)
+    assert model.describe().parameters["BSplit"] == 200.0 and "ivim" in model.describe().references
+
+
+def test_ivim_without_vascular_signal_writes_no_flow_maps(tmp_path):
+    """No voxel with fV >= 0.005: the flow fit gets an empty mask and writes nothing; the reason is given
+    (the old interface invented a one-voxel mask and wrote maps that meant nothing)."""
+    import nibabel as nib
+
+    from dmrimc_bids.core.dictionary import Dictionary
+    from dmrimc_bids.interfaces.fitting import FitModel
+
+    b = np.array([0, 10, 25, 50, 100, 200, 400, 600, 800, 1000], float)
+    shells = Protocol(b, 10.0, 30.0, echo_time_ms=80.0)
+    data = np.broadcast_to(np.exp(-b * 1e-3 * 1.1), (3, 3, 1, b.size)).astype(np.float32)
+    aff = np.eye(4)
+    nib.Nifti1Image(data, aff).to_filename(tmp_path / "norm.nii.gz")
+    nib.Nifti1Image(np.ones((3, 3, 1), np.uint8), aff).to_filename(tmp_path / "mask.nii.gz")
+    shells.to_table(tmp_path / "shells.tsv")
+    (tmp_path / "ivim").mkdir()
+    (tmp_path / "flow_fit").mkdir()
+    ivim = FitModel(estimator="ivim", options={"b_split": 200.0, "b_max": 1000.0, "b0_threshold": 5.0},
+                    in_file=str(tmp_path / "norm.nii.gz"), mask_file=str(tmp_path / "mask.nii.gz"),
+                    protocol=str(tmp_path / "shells.tsv")).run(cwd=str(tmp_path / "ivim"))
+    out = ivim.outputs
+    assert "no voxel has fV >= 0.005" in out.signal_reason and out.signal_reason in out.notes
+    assert not np.asarray(nib.load(out.signal_mask).dataobj).any()
+    vm = Protocol.from_table(out.signal_protocol)
+    rng = np.random.default_rng(3)
+    flow = Dictionary(rng.uniform(0.1, 1, (20, len(vm))).astype(np.float32), rng.uniform(1, 5, (20, 1)), ["vm"],
+                      vm, {"vm": "mm/s"}, {})
+    flow.save(tmp_path / "flow")
+    res = FitModel(estimator="posterior-mean", in_file=out.signal_file, mask_file=out.signal_mask,
+                   dictionary=str(tmp_path / "flow.npz")).run(cwd=str(tmp_path / "flow_fit"))
+    assert res.outputs.maps == {} and res.outputs.info["n_fitted"] == 0
+
+
+def test_methods_text_follows_what_ran(tmp_path):
+    """Each of --params, --fix, --dictionary, the estimator, the noise model and the dictionary's provenance
+    changes the methods text."""
+    from dmrimc_bids.core.dictionary_default import load_selected
+    from dmrimc_bids.reports.citations import methods_paragraphs
+
+    base = analytic_dictionary()
+    base.provenance["source"] = "analytic restricted cylinders"
+    base.save(tmp_path / "mine")
+
+    def text(estimator="posterior-median", params=None, fix=None, file=None, **options):
+        dic = load_selected(str(file) if file else str(tmp_path / "mine.npz"), params, fix).match(PROTO)
+        desc = {**build_model(estimator, dic, **options).describe().to_dict(), "dictionary": dic.summary()}
+        return methods_paragraphs({"histousim": desc}, {"b0_threshold": 20, "vasc_threshold": 250})[1]
+
+    ref = text()
+    assert "posterior median" in ref and str(tmp_path / "mine.npz") in ref and "analytic restricted" in ref
+    assert "estimating fin, vCS, D0in and D0ex" not in ref and "vCS_cyl" in ref
+    assert "posterior mean" in text("posterior-mean")
+    fitted = text("fit", noise="rician")
+    assert "Levenberg-Marquardt" in fitted and "Rician" in fitted and "offset-Gaussian" in text("fit")
+    assert "fin fixed at 0.5" not in ref and "D0in fixed at 1.9" in text(params=["fin"], fix={"D0in": 1.9})
+    assert text(params=["fin"], fix={"D0in": 1.9}) != text(params=["fin", "vCS_cyl"], fix={"D0in": 1.9})
+    other = analytic_dictionary()
+    other.provenance["source"] = "someone else's simulation"
+    other.save(tmp_path / "other")
+    changed = text(file=tmp_path / "other.npz")
+    assert "someone else's simulation" in changed and str(tmp_path / "other.npz") in changed
+
+
+def test_config_resolves_paths_once_and_is_written(tmp_path, monkeypatch, demo_dir):
+    """A relative --dictionary is read from where the command started (it used to pass the preflight and
+    then fail inside the graph, whose nodes run in their own folders); the config is logged."""
+    from dmrimc_bids.cli.parser import build_parser, config_from_args
+    from dmrimc_bids.core.errors import InputError
+
+    folds = tmp_path / "folds"
+    folds.mkdir()
+    analytic_dictionary().save(folds / "fold13")
+    run_here = tmp_path / "here"
+    run_here.mkdir()
+    monkeypatch.chdir(run_here)
+    args = build_parser().parse_args([str(demo_dir), "out", "participant", "--dictionary", "../folds/fold13.npz"])
+    cfg = config_from_args(args)
+    assert cfg.dictionary == str((folds / "fold13.npz").resolve()) and cfg.out_dir == str(run_here / "out")
+    path = cfg.write("test")
+    logged = json.loads(path.read_text())
+    assert logged["dictionary"] == cfg.dictionary and logged["estimator"] == "posterior-median"
+    args = build_parser().parse_args([str(demo_dir), "out", "participant", "--dictionary", "../folds/none.npz"])
+    with pytest.raises(InputError, match="--dictionary ../folds/none.npz: file not found"):
+        config_from_args(args)
