@@ -1,8 +1,9 @@
 """Import numba.cuda without changing NumPy for the rest of the process.
 
-numba-cuda's typing registry names ``np.row_stack``, which NumPy >= 2.5 removed. While numba.cuda is
-imported (the registry reads the attribute once), ``np.row_stack`` is lent as ``np.vstack``; it is taken
-back afterwards, so no other code sees a NumPy that differs from the installed one.
+numba-cuda's typing registry names ``np.row_stack``, which NumPy >= 2.5 removed. While numba.cuda and
+the modules it would import at the first compilation (LAZY_MODULES) are imported, ``np.row_stack`` is
+lent as ``np.vstack``; it is taken back afterwards, so no other code sees a NumPy that differs from the
+installed one (found on the H100 with NumPy 2.5.2 and numba-cuda: the lazy import failed at compile time).
 """
 
 from __future__ import annotations
@@ -12,13 +13,23 @@ import importlib
 import numpy as np
 
 
+#: numba-cuda modules that read np.row_stack when they are first imported.
+LAZY_MODULES = ("numba.cuda.np.arrayobj", "numba.cuda.np.npyimpl")
+
+
 def import_numba_cuda():
     """The numba.cuda module (ImportError when numba has no CUDA support)."""
     lent = not hasattr(np, "row_stack")
     if lent:
         np.row_stack = np.vstack
     try:
-        return importlib.import_module("numba.cuda")
+        cuda = importlib.import_module("numba.cuda")
+        for name in LAZY_MODULES:  # numba-cuda imports these at the first compilation, not at import
+            try:
+                importlib.import_module(name)
+            except ImportError:  # numba's own (older) CUDA target has no such module
+                pass
+        return cuda
     finally:
         if lent:
             del np.row_stack
