@@ -1,0 +1,81 @@
+#!/usr/bin/env python
+"""Before/after a refactor, on one machine in one sitting: the same benchmarks run on two source trees,
+alternately, so that the machine's drift falls on both (issue #18: "no behaviour change beyond noise").
+
+    git worktree add /tmp/before <commit>
+    python benchmarks/refactor_parity.py --before /tmp/before [--rounds 2] [--record]
+
+Each round runs, for the before tree and then this one (PYTHONPATH set to the tree): the Histo-μSim
+leave-one-out fit (loo_histo.py: accuracy and voxels/s), the flow simulator against the published arrays
+(spinflowsim_reference.py --rows-step 20: ms per realisation), the Monte Carlo walk (mc_throughput.py
+--threads 2 --repeats 1) and one demo subject end to end (demo_participant.py --participant-label 01
+--repeats 1). Accuracy must be equal; times are reported as the runs of each tree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SHARED = HERE.parent.parent / "shared" / "reference"
+
+#: (name, script arguments, figure extracted from the script's last JSON line)
+BENCHMARKS = [
+    ("LOO fit, voxels/s (median of 5)", ["loo_histo.py", "--data", str(SHARED / "histo_loo"), "--repeats", "5"],
+     lambda r: r["voxels_per_s"]),
+    ("flow, ms per richPGSE realisation", ["spinflowsim_reference.py", "--data", str(SHARED / "spinflowsim"),
+                                           "--rows-step", "20", "--threads", "1"],
+     lambda r: 1e3 * r["s_per_realisation_richPGSE"]),
+    ("MC walk, walker-steps/s (2 threads)", ["mc_throughput.py", "--threads", "2", "--repeats", "1", "--svg",
+                                             str(SHARED / "substrates" / "mouse_example" / "mouse_example_crop.svg")],
+     lambda r: r["steps_per_s_cpu_2"]),
+    ("demo sub-01, s cold start to report", ["demo_participant.py", "--participant-label", "01", "--repeats", "1"],
+     lambda r: r["wall_s_median"]),
+]
+
+
+def _run(tree: Path, args: list) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(tree))
+    res = subprocess.run([sys.executable, str(tree / "benchmarks" / args[0]), *args[1:]], cwd=tree, env=env,
+                         capture_output=True, text=True, check=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--before", type=Path, required=True, help="source tree of the commit before the change")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--record", action="store_true")
+    args = ap.parse_args(argv)
+    trees = {"before": args.before.resolve(), "after": HERE.parent}
+    runs = {name: {"before": [], "after": []} for name, _, _ in BENCHMARKS}
+    accuracy = {}
+    for _ in range(args.rounds):
+        for name, script, figure in BENCHMARKS:
+            for label, tree in trees.items():
+                out = _run(tree, script)
+                runs[name][label].append(round(float(figure(out)), 4 if figure(out) < 100 else 0))
+                if "params" in out:  # LOO accuracy: the published 'vCS' and ours 'vCS_cyl' are one parameter
+                    accuracy[label] = {k.replace("vCS_cyl", "vCS"): v for k, v in out["params"].items()}
+                print(f"{name} [{label}]: {runs[name][label][-1]}", file=sys.stderr)
+    same = accuracy.get("before") == accuracy.get("after")
+    lines = [f"`python benchmarks/refactor_parity.py --before <tree of the commit before issue #18> --rounds "
+             f"{args.rounds} --record` (x86_64, {os.cpu_count()} cpus; the two trees run alternately)", "",
+             "| benchmark | before (runs) | after (runs) |", "|---|---|---|"]
+    for name in runs:
+        lines.append(f"| {name} | {runs[name]['before']} | {runs[name]['after']} |")
+    lines += ["", f"Leave-one-out accuracy (ρ, MedAE, bias of every parameter) identical before and after: **{same}**."]
+    print("\n".join(lines))
+    if args.record:
+        from _record import record
+        record("refactor-parity-18", "\n".join(lines))
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
