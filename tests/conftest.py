@@ -20,7 +20,8 @@ def demo_run(tmp_path_factory, demo_dir):
     from dmrimc_bids.cli.run import main
     out = tmp_path_factory.mktemp("out") / "deriv"
     work = tmp_path_factory.mktemp("work")
-    code = main([str(demo_dir), str(out), "participant", "-w", str(work), "--nprocs", "2", "--seed", "7"])
+    code = main([str(demo_dir), str(out), "participant", "-w", str(work), "--nprocs", "2", "--seed", "7",
+                 "--derivatives", str(demo_dir / "derivatives" / "segmentation")])
     return code, out, work
 
 

@@ -31,7 +31,8 @@ MODEL_INFO = {
         "URL": "https://github.com/radiomicsgroup/SpinFlowSim"},
 }
 DIAGNOSTICS = {
-    "exitcode": ("Fit exit code: 1 fitted, 0 background, -1 failed or invalid data (NaN/non-positive b=0)", ""),
+    "exitcode": ("Fit exit code: 1 fitted, -1 failed or invalid data (NaN/non-positive b=0); NaN where the model did not "
+                 "run (outside the mask, or no vascular signal), as in every map", ""),
     "fobj": ("Objective at the optimum: mean squared residual of the offset-Gaussian model + regularisation", ""),
     "loglik": ("Gaussian log-likelihood at the optimum (sigma from the noise map, or its ML estimate)", ""),
     "aic": ("Akaike information criterion 2P - 2 logL", ""),
@@ -46,13 +47,14 @@ def bids_label(name: str) -> str:
     return re.sub(r"[^a-zA-Z0-9]", "", name)
 
 
-def map_path(out_dir, subject, session, model, param, desc=None, ext=".nii.gz") -> Path:
-    """<out>/sub-<l>[/ses-<l>]/dwi/sub-<l>[_ses-<l>]_space-dwi_model-<m>_param-<p>[_desc-<d>]_dwimap<ext>."""
+def map_path(out_dir, subject, session, model, param, desc=None, ext=".nii.gz", space="dwi") -> Path:
+    """<out>/sub-<l>[/ses-<l>]/dwi/sub-<l>[_ses-<l>]_space-<s>_model-<m>_param-<p>[_desc-<d>]_dwimap<ext>
+    (BEP016 names; ``space`` is the input DWI's, "dwi" for raw data)."""
     base = Path(out_dir) / f"sub-{subject}"
     stem = f"sub-{subject}"
     if session:
         base, stem = base / f"ses-{session}", f"{stem}_ses-{session}"
-    stem += f"_space-dwi_model-{model}_param-{bids_label(param)}" + (f"_desc-{desc}" if desc else "") + "_dwimap"
+    stem += f"_space-{space}_model-{model}_param-{bids_label(param)}" + (f"_desc-{desc}" if desc else "") + "_dwimap"
     return base / "dwi" / (stem + ext)
 
 
@@ -118,9 +120,9 @@ _SUBSES_RE = re.compile(r"^sub-(?P<sub>[a-zA-Z0-9]+)(?:_ses-(?P<ses>[a-zA-Z0-9]+
 def find_maps(out_dir, subject: str, session: str | None) -> dict:
     """{model: {(param, desc or None): NIfTI path}} of a subject/session's derivatives (map_path names)."""
     folder = map_path(out_dir, subject, session, "x", "x").parent
-    stem = f"sub-{subject}" + (f"_ses-{session}" if session else "") + "_space-dwi_model-"
+    stem = f"sub-{subject}" + (f"_ses-{session}" if session else "") + "_space-"
     out: dict = {}
-    for f in sorted(folder.glob(stem + "*_dwimap.nii*")):
+    for f in sorted(folder.glob(stem + "*_model-*_dwimap.nii*")):
         m = _MAP_RE.search(f.name)
         if m:
             out.setdefault(m["model"], {})[(m["param"], m["desc"])] = f
@@ -222,8 +224,27 @@ def project_url() -> str:
     return urls[0].split(",", 1)[-1].strip() if urls else ""
 
 
-def write_dataset_description(out_dir, bids_dir, seed=None, command=None) -> None:
-    """dataset_description.json (derivative; our GeneratedBy first, then the input's) and .bidsignore."""
+def retire_outputs(out_dir, subject: str, session: str | None, run_id: str) -> list[Path]:
+    """Move a subject/session's existing maps and sidecars to logs/previous/<run_id>/ (same relative
+    paths) before a run writes its own, so that reports and group tables only ever see one run's results.
+    Returns the files moved."""
+    out_dir = Path(out_dir)
+    folder = map_path(out_dir, subject, session, "x", "x").parent
+    stem = f"sub-{subject}" + (f"_ses-{session}" if session else "") + "_space-"
+    moved = []
+    for f in sorted(folder.glob(stem + "*_dwimap.*")):
+        if not _MAP_RE.search(f.name.replace(".json", ".nii.gz")):
+            continue
+        dest = out_dir / "logs" / "previous" / run_id / f.relative_to(out_dir)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(f, dest)
+        moved.append(dest)
+    return moved
+
+
+def write_dataset_description(out_dir, bids_dir, seed=None, command=None, links: dict | None = None) -> None:
+    """dataset_description.json (derivative; our GeneratedBy first, then the input's; ``DatasetLinks``
+    {name: folder} naming the datasets of the sidecars' bids:<name>:<path> Sources) and .bidsignore."""
     out_dir = Path(out_dir)
     ours = {"Name": "dmrimc-bids", "Version": __version__,
             "Description": "histology-informed dMRI microstructure maps"
@@ -246,8 +267,9 @@ def write_dataset_description(out_dir, bids_dir, seed=None, command=None) -> Non
             name = f"dmrimc-bids derivatives of {src.get('Name', Path(bids_dir).name)}"
         except (json.JSONDecodeError, AttributeError):
             pass
+    links = {k: Path(v).resolve().as_uri() for k, v in (links or {"raw": bids_dir}).items()}
     desc = {"Name": name, "BIDSVersion": BIDS_VERSION, "DatasetType": "derivative", "GeneratedBy": generated,
-            "SourceDatasets": [{"URL": f"file://{Path(bids_dir).resolve()}"}]}
+            "SourceDatasets": [{"URL": u} for u in links.values()], "DatasetLinks": links}
     atomic_write_json(out_dir / "dataset_description.json", desc)
     ignore = out_dir / ".bidsignore"
     lines = ignore.read_text().splitlines() if ignore.is_file() else []

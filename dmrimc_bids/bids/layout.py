@@ -27,6 +27,16 @@ class SessionInputs:
     mask_file: str = ""
     sigma_file: str = ""
     entities: dict = field(default_factory=dict)
+    confounds_files: list = field(default_factory=list)
+    #: how the mask was chosen (the rule that picked it, or that the app builds one)
+    mask_origin: str = ""
+    #: the dataset each DWI comes from: (name in DatasetLinks, its root folder)
+    dataset: tuple = ("raw", "")
+
+    @property
+    def space(self) -> str:
+        """The DWI's space entity (a preprocessed series' ``space-T1w``), "dwi" for raw data."""
+        return self.entities.get("space") or "dwi"
 
     @property
     def label(self) -> str:
@@ -53,19 +63,31 @@ def load_filters(path) -> dict:
     return {k: Query.NONE if v is None else Query.ANY if v == "*" else v for k, v in flt.items()}
 
 
+#: Without --mask-label, several candidate masks are chosen by desc label in this order (tumour before brain).
+MASK_PREFERENCE = ("tumour", "tumor", "lesion", "roi", "brain")
+
+
 def derivative_layouts(bids_dir: Path, derivatives):
+    """(root, BIDSLayout) of each ``--derivatives`` folder, in the order given. Folders under
+    bids_dir/derivatives are read only when named: masks and σ maps are never taken unasked."""
     from bids import BIDSLayout
 
-    roots = [Path(d) for d in derivatives or []]
-    auto = bids_dir / "derivatives"
-    if auto.is_dir():
-        roots += [p for p in sorted(auto.iterdir()) if p.is_dir() and p.resolve() not in [r.resolve() for r in roots]]
     layouts = []
-    for r in roots:
+    for r in [Path(d) for d in derivatives or []]:
         if not r.is_dir():
             raise InputError("derivatives folder not found", path=r, exit_code=EX_NOINPUT, fix="check --derivatives")
         layouts.append((r, BIDSLayout(str(r), validate=False, is_derivative=True)))
     return layouts
+
+
+def dataset_name(root, taken=()) -> str:
+    """Name of a derivatives folder in BIDS URIs (bids:<name>:<path>) and DatasetLinks: its folder name as
+    a label, made unique among ``taken``."""
+    base = re.sub(r"[^A-Za-z0-9_-]", "", Path(root).name) or "derivatives"
+    name, k = base, 2
+    while name in taken or name == "raw":
+        name, k = f"{base}{k}", k + 1
+    return name
 
 
 def collect_inputs(bids_dir, derivatives=None, participant_label=None, session_label=None, filters=None,
@@ -74,7 +96,9 @@ def collect_inputs(bids_dir, derivatives=None, participant_label=None, session_l
 
     DWI comes from the ``--derivatives`` folders (``desc-preproc_dwi``, as QSIPrep writes) when
     they hold one for the subject/session, else from the raw dataset. Masks (``desc-<label>_mask``)
-    and σ maps (``desc-sigma``) are looked up in the derivatives folders and in bids_dir/derivatives.
+    and σ maps (``desc-sigma``) are looked up in the ``--derivatives`` folders only (never unasked), in the
+    DWI's space; several masks are chosen by ``--mask-label`` or MASK_PREFERENCE; with none, the app builds
+    one from the b=0 intensity (``mask_origin`` says which).
     """
     from bids import BIDSLayout
     from bids.exceptions import BIDSValidationError
@@ -88,7 +112,10 @@ def collect_inputs(bids_dir, derivatives=None, participant_label=None, session_l
         raise InputError(f"not a valid BIDS dataset ({exc})", path=bids_dir, exit_code=16,
                          fix="add dataset_description.json or pass --skip-bids-validation") from exc
     ders = derivative_layouts(bids_dir, derivatives)
-    explicit = [(r, lay) for r, lay in ders if str(r) in map(str, derivatives or [])]
+    explicit = ders
+    names = {}
+    for r, _ in ders:
+        names[str(r)] = dataset_name(r, set(names.values()) | {"raw"})
     filters = dict(filters or {})
     subjects = raw.get_subjects() or []
     for _, lay in explicit:
@@ -112,14 +139,26 @@ def collect_inputs(bids_dir, derivatives=None, participant_label=None, session_l
             if not files:
                 continue
             item = _session_item(sub, ses, files, lay_used)
-            item.mask_file = str(mask_file) if mask_file else _find_mask(ders, sub, ses, mask_label)
-            item.sigma_file = str(sigma_file) if sigma_file else _find_one(ders, sub, ses, desc="sigma")
-            out.append(item)
+            root = next((r for r, lay in ders if lay is lay_used), bids_dir)
+            item.dataset = (names.get(str(root), "raw"), str(Path(root).resolve()))
+            out.append(_add_mask_and_sigma(item, ders, mask_label, mask_file, sigma_file))
     if not out:
         raise InputError("no DWI series found for the requested participants/sessions/filters", path=bids_dir,
                          exit_code=EXIT_NO_FILES, fix="check --participant-label, --session-label, "
                                                        "--bids-filter-file and --derivatives")
     return out
+
+
+def _add_mask_and_sigma(item: SessionInputs, ders, mask_label, mask_file, sigma_file) -> SessionInputs:
+    """The session's mask (--mask, else the --derivatives rule of _find_mask) and σ map (--noise-map, else a
+    desc-sigma map of the --derivatives folders in the DWI's space)."""
+    sub, ses = item.subject, item.session
+    if mask_file:
+        item.mask_file, item.mask_origin = str(mask_file), "--mask"
+    else:
+        item.mask_file, item.mask_origin = _find_mask(ders, sub, ses, mask_label, item.space)
+    item.sigma_file = str(sigma_file) if sigma_file else _find_one(ders, sub, ses, item.space, desc="sigma")
+    return item
 
 
 def _session_dwi(raw, explicit, sub, ses, filters: dict):
@@ -139,7 +178,7 @@ def _session_dwi(raw, explicit, sub, ses, filters: dict):
 
 def _session_item(sub, ses, files, layout) -> SessionInputs:
     files = sorted(files, key=lambda f: f.path)
-    dwi, bval, bvec, side, gdur, gsep = [], [], [], [], [], []
+    dwi, bval, bvec, side, gdur, gsep, conf = [], [], [], [], [], [], []
     for f in files:
         stem = re.sub(r"\.nii(\.gz)?$", "", f.path)
         dwi.append(f.path)
@@ -163,8 +202,21 @@ def _session_item(sub, ses, files, layout) -> SessionInputs:
             side.append(_inherited_sidecar(layout, f) if meta else "")
         gdur.append(stem + ".gdur" if Path(stem + ".gdur").is_file() else "")
         gsep.append(stem + ".gsep" if Path(stem + ".gsep").is_file() else "")
-    ent = {k: v for k, v in files[0].entities.items() if k in ("subject", "session")}
-    return SessionInputs(sub, ses, dwi, bval, bvec, side, gdur, gsep, entities=ent)
+        conf.append(_confounds_file(stem))
+    ent = {k: v for k, v in files[0].entities.items() if k in ("subject", "session", "space")}
+    return SessionInputs(sub, ses, dwi, bval, bvec, side, gdur, gsep, entities=ent, confounds_files=conf)
+
+
+def _confounds_file(stem: str) -> str:
+    """QSIPrep's desc-confounds_timeseries.tsv of a desc-preproc DWI (its original_file column maps each
+    volume to its source run), "" when there is none."""
+    if "_desc-preproc_dwi" not in stem:
+        return ""
+    base = stem.replace("_desc-preproc_dwi", "_desc-confounds_timeseries.tsv")
+    for cand in (base, re.sub(r"_space-[A-Za-z0-9]+", "", base)):
+        if Path(cand).is_file():
+            return cand
+    return ""
 
 
 def _inherited_sidecar(layout, f) -> str:
@@ -185,31 +237,52 @@ def _lookup(what: str, path, fn, *args, **kwargs):
                              "and the files beside the NIfTI") from exc
 
 
-def _find_one(ders, sub, ses, **query) -> str:
+def _in_space(hits: list, space: str) -> list:
+    """The hits in the DWI's space (files without a space entity count as the DWI's own grid)."""
+    def file_space(h):
+        m = re.search(r"_space-([A-Za-z0-9]+)_", Path(h).name)
+        return m.group(1) if m else None
+    return [h for h in hits if file_space(h) in (space, None) or space == "dwi" and file_space(h) == "dwi"]
+
+
+def _find_one(ders, sub, ses, space="dwi", **query) -> str:
     from bids.layout import Query
 
     for _, lay in ders:
-        hits = [h for h in lay.get(subject=sub, session=ses if ses else Query.NONE,
-                                   extension=[".nii", ".nii.gz"], return_type="file", **query)]
+        hits = _in_space(lay.get(subject=sub, session=ses if ses else Query.NONE,
+                                 extension=[".nii", ".nii.gz"], return_type="file", **query), space)
         if hits:
             return hits[0]
     return ""
 
 
-def _find_mask(ders, sub, ses, label) -> str:
+def _find_mask(ders, sub, ses, label, space="dwi") -> tuple[str, str]:
+    """(mask file or "", how it was chosen). ``label`` (--mask-label) picks desc-<label>; otherwise one
+    candidate is used as it is and several are chosen by MASK_PREFERENCE (tumour before brain)."""
     from bids.layout import Query
 
     hits = []
     for _, lay in ders:
         q = dict(subject=sub, session=ses if ses else Query.NONE, suffix="mask", extension=[".nii", ".nii.gz"],
-                 return_type="file")
+                 return_type="object")
         if label:
             q["desc"] = label
-        hits += lay.get(**q)
-    if len(hits) > 1 and not label:
-        raise InputError(f"several masks for sub-{sub}: {', '.join(Path(h).name for h in hits)}", exit_code=EX_USAGE,
-                         path=Path(hits[0]).parent, fix="choose one with --mask-label <desc label>")
-    if label and not hits:
-        raise InputError(f"no desc-{label}_mask for sub-{sub}" + (f" ses-{ses}" if ses else ""), exit_code=EX_NOINPUT,
-                         fix="check --mask-label and --derivatives")
-    return hits[0] if hits else ""
+        hits += [f for f in lay.get(**q) if _in_space([f.path], space)]
+    where = f"sub-{sub}" + (f" ses-{ses}" if ses else "")
+    if label:
+        if not hits:
+            raise InputError(f"no desc-{label}_mask for {where} in space {space}", exit_code=EX_NOINPUT,
+                             fix="check --mask-label and --derivatives")
+        return hits[0].path, f"--mask-label {label}"
+    if len(hits) == 1:
+        return hits[0].path, "the only mask in the --derivatives folders"
+    for pref in MASK_PREFERENCE:
+        chosen = [f for f in hits if f.entities.get("desc") == pref]
+        if chosen:
+            others = ", ".join(Path(f.path).name for f in hits if f is not chosen[0])
+            return chosen[0].path, f"desc-{pref} preferred by the rule {' > '.join(MASK_PREFERENCE)} over {others}"
+    if hits:
+        raise InputError(f"several masks for {where}: {', '.join(Path(f.path).name for f in hits)}",
+                         exit_code=EX_USAGE, path=Path(hits[0].path).parent,
+                         fix="choose one with --mask-label <desc label>")
+    return "", "none given: built from the mean b=0 intensity (Otsu threshold)"

@@ -10,7 +10,10 @@ sectors with off-grid D0in, D0ex and κ, simulated directly for exactly this pro
 compartment (fV 0.03-0.10, higher at the rim) carries the signal of blood flowing in one of the
 project's generated capillary networks per region (flow simulator, spins.simulate_flow), so the
 IVIM and SpinFlowSim branches have something to find. Ground truth (tissue, fV, vm, vs, anb), the
-tumour mask and the noise σ map are written under derivatives/groundtruth/.
+tumour mask and the noise σ map are written under derivatives/groundtruth/; the tumour mask and the σ
+map, as a segmentation and noise-estimation pipeline would give them, also under
+derivatives/segmentation/, the folder the app is pointed at (``--derivatives``): it never reads a
+derivatives folder it was not given.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from ..core import phantom
 
 VOXEL_MM = 2.0
 SESSIONS = {"01": [None], "02": ["1", "2"]}
+#: derivatives/<SEGMENTATION>: the demo's tumour masks and noise σ maps, the --derivatives folder of a demo run
+SEGMENTATION = "segmentation"
 
 
 def write_series(root: Path, sub: str, ses: str | None, rng, shift=0.0) -> None:
@@ -53,8 +58,12 @@ def write_series(root: Path, sub: str, ses: str | None, rng, shift=0.0) -> None:
         model = phantom.VASCULAR_TRUTH.get(k, "histousim")
         nib.Nifti1Image(v.astype(np.float32), affine).to_filename(
             g / f"{name}_space-dwi_model-{model}_param-{bids_label(k)}_dwimap.nii.gz")
-    nib.Nifti1Image(mask.astype(np.uint8), affine).to_filename(g / f"{name}_desc-tumour_mask.nii.gz")
-    nib.Nifti1Image(np.full(phantom.SHAPE, sigma, np.float32), affine).to_filename(g / f"{name}_desc-sigma_noise.nii.gz")
+    seg = root / "derivatives" / SEGMENTATION / rel
+    seg.mkdir(parents=True, exist_ok=True)
+    for folder in (g, seg):
+        nib.Nifti1Image(mask.astype(np.uint8), affine).to_filename(folder / f"{name}_desc-tumour_mask.nii.gz")
+        nib.Nifti1Image(np.full(phantom.SHAPE, sigma, np.float32), affine).to_filename(
+            folder / f"{name}_desc-sigma_noise.nii.gz")
 
 
 def write_demo(out, seed: int = 1234) -> Path:
@@ -75,6 +84,10 @@ def write_demo(out, seed: int = 1234) -> Path:
     (gdir / "dataset_description.json").write_text(json.dumps(
         {"Name": "dmrimc-bids demo ground truth", "BIDSVersion": "1.10.0", "DatasetType": "derivative",
          "GeneratedBy": [{"Name": "dmrimc-bids-demo", "Description": f"seed {seed}"}]}, indent=1) + "\n")
+    (root / "derivatives" / SEGMENTATION / "dataset_description.json").write_text(json.dumps(
+        {"Name": "dmrimc-bids demo tumour segmentation and noise maps", "BIDSVersion": "1.10.0",
+         "DatasetType": "derivative", "GeneratedBy": [{"Name": "dmrimc-bids-demo", "Description": f"seed {seed}"}]},
+        indent=1) + "\n")
     return root
 
 
@@ -99,7 +112,8 @@ def main(argv=None) -> int:
     if args.rebuild_tissue:
         return rebuild_tissue(args.out)
     root = write_demo(args.out, args.seed)
-    print(f"demo BIDS dataset written to {root}")
+    print(f"demo BIDS dataset written to {root}; run it with: dmrimc-bids {root} <out> participant "
+          f"--derivatives {root / 'derivatives' / SEGMENTATION}")
     return 0
 
 

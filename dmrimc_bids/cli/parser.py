@@ -84,7 +84,9 @@ def _input_options(g) -> None:
                    help="derivative datasets with preprocessed DWI (desc-preproc_dwi), masks, σ maps")
     g.add_argument("--skip-bids-validation", "--skip_bids_validation", action="store_true")
     g.add_argument("--mask", type=Path, metavar="FILE", help="mask on the DWI grid (all subjects)")
-    g.add_argument("--mask-label", metavar="LABEL", help="use the derivative desc-LABEL_mask")
+    g.add_argument("--mask-label", metavar="LABEL",
+                   help="use the desc-LABEL_mask of the --derivatives folders (default: the only one, else "
+                        "tumour > tumor > lesion > roi > brain; none: built from the b=0 intensity)")
     g.add_argument("--noise-map", type=Path, metavar="FILE",
                    help="noise σ map of one acquired volume, signal units (default: derivative desc-sigma)")
     g.add_argument("--atlas", metavar="TPL:ATLAS[:DESC[:RES]]",
@@ -93,6 +95,10 @@ def _input_options(g) -> None:
                    help="group level: participants.tsv column splitting the cohort distributions")
     g.add_argument("--small-delta", type=float, metavar="MS", help="gradient duration δ [ms] for every volume")
     g.add_argument("--big-delta", type=float, metavar="MS", help="gradient separation Δ [ms] for every volume")
+    g.add_argument("--timing", nargs="+", metavar="RUN:δ,Δ|TSV",
+                   help="per-run gradient timing [ms], e.g. --timing run-1:10,25 run-2:15,45 (RUN: an entity or the "
+                        "file name of the DWI), or a TSV with columns run, small_delta, big_delta; wins over the "
+                        "sidecars and --small-delta/--big-delta")
 
 
 def _model_options(m) -> None:
@@ -176,14 +182,27 @@ def _execution_options(e) -> None:
     e.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto",
                    help="fitting device; auto: a CUDA GPU when one is present (needs the [gpu] extra); if its "
                         "compilation or a launch fails, the CPU with one warning")
-    e.add_argument("-v", "--verbose", action="count", default=0)
+    e.add_argument("--max-failed-fraction", type=float, default=0.05, metavar="F",
+                   help="a session whose fit failed in more than this fraction of its fitted voxels is marked "
+                        "failed (0.05)")
+    e.add_argument("--allow-mixed-runs", action="store_true",
+                   help="group level: pool maps written by different versions or options (refused by default)")
+    e.add_argument("-v", "--verbose", action="count", default=0,
+                   help="-v: Nipype's node messages on the terminal too (they always go to logs/); -vv: debug")
 
 
 def check_arguments(args) -> None:
     """Usage errors that argparse cannot see (exit 64, one line each)."""
-    if args.output_dir.resolve() == args.bids_dir.resolve():
+    out, raw = args.output_dir.resolve(), args.bids_dir.resolve()
+    if out == raw:
         raise InputError("the output folder is the BIDS dataset itself", path=args.output_dir, exit_code=EX_USAGE,
                          fix="write elsewhere, e.g. <bids_dir>/derivatives/dmrimc-bids")
+    if out.is_relative_to(raw) and not out.is_relative_to(raw / "derivatives"):
+        raise InputError("the output folder is inside the raw BIDS dataset", path=args.output_dir, exit_code=EX_USAGE,
+                         fix="write outside it, or under <bids_dir>/derivatives/ (e.g. derivatives/dmrimc-bids)")
+    if not 0 <= args.max_failed_fraction <= 1:
+        raise InputError(f"--max-failed-fraction {args.max_failed_fraction:g}", exit_code=EX_USAGE,
+                         fix="give a fraction between 0 and 1")
     try:
         reg_norm, reg_weight = int(args.reg[0]), float(args.reg[1])
         if reg_norm not in (1, 2) or reg_weight < 0:
@@ -223,6 +242,8 @@ def config_from_args(args) -> Config:
         dictionary=text(args.dictionary), params=list(args.params or []), fix=dict(args.fix),
         b0_threshold=args.b0_threshold, b0_pool_series=not args.b0_per_series, vasc_threshold=args.vasc_threshold,
         shell_tolerance=args.shell_tolerance, small_delta_ms=args.small_delta, big_delta_ms=args.big_delta,
+        timing=list(args.timing or []), max_failed_fraction=args.max_failed_fraction,
+        allow_mixed_runs=args.allow_mixed_runs,
         match_tol_b=args.match_tolerance_b, match_tol_ms=args.match_tolerance_ms, n_averages=args.n_averages,
         reg_norm=int(args.reg[0]), reg_weight=float(args.reg[1]), bounds=dict(args.bounds),
         smoothing=args.surrogate_smoothing, surrogate=args.surrogate, n_neighbours=args.surrogate_neighbours,

@@ -18,11 +18,22 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose == 0 else logging.DEBUG, format="%(message)s",
                         stream=sys.stderr)
+    logging.getLogger("bidsschematools").setLevel(logging.INFO if args.verbose else logging.ERROR)
     try:
         return run(config_from_args(args))
     except InputError as exc:
         print(f"dmrimc-bids: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except KeyboardInterrupt:
+        return interrupted("dmrimc-bids", "maps already written stay; a rerun with the same -w resumes")
+
+
+def interrupted(prog: str, what: str) -> int:
+    """Ctrl-C: stop every worker process, print one line, exit code 130 (128 + SIGINT)."""
+    from ..workflows.execution import stop_children
+    stop_children()
+    print(f"{prog}: interrupted (Ctrl-C): {what}", file=sys.stderr)
+    return 130
 
 
 def run(config) -> int:

@@ -54,8 +54,9 @@ def _nonnegative(text):
 
 def _common(p):
     from ..core.simulate.montecarlo import DEFAULT_DT_MS, DEFAULT_WALKERS
-    p.add_argument("--walkers", type=_positive(int), default=DEFAULT_WALKERS,
-                   help=f"walkers per configuration ({DEFAULT_WALKERS})")
+    p.add_argument("--walkers", type=_positive(int), default=None,
+                   help=f"walkers per configuration (--preset quick: {PRESETS['quick']['walkers']}, histousim: "
+                        f"{DEFAULT_WALKERS})")
     p.add_argument("--dt-ms", type=_positive(float), default=DEFAULT_DT_MS, help="time step [ms] (110/2370)")
     p.add_argument("--grid-um", type=_positive(float), default=1.0, help="membrane look-up grid [µm] (1)")
     p.add_argument("--seed", type=int, default=0)
@@ -148,10 +149,23 @@ def _execution_flags(p):
                         "with one local process, else 1)")
 
 
-def build_parser():
-    from ..core.simulate.histo import HISTOUSIM_D0, HISTOUSIM_KAPPA
-    parser = _Parser(prog="dmrimc-sim", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+#: dmrimc-sim histo presets: D0in = D0ex values [µm²/ms], κ values [µm/s], walkers per configuration
+#: (histousim: the published grid, core.simulate.histo.HISTOUSIM_D0/HISTOUSIM_KAPPA, and walkers).
+PRESETS = {"quick": {"d0": [0.8, 1.9, 3.0], "kappa": [0.0, 20.0, 40.0], "walkers": 5000},
+           "histousim": {"d0": "HISTOUSIM_D0", "kappa": "HISTOUSIM_KAPPA", "walkers": 20000}}
+
+
+def apply_preset(args) -> None:
+    """Fill --d0in/--d0ex/--kappa/--walkers left out from --preset."""
+    from ..core.simulate import histo
+    preset = {k: getattr(histo, v).tolist() if isinstance(v, str) else v for k, v in PRESETS[args.preset].items()}
+    args.d0in = args.d0in or list(preset["d0"])
+    args.d0ex = args.d0ex or list(preset["d0"])
+    args.kappa = args.kappa if args.kappa is not None else list(preset["kappa"])
+    args.walkers = args.walkers or preset["walkers"]
+
+
+def _histo_parser(sub) -> None:
     h = sub.add_parser("histo", help="Histo-μSim dictionary: Monte Carlo in traced cell substrates")
     h.add_argument("--svg", type=Path, nargs="+", required=True, help="SVG(s) of traced cells (one substrate each)")
     g = h.add_mutually_exclusive_group(required=True)
@@ -161,13 +175,23 @@ def build_parser():
     h.add_argument("--protocol", type=Path, required=True,
                    help="TSV (b, small_delta, big_delta [, echo_time, waveform]) or DWI .json sidecar + .bval")
     h.add_argument("--bval", type=Path, default=None, help="the sidecar's .bval (default: beside it)")
-    h.add_argument("--d0in", type=_positive(float), nargs="+", default=list(HISTOUSIM_D0), help="µm²/ms")
-    h.add_argument("--d0ex", type=_positive(float), nargs="+", default=list(HISTOUSIM_D0), help="µm²/ms")
-    h.add_argument("--kappa", type=_nonnegative, nargs="+", default=list(HISTOUSIM_KAPPA), help="µm/s")
+    h.add_argument("--preset", choices=sorted(PRESETS), default="quick",
+                   help="quick (default): 3 D0in x 3 D0ex x 3 kappa with 5000 walkers, about a minute for a small "
+                        "protocol on 2 cores; histousim: the published 5 x 5 x 9 grid with 20000 walkers (about 40x "
+                        "longer). --d0in/--d0ex/--kappa/--walkers override it")
+    h.add_argument("--d0in", type=_positive(float), nargs="+", default=None, help="µm²/ms (from --preset)")
+    h.add_argument("--d0ex", type=_positive(float), nargs="+", default=None, help="µm²/ms (from --preset)")
+    h.add_argument("--kappa", type=_nonnegative, nargs="+", default=None, help="µm/s (from --preset)")
     h.add_argument("--metrics-area", choices=("polygon", "hull"), default="polygon",
                    help="cell areas for the metrics (hull: as the published scripts)")
     h.add_argument("--out", type=Path, required=True, help="dictionary .npz (its .json beside it)")
     _common(h)
+
+
+def build_parser():
+    parser = _Parser(prog="dmrimc-sim", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _histo_parser(sub)
     f = sub.add_parser("flow", help="SpinFlowSim dictionary: blood flow in capillary networks")
     f.add_argument("--network", type=Path, nargs="+", default=None,
                    help="network file(s): .json, .csv (with --inlet/--outlet/--qin) or converted SpinFlowSim .npz; "
@@ -248,6 +272,9 @@ def main(argv=None) -> int:
     except InputError as exc:
         print(f"dmrimc-sim: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except KeyboardInterrupt:
+        from .run import interrupted
+        return interrupted("dmrimc-sim", "no dictionary written")
 
 
 def _run_flow(args) -> int:
@@ -379,6 +406,7 @@ def _run(args) -> int:
     if args.command == "default-dictionary":
         return _run_default(args, device)
     if args.command == "histo":
+        apply_preset(args)
         prot = read_simulation_protocol(args.protocol, args.bval)
         specs = [{"svg": str(p.resolve()), "scale_um_per_unit": args.scale, "width_um": args.width_um,
                   "tolerance_um": args.tolerance_um} for p in args.svg]
@@ -439,10 +467,8 @@ def run_workflow(build, out, args, after=None):
     """Run the graph build(work_dir) with the chosen plugin; returns the Dictionary written to ``out``,
     or None when a graph plugin (SLURMGraph, ...) only submitted the jobs. after(work_dir), if given,
     runs once the graph has finished, before a temporary work dir is removed."""
-    from nipype import logging as nlogging
-
     from ..core.dictionary import Dictionary
-    from ..workflows import execution
+    from ..workflows import execution, nipype_logging
 
     run_with = _execution(args)
     tmp = None
@@ -451,8 +477,7 @@ def run_workflow(build, out, args, after=None):
         tmp = work = Path(tempfile.mkdtemp(prefix="dmrimc_sim_"))
     work = Path(work).resolve()
     execution.configure(run_with, work)
-    for name in ("nipype.workflow", "nipype.interface", "nipype.utils"):
-        nlogging.getLogger(name).setLevel(logging.INFO if args.verbose > 1 else logging.WARNING)
+    nipype_logging.route(args.verbose, work / "nipype.log" if args.work_dir else None)
     wf = build(work)
     t0 = time.perf_counter()
     try:
@@ -462,6 +487,11 @@ def run_workflow(build, out, args, after=None):
         crashes = sorted((work / "crash").glob("crash-*.txt"))
         raise InputError(f"simulation failed ({exc})", fix=f"see {crashes[-1] if crashes else work}",
                          exit_code=1) from exc
+    except KeyboardInterrupt:
+        execution.stop_children()
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
     LOG.info("simulation finished in %.1f s", time.perf_counter() - t0)
     dic = Dictionary.load(out)
     try:

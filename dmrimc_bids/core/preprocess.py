@@ -214,12 +214,19 @@ class FilterResult:
     dropped: list           # dicts: index, b, small_delta, big_delta, reason
 
     def warnings(self) -> list[str]:
+        """One line per reason, each dropped b listed once (with its number of shells, i.e. diffusion
+        times/TEs, when several)."""
         by_reason: dict = {}
         for d in self.dropped:
             if d["b"] == 0:
                 continue  # b=0 shells are never fitted; the sidecars list them
-            by_reason.setdefault(d["reason"], []).append(f"{d['b']:g}")
-        return [f"dropped b = {', '.join(v)} s/mm²: {r}" for r, v in by_reason.items()]
+            counts = by_reason.setdefault(d["reason"], {})
+            counts[f"{d['b']:g}"] = counts.get(f"{d['b']:g}", 0) + 1
+        out = []
+        for r, counts in by_reason.items():
+            listed = ", ".join(b + (f" (x{n})" if n > 1 else "") for b, n in counts.items())
+            out.append(f"dropped b = {listed} s/mm²: {r}")
+        return out
 
 
 def vascular_filter(shells: Protocol, vasc_threshold: float = 250.0, max_b: float | None = None,
@@ -245,3 +252,30 @@ def vascular_filter(shells: Protocol, vasc_threshold: float = 250.0, max_b: floa
             dropped.append({"index": i, "b": float(b), "small_delta": float(shells.small_delta_ms[i]),
                             "big_delta": float(shells.big_delta_ms[i]), "reason": reason})
     return FilterResult(np.array(keep, dtype=int), dropped)
+
+
+def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
+    """Otsu's threshold of a sample: the cut that maximises the between-class variance of a histogram."""
+    v = np.asarray(values, float)
+    v = v[np.isfinite(v)]
+    if v.size == 0 or v.min() == v.max():
+        return float(v.min()) if v.size else 0.0
+    counts, edges = np.histogram(v, bins=bins)
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    w0 = np.cumsum(counts)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(counts * centres) / np.maximum(w0, 1)
+    m1 = (np.sum(counts * centres) - np.cumsum(counts * centres)) / np.maximum(w1, 1)
+    between = w0 * w1 * (m0 - m1) ** 2
+    return float(edges[1:][np.argmax(between)])
+
+
+def b0_mask(data: np.ndarray, b: np.ndarray, b0_threshold: float = 20.0) -> tuple[np.ndarray, float]:
+    """(mask, threshold) of the voxels whose mean b=0 signal is above Otsu's threshold: the mask the app
+    builds when none is given. data: [x, y, z, volumes]; b: b-value per volume [s/mm²]."""
+    b0 = np.asarray(b) <= b0_threshold
+    mean_b0 = data[..., b0].mean(-1) if b0.any() else data.mean(-1)
+    mean_b0 = np.nan_to_num(mean_b0, nan=0.0)
+    cut = otsu_threshold(mean_b0.ravel())
+    mask = mean_b0 > cut
+    return (mask if mask.any() else mean_b0 > 0), cut

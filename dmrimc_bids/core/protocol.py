@@ -209,45 +209,143 @@ def _per_volume(values, n: int, what: str, source, fix: str) -> np.ndarray:
     return arr
 
 
-def timing_from_sidecar(meta: dict, n_volumes: int, source=None):
-    """(δ, Δ, TE) in ms from a BIDS DWI sidecar (seconds; one number or one per volume).
+#: Sidecar keys of the gradient timing, first hit wins: (key, unit). SmallDelta/BigDelta are the BIDS
+#: proposal's (bids-specification PR #2309, seconds); LargeDelta is QSIRecon's/HBCD's spelling;
+#: DiffusionGradientDuration/Separation and the proposal's earlier DiffGradientDuration/Separation (ms) are
+#: written by converters; DwGradDur/DwGradSep (ms) are Bruker ParaVision's PVM_DwGradDur/PVM_DwGradSep.
+SMALL_DELTA_KEYS = (("SmallDelta", "s"), ("DiffusionGradientDuration", "s"), ("DiffGradientDuration", "ms"),
+                    ("PVM_DwGradDur", "ms"), ("DwGradDur", "ms"))
+BIG_DELTA_KEYS = (("BigDelta", "s"), ("LargeDelta", "s"), ("DiffusionGradientSeparation", "s"),
+                  ("DiffGradientSeparation", "ms"), ("PVM_DwGradSep", "ms"), ("DwGradSep", "ms"))
 
-    Reads ``SmallDelta`` and ``BigDelta`` (``LargeDelta`` accepted for Δ). Returns Nones for
-    missing fields. Values above 1 s are refused as probably written in ms.
+
+def timing_from_sidecar(meta: dict, n_volumes: int, source=None, original_files=None):
+    """(δ, Δ, TE) in ms from a DWI sidecar (one number or one per volume; Nones for missing fields).
+
+    Reads the keys of SMALL_DELTA_KEYS/BIG_DELTA_KEYS (seconds, or ms where the key says so) and
+    ``EchoTime`` (s). A preprocessed sidecar without top-level timing (QSIPrep drops what differed between
+    the runs it concatenated) is completed from its ``SourceMetadata`` {source file: sidecar}: per volume
+    through ``original_files`` (each volume's source file, QSIPrep's confounds ``original_file`` column),
+    or as one value when every source run agrees. Values in seconds above 1 s are refused as probably
+    written in ms.
     """
-    def get(*keys):
-        for k in keys:
-            if k in meta and meta[k] is not None:
-                return k, meta[k]
-        return None, None
-
     out = []
-    for keys in (("SmallDelta",), ("BigDelta", "LargeDelta"), ("EchoTime",)):
-        key, value = get(*keys)
+    for keys in (SMALL_DELTA_KEYS, BIG_DELTA_KEYS, (("EchoTime", "s"),)):
+        key, unit = next(((k, u) for k, u in keys if meta.get(k) is not None), (None, None))
         if key is None:
             out.append(None)
             continue
-        try:
-            arr = _per_volume(value, n_volumes, key, source,
-                              f"give {key} as one number or one number per volume (in seconds)")
-        except (TypeError, ValueError) as exc:
-            raise InputError(f"{key} is not a number or a list of numbers", path=source,
-                             fix=f"write {key} in seconds, e.g. 0.0143") from exc
-        if np.any(arr > MAX_PLAUSIBLE_SECONDS):
-            raise InputError(f"{key} = {np.max(arr):g} looks like milliseconds, but BIDS sidecars use seconds",
-                             path=source, fix=f"write {key} in seconds (e.g. {np.max(arr) / 1000:g})")
-        out.append(arr * 1000.0)
+        out.append(_timing_values(meta[key], key, unit, n_volumes, source))
+    if (out[0] is None or out[1] is None) and isinstance(meta.get("SourceMetadata"), dict):
+        src = _from_source_metadata(meta["SourceMetadata"], n_volumes, source, original_files)
+        out = [o if o is not None else s for o, s in zip(out, src)]
     return tuple(out)
+
+
+def _timing_values(value, key: str, unit: str, n_volumes: int, source) -> np.ndarray:
+    """One timing field as ms per volume (checked)."""
+    try:
+        arr = _per_volume(value, n_volumes, key, source,
+                          f"give {key} as one number or one number per volume (in {'ms' if unit == 'ms' else 'seconds'})")
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{key} is not a number or a list of numbers", path=source,
+                         fix=f"write {key} in {'ms, e.g. 14.3' if unit == 'ms' else 'seconds, e.g. 0.0143'}") from exc
+    if unit == "ms":
+        return arr
+    if np.any(arr > MAX_PLAUSIBLE_SECONDS):
+        raise InputError(f"{key} = {np.max(arr):g} looks like milliseconds, but BIDS sidecars use seconds",
+                         path=source, fix=f"write {key} in seconds (e.g. {np.max(arr) / 1000:g})")
+    return arr * 1000.0
+
+
+def _from_source_metadata(sources: dict, n_volumes: int, path, original_files=None):
+    """(δ, Δ, TE) in ms from QSIPrep's SourceMetadata {source file: its sidecar}; Nones when absent."""
+    per_source = {Path(str(name)).name: timing_from_sidecar(m, 1, path) for name, m in sources.items()
+                  if isinstance(m, dict)}
+    if not per_source:
+        return None, None, None
+    if original_files is not None:
+        if len(original_files) != n_volumes:
+            raise InputError(f"the confounds' original_file column has {len(original_files)} rows for {n_volumes} "
+                             "volumes", path=path, fix="give the desc-confounds_timeseries.tsv of this DWI")
+        out = []
+        for k in range(3):
+            col = []
+            for name in original_files:
+                t = per_source.get(Path(str(name)).name)
+                if t is None:
+                    raise InputError(f"original_file {name} is not in the sidecar's SourceMetadata", path=path,
+                                     fix="give the sidecar and confounds file QSIPrep wrote together")
+                col.append(np.nan if t[k] is None else float(t[k][0]))
+            out.append(None if np.all(np.isnan(col)) else np.array(col))
+        return tuple(out)
+    out = []
+    for k, name in enumerate(("δ", "Δ", "TE")):
+        values = {None if t[k] is None else round(float(t[k][0]), 6) for t in per_source.values()}
+        if len(values) > 1 and k < 2:
+            raise InputError(f"the runs in SourceMetadata differ in {name} ({', '.join(sorted(map(str, values)))} ms) "
+                             "and nothing maps volumes to runs", path=path,
+                             fix="keep QSIPrep's desc-confounds_timeseries.tsv (column original_file) beside the DWI, "
+                                 "or give per-run timing with --timing")
+        v = values.pop() if len(values) == 1 else None
+        out.append(None if v is None else np.full(n_volumes, v))
+    return tuple(out)
+
+
+# ---- per-run timing given on the command line ----------------------------------------------------------
+def parse_run_timing(items) -> dict:
+    """--timing items -> {run key: (δ, Δ) [ms]}. An item is KEY:δ,Δ (ms), or a TSV file with columns
+    run, small_delta, big_delta (ms). KEY is an entity of the DWI file name (run-2, acq-long) or the file
+    name itself."""
+    out = {}
+    for item in items or []:
+        item = str(item)
+        if ":" not in item and Path(item).is_file():
+            out.update(_timing_table(Path(item)))
+            continue
+        key, _, values = item.rpartition(":")
+        try:
+            small, big = (float(v) for v in values.split(","))
+        except ValueError:
+            raise InputError(f"--timing {item}", exit_code=EX_USAGE,
+                             fix="give RUN:δ,Δ in ms (e.g. run-1:10,25), or a TSV with columns run, small_delta, "
+                                 "big_delta") from None
+        if not key or not 0 < small <= big:
+            raise InputError(f"--timing {item}", exit_code=EX_USAGE, fix="give RUN:δ,Δ with 0 < δ <= Δ (ms)")
+        out[key] = (small, big)
+    return out
+
+
+def _timing_table(path: Path) -> dict:
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh, delimiter="\t"))
+    if not rows or not {"run", "small_delta", "big_delta"} <= set(rows[0]):
+        raise InputError("the timing table needs tab-separated columns run, small_delta, big_delta (ms)", path=path,
+                         exit_code=EX_USAGE, fix="add that header row")
+    return parse_run_timing([f"{r['run']}:{r['small_delta']},{r['big_delta']}" for r in rows])
+
+
+def run_timing_for(dwi_file, timing: dict):
+    """(δ, Δ) [ms] that --timing gives this DWI file, or None. A key matches the file's name, its name
+    without extension, or one of its entities (``run-2`` matches ``sub-01_run-2_dwi.nii.gz``)."""
+    name = Path(str(dwi_file)).name
+    stem = name.split(".")[0]
+    hits = [k for k in timing if k in (name, stem) or k in stem.split("_")]
+    if len(hits) > 1:
+        raise InputError(f"--timing keys {', '.join(hits)} all match {name}", path=dwi_file, exit_code=EX_USAGE,
+                         fix="give one key per run")
+    return timing[hits[0]] if hits else None
 
 
 def read_protocol(bval_path, n_volumes: int, *, bvec_path=None, sidecar: dict | None = None,
                   sidecar_path=None, gdur_path=None, gsep_path=None,
                   small_delta_ms: float | None = None, big_delta_ms: float | None = None,
-                  b0_threshold: float = 20.0) -> Protocol:
+                  b0_threshold: float = 20.0, run_timing=None, original_files=None) -> Protocol:
     """Build and check the per-volume protocol of one DWI series.
 
-    Timing precedence: explicit ``small_delta_ms``/``big_delta_ms`` (command line, ms) >
-    ``.gdur``/``.gsep`` files (ms) > the JSON sidecar (s). Raises InputError naming the file and
+    Timing precedence: this run's ``run_timing`` (δ, Δ) (``--timing``, ms) > explicit
+    ``small_delta_ms``/``big_delta_ms`` (command line, ms) > ``.gdur``/``.gsep`` files (ms) > the JSON
+    sidecar (s; QSIPrep's SourceMetadata with ``original_files``, see timing_from_sidecar). Raises InputError naming the file and
     the fix on count mismatches, missing timing, negative values, Δ < δ or unit mix-ups.
     """
     b = read_numbers(bval_path, "b-value")
@@ -259,7 +357,7 @@ def read_protocol(bval_path, n_volumes: int, *, bvec_path=None, sidecar: dict | 
     bvecs = read_bvecs(bvec_path, n_volumes) if bvec_path is not None else None
 
     meta = sidecar or {}
-    sd_s, bd_s, te = timing_from_sidecar(meta, n_volumes, sidecar_path)
+    sd_s, bd_s, te = timing_from_sidecar(meta, n_volumes, sidecar_path, original_files)
     small, big, src_small, src_big = sd_s, bd_s, sidecar_path, sidecar_path
     if gdur_path is not None:
         small, src_small = _per_volume(read_numbers(gdur_path, "gradient duration"), n_volumes,
@@ -271,6 +369,8 @@ def read_protocol(bval_path, n_volumes: int, *, bvec_path=None, sidecar: dict | 
         if value is not None and 0 < value < MIN_PLAUSIBLE_MS:
             raise InputError(f"{name} {value:g} looks like seconds, but it is read in ms",
                              fix=f"give {name} in ms (e.g. {value * 1000:g})", exit_code=EX_USAGE)
+    if run_timing is not None:
+        small_delta_ms, big_delta_ms = run_timing
     if small_delta_ms is not None:
         small, src_small = np.full(n_volumes, float(small_delta_ms)), "--small-delta"
     if big_delta_ms is not None:
@@ -284,7 +384,12 @@ def read_protocol(bval_path, n_volumes: int, *, bvec_path=None, sidecar: dict | 
                 "(ms); preprocessed data (e.g. QSIPrep) drops timing that differed between concatenated runs, "
                 "so take it from the raw sidecars", exit_code=EX_NOINPUT)
 
-    dw = b > b0_threshold
+    _check_timing(b > b0_threshold, small, big, src_small, src_big)
+    return Protocol(b, small, big, np.full(n_volumes, np.nan) if te is None else te, bvecs)
+
+
+def _check_timing(dw, small, big, src_small, src_big) -> None:
+    """InputError for negative, missing or zero δ/Δ of a diffusion-weighted volume (dw), or Δ < δ."""
     for arr, name, src in ((small, "δ", src_small), (big, "Δ", src_big)):
         if np.any(~np.isfinite(arr[dw])) or np.any(arr < 0):
             raise InputError(f"negative or missing gradient timing {name}", path=src,
@@ -298,7 +403,6 @@ def read_protocol(bval_path, n_volumes: int, *, bvec_path=None, sidecar: dict | 
                          f"(Δ={big[bad[0]]:g} ms, δ={small[bad[0]]:g} ms)", path=src_big,
                          fix="check that BigDelta/SmallDelta are not swapped: Δ is the separation of the "
                              "gradient pulses' leading edges and cannot be shorter than their duration δ")
-    return Protocol(b, small, big, np.full(n_volumes, np.nan) if te is None else te, bvecs)
 
 
 def load_sidecar(path) -> dict:
@@ -317,7 +421,8 @@ def load_sidecar(path) -> dict:
     return meta
 
 
-__all__ = ["Protocol", "read_protocol", "read_numbers", "read_bvecs", "timing_from_sidecar",
+__all__ = ["Protocol", "read_protocol", "read_numbers", "read_bvecs", "timing_from_sidecar", "parse_run_timing",
+           "run_timing_for",
            "load_sidecar", "GAMMA_RAD_PER_S_PER_T", "EX_DATAERR"]
 
 

@@ -222,7 +222,7 @@ def read_simulation_protocol(path, bval=None) -> Protocol:
         rows = list(csv.DictReader(fh, delimiter="\t"))
     if not rows or not {"b", "small_delta", "big_delta"} <= set(rows[0]):
         raise InputError("protocol table needs tab-separated columns b, small_delta, big_delta (ms)",
-                         path=path, fix="add a header row with those column names (see DESIGN.md §3)")
+                         path=path, fix="add a header row with those column names (see docs/formats.md in the project)")
     prot = Protocol.from_table(path)
     waves = []
     for i, r in enumerate(rows):

@@ -9,6 +9,7 @@ from pathlib import Path
 from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, isdefined, traits
 
 from ..bids.derivatives import DIAGNOSTICS, map_path, map_sidecar, publish, stage_copy, stage_json
+from ..bids.provenance import sources
 from ..core.dictionary import PARAM_DESCRIPTIONS
 
 
@@ -25,7 +26,8 @@ class _WriteIn(BaseInterfaceInputSpec):
     matched_dictionary = File(exists=True, desc="matched dictionary .npz (its .json: the matching)")
     dropped = traits.List(traits.Dict, desc="measurements dropped before the fit")
     notes = traits.List(traits.Str, desc="normalisation and model notes")
-    sources = traits.List(traits.Str, desc="BIDS URIs of the input files")
+    space = traits.Str("dwi", usedefault=True, desc="space entity of the maps (the input DWI's)")
+    input_files = traits.Dict(desc="bids.provenance.input_record: the DWI, mask and σ map used (URI, SHA-256)")
     fit_info = traits.Dict(desc="the fit's info: estimate placement on dictionary nodes and bounds")
 
 
@@ -61,7 +63,7 @@ class WriteDerivatives(SimpleInterface):
         try:
             for name, src in i.maps.items():
                 param, sd = (name[:-3], "sd") if name.endswith("_sd") else (name, None)
-                nii = map_path(i.out_dir, i.subject, i.session or None, i.model, param, desc=sd)
+                nii = map_path(i.out_dir, i.subject, i.session or None, i.model, param, desc=sd, space=i.space)
                 desc, unit = DIAGNOSTICS.get(param, (PARAM_DESCRIPTIONS.get(param, param),
                                                      value(i.units, {}).get(param, "")))
                 if sd:
@@ -69,7 +71,9 @@ class WriteDerivatives(SimpleInterface):
                             "Fisher/Laplace, at the estimate")
                     desc = f"standard deviation ({kind}) of: {desc}"
                 staged[str(nii)] = stage_copy(src, nii)
-                side = map_sidecar(i.model, param, unit, desc, params, list(value(i.sources, [])))
+                record = value(i.input_files, {})
+                side = map_sidecar(i.model, param, unit, desc, params, sources(record))
+                side["InputFiles"] = record
                 staged[str(nii).replace(".nii.gz", ".json")] = stage_json(side, str(nii).replace(".nii.gz", ".json"))
         except BaseException:
             for tmp in staged.values():

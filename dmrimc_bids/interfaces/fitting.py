@@ -4,6 +4,7 @@ runs ``Model.fit`` and writes the maps, the example voxels and the model's descr
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -72,12 +73,19 @@ class FitModel(SimpleInterface):
                                                          {"protocol": protocol.to_rows(), "voxels": []})
             return runtime
         numba.set_num_threads(max(1, min(i.n_threads, numba.config.NUMBA_NUM_THREADS)))
+        from ..core import jitcache
+        from ..core.fitting import kernels
+        notice = jitcache.compile_notice(kernels.__file__, "fitting")
+        if notice and i.estimator not in ("ivim",):
+            print(f"dmrimc-bids: {i.label}: {notice}", file=sys.stderr, flush=True)
         with threadpool_limits(limits=max(1, i.n_threads)), \
                 tqdm(total=int(mask.sum()), desc=i.label, unit="vox", mininterval=2) as bar:
             fit = model.fit(data, mask, sigma, progress=bar.update)
-        for name, arr in fit.maps().items():
-            dtype = np.int16 if name == "exitcode" else np.float32
-            self._results["maps"][name] = save_image(arr, img, cwd_path(runtime, f"{name}.nii.gz"), dtype)
+        maps = fit.maps()
+        outside = (maps["exitcode"] == 0) if "exitcode" in maps else ~mask  # one background: NaN outside the fit
+        for name, arr in maps.items():
+            arr = np.where(outside, np.nan, np.asarray(arr, np.float32))
+            self._results["maps"][name] = save_image(arr, img, cwd_path(runtime, f"{name}.nii.gz"), np.float32)
         self._results["units"] = dict(fit.units)
         self._results["info"] = json.loads(json.dumps(fit.info))
         self._results["examples_file"] = _write_json(cwd_path(runtime, "examples.json"),

@@ -24,6 +24,32 @@ def load_image(path, what: str = "image"):
                          fix="give a valid NIfTI file (.nii or .nii.gz)", exit_code=EX_NOINPUT) from exc
 
 
+def verify_image(path, what: str = "image") -> None:
+    """Read every byte of a NIfTI once: a gzip stream is decompressed to its end, so that its CRC and length
+    are checked (nibabel alone reads only the bytes it needs and returns garbage from a damaged stream), and
+    the data must be as long as the header says. A damaged file is an InputError naming it (exit 65)."""
+    import gzip
+    import zlib
+
+    img = load_image(path, what)
+    hdr = img.header
+    need = int(hdr.get_data_offset()) + int(np.prod(hdr.get_data_shape())) * hdr.get_data_dtype().itemsize
+    size = 0
+    try:
+        if str(path).endswith(".gz"):
+            with gzip.open(path, "rb") as fh:
+                while block := fh.read(1 << 22):
+                    size += len(block)
+        else:
+            size = os.path.getsize(path)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise InputError(f"the {what} file is damaged ({type(exc).__name__}: {exc})", path=path, exit_code=EX_DATAERR,
+                         fix="copy or export the file again (its compressed data fail their checksum)") from exc
+    if size < need:
+        raise InputError(f"the {what} file is truncated ({size} of {need} bytes)", path=path, exit_code=EX_DATAERR,
+                         fix="copy or export the file again (it ends before the data its header describes)")
+
+
 def load_data(path, what: str = "image") -> tuple[np.ndarray, nib.Nifti1Image]:
     """(float32 data, image) with a clear error when the data cannot be read."""
     img = load_image(path, what)

@@ -10,13 +10,13 @@ from nipype.interfaces.base import (BaseInterfaceInputSpec, File, InputMultiObje
                                     TraitedSpec, isdefined, traits)
 
 from ..core import preprocess as core
-from ..core.errors import EX_DATAERR, InputError
-from ..core.protocol import Protocol, load_sidecar, read_protocol
+from ..core.errors import EX_DATAERR, EX_USAGE, InputError
+from ..core.protocol import Protocol, load_sidecar, read_numbers, read_protocol, run_timing_for, timing_from_sidecar
 from .io import check_same_grid, cwd_path, load_data, load_image, save_image
 
 
 def series_protocol(dwi_file, bval_file, bvec_file=None, sidecar_file=None, gdur_file=None, gsep_file=None,
-                    small_delta_ms=None, big_delta_ms=None, b0_threshold=20.0):
+                    small_delta_ms=None, big_delta_ms=None, b0_threshold=20.0, run_timing=None, confounds_file=None):
     """Protocol of one DWI series, checked against its NIfTI header (no voxel data read)."""
     img = load_image(dwi_file, "DWI")
     if len(img.shape) != 4:
@@ -25,7 +25,60 @@ def series_protocol(dwi_file, bval_file, bvec_file=None, sidecar_file=None, gdur
     meta = load_sidecar(sidecar_file) if sidecar_file else {}
     return read_protocol(bval_file, img.shape[3], bvec_path=bvec_file, sidecar=meta, sidecar_path=sidecar_file,
                          gdur_path=gdur_file, gsep_path=gsep_file, small_delta_ms=small_delta_ms,
-                         big_delta_ms=big_delta_ms, b0_threshold=b0_threshold)
+                         big_delta_ms=big_delta_ms, b0_threshold=b0_threshold, run_timing=run_timing,
+                         original_files=original_files(confounds_file) if confounds_file else None)
+
+
+def original_files(confounds_file) -> list:
+    """Each volume's source file: the ``original_file`` column of QSIPrep's desc-confounds_timeseries.tsv."""
+    import csv
+    with open(confounds_file, newline="") as fh:
+        rows = list(csv.DictReader(fh, delimiter="\t"))
+    if not rows or "original_file" not in rows[0]:
+        raise InputError("the confounds file has no original_file column", path=confounds_file,
+                         fix="give the desc-confounds_timeseries.tsv QSIPrep wrote with this DWI")
+    return [r["original_file"] for r in rows]
+
+
+def session_protocols(dwi_files, bval_files, bvec_files=None, sidecar_files=None, gdur_files=None, gsep_files=None,
+                      confounds_files=None, small_delta_ms=None, big_delta_ms=None, timing=None,
+                      b0_threshold=20.0) -> list:
+    """The protocol of each run of a session (series_protocol). Per-run ``timing`` ({key: (δ, Δ)} ms,
+    core.protocol.run_timing_for) wins over one ``small_delta_ms``/``big_delta_ms`` for every volume, and
+    that one is refused (usage error) when the runs' own metadata say their timing or TE differ."""
+    n = len(dwi_files)
+    col = lambda files: list(files) if files else [""] * n  # noqa: E731
+    per_run = [run_timing_for(d, timing or {}) for d in dwi_files]
+    rows = list(zip(dwi_files, bval_files, col(bvec_files), col(sidecar_files), col(gdur_files), col(gsep_files),
+                    col(confounds_files)))
+    if n > 1 and (small_delta_ms is not None or big_delta_ms is not None) and None in per_run:
+        _refuse_shared_timing([(d, sc, gs, cf) for (d, _, _, sc, _, gs, cf), rt in zip(rows, per_run) if rt is None])
+    return [series_protocol(d, b, bv or None, sc or None, gd or None, gs or None, small_delta_ms, big_delta_ms,
+                            b0_threshold, rt, cf or None)
+            for (d, b, bv, sc, gd, gs, cf), rt in zip(rows, per_run)]
+
+
+def _refuse_shared_timing(runs: list) -> None:
+    """InputError when one --small-delta/--big-delta would be given to runs [(dwi, sidecar, gsep, confounds)]
+    whose own metadata (sidecar or .gsep Δ, sidecar TE) say they differ."""
+    from pathlib import Path
+    described = []
+    for dwi, sidecar, gsep, confounds in runs:
+        n = load_image(dwi, "DWI").shape[-1]
+        meta = load_sidecar(sidecar) if sidecar else {}
+        _, big, te = timing_from_sidecar(meta, n, sidecar, original_files(confounds) if confounds else None)
+        if gsep:
+            big = read_numbers(gsep, "gradient separation")
+        values = lambda a: tuple(np.unique(np.round(a[np.isfinite(a)], 3))) if a is not None else None  # noqa: E731
+        described.append((Path(dwi).name, values(big), values(te)))
+    differ = any(len({d[k] for d in described if d[k] is not None}) > 1 for k in (1, 2))
+    if differ:
+        show = lambda v: "/".join(f"{x:g}" for x in v) if v else "?"  # noqa: E731
+        runs_text = "; ".join(f"{name}: Δ {show(big)} ms, TE {show(te)} ms" for name, big, te in described)
+        raise InputError(f"--small-delta/--big-delta would give every run one timing, but the runs differ "
+                         f"({runs_text})", path=runs[0][0], exit_code=EX_USAGE,
+                         fix="give each run its timing: --timing run-1:δ,Δ run-2:δ,Δ (ms), or a TSV with columns "
+                             "run, small_delta, big_delta")
 
 
 def _opt(value):
@@ -43,8 +96,11 @@ class _ReadProtocolIn(BaseInterfaceInputSpec):
                                   desc=".gdur files, δ [ms], one per series ('' for none)")
     gsep_files = InputMultiObject(traits.Either(File(exists=True), traits.Str("")),
                                   desc=".gsep files, Δ [ms], one per series ('' for none)")
+    confounds_files = InputMultiObject(traits.Either(File(exists=True), traits.Str("")),
+                                       desc="QSIPrep desc-confounds_timeseries.tsv (original_file), one per series")
     small_delta_ms = traits.Float(desc="δ for every volume [ms] (overrides files)")
     big_delta_ms = traits.Float(desc="Δ for every volume [ms] (overrides files)")
+    timing = traits.Dict(traits.Str, traits.List(traits.Float), desc="per-run (δ, Δ) [ms] by run key (--timing)")
     b0_threshold = traits.Float(20.0, usedefault=True, desc="b below this [s/mm²] is b=0")
 
 
@@ -63,10 +119,11 @@ class ReadProtocol(SimpleInterface):
         i = self.inputs
         n = len(i.dwi_files)
         extra = lambda name: list(getattr(i, name)) if isdefined(getattr(i, name)) else [""] * n  # noqa: E731
-        protos = [series_protocol(d, b, bv or None, sc or None, gd or None, gs or None,
-                                  _opt(i.small_delta_ms), _opt(i.big_delta_ms), i.b0_threshold)
-                  for d, b, bv, sc, gd, gs in zip(i.dwi_files, i.bval_files, extra("bvec_files"),
-                                                  extra("sidecar_files"), extra("gdur_files"), extra("gsep_files"))]
+        protos = session_protocols(i.dwi_files, i.bval_files, extra("bvec_files"), extra("sidecar_files"),
+                                   extra("gdur_files"), extra("gsep_files"), extra("confounds_files"),
+                                   _opt(i.small_delta_ms), _opt(i.big_delta_ms),
+                                   {k: tuple(v) for k, v in (i.timing if isdefined(i.timing) else {}).items()},
+                                   i.b0_threshold)
         proto = Protocol.concatenate(protos)
         if n == 1:
             self._results["dwi_file"] = str(i.dwi_files[0])
@@ -83,9 +140,12 @@ class ReadProtocol(SimpleInterface):
         return runtime
 
 
-def prepare_mask(dwi_file, mask_file=None, sigma_file=None):
-    """Check the mask (and σ map) against the DWI grid; return the boolean mask array and image."""
+def prepare_mask(dwi_file, mask_file=None, sigma_file=None, protocol=None, b0_threshold=20.0):
+    """Check the mask (and σ map) against the DWI grid; return (boolean mask, DWI image, how the mask was
+    made). Without a mask file and with the protocol, the mask is built from the mean b=0 intensity
+    (core.preprocess.b0_mask); without either, it is the whole field of view."""
     ref = load_image(dwi_file, "DWI")
+    how = f"file {mask_file}"
     if mask_file:
         m, img = load_data(mask_file, "mask")
         check_same_grid(img, ref, mask_file, "mask", dwi_file)
@@ -96,33 +156,44 @@ def prepare_mask(dwi_file, mask_file=None, sigma_file=None):
         if not mask.any():
             raise InputError("the mask is empty (no voxel > 0)", path=mask_file,
                              fix="give a mask that covers the tissue to fit")
+    elif protocol is not None:
+        data, _ = load_data(dwi_file, "DWI")
+        mask, cut = core.b0_mask(data, protocol.b, b0_threshold)
+        how = (f"built from the mean b=0 intensity: {int(mask.sum())} of {mask.size} voxels above Otsu's "
+               f"threshold {cut:.4g}")
     else:
-        mask = np.ones(ref.shape[:3], dtype=bool)
+        mask, how = np.ones(ref.shape[:3], dtype=bool), "the whole field of view"
     if sigma_file:
         s, simg = load_data(sigma_file, "noise σ map")
         check_same_grid(simg, ref, sigma_file, "noise σ map", dwi_file)
-    return mask, ref
+    return mask, ref, how
 
 
 class _PrepareMaskIn(BaseInterfaceInputSpec):
     dwi_file = File(exists=True, mandatory=True, desc="the session's DWI (the grid to check against)")
-    mask_file = File(exists=True, desc="binary mask (absent: the whole field of view)")
+    protocol = File(exists=True, desc="per-volume protocol table (to build a mask from the b=0 when none is given)")
+    mask_file = File(exists=True, desc="binary mask (absent: built from the mean b=0 intensity)")
     sigma_file = File(exists=True, desc="noise σ map to check against the DWI grid")
+    b0_threshold = traits.Float(20.0, usedefault=True, desc="b at or below this is b=0 [s/mm²]")
 
 
 class _PrepareMaskOut(TraitedSpec):
     mask_file = File(exists=True, desc="uint8 mask on the DWI grid")
+    mask_origin = traits.Str(desc="how the mask was made (the given file, or built from the b=0)")
 
 
 class PrepareMask(SimpleInterface):
-    """Mask on the DWI grid (geometry and emptiness checked); whole field of view when none is given."""
+    """Mask on the DWI grid (geometry and emptiness checked); built from the mean b=0 when none is given."""
 
     input_spec = _PrepareMaskIn
     output_spec = _PrepareMaskOut
 
     def _run_interface(self, runtime):
-        mask, ref = prepare_mask(self.inputs.dwi_file, _opt(self.inputs.mask_file), _opt(self.inputs.sigma_file))
+        i = self.inputs
+        proto = Protocol.from_table(i.protocol) if isdefined(i.protocol) else None
+        mask, ref, how = prepare_mask(i.dwi_file, _opt(i.mask_file), _opt(i.sigma_file), proto, i.b0_threshold)
         self._results["mask_file"] = save_image(mask, ref, cwd_path(runtime, "mask.nii.gz"), np.uint8)
+        self._results["mask_origin"] = how
         return runtime
 
 

@@ -30,6 +30,8 @@ class _SessionIn(BaseInterfaceInputSpec):
     written_tissue = traits.List(traits.Str, desc="files written by the tissue writer (orders the node after it)")
     written_ivim = traits.List(traits.Str, desc="files written by the IVIM writer")
     written_flow = traits.List(traits.Str, desc="files written by the SpinFlowSim writer")
+    input_files = traits.Dict(desc="bids.provenance.input_record: the DWI, mask and σ map used (URI, SHA-256)")
+    mask_origin = traits.Str(desc="how the fitted mask was made (PrepareMask)")
 
 
 class _SessionOut(TraitedSpec):
@@ -54,9 +56,24 @@ class SessionReport(SimpleInterface):
                                                                   "spinflowsim": value(i.flow_examples)},
                                 i.b0_threshold, list(value(i.warnings, [])) + list(value(i.skipped, [])),
                                 {k: v for k, v in methods.items() if v})
+        frag["inputs"] = _input_rows(value(i.input_files, {}), value(i.mask_origin))
         self._results["fragment"] = cwd_path(runtime, "fragment.json")
         Path(self._results["fragment"]).write_text(json.dumps(frag))
         return runtime
+
+
+def _input_rows(record: dict, mask_origin: str) -> list[dict]:
+    """The report's input-provenance table: one row per file (role, URI, SHA-256, how it was chosen)."""
+    rows = [{"role": f"DWI run {k + 1}", "uri": d["URI"], "sha256": d["SHA256"], "origin": ""}
+            for k, d in enumerate(record.get("DWI", []))]
+    for role, key in (("mask", "Mask"), ("noise σ map", "NoiseMap")):
+        entry = record.get(key, {})
+        origin = entry.get("Origin", "")
+        if key == "Mask" and not entry.get("URI") and mask_origin:
+            origin = mask_origin
+        rows.append({"role": role, "uri": entry.get("URI", "(none)"), "sha256": entry.get("SHA256", ""),
+                     "origin": origin})
+    return rows
 
 
 class _SubjectIn(BaseInterfaceInputSpec):

@@ -257,8 +257,12 @@ class SimulateFlow(SimpleInterface):
         if i.track_spins > 0 and i.track_realisation >= 0:
             track = {"realisation": i.track_realisation, "spins": i.track_spins,
                      "times_ms": list(i.track_times_ms) if isdefined(i.track_times_ms) else [0.0]}
-        sig, par, tracked = simulate_realisations(nets, prot, n_spins=i.n_spins, seed=i.seed, offset=i.offset,
-                                                  backend=i.backend, published_anb=i.published_anb, track=track)
+        from tqdm.auto import tqdm
+        with tqdm(total=len(nets), unit="network", desc=f"flow {i.offset}-{i.offset + len(nets) - 1}",
+                  mininterval=1) as bar:
+            sig, par, tracked = simulate_realisations(nets, prot, n_spins=i.n_spins, seed=i.seed, offset=i.offset,
+                                                      backend=i.backend, published_anb=i.published_anb, track=track,
+                                                      progress=bar.update)
         out = cwd_path(runtime, f"flow_{i.offset:06d}.npz")
         np.savez(out, signals=sig, params=par, names=json.dumps([n.name for n in nets]),
                  **(to_arrays(tracked) if tracked is not None else {}))
@@ -332,7 +336,9 @@ class SimulateFlowForProtocol(SimpleInterface):
         def build():
             import numba
             numba.set_num_threads(max(1, min(i.n_threads, numba.config.NUMBA_NUM_THREADS)))
-            dic = simulate_flow_dictionary(nets, sim_prot, n_spins=i.n_spins, seed=i.seed)
+            from tqdm.auto import tqdm
+            with tqdm(total=len(nets), unit="network", desc="SpinFlowSim dictionary", mininterval=1) as bar:
+                dic = simulate_flow_dictionary(nets, sim_prot, n_spins=i.n_spins, seed=i.seed, progress=bar.update)
             dic.provenance["networks_source"] = ("user" if i.network_files
                                                  else "generated (core/simulate/flow/generate.py)")
             return dic

@@ -199,6 +199,20 @@ def outliers(results: list[dict]) -> list[dict]:
     return flagged
 
 
+#: |Spearman ρ| above this between two maps is pointed out: they carry nearly the same information.
+STRONG_CORRELATION = 0.95
+
+
+def strong_correlations(rho: np.ndarray, names: list[str], limit: float = STRONG_CORRELATION) -> list[dict]:
+    """Pairs of maps ("model:param") whose |Spearman ρ| exceeds ``limit``, strongest first."""
+    pairs = []
+    for i in range(len(names)):
+        for j in range(i + 1, len(names)):
+            if np.isfinite(rho[i, j]) and abs(rho[i, j]) > limit:
+                pairs.append({"a": names[i], "b": names[j], "rho": round(float(rho[i, j]), 3)})
+    return sorted(pairs, key=lambda p: -abs(p["rho"]))
+
+
 def _label(res) -> str:
     return f"sub-{res['subject']}" + (f"_ses-{res['session']}" if res["session"] else "")
 
@@ -247,11 +261,14 @@ def render_group(out_dir, results: list[dict], failures: list[dict], tables: dic
         short = [n.split(":", 1)[1] for n in names]
         corr = {"img": figures.correlation_matrix(rho, short, "Spearman ρ between parameters (voxels pooled over "
                                                               "the cohort, pairwise complete)"),
-                "n": int(len(cols))}
+                "n": int(len(cols)), "strong": strong_correlations(rho, names)}
     env = jinja2.Environment(loader=jinja2.PackageLoader("dmrimc_bids.reports", "templates"),
                              autoescape=jinja2.select_autoescape(["html", "j2"]))
+    reports = {f"sub-{r['subject']}": f"sub-{r['subject']}.html" for r in results
+               if (Path(out_dir) / f"sub-{r['subject']}.html").is_file()}
     html = env.get_template("group.html.j2").render(
         version=__version__, n_results=len(results), results=[_label(r) for r in results], panels=panels,
+        reports=reports,
         corr=corr, flagged=flagged, failures=failures, tables={m: Path(t).name for m, t in tables.items()},
         z=OUTLIER_Z, min_n=OUTLIER_MIN_N, group_column=group_column)
     path = Path(out_dir) / "group.html"

@@ -165,7 +165,7 @@ def session_fragment(out_dir, subject: str, session: str | None, protocol_file, 
                 "maps": [], "sd_maps": [], "quality": [], "summary": [], "diagnostics": []}
         fit_mask = mask
         if ("exitcode", None) in maps:
-            fit_mask = mask & (_load(maps[("exitcode", None)]) != 0)
+            fit_mask = mask & (np.nan_to_num(_load(maps[("exitcode", None)])) != 0)  # NaN: not fitted
         for (param, desc), nii in sorted(maps.items(), key=lambda kv: (kv[0][0] in DIAGNOSTIC, kv[0][1] or "")):
             side = _sidecar(nii)
             unit = side.get("Units", "")
@@ -180,7 +180,7 @@ def session_fragment(out_dir, subject: str, session: str | None, protocol_file, 
                                               discrete=param == "exitcode", slices=slices)
             if param in DIAGNOSTIC:
                 if param == "exitcode":
-                    codes, counts = np.unique(vol[mask].astype(int), return_counts=True)
+                    codes, counts = np.unique(np.nan_to_num(vol[mask]).astype(int), return_counts=True)
                     entry["counts"] = {int(c): int(n) for c, n in zip(codes, counts)}
                 sect["quality"].append(entry)
             elif desc == "sd":

@@ -40,6 +40,7 @@ class Config:
     shell_tolerance: float = preprocess.DEFAULT_SHELL_TOLERANCE
     small_delta_ms: float | None = None
     big_delta_ms: float | None = None
+    timing: list = field(default_factory=list)
     match_tol_b: float = 100.0
     match_tol_ms: float = 2.5
     n_averages: float = 1.0
@@ -77,6 +78,9 @@ class Config:
     mem_gb: float | None = None
     verbose: int = 0
     command: str = ""
+    max_failed_fraction: float = 0.05
+    allow_mixed_runs: bool = False
+    dataset_links: dict = field(default_factory=dict)
 
     # ---- validation and serialisation -----------------------------------------------------------------
     def validate(self) -> "Config":
@@ -87,6 +91,8 @@ class Config:
                            ("mask", "--mask"), ("noise_map", "--noise-map"), ("bids_filter_file", "--bids-filter-file")):
             setattr(self, name, _existing(getattr(self, name), flag))
         self.flow_networks = [_existing(f, "--flow-networks") for f in self.flow_networks]
+        self.timing = [_absolute(t) if ":" not in str(t) and Path(t).is_file() else str(t) for t in self.timing]
+        self.run_timing()  # a malformed --timing fails here (usage error)
         self.derivatives = [_absolute(d) for d in self.derivatives]
         for spec in self.sim_substrates:
             if spec.get("svg"):
@@ -117,6 +123,25 @@ class Config:
         atomic_write_json(path, {"dmrimc_bids_version": __version__, **self.to_dict()})
         return path
 
+    def run_timing(self) -> dict:
+        """--timing as {run key: (δ, Δ) [ms]} (core.protocol.parse_run_timing)."""
+        from ..core.protocol import parse_run_timing
+        return parse_run_timing(self.timing)
+
+    #: Fields that change the maps; two runs whose fingerprints differ cannot be pooled by the group level.
+    RESULT_FIELDS = ("dictionary", "params", "fix", "b0_threshold", "b0_pool_series", "vasc_threshold",
+                     "shell_tolerance", "small_delta_ms", "big_delta_ms", "timing", "match_tol_b", "match_tol_ms",
+                     "n_averages", "reg_norm", "reg_weight", "bounds", "smoothing", "surrogate", "n_neighbours",
+                     "noise_model", "estimator", "dictionary_source", "sim_substrates", "sim_walkers", "sim_d0",
+                     "sim_kappa", "vascular", "ivim_b_split", "ivim_b_max", "flow_dictionary", "flow_networks",
+                     "flow_spins", "flow_params", "flow_estimator", "seed")
+
+    def options_fingerprint(self) -> str:
+        """12 hex digits identifying the software version and every option that changes the maps."""
+        import hashlib
+        values = {"version": __version__, **{k: getattr(self, k) for k in self.RESULT_FIELDS}}
+        return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
     # ---- what the models are given (one place for the nodes and for the descriptions) -------------------
     def tissue_model_options(self) -> dict:
         """build_model options of the tissue estimator (JSON-typed)."""
@@ -142,12 +167,12 @@ class Config:
         """Model.Parameters fields set by the pipeline for the maps of ``model`` (histousim, ivim,
         spinflowsim), written after the model's own."""
         if model == "ivim":
-            return {"Seed": self.seed, "SoftwareVersion": __version__}
+            return {"Seed": self.seed, "SoftwareVersion": __version__, "RunOptions": self.options_fingerprint()}
         out = {"B0Threshold": self.b0_threshold, "VascularThreshold": self.vasc_threshold,
                "B0Normalisation": "b=0 of every series at the same TE, pooled after matching each series' "
                                   "global scale" if self.b0_pool_series else "b=0 of the measurement's own series",
                "ShellTolerance": self.shell_tolerance, "Fixed": self.fix, "Seed": self.seed,
-               "SoftwareVersion": __version__}
+               "SoftwareVersion": __version__, "RunOptions": self.options_fingerprint()}
         if model == "spinflowsim":
             out.pop("VascularThreshold")
             out["Signal"] = "vascular signal S_V/S_V(0) of the b <= b_split measurements (segmented IVIM)"

@@ -163,3 +163,47 @@ def run(wf, execution: Execution):
     declare_resources(wf, execution)
     graph = wf.run(plugin=execution.plugin, plugin_args=execution.plugin_args)
     return None if execution.submits_graph else graph
+
+
+def descendants(pid: int | None = None) -> list[int]:
+    """Process ids of every descendant of ``pid`` (this process), from /proc (Linux; [] elsewhere)."""
+    pid = os.getpid() if pid is None else pid
+    children: dict = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def stop_children(grace_s: float = 3.0) -> int:
+    """Stop every process this one started (MultiProc's forkserver and its workers, simulation jobs):
+    SIGTERM, then SIGKILL for those still alive after ``grace_s``. Returns how many were signalled."""
+    import signal
+    import time
+    procs = descendants()
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for p in procs:
+            try:
+                os.kill(p, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        deadline = time.monotonic() + grace_s
+        while sig == signal.SIGTERM and time.monotonic() < deadline and any(_alive(p) for p in procs):
+            time.sleep(0.1)
+    return len(procs)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"

@@ -127,6 +127,34 @@ def group_failures(status: dict, processed: set, expected: list[str]) -> list[di
     return failures
 
 
+def run_signature(sidecar) -> tuple[str, str]:
+    """(software version, options fingerprint) a map's sidecar records ("?" where absent)."""
+    import json
+    try:
+        side = json.loads(Path(sidecar).read_text())
+    except (OSError, ValueError):
+        return "?", "?"
+    params = side.get("Model", {}).get("Parameters", {})
+    return str(side.get("GeneratedBy", {}).get("Version", "?")), str(params.get("RunOptions", "?"))
+
+
+def check_one_run(out_dir, pairs) -> None:
+    """InputError (exit 65) when the maps to pool were written by different versions or options."""
+    from ..bids.derivatives import find_maps
+    seen: dict = {}
+    for sub, ses in pairs:
+        for model, files in find_maps(out_dir, sub, ses).items():
+            nii = files.get(("exitcode", None)) or next(iter(files.values()))
+            side = Path(str(nii).replace(".nii.gz", ".json").replace(".nii", ".json"))
+            seen.setdefault(run_signature(side), side)
+    if len(seen) > 1:
+        (sig_a, a), (sig_b, b) = list(seen.items())[:2]
+        raise InputError(f"the maps come from different runs: {a.name} (version {sig_a[0]}, options {sig_a[1]}) and "
+                         f"{b.name} (version {sig_b[0]}, options {sig_b[1]})", path=b, exit_code=65,
+                         fix="rerun the participant level of every subject with one version and one set of options, "
+                             "or pass --allow-mixed-runs to pool them anyway")
+
+
 def check_group_inputs(out_dir) -> None:
     if not Path(out_dir).is_dir():
         raise InputError("output folder not found", path=out_dir, exit_code=EX_NOINPUT,
@@ -142,7 +170,9 @@ def run_group(config, run_with) -> int:
     from ..bids.derivatives import find_sessions
     from ..bids.layout import strip_prefix
     from ..reports.group import read_participants, read_status
-    from . import execution
+    import shutil
+
+    from . import execution, nipype_logging
     from .runner import remove_stale_temps
 
     out_dir, bids_dir = Path(config.out_dir), Path(config.bids_dir)
@@ -154,17 +184,25 @@ def run_group(config, run_with) -> int:
              if (not wanted or s in wanted) and (not sessions_wanted or ses in sessions_wanted)]
     participants = read_participants(bids_dir)
     expected = sorted(wanted or set(participants) or {p.name[4:] for p in bids_dir.glob("sub-*") if p.is_dir()})
+    if not config.allow_mixed_runs:
+        check_one_run(out_dir, pairs)
     failures = group_failures(read_status(out_dir), set(pairs), expected)
     entries = _group_entries(config, pairs, atlas, failures)
     if config.group_column and participants and not any(config.group_column in p for p in participants.values()):
         raise InputError(f"--group-column {config.group_column}: not a participants.tsv column",
                          path=bids_dir / "participants.tsv", exit_code=EX_USAGE,
                          fix=f"choose among {', '.join(sorted({k for p in participants.values() for k in p}))}")
-    work = Path(config.work_dir or tempfile.mkdtemp(prefix="dmrimc_group_")).resolve()
+    tmp = None if config.work_dir else Path(tempfile.mkdtemp(prefix="dmrimc_group_"))
+    work = Path(config.work_dir or tmp).resolve()
     execution.configure(run_with, work)
+    nipype_logging.route(config.verbose, out_dir / "logs" / "group_nipype.log")
     remove_stale_temps(out_dir)
     wf = init_group_wf(entries, out_dir, work, failures, participants, config.group_column or None, config.seed)
-    graph = execution.run(wf, run_with)
+    try:
+        graph = execution.run(wf, run_with)
+    finally:
+        if tmp is not None and run_with.local:  # a cluster's jobs still need their work dir
+            shutil.rmtree(tmp, ignore_errors=True)
     if graph is None:
         print(f"dmrimc-bids: submitted the group graph to {run_with.plugin} (work dir {work}); group.html appears "
               "when its jobs finish", file=sys.stderr)

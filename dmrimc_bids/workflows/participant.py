@@ -34,8 +34,10 @@ from ..core.protocol import Protocol
 from ..interfaces.bids import WriteDerivatives
 from ..interfaces.dictionary import MatchDictionary, SelectDictionary
 from ..interfaces.fitting import FitModel
+from ..bids.provenance import input_record
+from ..interfaces.io import verify_image
 from ..interfaces.preprocess import (NormaliseB0, PrepareMask, ReadProtocol, SphericalMean, VascularFilter,
-                                     prepare_mask, series_protocol)
+                                     prepare_mask, session_protocols)
 from ..interfaces.reports import SessionReport, SubjectReport
 from ..interfaces.simulation import SimulateFlowForProtocol, SimulateForProtocol
 from .config import Config
@@ -84,10 +86,9 @@ def session_memory_gb(item: SessionInputs, config: Config, n_meas: int) -> dict:
 
 def session_protocol(item: SessionInputs, config: Config) -> tuple[Protocol, Protocol]:
     """(per-volume protocol, directionally averaged shells) of a session, from headers and metadata only."""
-    protos = [series_protocol(d, b, bv or None, sc or None, gd or None, gs or None, config.small_delta_ms,
-                              config.big_delta_ms, config.b0_threshold)
-              for d, b, bv, sc, gd, gs in zip(item.dwi_files, item.bval_files, item.bvec_files,
-                                              item.sidecar_files, item.gdur_files, item.gsep_files)]
+    protos = session_protocols(item.dwi_files, item.bval_files, item.bvec_files, item.sidecar_files, item.gdur_files,
+                               item.gsep_files, item.confounds_files, config.small_delta_ms, config.big_delta_ms,
+                               config.run_timing(), config.b0_threshold)
     proto = Protocol.concatenate(protos)
     shells, _ = preprocess.shell_assignment(proto, config.b0_threshold, config.shell_tolerance)
     return proto, shells
@@ -108,6 +109,9 @@ def preflight(item: SessionInputs, config: Config, dictionary=None) -> dict:
 
     Returns a summary (volumes, shells, fitted and dropped measurements) for logging.
     """
+    for f, what in [(f, "DWI") for f in item.dwi_files] + [(item.mask_file, "mask"), (item.sigma_file, "noise σ map")]:
+        if f:
+            verify_image(f, what)  # a corrupt or truncated file stops here, never in a fit
     proto, shells = session_protocol(item, config)
     prepare_mask(item.dwi_files[0], item.mask_file or None, item.sigma_file or None)
     source = item.dwi_files[0]
@@ -175,9 +179,11 @@ def init_single_subject_wf(item: SessionInputs, config: Config, warnings: list |
     wf = pe.Workflow(name=subject_wf_name(item))
     prep = init_dwi_preproc_wf(item, config, mem)
     tissue = init_tissue_wf(item, config, mem)
-    write = init_derivatives_wf(item, config, "histousim")
+    records = input_record(item, config.dataset_links)
+    write = init_derivatives_wf(item, config, "histousim", records=records)
     report = pe.Node(SessionReport(out_dir=config.out_dir, subject=item.subject, session=item.session or "",
-                                   b0_threshold=config.b0_threshold, warnings=list(warnings or [])),
+                                   b0_threshold=config.b0_threshold, warnings=list(warnings or []),
+                                   input_files=records),
                      name="session_report", mem_gb=max(0.5, mem["session_report"]))
     branch_in = [(f"outputnode.{f}", f"inputnode.{f}") for f in ("norm_file", "sigma_file", "shells", "mask_file")]
     wf.connect([
@@ -187,7 +193,7 @@ def init_single_subject_wf(item: SessionInputs, config: Config, warnings: list |
         (prep, write, [("outputnode.notes", "inputnode.notes")]),
         (prep, report, [("outputnode.protocol", "protocol"), ("outputnode.shells", "shells"),
                         ("outputnode.sph_file", "sph_file"), ("outputnode.mask_file", "mask_file"),
-                        ("outputnode.norm_file", "norm_file")]),
+                        ("outputnode.norm_file", "norm_file"), ("outputnode.mask_origin", "mask_origin")]),
         (tissue, report, [("outputnode.examples_file", "tissue_examples"),
                           ("outputnode.description", "tissue_description")]),
         (write, report, [("outputnode.out_files", "written_tissue")]),
@@ -195,15 +201,15 @@ def init_single_subject_wf(item: SessionInputs, config: Config, warnings: list |
     if config.dictionary_source == "simulate":
         wf.connect(tissue, "outputnode.dictionary_description", write, "inputnode.dictionary_description")
     if has_vascular_branch(item, config, shells):
-        _add_vascular_branch(wf, item, config, mem, prep, report, branch_in)
+        _add_vascular_branch(wf, item, config, mem, prep, report, branch_in, records)
     return wf
 
 
-def _add_vascular_branch(wf, item, config: Config, mem: dict, prep, report, branch_in) -> None:
+def _add_vascular_branch(wf, item, config: Config, mem: dict, prep, report, branch_in, records=None) -> None:
     """init_vascular_wf and its two derivatives writers (ivim, spinflowsim), wired into a session."""
     vascular = init_vascular_wf(item, config, mem)
-    write_ivim = init_derivatives_wf(item, config, "ivim")
-    write_flow = init_derivatives_wf(item, config, "spinflowsim")
+    write_ivim = init_derivatives_wf(item, config, "ivim", records=records)
+    write_flow = init_derivatives_wf(item, config, "spinflowsim", records=records)
     wf.connect([
         (prep, vascular, list(branch_in)),
         (vascular, write_ivim, [("outputnode.ivim_maps", "inputnode.maps"), ("outputnode.ivim_units", "inputnode.units"),
@@ -228,20 +234,23 @@ def init_dwi_preproc_wf(item: SessionInputs, config: Config, mem: dict, name="dw
     read_protocol (runs concatenated, per-volume b/δ/Δ/TE) -> prepare_mask (grid checked) ->
     spherical_mean (per (b, δ, Δ, TE) shell) -> normalise_b0 (pooled b=0 per TE, σ map too).
     outputnode: protocol, shells, sph_file, mask_file, norm_file, sigma_file (absent without a σ map),
-    notes (normalisation notes).
+    notes (normalisation notes), mask_origin (the given mask, or how it was built from the b=0).
     """
     wf = pe.Workflow(name=name)
     outputnode = pe.Node(IdentityInterface(fields=["protocol", "shells", "sph_file", "mask_file", "norm_file",
-                                                   "sigma_file", "notes"]), name="outputnode")
+                                                   "sigma_file", "notes", "mask_origin"]), name="outputnode")
     read = pe.Node(ReadProtocol(dwi_files=item.dwi_files, bval_files=item.bval_files,
                                 b0_threshold=config.b0_threshold), name="read_protocol")
     for trait, files in (("bvec_files", item.bvec_files), ("sidecar_files", item.sidecar_files),
-                         ("gdur_files", item.gdur_files), ("gsep_files", item.gsep_files)):
+                         ("gdur_files", item.gdur_files), ("gsep_files", item.gsep_files),
+                         ("confounds_files", item.confounds_files)):
         setattr(read.inputs, trait, list(files) if files else [""] * len(item.dwi_files))
     for trait in ("small_delta_ms", "big_delta_ms"):
         if getattr(config, trait) is not None:
             setattr(read.inputs, trait, getattr(config, trait))
-    mask = pe.Node(PrepareMask(), name="prepare_mask")
+    if config.timing:
+        read.inputs.timing = {k: list(v) for k, v in config.run_timing().items()}
+    mask = pe.Node(PrepareMask(b0_threshold=config.b0_threshold), name="prepare_mask", mem_gb=mem["spherical_mean"])
     norm = pe.Node(NormaliseB0(b0_threshold=config.b0_threshold, pool_series=config.b0_pool_series,
                                source=item.dwi_files[0]), name="normalise_b0", mem_gb=mem["normalise_b0"])
     for node in (mask, norm):
@@ -252,12 +261,12 @@ def init_dwi_preproc_wf(item: SessionInputs, config: Config, mem: dict, name="dw
     sph = pe.Node(SphericalMean(b0_threshold=config.b0_threshold, shell_tolerance=config.shell_tolerance),
                   name="spherical_mean", mem_gb=mem["spherical_mean"])
     wf.connect([
-        (read, mask, [("dwi_file", "dwi_file")]),
+        (read, mask, [("dwi_file", "dwi_file"), ("protocol", "protocol")]),
         (read, sph, [("dwi_file", "dwi_file"), ("protocol", "protocol")]),
         (sph, norm, [("out_file", "in_file"), ("shells", "shells")]),
         (read, outputnode, [("protocol", "protocol")]),
         (sph, outputnode, [("shells", "shells"), ("out_file", "sph_file")]),
-        (mask, outputnode, [("mask_file", "mask_file")]),
+        (mask, outputnode, [("mask_file", "mask_file"), ("mask_origin", "mask_origin")]),
         (norm, outputnode, [("out_file", "norm_file"), ("sigma_file", "sigma_file"), ("notes", "notes")]),
     ])
     return wf
@@ -369,20 +378,21 @@ def _as_list(reason: str) -> list:
     return [f"SpinFlowSim: {reason}"] if reason else []
 
 
-def init_derivatives_wf(item: SessionInputs, config: Config, model: str, name=None) -> pe.Workflow:
+def init_derivatives_wf(item: SessionInputs, config: Config, model: str, name=None, records=None) -> pe.Workflow:
     """BIDS derivatives of one model (``model``: histousim, ivim, spinflowsim): every map with its JSON
     sidecar, staged and then renamed into place (bids.derivatives). The sidecar's Model.Parameters are
     the model's own (``description``) followed by the pipeline's (Config.sidecar_parameters). inputnode:
     maps, units, description, fit_info, matched_dictionary, dictionary_description, dropped, notes.
-    outputnode: out_files (none when ``maps`` is empty)."""
+    outputnode: out_files (none when ``maps`` is empty). records: the session's bids.provenance.input_record
+    (computed here when not given): every sidecar's InputFiles and Sources."""
     fields = ["maps", "units", "description", "fit_info", "matched_dictionary", "dictionary_description",
               "dropped", "notes"]
     wf = pe.Workflow(name=name or f"{model}_derivatives_wf")
     inputnode = pe.Node(IdentityInterface(fields=fields), name="inputnode")
     outputnode = pe.Node(IdentityInterface(fields=["out_files"]), name="outputnode")
     write = pe.Node(WriteDerivatives(out_dir=config.out_dir, subject=item.subject, session=item.session or "",
-                                     model=model, parameters=config.sidecar_parameters(model),
-                                     sources=[f"bids::{Path(f).name}" for f in item.dwi_files]),
+                                     model=model, parameters=config.sidecar_parameters(model), space=item.space,
+                                     input_files=records or input_record(item, config.dataset_links)),
                     name="write_maps", run_without_submitting=True)
     wf.connect([(inputnode, write, [(f, f) for f in fields]), (write, outputnode, [("out_files", "out_files")])])
     return wf

@@ -28,6 +28,8 @@ def run_participants(config: Config, run_with: execution.Execution, run_id: str)
         config.chunk_size = chunk_for_memory(config.mem_gb / procs, config.chunk_size)
         LOG.info("--mem %.3g GB: fitting batches of at most %d voxels", config.mem_gb, config.chunk_size)
     items, dictionary = _collect(config)
+    from ..bids.provenance import dataset_links
+    config.dataset_links = dataset_links(config.bids_dir, config.derivatives)
     ok, failed, warnings = [], [], {}
     for item in items:
         try:
@@ -41,8 +43,9 @@ def run_participants(config: Config, run_with: execution.Execution, run_id: str)
     if not ok:
         return _report_status(config, items, failed, run_id, wrote_status=False)
     remove_stale_temps(config.out_dir)
+    _retire(config, ok, run_id)
     config.write(run_id)
-    result = execute(ok, config, run_with, warnings)
+    result = execute(ok, config, run_with, warnings, run_id)
     if result is None:
         _write_dataset_records(config, [])
         print(f"dmrimc-bids: submitted {len(ok)} subject/session(s) to {run_with.plugin} (work dir "
@@ -53,6 +56,26 @@ def run_participants(config: Config, run_with: execution.Execution, run_id: str)
     if len(failed) < len(items):
         _write_dataset_records(config, result["fragments"])
     return _report_status(config, items, failed, run_id, wrote_status=True)
+
+
+def _retire(config: Config, items, run_id: str) -> None:
+    """This run owns its subjects' outputs: their earlier maps move to logs/previous/<run_id>/."""
+    from ..bids.derivatives import retire_outputs
+    for item in items:
+        moved = retire_outputs(config.out_dir, item.subject, item.session, run_id)
+        if moved:
+            LOG.info("%s: moved %d map/sidecar file(s) of an earlier run to %s", item.label, len(moved),
+                     Path(config.out_dir) / "logs" / "previous" / run_id)
+
+
+def failed_fraction(exitcode_file) -> float:
+    """Fraction of the fitted voxels (exit code 1 or -1; NaN is background) whose fit failed (-1)."""
+    import numpy as np
+
+    from ..bids.derivatives import read_map
+    ec = read_map(exitcode_file)[0]
+    ran = np.isfinite(ec) & (ec != 0)
+    return float((ec[ran] == -1).sum() / max(1, ran.sum()))
 
 
 def _check_device(config: Config) -> None:
@@ -101,7 +124,8 @@ def _preflight(item, config: Config, dictionary) -> dict:
 def _write_dataset_records(config: Config, fragments: list) -> None:
     from ..bids.derivatives import write_dataset_description
     from ..reports.subject import write_citation
-    write_dataset_description(config.out_dir, config.bids_dir, config.seed, config.command)
+    write_dataset_description(config.out_dir, config.bids_dir, config.seed, config.command,
+                              config.dataset_links or None)
     if fragments:
         write_citation(config.out_dir, fragments, config.report_options())
 
@@ -133,18 +157,16 @@ def remove_stale_temps(out_dir) -> None:
         LOG.info("removed %d temporary file(s) left by an interrupted run in %s", len(removed), out_dir)
 
 
-def execute(items, config: Config, run_with: execution.Execution, warnings=None) -> dict | None:
+def execute(items, config: Config, run_with: execution.Execution, warnings=None, run_id: str = "run") -> dict | None:
     """Run the graph: {"failed": [(item, exit code, stage, message)], "fragments": the finished sessions'
     report fragments}, or None when a graph plugin only submitted it."""
-    from nipype import logging as nlogging
-
+    from . import nipype_logging
     from .participant import init_participant_wf
 
     tmp_work = None if config.work_dir else Path(tempfile.mkdtemp(prefix="dmrimc_work_"))
     work = Path(config.work_dir or tmp_work).resolve()
     execution.configure(run_with, work)
-    for name in ("nipype.workflow", "nipype.interface", "nipype.utils"):
-        nlogging.getLogger(name).setLevel(logging.INFO if config.verbose > 1 else logging.WARNING)
+    nipype_logging.route(config.verbose, Path(config.out_dir) / "logs" / f"{run_id}_nipype.log")
     if not config.sim_cache_dir:
         config.sim_cache_dir = str(work / "dictionary_cache")
     wf = init_participant_wf(items, config, work, warnings=warnings)
@@ -170,8 +192,15 @@ def _failures(items, config: Config, crashes, wf_dir: Path, started: float) -> l
     broken, failed = {}, []
     for item in items:
         reason = _crash_reason(crashes, item)
-        if reason or not map_path(config.out_dir, item.subject, item.session, "histousim", "exitcode").is_file():
+        exitcode = map_path(config.out_dir, item.subject, item.session, "histousim", "exitcode", space=item.space)
+        if reason or not exitcode.is_file():
             broken[id(item)] = reason or "no maps were written"
+            continue
+        frac = failed_fraction(exitcode)
+        if frac > config.max_failed_fraction:
+            broken[id(item)] = (f"the fit failed in {100 * frac:.0f} % of the fitted voxels (exit code -1: NaN or "
+                                f"non-positive b=0 data), above --max-failed-fraction {config.max_failed_fraction:g}; "
+                                "check the DWI for damaged or unscaled data")
     _partial_reports(items, broken, config, wf_dir)
     for item in items:
         report = Path(config.out_dir) / f"sub-{item.subject}.html"

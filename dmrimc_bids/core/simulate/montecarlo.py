@@ -33,6 +33,9 @@ from .substrate import Substrate
 DEFAULT_DT_MS = 110.0 / 2370.0
 #: Default number of walkers per configuration (as Histo-μSim).
 DEFAULT_WALKERS = 20000
+#: Walker steps per CPU batch: a batch takes a few seconds on 2 cores, so that progress (with its ETA) moves
+#: and Ctrl-C is honoured within seconds. The GPU keeps its large batches.
+CPU_BATCH_STEPS = 3e7
 #: Largest number of membrane bounces within one step before the step is cut short.
 MAX_BOUNCES = 256
 
@@ -281,11 +284,13 @@ def _simulate(substrate: Substrate, protocol: Protocol, d0in, d0ex, kappa, *, n_
     track_start = track_config * n_walkers
     # explicit starts are shared by every configuration: one configuration per batch then
     per_batch = max(n_walkers, (batch_walkers // n_walkers) * n_walkers) if start.shape[0] == 0 else n_walkers
+    device = resolve_device(device)
+    if device == "cpu" and start.shape[0] == 0:  # walkers are seeded by their index: any batching, same walk
+        per_batch = int(min(per_batch, max(1000, CPU_BATCH_STEPS // max(1, ev.n_steps))))
     acc = np.zeros((n_cfg, len(protocol), 2, 2))
     sqrt_b = np.sqrt(np.maximum(protocol.b, 0) * B_TO_MS_PER_UM2)
     kept = {"phase": [], "disp": [], "label": []}
     cut = 0
-    device = resolve_device(device)
     runner, reducer = _runner(device)
     bar = _progress_bar(total, substrate.name) if progress else None
     t0 = time.perf_counter()

@@ -5,7 +5,7 @@ Units: coordinates, radii and lengths in µm; input flow Qin in mm³/s on disk a
 
 Formats read by `read_network`:
 - ``.json``: {"nodes": [[id, x, y, z], ...], "segments": [[node_a, node_b, radius_um], ...],
-  "inlet": id, "outlet": id, "qin_mm3_per_s": Q} (DESIGN.md §3);
+  "inlet": id, "outlet": id, "qin_mm3_per_s": Q} (docs/formats.md);
 - ``.csv``: one row per segment, columns ``node_a, node_b, radius_um, x_a, y_a, z_a, x_b, y_b, z_b``
   (µm; the layout of a histology tracing table), inlet/outlet/Qin given by the caller;
 - ``.npz``: the converted public SpinFlowSim networks (../shared/reference/spinflowsim, keys nodes,
@@ -116,7 +116,7 @@ def read_network(path, inlet=None, outlet=None, qin_mm3_per_s=None) -> Network:
     path = Path(path)
     if not path.is_file():
         raise InputError("network file not found", path=path, exit_code=EX_NOINPUT,
-                         fix="give a .json, .csv or .npz network (DESIGN.md §3)")
+                         fix="give a .json, .csv or .npz network (docs/formats.md in the project)")
     try:
         if path.suffix == ".json":
             d = json.loads(path.read_text())
@@ -160,5 +160,5 @@ def read_network(path, inlet=None, outlet=None, qin_mm3_per_s=None) -> Network:
         raise
     except (OSError, ValueError, KeyError) as exc:
         raise InputError(f"cannot read the network ({exc})", path=path,
-                         fix="check the file against the format in DESIGN.md §3") from exc
+                         fix="check the file against the format in docs/formats.md of the project") from exc
     raise InputError(f"unknown network format '{path.suffix}'", path=path, fix="use .json, .csv or .npz")
