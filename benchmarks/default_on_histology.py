@@ -107,6 +107,8 @@ def write_bids(root: Path, data: Path, subs, snr: float, seed: int) -> dict:
         nd.mkdir(parents=True)
         nib.Nifti1Image((S0 * sigma).reshape(SHAPE).astype(np.float32), affine).to_filename(
             nd / f"sub-{n:02d}_desc-sigma_noise.nii.gz")
+        nib.Nifti1Image(np.ones(SHAPE, np.uint8), affine).to_filename(  # every voxel is tissue: fit them all
+            nd / f"sub-{n:02d}_desc-tissue_mask.nii.gz")
     return truth
 
 
@@ -130,7 +132,7 @@ def write_fold_dictionaries(folder: Path, data: Path, subs) -> dict:
 def run_app(bids: Path, out: Path, work: Path, extra=()) -> float:
     t0 = time.perf_counter()
     cmd = [str(Path(sys.executable).with_name("dmrimc-bids")), str(bids), str(out), "participant", "-w", str(work),
-           "--nprocs", "2", *map(str, extra)]
+           "--nprocs", "2", "--derivatives", str(bids / "derivatives" / "noise"), *map(str, extra)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"dmrimc-bids failed ({proc.returncode}): {proc.stderr[-2000:]}")

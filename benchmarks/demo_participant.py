@@ -135,7 +135,8 @@ def main(argv=None) -> int:
                     f.unlink()
             t0 = time.perf_counter()
             subprocess.run([sys.executable, "-m", "dmrimc_bids.cli.run", str(demo), str(out), "participant",
-                            "--nprocs", str(args.nprocs), *label], check=True, capture_output=True)
+                            "--nprocs", str(args.nprocs), "--derivatives", str(demo / "derivatives" / "segmentation"),
+                            *label], check=True, capture_output=True)
             times.append(time.perf_counter() - t0)
             reports = sorted(p.name for p in out.glob("sub-*.html"))
             assert reports, "no subject report was written"

@@ -80,7 +80,7 @@ if [ "$smoke" = 1 ]; then
     scratch="$(mktemp -d)"
     "$venv/bin/dmrimc-bids-demo" "$scratch/bids" >/dev/null
     "$venv/bin/dmrimc-bids" "$scratch/bids" "$scratch/out" participant --participant-label 01 \
-        -w "$scratch/work" --nprocs 2
+        -w "$scratch/work" --nprocs 2 --derivatives "$scratch/bids/derivatives/segmentation"
     "$venv/bin/dmrimc-bids" "$scratch/bids" "$scratch/out" group --participant-label 01 -w "$scratch/work"
     test -s "$scratch/out/sub-01.html" && test -s "$scratch/out/group.html"
     echo "install.sh: smoke test passed (demo sub-01: maps, report, group table)"

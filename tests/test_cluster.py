@@ -44,8 +44,10 @@ def test_participant_workflow_runs_as_slurm_jobs(slurm, demo_dir, demo_run, tmp_
     assert code == 0
     out, work = tmp_path / "out", tmp_path / "work"
     before = {j["JobId"] for j in slurm.jobs()}
+    seg = demo_dir / "derivatives" / "segmentation"
     code = main([str(demo_dir), str(out), "participant", "--participant-label", "01", "-w", str(work),
-                 "--seed", "7", "--plugin", "slurm", "--plugin-args", '{"sbatch_args": "--time=30"}'])
+                 "--seed", "7", "--plugin", "slurm", "--plugin-args", '{"sbatch_args": "--time=30"}',
+                 "--derivatives", str(seg)])
     assert code == 0
     # the same maps as the local (MultiProc) run with the same seed
     ours, local = _maps(out, "01"), _maps(local_out, "01")
@@ -57,7 +59,7 @@ def test_participant_workflow_runs_as_slurm_jobs(slurm, demo_dir, demo_run, tmp_
     # every submitted node was a completed SLURM job asking for the node's declared memory and processors
     jobs = [j for j in slurm.jobs() if j["JobId"] not in before]
     assert jobs and all(j["JobState"] == "COMPLETED" for j in jobs), [(j["JobName"], j["JobState"]) for j in jobs]
-    wf = init_participant_wf(collect_inputs(demo_dir, participant_label=["01"]),
+    wf = init_participant_wf(collect_inputs(demo_dir, [seg], participant_label=["01"]),
                              Config(out_dir=str(out), seed=7), work)
     from nipype.interfaces.utility import IdentityInterface
     declared = {_job_name(n): n for n in wf._get_all_nodes()  # sub-workflows' input/outputnodes are flattened away

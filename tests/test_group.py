@@ -75,7 +75,8 @@ def _load(out, sub, model, param):
 
 
 def test_group_tables_and_report(demo_dir, derivs, tmp_path, capsys):
-    code = main([str(demo_dir), str(derivs), "group", "-w", str(tmp_path / "w")])
+    code = main([str(demo_dir), str(derivs), "group", "-w", str(tmp_path / "w"),
+                 "--derivatives", str(demo_dir / "derivatives" / "segmentation")])
     assert code == 0, capsys.readouterr().err
     rows = _rows(derivs / "group_histousim.tsv")
     keys = [(r["participant_id"], r["session_id"], r["roi"]) for r in rows]
@@ -137,7 +138,7 @@ def test_group_label_image_rois(demo_dir, derivs, tmp_path, capsys):
     img = nib.load(derivs / "sub-01/dwi/sub-01_space-dwi_model-histousim_param-fin_dwimap.nii.gz")
     lab = _dseg(root / "sub-01/dwi/sub-01_desc-halves_dseg.nii.gz", img.shape, img.affine, 10)
     code = main([str(demo_dir), str(derivs), "group", "--participant-label", "01", "--derivatives", str(root),
-                 "-w", str(tmp_path / "w")])
+                 str(demo_dir / "derivatives" / "segmentation"), "-w", str(tmp_path / "w")])
     assert code == 0, capsys.readouterr().err
     rows = {r["roi"]: r for r in _rows(derivs / "group_histousim.tsv")}
     assert set(rows) == {"fit", "tumour", "halves-left", "halves-right"}  # + the demo's own mask

@@ -131,14 +131,21 @@ def test_mem_bounds_scheduling_and_batches(single_demo, tmp_path):
     assert mem[1] == pytest.approx(expected + n_vox * BYTES_PER_BATCH_VOXEL / 1e9, abs=0.01)
 
 
-def test_failed_session_keeps_the_subject_report(demo_dir, tmp_path):
-    """A session that fails inside the graph (truncated data: the header reads, the voxels do not) is
-    reported; its sibling session's maps and the subject report are still written."""
+def test_failed_session_keeps_the_subject_report(demo_dir, tmp_path, monkeypatch):
+    """A session that fails inside the graph (its spherical-mean node raises; damaged files are refused
+    before the graph, tests/test_real_world.py) is reported; its sibling session's maps and the subject
+    report are still written."""
     from dmrimc_bids.cli.run import main
+    from dmrimc_bids.interfaces.preprocess import SphericalMean
     bids = tmp_path / "bids"
     shutil.copytree(demo_dir, bids, ignore=shutil.ignore_patterns("sub-01"))
-    f = bids / "sub-02/ses-2/dwi/sub-02_ses-2_dwi.nii.gz"
-    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    original = SphericalMean._run_interface
+
+    def failing(self, runtime):  # the Linear plugin runs nodes in this process
+        if "ses-2" in str(self.inputs.dwi_file):
+            raise RuntimeError("simulated failure inside the graph")
+        return original(self, runtime)
+    monkeypatch.setattr(SphericalMean, "_run_interface", failing)
     out = tmp_path / "out"
     assert main([str(bids), str(out), "participant", "-w", str(tmp_path / "w")]) == 1
     html = (out / "sub-02.html").read_text()
