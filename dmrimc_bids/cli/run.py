@@ -9,6 +9,9 @@ import sys
 import time
 
 os.environ.setdefault("NIPYPE_NO_ET", "1")  # no network check for updates (offline clusters)
+# after Ctrl-C, multiprocessing's resource tracker (a process of its own) would warn about the semaphores of the
+# workers it outlived: expected then, and noise on the one line an interrupted run prints
+os.environ.setdefault("PYTHONWARNINGS", "ignore::UserWarning:multiprocessing.resource_tracker")
 
 from ..core.errors import InputError  # noqa: E402
 from .parser import build_parser, config_from_args  # noqa: E402
@@ -16,6 +19,9 @@ from .parser import build_parser, config_from_args  # noqa: E402
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if argv is None:  # the console command: Ctrl-C stops every worker and exits at once
+        from ..workflows.execution import exit_on_interrupt
+        exit_on_interrupt("dmrimc-bids", "maps already written stay; a rerun with the same -w resumes")
     logging.basicConfig(level=logging.INFO if args.verbose == 0 else logging.DEBUG, format="%(message)s",
                         stream=sys.stderr)
     logging.getLogger("bidsschematools").setLevel(logging.INFO if args.verbose else logging.ERROR)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import run as _run_cli  # noqa: F401 - its environment settings (quiet resource tracker, no update check)
 from ..core.errors import EX_USAGE, InputError
 
 LOG = logging.getLogger("dmrimc_sim")
@@ -266,6 +267,9 @@ def _run_plot(args) -> int:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if argv is None:  # the console command: Ctrl-C stops every worker and exits at once
+        from ..workflows.execution import exit_on_interrupt
+        exit_on_interrupt("dmrimc-sim", "no dictionary written")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
         return _run(args)
@@ -475,6 +479,7 @@ def run_workflow(build, out, args, after=None):
     work = args.work_dir
     if work is None:
         tmp = work = Path(tempfile.mkdtemp(prefix="dmrimc_sim_"))
+        execution.TEMPORARY_DIRS.append(tmp)
     work = Path(work).resolve()
     execution.configure(run_with, work)
     nipype_logging.route(args.verbose, work / "nipype.log" if args.work_dir else None)

@@ -186,9 +186,11 @@ def descendants(pid: int | None = None) -> list[int]:
 def stop_children(grace_s: float = 3.0) -> int:
     """Stop every process this one started (MultiProc's forkserver and its workers, simulation jobs):
     SIGTERM, then SIGKILL for those still alive after ``grace_s``. Returns how many were signalled."""
+    import logging
     import signal
     import time
-    procs = descendants()
+    logging.getLogger("concurrent.futures").setLevel(logging.CRITICAL)  # the pool's "broken" callbacks: expected
+    procs = [p for p in descendants() if b"resource_tracker" not in _cmdline(p)]  # it cleans up after the others
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for p in procs:
             try:
@@ -201,9 +203,39 @@ def stop_children(grace_s: float = 3.0) -> int:
     return len(procs)
 
 
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
         return False
     return state != "Z"
+
+
+#: Temporary folders of this process (work dirs made for one run): removed on Ctrl-C too.
+TEMPORARY_DIRS: list = []
+
+
+def exit_on_interrupt(prog: str, what: str) -> None:
+    """Make Ctrl-C (SIGINT) stop the whole run at once: every worker process stopped, this process's temporary
+    folders removed, one line printed, exit code 130. Nipype turns a KeyboardInterrupt inside a node into a
+    node failure and goes on with the next node, so the handler exits instead of raising. For the command-line
+    entry points only (not when the CLI's main() is called from Python)."""
+    import shutil
+    import signal
+    import sys
+
+    def handler(signum, frame):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C does not interrupt the clean-up
+        stop_children()
+        for d in TEMPORARY_DIRS:
+            shutil.rmtree(d, ignore_errors=True)
+        print(f"\n{prog}: interrupted (Ctrl-C): {what}", file=sys.stderr, flush=True)
+        os._exit(130)
+    signal.signal(signal.SIGINT, handler)

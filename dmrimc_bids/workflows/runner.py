@@ -164,6 +164,8 @@ def execute(items, config: Config, run_with: execution.Execution, warnings=None,
     from .participant import init_participant_wf
 
     tmp_work = None if config.work_dir else Path(tempfile.mkdtemp(prefix="dmrimc_work_"))
+    if tmp_work is not None:
+        execution.TEMPORARY_DIRS.append(tmp_work)
     work = Path(config.work_dir or tmp_work).resolve()
     execution.configure(run_with, work)
     nipype_logging.route(config.verbose, Path(config.out_dir) / "logs" / f"{run_id}_nipype.log")
