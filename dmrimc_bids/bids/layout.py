@@ -285,4 +285,4 @@ def _find_mask(ders, sub, ses, label, space="dwi") -> tuple[str, str]:
         raise InputError(f"several masks for {where}: {', '.join(Path(f.path).name for f in hits)}",
                          exit_code=EX_USAGE, path=Path(hits[0].path).parent,
                          fix="choose one with --mask-label <desc label>")
-    return "", "none given: built from the mean b=0 intensity (Otsu threshold)"
+    return "", "none given: built from the mean b=0 intensity (above 10 % of its 98th percentile)"

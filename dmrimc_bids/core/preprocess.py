@@ -254,28 +254,17 @@ def vascular_filter(shells: Protocol, vasc_threshold: float = 250.0, max_b: floa
     return FilterResult(np.array(keep, dtype=int), dropped)
 
 
-def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
-    """Otsu's threshold of a sample: the cut that maximises the between-class variance of a histogram."""
-    v = np.asarray(values, float)
-    v = v[np.isfinite(v)]
-    if v.size == 0 or v.min() == v.max():
-        return float(v.min()) if v.size else 0.0
-    counts, edges = np.histogram(v, bins=bins)
-    centres = 0.5 * (edges[1:] + edges[:-1])
-    w0 = np.cumsum(counts)
-    w1 = w0[-1] - w0
-    m0 = np.cumsum(counts * centres) / np.maximum(w0, 1)
-    m1 = (np.sum(counts * centres) - np.cumsum(counts * centres)) / np.maximum(w1, 1)
-    between = w0 * w1 * (m0 - m1) ** 2
-    return float(edges[1:][np.argmax(between)])
+#: The mask the app builds without one: mean b=0 above this fraction of its 98th percentile (air and the
+#: noise floor fall below it; any tissue, however weighted, stays above).
+B0_MASK_FRACTION = 0.1
 
 
 def b0_mask(data: np.ndarray, b: np.ndarray, b0_threshold: float = 20.0) -> tuple[np.ndarray, float]:
-    """(mask, threshold) of the voxels whose mean b=0 signal is above Otsu's threshold: the mask the app
-    builds when none is given. data: [x, y, z, volumes]; b: b-value per volume [s/mm²]."""
+    """(mask, threshold) of the voxels whose mean b=0 signal is above B0_MASK_FRACTION of its 98th
+    percentile: the mask the app builds when none is given. data: [x, y, z, volumes]; b: b-value per
+    volume [s/mm²]."""
     b0 = np.asarray(b) <= b0_threshold
-    mean_b0 = data[..., b0].mean(-1) if b0.any() else data.mean(-1)
-    mean_b0 = np.nan_to_num(mean_b0, nan=0.0)
-    cut = otsu_threshold(mean_b0.ravel())
+    mean_b0 = np.nan_to_num(data[..., b0].mean(-1) if b0.any() else data.mean(-1), nan=0.0)
+    cut = B0_MASK_FRACTION * float(np.percentile(mean_b0, 98))
     mask = mean_b0 > cut
     return (mask if mask.any() else mean_b0 > 0), cut

@@ -159,8 +159,8 @@ def prepare_mask(dwi_file, mask_file=None, sigma_file=None, protocol=None, b0_th
     elif protocol is not None:
         data, _ = load_data(dwi_file, "DWI")
         mask, cut = core.b0_mask(data, protocol.b, b0_threshold)
-        how = (f"built from the mean b=0 intensity: {int(mask.sum())} of {mask.size} voxels above Otsu's "
-               f"threshold {cut:.4g}")
+        how = (f"built from the mean b=0 intensity: {int(mask.sum())} of {mask.size} voxels above {cut:.4g} "
+               f"({100 * core.B0_MASK_FRACTION:g} % of its 98th percentile)")
     else:
         mask, how = np.ones(ref.shape[:3], dtype=bool), "the whole field of view"
     if sigma_file:

@@ -190,7 +190,8 @@ def stop_children(grace_s: float = 3.0) -> int:
     import signal
     import time
     logging.getLogger("concurrent.futures").setLevel(logging.CRITICAL)  # the pool's "broken" callbacks: expected
-    procs = [p for p in descendants() if b"resource_tracker" not in _cmdline(p)]  # it cleans up after the others
+    tracker = b"from multiprocessing.resource_tracker import"  # it cleans up after the others: left to exit
+    procs = [p for p in descendants() if tracker not in _cmdline(p)]
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for p in procs:
             try:

@@ -200,6 +200,7 @@ def run_group(config, run_with) -> int:
     wf = init_group_wf(entries, out_dir, work, failures, participants, config.group_column or None, config.seed)
     try:
         graph = execution.run(wf, run_with)
+        res = None if graph is None else next(n for n in graph.nodes() if n.name == "group_report").result
     finally:
         if tmp is not None and run_with.local:  # a cluster's jobs still need their work dir
             shutil.rmtree(tmp, ignore_errors=True)
@@ -207,7 +208,6 @@ def run_group(config, run_with) -> int:
         print(f"dmrimc-bids: submitted the group graph to {run_with.plugin} (work dir {work}); group.html appears "
               "when its jobs finish", file=sys.stderr)
         return 0
-    res = next(n for n in graph.nodes() if n.name == "group_report").result
     for f in res.outputs.failures:
         print(f"dmrimc-bids: {f['label']}: {f['stage']}: {f['message']}", file=sys.stderr)
     import logging

@@ -1,0 +1,406 @@
+"""Real-world inputs (issue #19): multi-run sessions with their own timing, reruns into one output folder,
+damaged files, input provenance, QSIPrep-shaped derivatives, simulators a first try survives, quiet runs.
+Each test failed on the code before issue #19 (exit 0 with wrong or mixed results, or a missing feature)."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from dmrimc_bids.cli.run import main
+
+from .realworld import qsiprep_shaped, split_runs
+
+CLI = [sys.executable, "-m", "dmrimc_bids.cli.run"]
+SIM = [sys.executable, "-m", "dmrimc_bids.cli.sim"]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(capsys, *args):
+    code = main([str(a) for a in args])
+    return code, capsys.readouterr().err
+
+
+def errors(err: str) -> list[str]:
+    return [line for line in err.splitlines() if "error:" in line]
+
+
+def seg(bids: Path) -> Path:
+    return bids / "derivatives" / "segmentation"
+
+
+def sidecar(out: Path, sub="01", model="histousim", param="fin", space="dwi", ses=None) -> dict:
+    rel = f"sub-{sub}/" + (f"ses-{ses}/" if ses else "") + "dwi/"
+    stem = f"sub-{sub}" + (f"_ses-{ses}" if ses else "")
+    return json.loads((out / rel / f"{stem}_space-{space}_model-{model}_param-{param}_dwimap.json").read_text())
+
+
+def fitted_protocol(work: Path) -> np.ndarray:
+    """The per-volume protocol table the graph read (b, δ, Δ columns)."""
+    table = next(work.rglob("dwi_preproc_wf/read_protocol/protocol.tsv"))
+    rows = [line.split("\t") for line in table.read_text().splitlines()[1:]]
+    return np.array([[float(r[0]), float(r[1]), float(r[2])] for r in rows])
+
+
+# ---- 1. per-run timing ------------------------------------------------------------------------------------
+def test_one_timing_for_runs_that_differ_is_refused(demo_dir, tmp_path, capsys):
+    bids = split_runs(demo_dir, tmp_path / "bids")
+    code, err = run(capsys, bids, tmp_path / "out", "participant", "--small-delta", "10", "--big-delta", "25",
+                    "--derivatives", seg(bids))
+    assert code == 64, err
+    assert len(errors(err)) == 1 and "--timing" in errors(err)[0] and "run-2" in errors(err)[0], err
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("*.nii.gz"))
+
+
+def test_per_run_timing_on_the_command_line(demo_dir, tmp_path, capsys):
+    bids = split_runs(demo_dir, tmp_path / "bids", keep_timing=False)  # sidecars: TE only
+    work = tmp_path / "work"
+    code, err = run(capsys, bids, tmp_path / "out", "participant", "--timing", "run-1:10,25", "run-2:15,45",
+                    "--derivatives", seg(bids), "-w", work, "--vascular", "off")
+    assert code == 0, err
+    prot = fitted_protocol(work)
+    dw = prot[:, 0] > 0
+    assert set(map(tuple, prot[dw][:, 1:])) == {(10.0, 25.0), (15.0, 45.0)}
+    # each run got its own: the volumes of run-1 (first in the table) all have Δ 25 ms
+    n1 = len(np.loadtxt(bids / "sub-01/dwi/sub-01_run-1_dwi.bval"))
+    assert np.all(prot[:n1, 2] == 25.0) and np.all(prot[n1:, 2] == 45.0)
+    # the same from a TSV keyed by run
+    (tmp_path / "timing.tsv").write_text("run\tsmall_delta\tbig_delta\nrun-1\t10\t25\nrun-2\t15\t45\n")
+    from dmrimc_bids.core.protocol import parse_run_timing
+    assert parse_run_timing([tmp_path / "timing.tsv"]) == {"run-1": (10.0, 25.0), "run-2": (15.0, 45.0)}
+
+
+def test_timing_fields_of_converters_and_qsiprep_source_metadata():
+    from dmrimc_bids.core.errors import InputError
+    from dmrimc_bids.core.protocol import timing_from_sidecar
+    for meta, small, big in (({"DiffusionGradientDuration": 0.012, "DiffusionGradientSeparation": 0.03}, 12, 30),
+                             ({"PVM_DwGradDur": 5.5, "PVM_DwGradSep": 12.0}, 5.5, 12),
+                             ({"DiffGradientDuration": 9, "DiffGradientSeparation": 21}, 9, 21),
+                             ({"SmallDelta": 0.01, "LargeDelta": 0.025}, 10, 25)):
+        sd, bd, _ = timing_from_sidecar(meta, 3)
+        assert np.allclose(sd, small) and np.allclose(bd, big), meta
+    runs = {"a_run-1_dwi.nii.gz": {"SmallDelta": 0.01, "BigDelta": 0.025, "EchoTime": 0.055},
+            "a_run-2_dwi.nii.gz": {"SmallDelta": 0.015, "BigDelta": 0.045, "EchoTime": 0.08}}
+    files = ["/x/a_run-1_dwi.nii.gz"] * 2 + ["/x/a_run-2_dwi.nii.gz"] * 3
+    sd, bd, te = timing_from_sidecar({"SourceMetadata": runs}, 5, original_files=files)
+    assert list(bd) == [25, 25, 45, 45, 45] and list(sd) == [10, 10, 15, 15, 15] and list(te) == [55, 55, 80, 80, 80]
+    with pytest.raises(InputError, match="differ"):  # runs that differ and nothing mapping volumes to runs
+        timing_from_sidecar({"SourceMetadata": runs}, 5)
+    same = {k: {**v, "BigDelta": 0.03, "SmallDelta": 0.01} for k, v in runs.items()}
+    assert list(timing_from_sidecar({"SourceMetadata": same}, 2)[1]) == [30, 30]
+
+
+# ---- 2. each run owns its outputs; the group level refuses mixed runs --------------------------------------
+def test_rerun_with_other_options_leaves_no_stale_maps(single_demo, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run(capsys, single_demo, out, "participant", "--derivatives", seg(single_demo))[0] == 0
+    assert (out / "sub-01/dwi/sub-01_space-dwi_model-histousim_param-kappa_dwimap.nii.gz").is_file()
+    code, err = run(capsys, single_demo, out, "participant", "--derivatives", seg(single_demo), "--vascular", "off",
+                    "--fix", "kappa=0")
+    assert code == 0, err
+    names = sorted(p.name for p in (out / "sub-01/dwi").iterdir())
+    assert not [n for n in names if "param-kappa" in n or "model-ivim" in n or "model-spinflowsim" in n], names
+    previous = list((out / "logs" / "previous").rglob("*param-kappa_dwimap.nii.gz"))
+    assert len(previous) == 1  # the earlier run's maps are kept aside, not deleted
+    html = (out / "sub-01.html").read_text()
+    assert "model-spinflowsim" not in html and 'id="sub-01-spinflowsim"' not in html
+
+
+def test_group_refuses_maps_of_different_runs(demo_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run(capsys, demo_dir, out, "participant", "--participant-label", "01", "--vascular", "off",
+               "--derivatives", seg(demo_dir))[0] == 0
+    assert run(capsys, demo_dir, out, "participant", "--participant-label", "02", "--vascular", "off",
+               "--derivatives", seg(demo_dir), "--fix", "kappa=0")[0] == 0
+    code, err = run(capsys, demo_dir, out, "group")
+    assert code == 65 and len(errors(err)) == 1 and "different runs" in err and "--allow-mixed-runs" in err, err
+    assert not (out / "group.html").exists()
+    code, err = run(capsys, demo_dir, out, "group", "--allow-mixed-runs")
+    assert code == 0 and (out / "group.html").is_file(), err
+
+
+# ---- 3. damaged images, failed fits ---------------------------------------------------------------------
+@pytest.mark.parametrize("damage", ["flipped", "truncated"])
+def test_damaged_dwi_is_refused(single_demo, tmp_path, capsys, damage):
+    f = single_demo / "sub-01/dwi/sub-01_dwi.nii.gz"
+    raw = bytearray(f.read_bytes())
+    if damage == "flipped":  # a few bytes in the middle of the compressed stream: the gzip CRC fails
+        mid = len(raw) // 2
+        raw[mid:mid + 8] = bytes(b ^ 0xFF for b in raw[mid:mid + 8])
+    else:
+        raw = raw[: len(raw) * 2 // 3]
+    f.write_bytes(bytes(raw))
+    nib.load(f).header.get_data_shape()  # the header still reads: nibabel alone would go on
+    code, err = run(capsys, single_demo, tmp_path / "out", "participant", "--derivatives", seg(single_demo))
+    assert code == 65, err
+    assert len(errors(err)) == 1 and "sub-01_dwi.nii.gz" in errors(err)[0] and "Fix:" in errors(err)[0]
+    assert not list((tmp_path / "out").rglob("*.nii.gz")) if (tmp_path / "out").exists() else True
+
+
+def test_mostly_failed_fit_marks_the_subject_failed(single_demo, tmp_path, capsys):
+    f = single_demo / "sub-01/dwi/sub-01_dwi.nii.gz"
+    img = nib.load(f)
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    b = np.loadtxt(single_demo / "sub-01/dwi/sub-01_dwi.bval")
+    mask = nib.load(seg(single_demo) / "sub-01/dwi/sub-01_desc-tumour_mask.nii.gz").get_fdata() > 0
+    bad = mask.copy()
+    bad[: mask.shape[0] // 2] = False  # about half of the tumour: b=0 zeroed (as unscaled or corrupt data)
+    block = data[bad]
+    block[:, b == 0] = 0
+    data[bad] = block
+    nib.Nifti1Image(data, img.affine, img.header).to_filename(f)
+    out = tmp_path / "out"
+    code, err = run(capsys, single_demo, out, "participant", "--derivatives", seg(single_demo), "--vascular", "off")
+    assert code == 1, err
+    rows = next((out / "logs").glob("*_status.tsv")).read_text().splitlines()
+    status = dict(zip(rows[0].split("\t"), rows[1].split("\t")))
+    assert status["status"] == "failed" and "% of the fitted voxels" in status["message"], status
+    frac = bad.sum() / mask.sum()
+    assert f"{100 * frac:.0f} %" in status["message"]
+
+
+# ---- 4. input provenance ----------------------------------------------------------------------------------
+def test_masks_are_never_taken_unasked(single_demo, tmp_path, capsys):
+    f = single_demo / "sub-01/dwi/sub-01_dwi.nii.gz"
+    img = nib.load(f)
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    air = np.zeros(data.shape[:3], bool)
+    air[:2], air[-2:] = True, True  # a border of air: noise only
+    data[air] = np.abs(np.random.default_rng(0).normal(0, 10, (air.sum(), data.shape[3])))
+    nib.Nifti1Image(data, img.affine, img.header).to_filename(f)
+    out = tmp_path / "out"
+    code, err = run(capsys, single_demo, out, "participant", "--vascular", "off")
+    assert code == 0, err
+    side = sidecar(out)
+    assert "URI" not in side["InputFiles"]["Mask"] and "b=0" in side["InputFiles"]["Mask"]["Origin"]
+    assert "URI" not in side["InputFiles"]["NoiseMap"]  # the ground truth's σ map was not used either
+    assert not [s for s in side["Sources"] if "derivatives" in s]
+    ec = nib.load(out / "sub-01/dwi/sub-01_space-dwi_model-histousim_param-exitcode_dwimap.nii.gz").get_fdata()
+    tumour = nib.load(seg(single_demo) / "sub-01/dwi/sub-01_desc-tumour_mask.nii.gz").get_fdata() > 0
+    fitted = np.isfinite(ec)
+    assert not (fitted & air).any() and (fitted | air).all()  # the built mask: all the tissue, none of the air
+    assert "Inputs used" in (out / "sub-01.html").read_text()
+
+
+# ---- 5. QSIPrep-shaped derivatives; BIDS-Derivatives correctness -------------------------------------------
+def test_qsiprep_shaped_dataset_keeps_its_space(demo_dir, tmp_path, capsys):
+    bids = qsiprep_shaped(demo_dir, tmp_path / "bids")
+    q = bids / "derivatives" / "qsiprep"
+    out, work = tmp_path / "out", tmp_path / "work"
+    code, err = run(capsys, bids, out, "participant", "--derivatives", q, "-w", work)
+    assert code == 0, err
+    maps = sorted((out / "sub-01/dwi").glob("*_dwimap.nii.gz"))
+    assert maps and all("_space-T1w_" in m.name for m in maps)
+    # the timing came from SourceMetadata through the confounds' original_file: both diffusion times
+    prot = fitted_protocol(work)
+    assert set(np.unique(prot[prot[:, 0] > 0, 2])) == {25.0, 45.0}
+    side = sidecar(out, space="T1w")
+    dwi = q / "sub-01/dwi/sub-01_space-T1w_desc-preproc_dwi.nii.gz"
+    mask = q / "sub-01/dwi/sub-01_space-T1w_desc-tumour_mask.nii.gz"
+    assert side["Sources"][:2] == ["bids:qsiprep:sub-01/dwi/sub-01_space-T1w_desc-preproc_dwi.nii.gz",
+                                   "bids:qsiprep:sub-01/dwi/sub-01_space-T1w_desc-tumour_mask.nii.gz"]
+    assert side["InputFiles"]["DWI"][0]["SHA256"] == hashlib.sha256(dwi.read_bytes()).hexdigest()
+    assert side["InputFiles"]["Mask"]["SHA256"] == hashlib.sha256(mask.read_bytes()).hexdigest()
+    assert "tumour" in side["InputFiles"]["Mask"]["Origin"] and "brain" in side["InputFiles"]["Mask"]["Origin"]
+    desc = json.loads((out / "dataset_description.json").read_text())
+    assert desc["DatasetLinks"]["qsiprep"] == q.resolve().as_uri()
+    assert desc["DatasetLinks"]["raw"] == bids.resolve().as_uri()
+    assert run(capsys, bids, out, "group")[0] == 0  # the group level finds maps in any space
+
+
+def test_one_background_convention(demo_run, demo_dir):
+    """NaN outside the fit in every map, the exit code included (docs: README, Outputs)."""
+    _, out, _ = demo_run
+    tumour = nib.load(seg(demo_dir) / "sub-01/dwi/sub-01_desc-tumour_mask.nii.gz").get_fdata() > 0
+    maps = sorted((out / "sub-01/dwi").glob("*_dwimap.nii.gz"))
+    assert len(maps) > 20
+    for f in maps:
+        data = nib.load(f).get_fdata()
+        assert np.all(np.isnan(data[~tumour])), f.name
+    ec = nib.load(out / "sub-01/dwi/sub-01_space-dwi_model-histousim_param-exitcode_dwimap.nii.gz").get_fdata()
+    assert set(np.unique(ec[np.isfinite(ec)])) <= {1.0, -1.0}
+
+
+#: BEP016 map names: entities in the order sub, ses, acq, run, space, model, param, desc; suffix dwimap
+BEP016 = re.compile(r"^sub-[A-Za-z0-9]+(_ses-[A-Za-z0-9]+)?(_acq-[A-Za-z0-9]+)?(_run-[0-9]+)?_space-[A-Za-z0-9]+"
+                    r"_model-[A-Za-z0-9]+_param-[A-Za-z0-9]+(_desc-[A-Za-z0-9]+)?_dwimap\.(nii\.gz|json)$")
+
+
+def test_derivatives_validate_with_the_maps_visible(demo_run, tmp_path):
+    """The validator sees the maps (no .bidsignore for them): its only errors are that it does not know the
+    BEP016 dwimap suffix yet, on files whose names follow BEP016; everything else passes."""
+    from .test_robustness import _validate
+    _, out, _ = demo_run
+    copy = tmp_path / "deriv"
+    shutil.copytree(out, copy)
+    ignore = copy / ".bidsignore"
+    ignore.write_text("\n".join(line for line in ignore.read_text().splitlines() if "dwimap" not in line) + "\n")
+    found = _validate(copy)
+    assert found, "the validator found no map at all"
+    assert {e["code"] for e in found} == {"NOT_INCLUDED"}, {e["code"] for e in found}
+    for e in found:
+        assert BEP016.match(Path(e["location"]).name), e["location"]
+    assert len(found) == len(list(copy.rglob("*_dwimap.*")))
+
+
+# ---- 6. simulators a first try survives -----------------------------------------------------------------
+def test_histo_defaults_are_sized_for_a_first_try():
+    from dmrimc_bids.cli.sim import apply_preset, build_parser
+    from dmrimc_bids.core.simulate.histo import config_grid
+    base = ["histo", "--svg", "c.svg", "--width-um", "100", "--protocol", "p.tsv", "--out", "d.npz"]
+    quick = build_parser().parse_args(base)
+    apply_preset(quick)
+    full = build_parser().parse_args(base + ["--preset", "histousim"])
+    apply_preset(full)
+    n = lambda a: len(config_grid(a.d0in, a.d0ex, a.kappa)) * a.walkers  # noqa: E731
+    assert n(full) == 225 * 20000 and n(quick) <= n(full) / 30
+    own = build_parser().parse_args(base + ["--kappa", "0", "--walkers", "100"])
+    apply_preset(own)
+    assert own.kappa == [0.0] and own.walkers == 100 and len(own.d0in) == 3
+
+
+def _interrupt(cmd, ready: bytes, tmp_path, timeout=240):
+    """Start cmd in its own process group, wait for `ready` on stderr, send Ctrl-C to the group:
+    (exit code, seconds to stop, stderr, processes of the group still running)."""
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, start_new_session=True,
+                            cwd=tmp_path)
+    chunks: list = []
+    threading.Thread(target=lambda: [chunks.append(c) for c in iter(lambda: proc.stderr.read(64), b"")],
+                     daemon=True).start()
+    t0 = time.time()
+    while ready not in b"".join(chunks) and proc.poll() is None and time.time() - t0 < timeout:
+        time.sleep(0.2)
+    assert proc.poll() is None, b"".join(chunks).decode(errors="replace")[-2000:]
+    t1 = time.time()
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(30)
+    finally:
+        stopped = time.time() - t1
+        for _ in range(50):  # the workers' own exit after the signal: within a few seconds
+            ps = subprocess.run(["ps", "-o", "stat=", "-g", str(proc.pid)], capture_output=True,
+                                text=True).stdout.split()
+            running = [s for s in ps if not s.startswith("Z")]
+            detail = subprocess.run(["ps", "-o", "pid,ppid,stat,cmd", "-g", str(proc.pid)], capture_output=True, text=True).stdout
+            if not running:
+                break
+            time.sleep(0.1)
+        if running:
+            os.killpg(proc.pid, signal.SIGKILL)
+    return proc.returncode, stopped, b"".join(chunks).decode(errors="replace"), running and detail
+
+
+@pytest.mark.parametrize("nprocs", ["1", "2"])
+def test_ctrl_c_stops_the_simulation_and_every_worker(tmp_path, nprocs):
+    (tmp_path / "p.tsv").write_text("b\tsmall_delta\tbig_delta\n0\t10\t25\n1000\t10\t25\n2000\t15\t45\n")
+    cmd = SIM + ["histo", "--svg", str(ROOT / "docs/examples/cells.svg"), "--width-um", "100", "--protocol",
+                 "p.tsv", "--out", "d.npz", "--preset", "histousim", "--nprocs", nprocs]
+    # progress moves per walker batch, with an ETA: wait for a batch beyond the first
+    code, stopped, err, running = _interrupt(cmd, b"walker/s]", tmp_path)
+    assert code == 130 and stopped < 10 and not running, (code, stopped, running, err[-2000:])
+    lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip() and "MC " not in line]
+    assert lines == ["dmrimc-sim: interrupted (Ctrl-C): no dictionary written"], lines
+    assert not list(tmp_path.glob("d.*"))
+    assert re.search(r"<\d\d:\d\d", err)  # tqdm's ETA
+
+
+def test_flow_simulation_shows_progress(tmp_path):
+    from dmrimc_bids.core.simulate.flow.generate import capillary_network
+    (tmp_path / "net.json").write_text(json.dumps(capillary_network(3).to_json()))
+    (tmp_path / "p.tsv").write_text("b\tsmall_delta\tbig_delta\n0\t10\t30\n50\t10\t30\n100\t10\t30\n")
+    res = subprocess.run(SIM + ["flow", "--network", "net.json", "--qin", "1e-3", "2e-3", "--protocol", "p.tsv",
+                                "--out", "f.npz", "--spins", "200"], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert re.search(r"2/2 \[.*network/s\]", res.stderr), res.stderr[-1000:]
+
+
+def test_messages_point_to_docs_that_ship():
+    pkg = ROOT / "dmrimc_bids"
+    text = "\n".join(p.read_text() for p in pkg.rglob("*.py"))
+    assert "DESIGN.md" not in text
+    for doc in set(re.findall(r"docs/[a-z_]+\.md", text)):
+        assert (ROOT / doc).is_file(), doc
+
+
+# ---- 7. quieter, clearer runs ------------------------------------------------------------------------------
+def test_quiet_run_logs_nipype_to_a_file(single_demo, tmp_path):
+    out = tmp_path / "out"
+    res = subprocess.run(CLI + [str(single_demo), str(out), "participant", "--nprocs", "2", "--derivatives",
+                                str(seg(single_demo)), "-w", str(tmp_path / "w")],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    both = res.stdout + res.stderr
+    assert "[Node]" not in both and "[MultiProc]" not in both and "No schema path" not in both, both[-3000:]
+    log = next((out / "logs").glob("*_nipype.log")).read_text()
+    assert "[Node] Finished" in log
+    dropped = [line for line in both.splitlines() if "dropped b =" in line]
+    assert len(dropped) == 1
+    listed = re.findall(r"(\d+)(?: \(x\d+\))?[,\s]", dropped[0].split("=", 1)[1].split("s/mm²")[0] + ",")
+    assert len(listed) == len(set(listed)) == 4  # 25, 50, 100, 200, each once
+
+
+def test_compile_notice_only_when_kernels_are_not_cached(tmp_path):
+    from dmrimc_bids.core import jitcache
+    module = tmp_path / "kernels.py"
+    module.write_text("")
+    assert "compiling" in jitcache.compile_notice(module, "fitting")
+    (tmp_path / "__pycache__").mkdir()
+    (tmp_path / "__pycache__" / "kernels.fit-12.py311.nbi").write_bytes(b"")
+    assert jitcache.compile_notice(module, "fitting") == ""
+
+
+def test_output_inside_the_raw_dataset_is_refused(single_demo, capsys):
+    code, err = run(capsys, single_demo, single_demo / "out", "participant")
+    assert code == 64 and len(errors(err)) == 1 and "inside the raw BIDS dataset" in err, err
+    assert not (single_demo / "out").exists()
+
+
+def test_group_level_leaves_no_temporary_folder(demo_run, demo_dir, tmp_path, capsys, monkeypatch):
+    import tempfile
+    _, out, _ = demo_run
+    copy = tmp_path / "deriv"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("group*"))
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    code, err = run(capsys, demo_dir, copy, "group")
+    assert code == 0, err
+    assert list(scratch.iterdir()) == []
+
+
+def test_git_ignores_the_demo_folders():
+    ignored = (ROOT / ".gitignore").read_text().splitlines()
+    assert "/demo_bids/" in ignored and "/demo_out/" in ignored
+
+
+# ---- 8. group report --------------------------------------------------------------------------------------
+def test_group_report_links_subjects_and_points_out_redundant_maps(demo_run, demo_dir, tmp_path, capsys):
+    from dmrimc_bids.reports.group import strong_correlations
+    _, out, _ = demo_run
+    copy = tmp_path / "deriv"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("group*"))
+    code, err = run(capsys, demo_dir, copy, "group")
+    assert code == 0, err
+    html = (copy / "group.html").read_text()
+    assert 'href="sub-01.html"' in html and 'href="sub-02.html"' in html
+    assert 'id="strong-correlations"' in html
+    pair = re.search(r'id="strong-correlations">.*?<b>([^<]+)</b> and <b>([^<]+)</b> \(ρ = ([-0-9.]+)\)', html)
+    assert pair and abs(float(pair.group(3))) > 0.95
+    rho = np.array([[1, 0.97, 0.2], [0.97, 1, -0.96], [0.2, -0.96, 1]])
+    found = strong_correlations(rho, ["a", "b", "c"])
+    assert [(f["a"], f["b"]) for f in found] == [("a", "b"), ("b", "c")]
