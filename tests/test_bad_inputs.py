@@ -90,6 +90,26 @@ def _garbage(rel, *extra):
     return make
 
 
+def _damage(kind):
+    def make(bids, tmp):
+        f = _bids_dwi(bids) / "sub-01_dwi.nii.gz"
+        raw = bytearray(f.read_bytes())
+        if kind == "flipped":
+            raw[len(raw) // 2:len(raw) // 2 + 8] = bytes(b ^ 0xFF for b in raw[len(raw) // 2:len(raw) // 2 + 8])
+        else:
+            raw = raw[: len(raw) * 2 // 3]
+        f.write_bytes(bytes(raw))
+        return "dmrimc-bids", [bids, tmp / "out", "participant"]
+    return make
+
+
+def _runs_with_one_timing(bids, tmp):
+    sys.path.insert(0, str(Path(__file__).parent))  # also when run as a script (--write-docs)
+    from realworld import split_runs
+    runs = split_runs(bids, tmp / "runs")
+    return "dmrimc-bids", [runs, tmp / "out", "participant", "--small-delta", "10", "--big-delta", "25"]
+
+
 def _no_description(bids, tmp):
     (bids / "dataset_description.json").unlink()
     return "dmrimc-bids", [bids, tmp / "out", "participant"]
@@ -173,6 +193,16 @@ CASES = [
          lambda bids, tmp: ("dmrimc-sim", ["plot", "--dictionary", default_dictionary_path(), "--entry", "99999",
                                            "--out", tmp / "signals.png"])),
     Case("output-is-input", "output folder = the BIDS dataset", 64, "output folder", _same_dir),
+    Case("output-inside-input", "output folder inside the raw BIDS dataset (outside its derivatives/)", 64,
+         "inside the raw BIDS dataset", lambda bids, tmp: ("dmrimc-bids", [bids, bids / "out", "participant"])),
+    Case("damaged-dwi", "a .nii.gz whose compressed data fail their checksum (flipped bytes); the header still "
+         "reads", 65, "sub-01_dwi.nii.gz", _damage("flipped")),
+    Case("truncated-dwi", "a .nii.gz cut short (an interrupted copy)", 65, "sub-01_dwi.nii.gz", _damage("truncated")),
+    Case("one-timing-for-differing-runs", "--small-delta/--big-delta for runs whose sidecars or TEs say their "
+         "timing differs", 64, "--timing", _runs_with_one_timing),
+    Case("bad-timing", "--timing item that is not RUN:δ,Δ", 64, "--timing", _participant("--timing", "run-1:25")),
+    Case("bad-failed-fraction", "--max-failed-fraction outside [0, 1]", 64, "--max-failed-fraction",
+         _participant("--max-failed-fraction", "5")),
     Case("no-dataset-description", "bids_dir without dataset_description.json", 16, "not a valid BIDS dataset",
          _no_description),
     Case("unknown-participant", "--participant-label not in the dataset", 66, "participant(s) 99",
@@ -251,7 +281,9 @@ def write_docs(path: Path) -> None:
              "files selected, 64 usage, 65 data error, 66 missing input) and leaves no output file. In a cohort, a "
              "subject that fails is reported on its own line and in `logs/<run>_status.tsv`, the others go on, and "
              "the run exits 1. Invalid voxels (NaN, non-positive b=0) are not errors: they get exit code -1 in the "
-             "`exitcode` map and NaN parameters.", "",
+             "`exitcode` map and NaN parameters, unless they are more than `--max-failed-fraction` (5 %) of the "
+             "fitted voxels: the session is then marked failed in the status table, with the fraction. Damaged "
+             "files are found before anything runs: every image is read in full once (gzip checksum, length).", "",
              "Regenerate: `python tests/test_bad_inputs.py --write-docs docs/errors.md`.", "",
              "| case | situation | exit | message |", "|---|---|---|---|"]
     with tempfile.TemporaryDirectory() as d:

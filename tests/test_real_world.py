@@ -4,7 +4,6 @@ Each test failed on the code before issue #19 (exit 0 with wrong or mixed result
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import os
@@ -78,6 +77,9 @@ def test_per_run_timing_on_the_command_line(demo_dir, tmp_path, capsys):
     # each run got its own: the volumes of run-1 (first in the table) all have Δ 25 ms
     n1 = len(np.loadtxt(bids / "sub-01/dwi/sub-01_run-1_dwi.bval"))
     assert np.all(prot[:n1, 2] == 25.0) and np.all(prot[n1:, 2] == 45.0)
+    # a key that matches no run is a typo, not a silent no-op
+    code, err = run(capsys, bids, tmp_path / "out2", "participant", "--timing", "run-3:10,25", "--derivatives", seg(bids))
+    assert code == 64 and "run-3" in errors(err)[0], err
     # the same from a TSV keyed by run
     (tmp_path / "timing.tsv").write_text("run\tsmall_delta\tbig_delta\nrun-1\t10\t25\nrun-2\t15\t45\n")
     from dmrimc_bids.core.protocol import parse_run_timing

@@ -380,8 +380,8 @@ def read_protocol(bval_path, n_volumes: int, *, bvec_path=None, sidecar: dict | 
         missing = " and ".join(n for n, v in (("SmallDelta (δ)", small), ("BigDelta (Δ)", big)) if v is None)
         raise InputError(
             f"no gradient timing: {missing} missing for this DWI series", path=sidecar_path or bval_path,
-            fix="add SmallDelta/BigDelta (seconds) to the DWI JSON sidecar, or pass --small-delta/--big-delta "
-                "(ms); preprocessed data (e.g. QSIPrep) drops timing that differed between concatenated runs, "
+            fix="add SmallDelta/BigDelta (seconds) to the DWI JSON sidecar, or pass --timing RUN:δ,Δ per run or "
+                "--small-delta/--big-delta (ms); preprocessed data (e.g. QSIPrep) drops timing that differed between concatenated runs, "
                 "so take it from the raw sidecars", exit_code=EX_NOINPUT)
 
     _check_timing(b > b0_threshold, small, big, src_small, src_big)

@@ -42,7 +42,10 @@ def verify_image(path, what: str = "image") -> None:
                     size += len(block)
         else:
             size = os.path.getsize(path)
-    except (OSError, EOFError, zlib.error) as exc:
+    except EOFError as exc:
+        raise InputError(f"the {what} file is truncated ({exc})", path=path, exit_code=EX_DATAERR,
+                         fix="copy or export the file again (its compressed stream ends early)") from exc
+    except (OSError, zlib.error) as exc:
         raise InputError(f"the {what} file is damaged ({type(exc).__name__}: {exc})", path=path, exit_code=EX_DATAERR,
                          fix="copy or export the file again (its compressed data fail their checksum)") from exc
     if size < need:

@@ -17,7 +17,6 @@ its description (method sentence, sidecar parameters) from the model that ran.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 

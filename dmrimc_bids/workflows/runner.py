@@ -108,7 +108,17 @@ def _collect(config: Config):
                            validate=not config.skip_bids_validation, mask_label=config.mask_label or None,
                            mask_file=Path(config.mask) if config.mask else None,
                            sigma_file=Path(config.noise_map) if config.noise_map else None)
+    _check_timing_keys(config, items)
     return items, dictionary
+
+
+def _check_timing_keys(config: Config, items) -> None:
+    """A --timing key that matches no DWI of the run is a typo: one usage error rather than a silent no-op."""
+    from ..core.protocol import run_timing_for
+    for key, value in config.run_timing().items():
+        if not any(run_timing_for(f, {key: value}) for item in items for f in item.dwi_files):
+            raise InputError(f"--timing {key}: matches no DWI file of the selected subjects/sessions", exit_code=64,
+                             fix="give an entity of the DWI file names (e.g. run-2, acq-long) or a file name")
 
 
 def _preflight(item, config: Config, dictionary) -> dict:
