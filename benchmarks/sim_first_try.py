@@ -4,7 +4,7 @@ published grid (--preset histousim), end to end through the CLI (Nipype graph, a
     python benchmarks/sim_first_try.py [--repeats 3] [--full]
 
 The 6-row protocol (b 0/1000/2000 s/mm² at two diffusion times) on the SVG tile docs/examples/cells.svg
-(100 µm wide). --full also times the histousim preset once (about 40x longer). Writes the block
+(100 µm wide). --full also times the histousim preset once (about 20x longer). Writes the block
 sim_first_try of docs/benchmarks.md.
 """
 

@@ -178,7 +178,7 @@ def _histo_parser(sub) -> None:
     h.add_argument("--bval", type=Path, default=None, help="the sidecar's .bval (default: beside it)")
     h.add_argument("--preset", choices=sorted(PRESETS), default="quick",
                    help="quick (default): 3 D0in x 3 D0ex x 3 kappa with 5000 walkers, about a minute for a small "
-                        "protocol on 2 cores; histousim: the published 5 x 5 x 9 grid with 20000 walkers (about 40x "
+                        "protocol on 2 cores; histousim: the published 5 x 5 x 9 grid with 20000 walkers (about 20x "
                         "longer). --d0in/--d0ex/--kappa/--walkers override it")
     h.add_argument("--d0in", type=_positive(float), nargs="+", default=None, help="µm²/ms (from --preset)")
     h.add_argument("--d0ex", type=_positive(float), nargs="+", default=None, help="µm²/ms (from --preset)")
