@@ -224,6 +224,28 @@ def test_qsiprep_shaped_dataset_keeps_its_space(demo_dir, tmp_path, capsys):
     assert run(capsys, bids, out, "group")[0] == 0  # the group level finds maps in any space
 
 
+def test_qsiprep_series_timing_per_source_run(demo_dir, tmp_path, capsys):
+    """A preprocessed series concatenating runs: one --small-delta/--big-delta is refused when its
+    SourceMetadata differ; --timing keyed by the source runs is applied per volume (confounds original_file)."""
+    bids = qsiprep_shaped(demo_dir, tmp_path / "bids")
+    q = bids / "derivatives" / "qsiprep"
+    code, err = run(capsys, bids, tmp_path / "out", "participant", "--derivatives", q, "--small-delta", "10",
+                    "--big-delta", "25")
+    assert code == 64 and len(errors(err)) == 1 and "run-2" in errors(err)[0], err
+    side = q / "sub-01/dwi/sub-01_space-T1w_desc-preproc_dwi.json"
+    meta = json.loads(side.read_text())
+    for source in meta["SourceMetadata"].values():  # a scanner export without timing
+        source.pop("SmallDelta"), source.pop("BigDelta")
+    side.write_text(json.dumps(meta))
+    work = tmp_path / "work"
+    code, err = run(capsys, bids, tmp_path / "out", "participant", "--derivatives", q, "-w", work, "--vascular",
+                    "off", "--timing", "run-1:10,25", "run-2:15,45")
+    assert code == 0, err
+    prot = fitted_protocol(work)
+    n1 = len(np.loadtxt(bids / "sub-01/dwi/sub-01_run-1_dwi.bval"))
+    assert np.all(prot[:n1, 1:] == [10, 25]) and np.all(prot[n1:, 1:] == [15, 45])
+
+
 def test_one_background_convention(demo_run, demo_dir):
     """NaN outside the fit in every map, the exit code included (docs: README, Outputs)."""
     _, out, _ = demo_run

@@ -343,7 +343,7 @@ def read_protocol(bval_path, n_volumes: int, *, bvec_path=None, sidecar: dict | 
                   b0_threshold: float = 20.0, run_timing=None, original_files=None) -> Protocol:
     """Build and check the per-volume protocol of one DWI series.
 
-    Timing precedence: this run's ``run_timing`` (δ, Δ) (``--timing``, ms) > explicit
+    Timing precedence: this run's ``run_timing`` (δ, Δ) (``--timing``, ms; numbers or per-volume arrays) > explicit
     ``small_delta_ms``/``big_delta_ms`` (command line, ms) > ``.gdur``/``.gsep`` files (ms) > the JSON
     sidecar (s; QSIPrep's SourceMetadata with ``original_files``, see timing_from_sidecar). Raises InputError naming the file and
     the fix on count mismatches, missing timing, negative values, Δ < δ or unit mix-ups.
@@ -369,12 +369,14 @@ def read_protocol(bval_path, n_volumes: int, *, bvec_path=None, sidecar: dict | 
         if value is not None and 0 < value < MIN_PLAUSIBLE_MS:
             raise InputError(f"{name} {value:g} looks like seconds, but it is read in ms",
                              fix=f"give {name} in ms (e.g. {value * 1000:g})", exit_code=EX_USAGE)
-    if run_timing is not None:
-        small_delta_ms, big_delta_ms = run_timing
-    if small_delta_ms is not None:
-        small, src_small = np.full(n_volumes, float(small_delta_ms)), "--small-delta"
-    if big_delta_ms is not None:
-        big, src_big = np.full(n_volumes, float(big_delta_ms)), "--big-delta"
+    if run_timing is not None:  # (δ, Δ): one number or one per volume
+        small, big = (_per_volume(v, n_volumes, "--timing", bval_path, "give --timing per run") for v in run_timing)
+        src_small = src_big = "--timing"
+    else:
+        if small_delta_ms is not None:
+            small, src_small = np.full(n_volumes, float(small_delta_ms)), "--small-delta"
+        if big_delta_ms is not None:
+            big, src_big = np.full(n_volumes, float(big_delta_ms)), "--big-delta"
 
     if small is None or big is None:
         missing = " and ".join(n for n, v in (("SmallDelta (δ)", small), ("BigDelta (Δ)", big)) if v is None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -48,28 +49,49 @@ def session_protocols(dwi_files, bval_files, bvec_files=None, sidecar_files=None
     that one is refused (usage error) when the runs' own metadata say their timing or TE differ."""
     n = len(dwi_files)
     col = lambda files: list(files) if files else [""] * n  # noqa: E731
-    per_run = [run_timing_for(d, timing or {}) for d in dwi_files]
+    per_run = [run_timing_for(d, timing or {}) or _source_run_timing(c, timing) for d, c in
+               zip(dwi_files, col(confounds_files))]
     rows = list(zip(dwi_files, bval_files, col(bvec_files), col(sidecar_files), col(gdur_files), col(gsep_files),
                     col(confounds_files)))
-    if n > 1 and (small_delta_ms is not None or big_delta_ms is not None) and None in per_run:
+    if (small_delta_ms is not None or big_delta_ms is not None) and None in per_run:
         _refuse_shared_timing([(d, sc, gs, cf) for (d, _, _, sc, _, gs, cf), rt in zip(rows, per_run) if rt is None])
     return [series_protocol(d, b, bv or None, sc or None, gd or None, gs or None, small_delta_ms, big_delta_ms,
                             b0_threshold, rt, cf or None)
             for (d, b, bv, sc, gd, gs, cf), rt in zip(rows, per_run)]
 
 
+def _source_run_timing(confounds_file, timing):
+    """Per-volume (δ, Δ) [ms] of a preprocessed series that concatenates runs, from --timing keyed by its
+    source runs (QSIPrep's confounds original_file), or None."""
+    if not confounds_file or not timing:
+        return None
+    per_volume = [run_timing_for(f, timing) for f in original_files(confounds_file)]
+    if not any(per_volume):
+        return None
+    missing = sorted({Path(f).name for f, t in zip(original_files(confounds_file), per_volume) if t is None})
+    if missing:
+        raise InputError(f"--timing gives no timing for the source run(s) {', '.join(missing)}", path=confounds_file,
+                         exit_code=EX_USAGE, fix="give --timing for every run the preprocessed series concatenates")
+    return np.array([t[0] for t in per_volume]), np.array([t[1] for t in per_volume])
+
+
 def _refuse_shared_timing(runs: list) -> None:
     """InputError when one --small-delta/--big-delta would be given to runs [(dwi, sidecar, gsep, confounds)]
     whose own metadata (sidecar or .gsep Δ, sidecar TE) say they differ."""
-    from pathlib import Path
     described = []
+    values = lambda a: tuple(np.unique(np.round(a[np.isfinite(a)], 3))) if a is not None else None  # noqa: E731
     for dwi, sidecar, gsep, confounds in runs:
-        n = load_image(dwi, "DWI").shape[-1]
         meta = load_sidecar(sidecar) if sidecar else {}
+        sources = meta.get("SourceMetadata") if isinstance(meta.get("SourceMetadata"), dict) else {}
+        for name, source_meta in sources.items():  # a preprocessed series: the runs it concatenates
+            _, big, te = timing_from_sidecar(source_meta if isinstance(source_meta, dict) else {}, 1, sidecar)
+            described.append((Path(str(name)).name, values(big), values(te)))
+        if sources:
+            continue
+        n = load_image(dwi, "DWI").shape[-1]
         _, big, te = timing_from_sidecar(meta, n, sidecar, original_files(confounds) if confounds else None)
         if gsep:
             big = read_numbers(gsep, "gradient separation")
-        values = lambda a: tuple(np.unique(np.round(a[np.isfinite(a)], 3))) if a is not None else None  # noqa: E731
         described.append((Path(dwi).name, values(big), values(te)))
     differ = any(len({d[k] for d in described if d[k] is not None}) > 1 for k in (1, 2))
     if differ:

@@ -115,8 +115,14 @@ def _collect(config: Config):
 def _check_timing_keys(config: Config, items) -> None:
     """A --timing key that matches no DWI of the run is a typo: one usage error rather than a silent no-op."""
     from ..core.protocol import run_timing_for
-    for key, value in config.run_timing().items():
-        if not any(run_timing_for(f, {key: value}) for item in items for f in item.dwi_files):
+    from ..interfaces.preprocess import original_files
+    timing = config.run_timing()
+    if not timing:
+        return
+    files = {f for item in items for f in item.dwi_files}  # and the source runs of preprocessed series
+    files |= {f for item in items for c in item.confounds_files if c for f in original_files(c)}
+    for key, value in timing.items():
+        if not any(run_timing_for(f, {key: value}) for f in files):
             raise InputError(f"--timing {key}: matches no DWI file of the selected subjects/sessions", exit_code=64,
                              fix="give an entity of the DWI file names (e.g. run-2, acq-long) or a file name")
 
