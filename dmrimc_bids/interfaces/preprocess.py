@@ -65,10 +65,11 @@ def _source_run_timing(confounds_file, timing):
     source runs (QSIPrep's confounds original_file), or None."""
     if not confounds_file or not timing:
         return None
-    per_volume = [run_timing_for(f, timing) for f in original_files(confounds_file)]
+    sources = original_files(confounds_file)
+    per_volume = [run_timing_for(f, timing) for f in sources]
     if not any(per_volume):
         return None
-    missing = sorted({Path(f).name for f, t in zip(original_files(confounds_file), per_volume) if t is None})
+    missing = sorted({Path(f).name for f, t in zip(sources, per_volume) if t is None})
     if missing:
         raise InputError(f"--timing gives no timing for the source run(s) {', '.join(missing)}", path=confounds_file,
                          exit_code=EX_USAGE, fix="give --timing for every run the preprocessed series concatenates")
