@@ -1,13 +1,30 @@
-"""Posterior-mean dictionary estimator (core/fitting/posterior.py)."""
+"""Bayesian dictionary estimator (core/fitting/posterior.py): concentration, calibration, identifiability."""
 
 import numpy as np
+import pytest
+from scipy.stats import spearmanr
 
 from dmrimc_bids.core.dictionary import Dictionary
-from dmrimc_bids.core.fitting.posterior import PosteriorModel
+from dmrimc_bids.core.fitting.posterior import (PosteriorModel, interval_limits, structure_groups,
+                                                weighted_quantile)
 from dmrimc_bids.core.protocol import Protocol
 
+B = np.array([300.0, 600, 1000, 1500, 2000, 2500])
 
-def toy(k=60, seed=0):
+
+def biexp(f, d_in, d_ex, b=B):
+    """Two-compartment signal [K, M]: f exp(-b D_in) + (1 - f) exp(-b D_ex), D in µm²/ms, b in s/mm²."""
+    return f[:, None] * np.exp(-np.outer(d_in, b) * 1e-3) + (1 - f[:, None]) * np.exp(-np.outer(d_ex, b) * 1e-3)
+
+
+def grid_dictionary(n_f=9, n_din=7, n_dex=7):
+    f, din, dex = np.meshgrid(np.linspace(0.1, 0.9, n_f), np.linspace(0.2, 1.0, n_din),
+                              np.linspace(1.5, 3.0, n_dex), indexing="ij")
+    p = np.stack([f.ravel(), din.ravel(), dex.ravel()], 1)
+    return Dictionary(biexp(*p.T), p, ["fin", "D0in", "D0ex"], Protocol(B, 10.0, 30.0))
+
+
+def toy_flow(k=60, seed=0):
     rng = np.random.default_rng(seed)
     b = np.array([25.0, 50, 100, 200])
     vm = np.exp(rng.uniform(np.log(0.3), np.log(30), k))
@@ -16,62 +33,107 @@ def toy(k=60, seed=0):
     return Dictionary(sig, np.stack([vm, anb], 1), ["vm", "anb"], Protocol(b, 10.0, 30.0))
 
 
-def test_posterior_equals_brute_force_and_limits():
-    dic = toy()
-    model = PosteriorModel(dic, chunk_size=7)
-    rng = np.random.default_rng(1)
-    y = dic.signals[:20].astype(float) + rng.normal(0, 0.05, (20, 4))
-    fit = model.fit(y, sigma=np.full(20, 0.05))
-    d2 = ((y[:, None, :] - dic.signals[None].astype(float)) ** 2).sum(-1)
-    w = np.exp(-(d2 - d2.min(1, keepdims=True)) / (2 * 0.05 ** 2))
-    w /= w.sum(1, keepdims=True)
-    logm = w @ np.log(dic.params)
-    np.testing.assert_allclose(fit.params["vm"], np.exp(logm[:, 0]), rtol=1e-9)
-    sd = np.sqrt(w @ np.log(dic.params[:, 1]) ** 2 - logm[:, 1] ** 2) * np.exp(logm[:, 1])
-    np.testing.assert_allclose(fit.sd["anb"], sd, rtol=1e-6, atol=1e-12)
-    # tiny noise: the posterior collapses on the entry that generated the data
-    exact = model.fit(dic.signals[:5].astype(float), sigma=np.full(5, 1e-6))
-    np.testing.assert_allclose(exact.params["vm"], dic.params[:5, 0], rtol=1e-9)
-    assert np.all(exact.exitcode == 1)
-    # huge noise: the prior's geometric mean
-    flat = model.fit(y[:3], sigma=np.full(3, 1e3))
-    np.testing.assert_allclose(flat.params["vm"], np.exp(np.log(dic.params[:, 0]).mean()), rtol=1e-6)
+def test_noise_free_entry_concentrates_on_it():
+    dic = grid_dictionary()
+    model = PosteriorModel(dic, model_error=False)
+    idx = np.array([0, 37, 200, 441 - 1, 300])
+    fit = model.fit(dic.signals[idx].astype(float), sigma=np.full(idx.size, 1e-5))
+    for j, name in enumerate(dic.names):
+        np.testing.assert_allclose(fit.params[name], dic.params[idx, j], atol=1e-6)
+        assert np.all(fit.sd[name] < 1e-3)
+        assert np.all(fit.contraction[name] > 0.999)
+        assert np.all(fit.ci95lo[name] <= dic.params[idx, j] + 1e-9) and np.all(fit.ci95hi[name] >= dic.params[idx, j] - 1e-9)
+    # huge noise: nothing is learnt, the contraction is ~0 and the SD never exceeds half the range
+    flat = model.fit(dic.signals[idx].astype(float), sigma=np.full(idx.size, 1e3))
+    for j, name in enumerate(dic.names):
+        assert np.all(flat.contraction[name] < 0.05)
+        assert np.all(flat.sd[name] <= np.ptp(dic.params[:, j]) / 2 + 1e-12)
 
 
-def test_mask_nan_and_unknown_sigma():
-    dic = toy()
-    y = np.stack([dic.signals[3], dic.signals[4], np.full(4, np.nan)]).astype(float)
-    fit = PosteriorModel(dic).fit(y.reshape(3, 1, 4), mask=np.array([[True], [False], [True]]))
-    assert fit.exitcode.ravel().tolist() == [1, 0, -1]
-    assert fit.params["vm"][0, 0] > 0 and fit.params["vm"][1, 0] == 0 and np.isnan(fit.params["vm"][2, 0])
+def test_coverage_and_recovery_on_a_problem_with_a_known_answer():
+    """Truths drawn from the prior off the dictionary's grid, Rician noise at SNR 30: the 95 % intervals
+    cover 0.90-0.99 of the truths; the estimates beat the constant guess (prior median) by far."""
+    dic = grid_dictionary()
+    rng = np.random.default_rng(2026)
+    n = 1500
+    truth = np.stack([rng.uniform(0.1, 0.9, n), rng.uniform(0.2, 1.0, n), rng.uniform(1.5, 3.0, n)], 1)
+    sigma = np.full(n, 1 / 30)
+    clean = biexp(*truth.T)
+    y = np.hypot(clean + rng.normal(0, 1, clean.shape) * sigma[:, None], rng.normal(0, 1, clean.shape) * sigma[:, None])
+    fit = PosteriorModel(dic).fit(y, sigma=sigma)
+    for j, name in enumerate(dic.names):
+        est = fit.params[name]
+        cover = np.mean((truth[:, j] >= fit.ci95lo[name]) & (truth[:, j] <= fit.ci95hi[name]))
+        assert 0.90 <= cover <= 0.99, (name, cover)
+        const = np.median(dic.params[:, j])
+        assert np.median(np.abs(est - truth[:, j])) < 0.8 * np.median(np.abs(const - truth[:, j])), name
+    assert spearmanr(fit.params["fin"], truth[:, 0]).statistic > 0.8   # measured 0.86
+    # fin is informed by this protocol, far more than the extra-cellular diffusivity
+    assert np.median(fit.contraction["fin"]) > 0.7
+    assert np.median(fit.contraction["fin"]) > np.median(fit.contraction["D0ex"])
 
 
-def test_posterior_median_by_hand_and_between_nodes():
-    from dmrimc_bids.core.fitting.posterior import _Medians
-
-    col = _Medians(np.array([[2.0, 5.0], [0.0, 5.0], [1.0, 5.0], [1.0, 5.0]]))  # values 0, 1, 2; edges 0, 0.5, 1.5, 2
-    w = np.array([[0.0, 0.25, 0.25, 0.5],     # mass 0: 0.25, 1: 0.75, 2: 0 -> cdf crosses 1/2 inside [0.5, 1.5]
-                  [1.0, 0.0, 0.0, 0.0],       # all on the value 2 -> its half of [1.5, 2] -> 1.75
-                  [0.0, 1.0, 0.0, 0.0]])      # all on 0 -> [0, 0.5] -> 0.25
-    np.testing.assert_allclose(col.median(w), [[0.5 + (0.5 - 0.25) / 0.75, 5], [1.75, 5], [0.25, 5]])
-    # a mono-exponential dictionary on a coarse D grid: data from D between two nodes gives a median
-    # between them (no "steps"), closer to the truth than either node
-    b = np.array([300.0, 600, 1000, 1500, 2000])
+def test_estimate_leaves_the_grid_between_nodes():
     d = np.arange(0.5, 3.01, 0.5)
-    dic = Dictionary(np.exp(-np.outer(d, b) * 1e-3), d[:, None], ["D"], Protocol(b, 10.0, 30.0))
-    y = np.exp(-1.3 * b * 1e-3)[None]
-    med = PosteriorModel(dic, point="median").fit(y, sigma=np.array([0.1])).params["D"][0]
-    assert 1.0 < med < 1.5 and abs(med - 1.3) < 0.2 and min(abs(med - 1.0), abs(med - 1.5)) > 0.05
-    fit = PosteriorModel(dic, point="median").fit(y, sigma=np.array([0.1]))
+    dic = Dictionary(np.exp(-np.outer(d, B) * 1e-3), d[:, None], ["D"], Protocol(B, 10.0, 30.0))
+    y = np.exp(-1.3 * B * 1e-3)[None]
+    fit = PosteriorModel(dic).fit(y, sigma=np.array([0.01]))
+    est = fit.params["D"][0]
+    assert abs(est - 1.3) < 0.05 and min(abs(est - 1.0), abs(est - 1.5)) > 0.1
     assert fit.info["estimate_placement"]["D"]["on_node"] == 0.0
 
 
-def test_dictionary_within_bounds():
-    import pytest
+def test_model_error_of_structures_widens_intervals():
+    """Substrates (structures) of a dictionary that differ in a hidden property: leaving one out, its
+    parameters are mis-estimated by the rest; that cross-validated error enters the SD."""
+    rng = np.random.default_rng(5)
+    rows, params = [], []
+    for s in range(12):
+        f = rng.uniform(0.2, 0.8)
+        hidden = rng.uniform(0.6, 1.4)  # not a parameter: model error
+        for d in np.linspace(1.5, 3.0, 6):
+            rows.append(biexp(np.array([f]), np.array([0.5 * hidden]), np.array([d]))[0])
+            params.append([f, d])
+    dic = Dictionary(np.array(rows), np.array(params), ["fin", "D0ex"], Protocol(B, 10.0, 30.0))
+    assert np.unique(structure_groups(dic.params)).size == 12
+    with_err = PosteriorModel(dic).fit(dic.signals[:6].astype(float), sigma=np.full(6, 0.005))
+    without = PosteriorModel(dic, model_error=False).fit(dic.signals[:6].astype(float), sigma=np.full(6, 0.005))
+    assert np.all(with_err.sd["fin"] > without.sd["fin"])
+    assert with_err.info["model_error_rms"]["fin"] > 0.01
+    # fin is structure-level (one value per substrate): its interval may leave the sampled range; D0ex is
+    # a design axis: clipped to the dictionary's range
+    model = PosteriorModel(dic)
+    assert model.int_lo[0] == 0.0 and model.int_hi[0] == 1.0
+    assert model.int_lo[1] == pytest.approx(1.5) and model.int_hi[1] == pytest.approx(3.0)
 
+
+def test_interval_limits_and_weighted_quantile_by_hand():
+    p = np.array([[0.2, 1.0, 5.0], [0.2, 2.0, 50.0], [0.7, 1.0, 7.0], [0.7, 2.0, 70.0]])
+    groups = structure_groups(p)
+    log = np.array([False, False, True])
+    assert structure_groups(p[:, :2]) is None   # a crossed 2 x 2 grid has no structures
+    lo, hi = interval_limits(p, groups, log, p.min(0), np.log(p.max(0)))
+    assert lo[0] == 0.0 and hi[0] == 1.0 and lo[1] == 1.0 and hi[1] == 2.0 and np.isinf(lo[2]) and np.isinf(hi[2])
+    samples = np.array([[[3.0], [1.0], [2.0]]])
+    w = np.array([[0.2, 0.3, 0.5]])
+    # sorted 1 (0.3), 2 (0.5), 3 (0.2): mid-cumulative 0.15, 0.55, 0.9 -> the median 1 + (0.5-0.15)/0.4
+    np.testing.assert_allclose(weighted_quantile(samples, w, 0.5), [[1 + 0.35 / 0.4]])
+    np.testing.assert_allclose(weighted_quantile(samples, w, 0.95), [[3.0]])
+
+
+def test_mask_nan_and_unknown_sigma():
+    dic = toy_flow()
+    y = np.stack([dic.signals[3], dic.signals[4], np.full(4, np.nan)]).astype(float)
+    fit = PosteriorModel(dic, noise="gaussian").fit(y.reshape(3, 1, 4), mask=np.array([[True], [False], [True]]))
+    assert fit.exitcode.ravel().tolist() == [1, 0, -1]
+    assert fit.params["vm"][0, 0] > 0 and fit.params["vm"][1, 0] == 0 and np.isnan(fit.params["vm"][2, 0])
+    assert set(fit.maps()) >= {"vm_ci95lo", "vm_ci95hi", "vm_contraction", "vm_sd"}
+
+
+def test_dictionary_within_bounds():
     from dmrimc_bids.core.errors import InputError
 
-    dic = toy()
+    dic = toy_flow()
     sub = dic.within({"vm": (1.0, 10.0)})
     assert len(sub) == int(np.sum((dic.params[:, 0] >= 1) & (dic.params[:, 0] <= 10))) and len(sub) < len(dic)
     assert sub.params[:, 0].min() >= 1.0 and sub.params[:, 0].max() <= 10.0

@@ -11,8 +11,8 @@ from ..core.errors import EX_USAGE, InputError
 from ..workflows.config import Config
 from ..workflows.execution import PLUGINS
 
-#: Options of the published fitting method (--estimator fit) only.
-FIT_ONLY_OPTIONS = ("reg", "n_averages", "surrogate", "surrogate_smoothing", "surrogate_neighbours", "noise_model")
+#: Options of the published fitting method (--estimator ml) only.
+FIT_ONLY_OPTIONS = ("reg", "surrogate", "surrogate_smoothing", "surrogate_neighbours", "noise_model")
 
 
 def _pair(text: str, what: str):
@@ -127,10 +127,12 @@ def _model_options(m) -> None:
     m.add_argument("--shell-tolerance", type=float, default=20.0, metavar="B", help="b within B is one shell [s/mm²] (20)")
     m.add_argument("--match-tolerance-b", type=float, default=100.0, metavar="B", help="[s/mm²] (100)")
     m.add_argument("--match-tolerance-ms", type=float, default=2.5, metavar="MS", help="δ and Δ [ms] (2.5)")
-    m.add_argument("--estimator", choices=["posterior-median", "posterior-mean", "fit"], default="posterior-median",
-                   help="posterior-median (default; best on real-histology signals, docs/benchmarks.md) or "
-                        "posterior-mean over the dictionary's entries, or fit: grid search + Levenberg-Marquardt "
-                        "on a spline surrogate (the published method; the options below apply to it)")
+    m.add_argument("--estimator", choices=["posterior", "posterior-mean", "ml", "posterior-median", "fit"],
+                   default="posterior",
+                   help="posterior (default): posterior median with calibrated 95 %% intervals and identifiability "
+                        "maps (docs/benchmarks.md); posterior-mean: its mean; ml: maximum likelihood by grid search "
+                        "+ Levenberg-Marquardt on a spline surrogate (the published method; the options below "
+                        "apply to it). posterior-median and fit are the former names of posterior and ml")
     m.add_argument("--n-averages", type=float, default=1.0, metavar="N",
                    help="the σ map refers to data magnitude-averaged over N volumes (1)")
     m.add_argument("--reg", nargs=2, default=["2", "0"], metavar=("NORM", "WEIGHT"),
@@ -159,9 +161,10 @@ def _vascular_options(v) -> None:
     v.add_argument("--flow-spins", type=int, default=2000, metavar="N", help="spins per realisation (2000)")
     v.add_argument("--flow-params", nargs="+", metavar="NAME",
                    help="flow parameters to estimate (default vm vs anb)")
-    v.add_argument("--flow-estimator", choices=["posterior", "fit"], default="posterior",
-                   help="posterior: posterior mean over the flow dictionary (default; best in the "
-                        "leave-one-network-out benchmark); fit: grid search + Levenberg-Marquardt")
+    v.add_argument("--flow-estimator", choices=["posterior", "posterior-mean", "ml", "fit"], default="posterior-mean",
+                   help="posterior-mean (default; best in the leave-one-network-out benchmark) or posterior "
+                        "(median): the tissue's posterior estimator with a Gaussian likelihood; ml (alias fit): "
+                        "grid search + Levenberg-Marquardt")
 
 
 def _execution_options(e) -> None:
@@ -214,12 +217,12 @@ def check_arguments(args) -> None:
                                ("--surrogate-neighbours", args.surrogate_neighbours, 2)):
         if value < least:
             raise InputError(f"{flag} {value}", exit_code=EX_USAGE, fix=f"give {flag} >= {least}")
-    if args.estimator != "fit":
+    if args.estimator not in ("ml", "fit"):
         defaults = build_parser()
         given = ["--" + d.replace("_", "-") for d in FIT_ONLY_OPTIONS if getattr(args, d) != defaults.get_default(d)]
         if given:
-            raise InputError(f"{', '.join(given)}: only for --estimator fit", exit_code=EX_USAGE,
-                             fix=f"add --estimator fit, or drop {', '.join(given)}")
+            raise InputError(f"{', '.join(given)}: only for --estimator ml", exit_code=EX_USAGE,
+                             fix=f"add --estimator ml, or drop {', '.join(given)}")
     if not 0 < args.ivim_b_split < args.ivim_b_max:
         raise InputError(f"--ivim-b-split {args.ivim_b_split:g} / --ivim-b-max {args.ivim_b_max:g}",
                          exit_code=EX_USAGE, fix="give 0 < --ivim-b-split < --ivim-b-max (s/mm²)")

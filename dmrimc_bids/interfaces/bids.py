@@ -54,6 +54,13 @@ class WriteDerivatives(SimpleInterface):
             params["ProtocolMatching"] = matched["provenance"].get("matching", {})
         params["DroppedMeasurements"] = list(value(i.dropped, []))
         params["NormalisationNotes"] = list(value(i.notes, []))
+        identifiability = value(i.fit_info, {}).get("identifiability")
+        if identifiability:
+            params["Identifiability"] = {k: {"MedianContraction": v["median"], "P10": v["p10"], "P90": v["p90"],
+                                             "Verdict": v["verdict"]} for k, v in identifiability.items()}
+        model_error = value(i.fit_info, {}).get("model_error_rms")
+        if model_error:
+            params["DictionaryModelErrorRMS"] = model_error
         placement = value(i.fit_info, {}).get("estimate_placement")
         if placement:
             params["EstimatePlacement"] = {
@@ -62,14 +69,13 @@ class WriteDerivatives(SimpleInterface):
         staged = {}
         try:
             for name, src in i.maps.items():
-                param, sd = (name[:-3], "sd") if name.endswith("_sd") else (name, None)
-                nii = map_path(i.out_dir, i.subject, i.session or None, i.model, param, desc=sd, space=i.space)
+                param, desc_entity = split_map_name(name)
+                nii = map_path(i.out_dir, i.subject, i.session or None, i.model, param, desc=desc_entity,
+                               space=i.space)
                 desc, unit = DIAGNOSTICS.get(param, (PARAM_DESCRIPTIONS.get(param, param),
                                                      value(i.units, {}).get(param, "")))
-                if sd:
-                    kind = ("posterior" if "posterior" in str(params.get("Uncertainty", "")) else
-                            "Fisher/Laplace, at the estimate")
-                    desc = f"standard deviation ({kind}) of: {desc}"
+                if desc_entity:
+                    desc, unit = uncertainty_description(desc_entity, desc, unit, params)
                 staged[str(nii)] = stage_copy(src, nii)
                 record = value(i.input_files, {})
                 side = map_sidecar(i.model, param, unit, desc, params, sources(record))
@@ -81,3 +87,27 @@ class WriteDerivatives(SimpleInterface):
             raise
         self._results["out_files"] = publish(staged)
         return runtime
+
+
+#: desc entities of the uncertainty maps (a map named '<param>_<desc>').
+UNCERTAINTY_DESCS = ("sd", "ci95lo", "ci95hi", "contraction")
+
+
+def split_map_name(name: str) -> tuple:
+    """'fin_ci95lo' -> ('fin', 'ci95lo'); 'fin' -> ('fin', None)."""
+    for desc in UNCERTAINTY_DESCS:
+        if name.endswith("_" + desc):
+            return name[:-len(desc) - 1], desc
+    return name, None
+
+
+def uncertainty_description(desc_entity: str, desc: str, unit: str, params: dict) -> tuple:
+    """(Description, Units) of an uncertainty map of a parameter described by desc (unit)."""
+    if desc_entity == "sd":
+        kind = "posterior" if "posterior" in str(params.get("Uncertainty", "")) else "Fisher/Laplace, at the estimate"
+        return f"standard deviation ({kind}) of: {desc}", unit
+    if desc_entity in ("ci95lo", "ci95hi"):
+        end = "lower" if desc_entity == "ci95lo" else "upper"
+        return f"{end} end of the 95 % credible interval of: {desc}", unit
+    return (f"posterior contraction 1 - var_post/var_prior (0: not informed by the data, 1: determined) of: "
+            f"{desc}", "")

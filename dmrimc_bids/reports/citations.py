@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 REFERENCES = {
+    "beaumont2002": "Beaumont MA, Zhang W, Balding DJ. Approximate Bayesian computation in population genetics. "
+                    "Genetics 2002; 162(4): 2025-2035. doi:10.1093/genetics/162.4.2025",
     "histousim": "Grigoriou A, et al. Histology-informed microstructural diffusion simulations for MRI cancer "
                  "characterisation — the Histo-μSim framework. Communications Biology 2025; 8: 1695. "
                  "doi:10.1038/s42003-025-09096-3",

@@ -51,7 +51,7 @@ class Config:
     surrogate: str = "local"
     n_neighbours: int = 32
     noise_model: str = "gaussian"
-    estimator: str = "posterior-median"
+    estimator: str = "posterior"
     device: str = "auto"
     omp_nthreads: int = 1
     chunk_size: int = 10000
@@ -70,7 +70,7 @@ class Config:
     flow_spins: int = 2000
     flow_params: list = field(default_factory=list)
     flow_match_tol_b: float = 5.0
-    flow_estimator: str = "posterior"
+    flow_estimator: str = "posterior-mean"
     work_dir: str = ""
     nprocs: int = 1
     plugin: str = ""
@@ -147,15 +147,15 @@ class Config:
         """build_model options of the tissue estimator (JSON-typed)."""
         bounds = {k: list(v) for k, v in self.bounds.items()}
         if self.estimator.startswith("posterior"):
-            return {"bounds": bounds, "chunk_size": self.chunk_size}
+            return {"bounds": bounds, "chunk_size": self.chunk_size, "n_averages": self.n_averages}
         return {"n_averages": self.n_averages, "regularisation": [self.reg_norm, self.reg_weight], "bounds": bounds,
                 "smoothing": self.smoothing, "chunk_size": self.chunk_size, "surrogate": self.surrogate,
                 "n_neighbours": self.n_neighbours, "noise": self.noise_model, "device": self.device}
 
     def flow_model_options(self) -> dict:
         """build_model options of the flow estimator (the published fit uses the global surrogate)."""
-        if self.flow_estimator.startswith("posterior"):
-            return {"chunk_size": self.chunk_size}
+        if self.flow_estimator.startswith("posterior"):   # S_V is a difference of magnitudes: no noise floor
+            return {"chunk_size": self.chunk_size, "noise": "gaussian"}
         return {"n_averages": self.n_averages, "smoothing": self.smoothing, "chunk_size": self.chunk_size,
                 "surrogate": "global", "noise": self.noise_model, "device": self.device}
 

@@ -54,6 +54,16 @@ class DictionaryFit(Fit):
     names: list
     units: dict
     info: dict = field(default_factory=dict)
+    ci95lo: dict = field(default_factory=dict)
+    ci95hi: dict = field(default_factory=dict)
+    contraction: dict = field(default_factory=dict)
+
+    def uncertainty_maps(self) -> dict:
+        """The 95 % interval bounds and the posterior contraction of each fitted parameter, by map name."""
+        out = {f"{k}_ci95lo": v for k, v in self.ci95lo.items()}
+        out.update({f"{k}_ci95hi": v for k, v in self.ci95hi.items()})
+        out.update({f"{k}_contraction": v for k, v in self.contraction.items()})
+        return out
 
     def diagnostics(self) -> dict:
         """exitcode, fobj, loglik, aic, bic."""
@@ -72,6 +82,18 @@ def assemble_fit(dictionary: Dictionary, free, shape, n_meas, params, sd, exitco
                          {n: sd[:, j].reshape(shape) for j, n in enumerate(names) if j in free},
                          exitcode.reshape(shape), fobj.reshape(shape), loglik.reshape(shape),
                          aic.reshape(shape), bic.reshape(shape), names, dict(dictionary.units), info)
+
+
+def laplace_intervals(fit: DictionaryFit, dictionary: Dictionary, free, lo, hi) -> None:
+    """The maximum-likelihood fit's 95 % intervals (estimate -/+ 1.96 Fisher SD, clipped to [lo, hi]) and
+    contraction (1 - SD² / the entries' variance, in [0, 1]) of the free parameters, set on ``fit``."""
+    for j in free:
+        name = dictionary.names[j]
+        est, sd = fit.params[name], fit.sd[name]
+        fit.ci95lo[name] = np.clip(est - 1.959963984540054 * sd, lo[j], hi[j])
+        fit.ci95hi[name] = np.clip(est + 1.959963984540054 * sd, lo[j], hi[j])
+        prior = float(dictionary.params[:, j].var())
+        fit.contraction[name] = np.clip(1 - sd ** 2 / prior, 0.0, 1.0) if prior > 0 else np.ones_like(sd)
 
 
 #: An estimate within this fraction of a parameter's range of a value counts as sitting on it.
@@ -277,6 +299,7 @@ class DictionaryModel(Model):
                 "estimate_placement": estimate_placement(params[exitcode == EXIT_OK], self.dictionary,
                                                          [self.names[j] for j in self.free], *self.bounds())}
         fit = assemble_fit(self.dictionary, self.free, shape, m, params, sd, exitcode, fobj, loglik, info)
+        laplace_intervals(fit, self.dictionary, self.free, *self.bounds())
         return fit.bind(self, given, given_sigma)
 
     def describe(self) -> Description:
@@ -290,7 +313,9 @@ class DictionaryModel(Model):
                    "information",
             parameters={"FitMethod": f"dictionary grid search + projected Levenberg-Marquardt on a {surrogate}",
                         "NoiseModel": noise,
-                        "Uncertainty": "desc-sd maps: sqrt(diag(inverse Fisher information)) at the estimate",
+                        "Uncertainty": "desc-sd: sqrt(diag(inverse Fisher information)) at the estimate; desc-ci95lo/"
+                                       "desc-ci95hi: estimate -/+ 1.96 SD within the bounds; desc-contraction: "
+                                       "1 - SD^2 / prior variance (Laplace approximation)",
                         "NoiseFloor": "sigma*sqrt(NAverages)*sqrt(pi/2) (no noise map: least squares)",
                         "NAverages": self.n_averages,
                         "Regularisation": {"Norm": self.reg_norm, "Weight": self.reg_weight},

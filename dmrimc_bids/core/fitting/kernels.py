@@ -364,3 +364,22 @@ def penalties(z, uscale, reg_norm, reg_w, out):
     h = np.empty((d, d))
     for e in range(z.shape[0]):
         out[e] = penalty(z[e], uscale, reg_norm, reg_w, False, g, h)
+
+
+@njit(cache=True, parallel=True)
+def entry_costs(y, flo2, signals_t, cost):
+    """Offset-Gaussian cost of every entry for every voxel: cost[v, e] = Σ_m (y_vm - sqrt(S_me² + nf_vm²))²
+    (signals_t [M, E], the dictionary transposed; flo2 [V, M] the squared noise floor; the posterior's
+    likelihood, core/fitting/posterior.py)."""
+    n_v, m = y.shape
+    n_e = signals_t.shape[1]
+    for v in prange(n_v):
+        for e in range(n_e):
+            cost[v, e] = 0.0
+        for i in range(m):
+            yi = y[v, i]
+            f2 = flo2[v, i]
+            for e in range(n_e):
+                sv = signals_t[i, e]
+                r = yi - math.sqrt(sv * sv + f2)
+                cost[v, e] += r * r

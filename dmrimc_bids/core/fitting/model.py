@@ -67,10 +67,15 @@ class Fit:
         """Maps other than the parameters and their SDs, in sidecar order (name -> array)."""
         return {"exitcode": self.exitcode}
 
+    def uncertainty_maps(self) -> dict:
+        """'<name>_ci95lo', '<name>_ci95hi', '<name>_contraction' maps where the estimator gives them."""
+        return {}
+
     def maps(self) -> dict:
-        """Every map by name: the parameters, '<name>_sd', then the diagnostics."""
+        """Every map by name: the parameters, '<name>_sd', the intervals and contraction, then the diagnostics."""
         out = dict(self.params)
         out.update({f"{k}_sd": v for k, v in self.sd.items()})
+        out.update(self.uncertainty_maps())
         out.update(self.diagnostics())
         return out
 

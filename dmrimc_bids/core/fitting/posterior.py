@@ -1,13 +1,37 @@
-"""Posterior-mean dictionary estimator: for low-dimensional, scattered dictionaries at low SNR.
+"""Bayesian dictionary estimator: posterior over the continuous parameters, calibrated intervals, identifiability.
 
-With Gaussian noise of known σ (per voxel) and a flat prior over the dictionary entries k, the posterior
-weight of entry k is w_k ∝ exp(-Σ_m (y_m - s_km)² / (2 σ²)); the estimate of a positive parameter is the
-posterior mean of its logarithm (a geometric mean: velocities and branching span decades), its
-uncertainty the posterior SD of the logarithm times the estimate (delta method). Without σ, σ² is the
-maximum-likelihood value min_k Σ_m (y_m - s_km)² / M. This is the minimum-mean-square-error estimator
-over the dictionary's own prior: it needs no surrogate (flow dictionaries are scattered, not gridded), and
-it is what the vascular branch uses by default (the vascular signal S_V = S - S_T is a difference of
-magnitudes, so its noise is Gaussian, not Rician).
+For a voxel with normalised measurements y_m (m = 1..M), noise σ and noise floor nf = σ·sqrt(N)·sqrt(π/2)
+(likelihood.py; nf = 0 for ``noise='gaussian'``, e.g. the vascular signal, a difference of magnitudes):
+
+1. Prior: the dictionary's design, a flat prior over its entries inside the bounds.
+   Likelihood: offset-Gaussian, log L_k = -Σ_m (y_m - sqrt(s_km² + nf²))² / (2σ²) (σ² = min_k RSS_k / M
+   without a noise map). The N_ADJUST entries of highest likelihood carry the posterior weights w_k.
+2. Between the entries, the posterior is continuous: each retained entry's parameters are moved by
+   local-linear regression adjustment (Beaumont, Zhang & Balding 2002, the standard correction of
+   approximate-Bayesian samples), θ*_k = θ_k - B·(z_k - z_y), where z are the signals' coordinates on the
+   dictionary's first principal components and B the w-weighted least-squares slope of θ on z (ridge
+   RIDGE). This is a local surrogate of the inverse map signal -> parameters, fitted around each voxel:
+   it lets the estimate leave the dictionary's discrete values (e.g. a substrate's fin that no
+   dictionary substrate has). Adjusted values are kept inside the prior range.
+3. Point estimate: the weighted median of θ* (default) or its weighted mean; positive parameters that
+   span a decade or more (velocities, lengths of vessels) are handled on a log scale.
+4. Uncertainty: posterior variance = weighted variance of θ* + σ²·|B|² (the data's noise carried through
+   the local inverse map: the dictionary's signals are noise-free, so the adjusted entries alone would
+   forget it) + the dictionary's own
+   *model error* h², measured once per dictionary by internal cross-validation: every structure
+   (substrate or network: entries that share the value of the most varied parameter) is left out in
+   turn, a sample of its noise-free signals is estimated from the rest, and h is the RMS error per
+   parameter. Without this term the intervals would pretend that the tissue is one of the dictionary's
+   structures. h is local: the RMS error of the MODEL_ERROR_NEIGHBOURS internal estimates nearest to the
+   voxel's estimate. SD = sqrt(var + h²), capped at half the prior range (the largest SD of any
+   distribution on that range); 95 % interval = estimate ± 1.96 SD, clipped to the dictionary's range for
+   its design axes (a value at a bound is then inside the interval) and to the physical limits for the
+   structure-level parameters, which the dictionary only samples (interval_limits).
+5. Identifiability: posterior contraction 1 - var_post / var_prior, in [0, 1], var_prior the variance of
+   the parameter over the prior (the entries inside the bounds): 0 = the data say nothing beyond the
+   dictionary's range, 1 = fully determined.
+
+The vascular branch uses this same estimator with ``noise='gaussian'``.
 """
 
 from __future__ import annotations
@@ -15,12 +39,27 @@ from __future__ import annotations
 import numpy as np
 
 from ..dictionary import Dictionary
+from . import kernels
 from .dictfit import DictionaryFit, assemble_fit, estimate_placement
+from .likelihood import noise_floor
 from .model import EXIT_BACKGROUND, EXIT_FAILED, EXIT_OK, Description, Model
-
 
 #: Largest voxel x entry matrix of one posterior batch [elements] (~100 MB of float64 each).
 POSTERIOR_BATCH_ELEMENTS = 12_000_000
+#: Entries of highest likelihood that carry the posterior (the rest weigh < exp(-much)).
+N_ADJUST = 256
+#: Principal components of the dictionary's signals used by the regression adjustment; ridge weight.
+N_COMPONENTS, RIDGE = 6, 1e-3
+#: Entries sampled for the dictionary's model error (internal leave-one-structure-out).
+MODEL_ERROR_SAMPLES = 2048
+#: Internal estimates nearest to a voxel's estimate that give its local model error.
+MODEL_ERROR_NEIGHBOURS = 128
+#: z of the two-sided 95 % interval.
+Z95 = 1.959963984540054
+#: Point estimates: the posterior median or mean.
+POINT_ESTIMATES = ("median", "mean")
+#: Likelihoods: offset-Gaussian (noise floor of magnitude data) or Gaussian (no floor).
+NOISE_MODELS = ("offset-gaussian", "gaussian")
 
 
 def posterior_chunk(chunk_size: int, n_entries: int) -> int:
@@ -28,30 +67,178 @@ def posterior_chunk(chunk_size: int, n_entries: int) -> int:
     return max(16, min(int(chunk_size), 2000, POSTERIOR_BATCH_ELEMENTS // max(int(n_entries), 1)))
 
 
-#: Point estimates: the posterior mean (log scale for positive parameters) or the posterior median.
-POINT_ESTIMATES = ("mean", "median")
+def structure_groups(params: np.ndarray) -> np.ndarray | None:
+    """Structure index [K] of every entry, or None for a dictionary without structures. Entries that share
+    the value of the most varied parameter come from one substrate or network when at least one other
+    parameter is also constant within each such group (a substrate has several properties: fin, cell
+    size, ...); when that parameter never repeats, every entry is its own structure (scattered network
+    realisations). Otherwise the dictionary is a crossed design grid (or has one parameter): None, there
+    is no unseen structure, only the grid's resolution, which the regression adjustment bridges."""
+    k, p = params.shape
+    counts = [np.unique(params[:, j]).size for j in range(p)]
+    groups = np.unique(params[:, int(np.argmax(counts))], return_inverse=True)[1].ravel()
+    n = np.unique(groups).size
+    if n == k:
+        return groups
+    constant = sum(np.unique(np.stack([groups, params[:, j]], 1), axis=0).shape[0] == n for j in range(p))
+    return groups if constant >= 2 else None
+
+
+def interval_limits(params: np.ndarray, groups: np.ndarray, log: np.ndarray, lo_t, hi_t) -> tuple:
+    """Where the 95 % intervals are clipped (estimator's scale). A parameter varied within the structures
+    (a design axis such as D0 or kappa) is known to lie in the dictionary's range. A structure-level
+    parameter (one value per substrate or network, e.g. fin, cell size) is a property of tissue the
+    dictionary only samples: its interval may leave the sampled range, up to its physical limits
+    (0 for non-negative parameters, 1 for fractions; none on a log scale)."""
+    lo, hi = np.array(lo_t, float), np.array(hi_t, float)
+    if groups is None:
+        return lo, hi
+    n_groups = np.unique(groups).size
+    for j in range(params.shape[1]):
+        if np.unique(np.stack([groups, params[:, j]], 1), axis=0).shape[0] != n_groups:
+            continue   # varies within a structure: a design axis
+        col = params[:, j]
+        lo[j] = -np.inf if log[j] or col.min() < 0 else 0.0
+        hi[j] = 1.0 if not log[j] and col.min() >= 0 and col.max() <= 1 else np.inf
+    return lo, hi
+
+
+def log_scaled(params: np.ndarray) -> np.ndarray:
+    """Which parameters the estimator handles on a log scale: positive, above 1 somewhere and spanning
+    a factor of 10 or more (fractions and narrow ranges stay linear)."""
+    lo, hi = params.min(0), params.max(0)
+    return (lo > 0) & (hi > 1) & (hi >= 10 * np.where(lo > 0, lo, 1.0))
 
 
 class PosteriorModel(Model):
-    """dictionary: signals on exactly the measurements to fit; chunk_size: voxels per batch (memory
-    ~ chunk_size x entries x 8 bytes x 3); point: 'mean' or 'median' (see _Medians); bounds: {name:
-    (lo, hi)} physical units, the flat prior's support (entries outside are dropped, Dictionary.within)."""
+    """dictionary: signals on exactly the measurements to fit; chunk_size: voxels per batch; point:
+    'median' or 'mean'; bounds: {name: (lo, hi)} physical units, the prior's support (entries outside
+    are dropped); noise: 'offset-gaussian' or 'gaussian'; n_averages: N of likelihood.py; model_error:
+    add the dictionary's cross-validated model error to the posterior variance."""
 
-    def __init__(self, dictionary: Dictionary, chunk_size: int = 2000, point: str = "mean", bounds: dict | None = None):
+    def __init__(self, dictionary: Dictionary, chunk_size: int = 2000, point: str = "median",
+                 bounds: dict | None = None, noise: str = "offset-gaussian", n_averages: float = 1.0,
+                 model_error: bool = True):
         if point not in POINT_ESTIMATES:
             raise ValueError(f"point estimate {point!r} is not one of {POINT_ESTIMATES}")
+        if noise not in NOISE_MODELS:
+            raise ValueError(f"noise model {noise!r} is not one of {NOISE_MODELS}")
         self.user_bounds = {k: tuple(v) for k, v in (bounds or {}).items()}
         dictionary = dictionary.within(self.user_bounds) if self.user_bounds else dictionary
         self.dictionary = dictionary
         self.names = list(dictionary.names)
-        self.chunk_size = int(chunk_size)
-        self.point = point
+        self.chunk_size, self.point, self.noise = int(chunk_size), point, noise
+        self.n_averages, self.use_model_error = float(n_averages), bool(model_error)
         p = dictionary.params
-        self.log = np.all(p > 0, axis=0)
-        self.values = np.where(self.log, np.log(np.where(p > 0, p, 1.0)), p)
+        self.log = log_scaled(p)
+        self.values = np.where(self.log, np.log(np.where(p > 0, p, 1.0)), p)   # the estimator's scale
+        self.lo_t, self.hi_t = self.values.min(0), self.values.max(0)
+        self.lo, self.hi = dictionary.ranges()
         self.free = np.flatnonzero(np.ptp(p, axis=0) > 0)
-        self._medians = _Medians(p) if point == "median" else None
+        self.prior_var = p.var(0)
+        self.groups = structure_groups(p)
+        self.int_lo, self.int_hi = interval_limits(p, self.groups, self.log, self.lo_t, self.hi_t)
+        self.signals = np.ascontiguousarray(dictionary.signals, np.float64)
+        self.signals_t = np.ascontiguousarray(self.signals.T)
+        self.n_keep = int(min(N_ADJUST, len(dictionary)))
+        self._basis = _principal_basis(self.signals, N_COMPONENTS)
+        self._model_error = None   # per parameter, on the estimator's scale (model_error())
 
+    # ---- the posterior of a batch of voxels --------------------------------------------------------------
+    def posterior(self, y: np.ndarray, sigma: np.ndarray | None, exclude: np.ndarray | None = None) -> dict:
+        """Posterior summaries of voxels y [V, M] (σ [V] or None) on the estimator's scale: 'samples' [V, n, P]
+        (adjusted parameters), 'weights' [V, n], 'point', 'var' [V, P], 'best' (min RSS) and 'var_noise' [V].
+        exclude [V] (optional): a structure index per voxel whose entries are left out (cross-validation)."""
+        y = np.ascontiguousarray(y, np.float64)
+        v, m = y.shape
+        var_noise = np.full(v, np.nan) if sigma is None else np.asarray(sigma, float) ** 2
+        floor = np.zeros(v) if sigma is None or self.noise == "gaussian" else noise_floor(sigma, self.n_averages)
+        cost = np.empty((v, self.signals.shape[0]))
+        kernels.entry_costs(y, np.ascontiguousarray(np.repeat((floor ** 2)[:, None], m, 1)), self.signals_t, cost)
+        if exclude is not None and self.groups is not None:
+            cost[self.groups[None, :] == np.asarray(exclude)[:, None]] = np.inf
+        best = cost.min(1)
+        ok = np.isfinite(var_noise) & (var_noise > 0)
+        var_noise = np.where(ok, var_noise, np.maximum(best / m, 1e-12))
+        n = min(self.n_keep, cost.shape[1] - 1) if cost.shape[1] > 1 else 1
+        top = np.argpartition(cost, n - 1, axis=1)[:, :n] if cost.shape[1] > n else np.tile(np.arange(n), (v, 1))
+        c = np.take_along_axis(cost, top, 1)
+        w = np.exp(-(c - best[:, None]) / (2 * var_noise[:, None]))
+        w = np.where(np.isfinite(c), w, 0.0)
+        w /= w.sum(1, keepdims=True)
+        clean = np.sqrt(np.maximum(y ** 2 - (floor ** 2)[:, None], 0.0))   # floor-corrected data
+        samples, slope = self._adjust(self.values[top], self.signals[top], clean, w)
+        mean = np.einsum("vn,vnp->vp", w, samples)
+        # spread of the adjusted entries + the noise of the data carried through the local inverse map
+        var = np.maximum(np.einsum("vn,vnp->vp", w, samples ** 2) - mean ** 2, 0.0) \
+            + var_noise[:, None] * np.einsum("vrp,vrp->vp", slope, slope)
+        point = mean if self.point == "mean" else weighted_quantile(samples, w, 0.5)
+        return {"samples": samples, "weights": w, "point": point, "var": var, "best": best, "var_noise": var_noise}
+
+    def _adjust(self, theta, s_top, y, w):
+        """Regression-adjusted samples [V, n, P] (θ - B (z_k - z_y), clipped to the range) and the slopes B
+        [V, r, P] (the principal directions are orthonormal, so noise σ on y is σ on z)."""
+        mu, comps = self._basis
+        dz = (s_top - mu) @ comps.T - ((y - mu) @ comps.T)[:, None, :]     # [V, n, r]
+        x = np.concatenate([np.ones(dz.shape[:2] + (1,)), dz], 2)
+        xtw = x.transpose(0, 2, 1) * w[:, None, :]
+        reg = RIDGE * np.diag(np.r_[0.0, np.ones(dz.shape[2])])
+        coef = np.linalg.solve(xtw @ x + reg[None], xtw @ theta)            # [V, r + 1, P]
+        adjusted = theta - np.einsum("vnr,vrp->vnp", dz, coef[:, 1:, :])
+        return np.clip(adjusted, self.lo_t, self.hi_t), coef[:, 1:, :]
+
+    # ---- model error of the dictionary -------------------------------------------------------------------
+    def model_error(self, sigma_ref: float = 0.02) -> tuple:
+        """The dictionary's model error by internal cross-validation: a sample of each structure's noise-free
+        signals is estimated with that structure left out (weights with σ = sigma_ref). Returns (estimates
+        [n, P], squared errors [n, P]) on the estimator's scale, or None for a dictionary of one structure."""
+        if self._model_error is not None:
+            return self._model_error or None
+        groups = np.unique(self.groups) if self.groups is not None else np.zeros(1)
+        if not self.use_model_error or groups.size < 2:
+            self._model_error = ()
+            return None
+        rng = np.random.default_rng(0)
+        per = max(1, MODEL_ERROR_SAMPLES // groups.size)
+        pick = np.concatenate([rng.permutation(np.flatnonzero(self.groups == g))[:per] for g in groups])
+        est = []
+        for c0 in range(0, pick.size, self.chunk_size):
+            idx = pick[c0:c0 + self.chunk_size]
+            est.append(self.posterior(self.signals[idx], np.full(idx.size, sigma_ref), exclude=self.groups[idx])["point"])
+        est = np.concatenate(est)
+        self._model_error = (est, (est - self.values[pick]) ** 2)
+        return self._model_error
+
+    def local_model_error(self, point: np.ndarray) -> np.ndarray:
+        """Model error variance [V, P] at each voxel's estimate: the mean squared cross-validation error of
+        the MODEL_ERROR_NEIGHBOURS internal estimates nearest to it (range-normalised parameter space), so
+        the error may differ across the dictionary's range (heteroscedastic)."""
+        me = self._model_error
+        if not me:
+            return np.zeros_like(point)
+        est, err2 = me
+        k = min(MODEL_ERROR_NEIGHBOURS, len(est))
+        scale = np.where(self.hi_t > self.lo_t, self.hi_t - self.lo_t, 1.0)
+        a, b = point / scale, est / scale
+        d2 = (a ** 2).sum(1)[:, None] - 2 * a @ b.T + (b ** 2).sum(1)[None, :]
+        near = np.argpartition(d2, k - 1, axis=1)[:, :k] if k < len(est) else np.tile(np.arange(k), (len(a), 1))
+        return err2[near].mean(1)
+
+    def summaries(self, post: dict) -> tuple:
+        """(estimate, SD, 95 % low, 95 % high, contraction) [V, P] in physical units from a posterior."""
+        t_sd = np.sqrt(post["var"] + self.local_model_error(post["point"]))
+        t_lo = np.clip(post["point"] - Z95 * t_sd, self.int_lo, self.int_hi)
+        t_hi = np.clip(post["point"] + Z95 * t_sd, self.int_lo, self.int_hi)
+        back = lambda t: np.where(self.log, np.exp(t), t)  # noqa: E731
+        est, lo, hi = back(post["point"]), back(t_lo), back(t_hi)
+        sd = np.minimum(np.where(self.log, t_sd * est, t_sd), (self.hi - self.lo) / 2)
+        prior_var = np.where(self.prior_var > 0, self.prior_var, 1.0)
+        t_var = post["var"]   # contraction: what the data tell within the dictionary (no model-error term)
+        var_phys = np.where(self.log, t_var * est ** 2, t_var)
+        contraction = np.where(self.prior_var > 0, np.clip(1 - var_phys / prior_var, 0.0, 1.0), 1.0)
+        return est, sd, lo, hi, contraction
+
+    # ---- Model API -----------------------------------------------------------------------------------------
     def fit(self, data, mask=None, sigma=None, progress=None) -> DictionaryFit:
         """data [..., M]; mask [...] bool; sigma [...] or [..., M] (its mean over M is used) or None."""
         given, given_sigma = data, sigma
@@ -64,111 +251,124 @@ class PosteriorModel(Model):
         sig = None
         if sigma is not None:
             s = np.asarray(sigma, float)
-            s = s.reshape(shape + (-1,)).mean(-1) if s.size != np.prod(shape) else s.reshape(shape)
-            sig = s.ravel()
+            sig = (s.reshape(shape + (-1,)).mean(-1) if s.size != np.prod(shape) else s.reshape(shape)).ravel()
         in_mask = mask.ravel()
         valid = in_mask & np.all(np.isfinite(flat), axis=1)
+        if sig is not None:
+            valid &= np.isfinite(sig)
         n_vox, p = flat.shape[0], len(self.names)
-        params, sd = np.full((n_vox, p), np.nan), np.full((n_vox, p), np.nan)
+        out = {k: np.full((n_vox, p), np.nan) for k in ("params", "sd", "lo", "hi", "contraction")}
         fobj, loglik = np.full(n_vox, np.nan), np.full(n_vox, np.nan)
-        params[~in_mask], sd[~in_mask], fobj[~in_mask], loglik[~in_mask] = 0, 0, 0, 0
+        for arr in (*out.values(), fobj, loglik):
+            arr[~in_mask] = 0
         exitcode = np.where(in_mask, EXIT_FAILED, EXIT_BACKGROUND).astype(np.int8)
-        S = self.dictionary.signals.astype(np.float64)
-        s2 = np.einsum("km,km->k", S, S)
         todo = np.flatnonzero(valid)
+        self.model_error(float(np.median(sig[todo])) if sig is not None and todo.size else 0.02)
         for c0 in range(0, todo.size, self.chunk_size):
             idx = todo[c0:c0 + self.chunk_size]
-            w, best, var = self._weights(flat[idx], S, s2, None if sig is None else sig[idx])
-            mean = w @ self.values
-            sdl = np.sqrt(np.maximum(w @ self.values ** 2 - mean ** 2, 0.0))
-            est = np.where(self.log, np.exp(mean), mean)
-            if self._medians is not None:
-                est = self._medians.median(w)
-            params[idx] = est
-            sd[idx] = np.where(self.log, sdl * est, sdl)
-            fobj[idx] = best / m
-            loglik[idx] = -0.5 * (best / var + m * np.log(2 * np.pi * var))
+            post = self.posterior(flat[idx], None if sig is None else sig[idx])
+            for key, arr in zip(("params", "sd", "lo", "hi", "contraction"), self.summaries(post)):
+                out[key][idx] = arr
+            fobj[idx] = post["best"] / m
+            loglik[idx] = -0.5 * (post["best"] / post["var_noise"] + m * np.log(2 * np.pi * post["var_noise"]))
             exitcode[idx] = EXIT_OK
             if progress is not None:
                 progress(idx.size)
-        lo, hi = self.dictionary.ranges()
-        info = {"n_fitted": int(todo.size), "n_invalid": int((in_mask & ~valid).sum()),
-                "estimator": "posterior median over the dictionary entries (interpolated between neighbouring "
-                             "values)" if self.point == "median" else
-                             "posterior mean over the dictionary entries (log scale for positive parameters)",
-                "estimate_placement": estimate_placement(params[exitcode == EXIT_OK], self.dictionary,
-                                                         [self.names[j] for j in self.free], lo, hi)}
-        fit = assemble_fit(self.dictionary, self.free, shape, m, params, sd, exitcode, fobj, loglik, info)
+        fit = assemble_fit(self.dictionary, self.free, shape, m, out["params"], out["sd"], exitcode, fobj, loglik,
+                           self._info(todo.size, int((in_mask & ~valid).sum()), out["params"][exitcode == EXIT_OK],
+                                      out["contraction"][exitcode == EXIT_OK]))
+        names = [self.names[j] for j in self.free]
+        fit.ci95lo = {n: out["lo"][:, self.names.index(n)].reshape(shape) for n in names}
+        fit.ci95hi = {n: out["hi"][:, self.names.index(n)].reshape(shape) for n in names}
+        fit.contraction = {n: out["contraction"][:, self.names.index(n)].reshape(shape) for n in names}
         return fit.bind(self, given, given_sigma)
 
-    def describe(self) -> Description:
-        """Posterior median or mean over the entries, Gaussian likelihood, flat prior inside the bounds."""
-        point = ("posterior median (interpolated between neighbouring values)" if self.point == "median"
-                 else "posterior mean (geometric mean for positive parameters)")
-        return Description(
-            method=f"as the posterior {self.point} over the dictionary's entries (Gaussian likelihood with each "
-                   "voxel's noise level, flat prior over the entries), with posterior standard deviations",
-            parameters={"FitMethod": f"{point} over the dictionary's entries (Gaussian likelihood with the voxel's "
-                                     "sigma, flat prior over the entries inside the bounds)",
-                        "NoiseModel": "Gaussian", "Uncertainty": "desc-sd maps: posterior SD",
-                        "Bounds": self.user_bounds or "dictionary range"})
+    def _info(self, n_fitted, n_invalid, params, contraction) -> dict:
+        names = [self.names[j] for j in self.free]
+        return {"n_fitted": int(n_fitted), "n_invalid": int(n_invalid),
+                "estimator": f"posterior {self.point} (regression-adjusted dictionary posterior)",
+                "estimate_placement": estimate_placement(params, self.dictionary, names, self.lo, self.hi),
+                "identifiability": identifiability_summary(contraction[:, self.free], names),
+                "model_error_rms": self._model_error_rms(names)}
 
-    @staticmethod
-    def _weights(y, S, s2, sig):
-        """Posterior weights [V, K] of the entries, best squared distance [V] and the variance used [V]."""
-        m = y.shape[1]
-        d2 = np.maximum(np.einsum("vm,vm->v", y, y)[:, None] - 2 * y @ S.T + s2[None, :], 0.0)
-        best = d2.min(1)
-        var = best / m if sig is None else sig ** 2
-        var = np.where(np.isfinite(var) & (var > 0), var, np.maximum(best / m, 1e-12))
-        w = np.exp(-(d2 - best[:, None]) / (2 * var[:, None]))
-        return w / w.sum(1, keepdims=True), best, var
+    def _model_error_rms(self, names) -> dict:
+        """RMS cross-validation error per parameter (log-scaled ones as a relative error), for the sidecars."""
+        if not self._model_error:
+            return {}
+        rms = np.sqrt(self._model_error[1].mean(0))
+        return {n: round(float(rms[self.names.index(n)]), 6) for n in names}
+
+    def describe(self) -> Description:
+        """Posterior median or mean, offset-Gaussian likelihood, flat prior over the entries inside the bounds."""
+        lik = "offset-Gaussian (noise floor)" if self.noise == "offset-gaussian" else "Gaussian"
+        return Description(
+            method=f"as the posterior {self.point} over the dictionary ({lik} likelihood with each voxel's noise "
+                   "level, flat prior over the entries, local-linear regression adjustment between entries), with "
+                   "95 % credible intervals that include the dictionary's cross-validated model error",
+            parameters={"FitMethod": f"posterior {self.point}, {lik} likelihood with the voxel's sigma, flat prior over "
+                                     "the dictionary's entries inside the bounds, regression adjustment "
+                                     f"({N_ADJUST} entries, {N_COMPONENTS} principal components)",
+                        "NoiseModel": lik,
+                        "Uncertainty": "desc-sd: posterior SD incl. the dictionary's model error; desc-ci95lo/"
+                                       "desc-ci95hi: 95 % credible interval; desc-contraction: posterior contraction",
+                        "Bounds": self.user_bounds or "dictionary range"},
+            references=["beaumont2002"])
 
     def predict(self, data, params=None, sigma=None) -> np.ndarray:
-        """Posterior-mean signal [V, M] of the voxels data [V, M] (σ [V] or [V, M] normalised, or None);
-        params is not used (the signature is shared with DictionaryModel.predict)."""
+        """Posterior-mean signal [V, M] of the voxels data [V, M] over the retained entries (σ [V] or
+        [V, M] or None); params is not used (the signature is shared with DictionaryModel.predict)."""
         y = np.atleast_2d(np.asarray(data, float))
-        S = self.dictionary.signals.astype(np.float64)
         sig = None if sigma is None else np.asarray(sigma, float).reshape(len(y), -1).mean(1)
-        return self._weights(y, S, np.einsum("km,km->k", S, S), sig)[0] @ S
+        floor = np.zeros(len(y)) if sig is None or self.noise == "gaussian" else noise_floor(sig, self.n_averages)
+        cost = np.empty((len(y), self.signals.shape[0]))
+        kernels.entry_costs(np.ascontiguousarray(y), np.ascontiguousarray(np.repeat((floor ** 2)[:, None], y.shape[1], 1)),
+                            self.signals_t, cost)
+        best = cost.min(1)
+        var = np.maximum(best / y.shape[1], 1e-12) if sig is None else sig ** 2
+        w = np.exp(-(cost - best[:, None]) / (2 * var[:, None]))
+        return (w / w.sum(1, keepdims=True)) @ self.signals
 
 
-class _Medians:
-    """Posterior medians of every parameter from entry weights [V, K].
+#: Contraction below which a parameter counts as not informed by the data; above which as well informed.
+WEAKLY_INFORMED, WELL_INFORMED = 0.1, 0.5
 
-    A parameter's distinct values u_1 < ... < u_n carry the posterior masses p_i; mass p_i is spread
-    evenly between the midpoints to its neighbours (u_1 and u_n are the ends), and the median is where
-    that piecewise-linear distribution function reaches 1/2. It therefore moves continuously between
-    the dictionary's values instead of jumping from node to node (no "steps" in the maps). The masses of
-    all parameters come from one sparse product with the entries' value indicators (one pass over w)."""
 
-    def __init__(self, params: np.ndarray):
-        import scipy.sparse as sp
+def identifiability_summary(contraction: np.ndarray, names) -> dict:
+    """Per parameter: median and 10th/90th percentiles of the contraction [V, P] and a verdict."""
+    out = {}
+    for j, name in enumerate(names):
+        c = contraction[:, j]
+        c = c[np.isfinite(c)]
+        if not c.size:
+            out[name] = {"median": None, "p10": None, "p90": None, "verdict": "no voxels"}
+            continue
+        med = float(np.median(c))
+        verdict = ("not informed by the data" if med < WEAKLY_INFORMED else
+                   "weakly informed" if med < WELL_INFORMED else "informed")
+        out[name] = {"median": round(med, 4), "p10": round(float(np.percentile(c, 10)), 4),
+                     "p90": round(float(np.percentile(c, 90)), 4), "verdict": verdict}
+    return out
 
-        self.edges, self.slices, cols, offset = [], [], [], 0
-        for j in range(params.shape[1]):
-            values, index = np.unique(params[:, j], return_inverse=True)
-            self.edges.append(np.concatenate([values[:1], (values[1:] + values[:-1]) / 2, values[-1:]]))
-            self.slices.append(slice(offset, offset + values.size))
-            cols.append(offset + index.ravel())
-            offset += values.size
-        k = params.shape[0]
-        rows = np.tile(np.arange(k), params.shape[1])
-        self.indicator = sp.csr_matrix((np.ones(rows.size), (rows, np.concatenate(cols))), shape=(k, offset))
 
-    def median(self, w: np.ndarray) -> np.ndarray:
-        mass_all = np.asarray((self.indicator.T @ w.T).T)
-        rows = np.arange(w.shape[0])
-        out = np.empty((w.shape[0], len(self.edges)))
-        for j, (edges, sl) in enumerate(zip(self.edges, self.slices)):
-            mass = mass_all[:, sl]
-            if mass.shape[1] == 1:
-                out[:, j] = edges[0]
-                continue
-            cdf = np.cumsum(mass, axis=1)
-            half = 0.5 * cdf[:, -1]
-            i = np.argmax(cdf >= half[:, None], axis=1)
-            below = np.where(i > 0, cdf[rows, i - 1], 0.0)
-            frac = np.clip((half - below) / np.maximum(mass[rows, i], 1e-300), 0.0, 1.0)
-            out[:, j] = edges[i] + frac * (edges[i + 1] - edges[i])
-        return out
+def weighted_quantile(samples: np.ndarray, w: np.ndarray, q: float) -> np.ndarray:
+    """q-quantile [V, P] of weighted samples [V, n, P] (weights [V, n] summing to 1), interpolated
+    between the samples' mid-cumulative weights."""
+    order = np.argsort(samples, axis=1)
+    xs = np.take_along_axis(samples, order, 1)
+    ws = np.take_along_axis(np.broadcast_to(w[:, :, None], samples.shape), order, 1)
+    cum = np.cumsum(ws, axis=1) - 0.5 * ws
+    i = np.clip((cum < q).sum(1), 1, samples.shape[1] - 1)            # first index with cum >= q
+    c0 = np.take_along_axis(cum, (i - 1)[:, None], 1)[:, 0]
+    c1 = np.take_along_axis(cum, i[:, None], 1)[:, 0]
+    x0 = np.take_along_axis(xs, (i - 1)[:, None], 1)[:, 0]
+    x1 = np.take_along_axis(xs, i[:, None], 1)[:, 0]
+    frac = np.clip((q - c0) / np.maximum(c1 - c0, 1e-300), 0.0, 1.0)
+    return x0 + frac * (x1 - x0)
+
+
+def _principal_basis(signals: np.ndarray, n: int) -> tuple:
+    """(mean [M], first n principal directions [n, M]) of the dictionary's signals (≤ 20,000 entries sampled)."""
+    sample = signals if len(signals) <= 20000 else signals[np.random.default_rng(0).choice(len(signals), 20000, False)]
+    mu = sample.mean(0)
+    comps = np.linalg.svd(sample - mu, full_matrices=False)[2][:min(n, signals.shape[1])]
+    return mu, comps

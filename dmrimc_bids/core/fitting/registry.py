@@ -5,17 +5,17 @@ from __future__ import annotations
 from ..dictionary import Dictionary
 from .model import Model
 
-#: Estimator names: 'fit' (grid search + Levenberg-Marquardt on a surrogate, the published method),
-#: 'posterior-mean' (alias 'posterior') and 'posterior-median' over a dictionary's entries, 'ivim'
-#: (segmented IVIM of a protocol).
-ESTIMATORS = ("fit", "posterior", "posterior-mean", "posterior-median", "ivim")
+#: Estimator names: 'ml' (alias 'fit': maximum likelihood, grid search + Levenberg-Marquardt on a surrogate,
+#: the published method), 'posterior' (alias 'posterior-median') and 'posterior-mean' (posterior.py),
+#: 'ivim' (segmented IVIM of a protocol).
+ESTIMATORS = ("ml", "fit", "posterior", "posterior-mean", "posterior-median", "ivim")
 
 
 def build_model(estimator: str, dictionary: Dictionary | None = None, protocol=None, **options) -> Model:
     """The Model of ``estimator``. Dictionary estimators take the (matched) dictionary and the options of
     their class (DictionaryModel: n_averages, regularisation, bounds, smoothing, chunk_size, surrogate,
-    n_neighbours, noise, device; PosteriorModel: bounds, chunk_size, the latter capped by the entries'
-    memory, posterior_chunk); 'ivim' takes the shells' protocol and IvimModel's options."""
+    n_neighbours, noise, device; PosteriorModel: bounds, noise, n_averages, model_error, chunk_size, the
+    latter capped by the entries' memory, posterior_chunk); 'ivim' takes the shells' protocol and IvimModel's options."""
     if estimator == "ivim":
         from .ivim import IvimModel
         return IvimModel(protocol, **options)
@@ -26,7 +26,7 @@ def build_model(estimator: str, dictionary: Dictionary | None = None, protocol=N
     if estimator.startswith("posterior"):
         from .posterior import PosteriorModel, posterior_chunk
         chunk = options.pop("chunk_size", 10000)
-        model = PosteriorModel(dictionary, point="median" if estimator == "posterior-median" else "mean", **options)
+        model = PosteriorModel(dictionary, point="mean" if estimator == "posterior-mean" else "median", **options)
         model.chunk_size = posterior_chunk(chunk, len(model.dictionary))
         return model
     from .dictfit import DictionaryModel
