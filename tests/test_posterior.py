@@ -89,12 +89,12 @@ def test_model_error_of_structures_widens_intervals():
     rng = np.random.default_rng(5)
     rows, params = [], []
     for s in range(12):
-        f = rng.uniform(0.2, 0.8)
+        f, size = rng.uniform(0.2, 0.8), rng.uniform(5, 15)
         hidden = rng.uniform(0.6, 1.4)  # not a parameter: model error
         for d in np.linspace(1.5, 3.0, 6):
-            rows.append(biexp(np.array([f]), np.array([0.5 * hidden]), np.array([d]))[0])
-            params.append([f, d])
-    dic = Dictionary(np.array(rows), np.array(params), ["fin", "D0ex"], Protocol(B, 10.0, 30.0))
+            rows.append(biexp(np.array([f]), np.array([0.05 * size * hidden]), np.array([d]))[0])
+            params.append([f, size, d])
+    dic = Dictionary(np.array(rows), np.array(params), ["fin", "size", "D0ex"], Protocol(B, 10.0, 30.0))
     assert np.unique(structure_groups(dic.params)).size == 12
     with_err = PosteriorModel(dic).fit(dic.signals[:6].astype(float), sigma=np.full(6, 0.005))
     without = PosteriorModel(dic, model_error=False).fit(dic.signals[:6].astype(float), sigma=np.full(6, 0.005))
@@ -104,11 +104,11 @@ def test_model_error_of_structures_widens_intervals():
     # a design axis: clipped to the dictionary's range
     model = PosteriorModel(dic)
     assert model.int_lo[0] == 0.0 and model.int_hi[0] == 1.0
-    assert model.int_lo[1] == pytest.approx(1.5) and model.int_hi[1] == pytest.approx(3.0)
+    assert model.int_lo[2] == pytest.approx(1.5) and model.int_hi[2] == pytest.approx(3.0)
 
 
 def test_interval_limits_and_weighted_quantile_by_hand():
-    p = np.array([[0.2, 1.0, 5.0], [0.2, 2.0, 50.0], [0.7, 1.0, 7.0], [0.7, 2.0, 70.0]])
+    p = np.array([[0.2, 1.0, 5.0], [0.2, 2.0, 5.0], [0.7, 1.0, 50.0], [0.7, 2.0, 50.0]])
     groups = structure_groups(p)
     log = np.array([False, False, True])
     assert structure_groups(p[:, :2]) is None   # a crossed 2 x 2 grid has no structures

@@ -50,6 +50,8 @@ POSTERIOR_BATCH_ELEMENTS = 12_000_000
 N_ADJUST = 256
 #: Principal components of the dictionary's signals used by the regression adjustment; ridge weight.
 N_COMPONENTS, RIDGE = 6, 1e-3
+#: The regression's kernel reaches at least this many nearest entries.
+REGRESSION_NEIGHBOURS = 12
 #: Entries sampled for the dictionary's model error (internal leave-one-structure-out).
 MODEL_ERROR_SAMPLES = 2048
 #: Internal estimates nearest to a voxel's estimate that give its local model error.
@@ -167,7 +169,14 @@ class PosteriorModel(Model):
         w = np.where(np.isfinite(c), w, 0.0)
         w /= w.sum(1, keepdims=True)
         clean = np.sqrt(np.maximum(y ** 2 - (floor ** 2)[:, None], 0.0))   # floor-corrected data
-        samples, slope = self._adjust(self.values[top], self.signals[top], clean, w)
+        # the local-linear fit needs a neighbourhood even where the posterior sits on one entry (high SNR,
+        # coarse dictionary): its kernel is at least as wide as the REGRESSION_NEIGHBOURS-th nearest entry
+        q = min(REGRESSION_NEIGHBOURS, n) - 1
+        reach = np.partition(c, q, axis=1)[:, q] - best if n > 1 else np.zeros(v)
+        w_fit = np.exp(-(c - best[:, None]) / (2 * np.maximum(var_noise, reach / 2)[:, None]))
+        w_fit = np.where(np.isfinite(c), w_fit, 0.0)
+        w_fit /= w_fit.sum(1, keepdims=True)
+        samples, slope = self._adjust(self.values[top], self.signals[top], clean, w_fit)
         mean = np.einsum("vn,vnp->vp", w, samples)
         # spread of the adjusted entries + the noise of the data carried through the local inverse map
         var = np.maximum(np.einsum("vn,vnp->vp", w, samples ** 2) - mean ** 2, 0.0) \
