@@ -112,7 +112,7 @@ def test_interval_limits_and_weighted_quantile_by_hand():
     groups = structure_groups(p)
     log = np.array([False, False, True])
     assert structure_groups(p[:, :2]) is None   # a crossed 2 x 2 grid has no structures
-    lo, hi = interval_limits(p, groups, log, p.min(0), np.log(p.max(0)))
+    lo, hi = interval_limits(p, groups, log, np.where(log, np.log(p.min(0)), p.min(0)), np.where(log, np.log(p.max(0)), p.max(0)))
     assert lo[0] == 0.0 and hi[0] == 1.0 and lo[1] == 1.0 and hi[1] == 2.0 and np.isinf(lo[2]) and np.isinf(hi[2])
     samples = np.array([[[3.0], [1.0], [2.0]]])
     w = np.array([[0.2, 0.3, 0.5]])
