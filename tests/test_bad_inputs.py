@@ -168,7 +168,7 @@ CASES = [
          _participant("--bounds", "size=1,2")),
     Case("bad-reg", "--reg with a norm other than 1 or 2", 64, "--reg", _participant("--reg", "3", "0.1")),
     Case("fit-only-option", "an option of the published fitting method (--noise-model, --reg, --surrogate...) "
-         "without --estimator fit", 64, "--noise-model", _participant("--noise-model", "rician")),
+         "without --estimator ml", 64, "--noise-model", _participant("--noise-model", "rician")),
     Case("bad-mem", "--mem that is not a memory size", 64, "--mem", _participant("--mem", "lots")),
     Case("unreadable-dictionary", "--dictionary that is not a dictionary .npz", 66, "bad.npz",
          _garbage("/bad.npz", "--dictionary", "TARGET")),

@@ -149,7 +149,7 @@ def test_config_resolves_paths_once_and_is_written(tmp_path, monkeypatch, demo_d
     assert cfg.dictionary == str((folds / "fold13.npz").resolve()) and cfg.out_dir == str(run_here / "out")
     path = cfg.write("test")
     logged = json.loads(path.read_text())
-    assert logged["dictionary"] == cfg.dictionary and logged["estimator"] == "posterior-median"
+    assert logged["dictionary"] == cfg.dictionary and logged["estimator"] == "posterior"
     args = build_parser().parse_args([str(demo_dir), "out", "participant", "--dictionary", "../folds/none.npz"])
     with pytest.raises(InputError, match="--dictionary ../folds/none.npz: file not found"):
         config_from_args(args)
