@@ -170,8 +170,17 @@ def session_fragment(out_dir, subject: str, session: str | None, protocol_file, 
             side = _sidecar(nii)
             unit = side.get("Units", "")
             vol = _load(nii)
-            cmap = "magma" if desc == "sd" else "viridis"
-            entry = {"name": param + (" SD" if desc else ""), "unit": unit, "description": side.get("Description", "")}
+            cmap = {"sd": "magma", "contraction": "cividis"}.get(desc, "viridis")
+            entry = {"name": param + DESC_LABELS.get(desc, ""), "unit": unit, "description": side.get("Description", "")}
+            if desc in ("ci95lo", "ci95hi"):   # the intervals: a table row, no picture
+                sect["summary"].append(_summary_row(entry["name"], unit, vol[fit_mask]))
+                continue
+            if desc == "contraction":
+                med = float(np.nanmedian(vol[fit_mask])) if fit_mask.any() else float("nan")
+                if med < 0.1:
+                    sect["notes"] = list(sect["notes"]) + [
+                        f"{param} is not informed by these data (median posterior contraction {med:.2f}): its map "
+                        "mostly repeats the dictionary's prior"]
             if param in DIAGNOSTIC:
                 sect["diagnostics"].append(_summary_row(param, unit, vol[fit_mask]))
                 if param not in QUALITY:
@@ -183,7 +192,7 @@ def session_fragment(out_dir, subject: str, session: str | None, protocol_file, 
                     codes, counts = np.unique(np.nan_to_num(vol[mask]).astype(int), return_counts=True)
                     entry["counts"] = {int(c): int(n) for c, n in zip(codes, counts)}
                 sect["quality"].append(entry)
-            elif desc == "sd":
+            elif desc in ("sd", "contraction"):
                 sect["sd_maps"].append(entry)
             else:
                 sect["maps"].append(entry)
@@ -195,6 +204,11 @@ def session_fragment(out_dir, subject: str, session: str | None, protocol_file, 
             sect["signals"] = _ivim_figure(norm_file, shells_file, maps, mask)
         frag["models"].append(sect)
     return frag
+
+
+#: Labels of the uncertainty maps (desc entity) in the report.
+DESC_LABELS = {"sd": " SD", "ci95lo": " 95% interval, low end", "ci95hi": " 95% interval, high end",
+               "contraction": " contraction (identifiability)"}
 
 
 def render_subject(subject: str, fragments: list[dict], out_file, options: dict | None = None) -> str:
