@@ -176,11 +176,7 @@ def session_fragment(out_dir, subject: str, session: str | None, protocol_file, 
                 sect["summary"].append(_summary_row(entry["name"], unit, vol[fit_mask]))
                 continue
             if desc == "contraction":
-                med = float(np.nanmedian(vol[fit_mask])) if fit_mask.any() else float("nan")
-                if med < 0.1:
-                    sect["notes"] = list(sect["notes"]) + [
-                        f"{param} is not informed by these data (median posterior contraction {med:.2f}): its map "
-                        "mostly repeats the dictionary's prior"]
+                sect["notes"] = list(sect["notes"]) + _not_informed(param, vol[fit_mask])
             if param in DIAGNOSTIC:
                 sect["diagnostics"].append(_summary_row(param, unit, vol[fit_mask]))
                 if param not in QUALITY:
@@ -204,6 +200,15 @@ def session_fragment(out_dir, subject: str, session: str | None, protocol_file, 
             sect["signals"] = _ivim_figure(norm_file, shells_file, maps, mask)
         frag["models"].append(sect)
     return frag
+
+
+def _not_informed(param: str, contraction: np.ndarray) -> list:
+    """A report note when the median posterior contraction of param is below 0.1, else none."""
+    med = float(np.nanmedian(contraction)) if contraction.size else float("nan")
+    if not med < 0.1:
+        return []
+    return [f"{param} is not informed by these data (median posterior contraction {med:.2f}): its map mostly "
+            "repeats the dictionary's prior"]
 
 
 #: Labels of the uncertainty maps (desc entity) in the report.
