@@ -151,48 +151,12 @@ def session_fragment(out_dir, subject: str, session: str | None, protocol_file, 
             "warnings": list(warnings or []), "models": [], "methods": dict(methods or {})}
     for model in sorted(maps_by_model, key=lambda m: MODEL_ORDER.index(m) if m in MODEL_ORDER else 99):
         maps = maps_by_model[model]
-        first = _sidecar(next(iter(maps.values())))
-        params = first.get("Model", {}).get("Parameters", {})
-        sect = {"model": model, "title": MODEL_TITLES.get(model, model),
-                "description": MODEL_INFO.get(model, {}).get("Description", ""),
-                "url": MODEL_INFO.get(model, {}).get("URL", ""),
-                "fit_method": params.get("FitMethod", ""),
-                "fitted": _protocol_rows(params.get("ProtocolFitted", [])),
-                "dropped": params.get("DroppedMeasurements", []),
-                "notes": params.get("NormalisationNotes", []),
-                "dictionary": params.get("Dictionary", {}),
-                "placement": _placement_rows(params.get("EstimatePlacement", {})),
-                "maps": [], "sd_maps": [], "quality": [], "summary": [], "diagnostics": []}
+        sect = _model_section(model, _sidecar(next(iter(maps.values()))))
         fit_mask = mask
         if ("exitcode", None) in maps:
             fit_mask = mask & (np.nan_to_num(_load(maps[("exitcode", None)])) != 0)  # NaN: not fitted
         for (param, desc), nii in sorted(maps.items(), key=lambda kv: (kv[0][0] in DIAGNOSTIC, kv[0][1] or "")):
-            side = _sidecar(nii)
-            unit = side.get("Units", "")
-            vol = _load(nii)
-            cmap = {"sd": "magma", "contraction": "cividis"}.get(desc, "viridis")
-            entry = {"name": param + DESC_LABELS.get(desc, ""), "unit": unit, "description": side.get("Description", "")}
-            if desc in ("ci95lo", "ci95hi"):   # the intervals: a table row, no picture
-                sect["summary"].append(_summary_row(entry["name"], unit, vol[fit_mask]))
-                continue
-            if desc == "contraction":
-                sect["notes"] = list(sect["notes"]) + _not_informed(param, vol[fit_mask])
-            if param in DIAGNOSTIC:
-                sect["diagnostics"].append(_summary_row(param, unit, vol[fit_mask]))
-                if param not in QUALITY:
-                    continue
-            entry["img"] = figures.map_mosaic(vol, underlay, fit_mask, entry["name"], unit, cmap,
-                                              discrete=param == "exitcode", slices=slices)
-            if param in DIAGNOSTIC:
-                if param == "exitcode":
-                    codes, counts = np.unique(np.nan_to_num(vol[mask]).astype(int), return_counts=True)
-                    entry["counts"] = {int(c): int(n) for c, n in zip(codes, counts)}
-                sect["quality"].append(entry)
-            elif desc in ("sd", "contraction"):
-                sect["sd_maps"].append(entry)
-            else:
-                sect["maps"].append(entry)
-                sect["summary"].append(_summary_row(param, unit, vol[fit_mask]))
+            _add_map(sect, param, desc, nii, mask, fit_mask, underlay, slices)
         ex = (example_files or {}).get(model)
         sect["signals"] = _example_figure(ex, "measured (dots) and fitted (lines) signal; voxels at the 10th, "
                                               "50th, 90th percentile and the maximum of the residual")
@@ -200,6 +164,51 @@ def session_fragment(out_dir, subject: str, session: str | None, protocol_file, 
             sect["signals"] = _ivim_figure(norm_file, shells_file, maps, mask)
         frag["models"].append(sect)
     return frag
+
+
+def _model_section(model: str, first_sidecar: dict) -> dict:
+    """The empty report section of one model, with its fit settings from a sidecar."""
+    params = first_sidecar.get("Model", {}).get("Parameters", {})
+    return {"model": model, "title": MODEL_TITLES.get(model, model),
+            "description": MODEL_INFO.get(model, {}).get("Description", ""),
+            "url": MODEL_INFO.get(model, {}).get("URL", ""),
+            "fit_method": params.get("FitMethod", ""),
+            "fitted": _protocol_rows(params.get("ProtocolFitted", [])),
+            "dropped": params.get("DroppedMeasurements", []),
+            "notes": params.get("NormalisationNotes", []),
+            "dictionary": params.get("Dictionary", {}),
+            "placement": _placement_rows(params.get("EstimatePlacement", {})),
+            "maps": [], "sd_maps": [], "quality": [], "summary": [], "diagnostics": []}
+
+
+def _add_map(sect: dict, param: str, desc, nii, mask, fit_mask, underlay, slices) -> None:
+    """Put one map into its section: a mosaic (parameter, SD, contraction, quality) and/or a summary row."""
+    side = _sidecar(nii)
+    unit = side.get("Units", "")
+    vol = _load(nii)
+    cmap = {"sd": "magma", "contraction": "cividis"}.get(desc, "viridis")
+    entry = {"name": param + DESC_LABELS.get(desc, ""), "unit": unit, "description": side.get("Description", "")}
+    if desc in ("ci95lo", "ci95hi"):   # the intervals: a table row, no picture
+        sect["summary"].append(_summary_row(entry["name"], unit, vol[fit_mask]))
+        return
+    if desc == "contraction":
+        sect["notes"] = list(sect["notes"]) + _not_informed(param, vol[fit_mask])
+    if param in DIAGNOSTIC:
+        sect["diagnostics"].append(_summary_row(param, unit, vol[fit_mask]))
+        if param not in QUALITY:
+            return
+    entry["img"] = figures.map_mosaic(vol, underlay, fit_mask, entry["name"], unit, cmap,
+                                      discrete=param == "exitcode", slices=slices)
+    if param in DIAGNOSTIC:
+        if param == "exitcode":
+            codes, counts = np.unique(np.nan_to_num(vol[mask]).astype(int), return_counts=True)
+            entry["counts"] = {int(c): int(n) for c, n in zip(codes, counts)}
+        sect["quality"].append(entry)
+    elif desc in ("sd", "contraction"):
+        sect["sd_maps"].append(entry)
+    else:
+        sect["maps"].append(entry)
+        sect["summary"].append(_summary_row(param, unit, vol[fit_mask]))
 
 
 def _not_informed(param: str, contraction: np.ndarray) -> list:

@@ -173,6 +173,7 @@ class PosteriorModel(Model):
         # coarse dictionary): its kernel is at least as wide as the REGRESSION_NEIGHBOURS-th nearest entry
         q = min(REGRESSION_NEIGHBOURS, n) - 1
         reach = np.partition(c, q, axis=1)[:, q] - best if n > 1 else np.zeros(v)
+        reach = np.where(np.isfinite(reach), reach, 0.0)   # fewer than q entries left (cross-validation)
         w_fit = np.exp(-(c - best[:, None]) / (2 * np.maximum(var_noise, reach / 2)[:, None]))
         w_fit = np.where(np.isfinite(c), w_fit, 0.0)
         w_fit /= w_fit.sum(1, keepdims=True)
