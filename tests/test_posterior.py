@@ -50,23 +50,26 @@ def test_noise_free_entry_concentrates_on_it():
         assert np.all(flat.sd[name] <= np.ptp(dic.params[:, j]) / 2 + 1e-12)
 
 
-def test_coverage_and_recovery_on_a_problem_with_a_known_answer():
-    """Truths drawn from the prior off the dictionary's grid, Rician noise at SNR 30: the 95 % intervals
-    cover 0.90-0.99 of the truths; the estimates beat the constant guess (prior median) by far."""
+@pytest.mark.parametrize("snr", [30, 300])
+def test_coverage_and_recovery_on_a_problem_with_a_known_answer(snr):
+    """Truths drawn from the prior off the dictionary's grid, Rician noise at SNR 30 and 300: the 95 %
+    intervals cover 0.90-0.998 of the truths (at SNR 300 only thanks to the crossed grid's leave-one-out
+    model error: without it, 0.29-0.32); the estimates beat the constant guess (prior median) by far."""
     dic = grid_dictionary()
     rng = np.random.default_rng(2026)
     n = 1500
     truth = np.stack([rng.uniform(0.1, 0.9, n), rng.uniform(0.2, 1.0, n), rng.uniform(1.5, 3.0, n)], 1)
-    sigma = np.full(n, 1 / 30)
+    sigma = np.full(n, 1 / snr)
     clean = biexp(*truth.T)
     y = np.hypot(clean + rng.normal(0, 1, clean.shape) * sigma[:, None], rng.normal(0, 1, clean.shape) * sigma[:, None])
     fit = PosteriorModel(dic).fit(y, sigma=sigma)
     for j, name in enumerate(dic.names):
         est = fit.params[name]
         cover = np.mean((truth[:, j] >= fit.ci95lo[name]) & (truth[:, j] <= fit.ci95hi[name]))
-        assert 0.90 <= cover <= 0.99, (name, cover)
+        assert 0.90 <= cover <= 0.998, (name, cover)
         const = np.median(dic.params[:, j])
         assert np.median(np.abs(est - truth[:, j])) < 0.8 * np.median(np.abs(const - truth[:, j])), name
+    assert np.mean(fit.ci95hi["fin"] - fit.ci95lo["fin"]) < 0.7 * np.ptp(dic.params[:, 0])   # not the prior range (0.52 at SNR 30)
     assert spearmanr(fit.params["fin"], truth[:, 0]).statistic > 0.8   # measured 0.86
     # fin is informed by this protocol, far more than the extra-cellular diffusivity
     assert np.median(fit.contraction["fin"]) > 0.7

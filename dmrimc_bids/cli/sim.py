@@ -5,6 +5,7 @@
     dmrimc-sim flow --network net.json --qin 1e-3 5e-3 --protocol dwi.json --out flow.npz
     dmrimc-sim flow --protocol dwi.json --out flow.npz --plot --video spins.gif   # pictures and a video
     dmrimc-sim plot --dictionary dict.npz --entry 12 --out signals.png
+    dmrimc-sim design --protocol dwi.tsv --snr 20 50   # expected identifiability before scanning
 
 The Monte Carlo jobs run as a Nipype graph (workflows/simulation.py): ``--nprocs`` for MultiProc,
 ``--plugin SLURM --plugin-args '{"sbatch_args": "..."}'`` on a cluster.
@@ -220,6 +221,8 @@ def build_parser():
     f.add_argument("-v", "--verbose", action="count", default=0)
     d = sub.add_parser("default-dictionary", help="rebuild the embedded default dictionary (generated substrates)")
     _default_flags(d)
+    from .design import add_design_parser
+    add_design_parser(sub, _positive)
     pl = sub.add_parser("plot", help="pictures of an existing dictionary or network, with no simulation")
     g = pl.add_mutually_exclusive_group(required=True)
     g.add_argument("--dictionary", type=Path, help="dictionary .npz: signal vs b of --entry per diffusion time")
@@ -396,6 +399,9 @@ def _submitted(args, out) -> int:
 def _run(args) -> int:
     if args.command == "plot":
         return _run_plot(args)
+    if args.command == "design":
+        from .design import run_design
+        return run_design(args)
     threads_per_job(args)  # an unknown --plugin or bad --plugin-args/--threads-per-job fails here
     if args.command == "flow":
         return _run_flow(args)

@@ -144,21 +144,23 @@ class PosteriorModel(Model):
         self.signals_t = np.ascontiguousarray(self.signals.T)
         self.n_keep = int(min(N_ADJUST, len(dictionary)))
         self._basis = _principal_basis(self.signals, N_COMPONENTS)
+        self._same_signals = None   # entries grouped by identical signals (structure_of)
         self._model_error = None   # per parameter, on the estimator's scale (model_error())
 
     # ---- the posterior of a batch of voxels --------------------------------------------------------------
     def posterior(self, y: np.ndarray, sigma: np.ndarray | None, exclude: np.ndarray | None = None) -> dict:
         """Posterior summaries of voxels y [V, M] (σ [V] or None) on the estimator's scale: 'samples' [V, n, P]
         (adjusted parameters), 'weights' [V, n], 'point', 'var' [V, P], 'best' (min RSS) and 'var_noise' [V].
-        exclude [V] (optional): a structure index per voxel whose entries are left out (cross-validation)."""
+        exclude [V] (optional): a structure index per voxel (structure_of) whose entries are left out
+        (cross-validation)."""
         y = np.ascontiguousarray(y, np.float64)
         v, m = y.shape
         var_noise = np.full(v, np.nan) if sigma is None else np.asarray(sigma, float) ** 2
         floor = np.zeros(v) if sigma is None or self.noise == "gaussian" else noise_floor(sigma, self.n_averages)
         cost = np.empty((v, self.signals.shape[0]))
         kernels.entry_costs(y, np.ascontiguousarray(np.repeat((floor ** 2)[:, None], m, 1)), self.signals_t, cost)
-        if exclude is not None and self.groups is not None:
-            cost[self.groups[None, :] == np.asarray(exclude)[:, None]] = np.inf
+        if exclude is not None:
+            cost[self._exclusion_groups()[None, :] == np.asarray(exclude)[:, None]] = np.inf
         best = cost.min(1)
         ok = np.isfinite(var_noise) & (var_noise > 0)
         var_noise = np.where(ok, var_noise, np.maximum(best / m, 1e-12))
@@ -185,6 +187,19 @@ class PosteriorModel(Model):
         point = mean if self.point == "mean" else weighted_quantile(samples, w, 0.5)
         return {"samples": samples, "weights": w, "point": point, "var": var, "best": best, "var_noise": var_noise}
 
+    def structure_of(self, entries) -> np.ndarray:
+        """Structure index of dictionary entries, for ``posterior(exclude=)``: their substrate or network;
+        in a dictionary without structures (a crossed grid), the entry and every entry with the very same
+        signals (a parameter the signals do not depend on must not be learnt from its own value)."""
+        return self._exclusion_groups()[np.asarray(entries, int)]
+
+    def _exclusion_groups(self) -> np.ndarray:
+        if self.groups is not None:
+            return self.groups
+        if self._same_signals is None:
+            self._same_signals = np.unique(np.round(self.signals, 12), axis=0, return_inverse=True)[1].ravel()
+        return self._same_signals
+
     def _adjust(self, theta, s_top, y, w):
         """Regression-adjusted samples [V, n, P] (θ - B (z_k - z_y), clipped to the range) and the slopes B
         [V, r, P] (the principal directions are orthonormal, so noise σ on y is σ on z)."""
@@ -200,21 +215,25 @@ class PosteriorModel(Model):
     # ---- model error of the dictionary -------------------------------------------------------------------
     def model_error(self, sigma_ref: float = 0.02) -> tuple:
         """The dictionary's model error by internal cross-validation: a sample of each structure's noise-free
-        signals is estimated with that structure left out (weights with σ = sigma_ref). Returns (estimates
-        [n, P], squared errors [n, P]) on the estimator's scale, or None for a dictionary of one structure."""
+        signals is estimated with that structure left out (weights with σ = sigma_ref); in a crossed grid,
+        entries are left out one by one (structure_of). Returns (estimates [n, P], squared errors [n, P])
+        on the estimator's scale, or None for a dictionary of one structure."""
         if self._model_error is not None:
             return self._model_error or None
-        groups = np.unique(self.groups) if self.groups is not None else np.zeros(1)
-        if not self.use_model_error or groups.size < 2:
+        if not self.use_model_error or len(self.signals) < 2 or np.unique(self._exclusion_groups()).size < 2:
             self._model_error = ()
             return None
         rng = np.random.default_rng(0)
-        per = max(1, MODEL_ERROR_SAMPLES // groups.size)
-        pick = np.concatenate([rng.permutation(np.flatnonzero(self.groups == g))[:per] for g in groups])
+        if self.groups is not None:   # stratified: the same number of entries from every structure
+            groups = np.unique(self.groups)
+            per = max(1, MODEL_ERROR_SAMPLES // groups.size)
+            pick = np.concatenate([rng.permutation(np.flatnonzero(self.groups == g))[:per] for g in groups])
+        else:                         # a crossed grid: entries left out one by one (with their signal twins)
+            pick = rng.permutation(len(self.signals))[:MODEL_ERROR_SAMPLES]
         est = []
         for c0 in range(0, pick.size, self.chunk_size):
             idx = pick[c0:c0 + self.chunk_size]
-            est.append(self.posterior(self.signals[idx], np.full(idx.size, sigma_ref), exclude=self.groups[idx])["point"])
+            est.append(self.posterior(self.signals[idx], np.full(idx.size, sigma_ref), exclude=self.structure_of(idx))["point"])
         est = np.concatenate(est)
         self._model_error = (est, (est - self.values[pick]) ** 2)
         return self._model_error
