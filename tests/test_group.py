@@ -95,7 +95,17 @@ def test_group_tables_and_report(demo_dir, derivs, tmp_path, capsys):
     assert float(flow["vm_mean"]) == pytest.approx(vm[ecv == 1].mean(), rel=1e-5)
     dd = json.loads((derivs / "group_histousim.json").read_text())
     assert set(dd) == set(rows[0]) and dd["D0in_mean"]["Units"] == "um^2/ms" and "Units" not in dd["fin_n"]
+    # identifiability: the median contraction over the fitted voxels, per subject/session and parameter
+    ident = _rows(derivs / "group_identifiability.tsv")
+    sub1 = {(r["model"], r["parameter"]): r for r in ident if r["participant_id"] == "sub-01"}
+    con = nib.load(derivs / "sub-01/dwi/sub-01_space-dwi_model-histousim_param-fin_desc-contraction_dwimap.nii.gz"
+                   ).get_fdata()
+    assert float(sub1[("histousim", "fin")]["contraction_median"]) == pytest.approx(np.median(con[ec == 1]), rel=1e-4)
+    assert {r["verdict"] for r in ident} <= {"not informed by the data", "weakly informed", "informed"}
+    assert ("spinflowsim", "vm") in sub1 and len({r["session_id"] for r in ident}) == 3
+    assert set(json.loads((derivs / "group_identifiability.json").read_text())) == set(ident[0])
     html = (derivs / "group.html").read_text()
+    assert 'id="identifiability"' in html and "median contraction" in html
     for sect in ("cohort", "failures", "outliers", "distributions", "correlation"):
         assert f'id="{sect}"' in html
     assert "Spearman" in html and "None: every subject/session" in html

@@ -83,6 +83,7 @@ def session_statistics(out_dir, subject: str, session: str | None, roi_specs: li
             fit_rois[model] = read_map(files[("exitcode", None)])[0] == 1
         else:
             fit_rois[model] = np.isfinite(values[(model, params[0])]) if params else None
+    out["identifiability"] = identifiability_rows(maps, fit_rois)
     extra = {}
     for spec in roi_specs or []:
         extra.update(_rois_of(spec, ref_img))
@@ -110,6 +111,22 @@ def session_statistics(out_dir, subject: str, session: str | None, roi_specs: li
         v[~fit_rois[model][tuple(idx.T)]] = np.nan
         out["sample"][f"{model}:{p}"] = [None if not np.isfinite(x) else float(x) for x in v]
     return out
+
+
+def identifiability_rows(maps: dict, fit_rois: dict) -> list[dict]:
+    """One row per model and parameter with a desc-contraction map: its median, 10th and 90th percentile
+    over the fitted voxels and the verdict of core/fitting/posterior.py."""
+    from ..core.fitting.posterior import identifiability_summary
+    rows = []
+    for model, files in sorted(maps.items()):
+        roi = fit_rois.get(model)
+        for (p, desc), f in sorted(files.items(), key=lambda kv: kv[0][0]):
+            if desc != "contraction" or roi is None:
+                continue
+            vol = read_map(f)[0]
+            summary = identifiability_summary(vol[roi].astype(float)[:, None], [p])[p]
+            rows.append({"model": model, "param": p, **summary})
+    return rows
 
 
 def read_participants(bids_dir) -> dict:
@@ -176,7 +193,59 @@ def write_tables(out_dir, results: list[dict], participants: dict) -> dict:
                     dd[f"{p}_{s}"]["Units"] = units.get(f"{model}:{p}", "")
         atomic_write_json(tsv.with_suffix(".json"), dd)
         written[model] = str(tsv)
+    ident = write_identifiability_table(out_dir, results)
+    if ident:
+        written["identifiability"] = ident
     return written
+
+
+#: Columns of group_identifiability.tsv after the subject/session.
+IDENTIFIABILITY_COLUMNS = {
+    "model": "the model whose map it is",
+    "parameter": "the estimated parameter",
+    "contraction_median": "median over the fitted voxels of the posterior contraction 1 - var_post/var_prior "
+                          "(0: the data say nothing beyond the dictionary's range; 1: fully determined)",
+    "contraction_p10": "10th percentile of the contraction over the fitted voxels",
+    "contraction_p90": "90th percentile of the contraction over the fitted voxels",
+    "verdict": "'not informed by the data' (median < 0.1), 'weakly informed' (< 0.5) or 'informed'"}
+
+
+def write_identifiability_table(out_dir, results: list[dict]) -> str | None:
+    """group_identifiability.tsv (+ JSON data dictionary): the posterior contraction of every parameter of
+    every subject/session that has desc-contraction maps; None when none has."""
+    lines = []
+    for res in results:
+        label = [f"sub-{res['subject']}", f"ses-{res['session']}" if res["session"] else "n/a"]
+        for r in res.get("identifiability", []):
+            lines.append("\t".join(label + [r["model"], r["param"], _fmt(r["median"]), _fmt(r["p10"]),
+                                             _fmt(r["p90"]), r["verdict"]]))
+    if not lines:
+        return None
+    tsv = Path(out_dir) / "group_identifiability.tsv"
+    head = "\t".join(["participant_id", "session_id", *IDENTIFIABILITY_COLUMNS])
+    atomic_write_bytes(tsv, ("\n".join([head] + lines) + "\n").encode())
+    dd = {"participant_id": {"Description": "subject label"},
+          "session_id": {"Description": "session label (n/a without sessions)"},
+          **{k: {"Description": v} for k, v in IDENTIFIABILITY_COLUMNS.items()}}
+    atomic_write_json(tsv.with_suffix(".json"), dd)
+    return str(tsv)
+
+
+def cohort_identifiability(results: list[dict]) -> list[dict]:
+    """Per model and parameter: the median, minimum and maximum over subjects/sessions of the median
+    contraction, and how many subjects/sessions the data do not inform (the group report's table)."""
+    keyed: dict = {}
+    for res in results:
+        for r in res.get("identifiability", []):
+            if r["median"] is not None:
+                keyed.setdefault((r["model"], r["param"]), []).append(r)
+    rows = []
+    for (model, p), items in sorted(keyed.items()):
+        med = np.array([r["median"] for r in items], float)
+        rows.append({"model": model, "param": p, "n": len(items), "median": f"{np.median(med):.2f}",
+                     "min": f"{med.min():.2f}", "max": f"{med.max():.2f}",
+                     "not_informed": sum(r["verdict"].startswith("not informed") for r in items)})
+    return rows
 
 
 def outliers(results: list[dict]) -> list[dict]:
@@ -270,6 +339,7 @@ def render_group(out_dir, results: list[dict], failures: list[dict], tables: dic
         version=__version__, n_results=len(results), results=[_label(r) for r in results], panels=panels,
         reports=reports,
         corr=corr, flagged=flagged, failures=failures, tables={m: Path(t).name for m, t in tables.items()},
+        identifiability=cohort_identifiability(results),
         z=OUTLIER_Z, min_n=OUTLIER_MIN_N, group_column=group_column)
     path = Path(out_dir) / "group.html"
     atomic_write_bytes(path, html.encode("utf-8"))
