@@ -6,7 +6,11 @@ s/mm², δ/Δ 10/25 and 15/45 ms); voxels are random entries with Gaussian noise
 estimate runs in the app's batches (core/fitting/posterior.posterior_chunk). Reports voxels/s, median of
 --repeats runs, at the given BLAS thread count. The last line printed is one JSON object.
 
-    python benchmarks/posterior_throughput.py [--voxels 20000] [--threads 2] [--repeats 3] [--record]
+    python benchmarks/posterior_throughput.py [--voxels 20000] [--threads 2] [--repeats 3] [--device cpu|gpu]
+                                              [--record]
+
+With --device gpu (the device machine, the [gpu] extra) the likelihood of every entry runs on the GPU
+(core/fitting/gpu.py) and the CPU estimate of the same voxels is checked against it (largest difference).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--point", choices=("median", "mean"), default="median")
+    ap.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     ap.add_argument("--record", action="store_true")
     args = ap.parse_args(argv)
     from threadpoolctl import threadpool_limits
@@ -42,17 +47,22 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(0)
     y = dic.signals[rng.integers(0, len(dic), args.voxels)].astype(float) + rng.normal(0, 0.02, (args.voxels, 12))
     sigma = np.full(args.voxels, 0.02)
-    model = PosteriorModel(dic, chunk_size=posterior_chunk(10000, len(dic)), point=args.point)
+    model = PosteriorModel(dic, chunk_size=posterior_chunk(10000, len(dic)), point=args.point, device=args.device)
     runs = []
     with threadpool_limits(limits=args.threads):
         for _ in range(args.repeats):
             t0 = time.perf_counter()
-            model.fit(y, sigma=sigma)
+            fit = model.fit(y, sigma=sigma)
             runs.append(args.voxels / (time.perf_counter() - t0))
     res = {"voxels": args.voxels, "entries": len(dic), "threads": args.threads, "point": args.point,
-           "voxels_per_s": round(float(np.median(runs)), 1), "runs": [round(r, 1) for r in runs]}
-    print(f"posterior {args.point}: {res['voxels_per_s']:.0f} voxels/s ({len(dic)} entries, {args.threads} threads)")
-    if args.record:
+           "device": model.device, "voxels_per_s": round(float(np.median(runs)), 1), "runs": [round(r, 1) for r in runs]}
+    if args.device == "gpu":   # the same voxels on the CPU: the GPU likelihood must not change the estimates
+        cpu = PosteriorModel(dic, chunk_size=model.chunk_size, point=args.point).fit(y, sigma=sigma)
+        res["max_abs_difference_vs_cpu"] = {k: float(np.nanmax(np.abs(fit.params[k] - cpu.params[k])))
+                                            for k in fit.params}
+    print(f"posterior {args.point} on the {model.device}: {res['voxels_per_s']:.0f} voxels/s ({len(dic)} entries, "
+          f"{args.threads} threads)")
+    if args.record and args.device == "cpu":
         sys.path.insert(0, str(HERE))
         from _record import machine, record
         record(f"posterior-throughput-{args.point}", (

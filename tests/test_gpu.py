@@ -40,6 +40,42 @@ def test_gpu_path_matches_cpu_in_the_cuda_simulator():
             assert np.allclose(gpu[k], cpu[k], rtol=1e-9, atol=1e-12), (noise, k)
 
 
+POSTERIOR_SCRIPT = r"""
+import json, numpy as np
+from dmrimc_bids.core.dictionary import Dictionary
+from dmrimc_bids.core.fitting.posterior import PosteriorModel
+from dmrimc_bids.core.protocol import Protocol
+b = np.array([300.0, 1000, 2000, 3000])
+f, d = np.meshgrid(np.linspace(0.1, 0.9, 9), np.linspace(0.3, 1.2, 4), indexing="ij")
+p = np.stack([f.ravel(), d.ravel()], 1)
+sig = p[:, :1] * np.exp(-np.outer(p[:, 1], b) * 1e-3) + (1 - p[:, :1]) * np.exp(-2.5e-3 * b)
+dic = Dictionary(sig, p, ["fin", "D0in"], Protocol(b, 10.0, 30.0))
+rng = np.random.default_rng(1)
+y = np.abs(sig[[3, 17, 30]] + 0.02 * rng.standard_normal((3, 4)))
+out = {}
+for device in ("cpu", "gpu"):
+    for noise in ("offset-gaussian", "gaussian"):
+        model = PosteriorModel(dic, device=device, noise=noise)
+        fit = model.fit(y, sigma=np.full(3, 0.02))
+        out[device + noise] = {k: np.asarray(v).tolist() for k, v in fit.maps().items()}
+        out[device + noise + "device"] = fit.info["device"]
+print(json.dumps(out))
+"""
+
+
+def test_posterior_gpu_kernel_matches_cpu_in_the_cuda_simulator():
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    res = subprocess.run([sys.executable, "-c", POSTERIOR_SCRIPT], capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    for noise in ("offset-gaussian", "gaussian"):
+        assert out["gpu" + noise + "device"] == "gpu" and out["cpu" + noise + "device"] == "cpu"
+        cpu, gpu = out["cpu" + noise], out["gpu" + noise]
+        assert set(cpu) == set(gpu) and "fin_ci95lo" in cpu
+        for k in cpu:
+            assert np.allclose(gpu[k], cpu[k], rtol=1e-9, atol=1e-12), (noise, k)
+
+
 def test_cuda_import_leaves_numpy_alone():
     """Importing the CUDA paths does not add np.row_stack to a NumPy that has none (NumPy >= 2.5)."""
     code = ("import numpy as np\n"

@@ -147,7 +147,7 @@ class Config:
         """build_model options of the tissue estimator (JSON-typed)."""
         bounds = {k: list(v) for k, v in self.bounds.items()}
         if self.estimator.startswith("posterior"):
-            return {"bounds": bounds, "chunk_size": self.chunk_size, "n_averages": self.n_averages}
+            return {"bounds": bounds, "chunk_size": self.chunk_size, "n_averages": self.n_averages, "device": self.device}
         return {"n_averages": self.n_averages, "regularisation": [self.reg_norm, self.reg_weight], "bounds": bounds,
                 "smoothing": self.smoothing, "chunk_size": self.chunk_size, "surrogate": self.surrogate,
                 "n_neighbours": self.n_neighbours, "noise": self.noise_model, "device": self.device}
@@ -155,7 +155,7 @@ class Config:
     def flow_model_options(self) -> dict:
         """build_model options of the flow estimator (the published fit uses the global surrogate)."""
         if self.flow_estimator.startswith("posterior"):   # S_V is a difference of magnitudes: no noise floor
-            return {"chunk_size": self.chunk_size, "noise": "gaussian"}
+            return {"chunk_size": self.chunk_size, "noise": "gaussian", "device": self.device}
         return {"n_averages": self.n_averages, "smoothing": self.smoothing, "chunk_size": self.chunk_size,
                 "surrogate": "global", "noise": self.noise_model, "device": self.device}
 

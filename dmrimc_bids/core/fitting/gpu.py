@@ -25,7 +25,10 @@ cuda = import_numba_cuda()
 
 #: Largest number of fitted parameters / measurements a GPU thread holds in local memory.
 MAX_PARAMS, MAX_MEASUREMENTS = 8, 256
-_DEVICE_ROUTINES = ("log_i0", "bessel_ratio", "tps_eval", "data_cost", "penalty", "solve_spd", "lm_voxel")
+_DEVICE_ROUTINES = ("log_i0", "bessel_ratio", "tps_eval", "data_cost", "penalty", "solve_spd", "lm_voxel",
+                    "offset_residual")
+#: Threads of a posterior-cost block: (entries, voxels); entries vary fastest, so reads of signals_t coalesce.
+COST_BLOCK = (64, 4)
 
 
 def available() -> bool:
@@ -87,7 +90,20 @@ def _compiled():
         iters[v] += it
         status[v] = stat
 
-    return grid_kernel, refine_kernel
+    offset_residual = namespace["offset_residual"]
+
+    @cuda.jit
+    def cost_kernel(y, flo2, signals_t, cost):
+        e, v = cuda.grid(2)
+        if v >= y.shape[0] or e >= signals_t.shape[1]:
+            return
+        c = 0.0
+        for i in range(y.shape[1]):
+            r = offset_residual(y[v, i], signals_t[i, e], flo2[v, i])
+            c += r * r
+        cost[v, e] = c
+
+    return grid_kernel, refine_kernel, cost_kernel
 
 
 def _launch(kernel, n, *args, outputs=()):
@@ -113,3 +129,23 @@ def refine(y, w, sig2, flo2, rician, z, anchor, centres, weights, poly, origin, 
     _launch(_compiled()[1], len(y), y, w, sig2, flo2, np.asarray(rician, np.bool_), z, anchor, centres, weights,
             poly, origin, box_lo, box_hi, uscale, np.int64(reg_norm), np.float64(reg_w), np.int64(max_iter),
             cost, iters, status, outputs=(5, 17, 18, 19))
+
+
+class _ResidentSignals:
+    """The dictionary's signals on the GPU, copied once and reused by every batch of voxels (the host array
+    is held, so its id cannot be reused while it is resident)."""
+    host = None
+    device = None
+
+
+def entry_costs(y, flo2, signals_t, cost):
+    """GPU kernels.entry_costs (same arguments; cost [V, E] is filled): one thread per voxel and entry."""
+    if _ResidentSignals.host is not signals_t:
+        _ResidentSignals.device = cuda.to_device(np.ascontiguousarray(signals_t))
+        _ResidentSignals.host = signals_t
+    d_y, d_f = cuda.to_device(np.ascontiguousarray(y)), cuda.to_device(np.ascontiguousarray(flo2))
+    d_cost = cuda.device_array(cost.shape, np.float64)
+    bx, by = COST_BLOCK
+    grid = ((signals_t.shape[1] + bx - 1) // bx, (y.shape[0] + by - 1) // by)
+    _compiled()[2][grid, COST_BLOCK](d_y, d_f, _ResidentSignals.device, d_cost)
+    d_cost.copy_to_host(cost)

@@ -366,6 +366,13 @@ def penalties(z, uscale, reg_norm, reg_w, out):
         out[e] = penalty(z[e], uscale, reg_norm, reg_w, False, g, h)
 
 
+@njit(cache=True)
+def offset_residual(y, s, flo2):
+    """Residual of a measurement y against a noise-free signal s under the offset-Gaussian likelihood,
+    y - sqrt(s² + nf²) (flo2 = nf², 0 for Gaussian noise): the posterior's likelihood on CPU and GPU."""
+    return y - math.sqrt(s * s + flo2)
+
+
 @njit(cache=True, parallel=True)
 def entry_costs(y, flo2, signals_t, cost):
     """Offset-Gaussian cost of every entry for every voxel: cost[v, e] = Σ_m (y_vm - sqrt(S_me² + nf_vm²))²
@@ -380,6 +387,5 @@ def entry_costs(y, flo2, signals_t, cost):
             yi = y[v, i]
             f2 = flo2[v, i]
             for e in range(n_e):
-                sv = signals_t[i, e]
-                r = yi - math.sqrt(sv * sv + f2)
+                r = offset_residual(yi, signals_t[i, e], f2)
                 cost[v, e] += r * r

@@ -40,7 +40,7 @@ import numpy as np
 
 from ..dictionary import Dictionary
 from . import kernels
-from .dictfit import DictionaryFit, assemble_fit, estimate_placement
+from .dictfit import DictionaryFit, _backend, assemble_fit, estimate_placement
 from .likelihood import noise_floor
 from .model import EXIT_BACKGROUND, EXIT_FAILED, EXIT_OK, Description, Model
 
@@ -116,15 +116,19 @@ class PosteriorModel(Model):
     """dictionary: signals on exactly the measurements to fit; chunk_size: voxels per batch; point:
     'median' or 'mean'; bounds: {name: (lo, hi)} physical units, the prior's support (entries outside
     are dropped); noise: 'offset-gaussian' or 'gaussian'; n_averages: N of likelihood.py; model_error:
-    add the dictionary's cross-validated model error to the posterior variance."""
+    add the dictionary's cross-validated model error to the posterior variance; device: 'cpu', 'gpu' or
+    'auto' for the likelihood of every entry (gpu.py; under 'auto' a failing GPU falls back to the CPU)."""
 
     def __init__(self, dictionary: Dictionary, chunk_size: int = 2000, point: str = "median",
                  bounds: dict | None = None, noise: str = "offset-gaussian", n_averages: float = 1.0,
-                 model_error: bool = True):
+                 model_error: bool = True, device: str = "cpu"):
         if point not in POINT_ESTIMATES:
             raise ValueError(f"point estimate {point!r} is not one of {POINT_ESTIMATES}")
         if noise not in NOISE_MODELS:
             raise ValueError(f"noise model {noise!r} is not one of {NOISE_MODELS}")
+        self.requested_device = device
+        self.backend = _backend(device)
+        self.device = "cpu" if self.backend is kernels else "gpu"
         self.user_bounds = {k: tuple(v) for k, v in (bounds or {}).items()}
         dictionary = dictionary.within(self.user_bounds) if self.user_bounds else dictionary
         self.dictionary = dictionary
@@ -157,8 +161,7 @@ class PosteriorModel(Model):
         v, m = y.shape
         var_noise = np.full(v, np.nan) if sigma is None else np.asarray(sigma, float) ** 2
         floor = np.zeros(v) if sigma is None or self.noise == "gaussian" else noise_floor(sigma, self.n_averages)
-        cost = np.empty((v, self.signals.shape[0]))
-        kernels.entry_costs(y, np.ascontiguousarray(np.repeat((floor ** 2)[:, None], m, 1)), self.signals_t, cost)
+        cost = self._entry_costs(y, floor)
         if exclude is not None:
             cost[self._exclusion_groups()[None, :] == np.asarray(exclude)[:, None]] = np.inf
         best = cost.min(1)
@@ -186,6 +189,22 @@ class PosteriorModel(Model):
             + var_noise[:, None] * np.einsum("vrp,vrp->vp", slope, slope)
         point = mean if self.point == "mean" else weighted_quantile(samples, w, 0.5)
         return {"samples": samples, "weights": w, "point": point, "var": var, "best": best, "var_noise": var_noise}
+
+    def _entry_costs(self, y, floor) -> np.ndarray:
+        """Cost [V, E] of every entry for voxels y [V, M] with noise floors [V], on the model's device."""
+        cost = np.empty((y.shape[0], self.signals.shape[0]))
+        flo2 = np.ascontiguousarray(np.repeat((floor ** 2)[:, None], y.shape[1], 1))
+        y = np.ascontiguousarray(y, np.float64)
+        try:
+            self.backend.entry_costs(y, flo2, self.signals_t, cost)
+        except Exception as exc:  # noqa: BLE001 - any CUDA failure under 'auto': the CPU kernel is the same
+            if self.backend is kernels or self.requested_device != "auto":
+                raise
+            from ..cudacompat import warn_cpu_fallback
+            warn_cpu_fallback("posterior", exc)
+            self.backend, self.device = kernels, "cpu"
+            kernels.entry_costs(y, flo2, self.signals_t, cost)
+        return cost
 
     def structure_of(self, entries) -> np.ndarray:
         """Structure index of dictionary entries, for ``posterior(exclude=)``: their substrate or network;
@@ -314,7 +333,7 @@ class PosteriorModel(Model):
 
     def _info(self, n_fitted, n_invalid, params, contraction) -> dict:
         names = [self.names[j] for j in self.free]
-        return {"n_fitted": int(n_fitted), "n_invalid": int(n_invalid),
+        return {"n_fitted": int(n_fitted), "n_invalid": int(n_invalid), "device": self.device,
                 "estimator": f"posterior {self.point} (regression-adjusted dictionary posterior)",
                 "estimate_placement": estimate_placement(params, self.dictionary, names, self.lo, self.hi),
                 "identifiability": identifiability_summary(contraction[:, self.free], names),
@@ -349,9 +368,7 @@ class PosteriorModel(Model):
         y = np.atleast_2d(np.asarray(data, float))
         sig = None if sigma is None else np.asarray(sigma, float).reshape(len(y), -1).mean(1)
         floor = np.zeros(len(y)) if sig is None or self.noise == "gaussian" else noise_floor(sig, self.n_averages)
-        cost = np.empty((len(y), self.signals.shape[0]))
-        kernels.entry_costs(np.ascontiguousarray(y), np.ascontiguousarray(np.repeat((floor ** 2)[:, None], y.shape[1], 1)),
-                            self.signals_t, cost)
+        cost = self._entry_costs(y, floor)
         best = cost.min(1)
         var = np.maximum(best / y.shape[1], 1e-12) if sig is None else sig ** 2
         w = np.exp(-(cost - best[:, None]) / (2 * var[:, None]))

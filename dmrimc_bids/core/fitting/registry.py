@@ -14,7 +14,7 @@ ESTIMATORS = ("ml", "fit", "posterior", "posterior-mean", "posterior-median", "i
 def build_model(estimator: str, dictionary: Dictionary | None = None, protocol=None, **options) -> Model:
     """The Model of ``estimator``. Dictionary estimators take the (matched) dictionary and the options of
     their class (DictionaryModel: n_averages, regularisation, bounds, smoothing, chunk_size, surrogate,
-    n_neighbours, noise, device; PosteriorModel: bounds, noise, n_averages, model_error, chunk_size, the
+    n_neighbours, noise, device; PosteriorModel: bounds, noise, n_averages, model_error, device, chunk_size, the
     latter capped by the entries' memory, posterior_chunk); 'ivim' takes the shells' protocol and IvimModel's options."""
     if estimator == "ivim":
         from .ivim import IvimModel
