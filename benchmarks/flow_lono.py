@@ -46,6 +46,8 @@ def main(argv=None) -> int:
     ap.add_argument("--estimator", choices=("fit", "posterior"), default="posterior",
                     help="posterior (the vascular branch's default): posterior mean over the dictionary entries "
                          "(core/fitting/posterior.py); fit: grid search + Levenberg-Marquardt on a surrogate")
+    ap.add_argument("--point", choices=("mean", "median"), default="mean",
+                    help="posterior point estimate (mean: the vascular branch's default, --flow-estimator posterior-mean)")
     ap.add_argument("--record", action="store_true")
     args = ap.parse_args(argv)
     if not (args.data / "networks").is_dir():
@@ -85,13 +87,13 @@ def main(argv=None) -> int:
     print(f"simulated {len(truth)} realisations x 3 protocols in {t_sim:.1f} s ({args.spins} spins)")
     rng = np.random.default_rng(7)
     sigma = 1.0 / args.snr
-    rho, t_fit = {}, 0.0
+    rho, cover, t_fit = {}, {}, 0.0
     for name, (b, w) in protos.items():
         S = np.array(sig[name])
         dw = np.asarray(b) > 0
         prot = Protocol(np.asarray(b, float)[dw], [x.timing[0] if x.kind == "PGSE" else np.nan for x, d in zip(w, dw) if d],
                         [x.timing[1] if x.kind == "PGSE" else np.nan for x, d in zip(w, dw) if d])
-        est_all, true_all = [], []
+        est_all, true_all, lo_all, hi_all = [], [], [], []
         for k in nets:
             train, test = label != k, label == k
             dic = Dictionary(S[train][:, dw], np.log(truth[train]) if args.log_params else truth[train], list(PARAMS), prot)
@@ -99,28 +101,38 @@ def main(argv=None) -> int:
             clean = np.repeat(S[test][:, dw], args.repeats, axis=0)
             noisy = np.sqrt((clean + rng.normal(0, sigma, clean.shape)) ** 2 + rng.normal(0, sigma, clean.shape) ** 2)
             t1 = time.perf_counter()
-            model = PosteriorModel(dic) if args.estimator == "posterior" else model
+            model = PosteriorModel(dic, point=args.point) if args.estimator == "posterior" else model
             fit = model.fit(noisy[:, None, None, :], sigma=np.full(noisy.shape[:1] + (1, 1), sigma))
             est_all.append(np.stack([fit.params[p].ravel() for p in PARAMS], 1))  # ranks: log is monotonic
+            if fit.ci95lo:
+                lo_all.append(np.stack([fit.ci95lo[p].ravel() for p in PARAMS], 1))
+                hi_all.append(np.stack([fit.ci95hi[p].ravel() for p in PARAMS], 1))
             t_fit += time.perf_counter() - t1
             true_all.append(np.repeat(truth[test], args.repeats, axis=0))
         est, tru = np.concatenate(est_all), np.concatenate(true_all)
         rho[name] = {p: float(spearmanr(est[:, i], tru[:, i])[0]) for i, p in enumerate(PARAMS)}
+        if lo_all and not args.log_params:   # 95 % interval coverage of the true values
+            inside = (tru >= np.concatenate(lo_all)) & (tru <= np.concatenate(hi_all))
+            cover[name] = {p: float(inside[:, i].mean()) for i, p in enumerate(PARAMS)}
         paper = PAPER_RHO.get(name, {})
         print(f"{name:9s} Spearman rho: " + ", ".join(
             f"{p} {rho[name][p]:.2f}" + (f" (paper {paper[p]:.2f})" if p in paper else "") for p in PARAMS))
     summary = {"rho": {k: {p: round(v, 3) for p, v in d.items()} for k, d in rho.items()}, "snr": args.snr,
+               "coverage95": {k: {p: round(v, 3) for p, v in d.items()} for k, d in cover.items()},
                "spins": args.spins, "repeats": args.repeats, "realisations": int(len(truth)),
                "simulation_s": round(t_sim, 1), "fit_s": round(t_fit, 1)}
     if args.record:
         from _record import machine, record
-        rows = ["| protocol | vm | vs | ANB | paper |", "|---|---|---|---|---|"]
+        rows = ["| protocol | vm | vs | ANB | paper | 95 % coverage vm / vs / ANB |", "|---|---|---|---|---|---|"]
         for name in protos:
             paper = ", ".join(f"{p} {v:.2f}" for p, v in PAPER_RHO.get(name, {}).items())
-            rows.append(f"| {name} | {rho[name]['vm']:.2f} | {rho[name]['vs']:.2f} | {rho[name]['anb']:.2f} | {paper} |")
+            cov = " / ".join(f"{cover[name][p]:.2f}" for p in PARAMS) if name in cover else "-"
+            rows.append(f"| {name} | {rho[name]['vm']:.2f} | {rho[name]['vs']:.2f} | {rho[name]['anb']:.2f} | {paper} "
+                        f"| {cov} |")
         record(f"flow_lono_{args.estimator}", "\n".join([
             f"Command: `python benchmarks/flow_lono.py --data ../shared/reference/spinflowsim --spins {args.spins} "
-            f"--repeats {args.repeats} --estimator {args.estimator} --record`; machine: {machine()}. Spearman ρ of estimated vs true, pooled over "
+            f"--repeats {args.repeats} --estimator {args.estimator}"
+            + (f" --point {args.point}" if args.estimator == "posterior" else "") + f" --record`; machine: {machine()}. Spearman ρ of estimated vs true, pooled over "
             f"the ten leave-one-network-out folds ({len(truth)} realisations x {args.repeats} noise draws, SNR "
             f"{args.snr:g} at b=0); simulation {t_sim:.0f} s, fitting {t_fit:.0f} s.", "", *rows, "",
             "Our ANB is the physical one (segments entered per spin in 100 ms); the paper's counts time-step "
