@@ -90,7 +90,13 @@ def _compiled():
         iters[v] += it
         status[v] = stat
 
-    offset_residual = namespace["offset_residual"]
+    return grid_kernel, refine_kernel, namespace
+
+
+@functools.lru_cache(maxsize=1)
+def _cost_kernel():
+    """The posterior's likelihood kernel: cost[v, e] for one voxel and entry per thread."""
+    offset_residual = _compiled()[2]["offset_residual"]
 
     @cuda.jit
     def cost_kernel(y, flo2, signals_t, cost):
@@ -103,7 +109,7 @@ def _compiled():
             c += r * r
         cost[v, e] = c
 
-    return grid_kernel, refine_kernel, cost_kernel
+    return cost_kernel
 
 
 def _launch(kernel, n, *args, outputs=()):
@@ -147,5 +153,5 @@ def entry_costs(y, flo2, signals_t, cost):
     d_cost = cuda.device_array(cost.shape, np.float64)
     bx, by = COST_BLOCK
     grid = ((signals_t.shape[1] + bx - 1) // bx, (y.shape[0] + by - 1) // by)
-    _compiled()[2][grid, COST_BLOCK](d_y, d_f, _ResidentSignals.device, d_cost)
+    _cost_kernel()[grid, COST_BLOCK](d_y, d_f, _ResidentSignals.device, d_cost)
     d_cost.copy_to_host(cost)
