@@ -389,3 +389,163 @@ def entry_costs(y, flo2, signals_t, cost):
             for e in range(n_e):
                 r = offset_residual(yi, signals_t[i, e], f2)
                 cost[v, e] += r * r
+
+
+@njit(cache=True)
+def _truncated_normal_moments(mu, s, hi):
+    """(log mass, mean, variance) of N(mu, s²) truncated to [0, hi] (hi > 0), mass relative to the
+    untruncated density's integral."""
+    a, b = (0.0 - mu) / s, (hi - mu) / s
+    if a < -8.0 and b > 8.0:   # the whole Gaussian inside [0, hi] (mass 1 to 6e-16)
+        return 0.0, mu, s * s
+    za = 0.5 * math.erfc(-a / math.sqrt(2.0))
+    zb = 0.5 * math.erfc(-b / math.sqrt(2.0))
+    mass = zb - za
+    if mass < 1e-300:   # all the mass beyond one end: the posterior of f sits at that end
+        f = 0.0 if mu < 0 else hi
+        return math.log(1e-300), f, 0.0
+    pa = math.exp(-0.5 * a * a) / math.sqrt(2.0 * math.pi)
+    pb = math.exp(-0.5 * b * b) / math.sqrt(2.0 * math.pi)
+    mean = mu + s * (pa - pb) / mass
+    var = s * s * (1.0 + (a * pa - b * pb) / mass - ((pa - pb) / mass) ** 2)
+    return math.log(mass), min(max(mean, 0.0), hi), max(var, 0.0)
+
+
+#: Pairs whose unconstrained log weight is this far below the best are left out of the joint posterior.
+JOINT_LOG_WEIGHT_SPAN = 25.0
+
+
+@njit(cache=True, parallel=True)
+def joint_pair_moments(y, sig2, tissue, flow_t, flow_sq, fv_max, w_flow, g_flow, f_moments, log_w):
+    """Posterior over (tissue candidate t, flow entry v, vascular fraction f) of the joint model
+    y = (1 - f) t + f v + Gaussian noise (sig2 [V] its variance), flat priors, f in [0, fv_max]
+    marginalised analytically (Gaussian in f for each pair, truncated). tissue [V, Nt, M] the voxel's
+    tissue candidates, flow_t [M, Kf] the flow signals transposed, flow_sq [Kf] = |v|². Writes, per
+    voxel: w_flow [V, Kf] the marginal posterior of the flow entries, g_flow [V, Kf] Σ_t w_tv E[f | t, v],
+    f_moments [V, 2] E[f], E[f²]; log_w [V, Nt, Kf] is work space. The Laplace factor and the truncation
+    are evaluated only for pairs whose profile weight is within JOINT_LOG_WEIGHT_SPAN of the best."""
+    n_v, n_t, m = tissue.shape
+    n_f = flow_t.shape[1]
+    for i in prange(n_v):
+        s2 = sig2[i]
+        yi = np.ascontiguousarray(y[i])
+        ti = np.ascontiguousarray(tissue[i])
+        yv = np.dot(yi, flow_t)            # [Kf]   <y, v>
+        tv = np.dot(ti, flow_t)            # [Nt, Kf] <t, v>, then |v - t|²
+        bb = np.empty((n_t, n_f))          # <y - t, v - t>
+        lw = log_w[i]
+        best = -math.inf
+        for t in range(n_t):
+            tt = 0.0
+            a = 0.0
+            yt = 0.0
+            for k in range(m):
+                tt += ti[t, k] * ti[t, k]
+                yt += yi[k] * ti[t, k]
+                d = yi[k] - ti[t, k]
+                a += d * d
+            for e in range(n_f):
+                b = yv[e] - yt - tv[t, e] + tt
+                c = flow_sq[e] - 2.0 * tv[t, e] + tt
+                q = -a
+                if c > 1e-15:
+                    q += b * b / c
+                q /= 2.0 * s2
+                lw[t, e] = q
+                tv[t, e] = c
+                bb[t, e] = b
+                if q > best:
+                    best = q
+        top = -math.inf
+        for t in range(n_t):
+            for e in range(n_f):
+                if lw[t, e] < best - JOINT_LOG_WEIGHT_SPAN:
+                    lw[t, e] = -math.inf
+                    continue
+                c = tv[t, e]
+                if c > 1e-15:
+                    sd = math.sqrt(s2 / c)
+                    lm, mean, var = _truncated_normal_moments(bb[t, e] / c, sd, fv_max)
+                    lw[t, e] += math.log(sd) + lm
+                else:   # v == t: f does not change the signal, its posterior is the prior
+                    mean, var = 0.5 * fv_max, fv_max * fv_max / 12.0
+                tv[t, e] = mean                  # |v - t|² no longer needed: keep E[f | t, v] ...
+                bb[t, e] = var + mean * mean     # ... and E[f² | t, v]
+                if lw[t, e] > top:
+                    top = lw[t, e]
+        total = 0.0
+        ef = 0.0
+        ef2 = 0.0
+        for e in range(n_f):
+            w_flow[i, e] = 0.0
+            g_flow[i, e] = 0.0
+        for t in range(n_t):
+            for e in range(n_f):
+                if lw[t, e] < top - JOINT_LOG_WEIGHT_SPAN:
+                    continue
+                w = math.exp(lw[t, e] - top)
+                total += w
+                w_flow[i, e] += w
+                g_flow[i, e] += w * tv[t, e]
+                ef += w * tv[t, e]
+                ef2 += w * bb[t, e]
+        for e in range(n_f):
+            w_flow[i, e] /= total
+            g_flow[i, e] /= total
+        f_moments[i, 0] = ef / total
+        f_moments[i, 1] = ef2 / total
+
+
+@njit(cache=True, parallel=True)
+def scaled_entry_costs(y, signals_t, signals_sq, scale_lo, cost):
+    """cost[v, e] = min over α in [scale_lo, 1] of Σ_m (y_vm - α S_me)²: the misfit of every entry up to a
+    scale (the tissue signal (1 - fV) S of the joint model; signals_t [M, E], signals_sq [E] = Σ_m S_me²)."""
+    n_v, m = y.shape
+    n_e = signals_t.shape[1]
+    for v in prange(n_v):
+        yt = np.zeros(n_e)
+        yy = 0.0
+        for i in range(m):
+            yi = y[v, i]
+            yy += yi * yi
+            for e in range(n_e):
+                yt[e] += yi * signals_t[i, e]
+        for e in range(n_e):
+            a = yt[e] / signals_sq[e] if signals_sq[e] > 0 else 1.0
+            a = min(max(a, scale_lo), 1.0)
+            cost[v, e] = yy - 2.0 * a * yt[e] + a * a * signals_sq[e]
+
+
+@njit(cache=True, parallel=True)
+def scaled_entry_top(y, signals_t, signals_sq, scale_lo, top):
+    """The k = top.shape[1] entries of least misfit up to a scale (scaled_entry_costs' cost) of every
+    voxel, into top [V, k] (unordered), without the [V, E] cost matrix."""
+    n_v, m = y.shape
+    n_e = signals_t.shape[1]
+    k = top.shape[1]
+    for v in prange(n_v):
+        yt = np.zeros(n_e)
+        yy = 0.0
+        for i in range(m):
+            yi = y[v, i]
+            yy += yi * yi
+            for e in range(n_e):
+                yt[e] += yi * signals_t[i, e]
+        best_c = np.empty(k)
+        worst, worst_at = -math.inf, 0
+        for e in range(n_e):
+            a = yt[e] / signals_sq[e] if signals_sq[e] > 0 else 1.0
+            a = min(max(a, scale_lo), 1.0)
+            c = yy - 2.0 * a * yt[e] + a * a * signals_sq[e]
+            if e < k:
+                best_c[e] = c
+                top[v, e] = e
+                if c > worst:
+                    worst, worst_at = c, e
+            elif c < worst:
+                best_c[worst_at] = c
+                top[v, worst_at] = e
+                worst, worst_at = -math.inf, 0
+                for j in range(k):
+                    if best_c[j] > worst:
+                        worst, worst_at = best_c[j], j

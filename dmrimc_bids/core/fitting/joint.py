@@ -1,0 +1,234 @@
+"""Joint tissue + vascular estimator on every measurement (issue #21).
+
+Forward model of a voxel's b0-normalised signal (each TE group normalised by its own b = 0, so each
+group has its own S0; blood and tissue share T2 here, so fV is the blood's signal fraction):
+
+    y_m = (1 - fV) · S_tissue,m(fin, vCS, D0in, D0ex, κ) + fV · S_flow,m(vm, vs, anb)
+
+with S_tissue from the tissue (Histo-μSim) dictionary and S_flow from the flow (SpinFlowSim) dictionary,
+both matched to the same measurements, low b included. Estimation, per voxel:
+
+1. Tissue candidates: the N_TISSUE_CANDIDATES tissue entries that best explain the data outside the span
+   of the flow signals' first FLOW_BASIS principal directions (the vascular signal as a nuisance), up to a
+   scale in [1 - fv_max, 1] (the tissue's share 1 - fV); then again on the data with that first vascular
+   estimate removed. The candidates only serve step 2.
+2. Vascular posterior: every (tissue candidate, flow entry) pair, with fV marginalised analytically (the
+   model is linear in fV: a truncated Gaussian on [0, fv_max] per pair, flat prior), Gaussian likelihood
+   on the floor-corrected data (kernels.joint_pair_moments). This gives the posterior of the flow
+   entries (vm, vs, anb: posterior mean on the estimator's scale, SD, 95 % interval, contraction) and of
+   fV (mean, SD, interval, contraction against the flat prior's variance fv_max²/12).
+3. Tissue posterior: the data with the vascular component's posterior mean removed,
+   y_T = (y - E[fV·S_flow]) / (1 - E[fV]), noise σ/(1 - E[fV]), go to the tissue PosteriorModel
+   (regression adjustment, model error, intervals, identifiability) on every measurement.
+
+With fv_max = 0 the joint fit is the tissue-only posterior on the same measurements.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..dictionary import Dictionary
+from . import kernels
+from .dictfit import DictionaryFit
+from .likelihood import noise_floor
+from .model import EXIT_BACKGROUND, EXIT_FAILED, EXIT_OK, Description, Fit, Model
+from .posterior import Z95, PosteriorModel, log_scaled, weighted_quantile
+
+#: Tissue entries per voxel that enter the vascular posterior (step 2).
+N_TISSUE_CANDIDATES = 32
+#: Principal directions of the flow signals treated as a nuisance when the tissue candidates are chosen.
+FLOW_BASIS = 4
+#: Largest vascular signal fraction of the flat prior.
+FV_MAX = 0.3
+#: Largest voxel x candidate x flow-entry work array of one batch [elements].
+JOINT_BATCH_ELEMENTS = 8_000_000
+
+
+class JointFit(Fit):
+    """The joint fit: ``tissue`` (the tissue PosteriorModel's DictionaryFit, on the devascularised data),
+    ``vascular`` (a DictionaryFit of vm, vs, anb and fV) and ``vascular_signal`` [..., M], the posterior
+    mean of fV·S_flow (the report's two compartments)."""
+
+    def __init__(self, tissue: DictionaryFit, vascular: DictionaryFit, vascular_signal: np.ndarray):
+        self.tissue, self.vascular, self.vascular_signal = tissue, vascular, vascular_signal
+
+    def maps(self) -> dict:
+        return {**self.tissue.maps(), **{f"vascular:{k}": v for k, v in self.vascular.maps().items()}}
+
+
+class JointModel(Model):
+    """tissue, flow: dictionaries matched to the same measurements (every b > 0 of the voxels' data);
+    fv_max: largest fV of the flat prior; n_candidates: tissue entries per voxel
+    in the vascular posterior; noise, n_averages, bounds, point, chunk_size: as PosteriorModel (tissue)."""
+
+    def __init__(self, tissue: Dictionary, flow: Dictionary, fv_max: float = FV_MAX,
+                 n_candidates: int = N_TISSUE_CANDIDATES,
+                 noise: str = "offset-gaussian", n_averages: float = 1.0, bounds: dict | None = None,
+                 point: str = "median", chunk_size: int = 2000, device: str = "cpu"):
+        if len(tissue.protocol) != len(flow.protocol):
+            raise ValueError(f"the tissue dictionary has {len(tissue.protocol)} measurements, the flow "
+                             f"dictionary {len(flow.protocol)}: match both to the same protocol")
+        if not 0.0 <= fv_max < 1.0:
+            raise ValueError(f"fv_max must be in [0, 1), not {fv_max}")
+        self.tissue_model = PosteriorModel(tissue, chunk_size=chunk_size, point=point, bounds=bounds, noise=noise,
+                                           n_averages=n_averages, device=device)
+        self.flow = flow
+        self.fv_max, self.noise, self.n_averages = float(fv_max), noise, float(n_averages)
+        self.tissue_signals = self.tissue_model.signals
+        self.flow_signals = np.ascontiguousarray(flow.signals, np.float64)
+        self.flow_sq = (self.flow_signals ** 2).sum(1)
+        self.flow_t = np.ascontiguousarray(self.flow_signals.T)
+        # first choice of the tissue candidates: misfit outside the span of the flow signals' first
+        # FLOW_BASIS principal directions (the vascular signal as a nuisance), up to the scale 1 - fV
+        _, _, vt = np.linalg.svd(self.flow_signals, full_matrices=False)
+        basis = vt[:min(FLOW_BASIS, len(vt))]
+        self.flow_null = np.eye(self.flow_signals.shape[1]) - basis.T @ basis
+        self.candidates_t = np.ascontiguousarray((self.tissue_signals @ self.flow_null).T)
+        self.candidates_sq = (self.candidates_t ** 2).sum(0)
+        self.tissue_t = np.ascontiguousarray(self.tissue_signals.T)
+        self.tissue_sq = (self.tissue_signals ** 2).sum(1)
+        self.n_candidates = int(min(n_candidates, len(self.tissue_signals)))
+        self.chunk_size = max(1, min(int(chunk_size),
+                                     JOINT_BATCH_ELEMENTS // max(1, self.n_candidates * len(self.flow_signals))))
+        p = flow.params
+        self.flow_log = log_scaled(p)
+        self.flow_values = np.where(self.flow_log, np.log(np.where(p > 0, p, 1.0)), p)
+        self.flow_free = np.flatnonzero(np.ptp(p, axis=0) > 0)
+        self.flow_prior_var = p.var(0)
+
+    # ---- the vascular posterior (steps 1-2) ----------------------------------------------------------------
+    def vascular_posterior(self, y: np.ndarray, sigma: np.ndarray) -> dict:
+        """Steps 1-2 for voxels y [V, M] (σ [V]): 'w_flow' [V, Kf], 'fv' (mean, second moment) [V, 2],
+        'vascular_signal' [V, M] = E[fV·S_flow]. The tissue candidates are chosen twice: first on the
+        high-b measurements up to a scale, then on every measurement of the data with the first pass's
+        vascular component removed (slow flow leaves signal at high b, which the first choice misses)."""
+        floor = np.zeros(len(y)) if self.noise == "gaussian" else noise_floor(sigma, self.n_averages)
+        clean = np.ascontiguousarray(np.sqrt(np.maximum(y ** 2 - (floor ** 2)[:, None], 0.0)))
+        top = np.empty((len(y), self.n_candidates), np.int64)
+        kernels.scaled_entry_top(np.ascontiguousarray(clean @ self.flow_null), self.candidates_t,
+                                 self.candidates_sq, 1.0 - self.fv_max, top)
+        post = self._pairs(clean, sigma, top)
+        devasc = (clean - post["vascular_signal"]) / (1 - post["fv"][:, :1])
+        kernels.scaled_entry_top(np.ascontiguousarray(devasc), self.tissue_t, self.tissue_sq, 1.0, top)
+        return self._pairs(clean, sigma, top)
+
+    def _pairs(self, clean, sigma, top) -> dict:
+        """The pair posterior (kernels.joint_pair_moments) with the tissue candidates top [V, n]."""
+        v, n = top.shape
+        w_flow = np.empty((v, len(self.flow_signals)))
+        g_flow = np.empty_like(w_flow)
+        f_mom = np.empty((v, 2))
+        work = np.empty((v, n, len(self.flow_signals)))
+        kernels.joint_pair_moments(clean, np.asarray(sigma, float) ** 2, np.ascontiguousarray(self.tissue_signals[top]),
+                                   self.flow_t, self.flow_sq, self.fv_max, w_flow, g_flow, f_mom, work)
+        return {"w_flow": w_flow, "fv": f_mom, "vascular_signal": g_flow @ self.flow_signals}
+
+    def flow_summaries(self, w_flow: np.ndarray) -> tuple:
+        """(estimate, SD, 95 % low, 95 % high, contraction) [V, P] of the flow parameters in physical units
+        from the flow entries' posterior weights (posterior mean on the estimator's scale)."""
+        vals = self.flow_values
+        mean = w_flow @ vals
+        var = np.maximum(w_flow @ vals ** 2 - mean ** 2, 0.0)
+        samples = np.broadcast_to(vals[None], (len(w_flow),) + vals.shape)
+        lo_t, hi_t = weighted_quantile(samples, w_flow, 0.025), weighted_quantile(samples, w_flow, 0.975)
+        back = lambda t: np.where(self.flow_log, np.exp(t), t)  # noqa: E731
+        est = back(mean)
+        sd = np.where(self.flow_log, np.sqrt(var) * est, np.sqrt(var))
+        var_phys = sd ** 2
+        prior = np.where(self.flow_prior_var > 0, self.flow_prior_var, 1.0)
+        contraction = np.where(self.flow_prior_var > 0, np.clip(1 - var_phys / prior, 0.0, 1.0), 1.0)
+        return est, sd, back(lo_t), back(hi_t), contraction
+
+    def fv_summaries(self, f_mom: np.ndarray) -> tuple:
+        """(estimate, SD, 95 % low, 95 % high, contraction) [V] of fV from its posterior moments."""
+        est = f_mom[:, 0]
+        sd = np.sqrt(np.maximum(f_mom[:, 1] - est ** 2, 0.0))
+        prior_var = self.fv_max ** 2 / 12.0 if self.fv_max > 0 else 1.0
+        contraction = np.clip(1 - sd ** 2 / prior_var, 0.0, 1.0) if self.fv_max > 0 else np.ones_like(est)
+        return est, sd, np.clip(est - Z95 * sd, 0.0, self.fv_max), np.clip(est + Z95 * sd, 0.0, self.fv_max), contraction
+
+    # ---- Model API -------------------------------------------------------------------------------------------
+    def fit(self, data, mask=None, sigma=None, progress=None) -> JointFit:
+        """data [..., M] b0-normalised; mask [...]; sigma [...] (normalised noise SD; None: estimated from
+        the tissue-only residual)."""
+        data = np.asarray(data, float)
+        shape, m = data.shape[:-1], data.shape[-1]
+        if m != len(self.flow.protocol):
+            raise ValueError(f"{m} measurements for dictionaries of {len(self.flow.protocol)}")
+        flat = data.reshape(-1, m)
+        mask = np.ones(shape, bool) if mask is None else np.asarray(mask, bool)
+        in_mask = mask.ravel()
+        sig = None if sigma is None else np.broadcast_to(np.asarray(sigma, float), shape).ravel()
+        valid = in_mask & np.all(np.isfinite(flat), axis=1)
+        if sig is not None:
+            valid &= np.isfinite(sig) & (sig > 0)
+        todo = np.flatnonzero(valid)
+        sig_all = sig if sig is not None else self._residual_sigma(flat, todo)
+        v_out = self._empty_vascular(flat.shape[0], in_mask)
+        y_t = flat.copy()
+        sig_t = np.full(flat.shape[0], np.nan) if sig is None else sig.copy()
+        vasc_sig = np.zeros_like(flat)
+        for c0 in range(0, todo.size, self.chunk_size):
+            idx = todo[c0:c0 + self.chunk_size]
+            self._vascular_chunk(flat[idx], sig_all[idx], idx, v_out, vasc_sig, y_t, sig_t)
+            if progress is not None:
+                progress(idx.size)
+        tissue = self.tissue_model.fit(y_t.reshape(shape + (m,)), mask & valid.reshape(shape),
+                                       sig_t.reshape(shape))
+        vascular = self._vascular_fit(v_out, shape, in_mask, valid, todo.size)
+        return JointFit(tissue, vascular, vasc_sig.reshape(shape + (m,)))
+
+    def _vascular_chunk(self, y, sigma, idx, v_out, vasc_sig, y_t, sig_t) -> None:
+        post = self.vascular_posterior(y, sigma)
+        for key, arr in zip(("params", "sd", "lo", "hi", "contraction"), self.flow_summaries(post["w_flow"])):
+            v_out[key][idx, :-1] = arr
+        for key, arr in zip(("params", "sd", "lo", "hi", "contraction"), self.fv_summaries(post["fv"])):
+            v_out[key][idx, -1] = arr
+        ef = post["fv"][:, 0]
+        vasc_sig[idx] = post["vascular_signal"]
+        y_t[idx] = (y - post["vascular_signal"]) / (1 - ef)[:, None]
+        sig_t[idx] = sigma / (1 - ef) if np.all(np.isfinite(sig_t[idx])) else np.nan
+
+    def _residual_sigma(self, flat, todo) -> np.ndarray:
+        """σ per voxel without a noise map: the RMS residual of the best tissue-only entry (an upper bound)."""
+        out = np.full(flat.shape[0], np.nan)
+        for c0 in range(0, todo.size, self.chunk_size):
+            idx = todo[c0:c0 + self.chunk_size]
+            cost = self.tissue_model._entry_costs(flat[idx], np.zeros(idx.size))
+            out[idx] = np.sqrt(np.maximum(cost.min(1) / flat.shape[1], 1e-8))
+        return out
+
+    def _empty_vascular(self, n_vox, in_mask) -> dict:
+        p = len(self.flow.names) + 1
+        out = {k: np.full((n_vox, p), np.nan) for k in ("params", "sd", "lo", "hi", "contraction")}
+        for arr in out.values():
+            arr[~in_mask] = 0
+        return out
+
+    def _vascular_fit(self, v_out, shape, in_mask, valid, n_fitted) -> DictionaryFit:
+        names = list(self.flow.names) + ["fV"]
+        exitcode = np.where(valid, EXIT_OK, np.where(in_mask, EXIT_FAILED, EXIT_BACKGROUND)).astype(np.int8)
+        nan = np.where(in_mask, np.nan, 0.0).reshape(shape)
+        free = [names[j] for j in self.flow_free] + ["fV"]
+        fit = DictionaryFit({n: v_out["params"][:, j].reshape(shape) for j, n in enumerate(names)},
+                            {n: v_out["sd"][:, names.index(n)].reshape(shape) for n in free},
+                            exitcode.reshape(shape), nan, nan, nan, nan, names,
+                            {**dict(self.flow.units), "fV": ""}, {"n_fitted": int(n_fitted), "estimator": "joint"})
+        fit.ci95lo = {n: v_out["lo"][:, names.index(n)].reshape(shape) for n in free}
+        fit.ci95hi = {n: v_out["hi"][:, names.index(n)].reshape(shape) for n in free}
+        fit.contraction = {n: v_out["contraction"][:, names.index(n)].reshape(shape) for n in free}
+        return fit
+
+    def describe(self) -> Description:
+        tissue = self.tissue_model.describe()
+        params = dict(tissue.parameters)
+        params.update({"FitMethod": "joint tissue + vascular posterior on every measurement: "
+                                    "(1 - fV) S_tissue + fV S_flow, fV marginalised analytically over a flat "
+                                    f"prior on [0, {self.fv_max:g}]; tissue posterior on the data with the "
+                                    "vascular component's posterior mean removed",
+                       "JointModel": {"FvMax": self.fv_max, "TissueCandidates": self.n_candidates,
+                                      "FlowBasisForCandidates": FLOW_BASIS,
+                                      "FlowEntries": len(self.flow_signals)}})
+        return Description(method="jointly with the vascular signal: " + tissue.method, parameters=params,
+                           references=list(tissue.references))
