@@ -214,6 +214,12 @@ class Dictionary:
         return Dictionary(self.signals[rows], self.params[np.ix_(rows, cols)], chosen, self.protocol,
                           {n: self.units[n] for n in chosen}, prov)
 
+    def measurements(self, index) -> "Dictionary":
+        """The dictionary on a subset of its measurements (column indices or a boolean mask)."""
+        index = np.flatnonzero(index) if np.asarray(index).dtype == bool else np.asarray(index, int)
+        return Dictionary(self.signals[:, index], self.params, self.names, self.protocol.subset(index), self.units,
+                          dict(self.provenance))
+
     def within(self, bounds: dict) -> "Dictionary":
         """The entries whose parameters lie inside {name: (lo, hi)} (physical units), e.g. the prior
         support of a posterior estimate under --bounds; InputError when none does."""

@@ -1,7 +1,8 @@
 """Joint tissue + vascular estimator on every measurement (issue #21).
 
 Forward model of a voxel's b0-normalised signal (each TE group normalised by its own b = 0, so each
-group has its own S0; blood and tissue share T2 here, so fV is the blood's signal fraction):
+group has its own S0, whose estimate's noise is a common scale error of the group, part of the noise
+model; blood and tissue share T2 here, so fV is the blood's signal fraction):
 
     y_m = (1 - fV) · S_tissue,m(fin, vCS, D0in, D0ex, κ) + fV · S_flow,m(vm, vs, anb)
 
@@ -19,7 +20,8 @@ both matched to the same measurements, low b included. Estimation, per voxel:
    fV (mean, SD, interval, contraction against the flat prior's variance fv_max²/12).
 3. Tissue posterior: the data with the vascular component's posterior mean removed,
    y_T = (y - E[fV·S_flow]) / (1 - E[fV]), noise σ/(1 - E[fV]), go to the tissue PosteriorModel
-   (regression adjustment, model error, intervals, identifiability) on every measurement.
+   (regression adjustment, model error, intervals, identifiability) on the measurements with
+   b >= tissue_b_min (slow flow's signal there is removed instead of biasing D0ex).
 
 With fv_max = 0 the joint fit is the tissue-only posterior on the same measurements.
 """
@@ -39,10 +41,22 @@ from .posterior import Z95, PosteriorModel, log_scaled, weighted_quantile
 N_TISSUE_CANDIDATES = 32
 #: Principal directions of the flow signals treated as a nuisance when the tissue candidates are chosen.
 FLOW_BASIS = 4
+#: Smallest b [s/mm²] of the tissue posterior (step 3): below it the tissue carries little information and
+#: the removed vascular component most of the uncertainty.
+TISSUE_B_MIN = 250.0
 #: Largest vascular signal fraction of the flat prior.
 FV_MAX = 0.3
 #: Largest voxel x candidate x flow-entry work array of one batch [elements].
 JOINT_BATCH_ELEMENTS = 8_000_000
+
+
+def normalisation_groups(protocol) -> tuple:
+    """(group index [M], number of groups): the measurements b0-normalised together, one group per
+    (series, TE); an unknown TE counts as one TE."""
+    te = np.where(np.isfinite(protocol.echo_time_ms), np.round(protocol.echo_time_ms, 3), -1.0)
+    keys = np.stack([protocol.series.astype(float), te], 1)
+    uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
+    return np.ascontiguousarray(inverse.ravel().astype(np.int64)), len(uniq)
 
 
 class JointFit(Fit):
@@ -59,11 +73,14 @@ class JointFit(Fit):
 
 class JointModel(Model):
     """tissue, flow: dictionaries matched to the same measurements (every b > 0 of the voxels' data);
-    fv_max: largest fV of the flat prior; n_candidates: tissue entries per voxel
+    fv_max: largest fV of the flat prior; b0_noise_ratio: SD of each normalisation group's b = 0 estimate
+    over the measurements' σ (scalar or one per group of normalisation_groups; 1: one b = 0 volume per
+    group, as noisy as a measurement; 0: exact normalisation); n_candidates: tissue entries per voxel
     in the vascular posterior; noise, n_averages, bounds, point, chunk_size: as PosteriorModel (tissue)."""
 
     def __init__(self, tissue: Dictionary, flow: Dictionary, fv_max: float = FV_MAX,
-                 n_candidates: int = N_TISSUE_CANDIDATES,
+                 n_candidates: int = N_TISSUE_CANDIDATES, tissue_b_min: float = TISSUE_B_MIN,
+                 b0_noise_ratio=1.0,
                  noise: str = "offset-gaussian", n_averages: float = 1.0, bounds: dict | None = None,
                  point: str = "median", chunk_size: int = 2000, device: str = "cpu"):
         if len(tissue.protocol) != len(flow.protocol):
@@ -71,11 +88,18 @@ class JointModel(Model):
                              f"dictionary {len(flow.protocol)}: match both to the same protocol")
         if not 0.0 <= fv_max < 1.0:
             raise ValueError(f"fv_max must be in [0, 1), not {fv_max}")
-        self.tissue_model = PosteriorModel(tissue, chunk_size=chunk_size, point=point, bounds=bounds, noise=noise,
-                                           n_averages=n_averages, device=device)
+        self.groups, self.n_groups = normalisation_groups(tissue.protocol)
+        self.b0_noise_ratio = np.broadcast_to(np.asarray(b0_noise_ratio, float), (self.n_groups,)).copy()
+        self.tissue_columns = np.flatnonzero(tissue.protocol.b >= tissue_b_min)
+        if self.tissue_columns.size == 0:
+            raise ValueError(f"no measurement with b >= {tissue_b_min:g} s/mm² for the tissue posterior")
+        self.tissue_model = PosteriorModel(tissue.measurements(self.tissue_columns), chunk_size=chunk_size,
+                                           point=point, bounds=bounds, noise=noise, n_averages=n_averages,
+                                           device=device)
         self.flow = flow
         self.fv_max, self.noise, self.n_averages = float(fv_max), noise, float(n_averages)
-        self.tissue_signals = self.tissue_model.signals
+        self.tissue_signals = np.ascontiguousarray(tissue.within(bounds).signals if bounds else tissue.signals,
+                                                   np.float64)
         self.flow_signals = np.ascontiguousarray(flow.signals, np.float64)
         self.flow_sq = (self.flow_signals ** 2).sum(1)
         self.flow_t = np.ascontiguousarray(self.flow_signals.T)
@@ -120,8 +144,12 @@ class JointModel(Model):
         g_flow = np.empty_like(w_flow)
         f_mom = np.empty((v, 2))
         work = np.empty((v, n, len(self.flow_signals)))
-        kernels.joint_pair_moments(clean, np.asarray(sigma, float) ** 2, np.ascontiguousarray(self.tissue_signals[top]),
-                                   self.flow_t, self.flow_sq, self.fv_max, w_flow, g_flow, f_mom, work)
+        sig2 = np.asarray(sigma, float) ** 2
+        tau2 = sig2[:, None] * self.b0_noise_ratio[None, :] ** 2
+        yy = np.stack([(clean[:, self.groups == g] ** 2).sum(1) for g in range(self.n_groups)], 1)
+        kappa = np.ascontiguousarray(tau2 / (sig2[:, None] + tau2 * yy))
+        kernels.joint_pair_moments(clean, sig2, np.ascontiguousarray(self.tissue_signals[top]), self.flow_t,
+                                   self.flow_sq, self.fv_max, self.groups, kappa, w_flow, g_flow, f_mom, work)
         return {"w_flow": w_flow, "fv": f_mom, "vascular_signal": g_flow @ self.flow_signals}
 
     def flow_summaries(self, w_flow: np.ndarray) -> tuple:
@@ -174,7 +202,8 @@ class JointModel(Model):
             self._vascular_chunk(flat[idx], sig_all[idx], idx, v_out, vasc_sig, y_t, sig_t)
             if progress is not None:
                 progress(idx.size)
-        tissue = self.tissue_model.fit(y_t.reshape(shape + (m,)), mask & valid.reshape(shape),
+        cols = self.tissue_columns
+        tissue = self.tissue_model.fit(y_t[:, cols].reshape(shape + (cols.size,)), mask & valid.reshape(shape),
                                        sig_t.reshape(shape))
         vascular = self._vascular_fit(v_out, shape, in_mask, valid, todo.size)
         return JointFit(tissue, vascular, vasc_sig.reshape(shape + (m,)))
@@ -195,8 +224,9 @@ class JointModel(Model):
         out = np.full(flat.shape[0], np.nan)
         for c0 in range(0, todo.size, self.chunk_size):
             idx = todo[c0:c0 + self.chunk_size]
-            cost = self.tissue_model._entry_costs(flat[idx], np.zeros(idx.size))
-            out[idx] = np.sqrt(np.maximum(cost.min(1) / flat.shape[1], 1e-8))
+            cols = self.tissue_columns
+            cost = self.tissue_model._entry_costs(flat[idx][:, cols], np.zeros(idx.size))
+            out[idx] = np.sqrt(np.maximum(cost.min(1) / cols.size, 1e-8))
         return out
 
     def _empty_vascular(self, n_vox, in_mask) -> dict:
@@ -214,7 +244,8 @@ class JointModel(Model):
         fit = DictionaryFit({n: v_out["params"][:, j].reshape(shape) for j, n in enumerate(names)},
                             {n: v_out["sd"][:, names.index(n)].reshape(shape) for n in free},
                             exitcode.reshape(shape), nan, nan, nan, nan, names,
-                            {**dict(self.flow.units), "fV": ""}, {"n_fitted": int(n_fitted), "estimator": "joint"})
+                            {**dict(self.flow.units), "fV": ""},
+                            {"n_fitted": int(n_fitted), "estimator": "joint"})
         fit.ci95lo = {n: v_out["lo"][:, names.index(n)].reshape(shape) for n in free}
         fit.ci95hi = {n: v_out["hi"][:, names.index(n)].reshape(shape) for n in free}
         fit.contraction = {n: v_out["contraction"][:, names.index(n)].reshape(shape) for n in free}

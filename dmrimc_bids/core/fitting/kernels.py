@@ -416,16 +416,22 @@ JOINT_LOG_WEIGHT_SPAN = 25.0
 
 
 @njit(cache=True, parallel=True)
-def joint_pair_moments(y, sig2, tissue, flow_t, flow_sq, fv_max, w_flow, g_flow, f_moments, log_w):
+def joint_pair_moments(y, sig2, tissue, flow_t, flow_sq, fv_max, groups, kappa, w_flow, g_flow, f_moments, log_w):
     """Posterior over (tissue candidate t, flow entry v, vascular fraction f) of the joint model
     y = (1 - f) t + f v + Gaussian noise (sig2 [V] its variance), flat priors, f in [0, fv_max]
     marginalised analytically (Gaussian in f for each pair, truncated). tissue [V, Nt, M] the voxel's
     tissue candidates, flow_t [M, Kf] the flow signals transposed, flow_sq [Kf] = |v|². Writes, per
     voxel: w_flow [V, Kf] the marginal posterior of the flow entries, g_flow [V, Kf] Σ_t w_tv E[f | t, v],
     f_moments [V, 2] E[f], E[f²]; log_w [V, Nt, Kf] is work space. The Laplace factor and the truncation
-    are evaluated only for pairs whose profile weight is within JOINT_LOG_WEIGHT_SPAN of the best."""
+    are evaluated only for pairs whose profile weight is within JOINT_LOG_WEIGHT_SPAN of the best.
+
+    Normalisation noise: each measurement group g (groups [M], 0..G-1: the TE groups, each divided by its
+    own noisy b = 0) shares one scale error of SD τ_g, i.e. noise covariance σ²I + τ_g² y_g y_gᵀ (the
+    signal's own shape stands in for the model's, as τ << 1); kappa [V, G] = τ_g² / (σ² + τ_g² |y_g|²)
+    (Sherman-Morrison: the misfit loses κ_g <r_g, y_g>² per group; 0 without normalisation noise)."""
     n_v, n_t, m = tissue.shape
     n_f = flow_t.shape[1]
+    n_g = kappa.shape[1]
     for i in prange(n_v):
         s2 = sig2[i]
         yi = np.ascontiguousarray(y[i])
@@ -433,20 +439,37 @@ def joint_pair_moments(y, sig2, tissue, flow_t, flow_sq, fv_max, w_flow, g_flow,
         yv = np.dot(yi, flow_t)            # [Kf]   <y, v>
         tv = np.dot(ti, flow_t)            # [Nt, Kf] <t, v>, then |v - t|²
         bb = np.empty((n_t, n_f))          # <y - t, v - t>
+        yvg = np.zeros((n_g, n_f))         # <y_g, v_g>
+        yyg = np.zeros(n_g)
+        for k in range(m):
+            yyg[groups[k]] += yi[k] * yi[k]
+            for e in range(n_f):
+                yvg[groups[k], e] += yi[k] * flow_t[k, e]
+        ytg = np.zeros(n_g)
         lw = log_w[i]
         best = -math.inf
         for t in range(n_t):
             tt = 0.0
             a = 0.0
             yt = 0.0
+            for g in range(n_g):
+                ytg[g] = 0.0
             for k in range(m):
                 tt += ti[t, k] * ti[t, k]
                 yt += yi[k] * ti[t, k]
+                ytg[groups[k]] += yi[k] * ti[t, k]
                 d = yi[k] - ti[t, k]
                 a += d * d
+            for g in range(n_g):   # common-mode part of the misfit at f = 0
+                a -= kappa[i, g] * (yyg[g] - ytg[g]) ** 2
             for e in range(n_f):
                 b = yv[e] - yt - tv[t, e] + tt
                 c = flow_sq[e] - 2.0 * tv[t, e] + tt
+                for g in range(n_g):
+                    p = yyg[g] - ytg[g]
+                    qg = yvg[g, e] - ytg[g]
+                    b -= kappa[i, g] * p * qg
+                    c -= kappa[i, g] * qg * qg
                 q = -a
                 if c > 1e-15:
                     q += b * b / c

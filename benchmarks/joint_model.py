@@ -1,0 +1,265 @@
+#!/usr/bin/env python
+"""Joint tissue + vascular fit against the separate branches (issue #21), on voxels the dictionaries never saw.
+
+Voxels: S = (1 - fV) S_tissue + fV S_flow, fV ~ U(0.01, 0.15), Rician noise of σ = 1/SNR on the
+b0-normalised signal (SNR 20 and 50), for two protocols:
+- demo: the demo dataset's shells (b 25-2550 s/mm², δ/Δ 10/25 and 15/45 ms, TE 55/80 ms);
+- clinical: b 0, 25, 50, 100, 200, 400, 600, 800, 1000, 1500 s/mm² at δ/Δ 12/30 and 12/60 ms (TE 70/100 ms).
+Tissue: HELD_OUT_SUBSTRATES substrates of the default generator with seeds outside the default dictionary's
+population (dictionary_default.default_substrate_specs(seed=HELD_OUT_SEED)), each at CONFIGS_PER_SUBSTRATE
+random (D0in, D0ex, κ) off the dictionary's grid, Monte Carlo walks simulated directly for each protocol.
+Flow: realisations of the shared SpinFlowSim networks Net1..Net10 (../shared/reference/spinflowsim; not
+the generated networks of the default flow dictionary), simulated with our simulator for each protocol.
+Fitting dictionaries: the embedded default tissue dictionary and the default flow dictionary (generated
+networks), as the app uses them.
+
+separate: the app's two branches, tissue PosteriorModel on b >= 250 s/mm² and segmented IVIM (fV), whose
+vascular signal goes to the flow posterior (posterior mean, Gaussian noise). joint: core/fitting/joint.py
+on every measurement. Reports Spearman ρ and bias (mean estimate - truth) per parameter, and voxels/s of
+each (one thread). The last line is one JSON object
+{"separate": {name: {"spearman", "bias"}}, "joint": {...}, "voxels_per_s": {...}} (the first protocol and
+SNR 50; every case under "cases").
+
+    python benchmarks/joint_model.py [--data ../shared/reference/spinflowsim] [--voxels 1500] [--record]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+HELD_OUT_SEED = 9001
+HELD_OUT_SUBSTRATES = 16
+CONFIGS_PER_SUBSTRATE = 4
+NETWORK_REALISATIONS = 10     # per shared network
+TISSUE = ("fin", "vCS_cyl", "D0in", "D0ex", "kappa")
+VASCULAR = ("fV", "vm", "vs", "anb")
+FV_RANGE = (0.01, 0.15)
+VASC_THRESHOLD = 250.0
+
+
+def protocols() -> dict:
+    """{name: (Protocol of the shells incl. b = 0, with echo times)}."""
+    from dmrimc_bids.core.phantom import B_SHELLS, TIMINGS
+    from dmrimc_bids.core.protocol import Protocol
+
+    def build(b_values, timings):
+        b, sd, bd, te = [], [], [], []
+        for small, big, echo in timings:
+            for bb in b_values:
+                b.append(float(bb)), sd.append(small), bd.append(big), te.append(echo)
+        return Protocol(b, sd, bd, echo_time_ms=te)
+    return {"demo": build([0] + list(B_SHELLS), TIMINGS),
+            "clinical": build([0, 25, 50, 100, 200, 400, 600, 800, 1000, 1500], [(12.0, 30.0, 70.0), (12.0, 60.0, 100.0)])}
+
+
+def held_out_tissue(prot, cache: Path, walkers: int) -> tuple:
+    """(signals [n, M] (b = 0 gives 1), truth [n, 5]) of the held-out substrates for prot."""
+    from dmrimc_bids.core.dictionary_default import DEFAULT_METRICS_AREA, default_substrate_specs
+    from dmrimc_bids.core.simulate import montecarlo
+    from dmrimc_bids.core.simulate.histo import load_substrate
+    from dmrimc_bids.core.simulate.scaled import dt_for_step
+
+    key = cache / f"tissue_{abs(hash((tuple(prot.b), tuple(prot.small_delta_ms), tuple(prot.big_delta_ms)))) % 10**12}_{walkers}.npz"
+    if key.is_file():
+        with np.load(key) as z:
+            return z["signals"], z["truth"]
+    rng = np.random.default_rng(HELD_OUT_SEED)
+    dw = prot.b > 20
+    from dmrimc_bids.core.protocol import Protocol
+    sim_prot = Protocol(prot.b[dw], prot.small_delta_ms[dw], prot.big_delta_ms[dw])
+    sig, truth = [], []
+    for spec in default_substrate_specs(HELD_OUT_SUBSTRATES, seed=HELD_OUT_SEED):
+        sub = load_substrate(spec)
+        cfg = np.column_stack([rng.uniform(0.8, 3.0, CONFIGS_PER_SUBSTRATE), rng.uniform(0.8, 3.0, CONFIGS_PER_SUBSTRATE),
+                               rng.uniform(0.0, 40.0, CONFIGS_PER_SUBSTRATE)])
+        res = montecarlo.simulate(sub, sim_prot, cfg[:, 0], cfg[:, 1], cfg[:, 2], n_walkers=walkers,
+                                  dt_ms=dt_for_step(0.5, float(cfg[:, :2].max())), seed=int(rng.integers(1 << 30)))
+        s = np.ones((len(cfg), len(prot)))
+        s[:, dw] = res.signals
+        m = sub.metrics(DEFAULT_METRICS_AREA)
+        sig.append(s)
+        truth.append(np.column_stack([np.full(len(cfg), m["fin"]), np.full(len(cfg), m["vCS_cyl"]), cfg]))
+        print(f"  held-out substrate {spec['tissue']['seed']}: fin {m['fin']:.2f}, vCS {m['vCS_cyl']:.1f} µm", flush=True)
+    sig, truth = np.concatenate(sig), np.concatenate(truth)
+    cache.mkdir(parents=True, exist_ok=True)
+    np.savez(key, signals=sig, truth=truth)
+    return sig, truth
+
+
+def flow_sets(prot, data: Path, cache: Path, spins: int) -> tuple:
+    """(held-out flow signals [n, M], their (vm, vs, anb) [n, 3], the default flow Dictionary on prot's b > 0)."""
+    from dmrimc_bids.core.dictionary import Dictionary
+    from dmrimc_bids.core.protocol import Protocol
+    from dmrimc_bids.core.simulate.flow.dictionary import simulate_flow_dictionary
+    from dmrimc_bids.core.simulate.flow.generate import default_realisations
+    from dmrimc_bids.core.simulate.flow.network import read_network
+
+    dw = prot.b > 20
+    sim_prot = Protocol(prot.b[dw], prot.small_delta_ms[dw], prot.big_delta_ms[dw])
+    tag = abs(hash((tuple(prot.b), tuple(prot.small_delta_ms), tuple(prot.big_delta_ms)))) % 10**12
+    held, default = cache / f"flow_held_{tag}_{spins}.npz", cache / f"flow_default_{tag}_{spins}.npz"
+    if not held.is_file():
+        nets = [read_network(f) for k in range(1, 11)
+                for f in sorted((data / "networks" / f"Net{k}").glob("*.npz"))[:NETWORK_REALISATIONS]]
+        simulate_flow_dictionary(nets, sim_prot, n_spins=spins, seed=HELD_OUT_SEED).save(held)
+    if not default.is_file():
+        simulate_flow_dictionary(default_realisations(), sim_prot, n_spins=spins, seed=0).save(default)
+    h, d = Dictionary.load(held).select(), Dictionary.load(default).select()
+    full = np.ones((len(h), len(prot)))
+    full[:, dw] = h.signals
+    return full, h.params, d
+
+
+def voxels(tissue, tissue_truth, flow, flow_truth, n, snr, rng) -> tuple:
+    """(noisy signals [n, M], truth {name: [n]}) of mixed voxels with Rician noise σ = 1/snr."""
+    it, iv = rng.integers(0, len(tissue), n), rng.integers(0, len(flow), n)
+    fv = rng.uniform(*FV_RANGE, n)
+    clean = (1 - fv[:, None]) * tissue[it] + fv[:, None] * flow[iv]
+    sigma = 1.0 / snr
+    noisy = np.hypot(clean + rng.normal(0, sigma, clean.shape), rng.normal(0, sigma, clean.shape))
+    noisy[:, ~np.isfinite(clean).all(0)] = np.nan
+    truth = {k: tissue_truth[it, j] for j, k in enumerate(TISSUE)}
+    truth["fV"] = fv
+    truth.update({k: flow_truth[iv, j] for j, k in enumerate(VASCULAR[1:])})
+    return noisy, truth
+
+
+def normalise(noisy, prot) -> np.ndarray:
+    """Each TE group divided by its mean b = 0 (as the app's preprocessing)."""
+    out = np.empty_like(noisy)
+    for te in np.unique(prot.echo_time_ms):
+        g = prot.echo_time_ms == te
+        b0 = noisy[:, g & (prot.b <= 20)].mean(1, keepdims=True)
+        out[:, g] = noisy[:, g] / b0
+    return out
+
+
+def fit_separate(y, sigma, prot, tissue_dic, flow_dic) -> tuple:
+    """The app's separate branches: ({name: estimate [n]}, seconds)."""
+    from dmrimc_bids.core.fitting.ivim import IvimModel
+    from dmrimc_bids.core.fitting.posterior import PosteriorModel
+
+    t0 = time.perf_counter()
+    keep = np.flatnonzero(prot.b >= VASC_THRESHOLD)
+    tissue = PosteriorModel(tissue_dic.match(prot.subset(keep))).fit(y[:, keep], sigma=np.full(len(y), sigma))
+    out = {k: tissue.params[k] for k in TISSUE}
+    ivim = IvimModel(prot).fit(y, sigma=np.full(y.shape, sigma))
+    out["fV"] = ivim.params["fV"]
+    vs = ivim.vascular
+    dw = np.flatnonzero(prot.b > 20)
+    cols = np.searchsorted(dw, vs.index)
+    flow = PosteriorModel(_columns(flow_dic, cols), point="mean", noise="gaussian")
+    sig_v = np.nanmean(vs.sigma, axis=1) if vs.sigma is not None else None
+    fit = flow.fit(np.nan_to_num(vs.signal), mask=vs.mask, sigma=sig_v)
+    out.update({k: np.where(vs.mask, fit.params[k], np.nan) for k in VASCULAR[1:]})
+    return out, time.perf_counter() - t0
+
+
+def _columns(dic, cols):
+    from dmrimc_bids.core.dictionary import Dictionary
+    return Dictionary(dic.signals[:, cols], dic.params, dic.names, dic.protocol.subset(cols), dic.units, dic.provenance)
+
+
+def fit_joint(y, sigma, prot, tissue_dic, flow_dic) -> tuple:
+    from dmrimc_bids.core.fitting.joint import JointModel
+
+    t0 = time.perf_counter()
+    dw = np.flatnonzero(prot.b > 20)
+    model = JointModel(tissue_dic.match(prot.subset(dw)), flow_dic)
+    fit = model.fit(y[:, dw], sigma=np.full(len(y), sigma))
+    out = {k: fit.tissue.params[k] for k in TISSUE}
+    out.update({k: fit.vascular.params[k] for k in VASCULAR})
+    return out, time.perf_counter() - t0
+
+
+def scores(est: dict, truth: dict) -> dict:
+    from scipy.stats import spearmanr
+    out = {}
+    for k in TISSUE + VASCULAR:
+        e, t = np.asarray(est[k], float), truth[k]
+        ok = np.isfinite(e)
+        out[k] = {"spearman": round(float(spearmanr(e[ok], t[ok]).statistic), 3) if ok.sum() > 2 else None,
+                  "bias": round(float(np.mean(e[ok] - t[ok])), 4) if ok.any() else None,
+                  "fitted": round(float(ok.mean()), 3)}
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "reference" / "spinflowsim")
+    ap.add_argument("--voxels", type=int, default=1500)
+    ap.add_argument("--walkers", type=int, default=6000)
+    ap.add_argument("--spins", type=int, default=2000)
+    ap.add_argument("--snr", type=float, nargs="+", default=[50.0, 20.0])
+    ap.add_argument("--protocols", nargs="+", default=["demo", "clinical"])
+    ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "dmrimc-bids" / "joint_model")
+    ap.add_argument("--seed", type=int, default=2027)
+    ap.add_argument("--record", action="store_true")
+    args = ap.parse_args(argv)
+    if not (args.data / "networks").is_dir():
+        print(f"shared SpinFlowSim networks not found at {args.data}: skipped", file=sys.stderr)
+        return 0
+    from threadpoolctl import threadpool_limits
+    import numba
+
+    from dmrimc_bids.core.dictionary_default import default_dictionary
+
+    numba.set_num_threads(1)
+    tissue_dic = default_dictionary().select()
+    cases = {}
+    for pname in args.protocols:
+        prot = protocols()[pname]
+        print(f"{pname}: simulating held-out tissue and flow (cached in {args.cache})", flush=True)
+        t_sig, t_truth = held_out_tissue(prot, args.cache, args.walkers)
+        f_sig, f_truth, flow_dic = flow_sets(prot, args.data, args.cache, args.spins)
+        for snr in args.snr:
+            rng = np.random.default_rng(args.seed)
+            noisy, truth = voxels(t_sig, t_truth, f_sig, f_truth, args.voxels, snr, rng)
+            y = normalise(noisy, prot)
+            with threadpool_limits(1):
+                sep, t_sep = fit_separate(y, 1.0 / snr, prot, tissue_dic, flow_dic)
+                joint, t_joint = fit_joint(y, 1.0 / snr, prot, tissue_dic, flow_dic)
+            case = {"separate": scores(sep, truth), "joint": scores(joint, truth),
+                    "voxels_per_s": {"separate": round(len(y) / t_sep, 1), "joint": round(len(y) / t_joint, 1)}}
+            cases[f"{pname}_snr{snr:g}"] = case
+            print(f"{pname} SNR {snr:g}: voxels/s separate {case['voxels_per_s']['separate']}, joint "
+                  f"{case['voxels_per_s']['joint']}")
+            for k in TISSUE + VASCULAR:
+                s, j = case["separate"][k], case["joint"][k]
+                print(f"  {k:8s} rho {s['spearman']} -> {j['spearman']}   bias {s['bias']} -> {j['bias']}")
+    first = cases[next(iter(cases))]
+    summary = {"separate": first["separate"], "joint": first["joint"], "voxels_per_s": first["voxels_per_s"],
+               "cases": cases}
+    if args.record:
+        sys.path.insert(0, str(HERE))
+        from _record import machine, record
+        record("joint-model", render(cases, args, machine()))
+    print(json.dumps(summary))
+    return 0
+
+
+def render(cases: dict, args, machine: str) -> str:
+    lines = [f"`python benchmarks/joint_model.py --voxels {args.voxels} --record` ({machine}; one thread; "
+             f"held-out tissue: {HELD_OUT_SUBSTRATES} substrates x {CONFIGS_PER_SUBSTRATE} configurations, seed "
+             f"{HELD_OUT_SEED}, {args.walkers} walkers; held-out flow: {NETWORK_REALISATIONS} realisations of each "
+             f"shared network Net1-Net10, {args.spins} spins; fV ~ U{FV_RANGE}).", ""]
+    for name, case in cases.items():
+        lines += [f"**{name}**: voxels/s separate {case['voxels_per_s']['separate']:.0f}, joint "
+                  f"{case['voxels_per_s']['joint']:.0f}", "",
+                  "| parameter | ρ separate | ρ joint | bias separate | bias joint |", "|---|---|---|---|---|"]
+        for k in TISSUE + VASCULAR:
+            s, j = case["separate"][k], case["joint"][k]
+            lines.append(f"| {k} | {s['spearman']} | {j['spearman']} | {s['bias']} | {j['bias']} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
