@@ -161,6 +161,10 @@ def _vascular_options(v) -> None:
     v.add_argument("--flow-spins", type=int, default=2000, metavar="N", help="spins per realisation (2000)")
     v.add_argument("--flow-params", nargs="+", metavar="NAME",
                    help="flow parameters to estimate (default vm vs anb)")
+    v.add_argument("--model", choices=["separate", "joint"], default="separate",
+                   help="separate (default): tissue fit on b >= --vasc-threshold, segmented IVIM and the flow fit of "
+                        "its vascular signal; joint: one posterior of (1 - fV) S_tissue + fV S_flow on every b > 0 "
+                        "(core/fitting/joint.py; writes the histousim and spinflowsim maps, fV among the latter)")
     v.add_argument("--flow-estimator", choices=["posterior", "posterior-mean", "ml", "fit"], default="posterior-mean",
                    help="posterior-mean (default; best in the leave-one-network-out benchmark) or posterior "
                         "(median): the tissue's posterior estimator with a Gaussian likelihood; ml (alias fit): "
@@ -194,6 +198,15 @@ def _execution_options(e) -> None:
                    help="-v: Nipype's node messages on the terminal too (they always go to logs/); -vv: debug")
 
 
+def _check_joint(args) -> None:
+    """--model joint: a posterior tissue estimate from a matched dictionary, with the vascular compartment."""
+    for bad, fix in ((args.estimator in ("ml", "fit"), "drop --estimator ml (the joint fit is a posterior)"),
+                     (args.dictionary_source == "simulate", "drop --dictionary-source simulate"),
+                     (args.vascular == "off", "drop --vascular off (the joint fit has the vascular compartment)")):
+        if bad:
+            raise InputError("--model joint", exit_code=EX_USAGE, fix=fix)
+
+
 def check_arguments(args) -> None:
     """Usage errors that argparse cannot see (exit 64, one line each)."""
     out, raw = args.output_dir.resolve(), args.bids_dir.resolve()
@@ -223,6 +236,8 @@ def check_arguments(args) -> None:
         if given:
             raise InputError(f"{', '.join(given)}: only for --estimator ml", exit_code=EX_USAGE,
                              fix=f"add --estimator ml, or drop {', '.join(given)}")
+    if args.model == "joint":
+        _check_joint(args)
     if not 0 < args.ivim_b_split < args.ivim_b_max:
         raise InputError(f"--ivim-b-split {args.ivim_b_split:g} / --ivim-b-max {args.ivim_b_max:g}",
                          exit_code=EX_USAGE, fix="give 0 < --ivim-b-split < --ivim-b-max (s/mm²)")
@@ -254,7 +269,8 @@ def config_from_args(args) -> Config:
         chunk_size=args.chunk_size, seed=args.seed, dictionary_source=args.dictionary_source, vascular=args.vascular,
         ivim_b_split=args.ivim_b_split, ivim_b_max=args.ivim_b_max, flow_dictionary=text(args.flow_dictionary),
         flow_networks=[str(f) for f in args.flow_networks or []], flow_spins=args.flow_spins,
-        flow_params=list(args.flow_params or []), flow_estimator=args.flow_estimator, work_dir=text(args.work_dir),
+        flow_params=list(args.flow_params or []), flow_estimator=args.flow_estimator, model=args.model,
+        work_dir=text(args.work_dir),
         nprocs=args.nprocs, plugin=args.plugin or "", mem_gb=args.mem_gb, verbose=args.verbose,
         command=" ".join(sys.argv))
     from ..workflows.execution import parse_plugin_args

@@ -13,6 +13,11 @@ from ..bids.provenance import sources
 from ..core.dictionary import PARAM_DESCRIPTIONS
 
 
+#: Descriptions of a parameter that depend on the model writing it (--model joint writes fV with the flow maps).
+MODEL_PARAM_DESCRIPTIONS = {("spinflowsim", "fV"): "vascular signal fraction (joint tissue + vascular fit of every "
+                                                   "b > 0, posterior mean)"}
+
+
 class _WriteIn(BaseInterfaceInputSpec):
     out_dir = traits.Str(mandatory=True, desc="derivatives folder")
     subject = traits.Str(mandatory=True, desc="participant label (no sub- prefix)")
@@ -72,8 +77,8 @@ class WriteDerivatives(SimpleInterface):
                 param, desc_entity = split_map_name(name)
                 nii = map_path(i.out_dir, i.subject, i.session or None, i.model, param, desc=desc_entity,
                                space=i.space)
-                desc, unit = DIAGNOSTICS.get(param, (PARAM_DESCRIPTIONS.get(param, param),
-                                                     value(i.units, {}).get(param, "")))
+                desc, unit = DIAGNOSTICS.get(param, (MODEL_PARAM_DESCRIPTIONS.get(
+                    (i.model, param), PARAM_DESCRIPTIONS.get(param, param)), value(i.units, {}).get(param, "")))
                 if desc_entity:
                     desc, unit = uncertainty_description(desc_entity, desc, unit, params)
                 staged[str(nii)] = stage_copy(src, nii)

@@ -119,3 +119,72 @@ def _model_options(options: dict) -> dict:
 def _write_json(path, obj) -> str:
     Path(path).write_text(json.dumps(obj, allow_nan=True))
     return str(Path(path).resolve())
+
+
+class _JointIn(BaseInterfaceInputSpec):
+    options = traits.Dict(traits.Str, traits.Any, desc="JointModel's options (core.fitting.joint), JSON values")
+    in_file = File(exists=True, mandatory=True, desc="normalised signal [..., M] on every measurement with b > 0")
+    sigma_file = File(exists=True, desc="normalised noise σ (absent: estimated per voxel)")
+    mask_file = File(exists=True, mandatory=True, desc="voxels to fit (uint8)")
+    dictionary = File(exists=True, mandatory=True, desc="tissue dictionary matched to the measurements")
+    flow_dictionary = File(exists=True, mandatory=True, desc="flow dictionary on the same measurements")
+    n_threads = traits.Int(1, usedefault=True, desc="numba and BLAS threads")
+
+
+class _JointOut(TraitedSpec):
+    maps = traits.Dict(traits.Str, File(exists=True), desc="tissue map name -> NIfTI")
+    units = traits.Dict(traits.Str, traits.Str, desc="tissue parameter -> unit")
+    info = traits.Dict(desc="the tissue fit's summary")
+    description = traits.Dict(desc="JointModel.describe() with the tissue dictionary's summary")
+    examples_file = File(exists=True, desc="measured signal and the two compartments of a few voxels (JSON)")
+    flow_maps = traits.Dict(traits.Str, File(exists=True), desc="vascular map name (vm, vs, anb, fV) -> NIfTI")
+    flow_units = traits.Dict(traits.Str, traits.Str, desc="vascular parameter -> unit")
+    flow_info = traits.Dict(desc="the vascular fit's summary")
+    flow_description = traits.Dict(desc="the vascular maps' description (the joint fit, flow dictionary)")
+
+
+class FitJointModel(SimpleInterface):
+    """The joint tissue + vascular fit (core.fitting.joint.JointModel) of every measurement with b > 0."""
+
+    input_spec = _JointIn
+    output_spec = _JointOut
+
+    def _run_interface(self, runtime):
+        import numba
+        from threadpoolctl import threadpool_limits
+        from tqdm import tqdm
+
+        from ..core.dictionary import Dictionary
+        from ..core.fitting.joint import JointModel
+
+        i = self.inputs
+        data, img = load_data(i.in_file, "signal")
+        mask = load_data(i.mask_file, "mask")[0] > 0
+        sigma = load_data(i.sigma_file, "σ")[0] if isdefined(i.sigma_file) else None
+        if sigma is not None and sigma.ndim == data.ndim:
+            sigma = sigma.mean(-1)
+        tissue, flow = Dictionary.load(i.dictionary), Dictionary.load(i.flow_dictionary)
+        model = JointModel(tissue, flow, **_model_options(i.options))
+        numba.set_num_threads(max(1, min(i.n_threads, numba.config.NUMBA_NUM_THREADS)))
+        with threadpool_limits(limits=max(1, i.n_threads)), \
+                tqdm(total=int(mask.sum()), desc="joint fit", unit="vox", mininterval=2) as bar:
+            fit = model.fit(data, mask, sigma, progress=bar.update)
+        desc = model.describe().to_dict()
+        self._results["description"] = {**desc, "dictionary": tissue.summary()}
+        self._results["flow_description"] = {**desc, "dictionary": flow.summary()}
+        self._results["maps"] = self._save(runtime, img, fit.tissue.maps(), "tissue")
+        vascular = {k: v for k, v in fit.vascular.maps().items() if k not in ("fobj", "loglik", "aic", "bic")}
+        self._results["flow_maps"] = self._save(runtime, img, vascular, "vascular")
+        self._results["units"], self._results["flow_units"] = dict(fit.tissue.units), dict(fit.vascular.units)
+        self._results["info"] = json.loads(json.dumps(fit.tissue.info))
+        self._results["flow_info"] = json.loads(json.dumps(fit.vascular.info))
+        self._results["examples_file"] = _write_json(cwd_path(runtime, "examples.json"),
+                                                     fit.examples(tissue.protocol.to_rows()))
+        return runtime
+
+    @staticmethod
+    def _save(runtime, img, maps: dict, prefix: str) -> dict:
+        outside = maps["exitcode"] == 0
+        return {name: save_image(np.where(outside, np.nan, np.asarray(arr, np.float32)), img,
+                                 cwd_path(runtime, f"{prefix}_{name}.nii.gz"), np.float32)
+                for name, arr in maps.items()}

@@ -116,8 +116,9 @@ def map_mosaic(volume: np.ndarray, underlay: np.ndarray, mask: np.ndarray, title
 
 def signal_panel(examples: list[dict], x: np.ndarray, xlabel: str, groups: np.ndarray | None = None,
                  group_labels: list[str] | None = None, title: str = "") -> str:
-    """Measured (markers) and fitted (lines) normalised signal of a few voxels vs x (usually b),
-    one line style per group (e.g. diffusion time)."""
+    """Measured (markers) and fitted (lines) normalised signal of a few voxels vs x (usually b), one
+    colour per group (e.g. diffusion time); a joint fit's compartments, when an example has them
+    ("tissue", "vascular"), as dashed and dotted lines."""
     plt = pyplot()
     n = max(len(examples), 1)
     fig, axes = plt.subplots(1, n, figsize=(2.7 * n, 2.3), squeeze=False)
@@ -131,11 +132,15 @@ def signal_panel(examples: list[dict], x: np.ndarray, xlabel: str, groups: np.nd
             label = group_labels[g] if group_labels else None
             ax.plot(x[sel], meas[sel], "o", ms=3, color=colours(g % 10), label=label)
             ax.plot(x[sel], fit[sel], "-", lw=1, color=colours(g % 10))
+            for key, style in (("tissue", "--"), ("vascular", ":")):
+                if key in ex:
+                    ax.plot(x[sel], np.asarray(ex[key], float)[sel], style, lw=1, color=colours(g % 10),
+                            label=f"{key} compartment" if g == 0 else None)
         ax.set_title(ex.get("title", ""), fontsize=7)
         ax.set_xlabel(xlabel, fontsize=7)
         ax.set_ylabel("S / S0", fontsize=7)
         ax.tick_params(labelsize=6)
-    if group_labels:
+    if group_labels or any("tissue" in ex for ex in examples):
         axes[0][0].legend(fontsize=6, frameon=False)
     if title:
         fig.suptitle(title, fontsize=9, x=0.02, ha="left")

@@ -85,6 +85,14 @@ def _placement_rows(placement: dict) -> list[dict]:
     return rows
 
 
+def _has_compartments(path) -> bool:
+    """True when an examples file is a joint fit's (tissue and vascular compartments)."""
+    if not path or not Path(path).is_file():
+        return False
+    voxels = json.loads(Path(path).read_text()).get("voxels") or [{}]
+    return "tissue" in voxels[0]
+
+
 def _example_figure(path, title) -> str | None:
     """Measured vs fitted signal of the fit node's example voxels (one line per diffusion time)."""
     if not path or not Path(path).is_file():
@@ -159,7 +167,9 @@ def session_fragment(out_dir, subject: str, session: str | None, protocol_file, 
             _add_map(sect, param, desc, nii, mask, fit_mask, underlay, slices)
         ex = (example_files or {}).get(model)
         sect["signals"] = _example_figure(ex, "measured (dots) and fitted (lines) signal; voxels at the 10th, "
-                                              "50th, 90th percentile and the maximum of the residual")
+                                              "50th, 90th percentile and the maximum of the residual"
+                                              + ("; joint fit: tissue (dashed) and vascular (dotted) compartments"
+                                                 if _has_compartments(ex) else ""))
         if model == "ivim":
             sect["signals"] = _ivim_figure(norm_file, shells_file, maps, mask)
         frag["models"].append(sect)

@@ -71,6 +71,7 @@ class Config:
     flow_params: list = field(default_factory=list)
     flow_match_tol_b: float = 5.0
     flow_estimator: str = "posterior-mean"
+    model: str = "separate"
     work_dir: str = ""
     nprocs: int = 1
     plugin: str = ""
@@ -134,7 +135,7 @@ class Config:
                      "n_averages", "reg_norm", "reg_weight", "bounds", "smoothing", "surrogate", "n_neighbours",
                      "noise_model", "estimator", "dictionary_source", "sim_substrates", "sim_walkers", "sim_d0",
                      "sim_kappa", "vascular", "ivim_b_split", "ivim_b_max", "flow_dictionary", "flow_networks",
-                     "flow_spins", "flow_params", "flow_estimator", "seed")
+                     "flow_spins", "flow_params", "flow_estimator", "model", "seed")
 
     def options_fingerprint(self) -> str:
         """12 hex digits identifying the software version and every option that changes the maps."""
@@ -159,6 +160,11 @@ class Config:
         return {"n_averages": self.n_averages, "smoothing": self.smoothing, "chunk_size": self.chunk_size,
                 "surrogate": "global", "noise": self.noise_model, "device": self.device}
 
+    def joint_model_options(self) -> dict:
+        """JointModel options (core/fitting/joint.py) of --model joint (JSON-typed)."""
+        return {"bounds": {k: list(v) for k, v in self.bounds.items()}, "chunk_size": self.chunk_size,
+                "n_averages": self.n_averages, "tissue_b_min": self.vasc_threshold, "device": self.device}
+
     def ivim_model_options(self) -> dict:
         return {"b_split": self.ivim_b_split, "b_max": self.ivim_b_max, "b0_threshold": self.b0_threshold}
 
@@ -173,9 +179,13 @@ class Config:
                                   "global scale" if self.b0_pool_series else "b=0 of the measurement's own series",
                "ShellTolerance": self.shell_tolerance, "Fixed": self.fix, "Seed": self.seed,
                "SoftwareVersion": __version__, "RunOptions": self.options_fingerprint()}
+        if self.model == "joint":
+            out["VascularThreshold"] = "none: every b > 0 in the joint fit; the tissue posterior on b >= " \
+                                       f"{self.vasc_threshold:g} s/mm² after the vascular compartment is removed"
         if model == "spinflowsim":
             out.pop("VascularThreshold")
-            out["Signal"] = "vascular signal S_V/S_V(0) of the b <= b_split measurements (segmented IVIM)"
+            out["Signal"] = ("every measurement with b > 0, (1 - fV) S_tissue + fV S_flow (joint fit)" if self.model == "joint"
+                             else "vascular signal S_V/S_V(0) of the b <= b_split measurements (segmented IVIM)")
             out["FlowDictionary"] = self.flow_dictionary or ("simulated for this protocol from " + (
                 "the given networks" if self.flow_networks else "the project's generated capillary networks"))
         return out

@@ -32,7 +32,7 @@ from ..core.errors import InputError
 from ..core.protocol import Protocol
 from ..interfaces.bids import WriteDerivatives
 from ..interfaces.dictionary import MatchDictionary, SelectDictionary
-from ..interfaces.fitting import FitModel
+from ..interfaces.fitting import FitJointModel, FitModel
 from ..bids.provenance import input_record
 from ..interfaces.io import verify_image
 from ..interfaces.preprocess import (NormaliseB0, PrepareMask, ReadProtocol, SphericalMean, VascularFilter,
@@ -118,7 +118,8 @@ def preflight(item: SessionInputs, config: Config, dictionary=None) -> dict:
     simulate = config.dictionary_source == "simulate"
     dic = dictionary if dictionary is not None else load_selected(config.dictionary, config.params, config.fix)
     max_b = float("inf") if simulate else dic.max_b
-    filt = preprocess.vascular_filter(shells, config.vasc_threshold, max_b, config.b0_threshold)
+    threshold = 0.0 if config.model == "joint" else config.vasc_threshold   # joint: every b > 0
+    filt = preprocess.vascular_filter(shells, threshold, max_b, config.b0_threshold)
     if filt.keep.size == 0:
         raise InputError("no measurement left for the tissue fit", path=source,
                          fix=f"acquire b between --vasc-threshold ({config.vasc_threshold:g}) and the dictionary's "
@@ -153,7 +154,8 @@ def init_participant_wf(items: list[SessionInputs], config: Config, work_dir, na
         if config.dictionary_source == "simulate":
             wf.add_nodes([sub])
         else:
-            wf.connect([(select, sub, [("max_b", "tissue_wf.inputnode.max_b"),
+            branch = "joint_wf" if config.model == "joint" else "tissue_wf"
+            wf.connect([(select, sub, [("max_b", f"{branch}.inputnode.max_b"),
                                        ("description", "histousim_derivatives_wf.inputnode.dictionary_description")])])
     for subject, subs in by_subject.items():
         join = pe.Node(Merge(len(subs)), name=f"report_fragments_{subject}", run_without_submitting=True)
@@ -177,7 +179,8 @@ def init_single_subject_wf(item: SessionInputs, config: Config, warnings: list |
     mem = session_memory_gb(item, config, len(shells))
     wf = pe.Workflow(name=subject_wf_name(item))
     prep = init_dwi_preproc_wf(item, config, mem)
-    tissue = init_tissue_wf(item, config, mem)
+    joint = config.model == "joint"
+    tissue = init_joint_wf(item, config, mem) if joint else init_tissue_wf(item, config, mem)
     records = input_record(item, config.dataset_links)
     write = init_derivatives_wf(item, config, "histousim", records=records)
     report = pe.Node(SessionReport(out_dir=config.out_dir, subject=item.subject, session=item.session or "",
@@ -199,7 +202,9 @@ def init_single_subject_wf(item: SessionInputs, config: Config, warnings: list |
     ])
     if config.dictionary_source == "simulate":
         wf.connect(tissue, "outputnode.dictionary_description", write, "inputnode.dictionary_description")
-    if has_vascular_branch(item, config, shells):
+    if joint:
+        _add_joint_flow_writer(wf, item, config, tissue, report, records)
+    elif has_vascular_branch(item, config, shells):
         _add_vascular_branch(wf, item, config, mem, prep, report, branch_in, records)
     return wf
 
@@ -321,6 +326,77 @@ def init_tissue_wf(item: SessionInputs, config: Config, mem: dict, name="tissue_
     wf.connect([(filt, sim, [("protocol", "protocol")]), (sim, match, [("dictionary", "dictionary_file")]),
                 (sim, outputnode, [("description", "dictionary_description")])])
     return wf
+
+
+def init_joint_wf(item: SessionInputs, config: Config, mem: dict, name="joint_wf") -> pe.Workflow:
+    """Tissue and vasculature in one posterior (--model joint, core/fitting/joint.py).
+
+    measurements (every b > 0 up to the tissue dictionary's largest b) -> match_dictionary (tissue) and
+    [simulate_flow_dictionary for these measurements, unless --flow-dictionary] -> match_flow_dictionary ->
+    fit_joint. inputnode: norm_file, sigma_file, shells, mask_file, max_b. outputnode: the tissue fields of
+    init_tissue_wf and flow_maps, flow_units, flow_description, flow_info, flow_matched_dictionary,
+    flow_dictionary_description.
+    """
+    wf = pe.Workflow(name=name)
+    inputnode = pe.Node(IdentityInterface(fields=["norm_file", "sigma_file", "shells", "mask_file", "max_b"]),
+                        name="inputnode")
+    outputnode = pe.Node(IdentityInterface(fields=[
+        "maps", "units", "description", "fit_info", "examples_file", "matched_dictionary", "dropped",
+        "dictionary_description", "flow_maps", "flow_units", "flow_description", "flow_info",
+        "flow_matched_dictionary", "flow_dictionary_description"]), name="outputnode")
+    filt = pe.Node(VascularFilter(vasc_threshold=0.0, b0_threshold=config.b0_threshold), name="measurements",
+                   mem_gb=mem["vascular_filter"])
+    match = pe.Node(MatchDictionary(params=list(config.params), fix=dict(config.fix), tol_b=config.match_tol_b,
+                                    tol_ms=config.match_tol_ms, b0_threshold=config.b0_threshold,
+                                    source=item.dwi_files[0]), name="match_dictionary", mem_gb=1.0)
+    if config.dictionary:
+        match.inputs.dictionary_file = config.dictionary
+    match_flow = pe.Node(MatchDictionary(params=list(config.flow_params), tol_b=config.flow_match_tol_b,
+                                         tol_ms=config.match_tol_ms, b0_threshold=config.b0_threshold,
+                                         source=item.dwi_files[0]), name="match_flow_dictionary", mem_gb=1.0)
+    fit = pe.Node(FitJointModel(options=config.joint_model_options(), n_threads=config.omp_nthreads),
+                  name="fit_joint", n_procs=config.omp_nthreads, mem_gb=mem["fit"])
+    wf.connect([
+        (inputnode, filt, [("norm_file", "in_file"), ("sigma_file", "sigma_file"), ("shells", "shells"),
+                           ("max_b", "max_b")]),
+        (filt, match, [("protocol", "protocol")]), (filt, match_flow, [("protocol", "protocol")]),
+        (filt, fit, [("out_file", "in_file"), ("sigma_file", "sigma_file")]),
+        (inputnode, fit, [("mask_file", "mask_file")]),
+        (match, fit, [("dictionary", "dictionary")]), (match_flow, fit, [("dictionary", "flow_dictionary")]),
+        (fit, outputnode, [("maps", "maps"), ("units", "units"), ("description", "description"), ("info", "fit_info"),
+                           ("examples_file", "examples_file"), ("flow_maps", "flow_maps"),
+                           ("flow_units", "flow_units"), ("flow_description", "flow_description"),
+                           ("flow_info", "flow_info")]),
+        (match, outputnode, [("dictionary", "matched_dictionary")]),
+        (match_flow, outputnode, [("dictionary", "flow_matched_dictionary")]),
+        (filt, outputnode, [("dropped", "dropped")]),
+    ])
+    if config.flow_dictionary:
+        match_flow.inputs.dictionary_file = config.flow_dictionary
+        outputnode.inputs.flow_dictionary_description = load_selected(config.flow_dictionary,
+                                                                      config.flow_params).describe()
+        return wf
+    sim = pe.Node(SimulateFlowForProtocol(network_files=list(config.flow_networks), n_spins=config.flow_spins,
+                                          seed=config.seed, cache_dir=config.sim_cache_dir,
+                                          b0_threshold=config.b0_threshold, n_threads=config.omp_nthreads),
+                  name="simulate_flow_dictionary", mem_gb=1.0, n_procs=config.omp_nthreads)
+    wf.connect([(filt, sim, [("protocol", "protocol")]), (sim, match_flow, [("dictionary", "dictionary_file")]),
+                (sim, outputnode, [("description", "flow_dictionary_description")])])
+    return wf
+
+
+def _add_joint_flow_writer(wf, item, config: Config, joint, report, records=None) -> None:
+    """The spinflowsim derivatives of --model joint (vm, vs, anb and fV), wired into a session."""
+    write_flow = init_derivatives_wf(item, config, "spinflowsim", records=records)
+    wf.connect([
+        (joint, write_flow, [("outputnode.flow_maps", "inputnode.maps"), ("outputnode.flow_units", "inputnode.units"),
+                             ("outputnode.flow_description", "inputnode.description"),
+                             ("outputnode.flow_info", "inputnode.fit_info"),
+                             ("outputnode.flow_matched_dictionary", "inputnode.matched_dictionary"),
+                             ("outputnode.flow_dictionary_description", "inputnode.dictionary_description")]),
+        (joint, report, [("outputnode.flow_description", "flow_description")]),
+        (write_flow, report, [("outputnode.out_files", "written_flow")]),
+    ])
 
 
 def init_vascular_wf(item: SessionInputs, config: Config, mem: dict, name="vascular_wf") -> pe.Workflow:

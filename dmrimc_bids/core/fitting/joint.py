@@ -70,6 +70,28 @@ class JointFit(Fit):
     def maps(self) -> dict:
         return {**self.tissue.maps(), **{f"vascular:{k}": v for k, v in self.vascular.maps().items()}}
 
+    def examples(self, protocol_rows: list, n: int = 4) -> dict:
+        """JSON-ready example voxels (the tissue fit's choice): the measured signal on every measurement, the
+        joint model's tissue compartment (1 - fV)·S_tissue, vascular compartment fV·S_flow and their sum."""
+        idx = self.tissue.example_voxels(n)
+        if not len(idx):
+            return {"protocol": protocol_rows, "voxels": []}
+        sel = tuple(idx.T)
+        measured = self._data[sel].astype(float)
+        sigma = None if self._sigma is None else np.broadcast_to(np.asarray(self._sigma, float),
+                                                                 self._data.shape[:-1])[sel]
+        tissue = self._model.tissue_component(measured, self.vascular_signal[sel], self.vascular.params["fV"][sel],
+                                              sigma)
+        vascular = self.vascular_signal[sel]
+        names = list(self.tissue.names) + ["fV", "vm"]
+        params = {**self.tissue.params, **self.vascular.params}
+        return {"protocol": protocol_rows,
+                "voxels": [{"ijk": [int(v) for v in ijk], "measured": measured[k].tolist(),
+                            "fitted": (tissue[k] + vascular[k]).tolist(), "tissue": tissue[k].tolist(),
+                            "vascular": vascular[k].tolist(),
+                            "params": {nm: float(params[nm][tuple(ijk)]) for nm in names if nm in params}}
+                           for k, ijk in enumerate(idx)]}
+
 
 class JointModel(Model):
     """tissue, flow: dictionaries matched to the same measurements (every b > 0 of the voxels' data);
@@ -206,7 +228,20 @@ class JointModel(Model):
         tissue = self.tissue_model.fit(y_t[:, cols].reshape(shape + (cols.size,)), mask & valid.reshape(shape),
                                        sig_t.reshape(shape))
         vascular = self._vascular_fit(v_out, shape, in_mask, valid, todo.size)
-        return JointFit(tissue, vascular, vasc_sig.reshape(shape + (m,)))
+        return JointFit(tissue, vascular, vasc_sig.reshape(shape + (m,))).bind(self, data, sigma)
+
+    def tissue_component(self, y, vascular_signal, fv, sigma=None) -> np.ndarray:
+        """(1 - fV)·E[S_tissue] [V, M] on every measurement for voxels y [V, M]: the tissue posterior's
+        entry weights (from the devascularised data on its measurements) applied to the full signals."""
+        y_t = (y - vascular_signal) / (1 - fv)[:, None]
+        sig = None if sigma is None else np.asarray(sigma, float) / (1 - fv)
+        floor = (np.zeros(len(y)) if sig is None or self.noise == "gaussian"
+                 else noise_floor(sig, self.n_averages))
+        cost = self.tissue_model._entry_costs(np.ascontiguousarray(y_t[:, self.tissue_columns]), floor)
+        best = cost.min(1)
+        var = np.maximum(best / self.tissue_columns.size, 1e-12) if sig is None else sig ** 2
+        w = np.exp(-(cost - best[:, None]) / (2 * var[:, None]))
+        return (1 - fv)[:, None] * ((w / w.sum(1, keepdims=True)) @ self.tissue_signals)
 
     def _vascular_chunk(self, y, sigma, idx, v_out, vasc_sig, y_t, sig_t) -> None:
         post = self.vascular_posterior(y, sigma)

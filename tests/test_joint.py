@@ -1,0 +1,119 @@
+"""Joint tissue + vascular posterior (core/fitting/joint.py) and `--model joint`."""
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+from scipy.stats import spearmanr
+
+from dmrimc_bids.core.dictionary import Dictionary
+from dmrimc_bids.core.fitting.joint import JointModel, normalisation_groups
+from dmrimc_bids.core.fitting.posterior import PosteriorModel
+from dmrimc_bids.core.protocol import Protocol
+
+B = np.array([25.0, 50, 100, 200, 400, 800, 1200, 2000])
+PROT = Protocol(np.r_[B, B], 10.0, np.r_[np.full(8, 25.0), np.full(8, 45.0)],
+                echo_time_ms=np.r_[np.full(8, 60.0), np.full(8, 80.0)])
+
+
+def tissue_dictionary():
+    """Two compartments, the extra-cellular one hindered more at the longer Δ (a diffusion-time effect)."""
+    f, d_ex = np.meshgrid(np.linspace(0.2, 0.8, 7), np.linspace(1.0, 3.0, 5), indexing="ij")
+    f, d_ex = f.ravel(), d_ex.ravel()
+    b, big = PROT.b * 1e-3, PROT.big_delta_ms
+    sig = f[:, None] * np.exp(-b * 0.4) + (1 - f[:, None]) * np.exp(-b * d_ex[:, None] * (1 - big / 200))
+    return Dictionary(sig, np.stack([f, d_ex], 1), ["fin", "D0ex"], PROT)
+
+
+def flow_dictionary():
+    """Pseudo-diffusion compartments e^{-b D*} with D* 5-150 µm²/ms ('vm' a stand-in, 'anb' tied to it)."""
+    dstar = np.geomspace(5.0, 150.0, 12)
+    sig = np.exp(-np.outer(dstar, PROT.b) * 1e-3)
+    return Dictionary(sig, np.stack([dstar / 10, 1 + dstar / 50], 1), ["vm", "anb"], PROT)
+
+
+def mixed(tissue, flow, it, iv, fv):
+    return (1 - fv[:, None]) * tissue.signals[it] + fv[:, None] * flow.signals[iv]
+
+
+def test_normalisation_groups_follow_te_and_series():
+    groups, n = normalisation_groups(PROT)
+    assert n == 2 and np.array_equal(groups, np.r_[np.zeros(8), np.ones(8)])
+
+
+def test_noise_free_joint_voxel_is_recovered_exactly():
+    tissue, flow = tissue_dictionary(), flow_dictionary()
+    rng = np.random.default_rng(4)
+    it, iv = rng.integers(0, len(tissue), 12), rng.integers(0, len(flow), 12)
+    fv = rng.uniform(0.03, 0.2, 12)
+    model = JointModel(tissue, flow, n_candidates=len(tissue), tissue_b_min=200)
+    fit = model.fit(mixed(tissue, flow, it, iv, fv), sigma=np.full(12, 1e-5))
+    np.testing.assert_allclose(fit.vascular.params["fV"], fv, atol=2e-4)
+    for j, name in enumerate(flow.names):
+        np.testing.assert_allclose(fit.vascular.params[name], flow.params[iv, j], rtol=1e-9)
+    for j, name in enumerate(tissue.names):
+        np.testing.assert_allclose(fit.tissue.params[name], tissue.params[it, j], atol=1e-3)
+    np.testing.assert_allclose(fit.vascular_signal, fv[:, None] * flow.signals[iv], atol=1e-3)
+
+
+def test_without_a_vascular_compartment_the_joint_fit_is_the_tissue_fit():
+    tissue, flow = tissue_dictionary(), flow_dictionary()
+    rng = np.random.default_rng(5)
+    it = rng.integers(0, len(tissue), 30)
+    y = np.hypot(tissue.signals[it] + rng.normal(0, 0.02, (30, len(PROT))), rng.normal(0, 0.02, (30, len(PROT))))
+    joint = JointModel(tissue, flow, fv_max=0.0, tissue_b_min=200).fit(y, sigma=np.full(30, 0.02))
+    cols = np.flatnonzero(PROT.b >= 200)
+    alone = PosteriorModel(tissue.measurements(cols)).fit(y[:, cols], sigma=np.full(30, 0.02))
+    assert np.all(joint.vascular.params["fV"] == 0)
+    for name in tissue.names:
+        np.testing.assert_array_equal(joint.tissue.params[name], alone.params[name])
+        np.testing.assert_array_equal(joint.tissue.ci95hi[name], alone.ci95hi[name])
+
+
+def test_joint_recovers_the_vascular_fraction_better_than_a_constant():
+    """Truths off the dictionaries (tissue and D* between their entries), Rician noise at SNR 100."""
+    tissue, flow = tissue_dictionary(), flow_dictionary()
+    rng = np.random.default_rng(6)
+    n = 300
+    f_in, d_ex = rng.uniform(0.2, 0.8, n), rng.uniform(1.0, 3.0, n)
+    b, big = PROT.b * 1e-3, PROT.big_delta_ms
+    t = f_in[:, None] * np.exp(-b * 0.4) + (1 - f_in[:, None]) * np.exp(-b * d_ex[:, None] * (1 - big / 200))
+    v = np.exp(-np.outer(np.exp(rng.uniform(np.log(8), np.log(100), n)), PROT.b) * 1e-3)
+    fv = rng.uniform(0.02, 0.2, n)
+    clean = (1 - fv[:, None]) * t + fv[:, None] * v
+    y = np.hypot(clean + rng.normal(0, 0.01, clean.shape), rng.normal(0, 0.01, clean.shape))
+    fit = JointModel(tissue, flow, tissue_b_min=200).fit(y, sigma=np.full(n, 0.01))
+    est = fit.vascular.params["fV"]
+    assert spearmanr(est, fv).statistic > 0.8
+    assert np.median(np.abs(est - fv)) < 0.5 * np.median(np.abs(np.median(fv) - fv))
+    cover = np.mean((fv >= fit.vascular.ci95lo["fV"]) & (fv <= fit.vascular.ci95hi["fV"]))
+    assert cover > 0.8
+    assert spearmanr(fit.tissue.params["fin"], f_in).statistic > 0.9
+
+
+def test_model_joint_writes_both_models_and_no_ivim(tmp_path, single_demo, capsys):
+    from dmrimc_bids.cli.run import main
+    out = tmp_path / "out"
+    code = main([str(single_demo), str(out), "participant", "--model", "joint", "-w", str(tmp_path / "w"),
+                 "--derivatives", str(single_demo / "derivatives" / "segmentation")])
+    assert code == 0, capsys.readouterr().err
+    dwi = out / "sub-01" / "dwi"
+    fin = nib.load(dwi / "sub-01_space-dwi_model-histousim_param-fin_dwimap.nii.gz").get_fdata()
+    fv = nib.load(dwi / "sub-01_space-dwi_model-spinflowsim_param-fV_dwimap.nii.gz").get_fdata()
+    ok = np.isfinite(fin)
+    assert ok.sum() > 100 and np.all((fv[ok] >= 0) & (fv[ok] <= 0.3))
+    assert not list(dwi.glob("*model-ivim*"))
+    side = json.loads((dwi / "sub-01_space-dwi_model-spinflowsim_param-fV_dwimap.json").read_text())
+    assert "joint" in side["Model"]["Parameters"]["FitMethod"] and "joint" in side["Description"]
+    assert (dwi / "sub-01_space-dwi_model-spinflowsim_param-fV_desc-ci95hi_dwimap.nii.gz").is_file()
+    tissue_side = json.loads((dwi / "sub-01_space-dwi_model-histousim_param-fin_dwimap.json").read_text())
+    assert tissue_side["Model"]["Parameters"]["JointModel"]["FlowEntries"] > 0
+
+
+def test_model_joint_refuses_the_maximum_likelihood_estimator(tmp_path, single_demo, capsys):
+    from dmrimc_bids.cli.run import main
+    code = main([str(single_demo), str(tmp_path / "o"), "participant", "--model", "joint", "--estimator", "ml"])
+    err = capsys.readouterr().err
+    assert code == 64 and "--model joint" in err and "--estimator ml" in err
+    assert not (tmp_path / "o" / "sub-01").exists()
