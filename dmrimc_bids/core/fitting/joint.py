@@ -9,10 +9,10 @@ model; blood and tissue share T2 here, so fV is the blood's signal fraction):
 with S_tissue from the tissue (Histo-μSim) dictionary and S_flow from the flow (SpinFlowSim) dictionary,
 both matched to the same measurements, low b included. Estimation, per voxel:
 
-1. Tissue candidates: the N_TISSUE_CANDIDATES tissue entries that best explain the data outside the span
-   of the flow signals' first FLOW_BASIS principal directions (the vascular signal as a nuisance), up to a
-   scale in [1 - fv_max, 1] (the tissue's share 1 - fV); then again on the data with that first vascular
-   estimate removed. The candidates only serve step 2.
+1. Tissue candidates: the N_TISSUE_CANDIDATES tissue entries of least joint misfit
+   min_{f, r} |y - (1 - f) t - f p_r|² against FLOW_PROTOTYPES representative flow signals p_r (k-means
+   centres of the flow dictionary), f in [0, fv_max], from voxel-independent Gram terms (every entry,
+   O(E·(M + R)) per voxel). The candidates only serve step 2.
 2. Vascular posterior: every (tissue candidate, flow entry) pair, with fV marginalised analytically (the
    model is linear in fV: a truncated Gaussian on [0, fv_max] per pair, flat prior), Gaussian likelihood
    on the floor-corrected data (kernels.joint_pair_moments). This gives the posterior of the flow
@@ -38,9 +38,9 @@ from .model import EXIT_BACKGROUND, EXIT_FAILED, EXIT_OK, Description, Fit, Mode
 from .posterior import Z95, PosteriorModel, log_scaled, weighted_quantile
 
 #: Tissue entries per voxel that enter the vascular posterior (step 2).
-N_TISSUE_CANDIDATES = 32
-#: Principal directions of the flow signals treated as a nuisance when the tissue candidates are chosen.
-FLOW_BASIS = 4
+N_TISSUE_CANDIDATES = 16
+#: Representative flow signals (k-means centres) against which the tissue candidates are chosen.
+FLOW_PROTOTYPES = 4
 #: Smallest b [s/mm²] of the tissue posterior (step 3): below it the tissue carries little information and
 #: the removed vascular component most of the uncertainty.
 TISSUE_B_MIN = 250.0
@@ -48,6 +48,16 @@ TISSUE_B_MIN = 250.0
 FV_MAX = 0.3
 #: Largest voxel x candidate x flow-entry work array of one batch [elements].
 JOINT_BATCH_ELEMENTS = 8_000_000
+
+
+def flow_prototypes(signals: np.ndarray, k: int) -> np.ndarray:
+    """k representative flow signals [k, M]: k-means centres (deterministic seed), or the signals themselves
+    when there are no more than k."""
+    if len(signals) <= k:
+        return np.ascontiguousarray(signals, np.float64)
+    from scipy.cluster.vq import kmeans2
+    centres, _ = kmeans2(np.asarray(signals, np.float64), k, seed=0, minit="++")
+    return np.ascontiguousarray(centres)
 
 
 def normalisation_groups(protocol) -> tuple:
@@ -125,13 +135,10 @@ class JointModel(Model):
         self.flow_signals = np.ascontiguousarray(flow.signals, np.float64)
         self.flow_sq = (self.flow_signals ** 2).sum(1)
         self.flow_t = np.ascontiguousarray(self.flow_signals.T)
-        # first choice of the tissue candidates: misfit outside the span of the flow signals' first
-        # FLOW_BASIS principal directions (the vascular signal as a nuisance), up to the scale 1 - fV
-        _, _, vt = np.linalg.svd(self.flow_signals, full_matrices=False)
-        basis = vt[:min(FLOW_BASIS, len(vt))]
-        self.flow_null = np.eye(self.flow_signals.shape[1]) - basis.T @ basis
-        self.candidates_t = np.ascontiguousarray((self.tissue_signals @ self.flow_null).T)
-        self.candidates_sq = (self.candidates_t ** 2).sum(0)
+        # the tissue candidates: least joint misfit with FLOW_PROTOTYPES k-means centres of the flow signals
+        self.prototypes = flow_prototypes(self.flow_signals, FLOW_PROTOTYPES)
+        self.proto_sq = (self.prototypes ** 2).sum(1)
+        self.tissue_proto = np.ascontiguousarray(self.tissue_signals @ self.prototypes.T)
         self.tissue_t = np.ascontiguousarray(self.tissue_signals.T)
         self.tissue_sq = (self.tissue_signals ** 2).sum(1)
         self.n_candidates = int(min(n_candidates, len(self.tissue_signals)))
@@ -146,17 +153,12 @@ class JointModel(Model):
     # ---- the vascular posterior (steps 1-2) ----------------------------------------------------------------
     def vascular_posterior(self, y: np.ndarray, sigma: np.ndarray) -> dict:
         """Steps 1-2 for voxels y [V, M] (σ [V]): 'w_flow' [V, Kf], 'fv' (mean, second moment) [V, 2],
-        'vascular_signal' [V, M] = E[fV·S_flow]. The tissue candidates are chosen twice: first on the
-        high-b measurements up to a scale, then on every measurement of the data with the first pass's
-        vascular component removed (slow flow leaves signal at high b, which the first choice misses)."""
+        'vascular_signal' [V, M] = E[fV·S_flow]."""
         floor = np.zeros(len(y)) if self.noise == "gaussian" else noise_floor(sigma, self.n_averages)
         clean = np.ascontiguousarray(np.sqrt(np.maximum(y ** 2 - (floor ** 2)[:, None], 0.0)))
         top = np.empty((len(y), self.n_candidates), np.int64)
-        kernels.scaled_entry_top(np.ascontiguousarray(clean @ self.flow_null), self.candidates_t,
-                                 self.candidates_sq, 1.0 - self.fv_max, top)
-        post = self._pairs(clean, sigma, top)
-        devasc = (clean - post["vascular_signal"]) / (1 - post["fv"][:, :1])
-        kernels.scaled_entry_top(np.ascontiguousarray(devasc), self.tissue_t, self.tissue_sq, 1.0, top)
+        kernels.joint_profile_top(clean, self.tissue_t, self.tissue_sq, self.tissue_proto, self.proto_sq,
+                                  self.prototypes, self.fv_max, top)
         return self._pairs(clean, sigma, top)
 
     def _pairs(self, clean, sigma, top) -> dict:
@@ -294,7 +296,7 @@ class JointModel(Model):
                                     f"prior on [0, {self.fv_max:g}]; tissue posterior on the data with the "
                                     "vascular component's posterior mean removed",
                        "JointModel": {"FvMax": self.fv_max, "TissueCandidates": self.n_candidates,
-                                      "FlowBasisForCandidates": FLOW_BASIS,
+                                      "FlowPrototypesForCandidates": int(len(self.prototypes)),
                                       "FlowEntries": len(self.flow_signals)}})
         return Description(method="jointly with the vascular signal: " + tissue.method, parameters=params,
                            references=list(tissue.references))

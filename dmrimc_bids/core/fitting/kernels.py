@@ -396,7 +396,7 @@ def _truncated_normal_moments(mu, s, hi):
     """(log mass, mean, variance) of N(mu, s²) truncated to [0, hi] (hi > 0), mass relative to the
     untruncated density's integral."""
     a, b = (0.0 - mu) / s, (hi - mu) / s
-    if a < -8.0 and b > 8.0:   # the whole Gaussian inside [0, hi] (mass 1 to 6e-16)
+    if a < -5.0 and b > 5.0:   # the whole Gaussian inside [0, hi] (mass 1 to 6e-7)
         return 0.0, mu, s * s
     za = 0.5 * math.erfc(-a / math.sqrt(2.0))
     zb = 0.5 * math.erfc(-b / math.sqrt(2.0))
@@ -412,7 +412,7 @@ def _truncated_normal_moments(mu, s, hi):
 
 
 #: Pairs whose unconstrained log weight is this far below the best are left out of the joint posterior.
-JOINT_LOG_WEIGHT_SPAN = 25.0
+JOINT_LOG_WEIGHT_SPAN = 12.0
 
 
 @njit(cache=True, parallel=True)
@@ -520,54 +520,51 @@ def joint_pair_moments(y, sig2, tissue, flow_t, flow_sq, fv_max, groups, kappa, 
 
 
 @njit(cache=True, parallel=True)
-def scaled_entry_costs(y, signals_t, signals_sq, scale_lo, cost):
-    """cost[v, e] = min over α in [scale_lo, 1] of Σ_m (y_vm - α S_me)²: the misfit of every entry up to a
-    scale (the tissue signal (1 - fV) S of the joint model; signals_t [M, E], signals_sq [E] = Σ_m S_me²)."""
+def joint_profile_top(y, signals_t, signals_sq, tissue_proto, proto_sq, proto, fv_max, top):
+    """The k = top.shape[1] tissue entries of least joint misfit min over the flow prototypes proto [R, M]
+    and f in [0, fv_max] of |y - (1 - f) t - f v|², for every voxel y [V, M] (signals_t [M, E] the tissue
+    signals transposed, signals_sq [E] = |t|², tissue_proto [E, R] = <t, v_r>, proto_sq [R] = |v_r|²).
+    Voxel-independent Gram terms make it O(E·(M + R)) per voxel."""
     n_v, m = y.shape
     n_e = signals_t.shape[1]
-    for v in prange(n_v):
-        yt = np.zeros(n_e)
-        yy = 0.0
-        for i in range(m):
-            yi = y[v, i]
-            yy += yi * yi
-            for e in range(n_e):
-                yt[e] += yi * signals_t[i, e]
-        for e in range(n_e):
-            a = yt[e] / signals_sq[e] if signals_sq[e] > 0 else 1.0
-            a = min(max(a, scale_lo), 1.0)
-            cost[v, e] = yy - 2.0 * a * yt[e] + a * a * signals_sq[e]
-
-
-@njit(cache=True, parallel=True)
-def scaled_entry_top(y, signals_t, signals_sq, scale_lo, top):
-    """The k = top.shape[1] entries of least misfit up to a scale (scaled_entry_costs' cost) of every
-    voxel, into top [V, k] (unordered), without the [V, E] cost matrix."""
-    n_v, m = y.shape
-    n_e = signals_t.shape[1]
+    n_r = proto.shape[0]
     k = top.shape[1]
-    for v in prange(n_v):
+    for i in prange(n_v):
         yt = np.zeros(n_e)
         yy = 0.0
-        for i in range(m):
-            yi = y[v, i]
-            yy += yi * yi
+        for j in range(m):
+            yj = y[i, j]
+            yy += yj * yj
             for e in range(n_e):
-                yt[e] += yi * signals_t[i, e]
+                yt[e] += yj * signals_t[j, e]
+        yv = np.zeros(n_r)
+        for r in range(n_r):
+            for j in range(m):
+                yv[r] += y[i, j] * proto[r, j]
         best_c = np.empty(k)
         worst, worst_at = -math.inf, 0
         for e in range(n_e):
-            a = yt[e] / signals_sq[e] if signals_sq[e] > 0 else 1.0
-            a = min(max(a, scale_lo), 1.0)
-            c = yy - 2.0 * a * yt[e] + a * a * signals_sq[e]
+            tt = signals_sq[e]
+            a = yy - 2.0 * yt[e] + tt
+            q_best = a
+            for r in range(n_r):
+                tv = tissue_proto[e, r]
+                c = proto_sq[r] - 2.0 * tv + tt
+                if c <= 1e-15:
+                    continue
+                b = yv[r] - yt[e] - tv + tt
+                f = min(max(b / c, 0.0), fv_max)
+                q = a - 2.0 * f * b + f * f * c
+                if q < q_best:
+                    q_best = q
             if e < k:
-                best_c[e] = c
-                top[v, e] = e
-                if c > worst:
-                    worst, worst_at = c, e
-            elif c < worst:
-                best_c[worst_at] = c
-                top[v, worst_at] = e
+                best_c[e] = q_best
+                top[i, e] = e
+                if q_best > worst:
+                    worst, worst_at = q_best, e
+            elif q_best < worst:
+                best_c[worst_at] = q_best
+                top[i, worst_at] = e
                 worst, worst_at = -math.inf, 0
                 for j in range(k):
                     if best_c[j] > worst:
