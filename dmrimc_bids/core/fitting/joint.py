@@ -21,7 +21,8 @@ both matched to the same measurements, low b included. Estimation, per voxel:
 3. Tissue posterior: the data with the vascular component's posterior mean removed,
    y_T = (y - E[fV·S_flow]) / (1 - E[fV]), noise σ/(1 - E[fV]), go to the tissue PosteriorModel
    (regression adjustment, model error, intervals, identifiability) on the measurements with
-   b >= tissue_b_min (slow flow's signal there is removed instead of biasing D0ex).
+   b >= tissue_b_min (slow flow's signal there is removed instead of biasing D0ex); the uncertainty of
+   1/(1 - fV) enters as an unknown common scale of the voxel's signal (PosteriorModel's scale_var).
 
 With fv_max = 0 the joint fit is the tissue-only posterior on the same measurements.
 """
@@ -221,14 +222,15 @@ class JointModel(Model):
         y_t = flat.copy()
         sig_t = np.full(flat.shape[0], np.nan) if sig is None else sig.copy()
         vasc_sig = np.zeros_like(flat)
+        scale_var = np.zeros(flat.shape[0])
         for c0 in range(0, todo.size, self.chunk_size):
             idx = todo[c0:c0 + self.chunk_size]
-            self._vascular_chunk(flat[idx], sig_all[idx], idx, v_out, vasc_sig, y_t, sig_t)
+            self._vascular_chunk(flat[idx], sig_all[idx], idx, v_out, vasc_sig, y_t, sig_t, scale_var)
             if progress is not None:
                 progress(idx.size)
         cols = self.tissue_columns
         tissue = self.tissue_model.fit(y_t[:, cols].reshape(shape + (cols.size,)), mask & valid.reshape(shape),
-                                       sig_t.reshape(shape))
+                                       sig_t.reshape(shape), scale_var=scale_var.reshape(shape))
         vascular = self._vascular_fit(v_out, shape, in_mask, valid, todo.size)
         return JointFit(tissue, vascular, vasc_sig.reshape(shape + (m,))).bind(self, data, sigma)
 
@@ -245,13 +247,14 @@ class JointModel(Model):
         w = np.exp(-(cost - best[:, None]) / (2 * var[:, None]))
         return (1 - fv)[:, None] * ((w / w.sum(1, keepdims=True)) @ self.tissue_signals)
 
-    def _vascular_chunk(self, y, sigma, idx, v_out, vasc_sig, y_t, sig_t) -> None:
+    def _vascular_chunk(self, y, sigma, idx, v_out, vasc_sig, y_t, sig_t, scale_var) -> None:
         post = self.vascular_posterior(y, sigma)
         for key, arr in zip(("params", "sd", "lo", "hi", "contraction"), self.flow_summaries(post["w_flow"])):
             v_out[key][idx, :-1] = arr
         for key, arr in zip(("params", "sd", "lo", "hi", "contraction"), self.fv_summaries(post["fv"])):
             v_out[key][idx, -1] = arr
         ef = post["fv"][:, 0]
+        scale_var[idx] = np.maximum(post["fv"][:, 1] - ef ** 2, 0.0) / (1 - ef) ** 2   # of 1/(1 - fV)
         vasc_sig[idx] = post["vascular_signal"]
         y_t[idx] = (y - post["vascular_signal"]) / (1 - ef)[:, None]
         sig_t[idx] = sigma / (1 - ef) if np.all(np.isfinite(sig_t[idx])) else np.nan

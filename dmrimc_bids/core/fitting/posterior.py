@@ -152,16 +152,26 @@ class PosteriorModel(Model):
         self._model_error = None   # per parameter, on the estimator's scale (model_error())
 
     # ---- the posterior of a batch of voxels --------------------------------------------------------------
-    def posterior(self, y: np.ndarray, sigma: np.ndarray | None, exclude: np.ndarray | None = None) -> dict:
+    def posterior(self, y: np.ndarray, sigma: np.ndarray | None, exclude: np.ndarray | None = None,
+                  scale_var: np.ndarray | None = None) -> dict:
         """Posterior summaries of voxels y [V, M] (σ [V] or None) on the estimator's scale: 'samples' [V, n, P]
         (adjusted parameters), 'weights' [V, n], 'point', 'var' [V, P], 'best' (min RSS) and 'var_noise' [V].
         exclude [V] (optional): a structure index per voxel (structure_of) whose entries are left out
-        (cross-validation)."""
+        (cross-validation). scale_var [V] (optional): variance of an unknown common scale of each voxel's
+        signal (e.g. an uncertain compartment fraction removed before), marginalised: the misfit loses
+        κ <y - s, y>², κ = τ²/(σ² + τ²|y|²) (the signal's shape standing in for the model's)."""
         y = np.ascontiguousarray(y, np.float64)
         v, m = y.shape
         var_noise = np.full(v, np.nan) if sigma is None else np.asarray(sigma, float) ** 2
         floor = np.zeros(v) if sigma is None or self.noise == "gaussian" else noise_floor(sigma, self.n_averages)
         cost = self._entry_costs(y, floor)
+        scale_var = None if scale_var is None or not np.any(np.asarray(scale_var) > 0) else np.asarray(scale_var, float)
+        if scale_var is not None:
+            clean0 = np.sqrt(np.maximum(y ** 2 - (floor ** 2)[:, None], 0.0))
+            yy = (clean0 ** 2).sum(1)
+            sig2 = var_noise if sigma is not None else np.maximum(cost.min(1) / m, 1e-12)
+            kappa = scale_var / (sig2 + scale_var * yy)
+            cost -= kappa[:, None] * (yy[:, None] - clean0 @ self.signals_t) ** 2
         if exclude is not None:
             cost[self._exclusion_groups()[None, :] == np.asarray(exclude)[:, None]] = np.inf
         best = cost.min(1)
@@ -174,6 +184,11 @@ class PosteriorModel(Model):
         w = np.where(np.isfinite(c), w, 0.0)
         w /= w.sum(1, keepdims=True)
         clean = np.sqrt(np.maximum(y ** 2 - (floor ** 2)[:, None], 0.0))   # floor-corrected data
+        if scale_var is not None:   # the regression compares shapes: the data at the best entry's scale
+            s_best = self.signals[np.argmin(cost, axis=1)]
+            tau = np.sqrt(scale_var)
+            alpha = np.clip((clean * s_best).sum(1) / np.maximum((s_best ** 2).sum(1), 1e-12), 1 - 3 * tau, 1 + 3 * tau)
+            clean = clean / alpha[:, None]
         # the local-linear fit needs a neighbourhood even where the posterior sits on one entry (high SNR,
         # coarse dictionary): its kernel is at least as wide as the REGRESSION_NEIGHBOURS-th nearest entry
         q = min(REGRESSION_NEIGHBOURS, n) - 1
@@ -287,8 +302,9 @@ class PosteriorModel(Model):
         return est, sd, lo, hi, contraction
 
     # ---- Model API -----------------------------------------------------------------------------------------
-    def fit(self, data, mask=None, sigma=None, progress=None) -> DictionaryFit:
-        """data [..., M]; mask [...] bool; sigma [...] or [..., M] (its mean over M is used) or None."""
+    def fit(self, data, mask=None, sigma=None, progress=None, scale_var=None) -> DictionaryFit:
+        """data [..., M]; mask [...] bool; sigma [...] or [..., M] (its mean over M is used) or None;
+        scale_var [...] or None: the variance of an unknown common scale per voxel (posterior())."""
         given, given_sigma = data, sigma
         data = np.asarray(data, float)
         shape, m = data.shape[:-1], data.shape[-1]
@@ -314,7 +330,8 @@ class PosteriorModel(Model):
         self.model_error(float(np.median(sig[todo])) if sig is not None and todo.size else 0.02)
         for c0 in range(0, todo.size, self.chunk_size):
             idx = todo[c0:c0 + self.chunk_size]
-            post = self.posterior(flat[idx], None if sig is None else sig[idx])
+            post = self.posterior(flat[idx], None if sig is None else sig[idx],
+                                  scale_var=None if scale_var is None else np.asarray(scale_var, float).ravel()[idx])
             for key, arr in zip(("params", "sd", "lo", "hi", "contraction"), self.summaries(post)):
                 out[key][idx] = arr
             fobj[idx] = post["best"] / m
