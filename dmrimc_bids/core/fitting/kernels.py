@@ -391,6 +391,34 @@ def entry_costs(y, flo2, signals_t, cost):
                 cost[v, e] += r * r
 
 
+@njit(cache=True, parallel=True)
+def entry_costs_common_scale(y, flo2, signals_t, clean, kappa, cost):
+    """entry_costs with an unknown common scale of each voxel's signal marginalised: cost[v, e] -
+    κ_v (|c_v|² - <c_v, S_e>)² (clean [V, M] the floor-corrected data c, kappa [V] = τ²/(σ² + τ²|c|²);
+    the signal's shape stands in for the model's, as τ << 1)."""
+    n_v, m = y.shape
+    n_e = signals_t.shape[1]
+    for v in prange(n_v):
+        cs = np.zeros(n_e)
+        cc = 0.0
+        for e in range(n_e):
+            cost[v, e] = 0.0
+        for i in range(m):
+            yi = y[v, i]
+            f2 = flo2[v, i]
+            ci = clean[v, i]
+            cc += ci * ci
+            for e in range(n_e):
+                sv = signals_t[i, e]
+                r = offset_residual(yi, sv, f2)
+                cost[v, e] += r * r
+                cs[e] += ci * sv
+        k = kappa[v]
+        for e in range(n_e):
+            d = cc - cs[e]
+            cost[v, e] -= k * d * d
+
+
 @njit(cache=True)
 def _truncated_normal_moments(mu, s, hi):
     """(log mass, mean, variance) of N(mu, s²) truncated to [0, hi] (hi > 0), mass relative to the

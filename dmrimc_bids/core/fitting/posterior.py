@@ -164,14 +164,15 @@ class PosteriorModel(Model):
         v, m = y.shape
         var_noise = np.full(v, np.nan) if sigma is None else np.asarray(sigma, float) ** 2
         floor = np.zeros(v) if sigma is None or self.noise == "gaussian" else noise_floor(sigma, self.n_averages)
-        cost = self._entry_costs(y, floor)
         scale_var = None if scale_var is None or not np.any(np.asarray(scale_var) > 0) else np.asarray(scale_var, float)
-        if scale_var is not None:
-            clean0 = np.sqrt(np.maximum(y ** 2 - (floor ** 2)[:, None], 0.0))
-            yy = (clean0 ** 2).sum(1)
-            sig2 = var_noise if sigma is not None else np.maximum(cost.min(1) / m, 1e-12)
-            kappa = scale_var / (sig2 + scale_var * yy)
-            cost -= kappa[:, None] * (yy[:, None] - clean0 @ self.signals_t) ** 2
+        if scale_var is None or sigma is None:
+            cost = self._entry_costs(y, floor)
+        else:   # the common-scale term needs σ; on the CPU kernel
+            clean0 = np.ascontiguousarray(np.sqrt(np.maximum(y ** 2 - (floor ** 2)[:, None], 0.0)))
+            kappa = scale_var / (var_noise + scale_var * (clean0 ** 2).sum(1))
+            cost = np.empty((v, self.signals.shape[0]))
+            kernels.entry_costs_common_scale(y, np.ascontiguousarray(np.repeat((floor ** 2)[:, None], m, 1)),
+                                             self.signals_t, clean0, kappa, cost)
         if exclude is not None:
             cost[self._exclusion_groups()[None, :] == np.asarray(exclude)[:, None]] = np.inf
         best = cost.min(1)
