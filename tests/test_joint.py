@@ -117,3 +117,15 @@ def test_model_joint_refuses_the_maximum_likelihood_estimator(tmp_path, single_d
     err = capsys.readouterr().err
     assert code == 64 and "--model joint" in err and "--estimator ml" in err
     assert not (tmp_path / "o" / "sub-01").exists()
+
+
+def test_without_a_noise_map_sigma_is_estimated_and_every_voxel_fitted():
+    tissue, flow = tissue_dictionary(), flow_dictionary()
+    rng = np.random.default_rng(8)
+    it, iv = rng.integers(0, len(tissue), 40), rng.integers(0, len(flow), 40)
+    fv = rng.uniform(0.05, 0.15, 40)
+    y = mixed(tissue, flow, it, iv, fv) + rng.normal(0, 0.01, (40, len(PROT)))
+    fit = JointModel(tissue, flow, tissue_b_min=200).fit(y)
+    assert np.all(fit.tissue.exitcode == 1) and np.all(fit.vascular.exitcode == 1)
+    assert spearmanr(fit.tissue.params["fin"], tissue.params[it, 0]).statistic > 0.8
+    assert np.all(np.isfinite(fit.vascular.params["fV"]))

@@ -230,7 +230,8 @@ class JointModel(Model):
                 progress(idx.size)
         cols = self.tissue_columns
         tissue = self.tissue_model.fit(y_t[:, cols].reshape(shape + (cols.size,)), mask & valid.reshape(shape),
-                                       sig_t.reshape(shape), scale_var=scale_var.reshape(shape))
+                                       None if sig is None else sig_t.reshape(shape),   # no map: its own σ
+                                       scale_var=scale_var.reshape(shape))
         vascular = self._vascular_fit(v_out, shape, in_mask, valid, todo.size)
         return JointFit(tissue, vascular, vasc_sig.reshape(shape + (m,))).bind(self, data, sigma)
 
