@@ -165,6 +165,10 @@ def _vascular_options(v) -> None:
                    help="separate (default): tissue fit on b >= --vasc-threshold, segmented IVIM and the flow fit of "
                         "its vascular signal; joint: one posterior of (1 - fV) S_tissue + fV S_flow on every b > 0 "
                         "(core/fitting/joint.py; writes the histousim and spinflowsim maps, fV among the latter)")
+    v.add_argument("--t2-tissue-ms", type=float, default=None, metavar="MS",
+                   help="--model joint: tissue T2 [ms]; with --t2-blood-ms, fV is the blood volume fraction "
+                        "corrected for the T2 difference at each TE (default: none, fV is the signal fraction)")
+    v.add_argument("--t2-blood-ms", type=float, default=None, metavar="MS", help="--model joint: blood T2 [ms]")
     v.add_argument("--flow-estimator", choices=["posterior", "posterior-mean", "ml", "fit"], default="posterior-mean",
                    help="posterior-mean (default; best in the leave-one-network-out benchmark) or posterior "
                         "(median): the tissue's posterior estimator with a Gaussian likelihood; ml (alias fit): "
@@ -238,6 +242,10 @@ def check_arguments(args) -> None:
                              fix=f"add --estimator ml, or drop {', '.join(given)}")
     if args.model == "joint":
         _check_joint(args)
+    given = [flag for flag, v in (("--t2-tissue-ms", args.t2_tissue_ms), ("--t2-blood-ms", args.t2_blood_ms)) if v is not None]
+    if given and (args.model != "joint" or len(given) != 2 or min(args.t2_tissue_ms, args.t2_blood_ms) <= 0):
+        raise InputError(f"{', '.join(given)}", exit_code=EX_USAGE,
+                         fix="give both --t2-tissue-ms and --t2-blood-ms (> 0 ms), with --model joint")
     if not 0 < args.ivim_b_split < args.ivim_b_max:
         raise InputError(f"--ivim-b-split {args.ivim_b_split:g} / --ivim-b-max {args.ivim_b_max:g}",
                          exit_code=EX_USAGE, fix="give 0 < --ivim-b-split < --ivim-b-max (s/mm²)")
@@ -270,6 +278,7 @@ def config_from_args(args) -> Config:
         ivim_b_split=args.ivim_b_split, ivim_b_max=args.ivim_b_max, flow_dictionary=text(args.flow_dictionary),
         flow_networks=[str(f) for f in args.flow_networks or []], flow_spins=args.flow_spins,
         flow_params=list(args.flow_params or []), flow_estimator=args.flow_estimator, model=args.model,
+        t2_tissue_ms=args.t2_tissue_ms, t2_blood_ms=args.t2_blood_ms,
         work_dir=text(args.work_dir),
         nprocs=args.nprocs, plugin=args.plugin or "", mem_gb=args.mem_gb, verbose=args.verbose,
         command=" ".join(sys.argv))

@@ -72,6 +72,8 @@ class Config:
     flow_match_tol_b: float = 5.0
     flow_estimator: str = "posterior-mean"
     model: str = "separate"
+    t2_tissue_ms: float | None = None
+    t2_blood_ms: float | None = None
     work_dir: str = ""
     nprocs: int = 1
     plugin: str = ""
@@ -135,7 +137,7 @@ class Config:
                      "n_averages", "reg_norm", "reg_weight", "bounds", "smoothing", "surrogate", "n_neighbours",
                      "noise_model", "estimator", "dictionary_source", "sim_substrates", "sim_walkers", "sim_d0",
                      "sim_kappa", "vascular", "ivim_b_split", "ivim_b_max", "flow_dictionary", "flow_networks",
-                     "flow_spins", "flow_params", "flow_estimator", "model", "seed")
+                     "flow_spins", "flow_params", "flow_estimator", "model", "t2_tissue_ms", "t2_blood_ms", "seed")
 
     def options_fingerprint(self) -> str:
         """12 hex digits identifying the software version and every option that changes the maps."""
@@ -163,7 +165,8 @@ class Config:
     def joint_model_options(self) -> dict:
         """JointModel options (core/fitting/joint.py) of --model joint (JSON-typed)."""
         return {"bounds": {k: list(v) for k, v in self.bounds.items()}, "chunk_size": self.chunk_size,
-                "n_averages": self.n_averages, "tissue_b_min": self.vasc_threshold, "device": self.device}
+                "n_averages": self.n_averages, "tissue_b_min": self.vasc_threshold, "device": self.device,
+                "t2_tissue_ms": self.t2_tissue_ms, "t2_blood_ms": self.t2_blood_ms}
 
     def ivim_model_options(self) -> dict:
         return {"b_split": self.ivim_b_split, "b_max": self.ivim_b_max, "b0_threshold": self.b0_threshold}

@@ -2,7 +2,7 @@
 
 Forward model of a voxel's b0-normalised signal (each TE group normalised by its own b = 0, so each
 group has its own S0, whose estimate's noise is a common scale error of the group, part of the noise
-model; blood and tissue share T2 here, so fV is the blood's signal fraction):
+model; blood and tissue share T2 unless both T2s are given, so fV is the blood's signal fraction):
 
     y_m = (1 - fV) · S_tissue,m(fin, vCS, D0in, D0ex, κ) + fV · S_flow,m(vm, vs, anb)
 
@@ -61,6 +61,20 @@ def flow_prototypes(signals: np.ndarray, k: int) -> np.ndarray:
     return np.ascontiguousarray(centres)
 
 
+def relaxation_weights(protocol, t2_tissue_ms: float | None, t2_blood_ms: float | None) -> np.ndarray:
+    """a_k = e^{-TE_k (1/T2_blood - 1/T2_tissue)} [M] (TE, T2 in ms): blood's signal relative to tissue's
+    at each measurement's echo time; all 1 unless both T2s are given (fV is then the signal fraction)."""
+    n = len(protocol)
+    if t2_tissue_ms is None and t2_blood_ms is None:
+        return np.ones(n)
+    if t2_tissue_ms is None or t2_blood_ms is None or not (t2_tissue_ms > 0 and t2_blood_ms > 0):
+        raise ValueError("give both T2s (tissue and blood, > 0 ms) or neither")
+    te = np.asarray(protocol.echo_time_ms, float)
+    if not np.all(np.isfinite(te)):
+        raise ValueError("the T2 correction needs every measurement's echo time")
+    return np.exp(-te * (1.0 / t2_blood_ms - 1.0 / t2_tissue_ms))
+
+
 def normalisation_groups(protocol) -> tuple:
     """(group index [M], number of groups): the measurements b0-normalised together, one group per
     (series, TE); an unknown TE counts as one TE."""
@@ -108,12 +122,14 @@ class JointModel(Model):
     """tissue, flow: dictionaries matched to the same measurements (every b > 0 of the voxels' data);
     fv_max: largest fV of the flat prior; b0_noise_ratio: SD of each normalisation group's b = 0 estimate
     over the measurements' σ (scalar or one per group of normalisation_groups; 1: one b = 0 volume per
-    group, as noisy as a measurement; 0: exact normalisation); n_candidates: tissue entries per voxel
+    group, as noisy as a measurement; 0: exact normalisation); t2_tissue_ms, t2_blood_ms: both or neither
+    (relaxation_weights: fV becomes the volume fraction, the T2 difference corrected to first order in fV);
+    n_candidates: tissue entries per voxel
     in the vascular posterior; noise, n_averages, bounds, point, chunk_size: as PosteriorModel (tissue)."""
 
     def __init__(self, tissue: Dictionary, flow: Dictionary, fv_max: float = FV_MAX,
                  n_candidates: int = N_TISSUE_CANDIDATES, tissue_b_min: float = TISSUE_B_MIN,
-                 b0_noise_ratio=1.0,
+                 b0_noise_ratio=1.0, t2_tissue_ms: float | None = None, t2_blood_ms: float | None = None,
                  noise: str = "offset-gaussian", n_averages: float = 1.0, bounds: dict | None = None,
                  point: str = "median", chunk_size: int = 2000, device: str = "cpu"):
         if len(tissue.protocol) != len(flow.protocol):
@@ -134,7 +150,9 @@ class JointModel(Model):
         self.tissue_signals = np.ascontiguousarray(tissue.within(bounds).signals if bounds else tissue.signals,
                                                    np.float64)
         self.flow_signals = np.ascontiguousarray(flow.signals, np.float64)
-        self.flow_sq = (self.flow_signals ** 2).sum(1)
+        self.te_weight = relaxation_weights(tissue.protocol, t2_tissue_ms, t2_blood_ms)
+        self.t2 = (t2_tissue_ms, t2_blood_ms)
+        self.flow_sq = ((self.flow_signals * self.te_weight) ** 2).sum(1)
         self.flow_t = np.ascontiguousarray(self.flow_signals.T)
         # the tissue candidates: least joint misfit with FLOW_PROTOTYPES k-means centres of the flow signals
         self.prototypes = flow_prototypes(self.flow_signals, FLOW_PROTOTYPES)
@@ -174,8 +192,9 @@ class JointModel(Model):
         yy = np.stack([(clean[:, self.groups == g] ** 2).sum(1) for g in range(self.n_groups)], 1)
         kappa = np.ascontiguousarray(tau2 / (sig2[:, None] + tau2 * yy))
         kernels.joint_pair_moments(clean, sig2, np.ascontiguousarray(self.tissue_signals[top]), self.flow_t,
-                                   self.flow_sq, self.fv_max, self.groups, kappa, w_flow, g_flow, f_mom, work)
-        return {"w_flow": w_flow, "fv": f_mom, "vascular_signal": g_flow @ self.flow_signals}
+                                   self.flow_sq, self.fv_max, self.groups, kappa, self.te_weight, w_flow, g_flow,
+                                   f_mom, work)
+        return {"w_flow": w_flow, "fv": f_mom, "vascular_signal": (g_flow @ self.flow_signals) * self.te_weight}
 
     def flow_summaries(self, w_flow: np.ndarray) -> tuple:
         """(estimate, SD, 95 % low, 95 % high, contraction) [V, P] of the flow parameters in physical units
@@ -255,10 +274,13 @@ class JointModel(Model):
         for key, arr in zip(("params", "sd", "lo", "hi", "contraction"), self.fv_summaries(post["fv"])):
             v_out[key][idx, -1] = arr
         ef = post["fv"][:, 0]
-        scale_var[idx] = np.maximum(post["fv"][:, 1] - ef ** 2, 0.0) / (1 - ef) ** 2   # of 1/(1 - fV)
+        share = 1 - ef[:, None] * self.te_weight[None, :]      # the tissue's share of each measurement
+        a_t = self.te_weight[self.tissue_columns]
+        scale_var[idx] = (np.maximum(post["fv"][:, 1] - ef ** 2, 0.0)[:, None] * a_t ** 2
+                          / share[:, self.tissue_columns] ** 2).mean(1)   # of 1/(1 - a fV)
         vasc_sig[idx] = post["vascular_signal"]
-        y_t[idx] = (y - post["vascular_signal"]) / (1 - ef)[:, None]
-        sig_t[idx] = sigma / (1 - ef) if np.all(np.isfinite(sig_t[idx])) else np.nan
+        y_t[idx] = (y - post["vascular_signal"]) / share
+        sig_t[idx] = sigma / share[:, self.tissue_columns].mean(1) if np.all(np.isfinite(sig_t[idx])) else np.nan
 
     def _residual_sigma(self, flat, todo) -> np.ndarray:
         """σ per voxel without a noise map: the RMS residual of the best tissue-only entry (an upper bound)."""
@@ -301,6 +323,7 @@ class JointModel(Model):
                                     "vascular component's posterior mean removed",
                        "JointModel": {"FvMax": self.fv_max, "TissueCandidates": self.n_candidates,
                                       "FlowPrototypesForCandidates": int(len(self.prototypes)),
+                                      "T2TissueMs": self.t2[0], "T2BloodMs": self.t2[1],
                                       "FlowEntries": len(self.flow_signals)}})
         return Description(method="jointly with the vascular signal: " + tissue.method, parameters=params,
                            references=list(tissue.references))

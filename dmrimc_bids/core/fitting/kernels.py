@@ -444,7 +444,8 @@ JOINT_LOG_WEIGHT_SPAN = 12.0
 
 
 @njit(cache=True, parallel=True)
-def joint_pair_moments(y, sig2, tissue, flow_t, flow_sq, fv_max, groups, kappa, w_flow, g_flow, f_moments, log_w):
+def joint_pair_moments(y, sig2, tissue, flow_t, flow_sq, fv_max, groups, kappa, te_weight, w_flow, g_flow, f_moments,
+                       log_w):
     """Posterior over (tissue candidate t, flow entry v, vascular fraction f) of the joint model
     y = (1 - f) t + f v + Gaussian noise (sig2 [V] its variance), flat priors, f in [0, fv_max]
     marginalised analytically (Gaussian in f for each pair, truncated). tissue [V, Nt, M] the voxel's
@@ -456,46 +457,58 @@ def joint_pair_moments(y, sig2, tissue, flow_t, flow_sq, fv_max, groups, kappa, 
     Normalisation noise: each measurement group g (groups [M], 0..G-1: the TE groups, each divided by its
     own noisy b = 0) shares one scale error of SD τ_g, i.e. noise covariance σ²I + τ_g² y_g y_gᵀ (the
     signal's own shape stands in for the model's, as τ << 1); kappa [V, G] = τ_g² / (σ² + τ_g² |y_g|²)
-    (Sherman-Morrison: the misfit loses κ_g <r_g, y_g>² per group; 0 without normalisation noise)."""
+    (Sherman-Morrison: the misfit loses κ_g <r_g, y_g>² per group; 0 without normalisation noise).
+
+    Relaxation: te_weight [M] a_k = e^{-TE_k (1/T2_blood - 1/T2_tissue)} (1 for equal T2s) makes the model
+    y = t + f a∘(v - t), first order in f of ((1 - f) t + f a v) / (1 - f + f a), with f the vascular
+    volume fraction; flow_sq [Kf] is then Σ_k a_k² v_k²."""
     n_v, n_t, m = tissue.shape
     n_f = flow_t.shape[1]
     n_g = kappa.shape[1]
+    aw = np.ascontiguousarray(te_weight)
+    unit = np.all(aw == 1.0)
     for i in prange(n_v):
         s2 = sig2[i]
         yi = np.ascontiguousarray(y[i])
         ti = np.ascontiguousarray(tissue[i])
-        yv = np.dot(yi, flow_t)            # [Kf]   <y, v>
-        tv = np.dot(ti, flow_t)            # [Nt, Kf] <t, v>, then |v - t|²
-        bb = np.empty((n_t, n_f))          # <y - t, v - t>
-        yvg = np.zeros((n_g, n_f))         # <y_g, v_g>
+        yv = np.dot(yi * aw, flow_t)       # [Kf]   <y, a∘v>
+        tv = np.dot(ti * aw, flow_t)       # [Nt, Kf] <t, a∘v>, then |a∘(v - t)|²
+        tv2 = tv if unit else np.dot(ti * (aw * aw), flow_t)  # [Nt, Kf] <t, a²∘v> (read before tv is overwritten)
+        bb = np.empty((n_t, n_f))          # <y - t, a∘(v - t)>
+        yvg = np.zeros((n_g, n_f))         # <y_g, a∘v_g>
         yyg = np.zeros(n_g)
         for k in range(m):
             yyg[groups[k]] += yi[k] * yi[k]
             for e in range(n_f):
-                yvg[groups[k], e] += yi[k] * flow_t[k, e]
+                yvg[groups[k], e] += yi[k] * aw[k] * flow_t[k, e]
         ytg = np.zeros(n_g)
         lw = log_w[i]
         best = -math.inf
+        ytag = np.zeros(n_g)
         for t in range(n_t):
-            tt = 0.0
+            tt_a = 0.0
+            tt_a2 = 0.0
             a = 0.0
-            yt = 0.0
+            yt_a = 0.0
             for g in range(n_g):
                 ytg[g] = 0.0
+                ytag[g] = 0.0
             for k in range(m):
-                tt += ti[t, k] * ti[t, k]
-                yt += yi[k] * ti[t, k]
+                tt_a += aw[k] * ti[t, k] * ti[t, k]
+                tt_a2 += aw[k] * aw[k] * ti[t, k] * ti[t, k]
+                yt_a += aw[k] * yi[k] * ti[t, k]
                 ytg[groups[k]] += yi[k] * ti[t, k]
+                ytag[groups[k]] += aw[k] * yi[k] * ti[t, k]
                 d = yi[k] - ti[t, k]
                 a += d * d
             for g in range(n_g):   # common-mode part of the misfit at f = 0
                 a -= kappa[i, g] * (yyg[g] - ytg[g]) ** 2
             for e in range(n_f):
-                b = yv[e] - yt - tv[t, e] + tt
-                c = flow_sq[e] - 2.0 * tv[t, e] + tt
+                b = yv[e] - yt_a - tv[t, e] + tt_a
+                c = flow_sq[e] - 2.0 * tv2[t, e] + tt_a2
                 for g in range(n_g):
                     p = yyg[g] - ytg[g]
-                    qg = yvg[g, e] - ytg[g]
+                    qg = yvg[g, e] - ytag[g]
                     b -= kappa[i, g] * p * qg
                     c -= kappa[i, g] * qg * qg
                 q = -a
