@@ -40,6 +40,8 @@ from .posterior import Z95, PosteriorModel, log_scaled, weighted_quantile
 
 #: Tissue entries per voxel that enter the vascular posterior (step 2).
 N_TISSUE_CANDIDATES = 16
+#: Voxels per block of the candidates' matrix product (block x entries float64 at a time).
+PROFILE_BLOCK = 128
 #: Representative flow signals (k-means centres) against which the tissue candidates are chosen.
 FLOW_PROTOTYPES = 4
 #: Smallest b [s/mm²] of the tissue posterior (step 3): below it the tissue carries little information and
@@ -158,6 +160,8 @@ class JointModel(Model):
         self.prototypes = flow_prototypes(self.flow_signals, FLOW_PROTOTYPES)
         self.proto_sq = (self.prototypes ** 2).sum(1)
         self.tissue_proto = np.ascontiguousarray(self.tissue_signals @ self.prototypes.T)
+        self.pair_sq = np.ascontiguousarray(self.proto_sq[None, :] - 2 * self.tissue_proto
+                                            + (self.tissue_signals ** 2).sum(1)[:, None])   # |v_r - t|²
         self.tissue_t = np.ascontiguousarray(self.tissue_signals.T)
         self.tissue_sq = (self.tissue_signals ** 2).sum(1)
         self.n_candidates = int(min(n_candidates, len(self.tissue_signals)))
@@ -176,8 +180,11 @@ class JointModel(Model):
         floor = np.zeros(len(y)) if self.noise == "gaussian" else noise_floor(sigma, self.n_averages)
         clean = np.ascontiguousarray(np.sqrt(np.maximum(y ** 2 - (floor ** 2)[:, None], 0.0)))
         top = np.empty((len(y), self.n_candidates), np.int64)
-        kernels.joint_profile_top(clean, self.tissue_t, self.tissue_sq, self.tissue_proto, self.proto_sq,
-                                  self.prototypes, self.fv_max, top)
+        for c0 in range(0, len(y), PROFILE_BLOCK):   # <y, t> of every entry as a BLAS product, in blocks
+            block = clean[c0:c0 + PROFILE_BLOCK]
+            kernels.joint_profile_top(block, np.ascontiguousarray(block @ self.tissue_t), self.tissue_sq,
+                                      self.tissue_proto, self.pair_sq, self.prototypes, self.fv_max,
+                                      top[c0:c0 + PROFILE_BLOCK])
         return self._pairs(clean, sigma, top)
 
     def _pairs(self, clean, sigma, top) -> dict:

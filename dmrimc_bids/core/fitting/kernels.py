@@ -561,23 +561,20 @@ def joint_pair_moments(y, sig2, tissue, flow_t, flow_sq, fv_max, groups, kappa, 
 
 
 @njit(cache=True, parallel=True)
-def joint_profile_top(y, signals_t, signals_sq, tissue_proto, proto_sq, proto, fv_max, top):
+def joint_profile_top(y, yt_all, signals_sq, tissue_proto, pair_sq, proto, fv_max, top):
     """The k = top.shape[1] tissue entries of least joint misfit min over the flow prototypes proto [R, M]
-    and f in [0, fv_max] of |y - (1 - f) t - f v|², for every voxel y [V, M] (signals_t [M, E] the tissue
-    signals transposed, signals_sq [E] = |t|², tissue_proto [E, R] = <t, v_r>, proto_sq [R] = |v_r|²).
-    Voxel-independent Gram terms make it O(E·(M + R)) per voxel."""
+    and f in [0, fv_max] of |y - (1 - f) t - f v|², for every voxel y [V, M] (yt_all [V, E] = <y, t> of every
+    entry, a matrix product done beforehand; signals_sq [E] = |t|², tissue_proto [E, R] = <t, v_r>,
+    pair_sq [E, R] = |v_r - t|²). Voxel-independent Gram terms make it O(E·R) per voxel after the product."""
     n_v, m = y.shape
-    n_e = signals_t.shape[1]
+    n_e = yt_all.shape[1]
     n_r = proto.shape[0]
     k = top.shape[1]
     for i in prange(n_v):
-        yt = np.zeros(n_e)
+        yt = yt_all[i]
         yy = 0.0
         for j in range(m):
-            yj = y[i, j]
-            yy += yj * yj
-            for e in range(n_e):
-                yt[e] += yj * signals_t[j, e]
+            yy += y[i, j] * y[i, j]
         yv = np.zeros(n_r)
         for r in range(n_r):
             for j in range(m):
@@ -589,11 +586,10 @@ def joint_profile_top(y, signals_t, signals_sq, tissue_proto, proto_sq, proto, f
             a = yy - 2.0 * yt[e] + tt
             q_best = a
             for r in range(n_r):
-                tv = tissue_proto[e, r]
-                c = proto_sq[r] - 2.0 * tv + tt
+                c = pair_sq[e, r]
                 if c <= 1e-15:
                     continue
-                b = yv[r] - yt[e] - tv + tt
+                b = yv[r] - yt[e] - tissue_proto[e, r] + tt
                 f = min(max(b / c, 0.0), fv_max)
                 q = a - 2.0 * f * b + f * f * c
                 if q < q_best:
