@@ -131,7 +131,8 @@ def test_demo_vascular_branch(demo_run, demo_dir):
         truth = nib.load(gt_root / rel / f"{base}_space-dwi_model-spinflowsim_param-vm_dwimap.nii.gz").get_fdata()[mask]
         est_all.append(vm[code == 1])
         true_all.append(truth[code == 1])
-    # SNR 40 at b=0 and fV ~0.1: the vascular signal has SNR ~4; measured rho 0.27-0.29 per session
+    # SNR 40 at b=0 and fV ~0.1: the vascular signal has SNR ~4; the demo's networks are not the flow
+    # dictionary's (generator seed 77 vs 0): measured rho 0.15-0.22 per session (docs/benchmarks.md)
     rho = spearmanr(np.concatenate(est_all), np.concatenate(true_all))[0]
     assert rho > 0.1, rho
     side = json.loads((out / "sub-01/dwi/sub-01_space-dwi_model-spinflowsim_param-vm_dwimap.json").read_text())

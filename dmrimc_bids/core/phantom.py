@@ -151,8 +151,10 @@ def demo_protocol():
 VASCULAR_TRUTH = {"fV": "ivim", "vm": "spinflowsim", "vs": "spinflowsim", "anb": "spinflowsim"}
 #: Flow realisations of the demo: generated networks (core/simulate/flow/generate.py) with vm 2-10 mm/s
 #: (faster flow leaves no vascular signal above b = 25 s/mm²; slower flow leaves so much above b = 250 that
-#: it biases the tissue fit, as it would in a patient); one per vascular region.
+#: it biases the tissue fit, as it would in a patient); one per vascular region. Their generator seed is
+#: not the default flow dictionary's (0), so the demo's networks are not in the dictionary it is fitted with.
 N_FLOW_REGIONS = 6
+DEMO_FLOW_SEED = 77
 
 
 def vascular_component(mask, b, sd, bd, shift, seed=0):
@@ -166,7 +168,7 @@ def vascular_component(mask, b, sd, bd, shift, seed=0):
     x, y, z = np.meshgrid(*(np.linspace(-1, 1, n) for n in SHAPE), indexing="ij")
     r = np.sqrt((x / 0.75) ** 2 + (y / 0.6) ** 2 + (z / 1.6) ** 2)
     fv = np.where(mask, 0.03 + 0.07 * np.clip(r, 0, 1) ** 2, 0.03)
-    nets = default_realisations()
+    nets = default_realisations(seed=DEMO_FLOW_SEED)
     sols = [solve_flow(n) for n in nets]
     vm = np.array([network_metrics(s)["vm"] for s in sols])
     pick = np.flatnonzero((vm > 2.0) & (vm < 10.0))
