@@ -2,7 +2,7 @@
 
 Forward model of a voxel's b0-normalised signal (each TE group normalised by its own b = 0, so each
 group has its own S0, whose estimate's noise is a common scale error of the group, part of the noise
-model; blood and tissue share T2 unless both T2s are given, so fV is the blood's signal fraction):
+model). Without T2s fV is the blood's signal fraction; with both (relaxation_weights) its volume fraction:
 
     y_m = (1 - fV) · S_tissue,m(fin, vCS, D0in, D0ex, κ) + fV · S_flow,m(vm, vs, anb)
 
