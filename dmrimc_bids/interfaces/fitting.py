@@ -48,10 +48,6 @@ class FitModel(SimpleInterface):
     output_spec = _FitOut
 
     def _run_interface(self, runtime):
-        import numba
-        from threadpoolctl import threadpool_limits
-        from tqdm import tqdm
-
         from ..core.dictionary import Dictionary
         from ..core.fitting.registry import build_model
         from ..core.protocol import Protocol
@@ -72,20 +68,8 @@ class FitModel(SimpleInterface):
             self._results["examples_file"] = _write_json(cwd_path(runtime, "examples.json"),
                                                          {"protocol": protocol.to_rows(), "voxels": []})
             return runtime
-        numba.set_num_threads(max(1, min(i.n_threads, numba.config.NUMBA_NUM_THREADS)))
-        from ..core import jitcache
-        from ..core.fitting import kernels
-        notice = jitcache.compile_notice(kernels.__file__, "fitting")
-        if notice and i.estimator not in ("ivim",):
-            print(f"dmrimc-bids: {i.label}: {notice}", file=sys.stderr, flush=True)
-        with threadpool_limits(limits=max(1, i.n_threads)), \
-                tqdm(total=int(mask.sum()), desc=i.label, unit="vox", mininterval=2) as bar:
-            fit = model.fit(data, mask, sigma, progress=bar.update)
-        maps = fit.maps()
-        outside = (maps["exitcode"] == 0) if "exitcode" in maps else ~mask  # one background: NaN outside the fit
-        for name, arr in maps.items():
-            arr = np.where(outside, np.nan, np.asarray(arr, np.float32))
-            self._results["maps"][name] = save_image(arr, img, cwd_path(runtime, f"{name}.nii.gz"), np.float32)
+        fit = run_fit(model, data, mask, sigma, i.n_threads, i.label, compile_notice=i.estimator != "ivim")
+        self._results["maps"] = save_maps(runtime, img, fit.maps(), mask)
         self._results["units"] = dict(fit.units)
         self._results["info"] = json.loads(json.dumps(fit.info))
         self._results["examples_file"] = _write_json(cwd_path(runtime, "examples.json"),
@@ -104,6 +88,33 @@ class FitModel(SimpleInterface):
         self._results["signal_reason"] = sig.reason
         self._results["signal_protocol"] = cwd_path(runtime, "signal_protocol.tsv")
         protocol.subset(sig.index).to_table(self._results["signal_protocol"])
+
+
+def run_fit(model, data, mask, sigma, n_threads: int, label: str, compile_notice: bool = True):
+    """model.fit on n_threads numba and BLAS threads with a progress bar (and the one-line notice when the
+    fitting kernels are compiled first)."""
+    import numba
+    from threadpoolctl import threadpool_limits
+    from tqdm import tqdm
+
+    numba.set_num_threads(max(1, min(n_threads, numba.config.NUMBA_NUM_THREADS)))
+    from ..core import jitcache
+    from ..core.fitting import kernels
+    notice = jitcache.compile_notice(kernels.__file__, "fitting")
+    if notice and compile_notice:
+        print(f"dmrimc-bids: {label}: {notice}", file=sys.stderr, flush=True)
+    with threadpool_limits(limits=max(1, n_threads)), \
+            tqdm(total=int(mask.sum()), desc=label, unit="vox", mininterval=2) as bar:
+        return model.fit(data, mask, sigma, progress=bar.update)
+
+
+def save_maps(runtime, img, maps: dict, mask, prefix: str = "") -> dict:
+    """Every map as float32 NIfTI in the node's folder, NaN outside the fit (exit code 0, or outside the
+    mask without one): {name: path}."""
+    outside = (maps["exitcode"] == 0) if "exitcode" in maps else ~mask  # one background: NaN outside the fit
+    return {name: save_image(np.where(outside, np.nan, np.asarray(arr, np.float32)), img,
+                             cwd_path(runtime, f"{prefix}{name}.nii.gz"), np.float32)
+            for name, arr in maps.items()}
 
 
 def _model_options(options: dict) -> dict:
@@ -150,10 +161,6 @@ class FitJointModel(SimpleInterface):
     output_spec = _JointOut
 
     def _run_interface(self, runtime):
-        import numba
-        from threadpoolctl import threadpool_limits
-        from tqdm import tqdm
-
         from ..core.dictionary import Dictionary
         from ..core.fitting.joint import JointModel
 
@@ -165,26 +172,16 @@ class FitJointModel(SimpleInterface):
             sigma = sigma.mean(-1)
         tissue, flow = Dictionary.load(i.dictionary), Dictionary.load(i.flow_dictionary)
         model = JointModel(tissue, flow, **_model_options(i.options))
-        numba.set_num_threads(max(1, min(i.n_threads, numba.config.NUMBA_NUM_THREADS)))
-        with threadpool_limits(limits=max(1, i.n_threads)), \
-                tqdm(total=int(mask.sum()), desc="joint fit", unit="vox", mininterval=2) as bar:
-            fit = model.fit(data, mask, sigma, progress=bar.update)
+        fit = run_fit(model, data, mask, sigma, i.n_threads, "joint fit")
         desc = model.describe().to_dict()
         self._results["description"] = {**desc, "dictionary": tissue.summary()}
         self._results["flow_description"] = {**desc, "dictionary": flow.summary()}
-        self._results["maps"] = self._save(runtime, img, fit.tissue.maps(), "tissue")
+        self._results["maps"] = save_maps(runtime, img, fit.tissue.maps(), mask, "tissue_")
         vascular = {k: v for k, v in fit.vascular.maps().items() if k not in ("fobj", "loglik", "aic", "bic")}
-        self._results["flow_maps"] = self._save(runtime, img, vascular, "vascular")
+        self._results["flow_maps"] = save_maps(runtime, img, vascular, mask, "vascular_")
         self._results["units"], self._results["flow_units"] = dict(fit.tissue.units), dict(fit.vascular.units)
         self._results["info"] = json.loads(json.dumps(fit.tissue.info))
         self._results["flow_info"] = json.loads(json.dumps(fit.vascular.info))
         self._results["examples_file"] = _write_json(cwd_path(runtime, "examples.json"),
                                                      fit.examples(tissue.protocol.to_rows()))
         return runtime
-
-    @staticmethod
-    def _save(runtime, img, maps: dict, prefix: str) -> dict:
-        outside = maps["exitcode"] == 0
-        return {name: save_image(np.where(outside, np.nan, np.asarray(arr, np.float32)), img,
-                                 cwd_path(runtime, f"{prefix}_{name}.nii.gz"), np.float32)
-                for name, arr in maps.items()}

@@ -371,17 +371,7 @@ def init_joint_wf(item: SessionInputs, config: Config, mem: dict, name="joint_wf
         (match_flow, outputnode, [("dictionary", "flow_matched_dictionary")]),
         (filt, outputnode, [("dropped", "dropped")]),
     ])
-    if config.flow_dictionary:
-        match_flow.inputs.dictionary_file = config.flow_dictionary
-        outputnode.inputs.flow_dictionary_description = load_selected(config.flow_dictionary,
-                                                                      config.flow_params).describe()
-        return wf
-    sim = pe.Node(SimulateFlowForProtocol(network_files=list(config.flow_networks), n_spins=config.flow_spins,
-                                          seed=config.seed, cache_dir=config.sim_cache_dir,
-                                          b0_threshold=config.b0_threshold, n_threads=config.omp_nthreads),
-                  name="simulate_flow_dictionary", mem_gb=1.0, n_procs=config.omp_nthreads)
-    wf.connect([(filt, sim, [("protocol", "protocol")]), (sim, match_flow, [("dictionary", "dictionary_file")]),
-                (sim, outputnode, [("description", "flow_dictionary_description")])])
+    _add_flow_dictionary(wf, config, (filt, "protocol"), match_flow, outputnode, "flow_dictionary_description")
     return wf
 
 
@@ -435,17 +425,25 @@ def init_vascular_wf(item: SessionInputs, config: Config, mem: dict, name="vascu
                            ("examples_file", "flow_examples")]),
         (match, outputnode, [("dictionary", "matched_dictionary")]),
     ])
+    _add_flow_dictionary(wf, config, (ivim, "signal_protocol"), match, outputnode, "dictionary_description")
+    return wf
+
+
+def _add_flow_dictionary(wf, config: Config, protocol_from: tuple, match, outputnode, description_field: str) -> None:
+    """The flow dictionary of a branch: --flow-dictionary as given, or simulated for the measurements of
+    protocol_from (node, output) from the networks (cached); its description goes to description_field."""
     if config.flow_dictionary:
         match.inputs.dictionary_file = config.flow_dictionary
-        outputnode.inputs.dictionary_description = load_selected(config.flow_dictionary, config.flow_params).describe()
-        return wf
+        setattr(outputnode.inputs, description_field,
+                load_selected(config.flow_dictionary, config.flow_params).describe())
+        return
     sim = pe.Node(SimulateFlowForProtocol(network_files=list(config.flow_networks), n_spins=config.flow_spins,
                                           seed=config.seed, cache_dir=config.sim_cache_dir,
                                           b0_threshold=config.b0_threshold, n_threads=config.omp_nthreads),
                   name="simulate_flow_dictionary", mem_gb=1.0, n_procs=config.omp_nthreads)
-    wf.connect([(ivim, sim, [("signal_protocol", "protocol")]), (sim, match, [("dictionary", "dictionary_file")]),
-                (sim, outputnode, [("description", "dictionary_description")])])
-    return wf
+    node, field = protocol_from
+    wf.connect([(node, sim, [(field, "protocol")]), (sim, match, [("dictionary", "dictionary_file")]),
+                (sim, outputnode, [("description", description_field)])])
 
 
 def _as_list(reason: str) -> list:
