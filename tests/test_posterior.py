@@ -5,7 +5,7 @@ import pytest
 from scipy.stats import spearmanr
 
 from dmrimc_bids.core.dictionary import Dictionary
-from dmrimc_bids.core.fitting.posterior import (PosteriorModel, interval_limits, structure_groups,
+from dmrimc_bids.core.fitting.posterior import (PRIOR_BINS, PosteriorModel, interval_limits, structure_groups,
                                                 weighted_quantile)
 from dmrimc_bids.core.protocol import Protocol
 
@@ -159,3 +159,55 @@ def test_an_uncertain_common_scale_is_marginalised():
         err_plain = np.abs(plain.params[name] - dic.params[k, j]) / np.ptp(dic.params[:, j])
         assert np.all(err_scaled < 0.05), (name, err_scaled)
     assert np.mean(np.abs(plain.params["D0ex"] - dic.params[k, 2])) > 0.1
+
+
+def crowded_dictionary(n_fin=8):
+    """Structures = 8 'substrates' (fin); design axes D0in (3-value grid) and D0ex on 40 values crowded
+    towards 1 µm²/ms (1 + 2u², u even): a flat prior over the entries is not flat over D0ex."""
+    fin = np.linspace(0.3, 0.9, n_fin)
+    d0ex = 1.0 + 2.0 * np.linspace(0, 1, 40) ** 2
+    f, din, dex = np.meshgrid(fin, [0.3, 0.6, 0.9], d0ex, indexing="ij")
+    p = np.stack([f.ravel(), din.ravel(), dex.ravel()], 1)
+    return Dictionary(biexp(*p.T), p, ["fin", "D0in", "D0ex"], Protocol(B, 10.0, 30.0))
+
+
+def test_design_prior_is_flat_over_the_design_axes():
+    """Crossed grid: every entry weighs the same. Crowded axis: the weighted histogram of PRIOR_BINS bins is
+    flat and the structure-level parameter (fin) keeps its population."""
+    grid = PosteriorModel(grid_dictionary(), model_error=False)
+    np.testing.assert_allclose(grid.log_prior, 0.0, atol=1e-12)
+    dic = crowded_dictionary()
+    model = PosteriorModel(dic, model_error=False)
+    w = np.exp(model.log_prior)
+    dex = dic.params[:, 2]
+    hist = np.bincount(np.minimum(((dex - 1) / 2 * PRIOR_BINS).astype(int), PRIOR_BINS - 1), w, PRIOR_BINS)
+    np.testing.assert_allclose(hist / hist.sum(), 1 / PRIOR_BINS, rtol=1e-6)
+    assert np.histogram(dex, PRIOR_BINS)[0][0] > 3 * np.histogram(dex, PRIOR_BINS)[0][-1]   # it was crowded
+    np.testing.assert_allclose(np.bincount(np.unique(dic.params[:, 0], return_inverse=True)[1].ravel(), w),
+                               len(dic) / 8, rtol=1e-9)
+    assert PosteriorModel(dic, model_error=False, prior="entries").log_prior.max() == 0.0
+    with pytest.raises(ValueError, match="prior"):
+        PosteriorModel(dic, prior="jeffreys")
+
+
+def test_design_prior_removes_the_pull_towards_a_crowded_corner():
+    """Truths off the dictionary's values with D0ex uniform on its range, Rician SNR 20: a flat prior over
+    the entries pulls D0ex towards the crowded low end (mean bias -0.32 µm²/ms); the design prior halves
+    that at least (-0.14: what is left is the shrinkage of a weakly informed D0ex at high fin, largest at
+    the top of the range) and beats the constant guess."""
+    dic = crowded_dictionary()
+    rng = np.random.default_rng(11)
+    n = 1200
+    truth = np.stack([rng.uniform(0.35, 0.85, n), rng.uniform(0.3, 0.9, n), rng.uniform(1.0, 3.0, n)], 1)
+    sigma = 1 / 20
+    clean = biexp(*truth.T)
+    y = np.hypot(clean + rng.normal(0, sigma, clean.shape), rng.normal(0, sigma, clean.shape))
+    bias, medae = {}, {}
+    for prior in ("design", "entries"):
+        est = PosteriorModel(dic, prior=prior).fit(y, sigma=np.full(n, sigma)).params["D0ex"]
+        bias[prior] = float(np.mean(est - truth[:, 2]))
+        medae[prior] = float(np.median(np.abs(est - truth[:, 2])))
+    constant = float(np.median(np.abs(np.median(dic.params[:, 2]) - truth[:, 2])))
+    assert bias["entries"] < -0.2, bias
+    assert abs(bias["design"]) < 0.5 * abs(bias["entries"]), bias
+    assert medae["design"] < 0.8 * constant, (medae, constant)

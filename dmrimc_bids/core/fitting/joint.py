@@ -269,8 +269,9 @@ class JointModel(Model):
         floor = (np.zeros(len(y)) if sig is None or self.noise == "gaussian"
                  else noise_floor(sig, self.n_averages))
         cost = self.tissue_model._entry_costs(np.ascontiguousarray(y_t[:, self.tissue_columns]), floor)
+        var = np.maximum(cost.min(1) / self.tissue_columns.size, 1e-12) if sig is None else sig ** 2
+        cost -= (2 * var)[:, None] * self.tissue_model.log_prior[None, :]
         best = cost.min(1)
-        var = np.maximum(best / self.tissue_columns.size, 1e-12) if sig is None else sig ** 2
         w = np.exp(-(cost - best[:, None]) / (2 * var[:, None]))
         return (1 - fv)[:, None] * ((w / w.sum(1, keepdims=True)) @ self.tissue_signals)
 
