@@ -143,14 +143,14 @@ def normalise(noisy, prot) -> np.ndarray:
     return out
 
 
-def fit_separate(y, sigma, prot, tissue_dic, flow_dic) -> tuple:
+def fit_separate(y, sigma, prot, tissue_dic, flow_dic, prior="entries") -> tuple:
     """The app's separate branches: ({name: estimate [n]}, seconds)."""
     from dmrimc_bids.core.fitting.ivim import IvimModel
     from dmrimc_bids.core.fitting.posterior import PosteriorModel
 
     t0 = time.perf_counter()
     keep = np.flatnonzero(prot.b >= VASC_THRESHOLD)
-    tissue = PosteriorModel(tissue_dic.match(prot.subset(keep))).fit(y[:, keep], sigma=np.full(len(y), sigma))
+    tissue = PosteriorModel(tissue_dic.match(prot.subset(keep)), prior=prior).fit(y[:, keep], sigma=np.full(len(y), sigma))
     out = {k: tissue.params[k] for k in TISSUE}
     ivim = IvimModel(prot).fit(y, sigma=np.full(y.shape, sigma))
     out["fV"] = ivim.params["fV"]
@@ -169,40 +169,40 @@ def _columns(dic, cols):
     return Dictionary(dic.signals[:, cols], dic.params, dic.names, dic.protocol.subset(cols), dic.units, dic.provenance)
 
 
-def fit_joint(y, sigma, prot, tissue_dic, flow_dic) -> tuple:
+def fit_joint(y, sigma, prot, tissue_dic, flow_dic, prior="entries") -> tuple:
     from dmrimc_bids.core.fitting.joint import JointModel
 
     t0 = time.perf_counter()
     dw = np.flatnonzero(prot.b > 20)
-    model = JointModel(tissue_dic.match(prot.subset(dw)), flow_dic)
+    model = JointModel(tissue_dic.match(prot.subset(dw)), flow_dic, prior=prior)
     fit = model.fit(y[:, dw], sigma=np.full(len(y), sigma))
     out = {k: fit.tissue.params[k] for k in TISSUE}
     out.update({k: fit.vascular.params[k] for k in VASCULAR})
     return out, time.perf_counter() - t0
 
 
-def fit_oracle(y, vascular, fv, sigma, prot, tissue_dic) -> dict:
+def fit_oracle(y, vascular, fv, sigma, prot, tissue_dic, prior="entries") -> dict:
     """The tissue posterior on b >= VASC_THRESHOLD after removing the TRUE vascular component and (1 - fV)
     scale: what a perfect devascularisation would give the tissue estimator."""
     from dmrimc_bids.core.fitting.posterior import PosteriorModel
 
     keep = np.flatnonzero(prot.b >= VASC_THRESHOLD)
     y_t = (y[:, keep] - vascular[:, keep]) / (1 - fv)[:, None]
-    fit = PosteriorModel(tissue_dic.match(prot.subset(keep))).fit(y_t, sigma=sigma / (1 - fv))
+    fit = PosteriorModel(tissue_dic.match(prot.subset(keep)), prior=prior).fit(y_t, sigma=sigma / (1 - fv))
     return {k: fit.params[k] for k in TISSUE}
 
 
 def scores_tissue(est: dict, truth: dict) -> dict:
     """Spearman ρ and bias of the tissue parameters."""
-    return {k: v for k, v in scores(est, truth, np.ones(len(truth["fin"]), bool)).items() if k in TISSUE}
+    return scores(est, truth, np.ones(len(truth["fin"]), bool), TISSUE)
 
 
-def scores(est: dict, truth: dict, common: np.ndarray) -> dict:
+def scores(est: dict, truth: dict, common: np.ndarray, names=TISSUE + VASCULAR) -> dict:
     """Spearman ρ and bias per parameter; the flow parameters on the voxels both estimators mapped (common:
     the separate branch maps vm, vs, anb only where segmented IVIM's fV >= 0.005)."""
     from scipy.stats import spearmanr
     out = {}
-    for k in TISSUE + VASCULAR:
+    for k in names:
         e, t = np.asarray(est[k], float), truth[k]
         ok = np.isfinite(e) & (common if k in VASCULAR[1:] else True)
         out[k] = {"spearman": round(float(spearmanr(e[ok], t[ok]).statistic), 3) if ok.sum() > 2 else None,
@@ -221,6 +221,8 @@ def main(argv=None) -> int:
     ap.add_argument("--protocols", nargs="+", default=["demo", "clinical"])
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "dmrimc-bids" / "joint_model")
     ap.add_argument("--seed", type=int, default=2027)
+    ap.add_argument("--prior", choices=["entries", "design"], default="entries",
+                    help="the tissue posterior's prior (PosteriorModel); design is recorded in its own block")
     ap.add_argument("--record", action="store_true")
     args = ap.parse_args(argv)
     if not (args.data / "networks").is_dir():
@@ -244,15 +246,15 @@ def main(argv=None) -> int:
             noisy, truth, vascular = voxels(t_sig, t_truth, f_sig, f_truth, args.voxels, snr, rng)
             y = normalise(noisy, prot)
             with threadpool_limits(1):
-                sep, t_sep = fit_separate(y, 1.0 / snr, prot, tissue_dic, flow_dic)
-                joint, t_joint = fit_joint(y, 1.0 / snr, prot, tissue_dic, flow_dic)
+                sep, t_sep = fit_separate(y, 1.0 / snr, prot, tissue_dic, flow_dic, args.prior)
+                joint, t_joint = fit_joint(y, 1.0 / snr, prot, tissue_dic, flow_dic, args.prior)
             # the tissue estimator on these substrates: the same voxels without blood (fV = 0), and the mixed
             # voxels with the true vascular component removed (the ceiling of any devascularisation)
             pure, pure_truth, _ = voxels(t_sig, t_truth, f_sig, f_truth, args.voxels, snr,
                                          np.random.default_rng(args.seed), fv_range=(0.0, 0.0))
             with threadpool_limits(1):
-                base, _ = fit_separate(normalise(pure, prot), 1.0 / snr, prot, tissue_dic, flow_dic)
-                oracle = fit_oracle(y, vascular, truth["fV"], 1.0 / snr, prot, tissue_dic)
+                base, _ = fit_separate(normalise(pure, prot), 1.0 / snr, prot, tissue_dic, flow_dic, args.prior)
+                oracle = fit_oracle(y, vascular, truth["fV"], 1.0 / snr, prot, tissue_dic, args.prior)
             baseline = {k: round(float(np.mean(base[k] - pure_truth[k])), 4) for k in TISSUE}
             common = np.isfinite(np.asarray(sep["vm"], float))
             case = {"separate": scores(sep, truth, common), "joint": scores(joint, truth, common),
@@ -275,7 +277,7 @@ def main(argv=None) -> int:
     if args.record:
         sys.path.insert(0, str(HERE))
         from _record import machine, record
-        record("joint-model", render(cases, args, machine()) + f"\nThroughput, one thread, {args.protocols[0]} protocol, "
+        record("joint-model" + ("" if args.prior == "entries" else f"-prior-{args.prior}"), render(cases, args, machine()) + f"\nThroughput, one thread, {args.protocols[0]} protocol, "
                f"4000 voxels (median of 3): separate {rate['separate']:.0f} voxels/s, joint {rate['joint']:.0f} voxels/s.")
     print(json.dumps(summary))
     return 0
@@ -295,9 +297,9 @@ def throughput(prot, tissue_dic, args, n: int = 4000, repeats: int = 3) -> dict:
     y = normalise(voxels(t_sig, t_truth, f_sig, f_truth, n, 50.0, np.random.default_rng(1))[0], prot)
     sigma = np.full(n, 0.02)
     keep, dw = np.flatnonzero(prot.b >= VASC_THRESHOLD), np.flatnonzero(prot.b > 20)
-    tissue = PosteriorModel(tissue_dic.match(prot.subset(keep)))
+    tissue = PosteriorModel(tissue_dic.match(prot.subset(keep)), prior=args.prior)
     ivim = IvimModel(prot)
-    joint = JointModel(tissue_dic.match(prot.subset(dw)), flow_dic)
+    joint = JointModel(tissue_dic.match(prot.subset(dw)), flow_dic, prior=args.prior)
     flow = PosteriorModel(_columns(flow_dic, np.flatnonzero(prot.b[dw] <= 200)), point="mean", noise="gaussian")
 
     def separate():
@@ -317,7 +319,8 @@ def throughput(prot, tissue_dic, args, n: int = 4000, repeats: int = 3) -> dict:
 
 
 def render(cases: dict, args, machine: str) -> str:
-    lines = [f"`python benchmarks/joint_model.py --voxels {args.voxels} --record` ({machine}; one thread; "
+    lines = [f"`python benchmarks/joint_model.py --voxels {args.voxels}"
+             + ("" if args.prior == "entries" else f" --prior {args.prior}") + f" --record` ({machine}; one thread; "
              f"held-out tissue: {HELD_OUT_SUBSTRATES} substrates x {CONFIGS_PER_SUBSTRATE} configurations, seed "
              f"{HELD_OUT_SEED}, {args.walkers} walkers; held-out flow: {NETWORK_REALISATIONS} realisations of each "
              f"shared network Net1-Net10, {args.spins} spins; fV ~ U{FV_RANGE}).", ""]

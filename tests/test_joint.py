@@ -57,14 +57,15 @@ def test_noise_free_joint_voxel_is_recovered_exactly():
     np.testing.assert_allclose(fit.vascular_signal, fv[:, None] * flow.signals[iv], atol=1e-3)
 
 
-def test_without_a_vascular_compartment_the_joint_fit_is_the_tissue_fit():
+@pytest.mark.parametrize("prior", ["entries", "design"])
+def test_without_a_vascular_compartment_the_joint_fit_is_the_tissue_fit(prior):
     tissue, flow = tissue_dictionary(), flow_dictionary()
     rng = np.random.default_rng(5)
     it = rng.integers(0, len(tissue), 30)
     y = np.hypot(tissue.signals[it] + rng.normal(0, 0.02, (30, len(PROT))), rng.normal(0, 0.02, (30, len(PROT))))
-    joint = JointModel(tissue, flow, fv_max=0.0, tissue_b_min=200).fit(y, sigma=np.full(30, 0.02))
+    joint = JointModel(tissue, flow, fv_max=0.0, tissue_b_min=200, prior=prior).fit(y, sigma=np.full(30, 0.02))
     cols = np.flatnonzero(PROT.b >= 200)
-    alone = PosteriorModel(tissue.measurements(cols)).fit(y[:, cols], sigma=np.full(30, 0.02))
+    alone = PosteriorModel(tissue.measurements(cols), prior=prior).fit(y[:, cols], sigma=np.full(30, 0.02))
     assert np.all(joint.vascular.params["fV"] == 0)
     for name in tissue.names:
         np.testing.assert_array_equal(joint.tissue.params[name], alone.params[name])
@@ -95,8 +96,8 @@ def test_joint_recovers_the_vascular_fraction_better_than_a_constant():
 def test_model_joint_writes_both_models_and_no_ivim(tmp_path, single_demo, capsys):
     from dmrimc_bids.cli.run import main
     out = tmp_path / "out"
-    code = main([str(single_demo), str(out), "participant", "--model", "joint", "-w", str(tmp_path / "w"),
-                 "--derivatives", str(single_demo / "derivatives" / "segmentation")])
+    code = main([str(single_demo), str(out), "participant", "--model", "joint", "--prior", "design",
+                 "-w", str(tmp_path / "w"), "--derivatives", str(single_demo / "derivatives" / "segmentation")])
     assert code == 0, capsys.readouterr().err
     dwi = out / "sub-01" / "dwi"
     fin = nib.load(dwi / "sub-01_space-dwi_model-histousim_param-fin_dwimap.nii.gz").get_fdata()
@@ -109,6 +110,7 @@ def test_model_joint_writes_both_models_and_no_ivim(tmp_path, single_demo, capsy
     assert (dwi / "sub-01_space-dwi_model-spinflowsim_param-fV_desc-ci95hi_dwimap.nii.gz").is_file()
     tissue_side = json.loads((dwi / "sub-01_space-dwi_model-histousim_param-fin_dwimap.json").read_text())
     assert tissue_side["Model"]["Parameters"]["JointModel"]["FlowEntries"] > 0
+    assert tissue_side["Model"]["Parameters"]["Prior"] == "design"
 
 
 def test_model_joint_refuses_the_maximum_likelihood_estimator(tmp_path, single_demo, capsys):

@@ -174,10 +174,10 @@ def crowded_dictionary(n_fin=8):
 def test_design_prior_is_flat_over_the_design_axes():
     """Crossed grid: every entry weighs the same. Crowded axis: the weighted histogram of PRIOR_BINS bins is
     flat and the structure-level parameter (fin) keeps its population."""
-    grid = PosteriorModel(grid_dictionary(), model_error=False)
+    grid = PosteriorModel(grid_dictionary(), model_error=False, prior="design")
     np.testing.assert_allclose(grid.log_prior, 0.0, atol=1e-12)
     dic = crowded_dictionary()
-    model = PosteriorModel(dic, model_error=False)
+    model = PosteriorModel(dic, model_error=False, prior="design")
     w = np.exp(model.log_prior)
     dex = dic.params[:, 2]
     hist = np.bincount(np.minimum(((dex - 1) / 2 * PRIOR_BINS).astype(int), PRIOR_BINS - 1), w, PRIOR_BINS)
@@ -185,7 +185,7 @@ def test_design_prior_is_flat_over_the_design_axes():
     assert np.histogram(dex, PRIOR_BINS)[0][0] > 3 * np.histogram(dex, PRIOR_BINS)[0][-1]   # it was crowded
     np.testing.assert_allclose(np.bincount(np.unique(dic.params[:, 0], return_inverse=True)[1].ravel(), w),
                                len(dic) / 8, rtol=1e-9)
-    assert PosteriorModel(dic, model_error=False, prior="entries").log_prior.max() == 0.0
+    assert np.all(PosteriorModel(dic, model_error=False).log_prior == 0.0)   # the default: flat over the entries
     with pytest.raises(ValueError, match="prior"):
         PosteriorModel(dic, prior="jeffreys")
 

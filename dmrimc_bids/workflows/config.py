@@ -52,6 +52,7 @@ class Config:
     n_neighbours: int = 32
     noise_model: str = "gaussian"
     estimator: str = "posterior"
+    prior: str = "entries"
     device: str = "auto"
     omp_nthreads: int = 1
     chunk_size: int = 10000
@@ -135,7 +136,7 @@ class Config:
     RESULT_FIELDS = ("dictionary", "params", "fix", "b0_threshold", "b0_pool_series", "vasc_threshold",
                      "shell_tolerance", "small_delta_ms", "big_delta_ms", "timing", "match_tol_b", "match_tol_ms",
                      "n_averages", "reg_norm", "reg_weight", "bounds", "smoothing", "surrogate", "n_neighbours",
-                     "noise_model", "estimator", "dictionary_source", "sim_substrates", "sim_walkers", "sim_d0",
+                     "noise_model", "estimator", "prior", "dictionary_source", "sim_substrates", "sim_walkers", "sim_d0",
                      "sim_kappa", "vascular", "ivim_b_split", "ivim_b_max", "flow_dictionary", "flow_networks",
                      "flow_spins", "flow_params", "flow_estimator", "model", "t2_tissue_ms", "t2_blood_ms", "seed")
 
@@ -150,7 +151,8 @@ class Config:
         """build_model options of the tissue estimator (JSON-typed)."""
         bounds = {k: list(v) for k, v in self.bounds.items()}
         if self.estimator.startswith("posterior"):
-            return {"bounds": bounds, "chunk_size": self.chunk_size, "n_averages": self.n_averages, "device": self.device}
+            return {"bounds": bounds, "chunk_size": self.chunk_size, "n_averages": self.n_averages, "device": self.device,
+                    "prior": self.prior}
         return {"n_averages": self.n_averages, "regularisation": [self.reg_norm, self.reg_weight], "bounds": bounds,
                 "smoothing": self.smoothing, "chunk_size": self.chunk_size, "surrogate": self.surrogate,
                 "n_neighbours": self.n_neighbours, "noise": self.noise_model, "device": self.device}
@@ -166,6 +168,7 @@ class Config:
         """JointModel options (core/fitting/joint.py) of --model joint (JSON-typed)."""
         return {"bounds": {k: list(v) for k, v in self.bounds.items()}, "chunk_size": self.chunk_size,
                 "n_averages": self.n_averages, "tissue_b_min": self.vasc_threshold, "device": self.device,
+                "prior": self.prior,
                 "t2_tissue_ms": self.t2_tissue_ms, "t2_blood_ms": self.t2_blood_ms}
 
     def ivim_model_options(self) -> dict:

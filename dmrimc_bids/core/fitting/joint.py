@@ -127,13 +127,13 @@ class JointModel(Model):
     group, as noisy as a measurement; 0: exact normalisation); t2_tissue_ms, t2_blood_ms: both or neither
     (relaxation_weights: fV becomes the volume fraction, the T2 difference corrected to first order in fV);
     n_candidates: tissue entries per voxel
-    in the vascular posterior; noise, n_averages, bounds, point, chunk_size: as PosteriorModel (tissue)."""
+    in the vascular posterior; noise, n_averages, bounds, point, chunk_size, prior: as PosteriorModel (tissue)."""
 
     def __init__(self, tissue: Dictionary, flow: Dictionary, fv_max: float = FV_MAX,
                  n_candidates: int = N_TISSUE_CANDIDATES, tissue_b_min: float = TISSUE_B_MIN,
                  b0_noise_ratio=1.0, t2_tissue_ms: float | None = None, t2_blood_ms: float | None = None,
                  noise: str = "offset-gaussian", n_averages: float = 1.0, bounds: dict | None = None,
-                 point: str = "median", chunk_size: int = 2000, device: str = "cpu"):
+                 point: str = "median", chunk_size: int = 2000, device: str = "cpu", prior: str = "entries"):
         if len(tissue.protocol) != len(flow.protocol):
             raise ValueError(f"the tissue dictionary has {len(tissue.protocol)} measurements, the flow "
                              f"dictionary {len(flow.protocol)}: match both to the same protocol")
@@ -146,7 +146,7 @@ class JointModel(Model):
             raise ValueError(f"no measurement with b >= {tissue_b_min:g} s/mm² for the tissue posterior")
         self.tissue_model = PosteriorModel(tissue.measurements(self.tissue_columns), chunk_size=chunk_size,
                                            point=point, bounds=bounds, noise=noise, n_averages=n_averages,
-                                           device=device)
+                                           device=device, prior=prior)
         self.flow = flow
         self.fv_max, self.noise, self.n_averages = float(fv_max), noise, float(n_averages)
         self.tissue_signals = np.ascontiguousarray(tissue.within(bounds).signals if bounds else tissue.signals,
@@ -270,7 +270,8 @@ class JointModel(Model):
                  else noise_floor(sig, self.n_averages))
         cost = self.tissue_model._entry_costs(np.ascontiguousarray(y_t[:, self.tissue_columns]), floor)
         var = np.maximum(cost.min(1) / self.tissue_columns.size, 1e-12) if sig is None else sig ** 2
-        cost -= (2 * var)[:, None] * self.tissue_model.log_prior[None, :]
+        if self.tissue_model.prior == "design":
+            cost -= (2 * var)[:, None] * self.tissue_model.log_prior[None, :]
         best = cost.min(1)
         w = np.exp(-(cost - best[:, None]) / (2 * var[:, None]))
         return (1 - fv)[:, None] * ((w / w.sum(1, keepdims=True)) @ self.tissue_signals)
