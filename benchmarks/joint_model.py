@@ -155,7 +155,8 @@ def fit_separate(y, sigma, prot, tissue_dic, flow_dic, prior="entries") -> tuple
 
     t0 = time.perf_counter()
     keep = np.flatnonzero(prot.b >= VASC_THRESHOLD)
-    tissue = PosteriorModel(tissue_dic.match(prot.subset(keep)), prior=prior).fit(y[:, keep], sigma=np.full(len(y), sigma))
+    tissue = PosteriorModel(tissue_dic.match(prot.subset(keep)), prior=prior).fit(y[:, keep],
+                                                                                  sigma=np.full(len(y), sigma))
     out = {k: tissue.params[k] for k in TISSUE}
     ivim = IvimModel(prot).fit(y, sigma=np.full(y.shape, sigma))
     out["fV"] = ivim.params["fV"]
@@ -288,7 +289,8 @@ def main(argv=None) -> int:
     if args.record:
         sys.path.insert(0, str(HERE))
         from _record import machine, record
-        record("joint-model" + ("" if args.prior == "entries" else f"-prior-{args.prior}"), render(cases, args, machine()) + f"\nThroughput, one thread, {args.protocols[0]} protocol, "
+        block = "joint-model" + ("" if args.prior == "entries" else f"-prior-{args.prior}")
+        record(block, render(cases, args, machine()) + f"\nThroughput, one thread, {args.protocols[0]} protocol, "
                f"4000 voxels (median of 3): separate {rate['separate']:.0f} voxels/s, joint {rate['joint']:.0f} voxels/s.")
     print(json.dumps(summary))
     return 0
@@ -347,7 +349,8 @@ def render(cases: dict, args, machine: str) -> str:
             orc = case["oracle_removal"][k]["spearman"] if k in TISSUE else ""
             sc = case["tissue_only_scaled"].get(k)
             scaled = f"{sc['spearman']}, {sc['bias']}" if sc else ""
-            lines.append(f"| {k} | {s['spearman']} | {j['spearman']} | {s['bias']} | {j['bias']} | {pure} | {orc} | {scaled} |")
+            lines.append(f"| {k} | {s['spearman']} | {j['spearman']} | {s['bias']} | {j['bias']} | {pure} | {orc} "
+                         f"| {scaled} |")
         lines.append("")
     return "\n".join(lines)
 

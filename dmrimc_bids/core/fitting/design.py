@@ -32,7 +32,8 @@ def expected_identifiability(dictionary: Dictionary, snr: float, n_samples: int 
                              noise: str = "offset-gaussian", bounds: dict | None = None) -> dict:
     """{parameter: {contraction, contraction_p10, contraction_p90, rho, medae, medae_constant, coverage95,
     width95}} of the posterior estimator for dictionary (matched to the fitted measurements) at snr, from
-    n_samples entries drawn with seed from the estimator's prior, each estimated with its structure left out. Fixed parameters
+    n_samples entries drawn with seed from the estimator's prior, each estimated with its structure left
+    out. Fixed parameters
     (one value in the dictionary) are left out."""
     from scipy.stats import spearmanr
 

@@ -124,8 +124,8 @@ def design_prior(values: np.ndarray, groups: np.ndarray | None, iterations: int 
     """Log prior weight [K] of every entry (values: parameters on the estimator's scale) that makes the prior
     flat along each design axis: the parameters that vary within a structure (every free parameter of a
     dictionary without structures), each binned by its values when it has at most PRIOR_DISCRETE_MAX (a
-    grid axis; a crossed grid thus keeps equal weights), else into PRIOR_BINS equal bins of its range, the weights fitted
-    by iterative proportional fitting (raking) to equal bin totals. Structure-level parameters keep the
+    grid axis; a crossed grid thus keeps equal weights), else into PRIOR_BINS equal bins of its range; the
+    weights are fitted by iterative proportional fitting (raking) to equal bin totals. Structure-level parameters keep the
     dictionary's population. Weights are clipped to [1/PRIOR_WEIGHT_CLIP, PRIOR_WEIGHT_CLIP] x their mean."""
     k, p = values.shape
     if groups is None:
