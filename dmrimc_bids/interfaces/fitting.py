@@ -41,6 +41,15 @@ class _FitOut(TraitedSpec):
     signal_reason = traits.Str(desc="why the handed-on signal has no voxel ('' when it has some)")
 
 
+def _load_voxels(inputs) -> tuple:
+    """(signal array, its image, mask bool, σ array or None) of a fitting node's in_file, mask_file and
+    optional sigma_file."""
+    data, img = load_data(inputs.in_file, "signal")
+    mask = load_data(inputs.mask_file, "mask")[0] > 0
+    sigma = load_data(inputs.sigma_file, "σ")[0] if isdefined(inputs.sigma_file) else None
+    return data, img, mask, sigma
+
+
 class FitModel(SimpleInterface):
     """Fit any estimator voxel by voxel (core.fitting.model: Model.fit -> Fit)."""
 
@@ -53,9 +62,7 @@ class FitModel(SimpleInterface):
         from ..core.protocol import Protocol
 
         i = self.inputs
-        data, img = load_data(i.in_file, "signal")
-        mask = load_data(i.mask_file, "mask")[0] > 0
-        sigma = load_data(i.sigma_file, "σ")[0] if isdefined(i.sigma_file) else None
+        data, img, mask, sigma = _load_voxels(i)
         dic = Dictionary.load(i.dictionary) if isdefined(i.dictionary) else None
         protocol = Protocol.from_table(i.protocol) if isdefined(i.protocol) else dic.protocol
         model = build_model(i.estimator, dic, protocol, **_model_options(i.options))
@@ -165,9 +172,7 @@ class FitJointModel(SimpleInterface):
         from ..core.fitting.joint import JointModel
 
         i = self.inputs
-        data, img = load_data(i.in_file, "signal")
-        mask = load_data(i.mask_file, "mask")[0] > 0
-        sigma = load_data(i.sigma_file, "σ")[0] if isdefined(i.sigma_file) else None
+        data, img, mask, sigma = _load_voxels(i)
         if sigma is not None and sigma.ndim == data.ndim:
             sigma = sigma.mean(-1)
         tissue, flow = Dictionary.load(i.dictionary), Dictionary.load(i.flow_dictionary)

@@ -33,7 +33,7 @@ from ..dictionary import Dictionary
 from . import kernels
 from .likelihood import (expected_signal, information_criteria, log_likelihood,
                          log_likelihood_unknown_sigma, noise_floor, rician_log_likelihood)
-from .model import EXIT_BACKGROUND, EXIT_FAILED, EXIT_OK, Description, Fit, Model
+from .model import EXIT_BACKGROUND, EXIT_FAILED, EXIT_OK, Description, Fit, Model, voxel_table
 from .surrogate import TPSStack, build_global, build_local, grid_steps
 NOISE_MODELS = ("gaussian", "rician")
 SURROGATES = ("local", "global")
@@ -256,14 +256,8 @@ class DictionaryModel(Model):
         positive fall back to plain least squares. progress: optional callable(n_voxels_done).
         """
         given, given_sigma = data, sigma
-        data = np.asarray(data, dtype=np.float64)
-        shape, m = data.shape[:-1], data.shape[-1]
-        if m != len(self.dictionary.protocol):
-            raise ValueError(f"{m} measurements for a dictionary of {len(self.dictionary.protocol)}")
-        flat = data.reshape(-1, m)
-        mask = np.ones(shape, bool) if mask is None else np.asarray(mask, bool)
-        if mask.shape != shape:
-            raise ValueError(f"mask {mask.shape} does not match data {shape}")
+        data, shape, flat, mask = voxel_table(data, mask, len(self.dictionary.protocol), "a dictionary")
+        m = flat.shape[1]
         if sigma is not None:
             sigma = np.broadcast_to(np.asarray(sigma, float).reshape(shape + (-1,)), shape + (m,)).reshape(-1, m)
         in_mask = mask.ravel()

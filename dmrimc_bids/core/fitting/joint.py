@@ -35,7 +35,7 @@ from ..dictionary import Dictionary
 from . import kernels
 from .dictfit import DictionaryFit
 from .likelihood import noise_floor
-from .model import EXIT_BACKGROUND, EXIT_FAILED, EXIT_OK, Description, Fit, Model
+from .model import EXIT_BACKGROUND, EXIT_FAILED, EXIT_OK, Description, Fit, Model, voxel_table
 from .posterior import Z95, PosteriorModel, log_scaled, weighted_quantile
 
 #: Tissue entries per voxel that enter the vascular posterior (step 2).
@@ -231,12 +231,8 @@ class JointModel(Model):
     def fit(self, data, mask=None, sigma=None, progress=None) -> JointFit:
         """data [..., M] b0-normalised; mask [...]; sigma [...] (normalised noise SD; None: estimated from
         the tissue-only residual)."""
-        data = np.asarray(data, float)
-        shape, m = data.shape[:-1], data.shape[-1]
-        if m != len(self.flow.protocol):
-            raise ValueError(f"{m} measurements for dictionaries of {len(self.flow.protocol)}")
-        flat = data.reshape(-1, m)
-        mask = np.ones(shape, bool) if mask is None else np.asarray(mask, bool)
+        data, shape, flat, mask = voxel_table(data, mask, len(self.flow.protocol), "dictionaries")
+        m = flat.shape[1]
         in_mask = mask.ravel()
         sig = None if sigma is None else np.broadcast_to(np.asarray(sigma, float), shape).ravel()
         valid = in_mask & np.all(np.isfinite(flat), axis=1)

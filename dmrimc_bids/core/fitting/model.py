@@ -40,6 +40,20 @@ class Description:
         return {"method": self.method, "parameters": dict(self.parameters), "references": list(self.references)}
 
 
+def voxel_table(data, mask, n_measurements: int, what: str) -> tuple:
+    """(data as float64, voxel shape, flat [V, M] view, mask [shape] bool) of a model's input; ValueError when
+    the measurements differ from the model's n_measurements (what: "a dictionary", ...) or the mask's shape
+    from the data's."""
+    data = np.asarray(data, dtype=np.float64)
+    shape, m = data.shape[:-1], data.shape[-1]
+    if m != n_measurements:
+        raise ValueError(f"{m} measurements for {what} of {n_measurements}")
+    mask = np.ones(shape, bool) if mask is None else np.asarray(mask, bool)
+    if mask.shape != shape:
+        raise ValueError(f"mask {mask.shape} does not match data {shape}")
+    return data, shape, data.reshape(-1, m), mask
+
+
 class Model:
     """Base class: subclasses set ``names`` and implement ``fit`` and ``describe``."""
 

@@ -51,7 +51,7 @@ from ..dictionary import Dictionary
 from . import kernels
 from .dictfit import DictionaryFit, _backend, assemble_fit, estimate_placement
 from .likelihood import noise_floor
-from .model import EXIT_BACKGROUND, EXIT_FAILED, EXIT_OK, Description, Model
+from .model import EXIT_BACKGROUND, EXIT_FAILED, EXIT_OK, Description, Model, voxel_table
 
 #: Largest voxel x entry matrix of one posterior batch [elements] (~100 MB of float64 each).
 POSTERIOR_BATCH_ELEMENTS = 12_000_000
@@ -366,12 +366,8 @@ class PosteriorModel(Model):
         """data [..., M]; mask [...] bool; sigma [...] or [..., M] (its mean over M is used) or None;
         scale_var [...] or None: the variance of an unknown common scale per voxel (posterior())."""
         given, given_sigma = data, sigma
-        data = np.asarray(data, float)
-        shape, m = data.shape[:-1], data.shape[-1]
-        if m != len(self.dictionary.protocol):
-            raise ValueError(f"{m} measurements for a dictionary of {len(self.dictionary.protocol)}")
-        flat = data.reshape(-1, m)
-        mask = np.ones(shape, bool) if mask is None else np.asarray(mask, bool)
+        data, shape, flat, mask = voxel_table(data, mask, len(self.dictionary.protocol), "a dictionary")
+        m = flat.shape[1]
         sig = None
         if sigma is not None:
             s = np.asarray(sigma, float)
