@@ -7,8 +7,8 @@ from dmrimc_bids.core.protocol import Protocol
 
 
 def two_group_protocol():
-    # group A: δ=10, Δ=20, TE=60: b0, b0, 1000 x2 (998, 1003), 2000 ; group B: δ=10, Δ=40, TE=90: b0, 1000 x2
-    return Protocol([0, 5, 998, 1003, 2000, 0, 1000, 1000], [10] * 5 + [10] * 3, [20] * 5 + [40] * 3,
+    # group A: δ=10, Δ=20, TE=60: b0, b0 (nominal 1), 1000 x2 (998, 1003), 2000 ; group B: δ=10, Δ=40, TE=90: b0, 1000 x2
+    return Protocol([0, 1, 998, 1003, 2000, 0, 1000, 1000], [10] * 5 + [10] * 3, [20] * 5 + [40] * 3,
                     [60] * 5 + [90] * 3)
 
 
@@ -20,6 +20,16 @@ def test_spherical_mean_by_hand():
     assert np.allclose(out[0], [105, 55, 30, 80, 25])
     assert np.allclose(shells.b, [0, 1000.5, 2000, 0, 1000]) and list(shells.n_averaged) == [2, 2, 1, 1, 2]
     assert np.allclose(shells.big_delta_ms, [20, 20, 20, 40, 40])
+
+
+def test_low_b_are_ivim_shells_not_b0():
+    # an IVIM protocol: b = 10, 20, 30 are separate shells and not b0; scanner rounding at high b stays one shell
+    p = Protocol([0, 10, 20, 30, 50, 995, 1000, 1005], 10, 30)
+    shells, index = shell_assignment(p)
+    assert list(index) == [0, 1, 2, 3, 4, 5, 5, 5]
+    assert np.allclose(shells.b, [0, 10, 20, 30, 50, 1000])
+    norm, _, plan = normalise_b0(np.array([[100.0, 90, 85, 80, 75, 30, 30, 30]]), shells)
+    assert list(plan.b0_shells) == [0] and np.allclose(norm[0, :5], [1, 0.9, 0.85, 0.8, 0.75])
 
 
 def test_shells_split_by_b_tolerance():

@@ -33,7 +33,7 @@ def add_design_parser(sub, positive) -> None:
                         "Gaussian noise (the vascular signal is a difference of magnitudes)")
     d.add_argument("--vasc-threshold", type=float, default=250.0, metavar="B",
                    help="tissue branch: smallest b fitted [s/mm²] (250, as the pipeline)")
-    d.add_argument("--b0-threshold", type=float, default=20.0, metavar="B", help="b treated as 0 [s/mm²] (20)")
+    d.add_argument("--b0-threshold", type=float, default=2.0, metavar="B", help="b treated as 0 [s/mm²] (2)")
     d.add_argument("--samples", type=positive(int), default=1000, help="dictionary entries drawn (1000)")
     d.add_argument("--seed", type=int, default=0, help="noise and sampling seed (0)")
     d.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")

@@ -118,7 +118,8 @@ def _model_options(m) -> None:
     m.add_argument("--params", nargs="+", metavar="NAME", help="parameters to estimate (D0in, D0ex, kappa added)")
     m.add_argument("--fix", nargs="+", type=_fix, default=[], metavar="NAME=VALUE", help="fix at a grid value")
     m.add_argument("--bounds", nargs="+", type=_bound, default=[], metavar="NAME=LO,HI")
-    m.add_argument("--b0-threshold", type=float, default=20.0, metavar="B", help="b <= B is b=0 [s/mm²] (20)")
+    m.add_argument("--b0-threshold", type=float, default=2.0, metavar="B",
+                   help="b <= B is b=0 [s/mm²] (2: b ≈ 0 as acquired; low b such as 5-20 are IVIM data)")
     m.add_argument("--b0-per-series", action="store_true",
                    help="normalise each series (run) by its own b=0 only; default: pool the b=0 of every series "
                         "with the same TE, after matching each series' global scale (less noise)")
@@ -155,10 +156,14 @@ def _model_options(m) -> None:
 def _vascular_options(v) -> None:
     v.add_argument("--vascular", choices=["auto", "on", "off"], default="auto",
                    help="auto: run it when a TE group has IVIM b-values (default); on: require it; off: skip")
+    v.add_argument("--ivim-estimator", choices=["bayes", "segmented"], default="bayes",
+                   help="bayes (default; best in benchmarks/ivim_peers.py): posterior of fV, D, D* with SDs, 95 %% "
+                        "intervals and contraction; segmented: the OSIPI segmented fit (D from b >= the split)")
     v.add_argument("--ivim-b-split", type=float, default=200.0, metavar="B",
-                   help="tissue ADC from b > B; vascular signal on b <= B [s/mm²] (200)")
-    v.add_argument("--ivim-b-max", type=float, default=1000.0, metavar="B",
-                   help="largest b of the tissue ADC segment [s/mm²] (1000)")
+                   help="segmented IVIM: D from b >= the acquired b nearest B; vascular signal on b <= it "
+                        "[s/mm²] (200)")
+    v.add_argument("--ivim-b-max", type=float, default=1200.0, metavar="B",
+                   help="largest b of the IVIM fit [s/mm²] (1200)")
     v.add_argument("--flow-dictionary", type=Path, metavar="NPZ",
                    help="flow dictionary (dmrimc-sim flow); default: simulated for each protocol (cached)")
     v.add_argument("--flow-networks", nargs="+", type=Path, metavar="FILE",
@@ -281,7 +286,8 @@ def config_from_args(args) -> Config:
         noise_model=args.noise_model, estimator=args.estimator, prior=args.prior, device=args.device,
         omp_nthreads=args.omp_nthreads,
         chunk_size=args.chunk_size, seed=args.seed, dictionary_source=args.dictionary_source, vascular=args.vascular,
-        ivim_b_split=args.ivim_b_split, ivim_b_max=args.ivim_b_max, flow_dictionary=text(args.flow_dictionary),
+        ivim_b_split=args.ivim_b_split, ivim_b_max=args.ivim_b_max, ivim_estimator=args.ivim_estimator,
+        flow_dictionary=text(args.flow_dictionary),
         flow_networks=[str(f) for f in args.flow_networks or []], flow_spins=args.flow_spins,
         flow_params=list(args.flow_params or []), flow_estimator=args.flow_estimator, model=args.model,
         t2_tissue_ms=args.t2_tissue_ms, t2_blood_ms=args.t2_blood_ms,

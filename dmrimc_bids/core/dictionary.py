@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import EX_NOINPUT, EX_USAGE, InputError
-from .protocol import Protocol, read_numbers
+from .protocol import B0_THRESHOLD, Protocol, read_numbers
 
 #: Units of the tissue parameters we know of (BIDS-style unit strings).
 PARAM_UNITS = {"fin": "", "mCS": "um", "varCS": "um^2", "skewCS": "", "vCS_sph": "um",
@@ -237,7 +237,7 @@ class Dictionary:
                           dict(self.provenance))
 
     def match(self, measured: Protocol, tol_b: float = MATCH_TOL_B, tol_ms: float = MATCH_TOL_MS,
-              b0_threshold: float = 20.0, source=None) -> "Dictionary":
+              b0_threshold: float = B0_THRESHOLD, source=None) -> "Dictionary":
         """The dictionary's columns for a measured protocol, matched jointly on (b, δ, Δ).
 
         Each measurement maps to the dictionary measurement nearest in the scaled distance

@@ -10,10 +10,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import InputError
-from .protocol import Protocol
+from .protocol import B0_THRESHOLD, Protocol
 
 #: b-values within this distance [s/mm²] are one shell (scanners round nominal b differently).
 DEFAULT_SHELL_TOLERANCE = 20.0
+#: At low b a shell is narrower: b within this fraction of b (+1 s/mm²) when that is below the tolerance,
+#: so that the IVIM b-values 10, 20, 30 stay distinct shells while 995/1000/1005 stay one.
+LOW_B_RELATIVE_TOLERANCE = 0.1
 #: Gradient timings within this distance [ms] are the same timing.
 TIMING_TOLERANCE_MS = 0.05
 
@@ -27,9 +30,10 @@ def _timing_key(p: Protocol, i: int, b0: bool):
     return int(p.series[i]), te_key, timing
 
 
-def shell_assignment(protocol: Protocol, b0_threshold: float = 20.0,
+def shell_assignment(protocol: Protocol, b0_threshold: float = B0_THRESHOLD,
                      shell_tolerance: float = DEFAULT_SHELL_TOLERANCE):
-    """Group volumes into shells of equal (series, TE, δ, Δ) and b within ``shell_tolerance``.
+    """Group volumes into shells of equal (series, TE, δ, Δ) and b within ``shell_tolerance`` (at low b
+    within LOW_B_RELATIVE_TOLERANCE·b + 1 s/mm² when that is smaller).
 
     Returns (shells, index): ``shells`` is a Protocol with one measurement per shell (b the mean
     of its volumes, ``n_averaged`` their number, b=0 shells with b set to 0), ``index[i]`` the shell
@@ -49,7 +53,8 @@ def shell_assignment(protocol: Protocol, b0_threshold: float = 20.0,
             clusters = [vols]
         else:        # split by b: sort and cut where the gap exceeds the tolerance
             order = vols[np.argsort(protocol.b[vols], kind="stable")]
-            cuts = np.flatnonzero(np.diff(protocol.b[order]) > shell_tolerance) + 1
+            bs = protocol.b[order]
+            cuts = np.flatnonzero(np.diff(bs) > np.minimum(shell_tolerance, LOW_B_RELATIVE_TOLERANCE * bs[1:] + 1.0)) + 1
             clusters = np.split(order, cuts)
         for c in clusters:
             members.append(sorted(c.tolist()))
@@ -64,7 +69,7 @@ def shell_assignment(protocol: Protocol, b0_threshold: float = 20.0,
     return shells, index
 
 
-def spherical_mean(data: np.ndarray, protocol: Protocol, b0_threshold: float = 20.0,
+def spherical_mean(data: np.ndarray, protocol: Protocol, b0_threshold: float = B0_THRESHOLD,
                    shell_tolerance: float = DEFAULT_SHELL_TOLERANCE):
     """Arithmetic mean over directions within each (b, δ, Δ, TE) shell.
 
@@ -89,7 +94,7 @@ class Normalisation:
     pooled: list = field(default_factory=list)  # per measurement: True when its b=0 shells span series
 
 
-def normalisation_plan(shells: Protocol, b0_threshold: float = 20.0, source=None,
+def normalisation_plan(shells: Protocol, b0_threshold: float = B0_THRESHOLD, source=None,
                        pool_series: bool = True) -> Normalisation:
     """Pick for each measurement the b=0 shells that normalise it.
 
@@ -173,7 +178,7 @@ def pooled_b0(data: np.ndarray, shells: Protocol, b0_shells, series: int) -> np.
     return scale[int(series)] * free
 
 
-def normalise_b0(data: np.ndarray, shells: Protocol, b0_threshold: float = 20.0,
+def normalise_b0(data: np.ndarray, shells: Protocol, b0_threshold: float = B0_THRESHOLD,
                  sigma: np.ndarray | None = None, source=None, pool_series: bool = True):
     """Divide each measurement by its b=0 signal: the mean of its group's b=0 shells, or the pooled,
     scale-matched b=0 of several series (see normalisation_plan and pooled_b0).
@@ -230,7 +235,7 @@ class FilterResult:
 
 
 def vascular_filter(shells: Protocol, vasc_threshold: float = 250.0, max_b: float | None = None,
-                    b0_threshold: float = 20.0) -> FilterResult:
+                    b0_threshold: float = B0_THRESHOLD) -> FilterResult:
     """Keep the measurements the tissue (Histo-μSim) fit uses.
 
     Drops non-zero b below ``vasc_threshold`` (vascular signal; 250 s/mm² as in the published
@@ -259,7 +264,7 @@ def vascular_filter(shells: Protocol, vasc_threshold: float = 250.0, max_b: floa
 B0_MASK_FRACTION = 0.1
 
 
-def b0_mask(data: np.ndarray, b: np.ndarray, b0_threshold: float = 20.0) -> tuple[np.ndarray, float]:
+def b0_mask(data: np.ndarray, b: np.ndarray, b0_threshold: float = B0_THRESHOLD) -> tuple[np.ndarray, float]:
     """(mask, threshold) of the voxels whose mean b=0 signal is above B0_MASK_FRACTION of its 98th
     percentile: the mask the app builds when none is given. data: [x, y, z, volumes]; b: b-value per
     volume [s/mm²]."""

@@ -17,6 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+#: b at or below this [s/mm²] is b = 0: b ≈ 0 as acquired (a nominal 0, rounding). Low b such as 5-20 s/mm²
+#: are IVIM data, never b0 (the b0 normalisation and the IVIM fit both rely on it).
+B0_THRESHOLD = 2.0
+
 from .errors import EX_DATAERR, EX_NOINPUT, EX_USAGE, InputError
 
 #: Proton gyromagnetic ratio [rad/(s·T)].
@@ -340,7 +344,7 @@ def run_timing_for(dwi_file, timing: dict):
 def read_protocol(bval_path, n_volumes: int, *, bvec_path=None, sidecar: dict | None = None,
                   sidecar_path=None, gdur_path=None, gsep_path=None,
                   small_delta_ms: float | None = None, big_delta_ms: float | None = None,
-                  b0_threshold: float = 20.0, run_timing=None, original_files=None) -> Protocol:
+                  b0_threshold: float = B0_THRESHOLD, run_timing=None, original_files=None) -> Protocol:
     """Build and check the per-volume protocol of one DWI series.
 
     Timing precedence: this run's ``run_timing`` (δ, Δ) (``--timing``, ms; numbers or per-volume arrays) > explicit

@@ -6,7 +6,7 @@ from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface
 
 from ..core.dictionary import MATCH_TOL_B, MATCH_TOL_MS
 from ..core.dictionary_default import load_selected
-from ..core.protocol import Protocol
+from ..core.protocol import B0_THRESHOLD, Protocol
 from .io import cwd_path
 
 
@@ -38,7 +38,7 @@ class _MatchIn(_SelectIn):
     protocol = File(exists=True, mandatory=True, desc="protocol table of the measurements to fit")
     tol_b = traits.Float(MATCH_TOL_B, usedefault=True, desc="matching tolerance in b [s/mm²]")
     tol_ms = traits.Float(MATCH_TOL_MS, usedefault=True, desc="matching tolerance in δ and Δ [ms]")
-    b0_threshold = traits.Float(20.0, usedefault=True, desc="b at or below this is b=0 [s/mm²]")
+    b0_threshold = traits.Float(B0_THRESHOLD, usedefault=True, desc="b at or below this is b=0 [s/mm²]")
     source = traits.Str("", usedefault=True, desc="input file named in error messages")
 
 

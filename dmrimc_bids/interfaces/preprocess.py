@@ -12,12 +12,12 @@ from nipype.interfaces.base import (BaseInterfaceInputSpec, File, InputMultiObje
 
 from ..core import preprocess as core
 from ..core.errors import EX_DATAERR, EX_USAGE, InputError
-from ..core.protocol import Protocol, load_sidecar, read_numbers, read_protocol, run_timing_for, timing_from_sidecar
+from ..core.protocol import B0_THRESHOLD, Protocol, load_sidecar, read_numbers, read_protocol, run_timing_for, timing_from_sidecar
 from .io import check_same_grid, cwd_path, load_data, load_image, save_image
 
 
 def series_protocol(dwi_file, bval_file, bvec_file=None, sidecar_file=None, gdur_file=None, gsep_file=None,
-                    small_delta_ms=None, big_delta_ms=None, b0_threshold=20.0, run_timing=None, confounds_file=None):
+                    small_delta_ms=None, big_delta_ms=None, b0_threshold=B0_THRESHOLD, run_timing=None, confounds_file=None):
     """Protocol of one DWI series, checked against its NIfTI header (no voxel data read)."""
     img = load_image(dwi_file, "DWI")
     if len(img.shape) != 4:
@@ -43,7 +43,7 @@ def original_files(confounds_file) -> list:
 
 def session_protocols(dwi_files, bval_files, bvec_files=None, sidecar_files=None, gdur_files=None, gsep_files=None,
                       confounds_files=None, small_delta_ms=None, big_delta_ms=None, timing=None,
-                      b0_threshold=20.0) -> list:
+                      b0_threshold=B0_THRESHOLD) -> list:
     """The protocol of each run of a session (series_protocol). Per-run ``timing`` ({key: (δ, Δ)} ms,
     core.protocol.run_timing_for) wins over one ``small_delta_ms``/``big_delta_ms`` for every volume, and
     that one is refused (usage error) when the runs' own metadata say their timing or TE differ."""
@@ -124,7 +124,7 @@ class _ReadProtocolIn(BaseInterfaceInputSpec):
     small_delta_ms = traits.Float(desc="δ for every volume [ms] (overrides files)")
     big_delta_ms = traits.Float(desc="Δ for every volume [ms] (overrides files)")
     timing = traits.Dict(traits.Str, traits.List(traits.Float), desc="per-run (δ, Δ) [ms] by run key (--timing)")
-    b0_threshold = traits.Float(20.0, usedefault=True, desc="b below this [s/mm²] is b=0")
+    b0_threshold = traits.Float(B0_THRESHOLD, usedefault=True, desc="b at or below this is b=0 [s/mm²]")
 
 
 class _ReadProtocolOut(TraitedSpec):
@@ -163,7 +163,7 @@ class ReadProtocol(SimpleInterface):
         return runtime
 
 
-def prepare_mask(dwi_file, mask_file=None, sigma_file=None, protocol=None, b0_threshold=20.0):
+def prepare_mask(dwi_file, mask_file=None, sigma_file=None, protocol=None, b0_threshold=B0_THRESHOLD):
     """Check the mask (and σ map) against the DWI grid; return (boolean mask, DWI image, how the mask was
     made). Without a mask file and with the protocol, the mask is built from the mean b=0 intensity
     (core.preprocess.b0_mask); without either, it is the whole field of view."""
@@ -197,7 +197,7 @@ class _PrepareMaskIn(BaseInterfaceInputSpec):
     protocol = File(exists=True, desc="per-volume protocol table (to build a mask from the b=0 when none is given)")
     mask_file = File(exists=True, desc="binary mask (absent: built from the mean b=0 intensity)")
     sigma_file = File(exists=True, desc="noise σ map to check against the DWI grid")
-    b0_threshold = traits.Float(20.0, usedefault=True, desc="b at or below this is b=0 [s/mm²]")
+    b0_threshold = traits.Float(B0_THRESHOLD, usedefault=True, desc="b at or below this is b=0 [s/mm²]")
 
 
 class _PrepareMaskOut(TraitedSpec):
@@ -223,7 +223,7 @@ class PrepareMask(SimpleInterface):
 class _SphericalMeanIn(BaseInterfaceInputSpec):
     dwi_file = File(exists=True, mandatory=True, desc="4D DWI (runs concatenated)")
     protocol = File(exists=True, mandatory=True, desc="per-volume protocol table")
-    b0_threshold = traits.Float(20.0, usedefault=True, desc="b at or below this is b=0 [s/mm²]")
+    b0_threshold = traits.Float(B0_THRESHOLD, usedefault=True, desc="b at or below this is b=0 [s/mm²]")
     shell_tolerance = traits.Float(core.DEFAULT_SHELL_TOLERANCE, usedefault=True, desc="[s/mm²]")
 
 
@@ -252,7 +252,7 @@ class _NormaliseIn(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="directionally averaged signal")
     shells = File(exists=True, mandatory=True, desc="per-shell protocol table")
     sigma_file = File(exists=True, desc="noise σ map (3D, signal units); absent: no σ")
-    b0_threshold = traits.Float(20.0, usedefault=True, desc="b at or below this is b=0 [s/mm²]")
+    b0_threshold = traits.Float(B0_THRESHOLD, usedefault=True, desc="b at or below this is b=0 [s/mm²]")
     pool_series = traits.Bool(True, usedefault=True, desc="pool the b=0 of series sharing a TE (scale-matched)")
     source = traits.Str("", usedefault=True, desc="input name for error messages")
 
@@ -290,7 +290,7 @@ class _FilterIn(BaseInterfaceInputSpec):
     shells = File(exists=True, mandatory=True, desc="per-shell protocol table")
     vasc_threshold = traits.Float(250.0, usedefault=True, desc="drop non-zero b below this [s/mm²]")
     max_b = traits.Float(desc="dictionary's largest b [s/mm²]")
-    b0_threshold = traits.Float(20.0, usedefault=True, desc="b at or below this is b=0 [s/mm²]")
+    b0_threshold = traits.Float(B0_THRESHOLD, usedefault=True, desc="b at or below this is b=0 [s/mm²]")
 
 
 class _FilterOut(TraitedSpec):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, isdefined, traits
 
+from ..core.protocol import B0_THRESHOLD
 from .io import cwd_path
 
 
@@ -21,7 +22,7 @@ class _SessionIn(BaseInterfaceInputSpec):
     norm_file = File(exists=True, desc="b0-normalised signal of all shells (IVIM panel)")
     tissue_examples = File(exists=True, desc="FitModel examples of the tissue fit")
     flow_examples = File(exists=True, desc="FitModel examples of the vascular fit")
-    b0_threshold = traits.Float(20.0, usedefault=True, desc="b at or below this is b=0 [s/mm²]")
+    b0_threshold = traits.Float(B0_THRESHOLD, usedefault=True, desc="b at or below this is b=0 [s/mm²]")
     warnings = traits.List(traits.Str, desc="preflight warnings shown at the top of the section")
     skipped = traits.List(traits.Str, desc="why a model wrote no maps (shown with the warnings)")
     tissue_description = traits.Dict(desc="FitModel description of the tissue model (methods text)")

@@ -8,7 +8,7 @@ import numpy as np
 from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, isdefined, traits
 
 from ..core.dictionary import cached_dictionary
-from ..core.protocol import Protocol, unique_measurements
+from ..core.protocol import B0_THRESHOLD, Protocol, unique_measurements
 from .io import cwd_path
 
 
@@ -175,7 +175,7 @@ class _ForProtocolIn(BaseInterfaceInputSpec):
     device = traits.Enum("cpu", "gpu", "auto", usedefault=True, desc="cpu, gpu or auto (the GPU when one is visible)")
     n_threads = traits.Int(1, usedefault=True, desc="numba threads")
     cache_dir = traits.Str(mandatory=True, desc="dictionaries are cached here, keyed by protocol and substrates")
-    b0_threshold = traits.Float(20.0, usedefault=True, desc="b at or below this is b=0 [s/mm²]")
+    b0_threshold = traits.Float(B0_THRESHOLD, usedefault=True, desc="b at or below this is b=0 [s/mm²]")
 
 
 class _ForProtocolOut(TraitedSpec):
@@ -312,7 +312,7 @@ class _FlowForProtocolIn(BaseInterfaceInputSpec):
     n_spins = traits.Int(2000, usedefault=True, desc="spins per realisation")
     seed = traits.Int(0, usedefault=True, desc="random seed (walker/spin streams)")
     cache_dir = traits.Str(mandatory=True, desc="dictionaries are cached here, keyed by protocol and networks")
-    b0_threshold = traits.Float(20.0, usedefault=True, desc="b at or below this is b=0 [s/mm²]")
+    b0_threshold = traits.Float(B0_THRESHOLD, usedefault=True, desc="b at or below this is b=0 [s/mm²]")
     n_threads = traits.Int(1, usedefault=True, desc="numba threads")
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.protocol import B0_THRESHOLD
 from ..bids.derivatives import MODEL_INFO, atomic_write_bytes, find_maps, read_map
 from . import figures
 from .citations import methods_markdown, methods_paragraphs, references
@@ -145,7 +146,7 @@ def _ivim_figure(norm_file, shells_file, maps: dict, mask, b_max=1000.0) -> str 
 
 
 def session_fragment(out_dir, subject: str, session: str | None, protocol_file, shells_file, sph_file, mask_file,
-                     norm_file="", example_files: dict | None = None, b0_threshold: float = 20.0,
+                     norm_file="", example_files: dict | None = None, b0_threshold: float = B0_THRESHOLD,
                      warnings: list | None = None, methods: dict | None = None) -> dict:
     """Tables and figures of one subject/session (JSON-serialisable)."""
     from ..core.protocol import Protocol

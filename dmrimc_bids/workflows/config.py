@@ -11,6 +11,7 @@ from pathlib import Path
 from .. import __version__
 from ..core import preprocess
 from ..core.errors import EX_NOINPUT, EX_USAGE, InputError
+from ..core.protocol import B0_THRESHOLD
 
 
 @dataclass
@@ -34,7 +35,7 @@ class Config:
     dictionary: str = ""
     params: list = field(default_factory=list)
     fix: dict = field(default_factory=dict)
-    b0_threshold: float = 20.0
+    b0_threshold: float = B0_THRESHOLD
     b0_pool_series: bool = True
     vasc_threshold: float = 250.0
     shell_tolerance: float = preprocess.DEFAULT_SHELL_TOLERANCE
@@ -65,7 +66,8 @@ class Config:
     sim_cache_dir: str = ""
     vascular: str = "auto"
     ivim_b_split: float = 200.0
-    ivim_b_max: float = 1000.0
+    ivim_b_max: float = 1200.0
+    ivim_estimator: str = "bayes"
     flow_dictionary: str = ""
     flow_networks: list = field(default_factory=list)
     flow_spins: int = 2000
@@ -137,7 +139,7 @@ class Config:
                      "shell_tolerance", "small_delta_ms", "big_delta_ms", "timing", "match_tol_b", "match_tol_ms",
                      "n_averages", "reg_norm", "reg_weight", "bounds", "smoothing", "surrogate", "n_neighbours",
                      "noise_model", "estimator", "prior", "dictionary_source", "sim_substrates", "sim_walkers", "sim_d0",
-                     "sim_kappa", "vascular", "ivim_b_split", "ivim_b_max", "flow_dictionary", "flow_networks",
+                     "sim_kappa", "vascular", "ivim_b_split", "ivim_b_max", "ivim_estimator", "flow_dictionary", "flow_networks",
                      "flow_spins", "flow_params", "flow_estimator", "model", "t2_tissue_ms", "t2_blood_ms", "seed")
 
     def options_fingerprint(self) -> str:
@@ -172,18 +174,21 @@ class Config:
                 "t2_tissue_ms": self.t2_tissue_ms, "t2_blood_ms": self.t2_blood_ms}
 
     def ivim_model_options(self) -> dict:
-        return {"b_split": self.ivim_b_split, "b_max": self.ivim_b_max, "b0_threshold": self.b0_threshold}
+        return {"b_split": self.ivim_b_split, "b_max": self.ivim_b_max, "b0_threshold": self.b0_threshold,
+                "method": self.ivim_estimator}
 
     # ---- sidecar fields of the pipeline (the model's own come from Model.describe()) ---------------------
     def sidecar_parameters(self, model: str) -> dict:
         """Model.Parameters fields set by the pipeline for the maps of ``model`` (histousim, ivim,
         spinflowsim), written after the model's own."""
         if model == "ivim":
-            return {"Seed": self.seed, "SoftwareVersion": __version__, "RunOptions": self.options_fingerprint()}
+            return {"ModelOfRun": self.model, "Seed": self.seed, "SoftwareVersion": __version__,
+                    "RunOptions": self.options_fingerprint()}
         out = {"B0Threshold": self.b0_threshold, "VascularThreshold": self.vasc_threshold,
                "B0Normalisation": "b=0 of every series at the same TE, pooled after matching each series' "
                                   "global scale" if self.b0_pool_series else "b=0 of the measurement's own series",
-               "ShellTolerance": self.shell_tolerance, "Fixed": self.fix, "Seed": self.seed,
+               "ShellTolerance": self.shell_tolerance, "Fixed": self.fix, "ModelOfRun": self.model,
+               "IvimEstimator": self.ivim_estimator, "Seed": self.seed,
                "SoftwareVersion": __version__, "RunOptions": self.options_fingerprint()}
         if self.model == "joint":
             out["VascularThreshold"] = "none: every b > 0 in the joint fit; the tissue posterior on b >= " \
@@ -200,7 +205,7 @@ class Config:
         """Pipeline options quoted in the reports' methods text."""
         return {"b0_threshold": self.b0_threshold, "vasc_threshold": self.vasc_threshold,
                 "b0_pool_series": self.b0_pool_series, "ivim_b_split": self.ivim_b_split, "ivim_b_max": self.ivim_b_max,
-                "params": list(self.params), "fix": dict(self.fix), "seed": self.seed}
+                "ivim_estimator": self.ivim_estimator, "model": self.model, "params": list(self.params), "fix": dict(self.fix), "seed": self.seed}
 
 
 def _absolute(path) -> str:

@@ -1,7 +1,10 @@
-"""Segmented IVIM, vectorised over voxels (one TE / timing group at a time).
+"""IVIM of a protocol's low-b data: the Bayesian grid posterior (default, ivim_posterior.py) or the segmented fit.
 
-Estimator (the common OSIPI "segmented" pattern, statement of what is computed):
-1. tissue: D and intercept A by least squares of S(b) = A e^{-bD} on b > b_split (default 200 s/mm²),
+Estimators (``IvimModel(estimator=)``): 'bayes' (posterior of f, D, D* with S0 free, OSIPI default bounds;
+ivim_posterior.py) and 'segmented'. The b = 0 signal is b ≈ 0 as acquired: low b (5-200 s/mm²) are IVIM
+data, never b0. The segmented estimator (the common OSIPI "segmented" pattern, statement of what is computed):
+1. tissue: D and intercept A by least squares of S(b) = A e^{-bD} on b >= b_split (default 200 s/mm², or the
+   acquired b nearest to it, choose_b_split),
    started from a weighted log-linear fit (weights S², Veraart et al. 2013) and refined on the exact
    least-squares profile in D (A closed form);
 2. the tissue signal is extrapolated to low b, S_T = A e^{-bD}; the vascular signal is S_V = S - S_T;
@@ -20,6 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..protocol import B0_THRESHOLD
 from .model import EXIT_BACKGROUND, EXIT_FAILED, EXIT_OK, Description, Fit, Model
 
 #: Default b split between the vascular and tissue regimes [s/mm²].
@@ -27,6 +31,8 @@ B_SPLIT = 200.0
 #: Default bounds: D [0, 5] µm²/ms, D* [3, 100] µm²/ms (OSIPI OJ_GU_seg: D* 0.003-0.1 mm²/s).
 D_BOUNDS = (0.0, 5.0)
 DSTAR_BOUNDS = (3.0, 100.0)
+#: The IVIM estimators: the grid posterior (default, chosen by benchmarks/ivim_peers.py) and the segmented fit.
+IVIM_ESTIMATORS = ("bayes", "segmented")
 _GOLD = (np.sqrt(5.0) - 1.0) / 2.0
 
 
@@ -91,14 +97,14 @@ def _profile_min(fun, start, bounds, n=24):
 
 def fit_segmented_ivim(signals, b_values, b_split=B_SPLIT, b0_threshold=1e-6, d_bounds=D_BOUNDS,
                        dstar_bounds=DSTAR_BOUNDS, n_iter=3) -> IvimFit:
-    """Segmented IVIM of signals [V, M] at b [M] (s/mm²); needs >= 2 distinct b > b_split and a b = 0
+    """Segmented IVIM of signals [V, M] at b [M] (s/mm²); needs >= 2 distinct b >= b_split and a b = 0
     (b <= b0_threshold). Voxels with a non-positive or non-finite b = 0 signal give NaN."""
     S = np.atleast_2d(np.asarray(signals, float))
     b = np.asarray(b_values, float)
-    hi = b > b_split
+    hi = b >= b_split
     zero = b <= b0_threshold
     if np.unique(b[hi]).size < 2 or not zero.any():
-        raise ValueError(f"segmented IVIM needs a b = 0 and two distinct b > {b_split:g} s/mm²")
+        raise ValueError(f"segmented IVIM needs a b = 0 and two distinct b >= {b_split:g} s/mm²")
     s0 = S[:, zero].mean(1)
     ok = np.isfinite(s0) & (s0 > 0) & np.all(np.isfinite(S), axis=1)
     s0s = np.where(ok, s0, 1.0)
@@ -111,7 +117,7 @@ def fit_segmented_ivim(signals, b_values, b_split=B_SPLIT, b0_threshold=1e-6, d_
         w = np.exp(2.0 * (c0[:, None] - c1[:, None] * bh[None, :]))
     D = _profile_min(lambda d: _mono_cost(Sn[:, hi], bh, d)[0], np.clip(c1, *d_bounds), d_bounds)
     A = _mono_cost(Sn[:, hi], bh, D[:, None])[1][:, 0]
-    low = b <= b_split
+    low = b < b_split
     bb = b[low] * 1e-3
     sv = Sn[:, low] - A[:, None] * np.exp(-bb[None, :] * D[:, None])
     grid = np.geomspace(*dstar_bounds, 64)
@@ -126,8 +132,20 @@ def fit_segmented_ivim(signals, b_values, b_split=B_SPLIT, b0_threshold=1e-6, d_
     return IvimFit(D * nan, fV * nan, dstar * nan, (A + F) * s0s * nan, A * s0s * nan)
 
 
-#: Default upper b of the tissue (ADC) segment [s/mm²]: above ~1000 tissue signals are not mono-exponential.
-B_MAX = 1000.0
+#: Default largest b of the IVIM fit [s/mm²]: the extended IVIM b-sets reach 1200; above, tissue signals
+#: depart from mono-exponential decay (kurtosis) and would pass for a second compartment.
+B_MAX = 1200.0
+
+
+def choose_b_split(b_values, target: float = B_SPLIT, b_max: float = np.inf) -> float:
+    """The split from the acquired b-values [s/mm²]: the acquired b nearest to ``target`` that leaves two
+    distinct b in [split, b_max] and a b below it (OSIPI convention: D from b >= split)."""
+    b = np.unique(np.asarray(b_values, float))
+    b = b[(b > 0) & (b <= b_max)]
+    ok = [v for v in b if (b >= v).sum() >= 2 and (b < v).any()]
+    if not ok:
+        return float(target)
+    return float(min(ok, key=lambda v: (abs(np.log(v / target)), v)))
 
 
 @dataclass
@@ -145,53 +163,71 @@ class IvimGroups:
     notes: list
 
 
-def ivim_groups(protocol, b_split=B_SPLIT, b_max=B_MAX, b0_threshold=20.0):
-    """Per TE (and series) group: (TE [ms], indices) of the groups usable for segmented IVIM (a b = 0,
-    a b in (b0_threshold, b_split] and two distinct b in (b_split, b_max]), and notes on the others."""
+def ivim_groups(protocol, b_split=B_SPLIT, b_max=B_MAX, b0_threshold=B0_THRESHOLD):
+    """Per TE (and series) group: (TE [ms], indices) of the groups usable for IVIM (a b = 0, a b in
+    (b0_threshold, b_split) and two distinct b in [b_split, b_max]; b_split as choose_b_split picks it
+    from the group's b), and notes on the others."""
     te = np.where(np.isfinite(protocol.echo_time_ms), np.round(protocol.echo_time_ms, 3), -1.0)
     keys = sorted(set(zip(protocol.series.tolist(), te.tolist())), key=lambda k: (k[1], k[0]))
     usable, notes = [], []
     for series, t in keys:
         idx = np.flatnonzero((protocol.series == series) & (te == t))
         b = protocol.b[idx]
-        ok = ((b <= b0_threshold).any() and ((b > b0_threshold) & (b <= b_split)).any()
-              and np.unique(b[(b > b_split) & (b <= b_max)]).size >= 2)
+        split = choose_b_split(b[b > b0_threshold], b_split, b_max)
+        ok = ((b <= b0_threshold).any() and ((b > b0_threshold) & (b < split)).any()
+              and np.unique(b[(b >= split) & (b <= b_max)]).size >= 2)
         label = f"series {series}, TE {t:g} ms" if t >= 0 else f"series {series}, TE unknown"
         if ok:
             usable.append((t, idx))
         else:
-            notes.append(f"IVIM: {label} not used: needs a b=0, a b in ({b0_threshold:g}, {b_split:g}] and two "
-                         f"distinct b in ({b_split:g}, {b_max:g}] s/mm²")
+            notes.append(f"IVIM: {label} not used: needs a b=0, a b in ({b0_threshold:g}, {b_split:g}) and two "
+                         f"distinct b in [{b_split:g}, {b_max:g}] s/mm²")
     return usable, notes
 
 
-def fit_ivim_protocol(signals, protocol, b_split=B_SPLIT, b_max=B_MAX, b0_threshold=20.0) -> IvimGroups:
-    """Segmented IVIM of every usable TE group of signals [V, M] (directionally averaged, any scaling).
+def _fit_group(S, b, b_split, estimator, sigma=None) -> tuple:
+    """(maps, tissue intercept A [V]) of one group: S [V, M] at b [M] (b = 0 exactly for the b0 volumes)."""
+    if estimator == "segmented":
+        fit = fit_segmented_ivim(S, b, b_split=b_split)
+        return {"fV": fit.fV, "D": fit.D, "Dstar": fit.Dstar, "S0": fit.S0}, fit.A
+    from .ivim_posterior import posterior_ivim
+    maps = posterior_ivim(S, b, sigma=sigma)
+    return maps, maps["S0"] * (1.0 - maps["fV"])
+
+
+def fit_ivim_protocol(signals, protocol, b_split=B_SPLIT, b_max=B_MAX, b0_threshold=B0_THRESHOLD,
+                      estimator: str = "bayes", sigma=None) -> IvimGroups:
+    """IVIM of every usable TE group of signals [V, M] (directionally averaged, any scaling); sigma: the
+    noise σ [V, M] in the signals' units, or None.
 
     The maps come from the shortest-TE usable group (closest to the vascular volume fraction: blood's
     longer T2 inflates the apparent fV at longer TE); the vascular signals of all usable groups, each
     normalised by its own fV·S0, feed the flow-dictionary fit (their (δ, Δ) carry the flow information).
+    Each group's split is choose_b_split of its b-values; measurements above b_max are not used.
     """
+    if estimator not in IVIM_ESTIMATORS:
+        raise ValueError(f"IVIM estimator {estimator!r} is not one of {IVIM_ESTIMATORS}")
     S = np.atleast_2d(np.asarray(signals, float))
     usable, notes = ivim_groups(protocol, b_split, b_max, b0_threshold)
     if not usable:
-        raise ValueError("no TE group has the b-values segmented IVIM needs")
+        raise ValueError("no TE group has the b-values IVIM needs")
     maps, vas, vidx, vscale, ref = None, [], [], [], None
     for te, idx in usable:
-        b = protocol.b[idx]
-        use = (b <= b_max)
-        sub = idx[use]
-        fit = fit_segmented_ivim(S[:, sub], np.where(protocol.b[sub] <= b0_threshold, 0.0, protocol.b[sub]),
-                                 b_split=b_split)
-        low = sub[(protocol.b[sub] > b0_threshold) & (protocol.b[sub] <= b_split)]
-        sv0 = fit.fV * fit.S0
+        sub = idx[protocol.b[idx] <= b_max]
+        b = np.where(protocol.b[sub] <= b0_threshold, 0.0, protocol.b[sub])
+        split = choose_b_split(b[b > 0], b_split, b_max)
+        sig = None if sigma is None else np.nanmean(np.atleast_2d(sigma)[:, sub], axis=1)
+        group_maps, A = _fit_group(S[:, sub], b, split, estimator, sig)
+        low = sub[(b > 0) & (b <= split)]
+        sv0 = group_maps["fV"] * group_maps["S0"]
+        tissue = A[:, None] * np.exp(-protocol.b[low][None, :] * 1e-3 * group_maps["D"][:, None])
         with np.errstate(invalid="ignore", divide="ignore"):
-            vas.append((S[:, low] - fit.tissue_signal(protocol.b[low])) / np.where(sv0 > 0, sv0, np.nan)[:, None])
+            vas.append((S[:, low] - tissue) / np.where(sv0 > 0, sv0, np.nan)[:, None])
         vidx.append(low)
         vscale.append(np.repeat(sv0[:, None], low.size, axis=1))
         if maps is None:
-            maps = {"fV": fit.fV, "D": fit.D, "Dstar": fit.Dstar, "S0": fit.S0}
-            ref = {"EchoTime_ms": te if te >= 0 else None, "Measurements": int(sub.size)}
+            maps = group_maps
+            ref = {"EchoTime_ms": te if te >= 0 else None, "Measurements": int(sub.size), "BSplit": split}
     if len(usable) > 1:
         notes.append(f"IVIM maps from the shortest-TE group ({ref['EchoTime_ms']} ms); vascular signals of "
                      f"{len(usable)} groups fitted together")
@@ -214,8 +250,9 @@ class VascularSignal:
 
 @dataclass
 class IvimMapFit(Fit):
-    """Segmented IVIM maps fV, D, Dstar [µm²/ms], S0 in the data's spatial shape (NaN outside the mask),
-    the vascular signal for the flow fit, and notes on the TE groups used."""
+    """IVIM maps fV, D, Dstar [µm²/ms], S0 in the data's spatial shape (NaN outside the mask), their SDs,
+    95 % intervals and contraction (Bayesian estimator), the vascular signal for the flow fit, and notes
+    on the TE groups used."""
 
     params: dict
     exitcode: np.ndarray
@@ -226,9 +263,14 @@ class IvimMapFit(Fit):
     units: dict = field(default_factory=lambda: dict(IVIM_UNITS))
     sd: dict = field(default_factory=dict)
     info: dict = field(default_factory=dict)
+    intervals: dict = field(default_factory=dict)
 
     def diagnostics(self) -> dict:
-        return {}  # the IVIM maps are fV, D, Dstar and S0 only
+        return {}  # the IVIM maps are fV, D, Dstar and S0 (and their uncertainty) only
+
+    def uncertainty_maps(self) -> dict:
+        """'<name>_ci95lo', '<name>_ci95hi', '<name>_contraction' of fV, D and Dstar (Bayesian estimator)."""
+        return dict(self.intervals)
 
     def residual(self) -> np.ndarray:
         """Mean squared misfit of the bi-exponential over the measurements with b <= b_max."""
@@ -246,34 +288,45 @@ IVIM_NAMES = ("fV", "D", "Dstar", "S0")
 IVIM_UNITS = {"fV": "", "D": "um^2/ms", "Dstar": "um^2/ms", "S0": ""}
 #: Voxels with a smaller vascular signal fraction get no flow-dictionary fit.
 MIN_FV = 0.005
+_UNCERTAINTY = ("_ci95lo", "_ci95hi", "_contraction")
 
 
 class IvimModel(Model):
-    """Segmented IVIM of a whole protocol (fit_ivim_protocol) as a Model. protocol: the directionally
-    averaged shells the data are on; b_split, b_max, b0_threshold [s/mm²]; min_fv: smallest fV whose
-    vascular signal goes on to the flow fit."""
+    """IVIM of a whole protocol (fit_ivim_protocol) as a Model. protocol: the directionally averaged shells
+    the data are on; method: the estimator, 'bayes' (default) or 'segmented'; b_split, b_max, b0_threshold [s/mm²];
+    min_fv: smallest fV whose vascular signal goes on to the flow fit."""
 
     names = list(IVIM_NAMES)
 
-    def __init__(self, protocol, b_split: float = B_SPLIT, b_max: float = B_MAX, b0_threshold: float = 20.0,
-                 min_fv: float = MIN_FV):
+    def __init__(self, protocol, b_split: float = B_SPLIT, b_max: float = B_MAX, b0_threshold: float = B0_THRESHOLD,
+                 min_fv: float = MIN_FV, method: str = "bayes"):
+        if method not in IVIM_ESTIMATORS:
+            raise ValueError(f"IVIM estimator {method!r} is not one of {IVIM_ESTIMATORS}")
         self.protocol, self.b_split, self.b_max = protocol, float(b_split), float(b_max)
-        self.b0_threshold, self.min_fv = float(b0_threshold), float(min_fv)
+        self.b0_threshold, self.min_fv, self.method = float(b0_threshold), float(min_fv), method
 
     def fit(self, data, mask=None, sigma=None, progress=None) -> IvimMapFit:
         """data [..., M] b0-normalised signal of every shell; sigma [..., M] or None."""
         shape = data.shape[:-1]
         mask = np.ones(shape, bool) if mask is None else np.asarray(mask, bool)
-        res = fit_ivim_protocol(data[mask], self.protocol, self.b_split, self.b_max, self.b0_threshold)
-        params = {}
-        for name in IVIM_NAMES:
-            params[name] = np.full(shape, np.nan)
-            params[name][mask] = res.maps[name]
+        sig = None if sigma is None else np.broadcast_to(np.asarray(sigma, float).reshape(shape + (-1,)),
+                                                         data.shape)
+        res = fit_ivim_protocol(data[mask], self.protocol, self.b_split, self.b_max, self.b0_threshold,
+                                self.method, None if sig is None else sig[mask])
+
+        def full(values):
+            out = np.full(shape, np.nan)
+            out[mask] = values
+            return out
+
+        params = {name: full(res.maps[name]) for name in IVIM_NAMES}
+        sd = {name: full(res.maps[name + "_sd"]) for name in IVIM_NAMES if name + "_sd" in res.maps}
+        intervals = {name + k: full(res.maps[name + k]) for name in IVIM_NAMES for k in _UNCERTAINTY
+                     if name + k in res.maps}
         signal = np.full(shape + (res.vascular.shape[1],), np.nan)
         signal[mask] = res.vascular
         vsigma = None
-        if sigma is not None:
-            sig = np.asarray(sigma).reshape(shape + (-1,))
+        if sig is not None:
             vsigma = np.full(signal.shape, np.nan)
             with np.errstate(invalid="ignore", divide="ignore"):
                 vsigma[mask] = sig[mask][:, res.vascular_index] / res.vascular_scale
@@ -284,9 +337,14 @@ class IvimModel(Model):
         exitcode = np.where(mask, np.where(finite, EXIT_OK, EXIT_FAILED), EXIT_BACKGROUND).astype(np.int8)
         if progress is not None:
             progress(int(mask.sum()))
+        info = {"n_fitted": int(finite.sum()), "n_vascular": int(vmask.sum()), "estimator": self.method}
+        if intervals:
+            from .posterior import identifiability_summary
+            con = np.stack([intervals[f"{n}_contraction"][mask] for n in ("fV", "D", "Dstar")], axis=1)
+            info["identifiability"] = identifiability_summary(con, ["fV", "D", "Dstar"])
         fit = IvimMapFit(params, exitcode, VascularSignal(signal, vsigma, vmask, res.vascular_index, reason),
-                         list(res.notes) + ([reason] if reason else []), res.reference_group,
-                         info={"n_fitted": int(finite.sum()), "n_vascular": int(vmask.sum())})
+                         list(res.notes) + ([reason] if reason else []), res.reference_group, sd=sd,
+                         info=info, intervals=intervals)
         return fit.bind(self, data, sigma)
 
     def predict(self, data, params, sigma=None) -> np.ndarray:
@@ -297,12 +355,25 @@ class IvimModel(Model):
         return s0 * ((1 - fv) * np.exp(-b * d) + fv * np.exp(-b * dstar))
 
     def describe(self) -> Description:
+        common = {"BSplit": self.b_split, "BMax": self.b_max, "B0Threshold": self.b0_threshold,
+                  "IvimEstimator": self.method}
+        if self.method == "bayes":
+            from .ivim_posterior import D_BOUNDS as DB, DSTAR_BOUNDS as SB
+            return Description(
+                method=f"by Bayesian IVIM: the posterior of (fV, D, D*) on a grid (D {DB[0]:g}-{DB[1]:g}, D* "
+                       f"{SB[0]:g}-{SB[1]:g} µm²/ms, prior flat in D and in sqrt(D*)), the two compartments' "
+                       f"amplitudes (S0 free) by non-negative least squares at every node, on b ≤ {self.b_max:g} "
+                       "s/mm²; posterior means with SDs, 95 % intervals and contraction",
+                parameters={"FitMethod": "Bayesian IVIM: grid posterior over (D, D*) with the amplitudes projected "
+                                         "out (variable projection); sigma integrated out without a noise map",
+                            **common},
+                references=["ivim"])
         return Description(
-            method=f"by segmented IVIM: the tissue ADC and intercept from {self.b_split:g} < b ≤ {self.b_max:g} "
+            method=f"by segmented IVIM: the tissue ADC and intercept from {self.b_split:g} ≤ b ≤ {self.b_max:g} "
                    "s/mm², the tissue signal extrapolated to low b and the vascular signal S_V = S - S_T fitted by "
                    "a mono-exponential",
-            parameters={"FitMethod": "segmented IVIM: D and intercept by least squares on b_split < b <= b_max; "
-                                     "tissue signal extrapolated; S_V = S - S_T fitted by F exp(-b D*) on b <= b_split; "
+            parameters={"FitMethod": "segmented IVIM: D and intercept by least squares on b_split <= b <= b_max; "
+                                     "tissue signal extrapolated; S_V = S - S_T fitted by F exp(-b D*) on b < b_split; "
                                      "fV = F/(F + intercept)",
-                        "BSplit": self.b_split, "BMax": self.b_max, "B0Threshold": self.b0_threshold},
+                        **common},
             references=["ivim"])
