@@ -73,3 +73,69 @@ def test_osipi_noise_no_worse_than_task_force_reference(snr):
         # 300 fits: a 10 % margin covers the sampling error of the reference figures themselves
         assert bias <= 1.1 * ref[p][0] + 2e-3, (p, bias, ref[p])
         assert sd <= 1.1 * ref[p][1], (p, sd, ref[p])
+
+
+# ---- the Bayesian estimator (ivim_posterior.py), the app's default -----------------------------------------
+from dmrimc_bids.core.fitting.ivim import choose_b_split  # noqa: E402
+from dmrimc_bids.core.fitting.ivim_posterior import posterior_ivim  # noqa: E402
+
+B12 = np.array([0, 10, 20, 30, 50, 80, 100, 200, 400, 600, 800, 1000], float)
+
+
+def _noisy_set(n, snr, seed, b=B12):
+    """Bi-exponential voxels (f U(0.02, 0.3), D U(0.5, 2.5), D* U(5, 100) µm²/ms) with Rician noise."""
+    rng = np.random.default_rng(seed)
+    f, d, ds = rng.uniform(0.02, 0.3, n), rng.uniform(0.5, 2.5, n), rng.uniform(5, 100, n)
+    clean = np.array([biexp(b, *t) for t in zip(f, d, ds)])
+    return np.hypot(clean + rng.normal(0, 1 / snr, clean.shape), rng.normal(0, 1 / snr, clean.shape)), f, d, ds
+
+
+def test_bayes_noise_free_recovery_and_scale_invariance():
+    truth = [(0.1, 1.37, 60), (0.2, 1.0, 25), (0.3, 2.0, 90), (0.05, 0.7, 12)]
+    sig = np.array([biexp(B12, *t) for t in truth])
+    post = posterior_ivim(sig, B12)
+    f, d, ds = (np.array(c) for c in zip(*truth))
+    np.testing.assert_allclose(post["fV"], f, atol=0.01)
+    np.testing.assert_allclose(post["D"], d, rtol=0.01)
+    np.testing.assert_allclose(post["Dstar"], ds, rtol=0.1)
+    np.testing.assert_allclose(post["S0"], 1.0, atol=0.01)
+    assert np.all((post["fV_ci95lo"] <= f + 1e-3) & (f - 1e-3 <= post["fV_ci95hi"]))
+    # S0 is free: scaling the signal scales S0 only
+    again = posterior_ivim(250.0 * sig, B12)
+    np.testing.assert_allclose(again["fV"], post["fV"], atol=1e-6)
+    np.testing.assert_allclose(again["S0"], 250.0 * post["S0"], rtol=1e-6)
+    bad = posterior_ivim(np.stack([sig[0], np.full(B12.size, np.nan), np.zeros(B12.size)]), B12)
+    assert np.isfinite(bad["fV"][0]) and np.isnan(bad["fV"][1:]).all()
+
+
+def test_bayes_on_held_out_noisy_voxels_beats_segmented_and_constant():
+    from scipy.stats import spearmanr
+    y, f, d, ds = _noisy_set(3000, 30, seed=77)
+    post = posterior_ivim(y, B12)
+    seg = fit_segmented_ivim(y, B12)
+    for est, truth in ((post["fV"], f), (post["D"], d), (post["Dstar"], ds)):
+        err, const = np.median(np.abs(est - truth)), np.median(np.abs(np.median(truth) - truth))
+        assert err < 0.75 * const, (err, const)
+    assert spearmanr(post["fV"], f)[0] > 0.78 and spearmanr(post["D"], d)[0] > 0.95
+    assert spearmanr(post["Dstar"], ds)[0] > 0.5
+    assert np.median(np.abs(post["fV"] - f)) < np.median(np.abs(seg.fV - f))
+    assert np.median(np.abs(post["Dstar"] - ds)) < np.median(np.abs(seg.Dstar - ds))
+    # calibrated intervals (nominal 95 %) and a contraction that ranks f and D above D*
+    for k, truth in (("fV", f), ("D", d), ("Dstar", ds)):
+        cover = np.mean((post[k + "_ci95lo"] <= truth) & (truth <= post[k + "_ci95hi"]))
+        assert 0.9 <= cover <= 0.995, (k, cover)
+    assert np.median(post["Dstar_contraction"]) < np.median(post["fV_contraction"])
+    # a known σ gives the same estimates as σ integrated out, within the noise
+    known = posterior_ivim(y, B12, sigma=np.full(len(y), 1 / 30))
+    assert np.median(np.abs(known["fV"] - post["fV"])) < 0.01
+
+
+def test_b_split_chosen_from_the_acquired_b_values():
+    assert choose_b_split(B12) == 200.0
+    assert choose_b_split([0, 10, 50, 150, 300, 500, 800]) == 150.0   # nearest to 200 on a log scale
+    assert choose_b_split([0, 50, 100, 250, 500, 1000]) == 250.0
+    # a split needs two distinct b at or above it
+    assert choose_b_split([0, 20, 100, 200]) == 100.0
+    # the segmented fit takes D from b >= split: b = 200 now counts
+    sig = np.array([biexp(B12, 0.1, 1.0, 80.0)])
+    assert np.isfinite(fit_segmented_ivim(sig[:, [0, 3, 7, 8]], B12[[0, 3, 7, 8]]).D).all()

@@ -59,12 +59,19 @@ def test_ivim_model_fits_predicts_and_hands_on_the_vascular_signal():
     data = (1 - fv)[..., None] * np.exp(-b * 1e-3 * d) + fv[..., None] * np.exp(-b * 1e-3 * dstar)
     model = build_model("ivim", protocol=shells, b_split=200.0, b_max=1000.0, b0_threshold=5.0)
     fit = model.fit(data, np.ones(fv.shape, bool))
-    assert set(fit.maps()) == {"fV", "D", "Dstar", "S0"}
+    assert {"fV", "D", "Dstar", "S0", "fV_sd", "fV_ci95lo", "fV_ci95hi", "fV_contraction",
+            "Dstar_ci95hi"} <= set(fit.maps())
+    # noise-free: intervals contain the truth and f is determined
+    assert np.all(fit.maps()["fV_ci95lo"] <= fv + 5e-3)
+    assert np.all(fit.maps()["fV_ci95hi"] >= fv - 5e-3) and np.all(fit.maps()["fV_contraction"] > 0.9)
     assert np.abs(fit.params["fV"] - fv).max() < 0.01 and np.abs(fit.params["D"] - d).max() < 0.02
     sel = np.nonzero(fv > 0)
     assert np.abs(fit.predict(sel) - data[sel]).max() < 0.01
     vas = fit.vascular
-    assert not vas.mask[0, 0] and vas.mask[sel].all() and vas.reason == ""
+    # the posterior mean of fV is > 0 wherever fV is bounded below by 0: the f = 0 voxel is a few 1e-3
+    assert vas.mask[sel].all() and vas.reason == "" and fit.params["fV"][0, 0] < 0.01
+    seg = build_model("ivim", protocol=shells, b0_threshold=5.0, method="segmented").fit(data, np.ones(fv.shape, bool))
+    assert not seg.vascular.mask[0, 0] and seg.vascular.mask[sel].all()
     assert np.allclose(vas.signal[1, 1], np.exp(-shells.b[vas.index] * 1e-3 * dstar), atol=0.03)
     assert model.describe().parameters["BSplit"] == 200.0 and "ivim" in model.describe().references
 
