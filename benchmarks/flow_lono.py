@@ -96,7 +96,8 @@ def main(argv=None) -> int:
         est_all, true_all, lo_all, hi_all = [], [], [], []
         for k in nets:
             train, test = label != k, label == k
-            dic = Dictionary(S[train][:, dw], np.log(truth[train]) if args.log_params else truth[train], list(PARAMS), prot)
+            dic = Dictionary(S[train][:, dw], np.log(truth[train]) if args.log_params else truth[train], list(PARAMS), prot,
+                             structure=label[train])   # network ids: the model error leaves whole networks out
             model = DictionaryModel(dic, surrogate=args.surrogate, noise=args.noise_model)
             clean = np.repeat(S[test][:, dw], args.repeats, axis=0)
             noisy = np.sqrt((clean + rng.normal(0, sigma, clean.shape)) ** 2 + rng.normal(0, sigma, clean.shape) ** 2)

@@ -62,7 +62,10 @@ MATCH_TOL_MS = 2.5
 
 @dataclass
 class Dictionary:
-    """Signals of K micro-structures for M measurements, with their P tissue parameters."""
+    """Signals of K micro-structures for M measurements, with their P tissue parameters. structure [K]
+    (optional): the substrate or network each entry comes from (an integer id), so that estimators can
+    leave whole structures out; without it they infer structures from the parameters
+    (fitting.posterior.structure_groups)."""
 
     signals: np.ndarray
     params: np.ndarray
@@ -70,6 +73,7 @@ class Dictionary:
     protocol: Protocol
     units: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
+    structure: np.ndarray | None = None
 
     def __post_init__(self):
         self.signals = np.ascontiguousarray(self.signals, dtype=np.float32)
@@ -82,6 +86,14 @@ class Dictionary:
         if self.signals.shape[1] != len(self.protocol):
             raise ValueError(f"{self.signals.shape[1]} signal columns for {len(self.protocol)} measurements")
         self.units = {n: self.units.get(n, PARAM_UNITS.get(n, "")) for n in self.names}
+        if self.structure is not None:
+            self.structure = np.asarray(self.structure, dtype=np.int64).ravel()
+            if self.structure.size != self.signals.shape[0]:
+                raise ValueError(f"{self.structure.size} structure ids for {self.signals.shape[0]} entries")
+
+    def _rows(self, rows) -> np.ndarray | None:
+        """The structure ids of the entries ``rows`` (None without ids)."""
+        return None if self.structure is None else self.structure[rows]
 
     def __len__(self) -> int:
         return self.signals.shape[0]
@@ -141,7 +153,8 @@ class Dictionary:
                 "protocol": self.protocol.to_rows(), "provenance": self.provenance,
                 "checksum": self.checksum()}
         tmp = npz.with_name(f".{npz.name}.tmp.npz")
-        np.savez(tmp, signals=self.signals, params=self.params)
+        extra = {} if self.structure is None else {"structure": self.structure}
+        np.savez(tmp, signals=self.signals, params=self.params, **extra)
         os.replace(tmp, npz)
         tmp = js.with_name(f".{js.name}.tmp")
         tmp.write_text(json.dumps(meta, indent=1))
@@ -169,7 +182,7 @@ class Dictionary:
                              [r["big_delta"] for r in rows],
                              [np.nan if r.get("echo_time") is None else r["echo_time"] for r in rows])
             return cls(arrays["signals"], arrays["params"], meta["names"], proto, meta.get("units", {}),
-                       meta.get("provenance", {}))
+                       meta.get("provenance", {}), arrays["structure"] if "structure" in arrays.files else None)
         except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
             raise InputError(f"cannot read the dictionary ({exc})", path=npz,
                              fix="re-create it with Dictionary.save or the import command") from exc
@@ -212,13 +225,13 @@ class Dictionary:
         prov = dict(self.provenance)
         prov["selection"] = {"estimated": chosen, "fixed": {k: float(v) for k, v in fix.items()}}
         return Dictionary(self.signals[rows], self.params[np.ix_(rows, cols)], chosen, self.protocol,
-                          {n: self.units[n] for n in chosen}, prov)
+                          {n: self.units[n] for n in chosen}, prov, self._rows(rows))
 
     def measurements(self, index) -> "Dictionary":
         """The dictionary on a subset of its measurements (column indices or a boolean mask)."""
         index = np.flatnonzero(index) if np.asarray(index).dtype == bool else np.asarray(index, int)
         return Dictionary(self.signals[:, index], self.params, self.names, self.protocol.subset(index), self.units,
-                          dict(self.provenance))
+                          dict(self.provenance), self.structure)
 
     def within(self, bounds: dict) -> "Dictionary":
         """The entries whose parameters lie inside {name: (lo, hi)} (physical units), e.g. the prior
@@ -234,7 +247,7 @@ class Dictionary:
                 f"{k}={v[0]:g},{v[1]:g}" for k, v in bounds.items()), exit_code=EX_USAGE,
                 fix="widen the bounds to overlap the dictionary's ranges")
         return Dictionary(self.signals[rows], self.params[rows], list(self.names), self.protocol, dict(self.units),
-                          dict(self.provenance))
+                          dict(self.provenance), self._rows(rows))
 
     def match(self, measured: Protocol, tol_b: float = MATCH_TOL_B, tol_ms: float = MATCH_TOL_MS,
               b0_threshold: float = B0_THRESHOLD, source=None) -> "Dictionary":
@@ -283,7 +296,7 @@ class Dictionary:
         prov = dict(self.provenance)
         prov["matching"] = {"tolerance": {"b": tol_b, "ms": tol_ms}, "measurements": report,
                             "source_checksum": self.checksum()}
-        return Dictionary(sig, self.params, self.names, measured, self.units, prov)
+        return Dictionary(sig, self.params, self.names, measured, self.units, prov, self.structure)
 
 
     def _interpolated(self, measured: Protocol, grid: "TimingGrid", b0_threshold: float) -> "Dictionary":
@@ -300,7 +313,7 @@ class Dictionary:
                                              for b, sd, bd in zip(measured.b, measured.small_delta_ms,
                                                                    measured.big_delta_ms)],
                             "source_checksum": self.checksum()}
-        return Dictionary(sig, self.params, self.names, measured, self.units, prov)
+        return Dictionary(sig, self.params, self.names, measured, self.units, prov, self.structure)
 
 
 @dataclass

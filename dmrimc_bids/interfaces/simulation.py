@@ -288,7 +288,7 @@ class AssembleFlowDictionary(SimpleInterface):
     output_spec = _AssembleOut
 
     def _run_interface(self, runtime):
-        from ..core.simulate.flow.dictionary import assemble_flow, flow_provenance
+        from ..core.simulate.flow.dictionary import assemble_flow, flow_provenance, network_ids
         from ..core.simulate.flow.network import from_json
         from ..core.waveforms import protocol_from_json
 
@@ -299,7 +299,8 @@ class AssembleFlowDictionary(SimpleInterface):
             with np.load(f) as z:
                 parts.append((z["signals"], z["params"]))
         nets = [from_json(r) for r in i.realisations]
-        dic = assemble_flow(parts, prot, flow_provenance(nets, i.n_spins, i.seed, {"backend": i.backend}))
+        dic = assemble_flow(parts, prot, flow_provenance(nets, i.n_spins, i.seed, {"backend": i.backend}),
+                            network_ids(nets))
         self._results["dictionary"] = str(dic.save(i.out_file))
         if isdefined(i.track_out):
             save_part_track(i.parts, i.track_out)
@@ -345,7 +346,7 @@ class SimulateFlowForProtocol(SimpleInterface):
 
         path, dic, cached = cached_dictionary(i.cache_dir, "spinflowsim", {
             "protocol": rows.tolist(), "networks": [network_checksum(n) for n in nets], "spins": i.n_spins,
-            "seed": i.seed}, build)
+            "seed": i.seed, "network_ids": True}, build)
         self._results["dictionary"] = str(path)
         self._results["description"] = dic.select().describe()
         self._results["cached"] = cached

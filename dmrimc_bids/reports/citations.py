@@ -68,6 +68,12 @@ def methods_paragraphs(descriptions: dict, options: dict) -> list[str]:
            + ("of their echo time (the b=0 volumes of all series at that echo time pooled after matching each "
               "series' global scale)." if o.get("b0_pool_series", True) else
               "of their series and echo-time/diffusion-time group.")]
+    if o.get("model") == "joint":
+        out.append("Tissue and vasculature were fitted jointly (--model joint): one posterior of (1 - fV) S_tissue + "
+                   "fV S_flow on every measurement with b > 0, tissue and flow dictionaries combined.")
+    elif o.get("model") == "separate":
+        out.append("Tissue and vasculature were fitted separately (--model separate): the tissue dictionary on the "
+                   "high-b measurements, the flow dictionary on the IVIM fit's vascular signal.")
     if "histousim" in descriptions:
         d = descriptions["histousim"]
         out.append("Tissue microstructure was estimated with Histo-μSim [histousim]: measurements with "
@@ -76,8 +82,10 @@ def methods_paragraphs(descriptions: dict, options: dict) -> list[str]:
                    + _dictionary_phrase(d.get("dictionary"), "Monte Carlo diffusion signals simulated in cell substrates")
                    + f", {_parameters_phrase(d.get('dictionary'), ['fin', 'vCS_cyl', 'D0in', 'D0ex', 'kappa'])}.")
     if "ivim" in descriptions:
+        estimator = o.get("ivim_estimator") or descriptions["ivim"].get("parameters", {}).get("IvimEstimator", "")
         out.append("The vascular signal fraction fV and pseudo-diffusion coefficient D* were estimated "
-                   f"{descriptions['ivim']['method']} [ivim].")
+                   f"{descriptions['ivim']['method']} [ivim]"
+                   + (f" (IVIM estimator: {estimator}; b ≤ {_fmt(o.get('ivim_b_max'))} s/mm²)." if estimator else "."))
     if "spinflowsim" in descriptions:
         d = descriptions["spinflowsim"]
         out.append("Capillary flow properties (mean blood velocity vm, its spread vs and the apparent network "

@@ -193,3 +193,30 @@ def correlation_matrix(rho: np.ndarray, names: list[str], title: str) -> str:
     ax.set_title(title, fontsize=8)
     fig.tight_layout()
     return to_data_uri(fig)
+
+
+def interval_panel(rows: list[dict], n_show: int = 60, title: str = "") -> str:
+    """One axis per parameter: the estimates of up to n_show voxels (evenly spaced in rank) as dots with
+    their 95 % intervals as bars, sorted by the estimate. rows: {name, unit, est, lo, hi} (arrays)."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, max(len(rows), 1), figsize=(3.0 * max(len(rows), 1), 2.4), squeeze=False)
+    for ax, r in zip(axes[0], rows):
+        est, lo, hi = (np.asarray(r[k], float) for k in ("est", "lo", "hi"))
+        ok = np.isfinite(est) & np.isfinite(lo) & np.isfinite(hi)
+        est, lo, hi = est[ok], lo[ok], hi[ok]
+        if est.size:
+            order = np.argsort(est, kind="stable")
+            pick = order[np.unique(np.round(np.linspace(0, est.size - 1, min(n_show, est.size))).astype(int))]
+            x = np.arange(pick.size)
+            ax.vlines(x, lo[pick], hi[pick], color="0.6", lw=1, label="95 % interval")
+            ax.plot(x, est[pick], "o", ms=2.5, color="C0", label="estimate")
+            width = float(np.median(hi - lo))
+            ax.set_title(f"{r['name']} [{r['unit']}]: median interval width {width:.3g}" if r["unit"] else
+                         f"{r['name']}: median interval width {width:.3g}", fontsize=7)
+        ax.set_xlabel("voxels, sorted by the estimate", fontsize=7)
+        ax.tick_params(labelsize=6)
+    axes[0][0].legend(fontsize=6, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=9, x=0.02, ha="left")
+    fig.tight_layout()
+    return to_data_uri(fig)

@@ -18,7 +18,7 @@ from ..bids.derivatives import MODEL_INFO, atomic_write_bytes, find_maps, read_m
 from . import figures
 from .citations import methods_markdown, methods_paragraphs, references
 
-MODEL_TITLES = {"histousim": "Tissue microstructure (Histo-μSim)", "ivim": "Segmented IVIM",
+MODEL_TITLES = {"histousim": "Tissue microstructure (Histo-μSim)", "ivim": "IVIM (perfusion fraction, pseudo-diffusion)",
                 "spinflowsim": "Microvasculature (SpinFlowSim)"}
 MODEL_ORDER = ("histousim", "ivim", "spinflowsim")
 QUALITY = ("exitcode", "fobj")
@@ -114,8 +114,8 @@ def _example_figure(path, title) -> str | None:
     return figures.signal_panel(vox, b, "b [s/mm²]", groups, labels, title)
 
 
-def _ivim_figure(norm_file, shells_file, maps: dict, mask, b_max=1000.0) -> str | None:
-    """Measured S/S0 at low b of a few voxels with the segmented-IVIM model (1-fV)e^{-bD} + fV e^{-bD*}."""
+def _ivim_figure(norm_file, shells_file, maps: dict, mask, b_max=1200.0) -> str | None:
+    """Measured S/S0 at low b of a few voxels with the IVIM model (1-fV)e^{-bD} + fV e^{-bD*}."""
     from ..core.protocol import Protocol
     need = {("fV", None), ("D", None), ("Dstar", None)}
     if not norm_file or not need <= set(maps):
@@ -142,7 +142,7 @@ def _ivim_figure(norm_file, shells_file, maps: dict, mask, b_max=1000.0) -> str 
         model = s0[t] * ((1 - fv[t]) * np.exp(-b * 1e-3 * d[t]) + fv[t] * np.exp(-b * 1e-3 * ds[t]))
         vox.append({"measured": data[t][sel], "fitted": model,
                     "title": f"voxel {t}\nfV={fv[t]:.3f}, D*={ds[t]:.3g} µm²/ms"})
-    return figures.signal_panel(vox, b, "b [s/mm²]", title="segmented IVIM: measured (dots), model (lines)")
+    return figures.signal_panel(vox, b, "b [s/mm²]", title="IVIM: measured (dots), model (lines)")
 
 
 def session_fragment(out_dir, subject: str, session: str | None, protocol_file, shells_file, sph_file, mask_file,
@@ -174,7 +174,31 @@ def session_fragment(out_dir, subject: str, session: str | None, protocol_file, 
         if model == "ivim":
             sect["signals"] = _ivim_figure(norm_file, shells_file, maps, mask)
         frag["models"].append(sect)
+    frag["vascular_panel"] = vascular_panel(maps_by_model, mask)
     return frag
+
+
+#: The vascular panel: (model, parameter, label) in order; a parameter missing from the run is left out.
+VASCULAR_PANEL = (("ivim", "fV", "fV (IVIM)"), ("spinflowsim", "fV", "fV (joint fit)"),
+                  ("ivim", "Dstar", "D* (IVIM)"), ("spinflowsim", "vm", "vm (SpinFlowSim)"))
+
+
+def vascular_panel(maps_by_model: dict, mask) -> str | None:
+    """Estimates and 95 % intervals of fV, D* and vm over the mask (interval_panel), from whichever of the
+    IVIM and SpinFlowSim maps the run wrote; None when it wrote none with intervals."""
+    rows = []
+    for model, param, label in VASCULAR_PANEL:
+        maps = maps_by_model.get(model, {})
+        keys = [(param, None), (param, "ci95lo"), (param, "ci95hi")]
+        if not all(k in maps for k in keys):
+            continue
+        est, lo, hi = (_load(maps[k])[mask] for k in keys)
+        rows.append({"name": label, "unit": _sidecar(maps[(param, None)]).get("Units", ""), "est": est,
+                     "lo": lo, "hi": hi})
+    if not rows:
+        return None
+    return figures.interval_panel(rows, title="vascular maps with their 95 % intervals (a sample of the mask's "
+                                              "voxels, sorted by the estimate)")
 
 
 def _model_section(model: str, first_sidecar: dict) -> dict:

@@ -204,9 +204,33 @@ def init_single_subject_wf(item: SessionInputs, config: Config, warnings: list |
         wf.connect(tissue, "outputnode.dictionary_description", write, "inputnode.dictionary_description")
     if joint:
         _add_joint_flow_writer(wf, item, config, tissue, report, records)
+        if has_vascular_branch(item, config, shells):
+            _add_ivim_maps(wf, item, config, mem, prep, report, records)
     elif has_vascular_branch(item, config, shells):
         _add_vascular_branch(wf, item, config, mem, prep, report, branch_in, records)
     return wf
+
+
+def ivim_node(config: Config, mem: dict) -> pe.Node:
+    """The IVIM fit (FitModel 'ivim', --ivim-estimator): fV, D, D*, S0 and the vascular signal."""
+    label = "Bayesian IVIM" if config.ivim_estimator == "bayes" else "segmented IVIM"
+    return pe.Node(FitModel(estimator="ivim", options=config.ivim_model_options(), label=label,
+                            n_threads=config.omp_nthreads),
+                   name="fit_ivim", n_procs=config.omp_nthreads, mem_gb=max(1.0, mem["fit_ivim"]))
+
+
+def _add_ivim_maps(wf, item, config: Config, mem: dict, prep, report, records=None) -> None:
+    """--model joint: the model-ivim maps beside the joint fit's (the IVIM fit of the low b, its writer)."""
+    ivim = ivim_node(config, mem)
+    write_ivim = init_derivatives_wf(item, config, "ivim", records=records)
+    wf.connect([
+        (prep, ivim, [(f"outputnode.{f}", k) for f, k in (("norm_file", "in_file"), ("sigma_file", "sigma_file"),
+                                                           ("shells", "protocol"), ("mask_file", "mask_file"))]),
+        (ivim, write_ivim, [("maps", "inputnode.maps"), ("units", "inputnode.units"),
+                            ("description", "inputnode.description"), ("notes", "inputnode.notes")]),
+        (ivim, report, [("description", "ivim_description")]),
+        (write_ivim, report, [("outputnode.out_files", "written_ivim")]),
+    ])
 
 
 def _add_vascular_branch(wf, item, config: Config, mem: dict, prep, report, branch_in, records=None) -> None:
@@ -390,9 +414,9 @@ def _add_joint_flow_writer(wf, item, config: Config, joint, report, records=None
 
 
 def init_vascular_wf(item: SessionInputs, config: Config, mem: dict, name="vascular_wf") -> pe.Workflow:
-    """Microvasculature (segmented IVIM, then SpinFlowSim).
+    """Microvasculature (IVIM, then SpinFlowSim).
 
-    fit_ivim (FitModel 'ivim': fV, D, D*, S0 and the vascular signal S_V/S_V(0) of the low-b
+    fit_ivim (FitModel 'ivim', --ivim-estimator: fV, D, D*, S0 and the vascular signal S_V/S_V(0) of the low-b
     measurements, with the voxels where fV >= 0.005) -> [simulate_flow_dictionary for exactly those
     measurements, unless --flow-dictionary] -> match_flow_dictionary -> fit_spinflowsim (FitModel,
     --flow-estimator). When no voxel has a vascular signal the flow fit writes no maps and ``skipped``
@@ -405,8 +429,7 @@ def init_vascular_wf(item: SessionInputs, config: Config, mem: dict, name="vascu
     outputnode = pe.Node(IdentityInterface(fields=[
         "ivim_maps", "ivim_units", "ivim_description", "notes", "skipped", "flow_maps", "flow_units",
         "flow_description", "flow_examples", "matched_dictionary", "dictionary_description"]), name="outputnode")
-    ivim = pe.Node(FitModel(estimator="ivim", options=config.ivim_model_options(), label="segmented IVIM"),
-                   name="fit_ivim", mem_gb=max(1.0, mem["fit_ivim"]))
+    ivim = ivim_node(config, mem)
     match = pe.Node(MatchDictionary(params=list(config.flow_params), tol_b=config.flow_match_tol_b,
                                     tol_ms=config.match_tol_ms, b0_threshold=config.b0_threshold,
                                     source=item.dwi_files[0]), name="match_flow_dictionary", mem_gb=1.0)

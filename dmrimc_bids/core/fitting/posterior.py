@@ -191,7 +191,7 @@ class PosteriorModel(Model):
         self.lo_t, self.hi_t = self.values.min(0), self.values.max(0)
         self.lo, self.hi = dictionary.ranges()
         self.free = np.flatnonzero(np.ptp(p, axis=0) > 0)
-        self.groups = structure_groups(p)
+        self.groups = dictionary.structure if dictionary.structure is not None else structure_groups(p)
         self.prior = prior
         self.log_prior = design_prior(self.values, self.groups) if prior == "design" else np.zeros(len(p))
         w_prior = np.exp(self.log_prior)

@@ -85,11 +85,19 @@ def flow_provenance(nets: list, n_spins: int, seed: int, extra: dict | None = No
     return prov
 
 
-def assemble_flow(parts: list, protocol: Protocol, provenance: dict) -> Dictionary:
+def network_ids(nets: list) -> np.ndarray:
+    """Structure id [n] of realisations: the index of their network's name among the sorted names (every
+    inlet/outlet pair and Qin of one network shares it), so estimators leave whole networks out."""
+    names = sorted({n.name for n in nets})
+    return np.array([names.index(n.name) for n in nets], dtype=np.int64)
+
+
+def assemble_flow(parts: list, protocol: Protocol, provenance: dict, structure=None) -> Dictionary:
+    """A flow dictionary from (signals, params) parts; structure: network id per entry (network_ids)."""
     sig = np.concatenate([p[0] for p in parts])
     par = np.concatenate([p[1] for p in parts])
     names = param_names(par.shape[1] > len(FLOW_PARAM_NAMES))
-    return Dictionary(sig, par, names, protocol, {n: METRIC_UNITS[n] for n in names}, provenance)
+    return Dictionary(sig, par, names, protocol, {n: METRIC_UNITS[n] for n in names}, provenance, structure)
 
 
 def simulate_flow_dictionary(nets: list, protocol: Protocol, *, n_spins: int = DEFAULT_SPINS, seed: int = 0,
@@ -97,4 +105,5 @@ def simulate_flow_dictionary(nets: list, protocol: Protocol, *, n_spins: int = D
     """A flow dictionary for `protocol` from network realisations (one entry each)."""
     sig, par, _ = simulate_realisations(nets, protocol, n_spins=n_spins, seed=seed, backend=backend,
                                         published_anb=published_anb, progress=progress)
-    return assemble_flow([(sig, par)], protocol, flow_provenance(nets, n_spins, seed, {"backend": backend}))
+    return assemble_flow([(sig, par)], protocol, flow_provenance(nets, n_spins, seed, {"backend": backend}),
+                         network_ids(nets))

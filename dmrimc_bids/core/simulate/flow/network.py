@@ -129,8 +129,11 @@ def read_network(path, inlet=None, outlet=None, qin_mm3_per_s=None) -> Network:
             return from_json(d, path)
         if path.suffix == ".npz":
             z = np.load(path, allow_pickle=False)
+            # a SpinFlowSim realisation knows its network ("net", "dim"): realisations of one network share the name
+            name = (f"Net{int(z['net'])}" + ("_3d" if "dim" in z.files and int(z["dim"]) == 3 else "")
+                    if "net" in z.files else path.stem)
             net = Network(z["nodes"], z["edges"], z["radius"], int(z["inlet"]), int(z["outlet"]), float(z["qin"]),
-                          path.stem, {"source": "SpinFlowSim npz"})
+                          name, {"source": "SpinFlowSim npz", "file": path.name})
             if inlet is not None or outlet is not None:
                 net = net.with_ports(net.inlet if inlet is None else int(inlet),
                                      net.outlet if outlet is None else int(outlet))
