@@ -93,7 +93,7 @@ def test_joint_recovers_the_vascular_fraction_better_than_a_constant():
     assert spearmanr(fit.tissue.params["fin"], f_in).statistic > 0.9
 
 
-def test_model_joint_writes_both_models_and_no_ivim(tmp_path, single_demo, capsys):
+def test_model_joint_writes_the_joint_and_the_ivim_maps(tmp_path, single_demo, capsys):
     from dmrimc_bids.cli.run import main
     out = tmp_path / "out"
     code = main([str(single_demo), str(out), "participant", "--model", "joint", "--prior", "design",
@@ -104,7 +104,13 @@ def test_model_joint_writes_both_models_and_no_ivim(tmp_path, single_demo, capsy
     fv = nib.load(dwi / "sub-01_space-dwi_model-spinflowsim_param-fV_dwimap.nii.gz").get_fdata()
     ok = np.isfinite(fin)
     assert ok.sum() > 100 and np.all((fv[ok] >= 0) & (fv[ok] <= 0.3))
-    assert not list(dwi.glob("*model-ivim*"))
+    # the IVIM maps are written under --model joint too, with their intervals and the run's model
+    ivim_fv = nib.load(dwi / "sub-01_space-dwi_model-ivim_param-fV_dwimap.nii.gz").get_fdata()
+    assert np.isfinite(ivim_fv[ok]).mean() > 0.95
+    assert (dwi / "sub-01_space-dwi_model-ivim_param-Dstar_desc-ci95hi_dwimap.nii.gz").is_file()
+    ivim_side = json.loads((dwi / "sub-01_space-dwi_model-ivim_param-fV_dwimap.json").read_text())
+    assert ivim_side["Model"]["Parameters"]["ModelOfRun"] == "joint"
+    assert ivim_side["Model"]["Parameters"]["IvimEstimator"] == "bayes"
     side = json.loads((dwi / "sub-01_space-dwi_model-spinflowsim_param-fV_dwimap.json").read_text())
     assert "joint" in side["Model"]["Parameters"]["FitMethod"] and "joint" in side["Description"]
     assert (dwi / "sub-01_space-dwi_model-spinflowsim_param-fV_desc-ci95hi_dwimap.nii.gz").is_file()

@@ -39,8 +39,10 @@ def test_reports_written_per_subject_with_sessions_as_sections(demo_run):
     n_maps = len(list((out / "sub-01/dwi").glob("*_dwimap.nii.gz")))
     n_diag_hidden = 2 * 3  # loglik, aic, bic of the two dictionary fits are tabulated, not drawn
     signals = 3            # measured vs fitted: tissue, IVIM, vascular
+    signals += 1           # the vascular panel: fV, D* and vm with their intervals
     n_intervals = len(list((out / "sub-01/dwi").glob("*_desc-ci95*_dwimap.nii.gz")))  # tabulated, not drawn
     assert n_intervals > 0 and "95% interval, low end" in one and "contraction (identifiability)" in one
+    assert "Vascular maps and their uncertainty" in one
     assert len(imgs) == n_maps - n_diag_hidden - n_intervals + signals
     # dropped measurements and why
     assert "below the vascular threshold 250" in one and "b=0 shell (used for normalisation only)" in one
