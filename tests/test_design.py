@@ -62,3 +62,20 @@ def test_design_cli_prints_and_writes_the_figures(tmp_path, capsys):
     bad.write_text("b\tsmall_delta\tbig_delta\n0\t10\t30\n100\t10\t30\n")
     assert sim_main(["design", "--protocol", str(bad), "--snr", "20", "--dictionary", str(dic_file)]) != 0
     assert "no measurement of the protocol is fitted" in capsys.readouterr().err
+
+
+def test_design_vascular_branch_evaluates_the_flow_dictionary(tmp_path, capsys):
+    """Without --dictionary the vascular branch judges the flow dictionary the pipeline simulates for the
+    protocol (every b > 0), leaving whole networks out; not the tissue dictionary."""
+    prot = tmp_path / "ivim.tsv"
+    prot.write_text("b\tsmall_delta\tbig_delta\n0\t10\t30\n" + "".join(f"{b:g}\t10\t30\n" for b in (10, 25, 50, 100, 200))
+                    + "".join(f"{b:g}\t10\t60\n" for b in (25, 50, 100)))
+    out = tmp_path / "design.json"
+    code = sim_main(["design", "--protocol", str(prot), "--snr", "50", "--branch", "vascular", "--samples", "200",
+                     "--flow-spins", "300", "--cache-dir", str(tmp_path / "cache"), "--json", str(out)])
+    assert code == 0, capsys.readouterr().err
+    res = json.loads(out.read_text())
+    assert set(res["by_snr"]["50"]) == {"vm", "vs", "anb"}
+    assert len(res["fitted_measurements"]) == 8   # every b > 0, b = 10 included
+    assert list((tmp_path / "cache").glob("spinflowsim_*.npz"))
+    assert res["by_snr"]["50"]["vm"]["rho"] > 0.3

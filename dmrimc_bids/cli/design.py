@@ -1,10 +1,12 @@
 """`dmrimc-sim design`: judge a protocol before scanning (core/fitting/design.py).
 
-    dmrimc-sim design --protocol dwi.tsv --snr 20 50 --dictionary dict.npz [--json design.json]
+    dmrimc-sim design --protocol dwi.tsv --snr 20 50 [--branch tissue|vascular] [--dictionary dict.npz]
+        [--json design.json]
 
 Prints, per SNR and parameter, the expected posterior contraction and Spearman ρ of the default
 estimator for the protocol's fitted measurements, each dictionary entry estimated with its own
-structure left out.
+structure (substrate or network) left out. The vascular branch evaluates the flow dictionary (simulated
+for the protocol from the generated networks unless --dictionary is given) on every b > 0.
 """
 
 from __future__ import annotations
@@ -27,7 +29,12 @@ def add_design_parser(sub, positive) -> None:
     d.add_argument("--bval", type=Path, default=None, help="the sidecar's .bval (default: beside it)")
     d.add_argument("--snr", type=positive(float), nargs="+", required=True,
                    help="SNR of the fitted (directionally averaged, b0-normalised) signal: 1/sigma; several allowed")
-    d.add_argument("--dictionary", type=Path, default=None, help="dictionary .npz (default: the embedded one)")
+    d.add_argument("--dictionary", type=Path, default=None,
+                   help="dictionary .npz (default: tissue branch, the embedded one; vascular branch, the flow "
+                        "dictionary the pipeline simulates for the protocol from the generated networks, cached)")
+    d.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "dmrimc-bids" / "dictionaries",
+                   help="where simulated flow dictionaries are cached (~/.cache/dmrimc-bids/dictionaries)")
+    d.add_argument("--flow-spins", type=positive(int), default=2000, help="spins per realisation (2000)")
     d.add_argument("--branch", choices=("tissue", "vascular"), default="tissue",
                    help="tissue: b >= --vasc-threshold, magnitude (Rician) noise; vascular: every b > 0, "
                         "Gaussian noise (the vascular signal is a difference of magnitudes)")
@@ -41,7 +48,9 @@ def add_design_parser(sub, positive) -> None:
 
 
 def fitted_dictionary(args):
-    """The dictionary matched to the measurements the pipeline would fit for --protocol and --branch."""
+    """The dictionary matched to the measurements the pipeline would fit for --protocol and --branch: the
+    tissue dictionary on b >= --vasc-threshold, or the flow dictionary on every b > 0 (vascular; without
+    --dictionary the one the pipeline simulates for this protocol, flow_dictionary_for_protocol)."""
     from ..core.dictionary_default import load_selected
     from ..core.preprocess import vascular_filter
     from ..core.protocol import unique_measurements
@@ -50,8 +59,14 @@ def fitted_dictionary(args):
     if args.dictionary is not None and not Path(args.dictionary).is_file():
         raise InputError("dictionary not found", path=args.dictionary, exit_code=EX_USAGE,
                          fix="give a dictionary .npz written by dmrimc-sim, or leave --dictionary out")
-    dic = load_selected(str(args.dictionary) if args.dictionary else None)
     _, shells = unique_measurements(read_simulation_protocol(args.protocol, args.bval), args.b0_threshold)
+    if args.branch == "vascular" and args.dictionary is None:
+        from ..core.simulate.flow.dictionary import flow_dictionary_for_protocol
+        path = flow_dictionary_for_protocol(shells, args.cache_dir, n_spins=args.flow_spins, seed=args.seed,
+                                            b0_threshold=args.b0_threshold)[0]
+        dic = load_selected(str(path))
+    else:
+        dic = load_selected(str(args.dictionary) if args.dictionary else None)
     threshold = args.vasc_threshold if args.branch == "tissue" else args.b0_threshold
     keep = vascular_filter(shells, threshold, dic.max_b, args.b0_threshold).keep
     if keep.size == 0:

@@ -326,27 +326,26 @@ class SimulateFlowForProtocol(SimpleInterface):
     output_spec = _ForProtocolOut
 
     def _run_interface(self, runtime):
-        from ..core.simulate.flow.dictionary import network_checksum, simulate_flow_dictionary
-        from ..core.simulate.flow.generate import default_realisations
-        from ..core.simulate.flow.network import read_network
+        from ..core.simulate.flow.dictionary import flow_dictionary_for_protocol
 
         i = self.inputs
-        rows, sim_prot = unique_measurements(Protocol.from_table(i.protocol), i.b0_threshold)
-        nets = [read_network(f) for f in i.network_files] if i.network_files else default_realisations()
+        import numba
+        numba.set_num_threads(max(1, min(i.n_threads, numba.config.NUMBA_NUM_THREADS)))
+        from tqdm.auto import tqdm
 
-        def build():
-            import numba
-            numba.set_num_threads(max(1, min(i.n_threads, numba.config.NUMBA_NUM_THREADS)))
-            from tqdm.auto import tqdm
-            with tqdm(total=len(nets), unit="network", desc="SpinFlowSim dictionary", mininterval=1) as bar:
-                dic = simulate_flow_dictionary(nets, sim_prot, n_spins=i.n_spins, seed=i.seed, progress=bar.update)
-            dic.provenance["networks_source"] = ("user" if i.network_files
-                                                 else "generated (core/simulate/flow/generate.py)")
-            return dic
+        bars = []
 
-        path, dic, cached = cached_dictionary(i.cache_dir, "spinflowsim", {
-            "protocol": rows.tolist(), "networks": [network_checksum(n) for n in nets], "spins": i.n_spins,
-            "seed": i.seed, "network_ids": True}, build)
+        def progress(total):
+            bars.append(tqdm(total=total, unit="network", desc="SpinFlowSim dictionary", mininterval=1))
+            return bars[-1].update
+
+        try:
+            path, dic, cached = flow_dictionary_for_protocol(Protocol.from_table(i.protocol), i.cache_dir,
+                                                             list(i.network_files), i.n_spins, i.seed,
+                                                             i.b0_threshold, progress)
+        finally:
+            for bar in bars:
+                bar.close()
         self._results["dictionary"] = str(path)
         self._results["description"] = dic.select().describe()
         self._results["cached"] = cached

@@ -107,3 +107,28 @@ def simulate_flow_dictionary(nets: list, protocol: Protocol, *, n_spins: int = D
                                         published_anb=published_anb, progress=progress)
     return assemble_flow([(sig, par)], protocol, flow_provenance(nets, n_spins, seed, {"backend": backend}),
                          network_ids(nets))
+
+
+def flow_dictionary_for_protocol(protocol: Protocol, cache_dir, network_files=(), n_spins: int = DEFAULT_SPINS,
+                                 seed: int = 0, b0_threshold: float | None = None, progress=None) -> tuple:
+    """(path, Dictionary, cached): the flow dictionary of ``protocol``'s distinct (b, δ, Δ) with b > b0_threshold,
+    simulated from network_files (or the generated default realisations) and cached in cache_dir under the
+    sha256 of the measurements, networks, spins, seed and software version. The pipeline's route (no
+    protocol matching to get wrong) and `dmrimc-sim design --branch vascular`'s."""
+    from ...dictionary import cached_dictionary
+    from ...protocol import B0_THRESHOLD, unique_measurements
+    from .generate import default_realisations
+    from .network import read_network
+
+    rows, sim_prot = unique_measurements(protocol, B0_THRESHOLD if b0_threshold is None else b0_threshold)
+    nets = [read_network(f) for f in network_files] if network_files else default_realisations()
+
+    def build():
+        dic = simulate_flow_dictionary(nets, sim_prot, n_spins=n_spins, seed=seed,
+                                       progress=progress(len(nets)) if progress else None)
+        dic.provenance["networks_source"] = "user" if network_files else "generated (core/simulate/flow/generate.py)"
+        return dic
+
+    return cached_dictionary(cache_dir, "spinflowsim", {
+        "protocol": rows.tolist(), "networks": [network_checksum(n) for n in nets], "spins": n_spins, "seed": seed,
+        "network_ids": True}, build)
