@@ -225,6 +225,8 @@ def main(argv=None):
     ap.add_argument("--prior", choices=["entries", "design"], default=None,
                     help="pass --prior to the default app run (recorded in its own block)")
     ap.add_argument("--work", type=Path, default=None, help="keep the dataset, outputs and work dirs here")
+    ap.add_argument("--app-args", nargs="+", default=[], metavar="ARG",
+                    help="further options of the app run (e.g. --model separate), quoted as one: '--model separate'")
     ap.add_argument("--record", action="store_true", help="write the table into docs/benchmarks.md")
     args = ap.parse_args(argv)
     if not (args.data / "npy_files").is_dir():
@@ -239,7 +241,8 @@ def main(argv=None):
         shutil.rmtree(work / sub, ignore_errors=True)
     try:
         truth = write_bids(work / "bids", args.data, args.subs, args.snr, args.noise_seed)
-        seconds = run_app(work / "bids", work / "out", work / "work", ["--prior", args.prior] if args.prior else ())
+        extra = (["--prior", args.prior] if args.prior else []) + [a for arg in args.app_args for a in arg.split()]
+        seconds = run_app(work / "bids", work / "out", work / "work", extra)
         res = {"params": score(read_maps(work / "out", args.subs), truth), "seconds_app": round(seconds, 1),
                "n_voxels": int(sum(len(t) for t in truth.values())), "substrates": list(args.subs),
                "snr": args.snr, "machine": platform.machine()}

@@ -103,14 +103,18 @@ def flow_sets(prot, data: Path, cache: Path, spins: int) -> tuple:
     """(held-out flow signals [n, M], their (vm, vs, anb) [n, 3], the default flow Dictionary on prot's b > 0)."""
     from dmrimc_bids.core.dictionary import Dictionary
     from dmrimc_bids.core.protocol import Protocol
-    from dmrimc_bids.core.simulate.flow.dictionary import simulate_flow_dictionary
+    import hashlib
+
+    from dmrimc_bids.core.simulate.flow.dictionary import network_checksum, simulate_flow_dictionary
     from dmrimc_bids.core.simulate.flow.generate import default_realisations
     from dmrimc_bids.core.simulate.flow.network import read_network
 
     dw = prot.b > 20
     sim_prot = Protocol(prot.b[dw], prot.small_delta_ms[dw], prot.big_delta_ms[dw])
     tag = abs(hash((tuple(prot.b), tuple(prot.small_delta_ms), tuple(prot.big_delta_ms)))) % 10**12
-    held, default = cache / f"flow_held_{tag}_{spins}.npz", cache / f"flow_default_{tag}_{spins}.npz"
+    nets_tag = hashlib.sha256("".join(network_checksum(n) for n in default_realisations()).encode()).hexdigest()[:10]
+    held = cache / f"flow_held_{tag}_{spins}_ids.npz"   # with network ids (the dictionaries' structure)
+    default = cache / f"flow_default_{tag}_{spins}_{nets_tag}.npz"   # keyed by the default networks too
     if not held.is_file():
         nets = [read_network(f) for k in range(1, 11)
                 for f in sorted((data / "networks" / f"Net{k}").glob("*.npz"))[:NETWORK_REALISATIONS]]

@@ -69,7 +69,10 @@ def test_examples_are_model_predictions(demo_run):
     assert 1 <= len(ex["voxels"]) <= 4 and len(ex["protocol"]) == len(ex["voxels"][0]["measured"])
     for v in ex["voxels"]:
         m, f = np.array(v["measured"]), np.array(v["fitted"])
-        assert np.sqrt(np.mean((m - f) ** 2)) == pytest.approx(np.sqrt(v["fobj"]), rel=0.05, abs=2e-3)
+        # fobj is the best entry's misfit (with the noise floor); 'fitted' is the posterior-mean signal, whose
+        # misfit is close to it but not equal
+        rms, best = np.sqrt(np.mean((m - f) ** 2)), np.sqrt(v["fobj"])
+        assert 0.8 * best - 2e-3 <= rms <= 1.3 * best + 2e-3, (rms, best)
 
 
 def _chromium():

@@ -172,9 +172,10 @@ def _vascular_options(v) -> None:
     v.add_argument("--flow-params", nargs="+", metavar="NAME",
                    help="flow parameters to estimate (default vm vs anb)")
     v.add_argument("--model", choices=["separate", "joint"], default="separate",
-                   help="separate (default): tissue fit on b >= --vasc-threshold, segmented IVIM and the flow fit of "
-                        "its vascular signal; joint: one posterior of (1 - fV) S_tissue + fV S_flow on every b > 0 "
-                        "(core/fitting/joint.py; writes the histousim and spinflowsim maps, fV among the latter)")
+                   help="separate (default): tissue fit on b >= --vasc-threshold, IVIM and the flow fit of its "
+                        "vascular signal; joint: one posterior of (1 - fV) S_tissue + fV S_flow on every b > 0 "
+                        "(core/fitting/joint.py; writes the histousim and spinflowsim maps, fV among the latter, and "
+                        "the IVIM maps)")
     v.add_argument("--t2-tissue-ms", type=float, default=None, metavar="MS",
                    help="--model joint: tissue T2 [ms]; with --t2-blood-ms, fV is the blood volume fraction "
                         "corrected for the T2 difference at each TE (default: none, fV is the signal fraction)")

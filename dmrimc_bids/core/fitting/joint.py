@@ -49,6 +49,9 @@ FLOW_PROTOTYPES = 4
 TISSUE_B_MIN = 250.0
 #: Largest vascular signal fraction of the flat prior.
 FV_MAX = 0.3
+#: Prior probability of no vascular signal (fV = 0): the blood-free voxel is a model of its own, so that
+#: tissue without blood is fitted as tissue only instead of losing a positive fV's share.
+P_ZERO = 0.5
 #: Largest voxel x candidate x flow-entry work array of one batch [elements].
 JOINT_BATCH_ELEMENTS = 8_000_000
 
@@ -133,7 +136,8 @@ class JointModel(Model):
                  n_candidates: int = N_TISSUE_CANDIDATES, tissue_b_min: float = TISSUE_B_MIN,
                  b0_noise_ratio=1.0, t2_tissue_ms: float | None = None, t2_blood_ms: float | None = None,
                  noise: str = "offset-gaussian", n_averages: float = 1.0, bounds: dict | None = None,
-                 point: str = "median", chunk_size: int = 2000, device: str = "cpu", prior: str = "entries"):
+                 point: str = "median", chunk_size: int = 2000, device: str = "cpu", prior: str = "entries",
+                 p_zero: float = P_ZERO):
         if len(tissue.protocol) != len(flow.protocol):
             raise ValueError(f"the tissue dictionary has {len(tissue.protocol)} measurements, the flow "
                              f"dictionary {len(flow.protocol)}: match both to the same protocol")
@@ -149,6 +153,9 @@ class JointModel(Model):
                                            device=device, prior=prior)
         self.flow = flow
         self.fv_max, self.noise, self.n_averages = float(fv_max), noise, float(n_averages)
+        if not 0.0 <= p_zero < 1.0:
+            raise ValueError(f"p_zero must be in [0, 1), not {p_zero}")
+        self.p_zero = float(p_zero)
         self.tissue_signals = np.ascontiguousarray(tissue.within(bounds).signals if bounds else tissue.signals,
                                                    np.float64)
         self.flow_signals = np.ascontiguousarray(flow.signals, np.float64)
@@ -192,7 +199,7 @@ class JointModel(Model):
         v, n = top.shape
         w_flow = np.empty((v, len(self.flow_signals)))
         g_flow = np.empty_like(w_flow)
-        f_mom = np.empty((v, 2))
+        f_mom = np.empty((v, 3))
         work = np.empty((v, n, len(self.flow_signals)))
         sig2 = np.asarray(sigma, float) ** 2
         tau2 = sig2[:, None] * self.b0_noise_ratio[None, :] ** 2
@@ -200,7 +207,7 @@ class JointModel(Model):
         kappa = np.ascontiguousarray(tau2 / (sig2[:, None] + tau2 * yy))
         kernels.joint_pair_moments(clean, sig2, np.ascontiguousarray(self.tissue_signals[top]), self.flow_t,
                                    self.flow_sq, self.fv_max, self.groups, kappa, self.te_weight, w_flow, g_flow,
-                                   f_mom, work)
+                                   f_mom, work, self.p_zero)
         return {"w_flow": w_flow, "fv": f_mom, "vascular_signal": (g_flow @ self.flow_signals) * self.te_weight}
 
     def flow_summaries(self, w_flow: np.ndarray) -> tuple:
@@ -220,10 +227,12 @@ class JointModel(Model):
         return est, sd, back(lo_t), back(hi_t), contraction
 
     def fv_summaries(self, f_mom: np.ndarray) -> tuple:
-        """(estimate, SD, 95 % low, 95 % high, contraction) [V] of fV from its posterior moments."""
+        """(estimate, SD, 95 % low, 95 % high, contraction) [V] of fV from its posterior moments [V, 2+]."""
         est = f_mom[:, 0]
         sd = np.sqrt(np.maximum(f_mom[:, 1] - est ** 2, 0.0))
-        prior_var = self.fv_max ** 2 / 12.0 if self.fv_max > 0 else 1.0
+        # the prior's variance: p_zero at 0 and (1 - p_zero) flat on [0, fv_max]
+        m1, m2 = (1 - self.p_zero) * self.fv_max / 2.0, (1 - self.p_zero) * self.fv_max ** 2 / 3.0
+        prior_var = m2 - m1 ** 2 if self.fv_max > 0 else 1.0
         contraction = np.clip(1 - sd ** 2 / prior_var, 0.0, 1.0) if self.fv_max > 0 else np.ones_like(est)
         return est, sd, np.clip(est - Z95 * sd, 0.0, self.fv_max), np.clip(est + Z95 * sd, 0.0, self.fv_max), contraction
 
@@ -278,13 +287,17 @@ class JointModel(Model):
             v_out[key][idx, :-1] = arr
         for key, arr in zip(("params", "sd", "lo", "hi", "contraction"), self.fv_summaries(post["fv"])):
             v_out[key][idx, -1] = arr
-        ef = post["fv"][:, 0]
+        # the tissue step: where the data favour no vascular signal (P(fV = 0) > 1/2) the voxel is tissue only
+        # and its signal goes to the tissue posterior as measured; elsewhere the vascular component's posterior
+        # mean is removed and the uncertainty of 1/(1 - a fV) marginalised as a common scale
+        vascular = post["fv"][:, 2] < 0.5
+        ef = np.where(vascular, post["fv"][:, 0], 0.0)
         share = 1 - ef[:, None] * self.te_weight[None, :]      # the tissue's share of each measurement
         a_t = self.te_weight[self.tissue_columns]
-        scale_var[idx] = (np.maximum(post["fv"][:, 1] - ef ** 2, 0.0)[:, None] * a_t ** 2
-                          / share[:, self.tissue_columns] ** 2).mean(1)   # of 1/(1 - a fV)
+        scale_var[idx] = np.where(vascular, (np.maximum(post["fv"][:, 1] - post["fv"][:, 0] ** 2, 0.0)[:, None]
+                                             * a_t ** 2 / share[:, self.tissue_columns] ** 2).mean(1), 0.0)
         vasc_sig[idx] = post["vascular_signal"]
-        y_t[idx] = (y - post["vascular_signal"]) / share
+        y_t[idx] = (y - np.where(vascular[:, None], post["vascular_signal"], 0.0)) / share
         sig_t[idx] = sigma / share[:, self.tissue_columns].mean(1) if np.all(np.isfinite(sig_t[idx])) else np.nan
 
     def _residual_sigma(self, flat, todo) -> np.ndarray:

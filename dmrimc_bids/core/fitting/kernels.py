@@ -445,13 +445,13 @@ JOINT_LOG_WEIGHT_SPAN = 12.0
 
 @njit(cache=True, parallel=True)
 def joint_pair_moments(y, sig2, tissue, flow_t, flow_sq, fv_max, groups, kappa, te_weight, w_flow, g_flow, f_moments,
-                       log_w):
+                       log_w, p_zero=0.0):
     """Posterior over (tissue candidate t, flow entry v, vascular fraction f) of the joint model
     y = (1 - f) t + f v + Gaussian noise (sig2 [V] its variance), flat priors, f in [0, fv_max]
     marginalised analytically (Gaussian in f for each pair, truncated). tissue [V, Nt, M] the voxel's
     tissue candidates, flow_t [M, Kf] the flow signals transposed, flow_sq [Kf] = |v|². Writes, per
     voxel: w_flow [V, Kf] the marginal posterior of the flow entries, g_flow [V, Kf] Σ_t w_tv E[f | t, v],
-    f_moments [V, 2] E[f], E[f²]; log_w [V, Nt, Kf] is work space. The Laplace factor and the truncation
+    f_moments [V, 3] E[f], E[f²], P(f = 0); log_w [V, Nt, Kf] is work space. The Laplace factor and the truncation
     are evaluated only for pairs whose profile weight is within JOINT_LOG_WEIGHT_SPAN of the best.
 
     Normalisation noise: each measurement group g (groups [M], 0..G-1: the TE groups, each divided by its
@@ -461,10 +461,20 @@ def joint_pair_moments(y, sig2, tissue, flow_t, flow_sq, fv_max, groups, kappa, 
 
     Relaxation: te_weight [M] a_k = e^{-TE_k (1/T2_blood - 1/T2_tissue)} (1 for equal T2s) makes the model
     y = t + f a∘(v - t), first order in f of ((1 - f) t + f a v) / (1 - f + f a), with f the vascular
-    volume fraction; flow_sq [Kf] is then Σ_k a_k² v_k²."""
+    volume fraction; flow_sq [Kf] is then Σ_k a_k² v_k².
+
+    Prior of f: a point mass p_zero at f = 0 (no vascular signal: the voxel's evidence is then the tissue
+    candidate's alone) and (1 - p_zero) flat on [0, fv_max]; with p_zero = 0 the flat prior alone. Both
+    parts enter with their exact marginal likelihoods, so a voxel whose data show no vascular signal is
+    fitted as tissue only. w_flow is the flow entries' posterior given f > 0 (the blood's, where there is
+    any); f_moments and g_flow are over the whole prior."""
     n_v, n_t, m = tissue.shape
     n_f = flow_t.shape[1]
     n_g = kappa.shape[1]
+    # log prior x normalising constants: slab (1 - p0) sqrt(2π)/fv_max per pair; spike p0 per tissue candidate,
+    # which spans the n_f pairs of that candidate (each pair has prior 1/(n_t n_f))
+    log_slab = math.log(max(1.0 - p_zero, 1e-300)) + 0.5 * math.log(2.0 * math.pi) - math.log(fv_max)
+    log_spike = math.log(p_zero) + math.log(n_f) if p_zero > 0 else -math.inf
     aw = np.ascontiguousarray(te_weight)
     unit = np.all(aw == 1.0)
     for i in prange(n_v):
@@ -485,6 +495,7 @@ def joint_pair_moments(y, sig2, tissue, flow_t, flow_sq, fv_max, groups, kappa, 
         lw = log_w[i]
         best = -math.inf
         ytag = np.zeros(n_g)
+        spike = np.full(n_t, -math.inf)   # log weight of (t, f = 0)
         for t in range(n_t):
             tt_a = 0.0
             tt_a2 = 0.0
@@ -503,6 +514,10 @@ def joint_pair_moments(y, sig2, tissue, flow_t, flow_sq, fv_max, groups, kappa, 
                 a += d * d
             for g in range(n_g):   # common-mode part of the misfit at f = 0
                 a -= kappa[i, g] * (yyg[g] - ytg[g]) ** 2
+            if p_zero > 0:
+                spike[t] = log_spike - a / (2.0 * s2)
+                if spike[t] > best:
+                    best = spike[t]
             for e in range(n_f):
                 b = yv[e] - yt_a - tv[t, e] + tt_a
                 c = flow_sq[e] - 2.0 * tv2[t, e] + tt_a2
@@ -530,13 +545,17 @@ def joint_pair_moments(y, sig2, tissue, flow_t, flow_sq, fv_max, groups, kappa, 
                 if c > 1e-15:
                     sd = math.sqrt(s2 / c)
                     lm, mean, var = _truncated_normal_moments(bb[t, e] / c, sd, fv_max)
-                    lw[t, e] += math.log(sd) + lm
+                    lw[t, e] += math.log(sd) + lm + log_slab
                 else:   # v == t: f does not change the signal, its posterior is the prior
                     mean, var = 0.5 * fv_max, fv_max * fv_max / 12.0
+                    lw[t, e] += math.log(fv_max) - 0.5 * math.log(2.0 * math.pi) + log_slab
                 tv[t, e] = mean                  # |v - t|² no longer needed: keep E[f | t, v] ...
                 bb[t, e] = var + mean * mean     # ... and E[f² | t, v]
                 if lw[t, e] > top:
                     top = lw[t, e]
+        for t in range(n_t):
+            if spike[t] > top:
+                top = spike[t]
         total = 0.0
         ef = 0.0
         ef2 = 0.0
@@ -553,8 +572,13 @@ def joint_pair_moments(y, sig2, tissue, flow_t, flow_sq, fv_max, groups, kappa, 
                 g_flow[i, e] += w * tv[t, e]
                 ef += w * tv[t, e]
                 ef2 += w * bb[t, e]
-        for e in range(n_f):
-            w_flow[i, e] /= total
+        slab_total = total
+        for t in range(n_t):
+            if spike[t] >= top - JOINT_LOG_WEIGHT_SPAN:
+                total += math.exp(spike[t] - top)
+        f_moments[i, 2] = 1.0 - slab_total / total   # P(f = 0 | y)
+        for e in range(n_f):   # the flow entries given a vascular signal (f > 0); the prior when none is left
+            w_flow[i, e] = w_flow[i, e] / slab_total if slab_total > 0 else 1.0 / n_f
             g_flow[i, e] /= total
         f_moments[i, 0] = ef / total
         f_moments[i, 1] = ef2 / total
