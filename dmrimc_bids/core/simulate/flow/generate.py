@@ -111,14 +111,16 @@ def network_shape(seed: int, dim: int) -> dict:
 
 
 def default_realisations(n_planar: int = 16, n_3d: int = 8, n_pairs: int = 3, n_flows: int = 8,
-                         qin_range=DEFAULT_QIN_RANGE, seed: int = 0) -> list:
-    """The default flow dictionary's realisations: networks of varied shape (network_shape) x inlet/outlet
-    pairs x input flows (log-spaced over qin_range [mm³/s])."""
+                         qin_range=DEFAULT_QIN_RANGE, seed: int = 0, varied_shapes: bool = True) -> list:
+    """The default flow dictionary's realisations: networks of varied shape (network_shape; varied_shapes
+    False: capillary_network's defaults for every network) x inlet/outlet pairs x input flows (log-spaced
+    over qin_range [mm³/s])."""
     out = []
     qins = np.geomspace(*qin_range, n_flows)
     for dim, count in ((2, n_planar), (3, n_3d)):
         for k in range(count):
-            net = capillary_network(seed * 1000 + k, dim=dim, **network_shape(seed * 1000 + k, dim))
+            shape = network_shape(seed * 1000 + k, dim) if varied_shapes else {}
+            net = capillary_network(seed * 1000 + k, dim=dim, **shape)
             for inlet, outlet in port_pairs(net.nodes, n_pairs, seed * 1000 + k):
                 for q in qins:
                     out.append(net.with_ports(inlet, outlet).with_flow(float(q)))
