@@ -185,11 +185,13 @@ def _record(res, ref, args):
     lines = [f"`python benchmarks/default_on_histology.py --snr {args.snr:g}"
              + (f" --noise-seed {args.noise_seed}" if args.snr != 50 else "") + (" --folds" if folds else "")
              + (f" --prior {args.prior}" if args.prior else "")
+             + "".join(f" --app-args '{a}'" for a in args.app_args)
              + f" --record` ({machine()}; {res['n_voxels']} voxels, substrates {res['substrates'][0]}-"
              f"{res['substrates'][-1]} of shared/reference/histo_loo, "
              + ("the shared SNR 50 signals and σ maps" if args.snr == 50 else
                 f"SNR {args.snr:g}: the shared noise-free signals with Rician noise, seed {args.noise_seed}")
-             + "; `dmrimc-bids ... participant` with default options"
+             + ("; `dmrimc-bids ... participant` with default options" if not args.app_args else
+                f"; `dmrimc-bids ... participant` with {' '.join(args.app_args)}")
              + (f" and `--prior {args.prior}`" if args.prior else "") + ")", "",
              "| parameter | ρ default app | ρ published | ρ app + published folds | MedAE default app | "
              "MedAE published | MedAE app + folds | MedAE constant guess |", "|---|---|---|---|---|---|---|---|"]
@@ -211,7 +213,9 @@ def _record(res, ref, args):
                      "(`--estimator fit`; same data, same b0 normalisation): "
                      + verdict(res["acceptance_vs_app_folds"]) + ".")
     lines.append(f"Participant run: {res['seconds_app']:.0f} s for {len(res['substrates'])} subjects.")
-    record(f"default-on-histology-snr{args.snr:g}" + (f"-prior-{args.prior}" if args.prior else ""), "\n".join(lines))
+    extra = "".join("-" + a.strip("-").replace(" ", "-").replace("--", "") for a in args.app_args)
+    record(f"default-on-histology-snr{args.snr:g}" + (f"-prior-{args.prior}" if args.prior else "") + extra,
+           "\n".join(lines))
 
 
 def main(argv=None):

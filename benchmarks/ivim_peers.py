@@ -18,6 +18,7 @@ their defaults (the wheel's modules import `src.*`: a small import shim maps `sr
 Printed: Spearman ρ and median absolute error for f, D and D* (µm²/ms), and voxels/s (ours: median of 3
 runs of the model's fit, 2 cores; peers: one run on --peer-voxels). The last line is one JSON object.
 
+    pip install ".[peers]"   # dipy and osipi-ivim
     python benchmarks/ivim_peers.py [--data ../shared/reference/ivim] [--voxels 8000] [--peer-voxels 1000] [--record]
 """
 

@@ -124,3 +124,30 @@ def test_one_spelling_of_each_parameter():
     assert "vCS_cyl" in analytic_dictionary().names and "vCS_cyl" in HISTOUSIM_LOO_PARAM_NAMES
     assert canonical_name("vCS") == "vCS_cyl" and canonical_name("fin") == "fin"
     assert bids_label("vCS_cyl") == "vCScyl"
+
+
+def test_structure_ids_survive_selection_matching_and_io(tmp_path):
+    """A flow dictionary's network ids (Dictionary.structure) follow its entries through select, within,
+    measurements, match and save/load, and the posterior leaves whole networks out with them."""
+    from dmrimc_bids.core.fitting.posterior import PosteriorModel
+    from dmrimc_bids.core.simulate.flow.dictionary import network_ids
+    from dmrimc_bids.core.simulate.flow.generate import default_realisations
+
+    nets = default_realisations(n_planar=2, n_3d=1, n_pairs=2, n_flows=3)
+    ids = network_ids(nets)
+    assert ids.size == 18 and np.unique(ids).size == 3 and np.all(np.bincount(ids) == 6)
+    prot = Protocol([25.0, 50, 100], 10.0, 30.0)
+    rng = np.random.default_rng(0)
+    params = np.stack([rng.uniform(1, 10, ids.size), rng.uniform(1, 5, ids.size)], 1)
+    dic = Dictionary(rng.uniform(0.1, 1, (ids.size, 3)), params, ["vm", "anb"], prot, structure=ids)
+    assert np.array_equal(dic.within({"vm": (0, 5)}).structure, ids[params[:, 0] <= 5])
+    assert np.array_equal(dic.select(["vm"], {}).structure, ids)
+    assert np.array_equal(dic.measurements([0, 2]).structure, ids)
+    assert np.array_equal(dic.match(Protocol([0.0, 50, 100], 10.0, 30.0)).structure, ids)
+    dic.save(tmp_path / "flow")
+    again = Dictionary.load(tmp_path / "flow.npz")
+    assert np.array_equal(again.structure, ids)
+    model = PosteriorModel(again, noise="gaussian")
+    assert np.array_equal(model.structure_of(np.arange(ids.size)), ids)   # not one realisation per structure
+    with pytest.raises(ValueError, match="structure ids"):
+        Dictionary(dic.signals, dic.params, dic.names, prot, structure=ids[:-1])

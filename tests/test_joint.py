@@ -161,3 +161,27 @@ def test_blood_t2_is_corrected_when_both_t2s_are_given():
     assert np.median(err_corrected) < 0.01 < np.median(err_plain)
     with pytest.raises(ValueError, match="both T2s"):
         JointModel(tissue, flow, t2_tissue_ms=80.0)
+
+
+def test_blood_free_voxels_are_fitted_as_tissue_only_under_the_default_prior():
+    """The default fV prior is half 'no vascular signal': tissue without blood is fitted as tissue only
+    (fV near 0, the tissue maps those of the tissue posterior), while blood keeps its fV."""
+    tissue, flow = tissue_dictionary(), flow_dictionary()
+    rng = np.random.default_rng(8)
+    it = rng.integers(0, len(tissue), 40)
+    noise = lambda s: np.hypot(s + rng.normal(0, 0.01, s.shape), rng.normal(0, 0.01, s.shape))  # noqa: E731
+    y = noise(tissue.signals[it])
+    joint = JointModel(tissue, flow, tissue_b_min=200).fit(y, sigma=np.full(40, 0.01))
+    cols = np.flatnonzero(PROT.b >= 200)
+    alone = PosteriorModel(tissue.measurements(cols)).fit(y[:, cols], sigma=np.full(40, 0.01))
+    assert np.median(joint.vascular.params["fV"]) < 0.01
+    flat = JointModel(tissue, flow, tissue_b_min=200, p_zero=0.0).fit(y, sigma=np.full(40, 0.01))
+    assert np.median(joint.vascular.params["fV"]) < 0.5 * np.median(flat.vascular.params["fV"])
+    for name in tissue.names:
+        agree = np.isclose(joint.tissue.params[name], alone.params[name], rtol=1e-6, atol=1e-9)
+        assert agree.mean() > 0.8, name
+    # with blood (fV 0.1) the spike does not take it away
+    iv = rng.integers(0, len(flow), 40)
+    yb = noise(mixed(tissue, flow, it, iv, np.full(40, 0.1)))
+    fit = JointModel(tissue, flow, tissue_b_min=200).fit(yb, sigma=np.full(40, 0.01))
+    assert abs(np.median(fit.vascular.params["fV"]) - 0.1) < 0.03

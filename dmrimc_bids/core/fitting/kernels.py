@@ -473,7 +473,8 @@ def joint_pair_moments(y, sig2, tissue, flow_t, flow_sq, fv_max, groups, kappa, 
     n_g = kappa.shape[1]
     # log prior x normalising constants: slab (1 - p0) sqrt(2π)/fv_max per pair; spike p0 per tissue candidate,
     # which spans the n_f pairs of that candidate (each pair has prior 1/(n_t n_f))
-    log_slab = math.log(max(1.0 - p_zero, 1e-300)) + 0.5 * math.log(2.0 * math.pi) - math.log(fv_max)
+    log_slab = (math.log(max(1.0 - p_zero, 1e-300)) + 0.5 * math.log(2.0 * math.pi) - math.log(fv_max)
+                if fv_max > 0 else 0.0)   # fv_max = 0: the slab is the point f = 0 itself
     log_spike = math.log(p_zero) + math.log(n_f) if p_zero > 0 else -math.inf
     aw = np.ascontiguousarray(te_weight)
     unit = np.all(aw == 1.0)
