@@ -71,7 +71,7 @@ def test_participant_workflow_runs_as_slurm_jobs(slurm, demo_dir, demo_run, tmp_
         assert _mb(job["MinMemoryNode"]) == math.ceil(node.mem_gb * 1024), name
         assert int(job["NumCPUs"]) == node.n_procs, name
         assert "--time=30" in Path(job["Command"]).read_text() or job["TimeLimit"] == "00:30:00"
-    fit = by_node["fit_histousim"]
+    fit = by_node["fit_joint"]
     assert fit["MinMemoryNode"] != by_node["read_protocol"]["MinMemoryNode"]  # honest, not one size for all
 
     # the group level through the same plugin: one ROI-statistics job per subject/session, then the report
@@ -96,7 +96,7 @@ def test_participant_graph_submission_then_collection(slurm, single_demo, tmp_pa
     assert (out / "sub-01.html").is_file() and not list((out / "logs").glob("*_status.tsv"))
     maps = _maps(out, "01")
     fits = {p: p.stat().st_mtime_ns for p in work.rglob("result_fit_*.pklz")}
-    assert len(fits) == 3  # histousim, ivim, spinflowsim
+    assert len(fits) == 2  # the joint fit (histousim, spinflowsim) and ivim
     assert main(args + ["--plugin", "Linear"]) == 0  # collects: no fit recomputed, nothing failed
     assert {p: p.stat().st_mtime_ns for p in work.rglob("result_fit_*.pklz")} == fits
     status = next((out / "logs").glob("*_status.tsv")).read_text().splitlines()

@@ -185,3 +185,17 @@ def test_blood_free_voxels_are_fitted_as_tissue_only_under_the_default_prior():
     yb = noise(mixed(tissue, flow, it, iv, np.full(40, 0.1)))
     fit = JointModel(tissue, flow, tissue_b_min=200).fit(yb, sigma=np.full(40, 0.01))
     assert abs(np.median(fit.vascular.params["fV"]) - 0.1) < 0.03
+
+
+def test_joint_is_the_default_where_it_can_run(tmp_path, single_demo):
+    """No --model: joint; options the joint fit cannot take select separate (an explicit --model joint with
+    them is refused above); a session without IVIM b-values gets the tissue fit alone."""
+    from dmrimc_bids.cli.parser import build_parser, config_from_args
+    from dmrimc_bids.workflows.config import Config
+    base = [str(single_demo), str(tmp_path / "o"), "participant"]
+    model = lambda *extra: config_from_args(build_parser().parse_args(base + list(extra))).model  # noqa: E731
+    assert model() == "joint" and model("--model", "separate") == "separate"
+    assert model("--estimator", "ml") == model("--vascular", "off") == "separate"
+    cfg = Config(out_dir=str(tmp_path / "o"))
+    assert cfg.model == "joint" and cfg.session_model(True) == "joint" and cfg.session_model(False) == "separate"
+    assert Config(out_dir="", estimator="ml").session_model(True) == "separate"

@@ -364,10 +364,12 @@ def test_messages_point_to_docs_that_ship():
 # ---- 7. quieter, clearer runs ------------------------------------------------------------------------------
 def test_quiet_run_logs_nipype_to_a_file(single_demo, tmp_path):
     out = tmp_path / "out"
+    # --model separate: the tissue branch drops the b below --vasc-threshold and says so once
     res = subprocess.run(CLI + [str(single_demo), str(out), "participant", "--nprocs", "2", "--derivatives",
-                                str(seg(single_demo)), "-w", str(tmp_path / "w")],
+                                str(seg(single_demo)), "-w", str(tmp_path / "w"), "--model", "separate"],
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
+    assert list(out.rglob("*model-spinflowsim_param-vm_dwimap.nii.gz")) and "--model separate" in res.stderr
     both = res.stdout + res.stderr
     assert "[Node]" not in both and "[MultiProc]" not in both and "No schema path" not in both, both[-3000:]
     log = next((out / "logs").glob("*_nipype.log")).read_text()

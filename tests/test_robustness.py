@@ -45,7 +45,7 @@ def test_killed_run_resumes_with_identical_outputs(single_demo, tmp_path):
     result = None
     t0 = time.time()
     while time.time() - t0 < 300 and proc.poll() is None:
-        hits = list(work.rglob("fit_histousim/result_fit_histousim.pklz"))
+        hits = list(work.rglob("fit_joint/result_fit_joint.pklz"))
         if hits:
             result = hits[0]
             break
@@ -124,7 +124,7 @@ def test_mem_bounds_scheduling_and_batches(single_demo, tmp_path):
     item = collect_inputs(single_demo)[0]
     small = init_participant_wf([item], Config(out_dir=str(tmp_path / "o"), chunk_size=100), tmp_path / "w")
     big = init_participant_wf([item], Config(out_dir=str(tmp_path / "o"), chunk_size=10**5), tmp_path / "w")
-    mem = [next(n for n in wf._get_all_nodes() if n.name == "fit_histousim").mem_gb for wf in (small, big)]
+    mem = [next(n for n in wf._get_all_nodes() if n.name in ("fit_histousim", "fit_joint")).mem_gb for wf in (small, big)]
     n_vox, n_shells = 20 * 20 * 4, 22
     expected = 0.4 + (4 * n_vox * n_shells * 8 + 40 * n_vox * 4) / 1e9
     assert mem[0] == pytest.approx(expected + 100 * BYTES_PER_BATCH_VOXEL / 1e9, abs=0.01)

@@ -171,11 +171,12 @@ def _vascular_options(v) -> None:
     v.add_argument("--flow-spins", type=int, default=2000, metavar="N", help="spins per realisation (2000)")
     v.add_argument("--flow-params", nargs="+", metavar="NAME",
                    help="flow parameters to estimate (default vm vs anb)")
-    v.add_argument("--model", choices=["separate", "joint"], default="separate",
-                   help="separate (default): tissue fit on b >= --vasc-threshold, IVIM and the flow fit of its "
-                        "vascular signal; joint: one posterior of (1 - fV) S_tissue + fV S_flow on every b > 0 "
+    v.add_argument("--model", choices=["separate", "joint"], default=None,
+                   help="joint (default): one posterior of (1 - fV) S_tissue + fV S_flow on every b > 0 "
                         "(core/fitting/joint.py; writes the histousim and spinflowsim maps, fV among the latter, and "
-                        "the IVIM maps)")
+                        "the IVIM maps); sessions without IVIM b-values get the tissue fit alone, and --estimator ml, "
+                        "--dictionary-source simulate or --vascular off select separate; separate: tissue fit on "
+                        "b >= --vasc-threshold, IVIM and the flow fit of its vascular signal")
     v.add_argument("--t2-tissue-ms", type=float, default=None, metavar="MS",
                    help="--model joint: tissue T2 [ms]; with --t2-blood-ms, fV is the blood volume fraction "
                         "corrected for the T2 difference at each TE (default: none, fV is the signal fraction)")
@@ -213,13 +214,17 @@ def _execution_options(e) -> None:
                    help="-v: Nipype's node messages on the terminal too (they always go to logs/); -vv: debug")
 
 
-def _check_joint(args) -> None:
-    """--model joint: a posterior tissue estimate from a matched dictionary, with the vascular compartment."""
-    for bad, fix in ((args.estimator in ("ml", "fit"), "drop --estimator ml (the joint fit is a posterior)"),
-                     (args.dictionary_source == "simulate", "drop --dictionary-source simulate"),
-                     (args.vascular == "off", "drop --vascular off (the joint fit has the vascular compartment)")):
-        if bad:
-            raise InputError("--model joint", exit_code=EX_USAGE, fix=fix)
+def resolve_model(args) -> str:
+    """The model of the run: --model as given (an explicit --model joint with options it cannot take is a
+    usage error); without --model, joint unless --estimator ml, --dictionary-source simulate or --vascular
+    off asks for the separate branches."""
+    conflicts = Config(out_dir="", estimator=args.estimator, dictionary_source=args.dictionary_source,
+                       vascular=args.vascular).joint_conflicts()
+    if args.model is None:
+        return "separate" if conflicts else "joint"
+    if args.model == "joint" and conflicts:
+        raise InputError("--model joint", exit_code=EX_USAGE, fix=conflicts[0])
+    return args.model
 
 
 def check_arguments(args) -> None:
@@ -251,8 +256,7 @@ def check_arguments(args) -> None:
         if given:
             raise InputError(f"{', '.join(given)}: only for --estimator ml", exit_code=EX_USAGE,
                              fix=f"add --estimator ml, or drop {', '.join(given)}")
-    if args.model == "joint":
-        _check_joint(args)
+    args.model = resolve_model(args)
     given = [flag for flag, v in (("--t2-tissue-ms", args.t2_tissue_ms), ("--t2-blood-ms", args.t2_blood_ms)) if v is not None]
     if given and (args.model != "joint" or len(given) != 2 or min(args.t2_tissue_ms, args.t2_blood_ms) <= 0):
         raise InputError(f"{', '.join(given)}", exit_code=EX_USAGE,

@@ -74,7 +74,7 @@ class Config:
     flow_params: list = field(default_factory=list)
     flow_match_tol_b: float = 5.0
     flow_estimator: str = "posterior-mean"
-    model: str = "separate"
+    model: str = "joint"
     t2_tissue_ms: float | None = None
     t2_blood_ms: float | None = None
     work_dir: str = ""
@@ -147,6 +147,22 @@ class Config:
         import hashlib
         values = {"version": __version__, **{k: getattr(self, k) for k in self.RESULT_FIELDS}}
         return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+    # ---- which model a session gets --------------------------------------------------------------------
+    def joint_conflicts(self) -> list[str]:
+        """The fixes for options the joint fit cannot take ([] when it can run)."""
+        return [fix for bad, fix in (
+            (self.estimator in ("ml", "fit"), "drop --estimator ml (the joint fit is a posterior)"),
+            (self.dictionary_source == "simulate", "drop --dictionary-source simulate"),
+            (self.vascular == "off", "drop --vascular off (the joint fit has the vascular compartment)")) if bad]
+
+    def session_model(self, has_ivim: bool) -> str:
+        """'joint' or 'separate' for a session: the joint fit (the default) needs a posterior tissue
+        estimate from a matched dictionary and IVIM b-values in the session; otherwise the tissue fit alone
+        (and the vascular branch where it runs), as --model separate."""
+        if self.model == "joint" and has_ivim and not self.joint_conflicts():
+            return "joint"
+        return "separate"
 
     # ---- what the models are given (one place for the nodes and for the descriptions) -------------------
     def tissue_model_options(self) -> dict:

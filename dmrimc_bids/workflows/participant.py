@@ -17,6 +17,7 @@ its description (method sentence, sidecar parameters) from the model that ran.
 
 from __future__ import annotations
 
+from dataclasses import replace
 
 import numpy as np
 
@@ -103,6 +104,13 @@ def has_vascular_branch(item: SessionInputs, config: Config, shells: Protocol | 
     return bool(usable)
 
 
+def session_config(item: SessionInputs, config: Config, shells: Protocol | None = None) -> Config:
+    """The run's Config with the session's model (Config.session_model): the joint fit where the session
+    has IVIM b-values, the separate branches otherwise."""
+    model = config.session_model(has_vascular_branch(item, config, shells))
+    return config if model == config.model else replace(config, model=model)
+
+
 def preflight(item: SessionInputs, config: Config, dictionary=None) -> dict:
     """Run every input check of the graph on headers and metadata only (fast), raising InputError.
 
@@ -112,6 +120,7 @@ def preflight(item: SessionInputs, config: Config, dictionary=None) -> dict:
         if f:
             verify_image(f, what)  # a corrupt or truncated file stops here, never in a fit
     proto, shells = session_protocol(item, config)
+    config = session_config(item, config, shells)
     prepare_mask(item.dwi_files[0], item.mask_file or None, item.sigma_file or None)
     source = item.dwi_files[0]
     plan = preprocess.normalisation_plan(shells, config.b0_threshold, source, config.b0_pool_series)
@@ -132,7 +141,7 @@ def preflight(item: SessionInputs, config: Config, dictionary=None) -> dict:
                          fix=f"acquire a b=0, a b in ({config.b0_threshold:g}, {config.ivim_b_split:g}] and two b in "
                              f"({config.ivim_b_split:g}, {config.ivim_b_max:g}] s/mm² at one TE, or use --vascular off")
     return {"volumes": len(proto), "shells": len(shells), "fitted": int(filt.keep.size),
-            "warnings": filt.warnings() + plan.notes, "vascular": vascular}
+            "warnings": filt.warnings() + plan.notes, "vascular": vascular, "model": config.model}
 
 
 def init_participant_wf(items: list[SessionInputs], config: Config, work_dir, name="dmrimc_bids_wf",
@@ -154,7 +163,7 @@ def init_participant_wf(items: list[SessionInputs], config: Config, work_dir, na
         if config.dictionary_source == "simulate":
             wf.add_nodes([sub])
         else:
-            branch = "joint_wf" if config.model == "joint" else "tissue_wf"
+            branch = "joint_wf" if session_config(item, config).model == "joint" else "tissue_wf"
             wf.connect([(select, sub, [("max_b", f"{branch}.inputnode.max_b"),
                                        ("description", "histousim_derivatives_wf.inputnode.dictionary_description")])])
     for subject, subs in by_subject.items():
@@ -176,6 +185,7 @@ def init_single_subject_wf(item: SessionInputs, config: Config, warnings: list |
     """One subject/session: preprocessing, the tissue branch, the vascular branch when the protocol has
     IVIM b-values, one derivatives writer per model, and the session's report fragment."""
     shells = session_protocol(item, config)[1]
+    config = session_config(item, config, shells)
     mem = session_memory_gb(item, config, len(shells))
     wf = pe.Workflow(name=subject_wf_name(item))
     prep = init_dwi_preproc_wf(item, config, mem)

@@ -263,7 +263,7 @@ class JointModel(Model):
             if progress is not None:
                 progress(idx.size)
         cols = self.tissue_columns
-        tissue = self.tissue_model.fit(y_t[:, cols].reshape(shape + (cols.size,)), mask & valid.reshape(shape),
+        tissue = self.tissue_model.fit(y_t[:, cols].reshape(shape + (cols.size,)), mask,   # invalid: failed there
                                        None if sig is None else sig_t.reshape(shape),   # no map: its own σ
                                        scale_var=scale_var.reshape(shape))
         vascular = self._vascular_fit(v_out, shape, in_mask, valid, todo.size)
@@ -338,11 +338,15 @@ class JointModel(Model):
     def describe(self) -> Description:
         tissue = self.tissue_model.describe()
         params = dict(tissue.parameters)
+        b_min = float(self.tissue_model.dictionary.protocol.b.min())
         params.update({"FitMethod": "joint tissue + vascular posterior on every measurement: "
-                                    "(1 - fV) S_tissue + fV S_flow, fV marginalised analytically over a flat "
-                                    f"prior on [0, {self.fv_max:g}]; tissue posterior on the data with the "
-                                    "vascular component's posterior mean removed",
-                       "JointModel": {"FvMax": self.fv_max, "TissueCandidates": self.n_candidates,
+                                    "(1 - fV) S_tissue + fV S_flow, fV marginalised analytically over a prior "
+                                    f"of {self.p_zero:g} on fV = 0 (no vascular signal) and {1 - self.p_zero:.2g} "
+                                    f"flat on [0, {self.fv_max:g}]; tissue posterior on b >= {b_min:g} s/mm² of "
+                                    "the data with the vascular component's posterior mean removed (as measured "
+                                    "where no vascular signal is more probable)",
+                       "JointModel": {"FvMax": self.fv_max, "PZero": self.p_zero,
+                                      "TissueCandidates": self.n_candidates,
                                       "FlowPrototypesForCandidates": int(len(self.prototypes)),
                                       "T2TissueMs": self.t2[0], "T2BloodMs": self.t2[1],
                                       "FlowEntries": len(self.flow_signals)}})
