@@ -24,6 +24,7 @@ after removing the TRUE vascular component and (1 - fV) scale ("true removal": t
 devascularisation), and on the blood-free voxels scaled by BLOOD_SCALE (the blood's scale-down alone).
 
     python benchmarks/joint_model.py [--data ../shared/reference/spinflowsim] [--voxels 1500] [--prior design] [--record]
+    python benchmarks/joint_model.py --inverse-crime    # the held-out signals in the dictionaries: a diagnosis
 """
 
 from __future__ import annotations
@@ -191,6 +192,19 @@ def fit_joint(y, sigma, prot, tissue_dic, flow_dic, prior="entries") -> tuple:
     return out, time.perf_counter() - t0
 
 
+def with_entries(dic, prot, signals, params):
+    """A diagnosis only (an inverse crime on purpose): dic matched to prot's b > 0 with the entries
+    signals [n, len(prot)] (params [n, P] in dic's name order) appended, each its own structure."""
+    from dmrimc_bids.core.dictionary import Dictionary
+    dw = np.flatnonzero(prot.b > 20)
+    m = dic.match(prot.subset(dw))
+    first = (int(m.structure.max()) + 1) if m.structure is not None else len(m)
+    old_ids = m.structure if m.structure is not None else np.arange(len(m))
+    return Dictionary(np.concatenate([m.signals, signals[:, dw]]).astype(np.float32),
+                      np.concatenate([m.params, params]), list(m.names), m.protocol, m.units, m.provenance,
+                      np.concatenate([old_ids, first + np.arange(len(signals))]))
+
+
 def fit_oracle(y, vascular, fv, sigma, prot, tissue_dic, prior="entries") -> dict:
     """The tissue posterior on b >= VASC_THRESHOLD after removing the TRUE vascular component and (1 - fV)
     scale: what a perfect devascularisation would give the tissue estimator."""
@@ -234,7 +248,12 @@ def main(argv=None) -> int:
     ap.add_argument("--prior", choices=["entries", "design"], default="entries",
                     help="the tissue posterior's prior (PosteriorModel); design is recorded in its own block")
     ap.add_argument("--record", action="store_true")
+    ap.add_argument("--inverse-crime", action="store_true",
+                    help="diagnosis, never recorded: add the held-out tissue and flow signals to the fitting "
+                         "dictionaries and print the joint fit's fV, vm, vs, anb rho (what the voxels carry)")
     args = ap.parse_args(argv)
+    if args.inverse_crime and args.record:
+        ap.error("--inverse-crime is a diagnosis: it is never recorded")
     if not (args.data / "networks").is_dir():
         print(f"shared SpinFlowSim networks not found at {args.data}: skipped", file=sys.stderr)
         return 0
@@ -255,6 +274,17 @@ def main(argv=None) -> int:
             rng = np.random.default_rng(args.seed)
             noisy, truth, vascular = voxels(t_sig, t_truth, f_sig, f_truth, args.voxels, snr, rng)
             y = normalise(noisy, prot)
+            if args.inverse_crime:   # a diagnosis: the fitting dictionaries hold the voxels' own signals
+                names = list(tissue_dic.match(prot.subset(np.flatnonzero(prot.b > 20))).names)
+                t_par = np.column_stack([t_truth[:, TISSUE.index(k)] for k in names])
+                crime_t = with_entries(tissue_dic, prot, t_sig, t_par)
+                crime_f = with_entries(flow_dic, prot, f_sig, f_truth)
+                with threadpool_limits(1):
+                    joint, _ = fit_joint(y, 1.0 / snr, prot, crime_t, crime_f, args.prior)
+                cases[f"{pname}_snr{snr:g}"] = {k: scores(joint, truth, np.ones(len(y), bool))[k]["spearman"]
+                                                for k in VASCULAR}
+                print(f"{pname} SNR {snr:g}, dictionaries holding the truth: rho {cases[f'{pname}_snr{snr:g}']}")
+                continue
             with threadpool_limits(1):
                 sep, t_sep = fit_separate(y, 1.0 / snr, prot, tissue_dic, flow_dic, args.prior)
                 joint, t_joint = fit_joint(y, 1.0 / snr, prot, tissue_dic, flow_dic, args.prior)
@@ -287,6 +317,9 @@ def main(argv=None) -> int:
                          f"removal: rho {case['oracle_removal'][k]['spearman']}; without blood x {BLOOD_SCALE:g}: rho "
                          f"{case['tissue_only_scaled'][k]['spearman']} bias {case['tissue_only_scaled'][k]['bias']})"
                          if k in baseline else ""))
+    if args.inverse_crime:
+        print(json.dumps({"inverse_crime": cases}))
+        return 0
     rate = throughput(protocols()[args.protocols[0]], tissue_dic, args)
     first = cases[next(iter(cases))]
     summary = {"separate": first["separate"], "joint": first["joint"], "voxels_per_s": rate, "cases": cases}
