@@ -7,7 +7,7 @@ default dictionary (core/phantom.py): five regions from a loose small-celled rim
 large-celled viable tumour to a necrotic core, each a substrate the default dictionary does not
 hold (another generator and seeds, one tile read from an SVG), each split into three angular
 sectors with off-grid D0in, D0ex and κ, simulated directly for exactly this protocol. A vascular
-compartment (fV 0.03-0.10, higher at the rim) carries the signal of blood flowing in one of the
+compartment (fV 0.02-0.15, higher at the rim) carries the signal of blood flowing in one of the
 project's generated capillary networks per region (flow simulator, spins.simulate_flow), so the
 IVIM and SpinFlowSim branches have something to find. Ground truth (tissue, fV, vm, vs, anb), the
 tumour mask and the noise σ map are written under derivatives/groundtruth/; the tumour mask and the σ

@@ -150,6 +150,7 @@ class JointModel(Model):
             raise ValueError(f"fv_max must be in [0, 1), not {fv_max}")
         self.groups, self.n_groups = normalisation_groups(tissue.protocol)
         self.b0_noise_ratio = np.broadcast_to(np.asarray(b0_noise_ratio, float), (self.n_groups,)).copy()
+        self.tissue_b_min = float(tissue_b_min)
         self.tissue_columns = np.flatnonzero(tissue.protocol.b >= tissue_b_min)
         if self.tissue_columns.size == 0:
             raise ValueError(f"no measurement with b >= {tissue_b_min:g} s/mm² for the tissue posterior")
@@ -340,11 +341,10 @@ class JointModel(Model):
     def describe(self) -> Description:
         tissue = self.tissue_model.describe()
         params = dict(tissue.parameters)
-        b_min = float(self.tissue_model.dictionary.protocol.b.min())
         params.update({"FitMethod": "joint tissue + vascular posterior on every measurement: "
                                     "(1 - fV) S_tissue + fV S_flow, fV marginalised analytically over a prior "
                                     f"of {self.p_zero:g} on fV = 0 (no vascular signal) and {1 - self.p_zero:.2g} "
-                                    f"flat on [0, {self.fv_max:g}]; tissue posterior on b >= {b_min:g} s/mm² of "
+                                    f"flat on [0, {self.fv_max:g}]; tissue posterior on b >= {self.tissue_b_min:g} s/mm² of "
                                     "the data with the vascular component's posterior mean removed (as measured "
                                     "where no vascular signal is more probable)",
                        "JointModel": {"FvMax": self.fv_max, "PZero": self.p_zero,
