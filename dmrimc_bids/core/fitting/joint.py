@@ -50,13 +50,17 @@ TISSUE_B_MIN = 250.0
 #: Largest vascular signal fraction of the flat prior.
 FV_MAX = 0.3
 #: Prior probability of no vascular signal (fV = 0): the blood-free voxel is a model of its own, so that
-#: tissue without blood is fitted as tissue only instead of losing a positive fV's share. The data must
-#: make a vascular signal 99 times likelier than none to be believed. Under the null the Bayes factor
-#: exceeds k in at most 1/k of the voxels (Markov), so with 0.95 (k = 19) blood-free real histology at
-#: SNR 20 lost kappa rank in the few percent of voxels given a false fV; 0.99 halves that loss and ranks
-#: fV, vm and anb of held-out mixed voxels as well as 0.95 (0.999 loses vm and anb rank); measured by
-#: benchmarks/default_on_histology.py and benchmarks/joint_model.py (docs/benchmarks.md).
-P_ZERO = 0.99
+#: tissue without blood is fitted as tissue only instead of losing a positive fV's share. It sets the fV
+#: and flow maps (posterior means, intervals).
+P_ZERO = 0.95
+#: Bayes factor (vascular signal against none) above which the tissue step removes the vascular component;
+#: below it the voxel goes to the tissue posterior as measured. Under no blood the Bayes factor exceeds k
+#: in at most 1/k of the voxels (Markov's inequality), and a false removal, whose fV is then 0.1-0.25, costs
+#: that voxel's tissue estimate far more than a small true fV left in (the tissue posterior's own scale
+#: error): 19 (P(fV = 0 | data) < 1/2 under P_ZERO) lost kappa rank on blood-free real histology at SNR 20,
+#: 99 keeps it and ranks the mixed voxels' tissue alike (benchmarks/default_on_histology.py,
+#: benchmarks/joint_model.py; docs/benchmarks.md).
+REMOVAL_BAYES_FACTOR = 99.0
 #: Largest voxel x candidate x flow-entry work array of one batch [elements].
 JOINT_BATCH_ELEMENTS = 8_000_000
 
@@ -142,7 +146,7 @@ class JointModel(Model):
                  b0_noise_ratio=1.0, t2_tissue_ms: float | None = None, t2_blood_ms: float | None = None,
                  noise: str = "offset-gaussian", n_averages: float = 1.0, bounds: dict | None = None,
                  point: str = "median", chunk_size: int = 2000, device: str = "cpu", prior: str = "entries",
-                 p_zero: float = P_ZERO):
+                 p_zero: float = P_ZERO, removal_bayes_factor: float = REMOVAL_BAYES_FACTOR):
         if len(tissue.protocol) != len(flow.protocol):
             raise ValueError(f"the tissue dictionary has {len(tissue.protocol)} measurements, the flow "
                              f"dictionary {len(flow.protocol)}: match both to the same protocol")
@@ -162,6 +166,7 @@ class JointModel(Model):
         if not 0.0 <= p_zero < 1.0:
             raise ValueError(f"p_zero must be in [0, 1), not {p_zero}")
         self.p_zero = float(p_zero)
+        self.removal_bayes_factor = float(removal_bayes_factor)
         self.tissue_signals = np.ascontiguousarray(tissue.within(bounds).signals if bounds else tissue.signals,
                                                    np.float64)
         self.flow_signals = np.ascontiguousarray(flow.signals, np.float64)
@@ -293,10 +298,11 @@ class JointModel(Model):
             v_out[key][idx, :-1] = arr
         for key, arr in zip(("params", "sd", "lo", "hi", "contraction"), self.fv_summaries(post["fv"])):
             v_out[key][idx, -1] = arr
-        # the tissue step: where the data favour no vascular signal (P(fV = 0) > 1/2) the voxel is tissue only
-        # and its signal goes to the tissue posterior as measured; elsewhere the vascular component's posterior
-        # mean is removed and the uncertainty of 1/(1 - a fV) marginalised as a common scale
-        vascular = post["fv"][:, 2] < 0.5
+        # the tissue step: unless the data make a vascular signal removal_bayes_factor times likelier than
+        # none, the voxel is tissue only and its signal goes to the tissue posterior as measured; elsewhere the
+        # vascular component's posterior mean is removed and the uncertainty of 1/(1 - a fV) marginalised as
+        # a common scale
+        vascular = self.vascular_evidence(post["fv"][:, 2]) > self.removal_bayes_factor
         ef = np.where(vascular, post["fv"][:, 0], 0.0)
         share = 1 - ef[:, None] * self.te_weight[None, :]      # the tissue's share of each measurement
         a_t = self.te_weight[self.tissue_columns]
@@ -305,6 +311,13 @@ class JointModel(Model):
         vasc_sig[idx] = post["vascular_signal"]
         y_t[idx] = (y - np.where(vascular[:, None], post["vascular_signal"], 0.0)) / share
         sig_t[idx] = sigma / share[:, self.tissue_columns].mean(1) if np.all(np.isfinite(sig_t[idx])) else np.nan
+
+    def vascular_evidence(self, p_none: np.ndarray) -> np.ndarray:
+        """Bayes factor of a vascular signal against none [V] from the posterior P(fV = 0 | data) [V]."""
+        if self.p_zero <= 0:
+            return np.full(len(p_none), np.inf)
+        p = np.clip(p_none, 1e-300, 1.0)
+        return (self.p_zero / (1 - self.p_zero)) * (1 - p) / p
 
     def _residual_sigma(self, flat, todo) -> np.ndarray:
         """σ per voxel without a noise map: the RMS residual of the best tissue-only entry (an upper bound)."""
@@ -346,8 +359,9 @@ class JointModel(Model):
                                     f"of {self.p_zero:g} on fV = 0 (no vascular signal) and {1 - self.p_zero:.2g} "
                                     f"flat on [0, {self.fv_max:g}]; tissue posterior on b >= {self.tissue_b_min:g} s/mm² of "
                                     "the data with the vascular component's posterior mean removed (as measured "
-                                    "where no vascular signal is more probable)",
-                       "JointModel": {"FvMax": self.fv_max, "PZero": self.p_zero,
+                                    f"unless a vascular signal is more than {self.removal_bayes_factor:g} times "
+                                    "likelier than none)",
+                       "JointModel": {"FvMax": self.fv_max, "PZero": self.p_zero, "RemovalBayesFactor": self.removal_bayes_factor,
                                       "TissueCandidates": self.n_candidates,
                                       "FlowPrototypesForCandidates": int(len(self.prototypes)),
                                       "T2TissueMs": self.t2[0], "T2BloodMs": self.t2[1],
