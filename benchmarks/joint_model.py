@@ -250,7 +250,7 @@ def main(argv=None) -> int:
     ap.add_argument("--record", action="store_true")
     ap.add_argument("--inverse-crime", action="store_true",
                     help="diagnosis, never recorded: add the held-out tissue and flow signals to the fitting "
-                         "dictionaries and print the joint fit's fV, vm, vs, anb rho (what the voxels carry)")
+                         "dictionaries and print the joint fit's fV, vm, vs, anb rho and bias (what the voxels carry)")
     args = ap.parse_args(argv)
     if args.inverse_crime and args.record:
         ap.error("--inverse-crime is a diagnosis: it is never recorded")
@@ -281,8 +281,8 @@ def main(argv=None) -> int:
                 crime_f = with_entries(flow_dic, prot, f_sig, f_truth)
                 with threadpool_limits(1):
                     joint, _ = fit_joint(y, 1.0 / snr, prot, crime_t, crime_f, args.prior)
-                cases[f"{pname}_snr{snr:g}"] = {k: scores(joint, truth, np.ones(len(y), bool))[k]["spearman"]
-                                                for k in VASCULAR}
+                got = scores(joint, truth, np.ones(len(y), bool))
+                cases[f"{pname}_snr{snr:g}"] = {k: {m: got[k][m] for m in ("spearman", "bias")} for k in VASCULAR}
                 print(f"{pname} SNR {snr:g}, dictionaries holding the truth: rho {cases[f'{pname}_snr{snr:g}']}")
                 continue
             with threadpool_limits(1):
