@@ -126,6 +126,15 @@ def _same_dir(bids, tmp):
     return "dmrimc-bids", [bids, bids, "participant"]
 
 
+def _under_a_file(which):
+    def make(bids, tmp):
+        (tmp / "afile").write_text("")
+        if which == "out":
+            return "dmrimc-bids", [bids, tmp / "afile" / "out", "participant"]
+        return "dmrimc-bids", [bids, tmp / "out", "participant", "-w", tmp / "afile" / "work"]
+    return make
+
+
 def _group(*extra):
     def make(bids, tmp):
         (tmp / "out").mkdir(exist_ok=True)
@@ -195,6 +204,10 @@ CASES = [
     Case("output-is-input", "output folder = the BIDS dataset", 64, "output folder", _same_dir),
     Case("output-inside-input", "output folder inside the raw BIDS dataset (outside its derivatives/)", 64,
          "inside the raw BIDS dataset", lambda bids, tmp: ("dmrimc-bids", [bids, bids / "out", "participant"])),
+    Case("output-under-a-file", "an output folder that cannot be created (a path under a file)", 73,
+         "cannot be created", _under_a_file("out")),
+    Case("work-dir-under-a-file", "a -w work folder that cannot be created", 73, "work folder (-w)",
+         _under_a_file("work")),
     Case("damaged-dwi", "a .nii.gz whose compressed data fail their checksum (flipped bytes); the header still "
          "reads", 65, "sub-01_dwi.nii.gz", _damage("flipped")),
     Case("truncated-dwi", "a .nii.gz cut short (an interrupted copy)", 65, "sub-01_dwi.nii.gz", _damage("truncated")),
@@ -278,7 +291,7 @@ def write_docs(path: Path) -> None:
     lines = ["# Bad input: what you see and what to do", "",
              "Every case below is a test (`tests/test_bad_inputs.py`); each prints **one** error line naming the "
              "file or flag and the fix, exits with the code shown (BIDS-Apps draft: 16 invalid dataset, 18 no "
-             "files selected, 64 usage, 65 data error, 66 missing input) and leaves no output file. In a cohort, a "
+             "files selected, 64 usage, 65 data error, 66 missing input; sysexits 73 an output that cannot be created) and leaves no output file. In a cohort, a "
              "subject that fails is reported on its own line and in `logs/<run>_status.tsv`, the others go on, and "
              "the run exits 1. Invalid voxels (NaN, non-positive b=0) are not errors: they get exit code -1 in the "
              "`exitcode` map and NaN parameters, unless they are more than `--max-failed-fraction` (5 %) of the "

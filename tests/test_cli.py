@@ -296,3 +296,27 @@ def test_code_url_only_from_a_project_url_setting(tmp_path, monkeypatch):
     write_dataset_description(tmp_path / "b", tmp_path)
     ours = json.loads((tmp_path / "b/dataset_description.json").read_text())["GeneratedBy"][0]
     assert ours["CodeURL"] == "https://git.example.net/lab/dmrimc-bids"
+
+
+def _options_without_help(parser, name):
+    import argparse
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub, p in action.choices.items():
+                yield from _options_without_help(p, f"{name} {sub}")
+        elif not action.help and not isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+            yield f"{name} {'/'.join(action.option_strings) or action.dest}"
+
+
+@pytest.mark.parametrize("prog", ["dmrimc-bids", "dmrimc-sim", "dmrimc-bids-demo", "dmrimc-bids-dictionary"])
+def test_every_command_line_has_version_and_help_on_every_option(prog, capsys):
+    import importlib
+    from dmrimc_bids import __version__
+    module = importlib.import_module({"dmrimc-bids": "dmrimc_bids.cli.parser", "dmrimc-sim": "dmrimc_bids.cli.sim",
+                                      "dmrimc-bids-demo": "dmrimc_bids.cli.demo",
+                                      "dmrimc-bids-dictionary": "dmrimc_bids.cli.dictionary"}[prog])
+    parser = module.build_parser()
+    assert parser.prog == prog and not list(_options_without_help(parser, prog))
+    with pytest.raises(SystemExit) as stop:
+        parser.parse_args(["--version"])
+    assert stop.value.code in (0, None) and capsys.readouterr().out.strip() == f"{prog} {__version__}"

@@ -42,6 +42,23 @@ BIDSIGNORE = ["*_dwimap.*", "*.html", "logs/", "figures/", "group_*"]
 STATUS_COLUMNS = ("participant_id", "session_id", "status", "exit_code", "stage", "message")
 
 
+
+def check_output_folder(path, flag: str = "output folder") -> None:
+    """InputError (exit 73) unless ``path`` is a writable folder or can be created as one; creates nothing,
+    so a run refused later leaves no folder behind."""
+    from ..core.errors import EX_CANTCREAT, InputError
+    path = Path(path).expanduser().absolute()
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise InputError(f"the {flag} cannot be created: {probe} is a file", path=path, exit_code=EX_CANTCREAT,
+                         fix="give a folder path that is not under a file")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        what = "is not writable" if probe == path else f"cannot be created in {probe} (not writable)"
+        raise InputError(f"the {flag} {what}", path=path, exit_code=EX_CANTCREAT,
+                         fix="give a folder you can write to (a read-only mount cannot hold the derivatives)")
+
 def bids_label(name: str) -> str:
     """Parameter name as a BIDS label (alphanumeric): vCS_cyl -> vCScyl."""
     return re.sub(r"[^a-zA-Z0-9]", "", name)

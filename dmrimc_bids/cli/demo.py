@@ -26,6 +26,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from . import add_version
 from ..bids.derivatives import bids_label
 from ..core import phantom
 
@@ -101,14 +102,19 @@ def rebuild_tissue(out: Path) -> int:
     return 0
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="dmrimc-bids-demo", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_version(ap, "dmrimc-bids-demo")
     ap.add_argument("out", type=Path, help="folder to write the BIDS dataset into")
     ap.add_argument("--seed", type=int, default=1234, help="noise seed")
     ap.add_argument("--rebuild-tissue", action="store_true",
                     help="re-simulate the shipped tissue library (core/phantom.py; about a minute) into OUT")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     if args.rebuild_tissue:
         return rebuild_tissue(args.out)
     root = write_demo(args.out, args.seed)

@@ -44,7 +44,7 @@ def add_design_parser(sub, positive) -> None:
     d.add_argument("--samples", type=positive(int), default=1000, help="dictionary entries drawn (1000)")
     d.add_argument("--seed", type=int, default=0, help="noise and sampling seed (0)")
     d.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
-    d.add_argument("-v", "--verbose", action="count", default=0)
+    d.add_argument("-v", "--verbose", action="count", default=0, help="-v: progress messages")
 
 
 def fitted_dictionary(args):

@@ -12,12 +12,14 @@ import argparse
 import sys
 from pathlib import Path
 
+from . import add_version
 from ..core.errors import InputError
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="dmrimc-bids-dictionary", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_version(ap, "dmrimc-bids-dictionary")
     sub = ap.add_subparsers(dest="cmd", required=True)
     imp = sub.add_parser("import-histousim", help="import the published Histo-uSim arrays")
     imp.add_argument("out", type=Path, help="output stem (writes OUT.npz and OUT.json)")
@@ -28,10 +30,14 @@ def main(argv=None) -> int:
     imp.add_argument("--params", required=True, nargs="+", type=Path, help="PARAMETERS .npy file(s), same order")
     imp.add_argument("--names", nargs="+", help="parameter column names (default: the published order)")
     dflt = sub.add_parser("default", help="write a copy of the embedded default dictionary (Monte Carlo)")
-    dflt.add_argument("out", type=Path)
+    dflt.add_argument("out", type=Path, help="output stem (writes OUT.npz and OUT.json)")
     ana = sub.add_parser("analytic", help="write the analytic dictionary the tests use (not the app's default)")
-    ana.add_argument("out", type=Path)
-    args = ap.parse_args(argv)
+    ana.add_argument("out", type=Path, help="output stem (writes OUT.npz and OUT.json)")
+    return ap
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         if args.cmd == "import-histousim":
             from ..core.dictionary import import_histousim

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .. import __version__
+from . import add_version
 from ..core.errors import EX_USAGE, InputError
 from ..workflows.config import Config
 from ..workflows.execution import PLUGINS
@@ -67,8 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "from a BIDS dataset.")
     p.add_argument("bids_dir", type=Path, help="BIDS dataset (raw)")
     p.add_argument("output_dir", type=Path, help="where the derivatives go")
-    p.add_argument("analysis_level", choices=["participant", "group"])
-    p.add_argument("--version", action="version", version=f"dmrimc-bids {__version__}")
+    p.add_argument("analysis_level", choices=["participant", "group"],
+                   help="participant: maps and a report per subject/session; group: tables and a report over them")
+    add_version(p, "dmrimc-bids")
     _input_options(p.add_argument_group("selecting inputs"))
     _model_options(p.add_argument_group("model"))
     _vascular_options(p.add_argument_group("vascular branch (segmented IVIM + SpinFlowSim)"))
@@ -77,12 +78,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _input_options(g) -> None:
-    g.add_argument("--participant-label", "--participant_label", nargs="+", metavar="LABEL")
-    g.add_argument("--session-label", "--session-id", "--session_label", nargs="+", metavar="LABEL")
+    g.add_argument("--participant-label", "--participant_label", nargs="+", metavar="LABEL",
+                   help="subjects to process, with or without 'sub-' (default: every subject)")
+    g.add_argument("--session-label", "--session-id", "--session_label", nargs="+", metavar="LABEL",
+                   help="sessions to process, with or without 'ses-' (default: every session)")
     g.add_argument("--bids-filter-file", type=Path, metavar="FILE", help='JSON {"dwi": {entity: value}}')
     g.add_argument("--derivatives", nargs="+", type=Path, metavar="DIR",
                    help="derivative datasets with preprocessed DWI (desc-preproc_dwi), masks, σ maps")
-    g.add_argument("--skip-bids-validation", "--skip_bids_validation", action="store_true")
+    g.add_argument("--skip-bids-validation", "--skip_bids_validation", action="store_true",
+                   help="do not check that bids_dir is a BIDS dataset (dataset_description.json, layout)")
     g.add_argument("--mask", type=Path, metavar="FILE", help="mask on the DWI grid (all subjects)")
     g.add_argument("--mask-label", metavar="LABEL",
                    help="use the desc-LABEL_mask of the --derivatives folders (default: the only one, else "
@@ -117,7 +121,8 @@ def _model_options(m) -> None:
     m.add_argument("--sim-kappa", nargs="+", type=float, metavar="K", help="permeabilities [µm/s]")
     m.add_argument("--params", nargs="+", metavar="NAME", help="parameters to estimate (D0in, D0ex, kappa added)")
     m.add_argument("--fix", nargs="+", type=_fix, default=[], metavar="NAME=VALUE", help="fix at a grid value")
-    m.add_argument("--bounds", nargs="+", type=_bound, default=[], metavar="NAME=LO,HI")
+    m.add_argument("--bounds", nargs="+", type=_bound, default=[], metavar="NAME=LO,HI",
+                   help="keep only dictionary entries with NAME in [LO, HI] (units of the maps), e.g. kappa=0,30")
     m.add_argument("--b0-threshold", type=float, default=2.0, metavar="B",
                    help="b <= B is b=0 [s/mm²] (2: b ≈ 0 as acquired; low b such as 5-20 are IVIM data)")
     m.add_argument("--b0-per-series", action="store_true",
@@ -143,7 +148,8 @@ def _model_options(m) -> None:
                    help="the σ map refers to data magnitude-averaged over N volumes (1)")
     m.add_argument("--reg", nargs=2, default=["2", "0"], metavar=("NORM", "WEIGHT"),
                    help="L1/L2 regularisation towards the range centre, e.g. --reg 2 0.0025 (none)")
-    m.add_argument("--surrogate-smoothing", type=float, default=1e-3, metavar="LAMBDA")
+    m.add_argument("--surrogate-smoothing", type=float, default=1e-3, metavar="LAMBDA",
+                   help="--estimator ml: smoothing of the thin-plate-spline surrogate (1e-3)")
     m.add_argument("--surrogate", choices=["local", "global"], default="local",
                    help="thin-plate-spline surrogate: local (fast, default) or global (the published reference)")
     m.add_argument("--surrogate-neighbours", type=int, default=32, metavar="K",
@@ -236,6 +242,10 @@ def check_arguments(args) -> None:
     if out.is_relative_to(raw) and not out.is_relative_to(raw / "derivatives"):
         raise InputError("the output folder is inside the raw BIDS dataset", path=args.output_dir, exit_code=EX_USAGE,
                          fix="write outside it, or under <bids_dir>/derivatives/ (e.g. derivatives/dmrimc-bids)")
+    from ..bids.derivatives import check_output_folder
+    check_output_folder(args.output_dir)
+    if args.work_dir:
+        check_output_folder(args.work_dir, "work folder (-w)")
     if not 0 <= args.max_failed_fraction <= 1:
         raise InputError(f"--max-failed-fraction {args.max_failed_fraction:g}", exit_code=EX_USAGE,
                          fix="give a fraction between 0 and 1")

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from . import run as _run_cli  # noqa: F401 - its environment settings (quiet resource tracker, no update check)
+from . import add_version
 from ..core.errors import EX_USAGE, InputError
 
 LOG = logging.getLogger("dmrimc_sim")
@@ -34,6 +35,9 @@ class _Parser(argparse.ArgumentParser):
         print(f"{self.prog}: error: {message}", file=sys.stderr)
         raise SystemExit(EX_USAGE)
 
+
+DEVICE_HELP = "walk on a CUDA GPU (gpu; needs the [gpu] extra), the CPU, or a GPU when one is present (auto)"
+VERBOSE_HELP = "-v: progress and Nipype's node messages; -vv: debug"
 
 def _positive(kind):
     def conv(text):
@@ -61,8 +65,8 @@ def _common(p):
                         f"{DEFAULT_WALKERS})")
     p.add_argument("--dt-ms", type=_positive(float), default=DEFAULT_DT_MS, help="time step [ms] (110/2370)")
     p.add_argument("--grid-um", type=_positive(float), default=1.0, help="membrane look-up grid [µm] (1)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", choices=("cpu", "gpu", "auto"), default="auto")
+    p.add_argument("--seed", type=int, default=0, help="walker seed (0)")
+    p.add_argument("--device", choices=("cpu", "gpu", "auto"), default="auto", help=DEVICE_HELP)
     _execution_flags(p)
     p.add_argument("--configs-per-job", type=int, default=0, help="configurations per job (0: one job per substrate)")
     p.add_argument("-w", "--work-dir", type=Path, default=None, help="Nipype work dir (kept; reruns reuse it)")
@@ -70,7 +74,7 @@ def _common(p):
                                  "of --show-entry, with free diffusion)")
     p.add_argument("--video-phase", action="store_true",
                    help="colour the video's walkers by their phase for --video-measurement (cyclic map)")
-    p.add_argument("-v", "--verbose", action="count", default=0)
+    p.add_argument("-v", "--verbose", action="count", default=0, help=VERBOSE_HELP)
 
 
 def _default_flags(d):
@@ -84,13 +88,13 @@ def _default_flags(d):
     d.add_argument("--step-um", type=_positive(float), default=DEFAULT_STEP_UM,
                    help=f"walker step length [µm] ({DEFAULT_STEP_UM})")
     d.add_argument("--seed", type=int, default=dd.DEFAULT_SEED, help=f"population and walker seed ({dd.DEFAULT_SEED})")
-    d.add_argument("--device", choices=("cpu", "gpu", "auto"), default="auto")
+    d.add_argument("--device", choices=("cpu", "gpu", "auto"), default="auto", help=DEVICE_HELP)
     _execution_flags(d)
     d.add_argument("-w", "--work-dir", type=Path, default=None,
                    help="Nipype work dir (kept; an interrupted build rerun with it resumes from the finished "
                         "substrates)")
     d.add_argument("--plot", action="store_true", help="write <out>.png (substrates and example signals)")
-    d.add_argument("-v", "--verbose", action="count", default=0)
+    d.add_argument("-v", "--verbose", action="count", default=0, help=VERBOSE_HELP)
 
 
 def _run_default(args, device) -> int:
@@ -192,6 +196,7 @@ def _histo_parser(sub) -> None:
 
 def build_parser():
     parser = _Parser(prog="dmrimc-sim", description=__doc__.splitlines()[0])
+    add_version(parser, "dmrimc-sim")
     sub = parser.add_subparsers(dest="command", required=True)
     _histo_parser(sub)
     f = sub.add_parser("flow", help="SpinFlowSim dictionary: blood flow in capillary networks")
@@ -210,15 +215,16 @@ def build_parser():
                    help="flow solver: scipy.sparse (default) or PySpice/ngspice (extra [spice])")
     f.add_argument("--published-anb", action="store_true",
                    help="add anb_published: ANB by the published (time-step artefact) rule, for comparisons")
-    f.add_argument("--realisations-per-job", type=_positive(int), default=100)
-    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--realisations-per-job", type=_positive(int), default=100,
+                   help="network realisations (flow rates) per job (100)")
+    f.add_argument("--seed", type=int, default=0, help="spin seed (0)")
     _execution_flags(f)
     f.add_argument("-w", "--work-dir", type=Path, default=None, help="Nipype work dir (kept; reruns reuse it)")
     _picture_flags(f, "spins", "<out>.png (--show-entry's network coloured by velocity and by flow), "
                                "<out>_signals.png (its signal vs b) and, for a 3D network with plotly installed, "
                                "<out>_network.html (interactive)")
     f.add_argument("--out", type=Path, required=True, help="dictionary .npz (its .json beside it)")
-    f.add_argument("-v", "--verbose", action="count", default=0)
+    f.add_argument("-v", "--verbose", action="count", default=0, help=VERBOSE_HELP)
     d = sub.add_parser("default-dictionary", help="rebuild the embedded default dictionary (generated substrates)")
     _default_flags(d)
     from .design import add_design_parser
@@ -234,7 +240,7 @@ def build_parser():
     pl.add_argument("--outlet", type=int, default=None, help="outlet node id (overrides the file)")
     pl.add_argument("--qin", type=_positive(float), default=None, help="input flow [mm³/s] (default: the file's)")
     pl.add_argument("--out", type=Path, required=True, help="picture to write")
-    pl.add_argument("-v", "--verbose", action="count", default=0)
+    pl.add_argument("-v", "--verbose", action="count", default=0, help=VERBOSE_HELP)
     return parser
 
 

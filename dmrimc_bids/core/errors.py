@@ -2,13 +2,14 @@
 
 Each error names the offending file (when there is one), what is wrong and how to fix it, so the
 CLI can print it as a single line and exit with the code of the draft BIDS-Apps output spec
-(64 usage, 65 data error, 66 missing input)."""
+(64 usage, 65 data error, 66 missing input, 73 an output that cannot be created)."""
 
 from __future__ import annotations
 
 EX_USAGE = 64
 EX_DATAERR = 65
 EX_NOINPUT = 66
+EX_CANTCREAT = 73
 
 
 class InputError(Exception):
