@@ -115,9 +115,9 @@ def _solve_spice(net, res, keep):
         import logging
         logging.getLogger("PySpice").setLevel(logging.ERROR)
     except ImportError as exc:  # pragma: no cover - depends on the extra
-        raise InputError("the spice backend needs PySpice and the ngspice library",
-                         fix="pip install 'dmrimc-bids[spice]' and apt-get install libngspice0 libngspice0-dev "
-                             "(or set NGSPICE_LIBRARY_PATH)") from exc
+        raise InputError("the spice backend needs PySpice, which is not installed",
+                         fix="pip install 'dmrimc-bids[spice]' (it also needs the ngspice library: apt-get install "
+                             "libngspice0 libngspice0-dev, or set NGSPICE_LIBRARY_PATH)") from exc
     circ = Circuit("network")
     name = lambda i: circ.gnd if i == net.outlet else f"n{i:04d}"  # noqa: E731
     for k, (a, b) in enumerate(net.segments):
@@ -128,7 +128,7 @@ def _solve_spice(net, res, keep):
         sim = circ.simulator(temperature=25, nominal_temperature=25, simulator="ngspice-shared")
         op = sim.operating_point()
     except Exception as exc:  # noqa: BLE001 - PySpice/ngspice raise many kinds
-        raise InputError(f"ngspice failed ({type(exc).__name__}: {exc})",
+        raise InputError(f"PySpice is installed but the ngspice library did not run ({type(exc).__name__}: {exc})",
                          fix="install libngspice0 and libngspice0-dev, or set NGSPICE_LIBRARY_PATH") from exc
     p = np.zeros(len(net.nodes))
     for node in op.nodes.values():
