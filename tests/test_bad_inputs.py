@@ -293,8 +293,9 @@ def write_docs(path: Path) -> None:
              "file or flag and the fix, exits with the code shown (BIDS-Apps draft: 16 invalid dataset, 18 no "
              "files selected, 64 usage, 65 data error, 66 missing input; sysexits 73 an output that cannot be created) and leaves no output file. In a cohort, a "
              "subject that fails is reported on its own line and in `logs/<run>_status.tsv`, the others go on, and "
-             "the run exits 1. Invalid voxels (NaN, non-positive b=0) are not errors: they get exit code -1 in the "
-             "`exitcode` map and NaN parameters, unless they are more than `--max-failed-fraction` (5 %) of the "
+             "the run exits 1. Invalid voxels (NaN, non-positive b=0) are not errors: they get exit code -1 in every "
+             "model's `exitcode` map and NaN parameters and are counted per model in the status table and on the "
+             "terminal, unless they are more than `--max-failed-fraction` (5 %) of the "
              "fitted voxels: the session is then marked failed in the status table, with the fraction. Damaged "
              "files are found before anything runs: every image is read in full once (gzip checksum, length).", "",
              "Regenerate: `python tests/test_bad_inputs.py --write-docs docs/errors.md`.", "",

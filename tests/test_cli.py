@@ -208,18 +208,29 @@ def test_rerun_reuses_the_work_dir(demo_run, demo_dir, tmp_path, capsys):
     assert code == 0 and res.stat().st_mtime_ns == before  # the fit node was not recomputed
 
 
-def test_nan_voxels_fail_alone(single_demo, tmp_path, capsys):
+@pytest.mark.parametrize("model", ["joint", "separate"])
+def test_nan_voxels_fail_alone(single_demo, tmp_path, capsys, model):
+    """A NaN inside the mask fails that voxel alone, in every branch (exit code -1), and is counted per
+    model in the status table and on the terminal."""
     f = single_demo / "sub-01/dwi/sub-01_dwi.nii.gz"
     img = nib.load(f)
     data = np.asarray(img.dataobj, dtype=np.float32)
     data[10, 10, 2, 15] = np.nan  # a b=1000 volume (fitted)
     nib.Nifti1Image(data, img.affine).to_filename(f)
     out = tmp_path / "out"
-    code, _ = run(capsys, single_demo, out, "participant")
+    code, err = run(capsys, single_demo, out, "participant", "--model", model,
+                    "--derivatives", single_demo / "derivatives" / "segmentation")
     assert code == 0
     got = maps(out, "sub-01/dwi", "sub-01")
     assert got["exitcode"][10, 10, 2] == -1 and np.isnan(got["fin"][10, 10, 2])
     assert np.sum(got["exitcode"] == 1) > 300
+    flow = nib.load(out / "sub-01/dwi/sub-01_space-dwi_model-spinflowsim_param-exitcode_dwimap.nii.gz").get_fdata()
+    assert flow[10, 10, 2] == -1
+    n_t, n_f = (int(np.sum(np.isfinite(e) & (e != 0))) for e in (got["exitcode"], flow))  # fitted voxels
+    status = next((out / "logs").glob("*_status.tsv")).read_text().splitlines()
+    row = dict(zip(status[0].split("\t"), status[1].split("\t")))
+    assert row["failed_voxels"] == f"histousim 1/{n_t}, spinflowsim 1/{n_f}", row
+    assert f"warning: sub-01: failed voxels (failed/fitted) histousim 1/{n_t}, spinflowsim 1/{n_f}" in err
 
 
 def test_one_failing_subject_does_not_stop_the_others(demo_dir, tmp_path, capsys):

@@ -39,7 +39,7 @@ DIAGNOSTICS = {
     "bic": ("Bayesian information criterion P ln M - 2 logL", ""),
 }
 BIDSIGNORE = ["*_dwimap.*", "*.html", "logs/", "figures/", "group_*"]
-STATUS_COLUMNS = ("participant_id", "session_id", "status", "exit_code", "stage", "message")
+STATUS_COLUMNS = ("participant_id", "session_id", "status", "exit_code", "stage", "failed_voxels", "message")
 
 
 
@@ -294,8 +294,8 @@ def write_dataset_description(out_dir, bids_dir, seed=None, command=None, links:
 
 
 def write_status(out_dir, run_id: str, rows: list[dict]) -> Path:
-    """logs/<run_id>_status.tsv: one row per subject/session (finished or failed, exit code, stage,
-    message), written atomically."""
+    """logs/<run_id>_status.tsv: one row per subject/session (finished or failed, exit code, stage, the
+    fitted voxels whose fit failed per model, message), written atomically."""
     lines = ["\t".join(STATUS_COLUMNS)]
     for r in rows:
         lines.append("\t".join(str(r.get(c, "")).replace("\t", " ").replace("\n", " ") for c in STATUS_COLUMNS))

@@ -68,6 +68,32 @@ def _retire(config: Config, items, run_id: str) -> None:
                      Path(config.out_dir) / "logs" / "previous" / run_id)
 
 
+#: The models whose exitcode maps count failed voxels (status table, terminal summary).
+EXITCODE_MODELS = ("histousim", "spinflowsim")
+
+
+def failed_voxels(config: Config, item) -> dict:
+    """{model: (failed, fitted)} voxels of a session's written exitcode maps (failed: exit code -1, NaN or
+    non-positive data inside the mask; fitted: exit code 1 or -1)."""
+    import numpy as np
+
+    from ..bids.derivatives import map_path, read_map
+    out = {}
+    for model in EXITCODE_MODELS:
+        f = map_path(config.out_dir, item.subject, item.session, model, "exitcode", space=item.space)
+        if f.is_file():
+            ec = read_map(f)[0]
+            ran = np.isfinite(ec) & (ec != 0)
+            out[model] = (int((ec[ran] == -1).sum()), int(ran.sum()))
+    return out
+
+
+def describe_failed_voxels(counts: dict) -> str:
+    """'histousim 1/392, spinflowsim 1/392' (failed/fitted per model), or '0' when none failed."""
+    bad = [f"{m} {n}/{of}" for m, (n, of) in counts.items() if n]
+    return ", ".join(bad) if bad else "0"
+
+
 def failed_fraction(exitcode_file) -> float:
     """Fraction of the fitted voxels (exit code 1 or -1; NaN is background) whose fit failed (-1)."""
     import numpy as np
@@ -150,10 +176,17 @@ def _report_status(config: Config, items, failed, run_id: str, wrote_status: boo
     """logs/<run>_status.tsv (when anything ran), one summary line; the exit code."""
     from ..bids.derivatives import write_status
     bad = {id(f[0]): f for f in failed}
+    voxels = {id(i): describe_failed_voxels(failed_voxels(config, i)) for i in items} if wrote_status else {}
     rows = [{"participant_id": f"sub-{i.subject}", "session_id": f"ses-{i.session}" if i.session else "n/a",
              "status": "failed" if id(i) in bad else "finished", "exit_code": bad[id(i)][1] if id(i) in bad else 0,
-             "stage": bad[id(i)][2] if id(i) in bad else "report", "message": bad[id(i)][3] if id(i) in bad else ""}
+             "stage": bad[id(i)][2] if id(i) in bad else "report", "failed_voxels": voxels.get(id(i), "n/a"),
+             "message": bad[id(i)][3] if id(i) in bad else ""}
             for i in items]
+    for i in items:
+        if id(i) not in bad and voxels.get(id(i), "0") != "0":
+            print(f"dmrimc-bids: warning: {i.label}: failed voxels (failed/fitted) {voxels[id(i)]}: NaN, zero or "
+                  "non-finite data inside the mask; exit code -1 in the exitcode maps, parameters NaN",
+                  file=sys.stderr)
     status = "stderr"
     if wrote_status:  # a run that started nothing (every subject refused at preflight) leaves no file behind
         status = write_status(config.out_dir, run_id, rows)

@@ -238,7 +238,8 @@ def fit_ivim_protocol(signals, protocol, b_split=B_SPLIT, b_max=B_MAX, b0_thresh
 class VascularSignal:
     """What segmented IVIM hands to the flow-dictionary fit. signal: S_V/S_V(0) [..., Mv] of the low-b
     measurements (NaN outside the mask); sigma: its σ (the normalised σ divided by fV·S0) or None; mask:
-    the voxels where it is meaningful (fitted, fV >= min_fv, finite); index: the measurements' indices in
+    the voxels where it is meaningful (fitted, fV >= min_fv, finite) and those whose IVIM fit failed (NaN
+    signal, so that the flow fit marks them failed); index: the measurements' indices in
     the fitted protocol; reason: why no voxel qualifies ("" when some do)."""
 
     signal: np.ndarray
@@ -334,10 +335,14 @@ class IvimModel(Model):
         vmask[mask] = (res.maps["fV"] >= self.min_fv) & np.all(np.isfinite(res.vascular), axis=1)
         reason = "" if vmask.any() else f"no voxel has fV >= {self.min_fv:g}: no flow maps were written"
         finite = np.isfinite(params["fV"])
+        n_vascular = int(vmask.sum())
+        # voxels whose IVIM fit failed (NaN or non-positive data) stay in the signal's mask with a NaN signal,
+        # so the flow fit marks them failed (-1) too instead of "no vascular signal"
+        vmask |= mask & ~finite
         exitcode = np.where(mask, np.where(finite, EXIT_OK, EXIT_FAILED), EXIT_BACKGROUND).astype(np.int8)
         if progress is not None:
             progress(int(mask.sum()))
-        info = {"n_fitted": int(finite.sum()), "n_vascular": int(vmask.sum()), "estimator": self.method}
+        info = {"n_fitted": int(finite.sum()), "n_vascular": n_vascular, "estimator": self.method}
         if intervals:
             from .posterior import identifiability_summary
             con = np.stack([intervals[f"{n}_contraction"][mask] for n in ("fV", "D", "Dstar")], axis=1)
