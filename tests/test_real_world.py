@@ -430,3 +430,25 @@ def test_group_report_links_subjects_and_points_out_redundant_maps(demo_run, dem
     rho = np.array([[1, 0.97, 0.2], [0.97, 1, -0.96], [0.2, -0.96, 1]])
     found = strong_correlations(rho, ["a", "b", "c"])
     assert [(f["a"], f["b"]) for f in found] == [("a", "b"), ("b", "c")]
+
+
+@pytest.mark.parametrize("work_dir", [False, True])
+def test_ctrl_c_leaves_a_valid_derivatives_folder(single_demo, tmp_path, work_dir):
+    """Ctrl-C during the fits: dataset_description.json is there (written before any map), the status table
+    marks the session "interrupted", no temporary file is left, and the one line says what is true for this
+    run: a rerun with the same -w resumes only when -w was given."""
+    out = tmp_path / "out"
+    cmd = CLI + [str(single_demo), str(out), "participant", "--derivatives", str(seg(single_demo))]
+    if work_dir:
+        cmd += ["-w", str(tmp_path / "work")]
+    code, stopped, err, running = _interrupt(cmd, b"vox/s]", tmp_path)   # a fit's progress bar
+    assert code == 130 and not running, (code, err[-2000:])
+    desc = json.loads((out / "dataset_description.json").read_text())
+    assert desc["DatasetType"] == "derivative"
+    status = next((out / "logs").glob("*_status.tsv")).read_text().splitlines()
+    row = dict(zip(status[0].split("\t"), status[1].split("\t")))
+    assert row["status"] == "interrupted" and row["exit_code"] == "130", row
+    assert not [p for p in out.rglob(".*") if p.is_file() and p.name != ".bidsignore"]
+    lines = [line for line in err.splitlines() if "interrupted (Ctrl-C)" in line]
+    assert len(lines) == 1 and "_status.tsv" in lines[0], err[-2000:]
+    assert ("same -w" in lines[0]) == work_dir and ("starts again" in lines[0]) != work_dir, lines[0]

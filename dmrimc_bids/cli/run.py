@@ -17,11 +17,15 @@ from ..core.errors import InputError  # noqa: E402
 from .parser import build_parser, config_from_args  # noqa: E402
 
 
+#: The Ctrl-C line before a run knows more (workflows/runner.py then says what that run leaves).
+INTERRUPTED = "nothing was written"
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if argv is None:  # the console command: Ctrl-C stops every worker and exits at once
         from ..workflows.execution import exit_on_interrupt
-        exit_on_interrupt("dmrimc-bids", "maps already written stay; a rerun with the same -w resumes")
+        exit_on_interrupt("dmrimc-bids", INTERRUPTED)
     logging.basicConfig(level=logging.INFO if args.verbose == 0 else logging.DEBUG, format="%(message)s",
                         stream=sys.stderr)
     logging.getLogger("bidsschematools").setLevel(logging.INFO if args.verbose else logging.ERROR)
@@ -31,14 +35,13 @@ def main(argv=None) -> int:
         print(f"dmrimc-bids: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        return interrupted("dmrimc-bids", "maps already written stay; a rerun with the same -w resumes")
+        return interrupted("dmrimc-bids", INTERRUPTED)
 
 
 def interrupted(prog: str, what: str) -> int:
-    """Ctrl-C: stop every worker process, print one line, exit code 130 (128 + SIGINT)."""
-    from ..workflows.execution import stop_children
-    stop_children()
-    print(f"{prog}: interrupted (Ctrl-C): {what}", file=sys.stderr)
+    """Ctrl-C: stop every worker process, record the interruption, print one line, exit code 130."""
+    from ..workflows.execution import on_interrupt
+    print(on_interrupt(prog, what), file=sys.stderr)
     return 130
 
 

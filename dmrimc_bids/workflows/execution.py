@@ -221,6 +221,22 @@ def _alive(pid: int) -> bool:
 
 #: Temporary folders of this process (work dirs made for one run): removed on Ctrl-C too.
 TEMPORARY_DIRS: list = []
+#: Set by a run once it knows them: "message", what an interrupted run leaves (the Ctrl-C line, instead of the
+#: entry point's generic one), and "hooks", callables that record the interruption (e.g. the status table).
+INTERRUPT: dict = {"message": None, "hooks": []}
+
+
+def on_interrupt(prog: str, what: str) -> str:
+    """Stop every worker, run the interruption hooks (each at most once; errors ignored) and return the
+    one line to print."""
+    stop_children()
+    while INTERRUPT["hooks"]:
+        hook = INTERRUPT["hooks"].pop(0)
+        try:
+            hook()
+        except Exception:  # noqa: BLE001 - recording an interruption must not mask it
+            pass
+    return f"{prog}: interrupted (Ctrl-C): {INTERRUPT['message'] or what}"
 
 
 def exit_on_interrupt(prog: str, what: str) -> None:
@@ -234,9 +250,9 @@ def exit_on_interrupt(prog: str, what: str) -> None:
 
     def handler(signum, frame):
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C does not interrupt the clean-up
-        stop_children()
+        line = on_interrupt(prog, what)
         for d in TEMPORARY_DIRS:
             shutil.rmtree(d, ignore_errors=True)
-        print(f"\n{prog}: interrupted (Ctrl-C): {what}", file=sys.stderr, flush=True)
+        print(f"\n{line}", file=sys.stderr, flush=True)
         os._exit(130)
     signal.signal(signal.SIGINT, handler)

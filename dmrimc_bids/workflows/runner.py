@@ -45,7 +45,10 @@ def run_participants(config: Config, run_with: execution.Execution, run_id: str)
     remove_stale_temps(config.out_dir)
     _retire(config, ok, run_id)
     config.write(run_id)
+    _write_dataset_records(config, [])   # first: an interrupted run still leaves a valid derivatives folder
+    _record_interruptions(config, items, failed, run_id)
     result = execute(ok, config, run_with, warnings, run_id)
+    execution.INTERRUPT["hooks"].clear()
     if result is None:
         _write_dataset_records(config, [])
         print(f"dmrimc-bids: submitted {len(ok)} subject/session(s) to {run_with.plugin} (work dir "
@@ -151,6 +154,32 @@ def _check_timing_keys(config: Config, items) -> None:
         if not any(run_timing_for(f, {key: value}) for f in files):
             raise InputError(f"--timing {key}: matches no DWI file of the selected subjects/sessions", exit_code=64,
                              fix="give an entity of the DWI file names (e.g. run-2, acq-long) or a file name")
+
+
+def _record_interruptions(config: Config, items, failed, run_id: str) -> None:
+    """Ctrl-C from here on: the status table marks the unfinished subjects/sessions "interrupted", and the
+    line printed says what the run leaves and how to go on."""
+    resume = (f"a rerun with the same -w ({config.work_dir}) resumes" if config.work_dir else
+              "the run's temporary work dir is removed, so a rerun starts again (-w DIR makes runs resumable)")
+    execution.INTERRUPT["message"] = (f"maps already written stay in {config.out_dir}, the status table in "
+                                      f"logs/{run_id}_status.tsv; {resume}")
+    started = time.time() - 1.0
+
+    def record():
+        from ..bids.derivatives import write_status
+        bad = {id(f[0]): f for f in failed}
+        rows = []
+        for i in items:
+            report = Path(config.out_dir) / f"sub-{i.subject}.html"
+            done = id(i) not in bad and report.is_file() and report.stat().st_mtime >= started
+            rows.append({"participant_id": f"sub-{i.subject}", "session_id": f"ses-{i.session}" if i.session else "n/a",
+                         "status": "failed" if id(i) in bad else "finished" if done else "interrupted",
+                         "exit_code": bad[id(i)][1] if id(i) in bad else 0 if done else 130,
+                         "stage": bad[id(i)][2] if id(i) in bad else "report" if done else "interrupted",
+                         "failed_voxels": "n/a",
+                         "message": bad[id(i)][3] if id(i) in bad else "" if done else "interrupted (Ctrl-C)"})
+        write_status(config.out_dir, run_id, rows)
+    execution.INTERRUPT["hooks"].append(record)
 
 
 def _preflight(item, config: Config, dictionary) -> dict:
