@@ -133,6 +133,18 @@ def test_group_refuses_maps_of_different_runs(demo_dir, tmp_path, capsys):
     assert not (out / "group.html").exists()
     code, err = run(capsys, demo_dir, out, "group", "--allow-mixed-runs")
     assert code == 0 and (out / "group.html").is_file(), err
+    # each run is on record: the pooled table names each row's run, dataset_description.json lists both runs
+    # and each run keeps its own methods text
+    rows = [dict(zip(*(line.split("\t") for line in (head, row))))
+            for head, *body in [(out / "group_histousim.tsv").read_text().splitlines()] for row in body]
+    by_subject = {r["participant_id"]: r["run_options"] for r in rows}
+    assert len(set(by_subject.values())) == 2 and all(":" in v for v in by_subject.values()), by_subject
+    ours = [g for g in json.loads((out / "dataset_description.json").read_text())["GeneratedBy"]
+            if g["Name"] == "dmrimc-bids"]
+    assert len(ours) == 2 and "sub-02" in ours[0]["Description"] and "sub-01" in ours[1]["Description"], ours
+    fingerprints = {re.search(r"; options (\w+)", g["Description"])[1] for g in ours}
+    assert fingerprints == {v.split(":")[1] for v in by_subject.values()}
+    assert len(list((out / "logs").glob("*_CITATION.md"))) == 2
 
 
 # ---- 3. damaged images, failed fits ---------------------------------------------------------------------

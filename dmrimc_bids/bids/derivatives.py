@@ -259,14 +259,29 @@ def retire_outputs(out_dir, subject: str, session: str | None, run_id: str) -> l
     return moved
 
 
-def write_dataset_description(out_dir, bids_dir, seed=None, command=None, links: dict | None = None) -> None:
+def write_dataset_description(out_dir, bids_dir, seed=None, command=None, links: dict | None = None,
+                              run: dict | None = None) -> None:
     """dataset_description.json (derivative; our GeneratedBy first, then the input's; ``DatasetLinks``
-    {name: folder} naming the datasets of the sidecars' bids:<name>:<path> Sources) and .bidsignore."""
+    {name: folder} naming the datasets of the sidecars' bids:<name>:<path> Sources) and .bidsignore.
+    run: {"id", "options", "subjects"} of this run: GeneratedBy then lists every run of dmrimc-bids into the
+    folder (earlier runs' entries are kept, this run's replaces its own), each with its command."""
     out_dir = Path(out_dir)
     ours = {"Name": "dmrimc-bids", "Version": __version__,
             "Description": "histology-informed dMRI microstructure maps"
+                           + (f"; run {run['id']}" if run else "")
+                           + (f"; subjects {', '.join(run['subjects'])}" if run and run.get("subjects") else "")
+                           + (f"; options {run['options']}" if run and run.get("options") else "")
                            + (f"; seed {seed}" if seed is not None else "")
                            + (f"; command: {command}" if command else "")}
+    earlier = []
+    old_desc = out_dir / "dataset_description.json"
+    if run and old_desc.is_file():
+        try:
+            earlier = [g for g in json.loads(old_desc.read_text()).get("GeneratedBy", [])
+                       if isinstance(g, dict) and g.get("Name") == "dmrimc-bids" and "; run " in g.get("Description", "")
+                       and f"; run {run['id']}" not in g.get("Description", "")]
+        except (OSError, ValueError, AttributeError):
+            earlier = []
     url = project_url()
     if url:
         ours["CodeURL"] = url
@@ -274,7 +289,7 @@ def write_dataset_description(out_dir, bids_dir, seed=None, command=None, links:
                  if os.environ.get(v)}  # set in the Docker and Apptainer images
     if "Type" in container:
         ours["Container"] = container
-    generated = [ours]
+    generated = [ours] + earlier
     src_desc = Path(bids_dir) / "dataset_description.json"
     name = "dmrimc-bids derivatives"
     if src_desc.is_file():
@@ -291,6 +306,16 @@ def write_dataset_description(out_dir, bids_dir, seed=None, command=None, links:
     ignore = out_dir / ".bidsignore"
     lines = ignore.read_text().splitlines() if ignore.is_file() else []
     atomic_write_bytes(ignore, ("\n".join(dict.fromkeys(lines + BIDSIGNORE)) + "\n").encode())
+
+
+def run_signature(sidecar) -> tuple[str, str]:
+    """(software version, options fingerprint) a map's sidecar records ("?" where absent)."""
+    try:
+        side = json.loads(Path(sidecar).read_text())
+    except (OSError, ValueError):
+        return "?", "?"
+    params = side.get("Model", {}).get("Parameters", {})
+    return str(side.get("GeneratedBy", {}).get("Version", "?")), str(params.get("RunOptions", "?"))
 
 
 def write_status(out_dir, run_id: str, rows: list[dict]) -> Path:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bids.derivatives import atomic_write_bytes, atomic_write_json, find_maps, read_map
+from ..bids.derivatives import atomic_write_bytes, atomic_write_json, find_maps, read_map, run_signature
 from ..core.dictionary import PARAM_DESCRIPTIONS
 from ..core.errors import EX_DATAERR, InputError
 from ..core.roistats import (OUTLIER_MIN_N, OUTLIER_Z, STATISTICS, label_rois, robust_z, roi_statistics, sample_rows,
@@ -79,6 +79,8 @@ def session_statistics(out_dir, subject: str, session: str | None, roi_specs: li
                 out["units"][f"{model}:{p}"] = json.loads(side.read_text()).get("Units", "")
             except (OSError, json.JSONDecodeError):
                 out["units"][f"{model}:{p}"] = ""
+        first = files.get(("exitcode", None)) or next(iter(files.values()))
+        out.setdefault("runs", {})[model] = ":".join(run_signature(str(first).replace(".nii.gz", ".json")))
         if ("exitcode", None) in files:
             fit_rois[model] = read_map(files[("exitcode", None)])[0] == 1
         else:
@@ -168,12 +170,13 @@ def write_tables(out_dir, results: list[dict], participants: dict) -> dict:
     written = {}
     for model, rows in sorted(by_model.items()):
         params = sorted({k.rsplit("_", 1)[0] for _, r in rows for k in r if k not in ("model", "roi")})
-        cols = ["participant_id", "session_id", *extra_cols, "roi"] + [f"{p}_{s}" for p in params for s in STATISTICS]
+        cols = (["participant_id", "session_id", *extra_cols, "roi", "run_options"]
+                + [f"{p}_{s}" for p in params for s in STATISTICS])
         lines = ["\t".join(cols)]
         for res, r in rows:
             meta = participants.get(res["subject"], {})
             vals = [f"sub-{res['subject']}", f"ses-{res['session']}" if res["session"] else "n/a",
-                    *(meta.get(c, "n/a") for c in extra_cols), r["roi"]]
+                    *(meta.get(c, "n/a") for c in extra_cols), r["roi"], res.get("runs", {}).get(model, "n/a")]
             vals += [_fmt(r.get(f"{p}_{s}")) for p in params for s in STATISTICS]
             lines.append("\t".join(vals))
         tsv = Path(out_dir) / f"group_{model}.tsv"
@@ -182,7 +185,10 @@ def write_tables(out_dir, results: list[dict], participants: dict) -> dict:
               "session_id": {"Description": "session label (n/a without sessions)"},
               "roi": {"Description": f"region of interest: '{FIT_ROI}' = voxels fitted (exit code 1) by this model; "
                                      "other labels = derivative masks (desc-<label>_mask), label images (dseg) or "
-                                     "atlas labels, intersected with the fitted voxels"}}
+                                     "atlas labels, intersected with the fitted voxels"},
+              "run_options": {"Description": "the dmrimc-bids version and options fingerprint (sidecars' RunOptions) "
+                                             "of the run that wrote this model's maps, VERSION:FINGERPRINT; rows "
+                                             "differ only where the group level pooled runs (--allow-mixed-runs)"}}
         for c in extra_cols:
             dd[c] = {"Description": f"from participants.tsv ({c})"}
         for p in params:

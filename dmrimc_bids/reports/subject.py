@@ -288,9 +288,13 @@ def ran_models(fragments: list[dict]) -> dict:
     return {m: out[m] for m in MODEL_ORDER if m in out}
 
 
-def write_citation(out_dir, fragments: list[dict], options: dict | None = None) -> str:
+def write_citation(out_dir, fragments: list[dict], options: dict | None = None, run_id: str | None = None) -> str:
     """logs/CITATION.md from the session fragments of the run (atomic): the methods boilerplate of the
-    models that wrote maps, with references."""
+    models that wrote maps, with references; with run_id also logs/<run_id>_CITATION.md, which later runs
+    into the same folder leave alone (CITATION.md is the latest run's)."""
+    text = methods_markdown(ran_models(fragments), options or {}).encode("utf-8")
     path = Path(out_dir) / "logs" / "CITATION.md"
-    atomic_write_bytes(path, methods_markdown(ran_models(fragments), options or {}).encode("utf-8"))
+    if run_id:
+        atomic_write_bytes(path.with_name(f"{run_id}_CITATION.md"), text)
+    atomic_write_bytes(path, text)
     return str(path)

@@ -127,20 +127,9 @@ def group_failures(status: dict, processed: set, expected: list[str]) -> list[di
     return failures
 
 
-def run_signature(sidecar) -> tuple[str, str]:
-    """(software version, options fingerprint) a map's sidecar records ("?" where absent)."""
-    import json
-    try:
-        side = json.loads(Path(sidecar).read_text())
-    except (OSError, ValueError):
-        return "?", "?"
-    params = side.get("Model", {}).get("Parameters", {})
-    return str(side.get("GeneratedBy", {}).get("Version", "?")), str(params.get("RunOptions", "?"))
-
-
 def check_one_run(out_dir, pairs) -> None:
     """InputError (exit 65) when the maps to pool were written by different versions or options."""
-    from ..bids.derivatives import find_maps
+    from ..bids.derivatives import find_maps, run_signature
     seen: dict = {}
     for sub, ses in pairs:
         for model, files in find_maps(out_dir, sub, ses).items():

@@ -45,19 +45,19 @@ def run_participants(config: Config, run_with: execution.Execution, run_id: str)
     remove_stale_temps(config.out_dir)
     _retire(config, ok, run_id)
     config.write(run_id)
-    _write_dataset_records(config, [])   # first: an interrupted run still leaves a valid derivatives folder
+    _write_dataset_records(config, [], run_id, ok)   # first: an interrupted run leaves a valid derivatives folder
     _record_interruptions(config, items, failed, run_id)
     result = execute(ok, config, run_with, warnings, run_id)
     execution.INTERRUPT["hooks"].clear()
     if result is None:
-        _write_dataset_records(config, [])
+        _write_dataset_records(config, [], run_id, ok)
         print(f"dmrimc-bids: submitted {len(ok)} subject/session(s) to {run_with.plugin} (work dir "
               f"{config.work_dir}); maps and reports appear as the jobs finish. To collect the status, rerun the "
               "same command with --plugin Linear once they have: finished nodes are reused", file=sys.stderr)
         return 1 if failed else 0
     failed += result["failed"]
     if len(failed) < len(items):
-        _write_dataset_records(config, result["fragments"])
+        _write_dataset_records(config, result["fragments"], run_id, ok)
     return _report_status(config, items, failed, run_id, wrote_status=True)
 
 
@@ -192,13 +192,17 @@ def _preflight(item, config: Config, dictionary) -> dict:
     return summary
 
 
-def _write_dataset_records(config: Config, fragments: list) -> None:
+def _write_dataset_records(config: Config, fragments: list, run_id: str, items=()) -> None:
+    """dataset_description.json (this run among every run into the folder) and, with the sessions' report
+    fragments, the run's methods text (logs/<run_id>_CITATION.md, and logs/CITATION.md for the latest)."""
     from ..bids.derivatives import write_dataset_description
     from ..reports.subject import write_citation
+    subjects = sorted({f"sub-{i.subject}" + (f"_ses-{i.session}" if i.session else "") for i in items})
     write_dataset_description(config.out_dir, config.bids_dir, config.seed, config.command,
-                              config.dataset_links or None)
+                              config.dataset_links or None,
+                              run={"id": run_id, "options": config.options_fingerprint(), "subjects": subjects})
     if fragments:
-        write_citation(config.out_dir, fragments, config.report_options())
+        write_citation(config.out_dir, fragments, config.report_options(), run_id)
 
 
 def _report_status(config: Config, items, failed, run_id: str, wrote_status: bool) -> int:
