@@ -402,6 +402,41 @@ def test_compile_notice_only_when_kernels_are_not_cached(tmp_path):
     assert jitcache.compile_notice(module, "fitting") == ""
 
 
+def test_uncached_names_each_kernel_until_its_first_call(tmp_path, monkeypatch):
+    import importlib.util
+    from dmrimc_bids.core import jitcache
+    (tmp_path / "fresh_kernels.py").write_text("from numba import njit\n\n\n@njit(cache=True)\ndef twice(x):\n"
+                                               "    return 2 * x\n\n\n@njit(cache=True)\ndef thrice(x):\n"
+                                               "    return 3 * x\n")
+    spec = importlib.util.spec_from_file_location("fresh_kernels", tmp_path / "fresh_kernels.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert jitcache.uncached([mod.twice, mod.thrice]) == ["twice", "thrice"]
+    assert mod.twice(2) == 4
+    assert jitcache.uncached([mod.twice, mod.thrice]) == ["thrice"]   # one compiled kernel does not hide another
+    assert "compiling" in jitcache.compile_notice(None, "fitting", [mod.twice, mod.thrice])
+
+
+@pytest.mark.parametrize("estimator", ["ml", "posterior"])
+def test_first_compile_of_any_estimator_is_announced(estimator, monkeypatch, capsys):
+    """Each estimator names the kernels it calls: the published method's grid search and Levenberg-Marquardt
+    (its first run compiled for a minute with no notice while the posterior's kernels were cached)."""
+    from dmrimc_bids.core import jitcache
+    from dmrimc_bids.core.analytic import analytic_dictionary
+    from dmrimc_bids.core.fitting.registry import build_model
+    from dmrimc_bids.interfaces.fitting import run_fit
+    full = analytic_dictionary()
+    dic = full.measurements(np.flatnonzero(full.protocol.b > 0)[::400])   # a few measurements: a small model
+    model = build_model(estimator, dic)
+    names = {getattr(k, "__name__", "") for k in model.jit_kernels()}
+    assert ({"grid_search", "refine"} if estimator == "ml" else {"entry_costs"}) <= names, names
+    missing = "refine" if estimator == "ml" else "entry_costs"
+    monkeypatch.setattr(jitcache, "_index_files", lambda f, name: [] if name.startswith(missing) else ["x"])
+    y = np.tile(dic.signals[:1].astype(float), (2, 1))
+    run_fit(model, y, np.ones(2, bool), np.full(2, 0.02), 1, "tissue fit")
+    assert "tissue fit: compiling the fitting kernels" in capsys.readouterr().err
+
+
 def test_output_inside_the_raw_dataset_is_refused(single_demo, capsys):
     code, err = run(capsys, single_demo, single_demo / "out", "participant")
     assert code == 64 and len(errors(err)) == 1 and "inside the raw BIDS dataset" in err, err

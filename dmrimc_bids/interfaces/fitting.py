@@ -75,7 +75,7 @@ class FitModel(SimpleInterface):
             self._results["examples_file"] = _write_json(cwd_path(runtime, "examples.json"),
                                                          {"protocol": protocol.to_rows(), "voxels": []})
             return runtime
-        fit = run_fit(model, data, mask, sigma, i.n_threads, i.label, compile_notice=i.estimator != "ivim")
+        fit = run_fit(model, data, mask, sigma, i.n_threads, i.label)
         self._results["maps"] = save_maps(runtime, img, fit.maps(), mask)
         self._results["units"] = dict(fit.units)
         self._results["info"] = json.loads(json.dumps(fit.info))
@@ -97,18 +97,17 @@ class FitModel(SimpleInterface):
         protocol.subset(sig.index).to_table(self._results["signal_protocol"])
 
 
-def run_fit(model, data, mask, sigma, n_threads: int, label: str, compile_notice: bool = True):
-    """model.fit on n_threads numba and BLAS threads with a progress bar (and the one-line notice when the
-    fitting kernels are compiled first)."""
+def run_fit(model, data, mask, sigma, n_threads: int, label: str):
+    """model.fit on n_threads numba and BLAS threads with a progress bar (and the one-line notice when any
+    kernel the model calls is compiled first)."""
     import numba
     from threadpoolctl import threadpool_limits
     from tqdm import tqdm
 
     numba.set_num_threads(max(1, min(n_threads, numba.config.NUMBA_NUM_THREADS)))
     from ..core import jitcache
-    from ..core.fitting import kernels
-    notice = jitcache.compile_notice(kernels.__file__, "fitting")
-    if notice and compile_notice:
+    notice = jitcache.compile_notice(None, "fitting", model.jit_kernels())
+    if notice:
         print(f"dmrimc-bids: {label}: {notice}", file=sys.stderr, flush=True)
     with threadpool_limits(limits=max(1, n_threads)), \
             tqdm(total=int(mask.sum()), desc=label, unit="vox", mininterval=2) as bar:

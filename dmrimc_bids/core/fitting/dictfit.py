@@ -248,6 +248,11 @@ class DictionaryModel(Model):
         return z, anchor, cost, iters, status
 
     # ---- public API -----------------------------------------------------------------------------
+    def jit_kernels(self) -> list:
+        from . import surrogate
+        cpu = [kernels.grid_search, kernels.refine] if self.backend is kernels else []
+        return cpu + [kernels.entry_cost, kernels.evaluate, kernels.penalties, surrogate._side_neighbours]
+
     def fit(self, data, mask=None, sigma=None, progress=None) -> DictionaryFit:
         """Fit every voxel in ``mask``.
 

@@ -306,6 +306,12 @@ class IvimModel(Model):
         self.protocol, self.b_split, self.b_max = protocol, float(b_split), float(b_max)
         self.b0_threshold, self.min_fv, self.method = float(b0_threshold), float(min_fv), method
 
+    def jit_kernels(self) -> list:
+        if self.method != "bayes":
+            return []
+        from . import ivim_posterior as ip
+        return [ip._posterior_kernel, ip._products, ip._basis, ip._weight, ip._node_pass]
+
     def fit(self, data, mask=None, sigma=None, progress=None) -> IvimMapFit:
         """data [..., M] b0-normalised signal of every shell; sigma [..., M] or None."""
         shape = data.shape[:-1]

@@ -248,6 +248,9 @@ class JointModel(Model):
         return est, sd, np.clip(est - Z95 * sd, 0.0, self.fv_max), np.clip(est + Z95 * sd, 0.0, self.fv_max), contraction
 
     # ---- Model API -------------------------------------------------------------------------------------------
+    def jit_kernels(self) -> list:
+        return [kernels.joint_profile_top, kernels.joint_pair_moments] + self.tissue_model.jit_kernels()
+
     def fit(self, data, mask=None, sigma=None, progress=None) -> JointFit:
         """data [..., M] b0-normalised; mask [...]; sigma [...] (normalised noise SD; None: estimated from
         the tissue-only residual)."""

@@ -65,6 +65,10 @@ class Model:
     def describe(self) -> Description:
         raise NotImplementedError
 
+    def jit_kernels(self) -> list:
+        """The numba kernels fit() calls (compiled at their first call; jitcache says whether they are)."""
+        return []
+
 
 class Fit:
     """Base class of the fits. Subclasses provide ``names``, ``units``, ``params``, ``sd``, ``exitcode``,

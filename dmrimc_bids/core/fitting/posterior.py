@@ -362,6 +362,9 @@ class PosteriorModel(Model):
         return est, sd, lo, hi, contraction
 
     # ---- Model API -----------------------------------------------------------------------------------------
+    def jit_kernels(self) -> list:
+        return [kernels.entry_costs, kernels.entry_costs_common_scale]
+
     def fit(self, data, mask=None, sigma=None, progress=None, scale_var=None) -> DictionaryFit:
         """data [..., M]; mask [...] bool; sigma [...] or [..., M] (its mean over M is used) or None;
         scale_var [...] or None: the variance of an unknown common scale per voxel (posterior())."""
