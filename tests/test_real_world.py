@@ -383,6 +383,10 @@ def test_quiet_run_logs_nipype_to_a_file(single_demo, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     assert list(out.rglob("*model-spinflowsim_param-vm_dwimap.nii.gz")) and "--model separate" in res.stderr
     both = res.stdout + res.stderr
+    # the parallel workers' fits share one progress display instead of each drawing its own bar
+    assert "fits (" in both and "vox/s]" in both
+    assert not re.search(r"(Histo-uSim fit|SpinFlowSim fit|Bayesian IVIM): +\d+%", both), both[-3000:]
+    assert not (tmp_path / "w" / ".dmrimc_progress").exists()
     assert "[Node]" not in both and "[MultiProc]" not in both and "No schema path" not in both, both[-3000:]
     log = next((out / "logs").glob("*_nipype.log")).read_text()
     assert "[Node] Finished" in log

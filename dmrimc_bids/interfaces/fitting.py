@@ -102,16 +102,16 @@ def run_fit(model, data, mask, sigma, n_threads: int, label: str):
     kernel the model calls is compiled first)."""
     import numba
     from threadpoolctl import threadpool_limits
-    from tqdm import tqdm
+
+    from .progress import progress
 
     numba.set_num_threads(max(1, min(n_threads, numba.config.NUMBA_NUM_THREADS)))
     from ..core import jitcache
     notice = jitcache.compile_notice(None, "fitting", model.jit_kernels())
     if notice:
         print(f"dmrimc-bids: {label}: {notice}", file=sys.stderr, flush=True)
-    with threadpool_limits(limits=max(1, n_threads)), \
-            tqdm(total=int(mask.sum()), desc=label, unit="vox", mininterval=2) as bar:
-        return model.fit(data, mask, sigma, progress=bar.update)
+    with threadpool_limits(limits=max(1, n_threads)), progress(int(mask.sum()), label) as update:
+        return model.fit(data, mask, sigma, progress=update)
 
 
 def save_maps(runtime, img, maps: dict, mask, prefix: str = "") -> dict:

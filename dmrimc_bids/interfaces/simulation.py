@@ -331,21 +331,17 @@ class SimulateFlowForProtocol(SimpleInterface):
         i = self.inputs
         import numba
         numba.set_num_threads(max(1, min(i.n_threads, numba.config.NUMBA_NUM_THREADS)))
-        from tqdm.auto import tqdm
+        from contextlib import ExitStack
 
-        bars = []
+        from .progress import progress as progress_bar
 
-        def progress(total):
-            bars.append(tqdm(total=total, unit="network", desc="SpinFlowSim dictionary", mininterval=1))
-            return bars[-1].update
+        with ExitStack() as bars:
+            def progress(total):
+                return bars.enter_context(progress_bar(total, "SpinFlowSim dictionary", "network"))
 
-        try:
             path, dic, cached = flow_dictionary_for_protocol(Protocol.from_table(i.protocol), i.cache_dir,
                                                              list(i.network_files), i.n_spins, i.seed,
                                                              i.b0_threshold, progress)
-        finally:
-            for bar in bars:
-                bar.close()
         self._results["dictionary"] = str(path)
         self._results["description"] = dic.select().describe()
         self._results["cached"] = cached

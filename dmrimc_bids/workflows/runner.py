@@ -257,11 +257,15 @@ def execute(items, config: Config, run_with: execution.Execution, warnings=None,
     crash_dir = work / "crash"
     before = set(crash_dir.glob("crash-*.txt")) if crash_dir.is_dir() else set()
     t0, started = time.perf_counter(), time.time() - 1.0  # 1 s of slack for coarse file-system clocks
+    display = ProgressDisplay(work) if run_with.local and run_with.plugin == "MultiProc" else None
     try:
         if execution.run(wf, run_with) is None:
             return None
     except RuntimeError as exc:  # some node failed; we find out which subjects below
         LOG.debug("workflow: %s", exc)
+    finally:
+        if display is not None:
+            display.close()
     LOG.info("workflow finished in %.1f s", time.perf_counter() - t0)
     crashes = sorted(set(crash_dir.glob("crash-*.txt")) - before) if crash_dir.is_dir() else []
     failed = _failures(items, config, crashes, work / wf.name, started)
@@ -269,6 +273,56 @@ def execute(items, config: Config, run_with: execution.Execution, warnings=None,
     if tmp_work is not None and not failed:  # keep the crash files of a failed run
         shutil.rmtree(tmp_work, ignore_errors=True)
     return {"failed": failed, "fragments": fragments}
+
+
+class ProgressDisplay:
+    """One progress bar for a run whose nodes work in parallel processes: the sum of the fitting nodes'
+    progress files (interfaces/progress.py) in <work>/.dmrimc_progress, redrawn by a thread of this process."""
+
+    TITLES = {"vox": "fits", "network": "flow dictionaries"}
+
+    def __init__(self, work: Path, every_s: float = 0.5):
+        import threading
+
+        from ..interfaces.progress import PROGRESS_FOLDER
+        self.folder = Path(work) / PROGRESS_FOLDER
+        shutil.rmtree(self.folder, ignore_errors=True)
+        self.folder.mkdir(parents=True)
+        self.every_s, self.bars = every_s, {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _draw(self) -> None:
+        from tqdm import tqdm
+
+        from ..interfaces.progress import read_progress
+        by_unit: dict = {}
+        for s in read_progress(self.folder):
+            by_unit.setdefault(s["unit"], []).append(s)
+        for unit, states in by_unit.items():   # one line per kind of work: fits (voxels), flow dictionaries
+            total, done = sum(s["total"] for s in states), sum(min(s["n"], s["total"]) for s in states)
+            running = sum(not s["done"] for s in states)
+            if unit not in self.bars:
+                self.bars[unit] = tqdm(total=total, unit=unit, mininterval=self.every_s, position=len(self.bars),
+                                       desc=self.TITLES.get(unit, unit))
+            bar = self.bars[unit]
+            bar.total = total
+            bar.set_description(f"{self.TITLES.get(unit, unit)} ({running} running, {len(states)} started)",
+                                refresh=False)
+            bar.update(done - bar.n)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self._draw()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._draw()
+        for bar in self.bars.values():
+            bar.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def _failures(items, config: Config, crashes, wf_dir: Path, started: float) -> list:
