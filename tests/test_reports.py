@@ -145,3 +145,19 @@ def test_report_shows_estimate_placement_from_the_fit(demo_run):
     row = re.search(r"<td class=\"l\">kappa[^<]*</td><td>([0-9.]+) %</td><td>([0-9.]+) %</td>", html)
     assert row and float(row.group(1)) == pytest.approx(100 * place["kappa"]["OnDictionaryNode"], abs=0.05)
     assert np.isfinite(fin[code == 1]).all()
+
+
+def test_dictionary_provenance_is_a_readable_table_and_units_read_as_units(demo_run):
+    """The provenance is a short table (source, substrates, entries, coverage, ranges with units, seed,
+    checksum) with the whole record collapsed beside it; the report writes µm²/ms where the sidecars keep
+    BIDS' um^2/ms."""
+    _, out, _ = demo_run
+    html = (out / "sub-01.html").read_text()
+    block = html.split("<summary>Dictionary provenance</summary>")[1].split("</table>")[0]
+    labels = re.findall(r'<tr><th class="l">([^<]+)</th>', block)
+    assert labels[:4] == ["source", "substrates", "entries", "protocol coverage"], labels
+    assert "checksum" in labels and "D0in" in labels and "µm²/ms" in block and "{" not in block
+    visible = re.sub(r"<pre>.*?</pre>", "", html, flags=re.S)
+    assert "um^2" not in visible and "µm²/ms" in visible
+    side = json.loads((out / "sub-01/dwi/sub-01_space-dwi_model-histousim_param-D0in_dwimap.json").read_text())
+    assert side["Units"] == "um^2/ms"

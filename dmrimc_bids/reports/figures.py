@@ -11,6 +11,18 @@ import numpy as np
 DPI = 90
 
 
+
+#: BIDS unit strings (sidecars keep them) as people read them in the reports.
+_UNIT_TEXT = (("um^2", "µm²"), ("mm^2", "mm²"), ("mm^3", "mm³"), ("um^3", "µm³"), ("um", "µm"))
+
+
+def display_unit(unit: str) -> str:
+    """'um^2/ms' -> 'µm²/ms', 'um' -> 'µm' (the sidecars keep BIDS' strings)."""
+    text = unit or ""
+    for bids, shown in _UNIT_TEXT:
+        text = text.replace(bids, shown)
+    return text
+
 def pyplot():
     """matplotlib.pyplot on the Agg backend (no display needed)."""
     import matplotlib
@@ -100,14 +112,14 @@ def map_mosaic(volume: np.ndarray, underlay: np.ndarray, mask: np.ndarray, title
         ax.text((n + 0.5) * (w + 1) / len(slices), -1, f"z={k}", ha="center", va="bottom", fontsize=7)
     cax = fig.add_axes(((img_w + 0.2) / fw, 0.12, 0.08 / fw, 0.7))
     cb = fig.colorbar(mpl.cm.ScalarMappable(mpl.colors.Normalize(vmin, vmax), cmap), cax=cax)
-    cb.set_label(unit or "unitless", fontsize=7)
+    cb.set_label(display_unit(unit) or "unitless", fontsize=7)
     cb.ax.tick_params(labelsize=6)
     if discrete:
         cb.set_ticks([-1, 0, 1])
     hax = fig.add_axes(((img_w + 1.4) / fw, 0.25, 1.7 / fw, 0.6))
     if inside.size:
         hax.hist(inside, bins=3 if discrete else 30, color="#4a6fa5", range=(vmin, vmax))
-    hax.set_xlabel(f"{title} [{unit}]" if unit else title, fontsize=7)
+    hax.set_xlabel(f"{title} [{display_unit(unit)}]" if unit else title, fontsize=7)
     hax.set_ylabel("voxels", fontsize=7)
     hax.tick_params(labelsize=6)
     fig.text(0.1 / fw, 0.97, title, fontsize=9, va="top")
@@ -169,7 +181,7 @@ def distributions(values: dict, unit: str, title: str, flagged: set | None = Non
             else:
                 ax.plot(x, v, "o", color="#4a6fa5", ms=3, alpha=0.8)
     ax.set_xticks(range(1, len(labels) + 1), labels, fontsize=7, rotation=30, ha="right")
-    ax.set_ylabel(unit or "unitless", fontsize=7)
+    ax.set_ylabel(display_unit(unit) or "unitless", fontsize=7)
     ax.set_title(title, fontsize=8)
     ax.tick_params(labelsize=6)
     fig.tight_layout()
@@ -211,7 +223,7 @@ def interval_panel(rows: list[dict], n_show: int = 60, title: str = "") -> str:
             ax.vlines(x, lo[pick], hi[pick], color="0.6", lw=1, label="95 % interval")
             ax.plot(x, est[pick], "o", ms=2.5, color="C0", label="estimate")
             width = float(np.median(hi - lo))
-            ax.set_title(f"{r['name']} [{r['unit']}]: median interval width {width:.3g}" if r["unit"] else
+            ax.set_title(f"{r['name']} [{display_unit(r['unit'])}]: median interval width {width:.3g}" if r["unit"] else
                          f"{r['name']}: median interval width {width:.3g}", fontsize=7)
         ax.set_xlabel("voxels, sorted by the estimate", fontsize=7)
         ax.tick_params(labelsize=6)

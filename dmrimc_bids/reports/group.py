@@ -339,6 +339,7 @@ def render_group(out_dir, results: list[dict], failures: list[dict], tables: dic
                 "n": int(len(cols)), "strong": strong_correlations(rho, names)}
     env = jinja2.Environment(loader=jinja2.PackageLoader("dmrimc_bids.reports", "templates"),
                              autoescape=jinja2.select_autoescape(["html", "j2"]))
+    env.filters["unit"] = figures.display_unit
     reports = {f"sub-{r['subject']}": f"sub-{r['subject']}.html" for r in results
                if (Path(out_dir) / f"sub-{r['subject']}.html").is_file()}
     html = env.get_template("group.html.j2").render(

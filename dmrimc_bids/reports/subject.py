@@ -211,9 +211,44 @@ def _model_section(model: str, first_sidecar: dict) -> dict:
             "fitted": _protocol_rows(params.get("ProtocolFitted", [])),
             "dropped": params.get("DroppedMeasurements", []),
             "notes": params.get("NormalisationNotes", []),
-            "dictionary": params.get("Dictionary", {}),
+            "dictionary": dictionary_rows(params.get("Dictionary", {})),
+            "dictionary_details": json.dumps(params.get("Dictionary", {}), indent=1, ensure_ascii=False),
             "placement": _placement_rows(params.get("EstimatePlacement", {})),
             "maps": [], "sd_maps": [], "quality": [], "summary": [], "diagnostics": []}
+
+
+def dictionary_rows(d: dict) -> list[tuple[str, str]]:
+    """The report's dictionary provenance as (label, text) rows: source, substrates or networks, entries,
+    measurements, parameter ranges with units, seed and checksum (the whole record goes in a collapsed
+    block beside it)."""
+    if not d:
+        return []
+    prov = d.get("Provenance", {})
+    units = d.get("Units", {})
+    rows = [("source", prov.get("source") or prov.get("simulator") or "n/a")]
+    subs = prov.get("substrates")
+    if isinstance(subs, dict) and "n" in subs:
+        rows.append(("substrates", f"{subs['n']} traced or generated cell substrates"))
+    if prov.get("networks"):
+        rows.append(("networks", f"{len(prov['networks'])} capillary networks ({prov.get('networks_source', 'given')}), "
+                                 f"{prov.get('n_realisations', '?')} realisations"))
+    rows.append(("entries", f"{d.get('Entries', '?')} x {d.get('Measurements', '?')} measurements"))
+    grid = prov.get("timing_grid")
+    if isinstance(grid, dict) and grid.get("b"):
+        rows.append(("protocol coverage", f"b {min(grid['b']):g}-{max(grid['b']):g} s/mm², δ "
+                                          f"{min(grid['small_delta']):g}-{max(grid['small_delta']):g} ms, Δ - δ "
+                                          f"{min(grid['gap']):g}-{max(grid['gap']):g} ms (interpolated between nodes)"))
+    for name, (lo, hi) in d.get("Ranges", {}).items():
+        unit = figures.display_unit(units.get(name, ""))
+        rows.append((name, f"{lo:.3g} – {hi:.3g}" + (f" {unit}" if unit else "")))
+    walkers = prov.get("n_walkers") or prov.get("n_spins")
+    if prov.get("seed") is not None:
+        rows.append(("seed", f"{prov['seed']}" + (f", {walkers} {'walkers' if 'n_walkers' in prov else 'spins'}"
+                                                   if walkers else "")))
+    sha = d.get("Checksum", {}).get("sha256")
+    if sha:
+        rows.append(("checksum", f"sha256 {sha[:16]}…"))
+    return rows
 
 
 def _add_map(sect: dict, param: str, desc, nii, mask, fit_mask, underlay, slices) -> None:
@@ -267,6 +302,7 @@ def render_subject(subject: str, fragments: list[dict], out_file, options: dict 
     from .. import __version__
     env = jinja2.Environment(loader=jinja2.PackageLoader("dmrimc_bids.reports", "templates"),
                              autoescape=jinja2.select_autoescape(["html", "j2"]))
+    env.filters["unit"] = figures.display_unit
     descriptions = ran_models(fragments)
     html = env.get_template("subject.html.j2").render(
         subject=subject, fragments=sorted(fragments, key=lambda f: f["session"]), version=__version__,
