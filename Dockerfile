@@ -3,7 +3,10 @@
 #   docker run --rm -u "$(id -u):$(id -g)" -v /data/bids:/bids:ro -v /data/out:/out -v /scratch:/work \
 #       dmrimc-bids:0.1.0 /bids /out participant -w /work --nprocs 8 --mem 16G
 # The install steps live in containers/install.sh, shared with containers/apptainer.def and CI (.ci/run).
-FROM python:3.11.7-slim-bookworm
+# BASE: any Debian (bookworm) image with python3 and python3-venv; containers/check-image.sh builds one from
+# Debian's packages where no registry is reachable
+ARG BASE=python:3.11.7-slim-bookworm
+FROM ${BASE}
 
 ARG VERSION=0.1.0
 # the project's code URL, when it has one: --build-arg SOURCE=https://... (labels and CodeURL stay empty without)
@@ -41,7 +44,7 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 RUN TF_ARGS=(); for spec in ${TEMPLATEFLOW_ATLASES}; do TF_ARGS+=(--templateflow "$spec"); done; \
     /src/dmrimc-bids/containers/install.sh --venv "${DMRIMC_VENV}" --extras spice,atlas,plots,video "${TF_ARGS[@]}" \
         --numba-cache "${NUMBA_CACHE_DIR}" --smoke-test --slim \
-    && rm -rf /src/dmrimc-bids \
+    && rm -rf /src/dmrimc-bids /tmp/matplotlib \
     && useradd --create-home --home-dir /home/dmrimc --shell /bin/bash --uid 1000 dmrimc \
     && chmod -R go=u /home/dmrimc
 

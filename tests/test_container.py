@@ -132,6 +132,11 @@ def test_apptainer_def_matches_the_dockerfile(dockerfile):
 def test_ci_installs_through_the_container_script():
     ci = (ROOT / ".ci" / "run").read_text()
     assert "containers/install.sh" in ci and "--smoke-test" in ci
+    check = ROOT / "containers" / "check-image.sh"   # the image itself is built and run by CI (issue #30)
+    assert "containers/check-image.sh" in ci
+    assert subprocess.run(["bash", "-n", str(check)], capture_output=True, text=True).returncode == 0
+    bad = subprocess.run(["bash", str(check), "--frobnicate"], capture_output=True, text=True)
+    assert bad.returncode == 64 and "unknown option --frobnicate" in bad.stderr
     res = subprocess.run(["bash", "-n", str(INSTALL)], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert subprocess.run(["bash", str(INSTALL), "--help"], capture_output=True, text=True).stdout.startswith("Install dmrimc-bids")
