@@ -209,7 +209,8 @@ def _report_status(config: Config, items, failed, run_id: str, wrote_status: boo
     """logs/<run>_status.tsv (when anything ran), one summary line; the exit code."""
     from ..bids.derivatives import write_status
     bad = {id(f[0]): f for f in failed}
-    voxels = {id(i): describe_failed_voxels(failed_voxels(config, i)) for i in items} if wrote_status else {}
+    voxels = ({id(i): describe_failed_voxels(failed_voxels(config, i)) for i in items if id(i) not in bad}
+              if wrote_status else {})
     rows = [{"participant_id": f"sub-{i.subject}", "session_id": f"ses-{i.session}" if i.session else "n/a",
              "status": "failed" if id(i) in bad else "finished", "exit_code": bad[id(i)][1] if id(i) in bad else 0,
              "stage": bad[id(i)][2] if id(i) in bad else "report", "failed_voxels": voxels.get(id(i), "n/a"),
