@@ -97,16 +97,6 @@ def describe_failed_voxels(counts: dict) -> str:
     return ", ".join(bad) if bad else "0"
 
 
-def failed_fraction(exitcode_file) -> float:
-    """Fraction of the fitted voxels (exit code 1 or -1; NaN is background) whose fit failed (-1)."""
-    import numpy as np
-
-    from ..bids.derivatives import read_map
-    ec = read_map(exitcode_file)[0]
-    ran = np.isfinite(ec) & (ec != 0)
-    return float((ec[ran] == -1).sum() / max(1, ran.sum()))
-
-
 def _check_device(config: Config) -> None:
     if config.device == "gpu":
         from ..core.fitting import gpu
@@ -171,13 +161,8 @@ def _record_interruptions(config: Config, items, failed, run_id: str) -> None:
         rows = []
         for i in items:
             report = Path(config.out_dir) / f"sub-{i.subject}.html"
-            done = id(i) not in bad and report.is_file() and report.stat().st_mtime >= started
-            rows.append({"participant_id": f"sub-{i.subject}", "session_id": f"ses-{i.session}" if i.session else "n/a",
-                         "status": "failed" if id(i) in bad else "finished" if done else "interrupted",
-                         "exit_code": bad[id(i)][1] if id(i) in bad else 0 if done else 130,
-                         "stage": bad[id(i)][2] if id(i) in bad else "report" if done else "interrupted",
-                         "failed_voxels": "n/a",
-                         "message": bad[id(i)][3] if id(i) in bad else "" if done else "interrupted (Ctrl-C)"})
+            done = report.is_file() and report.stat().st_mtime >= started
+            rows.append(_status_row(i, bad.get(id(i)), interrupted=not done))
         write_status(config.out_dir, run_id, rows)
     execution.INTERRUPT["hooks"].append(record)
 
@@ -205,17 +190,25 @@ def _write_dataset_records(config: Config, fragments: list, run_id: str, items=(
         write_citation(config.out_dir, fragments, config.report_options(), run_id)
 
 
+def _status_row(item, failure=None, failed_voxels: str = "n/a", interrupted: bool = False) -> dict:
+    """One row of logs/<run>_status.tsv. failure: (item, exit code, stage, message) or None."""
+    if failure is not None:
+        status, code, stage, message = "failed", failure[1], failure[2], failure[3]
+    elif interrupted:
+        status, code, stage, message = "interrupted", 130, "interrupted", "interrupted (Ctrl-C)"
+    else:
+        status, code, stage, message = "finished", 0, "report", ""
+    return {"participant_id": f"sub-{item.subject}", "session_id": f"ses-{item.session}" if item.session else "n/a",
+            "status": status, "exit_code": code, "stage": stage, "failed_voxels": failed_voxels, "message": message}
+
+
 def _report_status(config: Config, items, failed, run_id: str, wrote_status: bool) -> int:
     """logs/<run>_status.tsv (when anything ran), one summary line; the exit code."""
     from ..bids.derivatives import write_status
     bad = {id(f[0]): f for f in failed}
     voxels = ({id(i): describe_failed_voxels(failed_voxels(config, i)) for i in items if id(i) not in bad}
               if wrote_status else {})
-    rows = [{"participant_id": f"sub-{i.subject}", "session_id": f"ses-{i.session}" if i.session else "n/a",
-             "status": "failed" if id(i) in bad else "finished", "exit_code": bad[id(i)][1] if id(i) in bad else 0,
-             "stage": bad[id(i)][2] if id(i) in bad else "report", "failed_voxels": voxels.get(id(i), "n/a"),
-             "message": bad[id(i)][3] if id(i) in bad else ""}
-            for i in items]
+    rows = [_status_row(i, bad.get(id(i)), voxels.get(id(i), "n/a")) for i in items]
     for i in items:
         if id(i) not in bad and voxels.get(id(i), "0") != "0":
             print(f"dmrimc-bids: warning: {i.label}: failed voxels (failed/fitted) {voxels[id(i)]}: NaN, zero or "
@@ -335,7 +328,8 @@ def _failures(items, config: Config, crashes, wf_dir: Path, started: float) -> l
         if reason or not exitcode.is_file():
             broken[id(item)] = reason or "no maps were written"
             continue
-        frac = failed_fraction(exitcode)
+        n_failed, n_fitted = failed_voxels(config, item).get("histousim", (0, 0))
+        frac = n_failed / max(1, n_fitted)
         if frac > config.max_failed_fraction:
             broken[id(item)] = (f"the fit failed in {100 * frac:.0f} % of the fitted voxels (exit code -1: NaN or "
                                 f"non-positive b=0 data), above --max-failed-fraction {config.max_failed_fraction:g}; "
