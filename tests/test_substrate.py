@@ -138,3 +138,30 @@ def test_generated_packings_are_valid_deterministic_and_on_target():
     assert 0.45 < m["fin"] < 0.65 and 6.0 < m["mCS"] < 11.0  # rounding and edge splits trim a little
     dense = cell_packing(0.85, 10.0, n_cells=60, seed=4).metrics()
     assert dense["fin"] > m["fin"] + 0.15
+
+
+@pytest.mark.parametrize("fin", [0.15, 0.5, 0.8])
+def test_ellipse_lattice_is_valid_deterministic_and_reaches_its_fraction(fin):
+    """The demo's generator: disjoint valid cells, the same tile for a seed, the asked fraction (dense tiles
+    with near-round cells of similar size), cell size following mean_cs_um."""
+    import shapely
+
+    from dmrimc_bids.core.simulate.generate import ellipse_lattice
+    kw = dict(cv_cs=0.3 - 0.3 * fin + 0.05, max_aspect=1.0 + 0.6 * (1.0 - fin), n_side=8)
+    a, b = ellipse_lattice(fin, 10.0, seed=4, **kw), ellipse_lattice(fin, 10.0, seed=4, **kw)
+    assert a.checksum() == b.checksum() != ellipse_lattice(fin, 10.0, seed=5, **kw).checksum()
+    assert all(p.is_valid and p.exterior.is_ccw for p in a.cells)
+    pairs = shapely.STRtree(a.cells).query(np.array(a.cells, dtype=object), predicate="intersects")
+    assert np.all(pairs[0] == pairs[1])  # disjoint
+    assert a.metrics()["fin"] == pytest.approx(fin, abs=0.03)
+    small, large = (ellipse_lattice(fin, cs, seed=4, **kw).metrics("hull")["vCS_cyl"] for cs in (7.0, 14.0))
+    assert large == pytest.approx(2 * small, rel=0.15)  # the lattice scales with the cells
+    assert "ellipse_lattice" in a.source
+
+
+def test_ellipse_lattice_rejects_what_it_cannot_build():
+    from dmrimc_bids.core.simulate.generate import ellipse_lattice
+    with pytest.raises(ValueError, match="0.907"):
+        ellipse_lattice(0.95)
+    with pytest.raises(ValueError, match="even"):
+        ellipse_lattice(0.5, n_side=9)

@@ -1,13 +1,21 @@
-"""The demo's tissue: a tumour phantom whose signals do not come from the default dictionary.
+"""The demo's tissue: a tumour phantom whose truth varies continuously and whose signals do not come
+from the default dictionary.
 
-Regions from the rim to the core (DEMO_REGIONS): a loose rim of small cells, increasingly dense and
-large-celled viable tumour, and a necrotic core of sparse debris. Each region is a substrate the
-default dictionary does not hold: cells of the older Voronoi generator (simulate.generate.cell_packing,
-seeds outside the default population) and, in one region, a tile read from an SVG. Each region is
-split into three angular sectors with their own off-grid (D0in, D0ex, κ) (DEMO_CONFIGS), so every
-parameter varies across the tumour. Signals are simulated directly (montecarlo.simulate, not the
-default dictionary's diffusion-time scaling) for exactly the demo protocol and shipped as package
-data (data/demo_tissue.npz), rebuilt by ``dmrimc-bids-demo --rebuild-tissue``.
+- **Substrates**: N_DEMO_SUBSTRATES tiles of `simulate.generate.ellipse_lattice` (elliptical cells with
+  log-normal sizes on a jittered hexagonal lattice), a generator that shares no step with the default
+  dictionary's `tissue_packing` (Gamma sizes, random sequential addition, Voronoi-confined outlines).
+  Their intra-cellular fraction and cell size follow a scrambled Halton design (demo_substrate_specs):
+  fin 0.15-0.82 and a size band around a linear size-density trend, so the truth holds one fin and one
+  vCS level per substrate.
+- **Diffusivities and permeability**: each substrate is walked at DEMO_CONFIGS_PER_SUBSTRATE
+  (D0in, D0ex, κ) of its own, drawn continuously and kept off the default dictionary's grid nodes.
+- **Layout** (phantom_labels): smooth fields over an ellipsoidal tumour choose each voxel's substrate:
+  the fraction rises from a loose rim to dense viable tumour and falls to a sparse necrotic core
+  (depth), the cell size varies around the tumour (angle), and the configuration by angle and slice.
+
+Signals are simulated directly (montecarlo.simulate, not the default dictionary's diffusion-time
+scaling) for exactly the demo protocol and shipped as package data (data/demo_tissue.npz), rebuilt by
+``dmrimc-bids-demo --rebuild-tissue``.
 
 Units: b [s/mm²], δ/Δ [ms], D [µm²/ms], κ [µm/s], sizes [µm].
 """
@@ -21,18 +29,12 @@ import numpy as np
 
 from .protocol import Protocol
 
-#: Regions from the rim (index 0) to the core, each holding the same number of tumour voxels:
-#: cell_packing arguments or an SVG tile.
-DEMO_REGIONS = [
-    {"name": "rim", "packing": {"fin": 0.35, "mean_cs_um": 7.0, "cv_cs": 0.3, "seed": 501}},
-    {"name": "outer", "svg": "cells.svg"},
-    {"name": "viable", "packing": {"fin": 0.7, "mean_cs_um": 12.0, "cv_cs": 0.3, "seed": 503}},
-    {"name": "dense", "packing": {"fin": 0.83, "mean_cs_um": 15.0, "cv_cs": 0.25, "seed": 504}},
-    {"name": "necrotic", "packing": {"fin": 0.12, "mean_cs_um": 6.0, "cv_cs": 0.5, "seed": 505}},
-]
-#: (D0in, D0ex [µm²/ms], κ [µm/s]) of the three angular sectors: none on the default dictionary's grid.
-DEMO_CONFIGS = [(1.05, 1.45, 7.0), (1.75, 2.65, 31.0), (2.45, 2.05, 18.0)]
-DEMO_WALKERS = 6000
+N_DEMO_SUBSTRATES = 32
+DEMO_CONFIGS_PER_SUBSTRATE = 3
+#: Ranges of the demo's substrate design and configurations: fin, D0in and D0ex [µm²/ms], κ [µm/s].
+DEMO_FIN = (0.15, 0.82)
+DEMO_D0IN, DEMO_D0EX, DEMO_KAPPA = (0.9, 2.6), (1.1, 2.9), (3.0, 36.0)
+DEMO_WALKERS = 8000
 DEMO_STEP_UM = 0.5
 DEMO_SEED = 77
 TRUTH_PARAMS = ("fin", "vCS_cyl", "D0in", "D0ex", "kappa")
@@ -42,20 +44,62 @@ def tissue_library_path() -> Path:
     return Path(__file__).resolve().parents[1] / "data" / "demo_tissue.npz"
 
 
-def region_substrate(region: dict, svg_dir: Path):
-    """The Substrate of one DEMO_REGIONS entry."""
-    from .simulate.generate import cell_packing
-    from .simulate.substrate import read_svg
+def _halton(dim: int, n: int, seed: int) -> np.ndarray:
+    from scipy.stats import qmc
 
-    if "svg" in region:
-        return read_svg(Path(svg_dir) / region["svg"], scale_um_per_unit=1.0)
-    return cell_packing(n_cells=100, irregularity=0.2, **region["packing"])
+    return qmc.Halton(dim, scramble=True, seed=seed).random(n)
 
 
-def build_tissue_library(protocol: Protocol, out: Path, svg_dir: Path, *, n_walkers: int = DEMO_WALKERS,
+def demo_substrate_specs(n: int = N_DEMO_SUBSTRATES, seed: int = DEMO_SEED) -> list:
+    """ellipse_lattice keyword arguments of the demo's substrates, with "size_rank" in [0, 1]: where the
+    substrate sits in the size band at its fraction (phantom_labels reads it)."""
+    specs = []
+    for k, (u_fin, u_size, u_seed) in enumerate(_halton(3, n, seed)):
+        fin = DEMO_FIN[0] + (DEMO_FIN[1] - DEMO_FIN[0]) * float(u_fin)
+        mean_cs = 4.5 + 16.0 * fin + 6.0 * (float(u_size) - 0.5)  # µm: denser tumour holds larger cells
+        cv = max(0.05, 0.28 - 0.3 * fin)  # dense lattices hold only cells of similar size
+        specs.append({"fin": round(fin, 4), "mean_cs_um": round(mean_cs, 3), "cv_cs": round(cv, 3),
+                      "max_aspect": round(1.0 + 0.6 * (1.0 - fin), 3), "n_side": 12,
+                      "seed": 9000 + k + int(1000 * u_seed), "size_rank": float(u_size)})
+    return specs
+
+
+def demo_configs(n_substrates: int = N_DEMO_SUBSTRATES, seed: int = DEMO_SEED) -> np.ndarray:
+    """(D0in, D0ex [µm²/ms], κ [µm/s]) [n_substrates, DEMO_CONFIGS_PER_SUBSTRATE, 3], drawn from a
+    scrambled Halton sequence; D0in and D0ex are moved at least 0.04 µm²/ms away from the default
+    dictionary's diffusivity nodes (DEFAULT_DESIGN: d0, and d0 x ratio for D0ex), so no (D0in, κ) pair
+    is one of its walks either."""
+    from .dictionary_default import DEFAULT_DESIGN
+
+    u = _halton(3, n_substrates * DEMO_CONFIGS_PER_SUBSTRATE, seed + 1)
+    cfg = np.column_stack([lo + (hi - lo) * u[:, j] for j, (lo, hi) in enumerate((DEMO_D0IN, DEMO_D0EX, DEMO_KAPPA))])
+    d0 = np.array(DEFAULT_DESIGN["d0"])
+    for j, nodes in enumerate((d0, np.unique(np.outer(d0, [1.0] + list(DEFAULT_DESIGN["ratios"]))))):
+        cfg[:, j] = [_off_nodes(v, nodes, 0.04) for v in cfg[:, j]]
+    return cfg.reshape(n_substrates, DEMO_CONFIGS_PER_SUBSTRATE, 3)
+
+
+def _off_nodes(value: float, nodes: np.ndarray, margin: float) -> float:
+    """``value``, or the nearest value at least ``margin`` from every node when it is closer to one."""
+    if np.min(np.abs(nodes - value)) >= margin:
+        return float(value)
+    cand = np.concatenate([nodes - margin * 1.001, nodes + margin * 1.001])
+    cand = cand[np.min(np.abs(cand[:, None] - nodes[None, :]), 1) >= margin]
+    return float(cand[np.argmin(np.abs(cand - value))])
+
+
+def demo_substrate(spec: dict):
+    """The Substrate of one demo_substrate_specs entry."""
+    from .simulate.generate import ellipse_lattice
+
+    return ellipse_lattice(**{k: v for k, v in spec.items() if k != "size_rank"})
+
+
+def build_tissue_library(protocol: Protocol, out: Path, *, n_walkers: int = DEMO_WALKERS,
                          step_um: float = DEMO_STEP_UM, seed: int = DEMO_SEED) -> Path:
-    """Simulate every (region, sector) of the phantom for the unique diffusion-weighted measurements of
-    ``protocol`` and write them (signals [R, C, M], truth [R, C, 5], the measurements) to ``out``."""
+    """Simulate every (substrate, configuration) of the phantom for the unique diffusion-weighted
+    measurements of ``protocol`` and write them (signals [S, C, M], truth [S, C, 5], size_rank [S], the
+    measurements) to ``out``."""
     import os
 
     from .simulate import montecarlo
@@ -64,60 +108,75 @@ def build_tissue_library(protocol: Protocol, out: Path, svg_dir: Path, *, n_walk
     dw = protocol.b > 0
     meas = np.unique(np.stack([protocol.b[dw], protocol.small_delta_ms[dw], protocol.big_delta_ms[dw]], 1), axis=0)
     sim_prot = Protocol(meas[:, 0], meas[:, 1], meas[:, 2])
-    cfg = np.array(DEMO_CONFIGS, float)
-    dt = dt_for_step(step_um, float(cfg[:, :2].max()))
-    signals = np.empty((len(DEMO_REGIONS), len(cfg), len(meas)))
-    truth = np.empty((len(DEMO_REGIONS), len(cfg), len(TRUTH_PARAMS)))
+    specs, cfg = demo_substrate_specs(), demo_configs()
+    dt = dt_for_step(step_um, float(cfg[..., :2].max()))
+    signals = np.empty(cfg.shape[:2] + (len(meas),))
+    truth = np.empty(cfg.shape[:2] + (len(TRUTH_PARAMS),))
     names = []
-    for r, region in enumerate(DEMO_REGIONS):
-        sub = region_substrate(region, svg_dir)
-        res = montecarlo.simulate(sub, sim_prot, cfg[:, 0], cfg[:, 1], cfg[:, 2], n_walkers=n_walkers, dt_ms=dt,
-                                  seed=seed + r, progress=True)
-        signals[r] = res.signals
+    for s, spec in enumerate(specs):
+        sub = demo_substrate(spec)
+        c = cfg[s]
+        res = montecarlo.simulate(sub, sim_prot, c[:, 0], c[:, 1], c[:, 2], n_walkers=n_walkers, dt_ms=dt,
+                                  seed=seed + s, progress=False)
+        signals[s] = res.signals
         m = sub.metrics("hull")
-        truth[r] = np.column_stack([np.full(len(cfg), m["fin"]), np.full(len(cfg), m["vCS_cyl"]), cfg])
-        names.append(f"{region['name']}: {sub.name} ({sub.n_cells} cells, fin {m['fin']:.2f}, "
-                     f"vCS {m['vCS_cyl']:.1f} µm)")
-    meta = {"regions": names, "configs": DEMO_CONFIGS, "n_walkers": n_walkers, "step_um": step_um, "seed": seed,
-            "metrics_area": "hull", "method": "montecarlo.simulate (direct walks, not diffusion-time scaling)"}
+        truth[s] = np.column_stack([np.full(len(c), m["fin"]), np.full(len(c), m["vCS_cyl"]), c])
+        names.append(f"{sub.name} ({sub.n_cells} cells, fin {m['fin']:.3f}, vCS {m['vCS_cyl']:.2f} µm)")
+        print(f"[{s + 1}/{len(specs)}] {names[-1]}", flush=True)
+    meta = {"substrates": names, "specs": specs, "n_walkers": n_walkers, "step_um": step_um, "seed": seed,
+            "metrics_area": "hull", "generator": "dmrimc_bids.core.simulate.generate.ellipse_lattice",
+            "method": "montecarlo.simulate (direct walks, not diffusion-time scaling)"}
     out = Path(out)
     tmp = out.with_name(f".{out.name}.tmp.npz")
     np.savez_compressed(tmp, signals=signals.astype(np.float32), truth=truth, measurements=meas,
-                        meta=json.dumps(meta))
+                        size_rank=np.array([sp["size_rank"] for sp in specs]), meta=json.dumps(meta))
     os.replace(tmp, out)
     return out
 
 
-def phantom_labels(shape, shift: float = 0.0):
-    """(tumour mask, region index, sector index) per voxel of an ellipsoidal tumour in ``shape``:
-    regions by depth from the rim (DEMO_REGIONS: rim outside, necrosis at the centre; equal voxel
-    counts), sectors by angle (rotated by ``shift`` turns)."""
-    x, y, z = np.meshgrid(*(np.linspace(-1, 1, n) for n in shape), indexing="ij")
-    r = np.sqrt((x / 0.75) ** 2 + (y / 0.6) ** 2 + (z / 1.6) ** 2)
+def _fin_field(depth):
+    """Asked intra-cellular fraction at a depth (0 at the rim, 1 at the centre): a loose rim (about 0.25),
+    dense viable tumour (0.85 at 40 % depth) and a sparse necrotic core (0.15)."""
+    return DEMO_FIN[0] + (DEMO_FIN[1] - DEMO_FIN[0]) * np.exp(-((depth - 0.4) / 0.28) ** 2)
+
+
+def phantom_labels(shape, shift: float = 0.0, library: Path | None = None):
+    """(tumour mask, substrate index, configuration index) per voxel of an ellipsoidal tumour in ``shape``.
+
+    The substrate of a voxel is the library's nearest in (fin, size rank) to two smooth fields: the
+    fraction by depth (_fin_field) and the size rank by angle around the tumour (rotated by ``shift``
+    turns); its configuration follows angle and slice."""
+    with np.load(library or tissue_library_path()) as z:
+        fin, rank, n_cfg = z["truth"][:, 0, 0], z["size_rank"], z["truth"].shape[1]
+    x, y, z_ = np.meshgrid(*(np.linspace(-1, 1, n) for n in shape), indexing="ij")
+    r = np.sqrt((x / 0.75) ** 2 + (y / 0.6) ** 2 + (z_ / 1.6) ** 2)
     mask = r <= 1.0
-    depth = 1.0 - np.clip(r, 0, 1)  # 0 at the rim, 1 at the centre
-    n = len(DEMO_REGIONS)
-    ends = np.quantile(depth[mask], np.arange(1, n) / n)  # equal numbers of tumour voxels per region
-    region = np.searchsorted(ends, depth, side="right")
+    depth = 1.0 - np.clip(r, 0, 1)
     angle = (np.arctan2(y, x) / (2 * np.pi) + 0.5 + shift) % 1.0
-    sector = np.minimum((angle * len(DEMO_CONFIGS)).astype(int), len(DEMO_CONFIGS) - 1)
-    return mask, region, sector
+    want_fin = _fin_field(depth)
+    want_rank = 0.5 + 0.5 * np.cos(2 * np.pi * angle)
+    cost = ((fin[None, :] - want_fin.reshape(-1, 1)) / (DEMO_FIN[1] - DEMO_FIN[0])) ** 2 + \
+        (rank[None, :] - want_rank.reshape(-1, 1)) ** 2
+    substrate = cost.argmin(1).reshape(shape)
+    slice_turn = np.broadcast_to(np.arange(shape[2]) / max(shape[2], 1), shape)
+    config = (np.floor((angle * 2 + slice_turn) * n_cfg) % n_cfg).astype(int)
+    return mask, substrate, config
 
 
-def tissue_signals(region, sector, b, small_delta, big_delta, library: Path | None = None):
+def tissue_signals(substrate, config, b, small_delta, big_delta, library: Path | None = None):
     """(signals [V, N] at the per-volume protocol (b = 0 gives 1), truth [V, 5] (TRUTH_PARAMS)) of voxels
-    with the given region and sector indices, from the shipped tissue library."""
+    with the given substrate and configuration indices, from the shipped tissue library."""
     with np.load(library or tissue_library_path()) as z:
         lib, truth, meas = z["signals"], z["truth"], z["measurements"]
-    out = np.ones((len(region), len(b)))
+    out = np.ones((len(substrate), len(b)))
     for k, (bb, sd, bd) in enumerate(zip(b, small_delta, big_delta)):
         if bb <= 0:
             continue
         hit = np.flatnonzero(np.all(np.isclose(meas, [bb, sd, bd]), axis=1))
         if hit.size == 0:
             raise ValueError(f"the demo tissue library has no measurement b={bb:g}, δ={sd:g}, Δ={bd:g}: rebuild it")
-        out[:, k] = lib[region, sector, hit[0]]
-    return out, truth[region, sector]
+        out[:, k] = lib[substrate, config, hit[0]]
+    return out, truth[substrate, config]
 
 
 #: ---- the demo dataset's acquisition and vascular component (cli/demo.py writes the files) ----
@@ -194,8 +253,8 @@ def demo_session(rng, shift: float = 0.0):
     subject/session: tissue signals of the regions (tissue_signals) plus the vascular component, scaled by
     T2 decay at each TE, with Rician noise of σ = S0 e^{-TE1/T2} / SNR_B0 drawn from rng."""
     b, vec, sd, bd, te = demo_protocol()
-    mask, region, sector = phantom_labels(SHAPE, 0.1 * shift)
-    sig, truth = tissue_signals(region.ravel(), sector.ravel(), b, sd, bd)
+    mask, substrate, config = phantom_labels(SHAPE, 0.1 * shift)
+    sig, truth = tissue_signals(substrate.ravel(), config.ravel(), b, sd, bd)
     fv, vregion, vsig, vmet = vascular_component(mask, b, sd, bd, shift)
     f = fv.ravel()[:, None]
     sig = (1 - f) * sig + f * vsig[vregion.ravel()]
