@@ -9,7 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dmrimc_bids.core.errors import InputError
-from dmrimc_bids.core.protocol import Protocol, load_sidecar, read_protocol
+from dmrimc_bids.bids.protocol import load_sidecar, read_protocol
+from dmrimc_bids.core.protocol import Protocol
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 N_VOLUMES = 6

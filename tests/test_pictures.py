@@ -282,7 +282,7 @@ def test_sim_flow_plot_and_video(tmp_path, capsys):
     assert not list(tmp_path.glob(".*"))
     # the video's spins are those the job simulating entry 1 (Qin 4e-3) moved: the same run in process
     from dmrimc_bids.core.simulate.flow.dictionary import realisation_seed
-    from dmrimc_bids.core.waveforms import read_simulation_protocol
+    from dmrimc_bids.bids.protocol import read_simulation_protocol
     shown = load_track(tmp_path / "work" / "video_track.npz")
     p = read_simulation_protocol(prot)
     again = simulate_flow(solve_flow(capillary_network(3).with_flow(4e-3)), p.b, protocol_waveforms(p), n_spins=300,

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from dmrimc_bids.core.errors import InputError
-from dmrimc_bids.core.protocol import GAMMA_RAD_PER_S_PER_T, Protocol, read_protocol, timing_from_sidecar
+from dmrimc_bids.bids.protocol import read_protocol, timing_from_sidecar
+from dmrimc_bids.core.protocol import GAMMA_RAD_PER_S_PER_T, Protocol
 
 
 def _bval(tmp_path, values):
@@ -89,7 +90,7 @@ def test_gradient_strength_inverts_b():
 
 
 def test_sidecar_json_errors(tmp_path):
-    from dmrimc_bids.core.protocol import load_sidecar
+    from dmrimc_bids.bids.protocol import load_sidecar
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     with pytest.raises(InputError, match="does not parse"):

@@ -82,13 +82,13 @@ def test_per_run_timing_on_the_command_line(demo_dir, tmp_path, capsys):
     assert code == 64 and "run-3" in errors(err)[0], err
     # the same from a TSV keyed by run
     (tmp_path / "timing.tsv").write_text("run\tsmall_delta\tbig_delta\nrun-1\t10\t25\nrun-2\t15\t45\n")
-    from dmrimc_bids.core.protocol import parse_run_timing
+    from dmrimc_bids.bids.protocol import parse_run_timing
     assert parse_run_timing([tmp_path / "timing.tsv"]) == {"run-1": (10.0, 25.0), "run-2": (15.0, 45.0)}
 
 
 def test_timing_fields_of_converters_and_qsiprep_source_metadata():
     from dmrimc_bids.core.errors import InputError
-    from dmrimc_bids.core.protocol import timing_from_sidecar
+    from dmrimc_bids.bids.protocol import timing_from_sidecar
     for meta, small, big in (({"DiffusionGradientDuration": 0.012, "DiffusionGradientSeparation": 0.03}, 12, 30),
                              ({"PVM_DwGradDur": 5.5, "PVM_DwGradSep": 12.0}, 5.5, 12),
                              ({"DiffGradientDuration": 9, "DiffGradientSeparation": 21}, 9, 21),

@@ -72,7 +72,8 @@ def test_protocol_waveforms_and_sampled_file(tmp_path):
 def test_simulation_protocol_from_a_bids_sidecar_and_a_tsv(tmp_path):
     import json
 
-    from dmrimc_bids.core.waveforms import protocol_from_json, protocol_to_json, read_simulation_protocol
+    from dmrimc_bids.bids.protocol import read_simulation_protocol
+    from dmrimc_bids.core.waveforms import protocol_from_json, protocol_to_json
     (tmp_path / "dwi.bval").write_text("0 1000 2000\n")
     (tmp_path / "dwi.json").write_text(json.dumps({"SmallDelta": 0.01, "BigDelta": [0.02, 0.02, 0.03]}))
     p = read_simulation_protocol(tmp_path / "dwi.json")

@@ -54,7 +54,7 @@ def fitted_dictionary(args):
     from ..core.dictionary_default import load_selected
     from ..core.preprocess import vascular_filter
     from ..core.protocol import unique_measurements
-    from ..core.waveforms import read_simulation_protocol
+    from ..bids.protocol import read_simulation_protocol
 
     if args.dictionary is not None and not Path(args.dictionary).is_file():
         raise InputError("dictionary not found", path=args.dictionary, exit_code=EX_USAGE,

@@ -294,7 +294,7 @@ def _run_flow(args) -> int:
     from ..core.simulate.flow.generate import default_realisations
     from ..core.simulate.flow.network import read_network
     from ..core.simulate.flow.resolve import solve_flow
-    from ..core.waveforms import read_simulation_protocol
+    from ..bids.protocol import read_simulation_protocol
     from ..workflows.simulation import init_flow_simulation_wf
 
     prot = read_simulation_protocol(args.protocol, args.bval)
@@ -413,7 +413,7 @@ def _run(args) -> int:
         return _run_flow(args)
     from ..core.simulate.histo import config_grid, load_substrate
     from ..core.simulate.montecarlo import resolve_device
-    from ..core.waveforms import read_simulation_protocol
+    from ..bids.protocol import read_simulation_protocol
 
     if args.device == "gpu" and resolve_device("auto") != "gpu":
         raise InputError("--device gpu: no CUDA GPU is visible", exit_code=EX_USAGE,

@@ -194,30 +194,18 @@ def waveform_to_dict(w: Waveform) -> dict:
 TRSE_COLUMNS = ("delta1", "delta2", "delta3", "delta4", "onset2", "onset4")
 
 
-def read_simulation_protocol(path, bval=None) -> Protocol:
-    """The protocol a simulator synthesises, with one waveform per measurement in ``extra['waveforms']``.
-
-    path: a TSV with columns ``b`` (s/mm²), ``small_delta``, ``big_delta`` (ms), optional
-    ``echo_time`` (ms) and ``waveform``: PGSE (default), TRSE (lobe columns delta1..delta4, onset2 =
-    Δ12, onset4 = Δ14, ms) or the path of a sampled waveform file (two columns: time ms, gradient);
-    or a BIDS DWI JSON sidecar (timing in s) with its ``.bval`` beside it (or given as ``bval``).
-    """
+def read_protocol_table(path) -> Protocol:
+    """The protocol a simulator synthesises, from a TSV, with one waveform per measurement in
+    ``extra['waveforms']``: columns ``b`` (s/mm²), ``small_delta``, ``big_delta`` (ms), optional ``echo_time``
+    (ms) and ``waveform``: PGSE (default), TRSE (lobe columns delta1..delta4, onset2 = Δ12, onset4 = Δ14, ms)
+    or the path of a sampled waveform file (two columns: time ms, gradient). A DWI sidecar with its bval:
+    bids.protocol.read_simulation_protocol."""
     import csv
-
-    from .protocol import load_sidecar, read_numbers, read_protocol
 
     path = Path(path)
     if not path.is_file():
         raise InputError("protocol file not found", path=path, exit_code=EX_NOINPUT,
                          fix="give a TSV (b, small_delta, big_delta) or a DWI .json sidecar with its .bval")
-    if path.suffix == ".json":
-        bval = Path(bval) if bval else path.with_suffix(".bval")
-        if not bval.is_file():
-            raise InputError("the sidecar's .bval was not found", path=bval, exit_code=EX_NOINPUT,
-                             fix="put the .bval beside the .json or pass --bval")
-        n = read_numbers(bval, "b-value").size
-        prot = read_protocol(bval, n, sidecar=load_sidecar(path), sidecar_path=path)
-        return prot
     with open(path, newline="") as fh:
         rows = list(csv.DictReader(fh, delimiter="\t"))
     if not rows or not {"b", "small_delta", "big_delta"} <= set(rows[0]):

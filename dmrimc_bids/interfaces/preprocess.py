@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -11,97 +10,10 @@ from nipype.interfaces.base import (BaseInterfaceInputSpec, File, InputMultiObje
                                     TraitedSpec, isdefined, traits)
 
 from ..core import preprocess as core
-from ..core.errors import EX_DATAERR, EX_USAGE, InputError
-from ..core.protocol import B0_THRESHOLD, Protocol, load_sidecar, read_numbers, read_protocol, run_timing_for, timing_from_sidecar
+from ..core.errors import EX_DATAERR, InputError
+from ..bids.protocol import session_protocols
+from ..core.protocol import B0_THRESHOLD, Protocol
 from .io import check_same_grid, cwd_path, load_data, load_image, save_image
-
-
-def series_protocol(dwi_file, bval_file, bvec_file=None, sidecar_file=None, gdur_file=None, gsep_file=None,
-                    small_delta_ms=None, big_delta_ms=None, b0_threshold=B0_THRESHOLD, run_timing=None, confounds_file=None):
-    """Protocol of one DWI series, checked against its NIfTI header (no voxel data read)."""
-    img = load_image(dwi_file, "DWI")
-    if len(img.shape) != 4:
-        raise InputError(f"the DWI is {len(img.shape)}D {img.shape}, a 4D series (x, y, z, volumes) is needed",
-                         path=dwi_file, fix="give the 4D diffusion series, not a single volume or a derived map")
-    meta = load_sidecar(sidecar_file) if sidecar_file else {}
-    return read_protocol(bval_file, img.shape[3], bvec_path=bvec_file, sidecar=meta, sidecar_path=sidecar_file,
-                         gdur_path=gdur_file, gsep_path=gsep_file, small_delta_ms=small_delta_ms,
-                         big_delta_ms=big_delta_ms, b0_threshold=b0_threshold, run_timing=run_timing,
-                         original_files=original_files(confounds_file) if confounds_file else None)
-
-
-def original_files(confounds_file) -> list:
-    """Each volume's source file: the ``original_file`` column of QSIPrep's desc-confounds_timeseries.tsv."""
-    import csv
-    with open(confounds_file, newline="") as fh:
-        rows = list(csv.DictReader(fh, delimiter="\t"))
-    if not rows or "original_file" not in rows[0]:
-        raise InputError("the confounds file has no original_file column", path=confounds_file,
-                         fix="give the desc-confounds_timeseries.tsv QSIPrep wrote with this DWI")
-    return [r["original_file"] for r in rows]
-
-
-def session_protocols(dwi_files, bval_files, bvec_files=None, sidecar_files=None, gdur_files=None, gsep_files=None,
-                      confounds_files=None, small_delta_ms=None, big_delta_ms=None, timing=None,
-                      b0_threshold=B0_THRESHOLD) -> list:
-    """The protocol of each run of a session (series_protocol). Per-run ``timing`` ({key: (δ, Δ)} ms,
-    core.protocol.run_timing_for) wins over one ``small_delta_ms``/``big_delta_ms`` for every volume, and
-    that one is refused (usage error) when the runs' own metadata say their timing or TE differ."""
-    n = len(dwi_files)
-    col = lambda files: list(files) if files else [""] * n  # noqa: E731
-    per_run = [run_timing_for(d, timing or {}) or _source_run_timing(c, timing) for d, c in
-               zip(dwi_files, col(confounds_files))]
-    rows = list(zip(dwi_files, bval_files, col(bvec_files), col(sidecar_files), col(gdur_files), col(gsep_files),
-                    col(confounds_files)))
-    if (small_delta_ms is not None or big_delta_ms is not None) and None in per_run:
-        _refuse_shared_timing([(d, sc, gs, cf) for (d, _, _, sc, _, gs, cf), rt in zip(rows, per_run) if rt is None])
-    return [series_protocol(d, b, bv or None, sc or None, gd or None, gs or None, small_delta_ms, big_delta_ms,
-                            b0_threshold, rt, cf or None)
-            for (d, b, bv, sc, gd, gs, cf), rt in zip(rows, per_run)]
-
-
-def _source_run_timing(confounds_file, timing):
-    """Per-volume (δ, Δ) [ms] of a preprocessed series that concatenates runs, from --timing keyed by its
-    source runs (QSIPrep's confounds original_file), or None."""
-    if not confounds_file or not timing:
-        return None
-    sources = original_files(confounds_file)
-    per_volume = [run_timing_for(f, timing) for f in sources]
-    if not any(per_volume):
-        return None
-    missing = sorted({Path(f).name for f, t in zip(sources, per_volume) if t is None})
-    if missing:
-        raise InputError(f"--timing gives no timing for the source run(s) {', '.join(missing)}", path=confounds_file,
-                         exit_code=EX_USAGE, fix="give --timing for every run the preprocessed series concatenates")
-    return np.array([t[0] for t in per_volume]), np.array([t[1] for t in per_volume])
-
-
-def _refuse_shared_timing(runs: list) -> None:
-    """InputError when one --small-delta/--big-delta would be given to runs [(dwi, sidecar, gsep, confounds)]
-    whose own metadata (sidecar or .gsep Δ, sidecar TE) say they differ."""
-    described = []
-    values = lambda a: tuple(np.unique(np.round(a[np.isfinite(a)], 3))) if a is not None else None  # noqa: E731
-    for dwi, sidecar, gsep, confounds in runs:
-        meta = load_sidecar(sidecar) if sidecar else {}
-        sources = meta.get("SourceMetadata") if isinstance(meta.get("SourceMetadata"), dict) else {}
-        for name, source_meta in sources.items():  # a preprocessed series: the runs it concatenates
-            _, big, te = timing_from_sidecar(source_meta if isinstance(source_meta, dict) else {}, 1, sidecar)
-            described.append((Path(str(name)).name, values(big), values(te)))
-        if sources:
-            continue
-        n = load_image(dwi, "DWI").shape[-1]
-        _, big, te = timing_from_sidecar(meta, n, sidecar, original_files(confounds) if confounds else None)
-        if gsep:
-            big = read_numbers(gsep, "gradient separation")
-        described.append((Path(dwi).name, values(big), values(te)))
-    differ = any(len({d[k] for d in described if d[k] is not None}) > 1 for k in (1, 2))
-    if differ:
-        show = lambda v: "/".join(f"{x:g}" for x in v) if v else "?"  # noqa: E731
-        runs_text = "; ".join(f"{name}: Δ {show(big)} ms, TE {show(te)} ms" for name, big, te in described)
-        raise InputError(f"--small-delta/--big-delta would give every run one timing, but the runs differ "
-                         f"({runs_text})", path=runs[0][0], exit_code=EX_USAGE,
-                         fix="give each run its timing: --timing run-1:δ,Δ run-2:δ,Δ (ms), or a TSV with columns "
-                             "run, small_delta, big_delta")
 
 
 def _opt(value):
@@ -133,7 +45,7 @@ class _ReadProtocolOut(TraitedSpec):
 
 
 class ReadProtocol(SimpleInterface):
-    """Per-volume protocol of a subject's DWI series (core.protocol.read_protocol), runs concatenated."""
+    """Per-volume protocol of a subject's DWI series (bids.protocol.session_protocols), runs concatenated."""
 
     input_spec = _ReadProtocolIn
     output_spec = _ReadProtocolOut

@@ -130,8 +130,8 @@ class Config:
         return path
 
     def run_timing(self) -> dict:
-        """--timing as {run key: (δ, Δ) [ms]} (core.protocol.parse_run_timing)."""
-        from ..core.protocol import parse_run_timing
+        """--timing as {run key: (δ, Δ) [ms]} (bids.protocol.parse_run_timing)."""
+        from ..bids.protocol import parse_run_timing
         return parse_run_timing(self.timing)
 
     #: Fields that change the maps; two runs whose fingerprints differ cannot be pooled by the group level.

@@ -34,10 +34,11 @@ from ..core.protocol import Protocol
 from ..interfaces.bids import WriteDerivatives
 from ..interfaces.dictionary import MatchDictionary, SelectDictionary
 from ..interfaces.fitting import FitJointModel, FitModel
+from ..bids.protocol import session_protocols
 from ..bids.provenance import input_record
 from ..interfaces.io import verify_image
 from ..interfaces.preprocess import (NormaliseB0, PrepareMask, ReadProtocol, SphericalMean, VascularFilter,
-                                     prepare_mask, session_protocols)
+                                     prepare_mask)
 from ..interfaces.reports import SessionReport, SubjectReport
 from ..interfaces.simulation import SimulateFlowForProtocol, SimulateForProtocol
 from .config import Config

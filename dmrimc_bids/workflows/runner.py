@@ -133,8 +133,8 @@ def _collect(config: Config):
 
 def _check_timing_keys(config: Config, items) -> None:
     """A --timing key that matches no DWI of the run is a typo: one usage error rather than a silent no-op."""
-    from ..core.protocol import run_timing_for
-    from ..interfaces.preprocess import original_files
+    from ..bids.protocol import run_timing_for
+    from ..bids.protocol import original_files
     timing = config.run_timing()
     if not timing:
         return
