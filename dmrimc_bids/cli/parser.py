@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from . import add_version
+from .argtypes import UsageParser, bound, fix, memory_gb
 from ..core.errors import EX_USAGE, InputError
 from ..workflows.config import Config
 from ..workflows.execution import PLUGINS
@@ -15,55 +16,8 @@ from ..workflows.execution import PLUGINS
 FIT_ONLY_OPTIONS = ("reg", "surrogate", "surrogate_smoothing", "surrogate_neighbours", "noise_model")
 
 
-def _pair(text: str, what: str):
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"{what} must look like NAME=VALUE, got {text!r}")
-    name, value = text.split("=", 1)
-    return name.strip(), value.strip()
-
-
-def _fix(text):
-    name, value = _pair(text, "--fix")
-    try:
-        return name, float(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"--fix {text}: {value!r} is not a number") from exc
-
-
-def _bound(text):
-    name, value = _pair(text, "--bounds")
-    try:
-        lo, hi = (float(v) for v in value.split(","))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"--bounds {text}: give NAME=LO,HI") from exc
-    if not lo < hi:
-        raise argparse.ArgumentTypeError(f"--bounds {text}: LO must be below HI")
-    return name, (lo, hi)
-
-
-def _memory_gb(text: str) -> float:
-    """'8G', '8000M', '8g', '8' (GB) -> GB."""
-    units = {"K": 1e-6, "M": 1e-3, "G": 1.0, "T": 1e3}
-    t = text.strip().upper().removesuffix("B")
-    scale = units.get(t[-1:], None)
-    try:
-        value = float(t[:-1] if scale else t) * (scale or 1.0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--mem {text}: give e.g. 8G or 8000M") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"--mem {text}: must be positive")
-    return value
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, BIDS-Apps usage exit code
-        self.print_usage(sys.stderr)
-        print(f"dmrimc-bids: error: {message}", file=sys.stderr)
-        sys.exit(EX_USAGE)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="dmrimc-bids", description="Histology-informed dMRI microstructure maps (Histo-uSim) "
+    p = UsageParser(prog="dmrimc-bids", description="Histology-informed dMRI microstructure maps (Histo-uSim) "
                                                 "from a BIDS dataset.")
     p.add_argument("bids_dir", type=Path, help="BIDS dataset (raw)")
     p.add_argument("output_dir", type=Path, help="where the derivatives go")
@@ -120,8 +74,8 @@ def _model_options(m) -> None:
     m.add_argument("--sim-d0", nargs="+", type=float, metavar="D", help="D0in and D0ex values [µm²/ms]")
     m.add_argument("--sim-kappa", nargs="+", type=float, metavar="K", help="permeabilities [µm/s]")
     m.add_argument("--params", nargs="+", metavar="NAME", help="parameters to estimate (D0in, D0ex, kappa added)")
-    m.add_argument("--fix", nargs="+", type=_fix, default=[], metavar="NAME=VALUE", help="fix at a grid value")
-    m.add_argument("--bounds", nargs="+", type=_bound, default=[], metavar="NAME=LO,HI",
+    m.add_argument("--fix", nargs="+", type=fix, default=[], metavar="NAME=VALUE", help="fix at a grid value")
+    m.add_argument("--bounds", nargs="+", type=bound, default=[], metavar="NAME=LO,HI",
                    help="keep only dictionary entries with NAME in [LO, HI] (units of the maps), e.g. kappa=0,30")
     m.add_argument("--b0-threshold", type=float, default=2.0, metavar="B",
                    help="b <= B is b=0 [s/mm²] (2: b ≈ 0 as acquired; low b such as 5-20 are IVIM data)")
@@ -205,7 +159,7 @@ def _execution_options(e) -> None:
     e.add_argument("--omp-nthreads", type=int, default=1, help="threads per fitting process")
     e.add_argument("--seed", "--random-seed", type=int, default=0, help="recorded in sidecars")
     e.add_argument("--chunk-size", type=int, default=10000, help="voxels per fitting batch (memory)")
-    e.add_argument("--mem", "--mem-gb", dest="mem_gb", type=_memory_gb, metavar="MEM",
+    e.add_argument("--mem", "--mem-gb", dest="mem_gb", type=memory_gb, metavar="MEM",
                    help="memory for the whole run, e.g. 8G or 8000M (a bare number is GB): Nipype schedules "
                         "nodes within it and the fitting batches shrink to fit")
     e.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto",

@@ -8,13 +8,9 @@ import os
 import sys
 import time
 
-os.environ.setdefault("NIPYPE_NO_ET", "1")  # no network check for updates (offline clusters)
-# after Ctrl-C, multiprocessing's resource tracker (a process of its own) would warn about the semaphores of the
-# workers it outlived: expected then, and noise on the one line an interrupted run prints
-os.environ.setdefault("PYTHONWARNINGS", "ignore::UserWarning:multiprocessing.resource_tracker")
-
-from ..core.errors import InputError  # noqa: E402
-from .parser import build_parser, config_from_args  # noqa: E402
+from . import quiet_environment
+from ..core.errors import InputError
+from .parser import build_parser, config_from_args
 
 
 #: The Ctrl-C line before a run knows more (workflows/runner.py then says what that run leaves).
@@ -22,6 +18,7 @@ INTERRUPTED = "nothing was written"
 
 
 def main(argv=None) -> int:
+    quiet_environment()
     args = build_parser().parse_args(argv)
     if argv is None:  # the console command: Ctrl-C stops every worker and exits at once
         from ..workflows.execution import exit_on_interrupt

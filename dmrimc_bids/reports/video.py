@@ -285,3 +285,26 @@ def save_animation(animation, out, *, fps: float = 20.0, progress: bool = True) 
         plt.close(animation.fig)
         tmp.unlink(missing_ok=True)
     return out
+
+
+def write_flow_video(out, solution, track_file, waveform, b: float, *, fps: float = 20.0, dpi: int = 100) -> int:
+    """A video of the spins recorded in ``track_file`` (core.simulate.tracks) flowing through ``solution``'s
+    network under ``waveform`` (b [s/mm²]), written to ``out``; the number of frames."""
+    from ..core.simulate.tracks import load_track
+
+    anim = FlowAnimation(solution, load_track(track_file), waveform, b, dpi=dpi)
+    save_animation(anim, out, fps=fps)
+    return anim.n_frames
+
+
+def write_walker_video(out, substrate, track_file, waveform, b: float, *, frames: int, phase: bool = False,
+                       fps: float = 20.0, dpi: int = 100) -> int:
+    """A video of the walkers recorded in ``track_file`` in ``substrate`` (coloured by compartment, or by
+    phase), written to ``out``; the number of frames."""
+    from ..core.simulate.tracks import load_track
+
+    track = load_track(track_file)
+    anim = WalkerAnimation(substrate, track, frame_indices(track.position_um.shape[1], frames), waveform=waveform,
+                           b=b, colour="phase" if phase else "compartment", dpi=dpi)
+    save_animation(anim, out, fps=fps)
+    return anim.n_frames

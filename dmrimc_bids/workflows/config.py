@@ -5,12 +5,12 @@ workflows, the sidecars, the reports and the methods text (fMRIPrep's single ser
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .. import __version__
 from ..core import preprocess
-from ..core.errors import EX_NOINPUT, EX_USAGE, InputError
+from ..core.errors import EX_NOINPUT, InputError
 from ..core.protocol import B0_THRESHOLD
 
 
@@ -109,18 +109,6 @@ class Config:
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(asdict(self)))
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "Config":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise InputError(f"unknown configuration field(s) {', '.join(unknown)}", exit_code=EX_USAGE,
-                             fix=f"use the fields of dmrimc_bids.workflows.config.Config")
-        cfg = cls(**values)
-        cfg.fix = dict(cfg.fix)
-        cfg.bounds = {k: tuple(v) for k, v in cfg.bounds.items()}
-        return cfg
 
     def write(self, run_id: str) -> Path:
         """logs/config-<run_id>.json in the output folder (atomic)."""

@@ -1,8 +1,9 @@
 """Where Nipype's messages go: its node messages (INFO) to a log file under the output folder's logs/, the
 terminal only with ``-v``; warnings and errors always to the terminal.
 
-MultiProc runs nodes in forkserver workers that import Nipype afresh; they preload this module, which
-applies the routing recorded in the environment (``DMRIMC_NIPYPE_LOG``) when it is imported.
+MultiProc runs nodes in forkserver workers that import Nipype afresh; they preload
+``dmrimc_bids.workflows.worker_preload``, whose import applies the routing recorded in the environment
+(``DMRIMC_NIPYPE_LOG``). Importing this module changes nothing.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import multiprocessing
 import os
 
 ENV = "DMRIMC_NIPYPE_LOG"
+#: The module MultiProc's forkserver workers import first (its import applies the routing).
+PRELOAD = "dmrimc_bids.workflows.worker_preload"
 _NAMES = ("nipype.workflow", "nipype.interface", "nipype.utils", "nipype.filemanip")
 
 
@@ -21,7 +24,7 @@ def route(verbose: int, log_file=None) -> None:
     os.environ[ENV] = json.dumps({"verbose": int(verbose), "log_file": str(log_file or "")})
     apply()
     try:
-        multiprocessing.get_context("forkserver").set_forkserver_preload([__name__])
+        multiprocessing.get_context("forkserver").set_forkserver_preload([PRELOAD])
     except (ValueError, AttributeError):  # no forkserver on this platform
         pass
 
@@ -31,8 +34,9 @@ def apply() -> None:
     settings = json.loads(os.environ.get(ENV) or "{}")
     if not settings:
         return
-    from nipype import logging as nlogging  # noqa: F401 - creates Nipype's loggers and terminal handler
+    from nipype import logging as nipype_loggers  # creates Nipype's loggers and terminal handler
     verbose = settings.get("verbose", 0)
+    del nipype_loggers
     for name in _NAMES:
         logging.getLogger(name).setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
     root = logging.getLogger("nipype")
@@ -50,6 +54,3 @@ def apply() -> None:
         fh = logging.FileHandler(log_file, delay=True)
         fh.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
         root.addHandler(fh)
-
-
-apply()

@@ -7,14 +7,22 @@ runs with any Nipype plugin: MultiProc on a workstation, SLURM/SGE on a cluster 
 from __future__ import annotations
 
 import json
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from nipype.pipeline import engine as pe
 
+from ..core.errors import EX_USAGE, InputError
 from ..core.simulate.histo import config_grid
 from ..core.waveforms import protocol_to_json
 from ..interfaces.simulation import AssembleDictionary, SimulateHisto, SimulateScaled
+
+LOG = logging.getLogger("dmrimc_sim")
 
 
 def protocol_file(work_dir: Path, name: str, protocol) -> Path:
@@ -125,3 +133,116 @@ def init_flow_simulation_wf(networks: list, protocol, out_file, work_dir, *, n_s
                   name="assemble")
     wf.connect(sim, "out_file", asm, "parts")
     return wf
+
+
+# ---- running a simulator graph (dmrimc-sim and the library) ----------------------------------------------------
+#: Name of the recorded spins/walkers file in the work dir (core.simulate.tracks), for videos.
+VIDEO_TRACK = "video_track.npz"
+
+
+@dataclass
+class SimulationRun:
+    """How a simulator graph runs: the Nipype plugin (execution.choose), the work dir (None: a temporary one,
+    removed afterwards), Nipype's verbosity, and numba threads per job (None: every core with one local
+    process, else 1)."""
+    execution: object
+    work_dir: Path | None = None
+    verbose: int = 0
+    threads_per_job: int | None = None
+    nprocs: int = 1
+
+    def threads(self) -> int:
+        """numba threads of each simulation job (0: all cores)."""
+        if self.threads_per_job is not None:
+            if self.threads_per_job < 1:
+                raise InputError(f"--threads-per-job {self.threads_per_job}", exit_code=EX_USAGE,
+                                 fix="give --threads-per-job >= 1")
+            return self.threads_per_job
+        return 0 if self.execution.plugin == "Linear" else 1
+
+
+def run_simulation(build, out, run: SimulationRun, after=None):
+    """Run the graph build(work_dir) with run's plugin; returns the Dictionary written to ``out``, or None when
+    a graph plugin (SLURMGraph, ...) only submitted the jobs. after(work_dir), if given, runs once the graph
+    has finished, before a temporary work dir is removed."""
+    from ..core.dictionary import Dictionary
+    from . import execution, nipype_logging
+
+    tmp = None
+    work = run.work_dir
+    if work is None:
+        tmp = work = Path(tempfile.mkdtemp(prefix="dmrimc_sim_"))
+        execution.TEMPORARY_DIRS.append(tmp)
+    work = Path(work).resolve()
+    execution.configure(run.execution, work)
+    nipype_logging.route(run.verbose, work / "nipype.log" if run.work_dir else None)
+    wf = build(work)
+    t0 = time.perf_counter()
+    try:
+        if execution.run(wf, run.execution) is None:
+            return None
+    except RuntimeError as exc:
+        crashes = sorted((work / "crash").glob("crash-*.txt"))
+        raise InputError(f"simulation failed ({exc})", fix=f"see {crashes[-1] if crashes else work}",
+                         exit_code=1) from exc
+    except KeyboardInterrupt:
+        execution.stop_children()
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    LOG.info("simulation finished in %.1f s", time.perf_counter() - t0)
+    dic = Dictionary.load(out)
+    try:
+        if after:
+            after(work)
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return dic
+
+
+def simulate_histo(specs: list, protocol, d0in, d0ex, kappa, out, run: SimulationRun, *, n_walkers: int,
+                   dt_ms: float, seed: int, configs_per_job: int, device: str, grid_um: float, area: str,
+                   track: dict | None = None, after=None):
+    """The Monte Carlo dictionary of substrates ``specs`` (core.simulate.histo.load_substrate specs) for
+    ``protocol`` at every (D0in, D0ex, κ), written to ``out``; the Dictionary (None: jobs submitted). track and
+    after: as for init_histo_simulation_wf and run_simulation, the track written to the work dir's VIDEO_TRACK."""
+    return run_simulation(lambda work: init_histo_simulation_wf(
+        specs, protocol, d0in, d0ex, kappa, out, work, n_walkers=n_walkers, dt_ms=dt_ms, seed=seed,
+        configs_per_job=configs_per_job, device=device, grid_um=grid_um, area=area, n_threads=run.threads(),
+        track=track and {**track, "out": work / VIDEO_TRACK}), out, run, after=after)
+
+
+def simulate_flow(networks: list, protocol, out, run: SimulationRun, *, n_spins: int, seed: int, per_job: int,
+                  backend: str, published_anb: bool, track: dict | None = None, after=None):
+    """The flow dictionary of ``networks`` for ``protocol``, written to ``out``; the Dictionary (None: jobs
+    submitted); track and after as for simulate_histo."""
+    return run_simulation(lambda work: init_flow_simulation_wf(
+        networks, protocol, out, work, n_spins=n_spins, seed=seed, per_job=per_job, backend=backend,
+        published_anb=published_anb, n_threads=run.threads(), track=track and {**track, "out": work / VIDEO_TRACK}),
+        out, run, after=after)
+
+
+def build_default_dictionary(out, run: SimulationRun, *, n_substrates: int, n_walkers: int, step_um: float,
+                             seed: int, device: str):
+    """Rebuild the embedded default dictionary (core.dictionary_default) into ``out``: the generated population
+    by diffusion-time scaling, with its provenance; the Dictionary (None: jobs submitted)."""
+    from ..core import dictionary_default as dd
+
+    specs = dd.default_substrate_specs(n_substrates, seed)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    dic = run_simulation(lambda work: init_default_dictionary_wf(
+        specs, dd.DEFAULT_TIMING_GRID.protocol(), dd.DEFAULT_DESIGN, out, work, n_walkers=n_walkers, step_um=step_um,
+        seed=seed, device=device, area=dd.DEFAULT_METRICS_AREA, n_threads=run.threads()), out, run)
+    if dic is None:
+        return None
+    dic.provenance.update(timing_grid=dd.DEFAULT_TIMING_GRID.describe(), design=dd.DEFAULT_DESIGN,
+                          population={"n_substrates": n_substrates, "seed": seed,
+                                      "generator": "core.dictionary_default.default_substrate_specs"},
+                          build={"wall_seconds": round(time.perf_counter() - t0, 1),
+                                 "nprocs": run.nprocs,
+                                 "threads_per_job": run.threads(), "device": device})
+    dd.finalise_default(dic, out)
+    return dic
