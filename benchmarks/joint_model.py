@@ -53,17 +53,13 @@ VASC_THRESHOLD = 250.0
 
 def protocols() -> dict:
     """{name: (Protocol of the shells incl. b = 0, with echo times)}."""
-    from dmrimc_bids.core.phantom import B_SHELLS, TIMINGS
+    from dmrimc_bids.core.phantom import demo_shells
     from dmrimc_bids.core.protocol import Protocol
 
-    def build(b_values, timings):
-        b, sd, bd, te = [], [], [], []
-        for small, big, echo in timings:
-            for bb in b_values:
-                b.append(float(bb)), sd.append(small), bd.append(big), te.append(echo)
-        return Protocol(b, sd, bd, echo_time_ms=te)
-    return {"demo": build([0] + list(B_SHELLS), TIMINGS),
-            "clinical": build([0, 25, 50, 100, 200, 400, 600, 800, 1000, 1500], [(12.0, 30.0, 70.0), (12.0, 60.0, 100.0)])}
+    clinical = [(bb, small, big, echo) for small, big, echo in ((12.0, 30.0, 70.0), (12.0, 60.0, 100.0))
+                for bb in (0, 25, 50, 100, 200, 400, 600, 800, 1000, 1500)]
+    b, sd, bd, te = (np.array(c, float) for c in zip(*clinical))
+    return {"demo": demo_shells(), "clinical": Protocol(b, sd, bd, echo_time_ms=te)}
 
 
 def held_out_tissue(prot, cache: Path, walkers: int) -> tuple:

@@ -134,6 +134,13 @@ def build_tissue_library(protocol: Protocol, out: Path, *, n_walkers: int = DEMO
     return out
 
 
+def _ellipsoid(shape):
+    """(x, y, normalised radius) per voxel of ``shape`` for the demo's tumour, an ellipsoid of semi-axes 0.75,
+    0.6 and 1.6 in coordinates running -1..1 along each axis (r <= 1 inside)."""
+    x, y, z = np.meshgrid(*(np.linspace(-1, 1, n) for n in shape), indexing="ij")
+    return x, y, np.sqrt((x / 0.75) ** 2 + (y / 0.6) ** 2 + (z / 1.6) ** 2)
+
+
 def _fin_field(depth):
     """Asked intra-cellular fraction at a depth (0 at the rim, 1 at the centre): a loose rim (about 0.25),
     dense viable tumour (0.85 at 40 % depth) and a sparse necrotic core (0.15)."""
@@ -148,8 +155,7 @@ def phantom_labels(shape, shift: float = 0.0, library: Path | None = None):
     turns); its configuration follows angle and slice."""
     with np.load(library or tissue_library_path()) as z:
         fin, rank, n_cfg = z["truth"][:, 0, 0], z["size_rank"], z["truth"].shape[1]
-    x, y, z_ = np.meshgrid(*(np.linspace(-1, 1, n) for n in shape), indexing="ij")
-    r = np.sqrt((x / 0.75) ** 2 + (y / 0.6) ** 2 + (z_ / 1.6) ** 2)
+    x, y, r = _ellipsoid(shape)
     mask = r <= 1.0
     depth = 1.0 - np.clip(r, 0, 1)
     angle = (np.arctan2(y, x) / (2 * np.pi) + 0.5 + shift) % 1.0
@@ -206,6 +212,14 @@ def demo_protocol():
     return tuple(np.array(x, float) for x in (b, vec, sd, bd, te))
 
 
+def demo_shells() -> Protocol:
+    """The distinct (b, δ, Δ, TE) of demo_protocol, in acquisition order (b = 0 first at each diffusion time)."""
+    b, _, sd, bd, te = demo_protocol()
+    rows = np.stack([b, sd, bd, te], 1)
+    first = np.sort(np.unique(rows, axis=0, return_index=True)[1])
+    return Protocol(b[first], sd[first], bd[first], echo_time_ms=te[first])
+
+
 #: Vascular truth maps: model-ivim fV and model-spinflowsim vm, vs, anb.
 VASCULAR_TRUTH = {"fV": "ivim", "vm": "spinflowsim", "vs": "spinflowsim", "anb": "spinflowsim"}
 #: Flow realisations of the demo: generated networks (core/simulate/flow/generate.py) with vm 2-10 mm/s
@@ -227,8 +241,7 @@ def vascular_component(mask, b, sd, bd, shift, seed=0):
     from .simulate.flow.spins import simulate_flow
     from .waveforms import pgse
 
-    x, y, z = np.meshgrid(*(np.linspace(-1, 1, n) for n in SHAPE), indexing="ij")
-    r = np.sqrt((x / 0.75) ** 2 + (y / 0.6) ** 2 + (z / 1.6) ** 2)
+    x, y, r = _ellipsoid(SHAPE)
     # fV 0.02-0.15 (the range of benchmarks/joint_model.py), higher at the rim
     fv = np.where(mask, 0.02 + 0.13 * np.clip(r, 0, 1) ** 2, 0.02)
     nets = default_realisations(seed=DEMO_FLOW_SEED, **DEMO_FLOW_NETWORKS)
