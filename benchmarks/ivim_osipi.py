@@ -107,10 +107,8 @@ def main(argv=None) -> int:
             f"Command: `python benchmarks/ivim_osipi.py --data ../shared/reference/ivim --record`; machine: "
             f"{machine()}. Median over OSIPI's 21 perfused regions of |bias|/true and SD/true (300 fits, "
             "Gaussian noise SD 1/SNR; OSIPI figures from reference_output.csv).", "", *lines, "",
-            f"Speed: {rate:.3g} voxels/s (100,000 voxels, 18 b-values; median of 3). Anchors quoted from "
-            "../shared/reference/README.md (not measured here): a vectorised "
-            "numpy segmented fit ~1e5 voxels/s on 2 cores, dipy's two-stage IVIM 6-7.5 ms/voxel "
-            f"(~150 voxels/s): {rate / 150:.0f}x dipy."]))
+            f"Speed: {rate:.3g} voxels/s (100,000 voxels, 18 b-values; median of 3). Against dipy and the OSIPI "
+            "implementations measured side by side in one run: block `ivim-peers` (benchmarks/ivim_peers.py)."]))
     print(json.dumps(summary))
     return 0
 

@@ -9,10 +9,9 @@ For a voxel with normalised measurements y_m (m = 1..M), noise σ and noise floo
    so under 'design' each entry carries a prior weight that evens out the design axes (design_prior:
    iterative proportional fitting of the entry weights until every design axis has a flat histogram;
    structure-level parameters such as fin keep the dictionary's population of substrates or networks).
-   Measured (docs/benchmarks.md, "Prior"): 'entries' pulls D0ex by -0.17 µm²/ms and κ by -7 µm/s on
-   held-out generated substrates, 'design' leaves -0.02 and -0.5 and lowers the median errors of fin
-   and κ on real histology, but it ranks vCS, D0in and D0ex worse at SNR 20 (vCS ρ 0.48 -> 0.37), so
-   the rank-preserving 'entries' stays the default.
+   'design' lowers the D0ex and κ biases and the median errors of fin and κ, but ranks vCS, D0in and D0ex
+   worse at SNR 20 (docs/benchmarks.md, blocks `joint-model-prior-design` and
+   `default-on-histology-snr20-prior-design`), so the rank-preserving 'entries' stays the default.
    Likelihood: offset-Gaussian, log L_k = -Σ_m (y_m - sqrt(s_km² + nf²))² / (2σ²) (σ² = min_k RSS_k / M
    without a noise map). The N_ADJUST entries of highest likelihood carry the posterior weights w_k.
 2. Between the entries, the posterior is continuous: each retained entry's parameters are moved by
