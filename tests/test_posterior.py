@@ -211,3 +211,31 @@ def test_design_prior_removes_the_pull_towards_a_crowded_corner():
     assert bias["entries"] < -0.2, bias
     assert abs(bias["design"]) < 0.5 * abs(bias["entries"]), bias
     assert medae["design"] < 0.8 * constant, (medae, constant)
+
+
+def test_auto_device_falls_back_only_when_cuda_is_unusable(caplog):
+    """--device auto: a CUDA-unavailable error on the GPU path reruns the step on the CPU with one warning and
+    the CPU's answer; any other exception (a bug of the GPU path) is raised, never hidden."""
+    from numba.cuda.cudadrv.error import CudaSupportError
+
+    from dmrimc_bids.core.fitting import kernels
+
+    dic = grid_dictionary()
+    y = dic.signals[[3, 50, 120]].astype(float)
+    want = PosteriorModel(dic, model_error=False).fit(y, sigma=np.full(3, 0.01)).params["fin"]
+
+    class FailingGPU:
+        def __init__(self, exc):
+            self.exc = exc
+
+        def entry_costs(self, *args):
+            raise self.exc
+
+    model = PosteriorModel(dic, model_error=False)
+    model.requested_device, model.backend = "auto", FailingGPU(CudaSupportError("no CUDA driver"))
+    got = model.fit(y, sigma=np.full(3, 0.01)).params["fin"]
+    np.testing.assert_allclose(got, want)
+    assert model.backend is kernels and "running it on the CPU instead" in caplog.text
+    model.requested_device, model.backend = "auto", FailingGPU(ValueError("index out of range in the kernel"))
+    with pytest.raises(ValueError, match="index out of range"):
+        model.fit(y, sigma=np.full(3, 0.01))

@@ -35,6 +35,22 @@ def import_numba_cuda():
             del np.row_stack
 
 
+def cuda_unavailable_errors() -> tuple:
+    """The exception types that mean "no usable CUDA device, driver or toolchain here" (numba-cuda's support,
+    driver, API, NVVM/NVRTC and linker errors, and ImportError): the only ones a ``device='auto'`` GPU path
+    answers by running on the CPU. Any other exception is a bug of the GPU path and is raised."""
+    kinds = [ImportError]
+    try:
+        from numba.cuda.cudadrv import driver, error
+    except ImportError:
+        return tuple(kinds)
+    for module, names in ((error, ("CudaSupportError", "CudaDriverError", "CudaRuntimeError", "NvvmError",
+                                   "NvvmSupportError", "NvrtcError", "NvrtcSupportError")),
+                          (driver, ("CudaAPIError", "LinkerError"))):
+        kinds += [getattr(module, n) for n in names if isinstance(getattr(module, n, None), type)]
+    return tuple(kinds)
+
+
 def warn_cpu_fallback(what: str, exc: BaseException) -> None:
     """The one warning line of a ``device='auto'`` GPU path that failed and was redone on the CPU."""
     import logging

@@ -333,12 +333,13 @@ class DictionaryModel(Model):
         return expected_signal(s, np.sqrt(flo2))
 
     def _fit_chunk(self, d, sigma_chunk):
+        from ..cudacompat import cuda_unavailable_errors, warn_cpu_fallback
+
         try:
             return self._fit_chunk_on_backend(d, sigma_chunk)
-        except Exception as exc:  # noqa: BLE001 - any CUDA failure under 'auto': the CPU kernels are the same
+        except cuda_unavailable_errors() as exc:  # no usable CUDA under 'auto': the CPU kernels are the same
             if self.backend is kernels or self.requested_device != "auto":
                 raise
-            from ..cudacompat import warn_cpu_fallback
             warn_cpu_fallback("dictionary fit", exc)
             self.backend, self.device = kernels, "cpu"
             return self._fit_chunk_on_backend(d, sigma_chunk)

@@ -269,12 +269,13 @@ class PosteriorModel(Model):
         cost = np.empty((y.shape[0], self.signals.shape[0]))
         flo2 = np.ascontiguousarray(np.repeat((floor ** 2)[:, None], y.shape[1], 1))
         y = np.ascontiguousarray(y, np.float64)
+        from ..cudacompat import cuda_unavailable_errors, warn_cpu_fallback
+
         try:
             self.backend.entry_costs(y, flo2, self.signals_t, cost)
-        except Exception as exc:  # noqa: BLE001 - any CUDA failure under 'auto': the CPU kernel is the same
+        except cuda_unavailable_errors() as exc:  # no usable CUDA under 'auto': the CPU kernel is the same
             if self.backend is kernels or self.requested_device != "auto":
                 raise
-            from ..cudacompat import warn_cpu_fallback
             warn_cpu_fallback("posterior", exc)
             self.backend, self.device = kernels, "cpu"
             kernels.entry_costs(y, flo2, self.signals_t, cost)

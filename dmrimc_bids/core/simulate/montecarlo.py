@@ -249,14 +249,16 @@ def simulate(substrate: Substrate, protocol: Protocol, d0in, d0ex, kappa, *, dev
     grid passes k·n_walkers, so results do not depend on how the grid is split into jobs.
     track_walkers > 0 records every step of the first track_walkers walkers of configuration
     track_config (`WalkerTrack`, ~40 bytes per walker-step); recording changes no signal.
-    device: 'cpu', 'gpu' (numba.cuda) or 'auto' (the GPU when one is visible; if its compilation or a
-    launch fails, the walk is redone on the CPU with one warning line)."""
+    device: 'cpu', 'gpu' (numba.cuda) or 'auto' (the GPU when one is visible; when CUDA turns out unusable
+    there (cudacompat.cuda_unavailable_errors) the walk is redone on the CPU with one warning line; any other
+    error is raised)."""
+    from ..cudacompat import cuda_unavailable_errors, warn_cpu_fallback
+
     resolved = resolve_device(device)
     if device == "auto" and resolved == "gpu":
         try:
             return _simulate(substrate, protocol, d0in, d0ex, kappa, device="gpu", **options)
-        except Exception as exc:  # noqa: BLE001 - any CUDA failure: the CPU gives the same physics
-            from ..cudacompat import warn_cpu_fallback
+        except cuda_unavailable_errors() as exc:  # no usable CUDA: the CPU gives the same physics
             warn_cpu_fallback("Monte Carlo walk", exc)
             resolved = "cpu"
     return _simulate(substrate, protocol, d0in, d0ex, kappa, device=resolved, **options)
