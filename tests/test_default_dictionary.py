@@ -11,7 +11,7 @@ from dmrimc_bids.core.dictionary import Dictionary, TimingGrid
 from dmrimc_bids.core.protocol import Protocol
 from dmrimc_bids.core.simulate import montecarlo, scaled
 from dmrimc_bids.core.simulate.generate import tissue_packing
-from dmrimc_bids.core.simulate.substrate import from_polygons, regular_polygon
+from .substrates import from_polygons, regular_polygon
 
 PROTO = Protocol([0, 400, 1000, 1500, 400, 1000, 1500], [10.0, 8.0, 12.0, 15.0, 8.0, 12.0, 15.0],
                  [20.0, 20.0, 25.0, 30.0, 40.0, 45.0, 50.0])

@@ -9,6 +9,7 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,9 +17,26 @@ import shapely
 
 from dmrimc_bids.core.analytic import restricted_signal
 from dmrimc_bids.core.protocol import Protocol
-from dmrimc_bids.core.simulate.montecarlo import crossing_probabilities, group_signals, simulate
-from dmrimc_bids.core.simulate.substrate import from_polygons, regular_polygon
-from dmrimc_bids.core.waveforms import pgse, sampled, trse
+from dmrimc_bids.core.simulate.montecarlo import crossing_probabilities, simulate
+from dmrimc_bids.core.waveforms import B_TO_MS_PER_UM2, pgse, sampled, trse
+
+from .substrates import from_polygons, regular_polygon
+
+
+
+def group_signals(phase, groups, meas_wave, b):
+    """Signals [n_groups, M, 2] of arbitrary walker groups (groups[i] = -1 drops walker i), from the walkers'
+    phases: compartment-wise signals."""
+    groups = np.asarray(groups)
+    ng = int(groups.max()) + 1
+    out = np.ones((ng, len(b), 2))
+    sb = np.sqrt(np.asarray(b, float) * B_TO_MS_PER_UM2)
+    for g in range(ng):
+        ph = phase[groups == g]
+        for m, w in enumerate(meas_wave):
+            if w >= 0 and len(ph):
+                out[g, m] = np.abs(np.exp(-1j * sb[m] * ph[:, w, :]).mean(0))
+    return out
 
 
 def signal_se(e, n, axes=2):
@@ -231,7 +249,7 @@ GPU_SCRIPT = r"""
 import numpy as np
 from dmrimc_bids.core.protocol import Protocol
 from dmrimc_bids.core.simulate.montecarlo import simulate
-from dmrimc_bids.core.simulate.substrate import from_polygons, regular_polygon
+from tests.substrates import from_polygons, regular_polygon
 cells = [regular_polygon(6 * i + 3, 3, 2.0, 24) for i in range(3)]
 sub = from_polygons(cells, (18.0, 6.0))
 prot = Protocol([0, 1000, 2000], [5, 5, 3], [8, 8, 6])
@@ -249,7 +267,8 @@ print("OK", b.device)
 def test_gpu_walk_matches_cpu_in_the_cuda_simulator():
     """The CUDA kernel runs the same walk (numba's CUDA simulator: no GPU needed)."""
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
-    res = subprocess.run([sys.executable, "-c", GPU_SCRIPT], capture_output=True, text=True, env=env, timeout=600)
+    res = subprocess.run([sys.executable, "-c", GPU_SCRIPT], capture_output=True, text=True, env=env, timeout=600,
+                         cwd=Path(__file__).resolve().parents[1])  # the repository root: tests.substrates
     assert res.returncode == 0, res.stderr[-3000:]
     assert "OK gpu" in res.stdout
 

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from dmrimc_bids.core.errors import InputError
-from dmrimc_bids.core.simulate.substrate import from_polygons, read_svg, regular_polygon
+from dmrimc_bids.core.simulate.substrate import read_svg
+
+from .substrates import from_polygons, regular_polygon
 
 from .conftest import SHARED
 

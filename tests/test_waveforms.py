@@ -19,8 +19,6 @@ def test_pgse_b_from_waveform_equals_stejskal_tanner(sd, bd):
     assert w.b_value(g) == pytest.approx(nominal, rel=1e-12)
     assert w.amplitude_for_b(nominal) == pytest.approx(g, rel=1e-12)
     assert w.net_moment() == pytest.approx(0.0, abs=1e-12)
-    # the amplitude from the Protocol helper agrees
-    assert Protocol([nominal], sd, bd).gradient_strength_mT_per_m()[0] == pytest.approx(g, rel=1e-9)
 
 
 def test_sampled_pgse_has_the_pgse_b():
@@ -61,6 +59,10 @@ def test_protocol_waveforms_and_sampled_file(tmp_path):
     np.savetxt(f, np.stack([np.arange(5) * 0.5, [0, 1, 1, -1, -1]], 1))
     w = read_sampled(f)
     assert w.net_moment() == pytest.approx(0.0) and w.kind == "sampled"
+    unrefocused = tmp_path / "unrefocused.txt"
+    np.savetxt(unrefocused, np.stack([np.arange(5) * 0.5, [0, 1, 1, -1, 0]], 1))
+    with pytest.raises(InputError, match="does not refocus"):
+        read_sampled(unrefocused)
     bad = tmp_path / "bad.txt"
     bad.write_text("0 1\n0.5 1\n2.0 -1\n")
     with pytest.raises(InputError, match="uniform"):

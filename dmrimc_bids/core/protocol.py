@@ -88,13 +88,6 @@ class Protocol:
         """Effective PGSE diffusion time Δ - δ/3 [ms]."""
         return self.big_delta_ms - self.small_delta_ms / 3.0
 
-    def gradient_strength_mT_per_m(self) -> np.ndarray:
-        """PGSE gradient amplitude G [mT/m] from b = (γGδ)²(Δ - δ/3)."""
-        b_si = self.b * 1e6  # s/m²
-        with np.errstate(divide="ignore", invalid="ignore"):
-            g = np.sqrt(b_si / (self.diffusion_time_ms() * 1e-3)) / (GAMMA_RAD_PER_S_PER_T * self.small_delta_ms * 1e-3)
-        return np.where(self.b > 0, g * 1e3, 0.0)
-
     # ---- tables -------------------------------------------------------------------------------
     def to_rows(self) -> list[dict]:
         """One dict per measurement with the protocol-table columns (times in ms)."""

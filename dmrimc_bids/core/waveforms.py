@@ -132,8 +132,13 @@ def sampled(samples, dt_ms: float) -> Waveform:
     return Waveform(tuple(np.arange(g.size + 1) * float(dt_ms)), tuple(g), "sampled", (float(dt_ms),))
 
 
+#: A sampled waveform refocuses when |∫g dt| is at most this fraction of ∫|g| dt.
+REFOCUS_TOLERANCE = 1e-3
+
+
 def read_sampled(path) -> Waveform:
-    """A sampled waveform from a text file: two columns, time [ms] (uniform) and gradient (any unit)."""
+    """A sampled waveform from a text file: two columns, time [ms] (uniform) and effective gradient (any unit),
+    refocused (InputError otherwise)."""
     path = Path(path)
     try:
         arr = np.loadtxt(path, ndmin=2)
@@ -148,7 +153,14 @@ def read_sampled(path) -> Waveform:
     if np.any(dt <= 0) or np.ptp(dt) > 1e-6 * max(dt.mean(), 1e-12) + 1e-9:
         raise InputError("waveform times must increase in uniform steps", path=path,
                          fix="resample the waveform on a uniform time grid (ms)")
-    return sampled(arr[:, 1], float(dt.mean()))
+    wave = sampled(arr[:, 1], float(dt.mean()))
+    total = float(np.dot(np.diff(wave.breaks_ms), np.abs(wave.values)))
+    if abs(wave.net_moment()) > REFOCUS_TOLERANCE * total:
+        raise InputError(f"the waveform does not refocus: its net moment ∫g dt is {wave.net_moment():.4g} "
+                         f"(∫|g| dt {total:.4g}, gradient unit x ms), so the echo carries a net phase", path=path,
+                         fix="give the effective gradient, with the signs of the refocusing pulses folded in "
+                             "(its integral over the waveform is 0)")
+    return wave
 
 
 def protocol_waveforms(protocol: Protocol) -> list:

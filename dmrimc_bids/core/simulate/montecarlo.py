@@ -222,21 +222,6 @@ class MCResult:
         return self.walker_steps / self.seconds if self.seconds > 0 else math.nan
 
 
-def group_signals(phase, groups, meas_wave, b):
-    """Signals [n_groups, M, 2] of arbitrary walker groups (groups[i] = -1 drops walker i): for tests and
-    compartment-wise analysis."""
-    groups = np.asarray(groups)
-    ng = int(groups.max()) + 1
-    out = np.ones((ng, len(b), 2))
-    sb = np.sqrt(np.asarray(b, float) * B_TO_MS_PER_UM2)
-    for g in range(ng):
-        ph = phase[groups == g]
-        for m, w in enumerate(meas_wave):
-            if w >= 0 and len(ph):
-                out[g, m] = np.abs(np.exp(-1j * sb[m] * ph[:, w, :]).mean(0))
-    return out
-
-
 def simulate(substrate: Substrate, protocol: Protocol, d0in, d0ex, kappa, *, device: str = "cpu",
              **options) -> MCResult:
     """Simulate every configuration (d0in[i], d0ex[i], kappa[i]) [µm²/ms, µm²/ms, µm/s] with n_walkers.

@@ -317,15 +317,3 @@ def _separate_cells(cells: list, labels: list, min_gap_um: float, max_overlap: f
                 if shrunk is not None and not shrunk.is_empty:
                     cells[k] = Polygon(shrunk.exterior)
             notes.append(f"cells {labels[a]} and {labels[b]}: touching; separated by {min_gap_um:g} µm")
-
-
-def from_polygons(polygons, tile_um, name: str = "substrate", **kwargs) -> Substrate:
-    """A Substrate from vertex arrays [n, 2] in µm (no SVG): convenience for tests and generators."""
-    return clean_cells(polygons, tile_um, name=name, **kwargs)
-
-
-def regular_polygon(cx: float, cy: float, radius: float, n: int = 256) -> np.ndarray:
-    """Vertices [n, 2] of a regular n-gon inscribed in a circle (µm); use radius·sqrt((2π/n)/sin(2π/n))
-    to match the circle's area."""
-    t = 2 * np.pi * np.arange(n) / n
-    return np.stack([cx + radius * np.cos(t), cy + radius * np.sin(t)], 1)
