@@ -209,11 +209,19 @@ def test_demo_writes_uncertainty_maps(demo_run, demo_dir):
                      "sub-01_space-dwi_model-histousim_param-fin_dwimap.nii.gz").get_fdata()
     inside = np.isfinite(fit)  # NaN outside the fit
     # the default estimator's SD: finite, positive, never wider than a fraction can be (0.5 for any distribution
-    # on [0, 1]), and of the order of the actual errors (the demo tissue is not in the dictionary)
+    # on [0, 1]), and as wide as the actual errors
     ok = np.isfinite(sd[inside])
     assert ok.mean() > 0.99 and np.all(sd[inside][ok] > 0) and np.all(sd[inside][ok] <= 0.5)
-    ratio = np.median(sd[inside][ok]) / np.median(np.abs(fit - truth)[inside])
-    assert 0.3 < ratio < 3
+    err = np.abs(fit - truth)[inside][ok]
+
+    def calibrated(s):
+        """A Gaussian error of SD s has median |e| = 0.674 s (median s / median |e| = 1.48) and |e| < 1.96 s
+        in 95 % of the voxels; the demo's tissue is not in the dictionary, so a little wider."""
+        ratio = np.median(s) / np.median(err)
+        return 1.0 < ratio < 2.2 and 0.85 <= np.mean(err < 1.96 * s) <= 0.99
+
+    assert calibrated(sd[inside][ok])
+    assert not calibrated(sd[inside][ok] / 2) and not calibrated(sd[inside][ok] * 2)  # too narrow, too wide
     # 95 % intervals (issue #20): measured coverage of the demo's true fin 0.82 (tissue made outside the
     # dictionary, with other substrates); a constant interval at the prior median covers far fewer
     lo = nib.load(f"{base}_desc-ci95lo_dwimap.nii.gz").get_fdata()[inside]

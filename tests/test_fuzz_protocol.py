@@ -5,6 +5,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -53,14 +54,32 @@ def test_sidecar_and_bval_parser(meta, bvals):
 @given(text=st.one_of(st.text(max_size=60), st.binary(max_size=60).map(lambda b: b.decode("latin-1")),
                       sidecars.map(json.dumps)))
 def test_sidecar_file_loader(text):
+    """A JSON object loads as exactly that dict; anything else is one InputError line naming the file."""
     with tempfile.TemporaryDirectory() as d:
         f = Path(d) / "x_dwi.json"
         f.write_text(text, encoding="utf-8", errors="surrogateescape")
         try:
-            meta = load_sidecar(f)
-        except InputError:
-            return
-        assert isinstance(meta, dict)
+            expected = json.loads(f.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            expected = None
+        if isinstance(expected, dict):
+            assert load_sidecar(f) == expected
+        else:
+            with pytest.raises(InputError) as err:
+                load_sidecar(f)
+            assert "x_dwi.json" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_sidecar_file_loader_reads_a_real_sidecar(tmp_path):
+    """The success path with a control: timing keys come back as written, a broken copy is refused."""
+    meta = {"SmallDelta": 0.0143, "BigDelta": [0.025, 0.045], "EchoTime": 0.08}
+    good = tmp_path / "sub-01_dwi.json"
+    good.write_text(json.dumps(meta))
+    assert load_sidecar(good) == meta
+    bad = tmp_path / "sub-02_dwi.json"
+    bad.write_text(json.dumps(meta)[:-1])
+    with pytest.raises(InputError, match="does not parse"):
+        load_sidecar(bad)
 
 
 @SETTINGS

@@ -322,11 +322,23 @@ def test_sim_histo_video_with_phase(tmp_path, capsys):
 def test_sim_plot_draws_existing_dictionaries_and_networks(tmp_path, capsys):
     from dmrimc_bids.core.dictionary_default import default_dictionary_path
     from dmrimc_bids.core.simulate.flow.generate import capillary_network
-    code, cap = _sim(capsys, "plot", "--dictionary", default_dictionary_path(), "--entry", 7,
-                     "--out", tmp_path / "s.png")
-    assert code == 0 and PIL.open(tmp_path / "s.png").size[0] > 500, cap.err
-    (tmp_path / "n.json").write_text(json.dumps(capillary_network(2).to_json()))
+    import xml.etree.ElementTree as ET
+
+    pixels = {}
+    for entry, name in ((7, "a.png"), (7, "b.png"), (5000, "c.png")):
+        code, cap = _sim(capsys, "plot", "--dictionary", default_dictionary_path(), "--entry", entry,
+                         "--out", tmp_path / name)
+        assert code == 0 and PIL.open(tmp_path / name).size[0] > 500, cap.err
+        pixels[name] = np.asarray(PIL.open(tmp_path / name))
+    # the entry's own signals are drawn: the same entry twice is the same picture, another entry is not
+    assert np.array_equal(pixels["a.png"], pixels["b.png"]) and not np.array_equal(pixels["a.png"], pixels["c.png"])
+    net = capillary_network(2)
+    (tmp_path / "n.json").write_text(json.dumps(net.to_json()))
     code, cap = _sim(capsys, "plot", "--network", tmp_path / "n.json", "--qin", "2e-3", "--out", tmp_path / "n.svg")
-    assert code == 0 and (tmp_path / "n.svg").read_text().startswith("<?xml"), cap.err
+    assert code == 0, cap.err
+    svg = "{http://www.w3.org/2000/svg}"
+    drawn = [len(g.findall(f".//{svg}path")) for g in ET.parse(tmp_path / "n.svg").getroot().iter(f"{svg}g")
+             if g.get("id", "").startswith("LineCollection")]
+    assert sum(drawn) == 2 * len(net.segments)  # every segment once in the velocity and once in the flow panel
     code, cap = _sim(capsys, "plot", "--dictionary", default_dictionary_path(), "--out", tmp_path / "s.html")
     assert code == 64 and ".png, .svg, .pdf" in cap.err and not (tmp_path / "s.html").exists()
