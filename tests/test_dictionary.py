@@ -29,6 +29,32 @@ def test_save_load_round_trip(tmp_path):
     assert np.array_equal(e.protocol.big_delta_ms, d.protocol.big_delta_ms)
 
 
+def test_a_dictionary_file_is_read_from_disk_once_per_version(tmp_path):
+    """One read per process and file version: a second load shares the arrays (read-only), each load has its
+    own metadata, selection makes new arrays, and a rewritten file is read again."""
+    import os
+
+    from dmrimc_bids.core.dictionary import _read_dictionary_files
+
+    toy().save(tmp_path / "dic")
+    before = _read_dictionary_files.cache_info().misses
+    a, b = Dictionary.load(tmp_path / "dic.npz"), Dictionary.load(tmp_path / "dic.npz")
+    assert _read_dictionary_files.cache_info().misses == before + 1
+    assert a.signals is b.signals and not a.signals.flags.writeable
+    a.provenance["file"] = "changed"
+    assert "file" not in b.provenance
+    s = a.select(["fin"], {"kappa": 10})
+    assert s.signals.base is not a.signals and len(s) == 4 and len(a) == 12
+    d = toy()
+    d.signals = d.signals * 0.5
+    d.save(tmp_path / "dic")
+    st = (tmp_path / "dic.npz").stat()
+    os.utime(tmp_path / "dic.npz", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    c = Dictionary.load(tmp_path / "dic.npz")
+    assert _read_dictionary_files.cache_info().misses == before + 2
+    np.testing.assert_allclose(c.signals, a.signals * 0.5, rtol=1e-6)
+
+
 def test_select_keeps_always_kept_and_fix_drops_rows_and_column():
     d = toy()
     s = d.select(["fin"], {"kappa": 10})

@@ -7,6 +7,7 @@ table, provenance). Signals are b0-normalised (1 at b = 0).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -58,6 +59,22 @@ SIDECAR_MAX_SUBSTRATES = 12
 #: Default matching tolerances: b [s/mm²] and δ, Δ [ms].
 MATCH_TOL_B = 100.0
 MATCH_TOL_MS = 2.5
+
+
+@functools.lru_cache(maxsize=4)
+def _read_dictionary_files(npz: str, mtime_ns: int, size: int, json_mtime_ns: int):
+    """(signals float32, params, structure or None, the .json text) of a dictionary file, read from disk once
+    per process and file version (path, modification times, size): a run that loads the embedded default in
+    its preflight, graph and nodes decompresses it once per process. The arrays are read-only: every
+    Dictionary of the file shares them, and selection and matching make new arrays."""
+    with np.load(npz) as arrays:
+        signals = np.ascontiguousarray(arrays["signals"], dtype=np.float32)
+        params = np.ascontiguousarray(np.atleast_2d(arrays["params"]), dtype=np.float64)
+        structure = np.asarray(arrays["structure"], dtype=np.int64).ravel() if "structure" in arrays.files else None
+    for a in (signals, params, structure):
+        if a is not None:
+            a.setflags(write=False)
+    return signals, params, structure, Path(npz).with_suffix(".json").read_text()
 
 
 @dataclass
@@ -175,14 +192,16 @@ class Dictionary:
             raise InputError(f"the dictionary's {js.name} (names, units, protocol) is missing beside it", path=npz,
                              exit_code=EX_NOINPUT, fix="keep the .json that Dictionary.save wrote next to the .npz")
         try:
-            arrays = np.load(npz)
-            meta = json.loads(js.read_text())
+            stat, jstat = npz.stat(), js.stat()
+            signals, params, structure, text = _read_dictionary_files(str(npz.resolve()), stat.st_mtime_ns,
+                                                                      stat.st_size, jstat.st_mtime_ns)
+            meta = json.loads(text)
             rows = meta["protocol"]
             proto = Protocol([r["b"] for r in rows], [r["small_delta"] for r in rows],
                              [r["big_delta"] for r in rows],
                              [np.nan if r.get("echo_time") is None else r["echo_time"] for r in rows])
-            return cls(arrays["signals"], arrays["params"], meta["names"], proto, meta.get("units", {}),
-                       meta.get("provenance", {}), arrays["structure"] if "structure" in arrays.files else None)
+            return cls(signals, params, meta["names"], proto, meta.get("units", {}), meta.get("provenance", {}),
+                       structure)
         except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
             raise InputError(f"cannot read the dictionary ({exc})", path=npz,
                              fix="re-create it with Dictionary.save or the import command") from exc
