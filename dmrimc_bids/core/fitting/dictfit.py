@@ -33,7 +33,7 @@ from ..dictionary import Dictionary
 from . import kernels
 from .likelihood import (expected_signal, information_criteria, log_likelihood,
                          log_likelihood_unknown_sigma, noise_floor, rician_log_likelihood)
-from .model import EXIT_BACKGROUND, EXIT_FAILED, EXIT_OK, Description, Fit, Model, voxel_table
+from .model import EXIT_BACKGROUND, EXIT_FAILED, EXIT_OK, Description, Fit, Model, fit_plan, voxel_chunks, voxel_table
 from .surrogate import TPSStack, build_global, build_local, grid_steps
 NOISE_MODELS = ("gaussian", "rician")
 SURROGATES = ("local", "global")
@@ -265,8 +265,7 @@ class DictionaryModel(Model):
         m = flat.shape[1]
         if sigma is not None:
             sigma = np.broadcast_to(np.asarray(sigma, float).reshape(shape + (-1,)), shape + (m,)).reshape(-1, m)
-        in_mask = mask.ravel()
-        valid = in_mask & np.all(np.isfinite(flat), axis=1)
+        in_mask, valid = fit_plan(flat, mask)
         if sigma is not None:
             valid &= ~np.any(np.isinf(sigma), axis=1)  # NaN σ -> least squares
         p, n_vox = len(self.names), flat.shape[0]
@@ -280,16 +279,13 @@ class DictionaryModel(Model):
         loglik[in_mask & ~valid] = np.nan
         todo = np.flatnonzero(valid)
         n_iter, kept_entry, n_unconverged = 0, 0, 0
-        for c0 in range(0, todo.size, self.chunk_size):
-            idx = todo[c0:c0 + self.chunk_size]
+        for idx in voxel_chunks(todo, self.chunk_size, progress):
             res = self._fit_chunk(flat[idx], np.zeros((idx.size, m)) if sigma is None else sigma[idx])
             params[idx], sd[idx], fobj[idx], loglik[idx], ok, it, kept, unconverged = res
             exitcode[idx] = np.where(ok, EXIT_OK, EXIT_FAILED)
             n_iter += it
             kept_entry += kept
             n_unconverged += unconverged
-            if progress is not None:
-                progress(idx.size)
         info = {"n_fitted": int(todo.size), "n_invalid": int((in_mask & ~valid).sum()),
                 "mean_lm_iterations": round(n_iter / max(todo.size, 1), 2),
                 "n_kept_dictionary_entry": int(kept_entry), "n_lm_not_converged": int(n_unconverged),

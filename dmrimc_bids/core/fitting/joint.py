@@ -35,7 +35,7 @@ from ..dictionary import Dictionary
 from . import kernels
 from .dictfit import DictionaryFit
 from .likelihood import noise_floor
-from .model import EXIT_BACKGROUND, EXIT_FAILED, EXIT_OK, Description, Fit, Model, voxel_table
+from .model import EXIT_BACKGROUND, EXIT_FAILED, EXIT_OK, Description, Fit, Model, fit_plan, voxel_chunks, voxel_table
 from .posterior import Z95, PosteriorModel, log_scaled, weighted_quantile
 
 #: Tissue entries per voxel that enter the vascular posterior (step 2).
@@ -256,9 +256,8 @@ class JointModel(Model):
         the tissue-only residual)."""
         data, shape, flat, mask = voxel_table(data, mask, len(self.flow.protocol), "dictionaries")
         m = flat.shape[1]
-        in_mask = mask.ravel()
+        in_mask, valid = fit_plan(flat, mask)
         sig = None if sigma is None else np.broadcast_to(np.asarray(sigma, float), shape).ravel()
-        valid = in_mask & np.all(np.isfinite(flat), axis=1)
         if sig is not None:
             valid &= np.isfinite(sig) & (sig > 0)
         todo = np.flatnonzero(valid)
@@ -268,11 +267,8 @@ class JointModel(Model):
         sig_t = np.full(flat.shape[0], np.nan) if sig is None else sig.copy()
         vasc_sig = np.zeros_like(flat)
         scale_var = np.zeros(flat.shape[0])
-        for c0 in range(0, todo.size, self.chunk_size):
-            idx = todo[c0:c0 + self.chunk_size]
+        for idx in voxel_chunks(todo, self.chunk_size, progress):
             self._vascular_chunk(flat[idx], sig_all[idx], idx, v_out, vasc_sig, y_t, sig_t, scale_var)
-            if progress is not None:
-                progress(idx.size)
         cols = self.tissue_columns
         tissue = self.tissue_model.fit(y_t[:, cols].reshape(shape + (cols.size,)), mask,   # invalid: failed there
                                        None if sig is None else sig_t.reshape(shape),   # no map: its own σ

@@ -54,6 +54,21 @@ def voxel_table(data, mask, n_measurements: int, what: str) -> tuple:
     return data, shape, data.reshape(-1, m), mask
 
 
+def fit_plan(flat: np.ndarray, mask: np.ndarray) -> tuple:
+    """(in_mask [V], valid [V]: in the mask with finite data) of a voxel table; each model adds its σ rule."""
+    in_mask = mask.ravel()
+    return in_mask, in_mask & np.all(np.isfinite(flat), axis=1)
+
+
+def voxel_chunks(todo: np.ndarray, chunk_size: int, progress=None):
+    """The voxel indices ``todo`` in chunks of ``chunk_size``; progress(n_voxels) after each chunk is done."""
+    for c0 in range(0, todo.size, chunk_size):
+        idx = todo[c0:c0 + chunk_size]
+        yield idx
+        if progress is not None:
+            progress(idx.size)
+
+
 class Model:
     """Base class: subclasses set ``names`` and implement ``fit`` and ``describe``."""
 

@@ -50,7 +50,7 @@ from ..dictionary import Dictionary
 from . import kernels
 from .dictfit import DictionaryFit, _backend, assemble_fit, estimate_placement
 from .likelihood import noise_floor
-from .model import EXIT_BACKGROUND, EXIT_FAILED, EXIT_OK, Description, Model, voxel_table
+from .model import EXIT_BACKGROUND, EXIT_FAILED, EXIT_OK, Description, Model, fit_plan, voxel_chunks, voxel_table
 
 #: Largest voxel x entry matrix of one posterior batch [elements] (~100 MB of float64 each).
 POSTERIOR_BATCH_ELEMENTS = 12_000_000
@@ -83,6 +83,14 @@ def posterior_chunk(chunk_size: int, n_entries: int) -> int:
     return max(16, min(int(chunk_size), 2000, POSTERIOR_BATCH_ELEMENTS // max(int(n_entries), 1)))
 
 
+def varies_within_structures(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """[P] bool: which parameters (columns of values [K, P]) take more than one value inside some structure
+    (groups [K]): the design axes (D0, κ); the others are structure-level (fin, cell size)."""
+    n_groups = np.unique(groups).size
+    return np.array([np.unique(np.stack([groups, values[:, j]], 1), axis=0).shape[0] != n_groups
+                     for j in range(values.shape[1])], bool)
+
+
 def structure_groups(params: np.ndarray) -> np.ndarray | None:
     """Structure index [K] of every entry, or None for a dictionary without structures. Entries that share
     the value of the most varied parameter come from one substrate or network when at least one other
@@ -93,11 +101,9 @@ def structure_groups(params: np.ndarray) -> np.ndarray | None:
     k, p = params.shape
     counts = [np.unique(params[:, j]).size for j in range(p)]
     groups = np.unique(params[:, int(np.argmax(counts))], return_inverse=True)[1].ravel()
-    n = np.unique(groups).size
-    if n == k:
+    if np.unique(groups).size == k:
         return groups
-    constant = sum(np.unique(np.stack([groups, params[:, j]], 1), axis=0).shape[0] == n for j in range(p))
-    return groups if constant >= 2 else None
+    return groups if int(np.sum(~varies_within_structures(params, groups))) >= 2 else None
 
 
 def interval_limits(params: np.ndarray, groups: np.ndarray, log: np.ndarray, lo_t, hi_t) -> tuple:
@@ -109,10 +115,7 @@ def interval_limits(params: np.ndarray, groups: np.ndarray, log: np.ndarray, lo_
     lo, hi = np.array(lo_t, float), np.array(hi_t, float)
     if groups is None:
         return lo, hi
-    n_groups = np.unique(groups).size
-    for j in range(params.shape[1]):
-        if np.unique(np.stack([groups, params[:, j]], 1), axis=0).shape[0] != n_groups:
-            continue   # varies within a structure: a design axis
+    for j in np.flatnonzero(~varies_within_structures(params, groups)):   # structure-level parameters
         col = params[:, j]
         lo[j] = -np.inf if log[j] or col.min() < 0 else 0.0
         hi[j] = 1.0 if not log[j] and col.min() >= 0 and col.max() <= 1 else np.inf
@@ -127,11 +130,8 @@ def design_prior(values: np.ndarray, groups: np.ndarray | None, iterations: int 
     weights are fitted by iterative proportional fitting (raking) to equal bin totals. Structure-level parameters keep the
     dictionary's population. Weights are clipped to [1/PRIOR_WEIGHT_CLIP, PRIOR_WEIGHT_CLIP] x their mean."""
     k, p = values.shape
-    if groups is None:
-        axes = [j for j in range(p) if np.ptp(values[:, j]) > 0]
-    else:
-        n_groups = np.unique(groups).size
-        axes = [j for j in range(p) if np.unique(np.stack([groups, values[:, j]], 1), axis=0).shape[0] != n_groups]
+    axes = (np.flatnonzero(np.ptp(values, axis=0) > 0) if groups is None
+            else np.flatnonzero(varies_within_structures(values, groups)))
     w = np.ones(k)
     bins = []
     for j in axes:
@@ -375,8 +375,7 @@ class PosteriorModel(Model):
         if sigma is not None:
             s = np.asarray(sigma, float)
             sig = (s.reshape(shape + (-1,)).mean(-1) if s.size != np.prod(shape) else s.reshape(shape)).ravel()
-        in_mask = mask.ravel()
-        valid = in_mask & np.all(np.isfinite(flat), axis=1)
+        in_mask, valid = fit_plan(flat, mask)
         if sig is not None:
             valid &= np.isfinite(sig)
         n_vox, p = flat.shape[0], len(self.names)
@@ -387,8 +386,7 @@ class PosteriorModel(Model):
         exitcode = np.where(in_mask, EXIT_FAILED, EXIT_BACKGROUND).astype(np.int8)
         todo = np.flatnonzero(valid)
         self.model_error(float(np.median(sig[todo])) if sig is not None and todo.size else 0.02)
-        for c0 in range(0, todo.size, self.chunk_size):
-            idx = todo[c0:c0 + self.chunk_size]
+        for idx in voxel_chunks(todo, self.chunk_size, progress):
             post = self.posterior(flat[idx], None if sig is None else sig[idx],
                                   scale_var=None if scale_var is None else np.asarray(scale_var, float).ravel()[idx])
             for key, arr in zip(("params", "sd", "lo", "hi", "contraction"), self.summaries(post)):
@@ -396,8 +394,6 @@ class PosteriorModel(Model):
             fobj[idx] = post["best"] / m
             loglik[idx] = -0.5 * (post["best"] / post["var_noise"] + m * np.log(2 * np.pi * post["var_noise"]))
             exitcode[idx] = EXIT_OK
-            if progress is not None:
-                progress(idx.size)
         fit = assemble_fit(self.dictionary, self.free, shape, m, out["params"], out["sd"], exitcode, fobj, loglik,
                            self._info(todo.size, int((in_mask & ~valid).sum()), out["params"][exitcode == EXIT_OK],
                                       out["contraction"][exitcode == EXIT_OK]))
