@@ -8,8 +8,9 @@ alternately, so that the machine's drift falls on both (issue #18: "no behaviour
 Each round runs, for the before tree and then this one (PYTHONPATH set to the tree): the Histo-μSim
 leave-one-out fit (loo_histo.py: accuracy and voxels/s), the flow simulator against the published arrays
 (spinflowsim_reference.py --rows-step 20: ms per realisation), the Monte Carlo walk (mc_throughput.py
---threads 2 --repeats 1) and one demo subject end to end (demo_participant.py --participant-label 01
---repeats 1). Accuracy must be equal; times are reported as the runs of each tree.
+--threads 2 --repeats 1) and the demo end to end (demo_participant.py --repeats 1: its recovery of every map
+too). The leave-one-out and demo accuracies must be equal; times are reported as the runs of each tree.
+--issue N names the recorded block refactor-parity-N.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ BENCHMARKS = [
     ("MC walk, walker-steps/s (2 threads)", ["mc_throughput.py", "--threads", "2", "--repeats", "1", "--svg",
                                              str(SHARED / "substrates" / "mouse_example" / "mouse_example_crop.svg")],
      lambda r: r["steps_per_s_cpu_2"]),
-    ("demo sub-01, s cold start to report", ["demo_participant.py", "--participant-label", "01", "--repeats", "1"],
+    ("demo, 3 series, s cold start to report", ["demo_participant.py", "--repeats", "1"],
      lambda r: r["wall_s_median"]),
 ]
 
@@ -51,10 +52,11 @@ def main(argv=None) -> int:
     ap.add_argument("--before", type=Path, required=True, help="source tree of the commit before the change")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--record", action="store_true")
+    ap.add_argument("--issue", type=int, default=18, help="the refactor's issue (the block's name)")
     args = ap.parse_args(argv)
     trees = {"before": args.before.resolve(), "after": HERE.parent}
     runs = {name: {"before": [], "after": []} for name, _, _ in BENCHMARKS}
-    accuracy = {}
+    accuracy, demo = {}, {}
     for _ in range(args.rounds):
         for name, script, figure in BENCHMARKS:
             for label, tree in trees.items():
@@ -62,19 +64,24 @@ def main(argv=None) -> int:
                 runs[name][label].append(round(float(figure(out)), 4 if figure(out) < 100 else 0))
                 if "params" in out:  # LOO accuracy: the published 'vCS' and ours 'vCS_cyl' are one parameter
                     accuracy[label] = {k.replace("vCS_cyl", "vCS"): v for k, v in out["params"].items()}
+                if "recovery" in out:  # the demo's recovery of every map, per series
+                    demo[label] = {"recovery": out["recovery"], "pooled": out["pooled"]}
                 print(f"{name} [{label}]: {runs[name][label][-1]}", file=sys.stderr)
     same = accuracy.get("before") == accuracy.get("after")
-    lines = [f"`python benchmarks/refactor_parity.py --before <tree of the commit before issue #18> --rounds "
-             f"{args.rounds} --record` (x86_64, {os.cpu_count()} cpus; the two trees run alternately)", "",
+    same_demo = demo.get("before") == demo.get("after")
+    lines = [f"`python benchmarks/refactor_parity.py --before <tree of the commit before issue #{args.issue}> --rounds "
+             f"{args.rounds} --issue {args.issue} --record` (x86_64, {os.cpu_count()} cpus; the two trees run "
+             "alternately)", "",
              "| benchmark | before (runs) | after (runs) |", "|---|---|---|"]
     for name in runs:
         lines.append(f"| {name} | {runs[name]['before']} | {runs[name]['after']} |")
-    lines += ["", f"Leave-one-out accuracy (ρ, MedAE, bias of every parameter) identical before and after: **{same}**."]
+    lines += ["", f"Leave-one-out accuracy (ρ, MedAE, bias of every parameter) identical before and after: **{same}**.",
+              f"Demo recovery (every map's MedAE, bias and ρ per series, pooled tissue ρ) identical: **{same_demo}**."]
     print("\n".join(lines))
     if args.record:
         from _record import record
-        record("refactor-parity-18", "\n".join(lines))
-    return 0 if same else 1
+        record(f"refactor-parity-{args.issue}", "\n".join(lines))
+    return 0 if same and same_demo else 1
 
 
 if __name__ == "__main__":
