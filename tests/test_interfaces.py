@@ -73,3 +73,23 @@ def test_no_private_imports_across_packages():
                     if alias.name.startswith("_") and not alias.name.startswith("__"):
                         bad.append(f"{f.relative_to(PKG)}: from {'.' * node.level}{node.module} import {alias.name}")
     assert bad == []
+
+
+def test_fit_interfaces_declare_typed_options():
+    """The estimators' options are traits with a description (no untyped options dict): a wrong value is
+    refused when the node is built, and each model is handed only its own options."""
+    from traits.api import TraitError
+
+    from dmrimc_bids.interfaces.fitting import MODEL_OPTIONS, FitJointModel, FitModel, model_options
+
+    spec = FitModel().inputs
+    assert "options" not in spec.trait_names() and "options" not in FitJointModel().inputs.trait_names()
+    for name in {n for names in MODEL_OPTIONS.values() for n in names}:
+        assert spec.trait(name).desc, name
+    with pytest.raises(TraitError):
+        FitModel(device="cuda")
+    with pytest.raises(TraitError):
+        FitModel(bounds={"fin": [0.1]})
+    node = FitModel(estimator="posterior", bounds={"fin": [0.1, 0.9]}, method="segmented", chunk_size=500)
+    assert model_options(node.inputs, "posterior") == {"bounds": {"fin": (0.1, 0.9)}, "chunk_size": 500}
+    assert model_options(node.inputs, "ivim") == {"method": "segmented"}

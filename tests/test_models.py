@@ -93,7 +93,7 @@ def test_ivim_without_vascular_signal_writes_no_flow_maps(tmp_path):
     shells.to_table(tmp_path / "shells.tsv")
     (tmp_path / "ivim").mkdir()
     (tmp_path / "flow_fit").mkdir()
-    ivim = FitModel(estimator="ivim", options={"b_split": 200.0, "b_max": 1000.0, "b0_threshold": 5.0},
+    ivim = FitModel(estimator="ivim", b_split=200.0, b_max=1000.0, b0_threshold=5.0,
                     in_file=str(tmp_path / "norm.nii.gz"), mask_file=str(tmp_path / "mask.nii.gz"),
                     protocol=str(tmp_path / "shells.tsv")).run(cwd=str(tmp_path / "ivim"))
     out = ivim.outputs

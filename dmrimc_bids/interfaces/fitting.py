@@ -15,9 +15,50 @@ from ..core.fitting.registry import ESTIMATORS
 from .io import cwd_path, load_data, save_image
 
 
-class _FitIn(BaseInterfaceInputSpec):
+class _ModelOptions(BaseInterfaceInputSpec):
+    """The estimators' options (registry.build_model, joint.JointModel); an undefined one keeps the model's
+    default, and each model takes only its own (MODEL_OPTIONS)."""
+    bounds = traits.Dict(traits.Str, traits.List(traits.Float, minlen=2, maxlen=2),
+                         desc="parameter -> [low, high] in its physical unit: the estimate stays inside")
+    chunk_size = traits.Int(desc="voxels per batch (memory)")
+    n_averages = traits.Float(desc="magnitude images averaged per measurement (the Rician noise floor's)")
+    device = traits.Enum("auto", "cpu", "gpu", desc="where the kernels run (auto: a CUDA GPU when usable)")
+    prior = traits.Enum("entries", "design", desc="posterior prior: flat over the entries or over the design box")
+    noise = traits.Enum("offset-gaussian", "gaussian", "rician",
+                        desc="likelihood: offset-gaussian (posterior: with the noise floor), gaussian, rician (ml)")
+    regularisation = traits.Tuple(traits.Int, traits.Float, desc="ml: (Lp norm, weight) of the regularisation")
+    smoothing = traits.Float(desc="ml: thin-plate-spline surrogate smoothing")
+    surrogate = traits.Enum("local", "global", desc="ml: one spline per entry's neighbours, or one for all")
+    n_neighbours = traits.Int(desc="ml: entries per local surrogate")
+    tissue_b_min = traits.Float(desc="joint: smallest b [s/mm²] of the tissue posterior")
+    t2_tissue_ms = traits.Float(desc="joint: tissue T2 [ms] across echo times (absent: from the data)")
+    t2_blood_ms = traits.Float(desc="joint: blood T2 [ms] across echo times (absent: from the data)")
+    b_split = traits.Float(desc="ivim: b [s/mm²] above which only the tissue term remains")
+    b_max = traits.Float(desc="ivim: largest b [s/mm²] of the IVIM fit")
+    b0_threshold = traits.Float(desc="ivim: b [s/mm²] at or below which a measurement is b = 0")
+    method = traits.Enum("bayes", "segmented", desc="ivim: the Bayesian or the OSIPI segmented estimator")
+
+
+#: The options each model takes (the traits of _ModelOptions).
+MODEL_OPTIONS = {
+    "posterior": ("bounds", "chunk_size", "n_averages", "device", "prior", "noise"),
+    "ml": ("bounds", "chunk_size", "n_averages", "device", "noise", "regularisation", "smoothing", "surrogate",
+           "n_neighbours"),
+    "joint": ("bounds", "chunk_size", "n_averages", "device", "prior", "tissue_b_min", "t2_tissue_ms", "t2_blood_ms"),
+    "ivim": ("b_split", "b_max", "b0_threshold", "method"),
+}
+
+
+def model_options(inputs, model: str) -> dict:
+    """The defined options of ``model`` (MODEL_OPTIONS) from a node's inputs, as the model's keyword arguments."""
+    out = {k: getattr(inputs, k) for k in MODEL_OPTIONS[model] if isdefined(getattr(inputs, k))}
+    if "bounds" in out:
+        out["bounds"] = {k: tuple(v) for k, v in out["bounds"].items()}
+    return out
+
+
+class _FitIn(_ModelOptions):
     estimator = traits.Enum(*ESTIMATORS, mandatory=True, desc="the model to run (core.fitting.registry)")
-    options = traits.Dict(traits.Str, traits.Any, desc="the model's options (registry.build_model), JSON values")
     in_file = File(exists=True, mandatory=True, desc="normalised signal [..., M] on the model's measurements")
     sigma_file = File(exists=True, desc="normalised noise σ (absent: the model's no-σ behaviour)")
     mask_file = File(exists=True, mandatory=True, desc="voxels to fit (uint8)")
@@ -65,7 +106,8 @@ class FitModel(SimpleInterface):
         data, img, mask, sigma = _load_voxels(i)
         dic = Dictionary.load(i.dictionary) if isdefined(i.dictionary) else None
         protocol = Protocol.from_table(i.protocol) if isdefined(i.protocol) else dic.protocol
-        model = build_model(i.estimator, dic, protocol, **_model_options(i.options))
+        kind = "ivim" if i.estimator == "ivim" else "posterior" if i.estimator.startswith("posterior") else "ml"
+        model = build_model(i.estimator, dic, protocol, **model_options(i, kind))
         self._results["description"] = {**model.describe().to_dict(),
                                          "dictionary": dic.summary() if dic is not None else None}
         self._results["units"] = dict(getattr(dic, "units", None) or {})
@@ -123,23 +165,12 @@ def save_maps(runtime, img, maps: dict, mask, prefix: str = "") -> dict:
             for name, arr in maps.items()}
 
 
-def _model_options(options: dict) -> dict:
-    """JSON-typed node options -> the model's keyword arguments (lists back to tuples where meant)."""
-    out = dict(options or {})
-    if "regularisation" in out:
-        out["regularisation"] = tuple(out["regularisation"])
-    if "bounds" in out:
-        out["bounds"] = {k: tuple(v) for k, v in out["bounds"].items()}
-    return out
-
-
 def _write_json(path, obj) -> str:
     Path(path).write_text(json.dumps(obj, allow_nan=True))
     return str(Path(path).resolve())
 
 
-class _JointIn(BaseInterfaceInputSpec):
-    options = traits.Dict(traits.Str, traits.Any, desc="JointModel's options (core.fitting.joint), JSON values")
+class _JointIn(_ModelOptions):
     in_file = File(exists=True, mandatory=True, desc="normalised signal [..., M] on every measurement with b > 0")
     sigma_file = File(exists=True, desc="normalised noise σ (absent: estimated per voxel)")
     mask_file = File(exists=True, mandatory=True, desc="voxels to fit (uint8)")
@@ -175,7 +206,7 @@ class FitJointModel(SimpleInterface):
         if sigma is not None and sigma.ndim == data.ndim:
             sigma = sigma.mean(-1)
         tissue, flow = Dictionary.load(i.dictionary), Dictionary.load(i.flow_dictionary)
-        model = JointModel(tissue, flow, **_model_options(i.options))
+        model = JointModel(tissue, flow, **model_options(i, "joint"))
         fit = run_fit(model, data, mask, sigma, i.n_threads, "joint fit")
         desc = model.describe().to_dict()
         self._results["description"] = {**desc, "dictionary": tissue.summary()}

@@ -154,28 +154,29 @@ class Config:
 
     # ---- what the models are given (one place for the nodes and for the descriptions) -------------------
     def tissue_model_options(self) -> dict:
-        """build_model options of the tissue estimator (JSON-typed)."""
+        """Options of the tissue estimator (interfaces.fitting.MODEL_OPTIONS)."""
         bounds = {k: list(v) for k, v in self.bounds.items()}
         if self.estimator.startswith("posterior"):
             return {"bounds": bounds, "chunk_size": self.chunk_size, "n_averages": self.n_averages, "device": self.device,
                     "prior": self.prior}
-        return {"n_averages": self.n_averages, "regularisation": [self.reg_norm, self.reg_weight], "bounds": bounds,
-                "smoothing": self.smoothing, "chunk_size": self.chunk_size, "surrogate": self.surrogate,
-                "n_neighbours": self.n_neighbours, "noise": self.noise_model, "device": self.device}
+        return {"n_averages": self.n_averages, "regularisation": (int(self.reg_norm), float(self.reg_weight)),
+                "bounds": bounds, "smoothing": self.smoothing, "chunk_size": self.chunk_size,
+                "surrogate": self.surrogate, "n_neighbours": self.n_neighbours, "noise": self.noise_model,
+                "device": self.device}
 
     def flow_model_options(self) -> dict:
-        """build_model options of the flow estimator (the published fit uses the global surrogate)."""
+        """Options of the flow estimator (the published fit uses the global surrogate)."""
         if self.flow_estimator.startswith("posterior"):   # S_V is a difference of magnitudes: no noise floor
             return {"chunk_size": self.chunk_size, "noise": "gaussian", "device": self.device}
         return {"n_averages": self.n_averages, "smoothing": self.smoothing, "chunk_size": self.chunk_size,
                 "surrogate": "global", "noise": self.noise_model, "device": self.device}
 
     def joint_model_options(self) -> dict:
-        """JointModel options (core/fitting/joint.py) of --model joint (JSON-typed)."""
-        return {"bounds": {k: list(v) for k, v in self.bounds.items()}, "chunk_size": self.chunk_size,
-                "n_averages": self.n_averages, "tissue_b_min": self.vasc_threshold, "device": self.device,
-                "prior": self.prior,
-                "t2_tissue_ms": self.t2_tissue_ms, "t2_blood_ms": self.t2_blood_ms}
+        """JointModel options (core/fitting/joint.py) of --model joint; T2s only when given."""
+        out = {"bounds": {k: list(v) for k, v in self.bounds.items()}, "chunk_size": self.chunk_size,
+               "n_averages": self.n_averages, "tissue_b_min": self.vasc_threshold, "device": self.device,
+               "prior": self.prior, "t2_tissue_ms": self.t2_tissue_ms, "t2_blood_ms": self.t2_blood_ms}
+        return {k: v for k, v in out.items() if v is not None}
 
     def ivim_model_options(self) -> dict:
         return {"b_split": self.ivim_b_split, "b_max": self.ivim_b_max, "b0_threshold": self.b0_threshold,

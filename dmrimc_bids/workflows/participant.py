@@ -225,7 +225,7 @@ def init_single_subject_wf(item: SessionInputs, config: Config, warnings: list |
 def ivim_node(config: Config, mem: dict) -> pe.Node:
     """The IVIM fit (FitModel 'ivim', --ivim-estimator): fV, D, D*, S0 and the vascular signal."""
     label = "Bayesian IVIM" if config.ivim_estimator == "bayes" else "segmented IVIM"
-    return pe.Node(FitModel(estimator="ivim", options=config.ivim_model_options(), label=label,
+    return pe.Node(FitModel(estimator="ivim", **config.ivim_model_options(), label=label,
                             n_threads=config.omp_nthreads),
                    name="fit_ivim", n_procs=config.omp_nthreads, mem_gb=max(1.0, mem["fit_ivim"]))
 
@@ -332,7 +332,7 @@ def init_tissue_wf(item: SessionInputs, config: Config, mem: dict, name="tissue_
     match = pe.Node(MatchDictionary(params=list(config.params), fix=dict(config.fix), tol_b=config.match_tol_b,
                                     tol_ms=config.match_tol_ms, b0_threshold=config.b0_threshold,
                                     source=item.dwi_files[0]), name="match_dictionary", mem_gb=1.0)
-    fit = pe.Node(FitModel(estimator=config.estimator, options=config.tissue_model_options(),
+    fit = pe.Node(FitModel(estimator=config.estimator, **config.tissue_model_options(),
                            n_threads=config.omp_nthreads, label="Histo-uSim fit"),
                   name="fit_histousim", n_procs=config.omp_nthreads, mem_gb=mem["fit"])
     wf.connect([
@@ -389,7 +389,7 @@ def init_joint_wf(item: SessionInputs, config: Config, mem: dict, name="joint_wf
     match_flow = pe.Node(MatchDictionary(params=list(config.flow_params), tol_b=config.flow_match_tol_b,
                                          tol_ms=config.match_tol_ms, b0_threshold=config.b0_threshold,
                                          source=item.dwi_files[0]), name="match_flow_dictionary", mem_gb=1.0)
-    fit = pe.Node(FitJointModel(options=config.joint_model_options(), n_threads=config.omp_nthreads),
+    fit = pe.Node(FitJointModel(**config.joint_model_options(), n_threads=config.omp_nthreads),
                   name="fit_joint", n_procs=config.omp_nthreads, mem_gb=mem["fit"])
     wf.connect([
         (inputnode, filt, [("norm_file", "in_file"), ("sigma_file", "sigma_file"), ("shells", "shells"),
@@ -444,7 +444,7 @@ def init_vascular_wf(item: SessionInputs, config: Config, mem: dict, name="vascu
     match = pe.Node(MatchDictionary(params=list(config.flow_params), tol_b=config.flow_match_tol_b,
                                     tol_ms=config.match_tol_ms, b0_threshold=config.b0_threshold,
                                     source=item.dwi_files[0]), name="match_flow_dictionary", mem_gb=1.0)
-    fit = pe.Node(FitModel(estimator=config.flow_estimator, options=config.flow_model_options(),
+    fit = pe.Node(FitModel(estimator=config.flow_estimator, **config.flow_model_options(),
                            n_threads=config.omp_nthreads, label="SpinFlowSim fit"),
                   name="fit_spinflowsim", n_procs=config.omp_nthreads, mem_gb=mem["fit"])
     wf.connect([
