@@ -122,7 +122,8 @@ def test_methods_text_follows_what_ran(tmp_path):
     def text(estimator="posterior-median", params=None, fix=None, file=None, **options):
         dic = load_selected(str(file) if file else str(tmp_path / "mine.npz"), params, fix).match(PROTO)
         desc = {**build_model(estimator, dic, **options).describe().to_dict(), "dictionary": dic.summary()}
-        return methods_paragraphs({"histousim": desc}, {"b0_threshold": 20, "vasc_threshold": 250})[1]
+        paragraphs = methods_paragraphs({"histousim": desc}, {"b0_threshold": 20, "vasc_threshold": 250})
+        return next(p for p in paragraphs if "Histo-μSim" in p)
 
     ref = text()
     assert "posterior median" in ref and str(tmp_path / "mine.npz") in ref and "analytic restricted" in ref

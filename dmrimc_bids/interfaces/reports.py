@@ -33,6 +33,8 @@ class _SessionIn(BaseInterfaceInputSpec):
     written_flow = traits.List(traits.Str, desc="files written by the SpinFlowSim writer")
     input_files = traits.Dict(desc="bids.provenance.input_record: the DWI, mask and σ map used (URI, SHA-256)")
     mask_origin = traits.Str(desc="how the fitted mask was made (PrepareMask)")
+    pipeline_methods = traits.Dict(traits.Str, traits.List(traits.Str),
+                                   desc="methods.workflow_methods of the session's graph: its steps' sentences")
 
 
 class _SessionOut(TraitedSpec):
@@ -58,6 +60,7 @@ class SessionReport(SimpleInterface):
                                 i.b0_threshold, list(value(i.warnings, [])) + list(value(i.skipped, [])),
                                 {k: v for k, v in methods.items() if v})
         frag["inputs"] = _input_rows(value(i.input_files, {}), value(i.mask_origin))
+        frag["pipeline"] = dict(value(i.pipeline_methods, {}))
         self._results["fragment"] = cwd_path(runtime, "fragment.json")
         Path(self._results["fragment"]).write_text(json.dumps(frag))
         return runtime

@@ -55,25 +55,23 @@ def _parameters_phrase(d: dict | None, default: list) -> str:
     return text
 
 
-def methods_paragraphs(descriptions: dict, options: dict) -> list[str]:
-    """Plain-text paragraphs describing what was run: descriptions {model label: FitModel's description
-    (Model.describe() plus the dictionary's summary)} of the models that wrote maps, and the pipeline's
-    options (Config.report_options)."""
-    from .. import __version__
+def pipeline_methods(fragments: list[dict]) -> dict:
+    """{"desc": [...], "postdesc": [...]}: the sentences the sessions' workflows carried
+    (workflows.methods.workflow_methods), each once, in the sessions' order."""
+    out = {"desc": [], "postdesc": []}
+    for f in fragments:
+        for key in out:
+            out[key] += [t for t in (f.get("pipeline") or {}).get(key, []) if t not in out[key]]
+    return out
+
+
+def methods_paragraphs(descriptions: dict, options: dict, pipeline: dict | None = None) -> list[str]:
+    """Plain-text paragraphs describing what was run: the sentences of the workflows that ran (pipeline:
+    pipeline_methods of the session fragments), then, from descriptions {model label: FitModel's description
+    (Model.describe() plus the dictionary's summary)} of the models that wrote maps, one paragraph per model
+    quoting the pipeline's options (Config.report_options), then the workflows' closing sentences."""
     o = options
-    out = [f"Diffusion MRI maps were computed with dmrimc-bids {__version__} [bids, pybids, nipype, numba]. "
-           f"Each subject's DWI series were read with their per-volume timing (b, δ, Δ, TE); volumes were "
-           f"averaged over directions within each (b, δ, Δ, TE) shell and normalised by the mean b=0 signal "
-           f"(b ≤ {_fmt(o.get('b0_threshold'))} s/mm²) "
-           + ("of their echo time (the b=0 volumes of all series at that echo time pooled after matching each "
-              "series' global scale)." if o.get("b0_pool_series", True) else
-              "of their series and echo-time/diffusion-time group.")]
-    if o.get("model") == "joint":
-        out.append("Tissue and vasculature were fitted jointly (--model joint): one posterior of (1 - fV) S_tissue + "
-                   "fV S_flow on every measurement with b > 0, tissue and flow dictionaries combined.")
-    elif o.get("model") == "separate":
-        out.append("Tissue and vasculature were fitted separately (--model separate): the tissue dictionary on the "
-                   "high-b measurements, the flow dictionary on the IVIM fit's vascular signal.")
+    out = list((pipeline or {}).get("desc", []))
     if "histousim" in descriptions:
         d = descriptions["histousim"]
         out.append("Tissue microstructure was estimated with Histo-μSim [histousim]: measurements with "
@@ -95,8 +93,7 @@ def methods_paragraphs(descriptions: dict, options: dict) -> list[str]:
                                                               "networks")
                    + f", {_parameters_phrase(d.get('dictionary'), ['vm', 'vs', 'anb'])}; the networks' flow obeys "
                      "Kirchhoff's laws with the modified Hagen-Poiseuille resistance of [blinder].")
-    out.append(f"Random seed: {_fmt(o.get('seed'), '0')}.")
-    return out
+    return out + list((pipeline or {}).get("postdesc", []))
 
 
 def references(models) -> list[tuple[str, str]]:
@@ -107,10 +104,10 @@ def references(models) -> list[tuple[str, str]]:
     return [(k, REFERENCES[k]) for k in keys]
 
 
-def methods_markdown(descriptions: dict, options: dict) -> str:
+def methods_markdown(descriptions: dict, options: dict, pipeline: dict | None = None) -> str:
     """logs/CITATION.md text."""
     lines = ["# Methods (boilerplate)", "",
              "Works using these derivatives should describe the processing; this text may be copied.", ""]
-    lines += [p + "\n" for p in methods_paragraphs(descriptions, options)]
+    lines += [p + "\n" for p in methods_paragraphs(descriptions, options, pipeline)]
     lines += ["## References", ""] + [f"- [{k}] {ref}" for k, ref in references(descriptions)]
     return "\n".join(lines) + "\n"

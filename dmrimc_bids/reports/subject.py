@@ -16,7 +16,7 @@ import numpy as np
 from ..core.protocol import B0_THRESHOLD
 from ..bids.derivatives import MODEL_INFO, atomic_write_bytes, find_maps, read_map
 from . import figures
-from .citations import methods_markdown, methods_paragraphs, references
+from .citations import methods_markdown, methods_paragraphs, pipeline_methods, references
 
 MODEL_TITLES = {"histousim": "Tissue microstructure (Histo-μSim)", "ivim": "IVIM (perfusion fraction, pseudo-diffusion)",
                 "spinflowsim": "Microvasculature (SpinFlowSim)"}
@@ -306,7 +306,8 @@ def render_subject(subject: str, fragments: list[dict], out_file, options: dict 
     descriptions = ran_models(fragments)
     html = env.get_template("subject.html.j2").render(
         subject=subject, fragments=sorted(fragments, key=lambda f: f["session"]), version=__version__,
-        methods=methods_paragraphs(descriptions, options or {}), references=references(descriptions),
+        methods=methods_paragraphs(descriptions, options or {}, pipeline_methods(fragments)),
+        references=references(descriptions),
         options=options or {})
     atomic_write_bytes(out_file, html.encode("utf-8"))
     return str(out_file)
@@ -328,7 +329,7 @@ def write_citation(out_dir, fragments: list[dict], options: dict | None = None, 
     """logs/CITATION.md from the session fragments of the run (atomic): the methods boilerplate of the
     models that wrote maps, with references; with run_id also logs/<run_id>_CITATION.md, which later runs
     into the same folder leave alone (CITATION.md is the latest run's)."""
-    text = methods_markdown(ran_models(fragments), options or {}).encode("utf-8")
+    text = methods_markdown(ran_models(fragments), options or {}, pipeline_methods(fragments)).encode("utf-8")
     path = Path(out_dir) / "logs" / "CITATION.md"
     if run_id:
         atomic_write_bytes(path.with_name(f"{run_id}_CITATION.md"), text)

@@ -41,6 +41,7 @@ from ..interfaces.preprocess import (NormaliseB0, PrepareMask, ReadProtocol, Sph
                                      prepare_mask)
 from ..interfaces.reports import SessionReport, SubjectReport
 from ..interfaces.simulation import SimulateFlowForProtocol, SimulateForProtocol
+from . import methods
 from .config import Config
 
 
@@ -189,6 +190,7 @@ def init_single_subject_wf(item: SessionInputs, config: Config, warnings: list |
     config = session_config(item, config, shells)
     mem = session_memory_gb(item, config, len(shells))
     wf = pe.Workflow(name=subject_wf_name(item))
+    wf.__postdesc__ = methods.seed_postdesc(config)
     prep = init_dwi_preproc_wf(item, config, mem)
     joint = config.model == "joint"
     tissue = init_joint_wf(item, config, mem) if joint else init_tissue_wf(item, config, mem)
@@ -219,6 +221,7 @@ def init_single_subject_wf(item: SessionInputs, config: Config, warnings: list |
             _add_ivim_maps(wf, item, config, mem, prep, report, records)
     elif has_vascular_branch(item, config, shells):
         _add_vascular_branch(wf, item, config, mem, prep, report, branch_in, records)
+    report.inputs.pipeline_methods = methods.workflow_methods(wf)
     return wf
 
 
@@ -276,6 +279,7 @@ def init_dwi_preproc_wf(item: SessionInputs, config: Config, mem: dict, name="dw
     notes (normalisation notes), mask_origin (the given mask, or how it was built from the b=0).
     """
     wf = pe.Workflow(name=name)
+    wf.__desc__ = methods.preproc_desc(config)
     outputnode = pe.Node(IdentityInterface(fields=["protocol", "shells", "sph_file", "mask_file", "norm_file",
                                                    "sigma_file", "notes", "mask_origin"]), name="outputnode")
     read = pe.Node(ReadProtocol(dwi_files=item.dwi_files, bval_files=item.bval_files,
@@ -322,6 +326,8 @@ def init_tissue_wf(item: SessionInputs, config: Config, mem: dict, name="tissue_
     (simulated dictionaries; a matched one is described by the top workflow's select_dictionary).
     """
     wf = pe.Workflow(name=name)
+    if config.model == "separate":
+        wf.__desc__ = methods.separate_desc()
     inputnode = pe.Node(IdentityInterface(fields=["norm_file", "sigma_file", "shells", "mask_file", "max_b"]),
                         name="inputnode")
     outputnode = pe.Node(IdentityInterface(fields=["maps", "units", "description", "fit_info", "examples_file",
@@ -373,6 +379,7 @@ def init_joint_wf(item: SessionInputs, config: Config, mem: dict, name="joint_wf
     flow_dictionary_description.
     """
     wf = pe.Workflow(name=name)
+    wf.__desc__ = methods.joint_desc()
     inputnode = pe.Node(IdentityInterface(fields=["norm_file", "sigma_file", "shells", "mask_file", "max_b"]),
                         name="inputnode")
     outputnode = pe.Node(IdentityInterface(fields=[
