@@ -17,7 +17,7 @@ its description (method sentence, sidecar parameters) from the model that ran.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -113,6 +113,34 @@ def session_config(item: SessionInputs, config: Config, shells: Protocol | None 
     return config if model == config.model else replace(config, model=model)
 
 
+@dataclass
+class SessionPlan:
+    """What a session's graph looks like, decided from its headers and metadata (plan_session) or given (to
+    build and draw a graph without data, example_plan): the session's Config (its model), whether the
+    vascular branch runs, the nodes' memory {node: GB} and the sidecars' input record."""
+    config: Config
+    vascular: bool
+    mem: dict
+    records: dict
+
+
+def plan_session(item: SessionInputs, config: Config) -> SessionPlan:
+    """The SessionPlan of a session from its headers and metadata (no voxel data read)."""
+    shells = session_protocol(item, config)[1]
+    cfg = session_config(item, config, shells)
+    return SessionPlan(cfg, has_vascular_branch(item, cfg, shells), session_memory_gb(item, cfg, len(shells)),
+                       input_record(item, config.dataset_links))
+
+
+def example_plan(config: Config, model: str = "joint", vascular: bool = True) -> tuple[SessionInputs, SessionPlan]:
+    """(a subject with no files, a nominal SessionPlan): the graph of ``model`` with or without the vascular
+    branch, built without data, to be drawn (workflow.write_graph) or inspected."""
+    item = SessionInputs(subject="example", session=None, dwi_files=[], bval_files=[], bvec_files=[],
+                         sidecar_files=[], gdur_files=[], gsep_files=[])
+    mem = {node: INTERPRETER_GB for node in IMAGE_NODE_COPIES} | {"fit": 1.0}
+    return item, SessionPlan(replace(config, model=model), vascular, mem, {})
+
+
 def preflight(item: SessionInputs, config: Config, dictionary=None) -> dict:
     """Run every input check of the graph on headers and metadata only (fast), raising InputError.
 
@@ -147,9 +175,11 @@ def preflight(item: SessionInputs, config: Config, dictionary=None) -> dict:
 
 
 def init_participant_wf(items: list[SessionInputs], config: Config, work_dir, name="dmrimc_bids_wf",
-                        warnings: dict | None = None):
+                        warnings: dict | None = None, plans: dict | None = None):
     """Top workflow: the dictionary selection node, one sub-workflow per subject/session and one report
-    node per subject joining its sessions' fragments. warnings: {item label: [preflight warnings]}."""
+    node per subject joining its sessions' fragments. warnings: {item label: [preflight warnings]}; plans:
+    {item label: SessionPlan} (default: plan_session from each session's headers)."""
+    plans = {item.label: (plans or {}).get(item.label) or plan_session(item, config) for item in items}
     from nipype.interfaces.utility import Merge
 
     major, minor = __version__.split(".")[:2]
@@ -160,12 +190,12 @@ def init_participant_wf(items: list[SessionInputs], config: Config, work_dir, na
         select.inputs.dictionary_file = config.dictionary
     by_subject: dict = {}
     for item in items:
-        sub = init_single_subject_wf(item, config, (warnings or {}).get(item.label, []))
+        sub = init_single_subject_wf(item, config, (warnings or {}).get(item.label, []), plans[item.label])
         by_subject.setdefault(item.subject, []).append(sub)
         if config.dictionary_source == "simulate":
             wf.add_nodes([sub])
         else:
-            branch = "joint_wf" if session_config(item, config).model == "joint" else "tissue_wf"
+            branch = "joint_wf" if plans[item.label].config.model == "joint" else "tissue_wf"
             wf.connect([(select, sub, [("max_b", f"{branch}.inputnode.max_b"),
                                        ("description", "histousim_derivatives_wf.inputnode.dictionary_description")])])
     for subject, subs in by_subject.items():
@@ -178,23 +208,30 @@ def init_participant_wf(items: list[SessionInputs], config: Config, work_dir, na
     return wf
 
 
+def init_example_wf(config: Config, work_dir, model: str = "joint", vascular: bool = True) -> pe.Workflow:
+    """The participant workflow of one subject with no data (example_plan): the graph the app builds for
+    ``model`` (joint or separate), with or without the vascular branch, to draw (write_graph) or inspect."""
+    item, plan = example_plan(config, model, vascular)
+    return init_participant_wf([item], plan.config, work_dir, plans={item.label: plan})
+
+
 def subject_wf_name(item: SessionInputs) -> str:
     """Name of a subject/session's sub-workflow (its folder in the work dir; crash files carry it)."""
     return f"single_subject_{item.subject}" + (f"_ses_{item.session}" if item.session else "") + "_wf"
 
 
-def init_single_subject_wf(item: SessionInputs, config: Config, warnings: list | None = None) -> pe.Workflow:
+def init_single_subject_wf(item: SessionInputs, config: Config, warnings: list | None = None,
+                           plan: SessionPlan | None = None) -> pe.Workflow:
     """One subject/session: preprocessing, the tissue branch, the vascular branch when the protocol has
-    IVIM b-values, one derivatives writer per model, and the session's report fragment."""
-    shells = session_protocol(item, config)[1]
-    config = session_config(item, config, shells)
-    mem = session_memory_gb(item, config, len(shells))
+    IVIM b-values, one derivatives writer per model, and the session's report fragment. plan: the
+    SessionPlan (default: plan_session from the session's headers)."""
+    plan = plan or plan_session(item, config)
+    config, mem, records = plan.config, plan.mem, plan.records
     wf = pe.Workflow(name=subject_wf_name(item))
     wf.__postdesc__ = methods.seed_postdesc(config)
     prep = init_dwi_preproc_wf(item, config, mem)
     joint = config.model == "joint"
     tissue = init_joint_wf(item, config, mem) if joint else init_tissue_wf(item, config, mem)
-    records = input_record(item, config.dataset_links)
     write = init_derivatives_wf(item, config, "histousim", records=records)
     report = pe.Node(SessionReport(out_dir=config.out_dir, subject=item.subject, session=item.session or "",
                                    b0_threshold=config.b0_threshold, warnings=list(warnings or []),
@@ -217,9 +254,9 @@ def init_single_subject_wf(item: SessionInputs, config: Config, warnings: list |
         wf.connect(tissue, "outputnode.dictionary_description", write, "inputnode.dictionary_description")
     if joint:
         _add_joint_flow_writer(wf, item, config, tissue, report, records)
-        if has_vascular_branch(item, config, shells):
+        if plan.vascular:
             _add_ivim_maps(wf, item, config, mem, prep, report, records)
-    elif has_vascular_branch(item, config, shells):
+    elif plan.vascular:
         _add_vascular_branch(wf, item, config, mem, prep, report, branch_in, records)
     report.inputs.pipeline_methods = methods.workflow_methods(wf)
     return wf
@@ -270,6 +307,11 @@ def _add_vascular_branch(wf, item, config: Config, mem: dict, prep, report, bran
     ])
 
 
+def _source(item: SessionInputs) -> str:
+    """The file named in a node's error messages: the session's first DWI."""
+    return item.dwi_files[0] if item.dwi_files else ""
+
+
 def init_dwi_preproc_wf(item: SessionInputs, config: Config, mem: dict, name="dwi_preproc_wf") -> pe.Workflow:
     """Preprocessing of one session's DWI series.
 
@@ -282,12 +324,13 @@ def init_dwi_preproc_wf(item: SessionInputs, config: Config, mem: dict, name="dw
     wf.__desc__ = methods.preproc_desc(config)
     outputnode = pe.Node(IdentityInterface(fields=["protocol", "shells", "sph_file", "mask_file", "norm_file",
                                                    "sigma_file", "notes", "mask_origin"]), name="outputnode")
-    read = pe.Node(ReadProtocol(dwi_files=item.dwi_files, bval_files=item.bval_files,
-                                b0_threshold=config.b0_threshold), name="read_protocol")
-    for trait, files in (("bvec_files", item.bvec_files), ("sidecar_files", item.sidecar_files),
-                         ("gdur_files", item.gdur_files), ("gsep_files", item.gsep_files),
-                         ("confounds_files", item.confounds_files)):
-        setattr(read.inputs, trait, list(files) if files else [""] * len(item.dwi_files))
+    read = pe.Node(ReadProtocol(b0_threshold=config.b0_threshold), name="read_protocol")
+    if item.dwi_files:   # (example_plan: a graph without data has no files to read)
+        read.inputs.dwi_files, read.inputs.bval_files = item.dwi_files, item.bval_files
+        for trait, files in (("bvec_files", item.bvec_files), ("sidecar_files", item.sidecar_files),
+                             ("gdur_files", item.gdur_files), ("gsep_files", item.gsep_files),
+                             ("confounds_files", item.confounds_files)):
+            setattr(read.inputs, trait, list(files) if files else [""] * len(item.dwi_files))
     for trait in ("small_delta_ms", "big_delta_ms"):
         if getattr(config, trait) is not None:
             setattr(read.inputs, trait, getattr(config, trait))
@@ -295,7 +338,7 @@ def init_dwi_preproc_wf(item: SessionInputs, config: Config, mem: dict, name="dw
         read.inputs.timing = {k: list(v) for k, v in config.run_timing().items()}
     mask = pe.Node(PrepareMask(b0_threshold=config.b0_threshold), name="prepare_mask", mem_gb=mem["spherical_mean"])
     norm = pe.Node(NormaliseB0(b0_threshold=config.b0_threshold, pool_series=config.b0_pool_series,
-                               source=item.dwi_files[0]), name="normalise_b0", mem_gb=mem["normalise_b0"])
+                               source=_source(item)), name="normalise_b0", mem_gb=mem["normalise_b0"])
     for node in (mask, norm):
         if item.sigma_file:
             node.inputs.sigma_file = item.sigma_file
@@ -337,7 +380,7 @@ def init_tissue_wf(item: SessionInputs, config: Config, mem: dict, name="tissue_
                    name="vascular_filter", mem_gb=mem["vascular_filter"])
     match = pe.Node(MatchDictionary(params=list(config.params), fix=dict(config.fix), tol_b=config.match_tol_b,
                                     tol_ms=config.match_tol_ms, b0_threshold=config.b0_threshold,
-                                    source=item.dwi_files[0]), name="match_dictionary", mem_gb=1.0)
+                                    source=_source(item)), name="match_dictionary", mem_gb=1.0)
     fit = pe.Node(FitModel(estimator=config.estimator, **config.tissue_model_options(),
                            n_threads=config.omp_nthreads, label="Histo-uSim fit"),
                   name="fit_histousim", n_procs=config.omp_nthreads, mem_gb=mem["fit"])
@@ -390,12 +433,12 @@ def init_joint_wf(item: SessionInputs, config: Config, mem: dict, name="joint_wf
                    mem_gb=mem["vascular_filter"])
     match = pe.Node(MatchDictionary(params=list(config.params), fix=dict(config.fix), tol_b=config.match_tol_b,
                                     tol_ms=config.match_tol_ms, b0_threshold=config.b0_threshold,
-                                    source=item.dwi_files[0]), name="match_dictionary", mem_gb=1.0)
+                                    source=_source(item)), name="match_dictionary", mem_gb=1.0)
     if config.dictionary:
         match.inputs.dictionary_file = config.dictionary
     match_flow = pe.Node(MatchDictionary(params=list(config.flow_params), tol_b=config.flow_match_tol_b,
                                          tol_ms=config.match_tol_ms, b0_threshold=config.b0_threshold,
-                                         source=item.dwi_files[0]), name="match_flow_dictionary", mem_gb=1.0)
+                                         source=_source(item)), name="match_flow_dictionary", mem_gb=1.0)
     fit = pe.Node(FitJointModel(**config.joint_model_options(), n_threads=config.omp_nthreads),
                   name="fit_joint", n_procs=config.omp_nthreads, mem_gb=mem["fit"])
     wf.connect([
@@ -450,7 +493,7 @@ def init_vascular_wf(item: SessionInputs, config: Config, mem: dict, name="vascu
     ivim = ivim_node(config, mem)
     match = pe.Node(MatchDictionary(params=list(config.flow_params), tol_b=config.flow_match_tol_b,
                                     tol_ms=config.match_tol_ms, b0_threshold=config.b0_threshold,
-                                    source=item.dwi_files[0]), name="match_flow_dictionary", mem_gb=1.0)
+                                    source=_source(item)), name="match_flow_dictionary", mem_gb=1.0)
     fit = pe.Node(FitModel(estimator=config.flow_estimator, **config.flow_model_options(),
                            n_threads=config.omp_nthreads, label="SpinFlowSim fit"),
                   name="fit_spinflowsim", n_procs=config.omp_nthreads, mem_gb=mem["fit"])

@@ -16,3 +16,5 @@ dmrimc-sim histo --svg "$here/../examples/cells.svg" --scale 1 --protocol "$prot
     --kappa 20 --walkers 4000 --out "$work/histo.npz" --device cpu --plot \
     --video "$here/walkers.gif" --video-phase --video-walkers 200 --video-frames 40 --video-fps 12 --video-dpi 72
 cp "$work/histo_signals.png" "$here/signals.png"
+# the participant graph (joint and separate models), drawn without data; needs Graphviz's dot
+python "$here/graphs.py"
