@@ -87,11 +87,22 @@ def test_cuda_import_leaves_numpy_alone():
 
 
 class _BrokenGPU:
-    """A GPU backend whose kernels fail to compile, as a CUDA toolkit mismatch would."""
+    """A GPU backend whose kernels the driver refuses, as a CUDA toolkit mismatch would (numba's CudaAPIError)."""
 
     @staticmethod
     def grid_search(*args, **kwargs):
-        raise RuntimeError("CUDA_ERROR_UNSUPPORTED_PTX_VERSION")
+        from numba.cuda.cudadrv.driver import CudaAPIError
+        raise CudaAPIError(222, "CUDA_ERROR_UNSUPPORTED_PTX_VERSION")
+
+    refine = grid_search
+
+
+class _BuggyGPU:
+    """A GPU backend with a bug of its own (not a CUDA failure)."""
+
+    @staticmethod
+    def grid_search(*args, **kwargs):
+        raise IndexError("kernel bug: index 7 out of range")
 
     refine = grid_search
 
@@ -112,5 +123,10 @@ def test_device_auto_falls_back_to_cpu_with_one_warning(monkeypatch, caplog):
     assert np.array_equal(auto.params["fin"], cpu.params["fin"]) and auto.info["device"] == "cpu"
     assert sum("GPU dictionary fit failed" in r.getMessage() for r in caplog.records) == 1
     import pytest
-    with pytest.raises(RuntimeError, match="PTX"):
+    from numba.cuda.cudadrv.driver import CudaAPIError
+    with pytest.raises(CudaAPIError, match="PTX"):
         dictfit.DictionaryModel(dic, device="gpu").fit(data)
+    # a bug of the GPU path is raised under auto too, never hidden behind a CPU rerun
+    monkeypatch.setattr(dictfit, "_backend", lambda device: _BuggyGPU)
+    with pytest.raises(IndexError, match="kernel bug"):
+        dictfit.DictionaryModel(dic, device="auto", chunk_size=2).fit(data)

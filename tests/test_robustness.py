@@ -106,12 +106,13 @@ def test_derivatives_pass_the_bids_validator(demo_run, tmp_path):
 
 def test_mem_bounds_scheduling_and_batches(single_demo, tmp_path):
     from dmrimc_bids.bids.layout import collect_inputs
-    from dmrimc_bids.cli.parser import _memory_gb, build_parser, config_from_args
+    from dmrimc_bids.cli.argtypes import memory_gb
+    from dmrimc_bids.cli.parser import build_parser, config_from_args
     from dmrimc_bids.workflows import execution
     from dmrimc_bids.workflows.config import Config
     from dmrimc_bids.workflows.participant import (BYTES_PER_BATCH_VOXEL, chunk_for_memory,
                                                    init_participant_wf)
-    assert [_memory_gb(t) for t in ("8G", "8000M", "8", "8gb", "1T")] == [8.0, 8.0, 8.0, 8.0, 1000.0]
+    assert [memory_gb(t) for t in ("8G", "8000M", "8", "8gb", "1T")] == [8.0, 8.0, 8.0, 8.0, 1000.0]
     args = build_parser().parse_args([str(single_demo), str(tmp_path / "o"), "participant", "--mem", "3G",
                                       "--nprocs", "2"])
     cfg = config_from_args(args)
