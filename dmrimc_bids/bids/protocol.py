@@ -16,7 +16,7 @@ import numpy as np
 
 from ..core.errors import EX_NOINPUT, EX_USAGE, InputError
 from ..core.protocol import B0_THRESHOLD, Protocol, read_numbers
-from ..interfaces.io import load_image
+from .images import load_image
 
 #: A sidecar time above this many seconds is taken to be a value written in ms by mistake.
 MAX_PLAUSIBLE_SECONDS = 1.0

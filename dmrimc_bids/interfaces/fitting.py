@@ -12,7 +12,8 @@ from nipype.interfaces.base import (BaseInterfaceInputSpec, File, SimpleInterfac
                                     isdefined, traits)
 
 from ..core.fitting.registry import ESTIMATORS
-from .io import cwd_path, load_data, save_image
+from ..bids.images import load_data
+from .io import cwd_path, save_image
 
 
 class _ModelOptions(BaseInterfaceInputSpec):

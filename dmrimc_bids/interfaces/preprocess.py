@@ -13,7 +13,8 @@ from ..core import preprocess as core
 from ..core.errors import EX_DATAERR, InputError
 from ..bids.protocol import session_protocols
 from ..core.protocol import B0_THRESHOLD, Protocol
-from .io import check_same_grid, cwd_path, load_data, load_image, save_image
+from ..bids.images import check_same_grid, load_data, load_image, prepare_mask
+from .io import cwd_path, save_image
 
 
 def _opt(value):
@@ -73,35 +74,6 @@ class ReadProtocol(SimpleInterface):
         self._results["protocol"] = cwd_path(runtime, "protocol.tsv")
         proto.to_table(self._results["protocol"])
         return runtime
-
-
-def prepare_mask(dwi_file, mask_file=None, sigma_file=None, protocol=None, b0_threshold=B0_THRESHOLD):
-    """Check the mask (and σ map) against the DWI grid; return (boolean mask, DWI image, how the mask was
-    made). Without a mask file and with the protocol, the mask is built from the mean b=0 intensity
-    (core.preprocess.b0_mask); without either, it is the whole field of view."""
-    ref = load_image(dwi_file, "DWI")
-    how = f"file {mask_file}"
-    if mask_file:
-        m, img = load_data(mask_file, "mask")
-        check_same_grid(img, ref, mask_file, "mask", dwi_file)
-        m = m.reshape(m.shape[:3]) if m.ndim > 3 and all(s == 1 for s in m.shape[3:]) else m
-        if m.ndim != 3:
-            raise InputError(f"the mask is {m.ndim}D {m.shape}", path=mask_file, fix="give a 3D binary mask")
-        mask = np.nan_to_num(m) > 0
-        if not mask.any():
-            raise InputError("the mask is empty (no voxel > 0)", path=mask_file,
-                             fix="give a mask that covers the tissue to fit")
-    elif protocol is not None:
-        data, _ = load_data(dwi_file, "DWI")
-        mask, cut = core.b0_mask(data, protocol.b, b0_threshold)
-        how = (f"built from the mean b=0 intensity: {int(mask.sum())} of {mask.size} voxels above {cut:.4g} "
-               f"({100 * core.B0_MASK_FRACTION:g} % of its 98th percentile)")
-    else:
-        mask, how = np.ones(ref.shape[:3], dtype=bool), "the whole field of view"
-    if sigma_file:
-        s, simg = load_data(sigma_file, "noise σ map")
-        check_same_grid(simg, ref, sigma_file, "noise σ map", dwi_file)
-    return mask, ref, how
 
 
 class _PrepareMaskIn(BaseInterfaceInputSpec):

@@ -36,9 +36,8 @@ from ..interfaces.dictionary import MatchDictionary, SelectDictionary
 from ..interfaces.fitting import FitJointModel, FitModel
 from ..bids.protocol import session_protocols
 from ..bids.provenance import input_record
-from ..interfaces.io import verify_image
-from ..interfaces.preprocess import (NormaliseB0, PrepareMask, ReadProtocol, SphericalMean, VascularFilter,
-                                     prepare_mask)
+from ..bids.images import prepare_mask, verify_image
+from ..interfaces.preprocess import NormaliseB0, PrepareMask, ReadProtocol, SphericalMean, VascularFilter
 from ..interfaces.reports import SessionReport, SubjectReport
 from ..interfaces.simulation import SimulateFlowForProtocol, SimulateForProtocol
 from . import methods
