@@ -26,16 +26,16 @@ from .sim_parser import apply_preset, build_parser
 LOG = logging.getLogger("dmrimc_sim")
 
 
-def _run_default(args, device) -> int:
+def _run_default(args, device, run) -> int:
     """dmrimc-sim default-dictionary: the generated population by diffusion-time scaling."""
     from ..core import dictionary_default as dd
     from ..workflows.simulation import build_default_dictionary
 
     out = Path(args.out or dd.default_dictionary_path())
-    dic = build_default_dictionary(out, _simulation_run(args), n_substrates=args.substrates, n_walkers=args.walkers,
+    dic = build_default_dictionary(out, run, n_substrates=args.substrates, n_walkers=args.walkers,
                                    step_um=args.step_um, seed=args.seed, device=device)
     if dic is None:
-        return _submitted(args, out)
+        return _submitted(args, out, run)
     if args.plot:
         from ..core.simulate.histo import load_substrate
         from ..reports.simulation import plot_histo
@@ -92,7 +92,7 @@ def main(argv=None) -> int:
         return interrupted("dmrimc-sim", "no dictionary written")
 
 
-def _run_flow(args) -> int:
+def _run_flow(args, run) -> int:
     from ..core.simulate.flow.generate import default_realisations
     from ..core.simulate.flow.network import read_network
     from ..core.simulate.flow.resolve import solve_flow
@@ -123,12 +123,12 @@ def _run_flow(args) -> int:
     if video is not None:
         times = np.linspace(0.0, video["waveform"].duration_ms, args.video_frames)
         track = {"realisation": entry, "spins": args.video_count, "times_ms": times.tolist()}
-    dic = simulate_flow(nets, prot, out, _simulation_run(args), n_spins=args.spins, seed=args.seed,
+    dic = simulate_flow(nets, prot, out, run, n_spins=args.spins, seed=args.seed,
                         per_job=args.realisations_per_job, backend=args.backend, published_anb=args.published_anb,
                         track=track, after=video and (lambda work: _video(args, video, write_flow_video, shown,
                                                                          work / VIDEO_TRACK)))
     if dic is None:
-        return _submitted(args, out)
+        return _submitted(args, out, run)
     if args.plot:
         from ..reports.simulation import plot_network, plot_signals
         plot_network(shown, out.with_suffix(".png"))
@@ -178,8 +178,8 @@ def _network_html(solution, out):
         LOG.warning("dmrimc-sim: no interactive view: %s (%s)", exc, exc.fix)
 
 
-def _submitted(args, out) -> int:
-    print(f"dmrimc-sim: submitted the simulation jobs to {_simulation_run(args).execution.plugin} (work dir "
+def _submitted(args, out, run) -> int:
+    print(f"dmrimc-sim: submitted the simulation jobs to {run.execution.plugin} (work dir "
           f"{args.work_dir}); "
           f"{out.with_suffix('.npz')} appears when the last one finishes"
           + ("; rerun with --plugin Linear to collect them and draw the pictures"
@@ -193,9 +193,10 @@ def _run(args) -> int:
     if args.command == "design":
         from .design import run_design
         return run_design(args)
-    _simulation_run(args).threads()  # an unknown --plugin or bad --plugin-args/--threads-per-job fails here
+    run = _simulation_run(args)  # an unknown --plugin or bad --plugin-args fails here,
+    run.threads()                # a bad --threads-per-job here
     if args.command == "flow":
-        return _run_flow(args)
+        return _run_flow(args, run)
     from ..core.simulate.histo import config_grid, load_substrate
     from ..core.simulate.montecarlo import resolve_device
     from ..bids.protocol import read_simulation_protocol
@@ -207,7 +208,7 @@ def _run(args) -> int:
                          fix="install the [gpu] extra on a machine with an NVIDIA GPU, or use --device cpu")
     device = resolve_device(args.device)
     if args.command == "default-dictionary":
-        return _run_default(args, device)
+        return _run_default(args, device, run)
     if args.command == "histo":
         apply_preset(args)
         prot = read_simulation_protocol(args.protocol, args.bval)
@@ -225,13 +226,13 @@ def _run(args) -> int:
     track = None
     if video is not None:
         track = {"substrate": entry // n_cfg, "config": entry % n_cfg, "walkers": args.video_count}
-    dic = simulate_histo(specs, prot, d0in, d0ex, kappa, out, _simulation_run(args), n_walkers=args.walkers,
+    dic = simulate_histo(specs, prot, d0in, d0ex, kappa, out, run, n_walkers=args.walkers,
                          dt_ms=args.dt_ms, seed=args.seed, configs_per_job=args.configs_per_job, device=device,
                          grid_um=args.grid_um, area=area, track=track,
                          after=video and (lambda work: _video(args, video, write_walker_video,
                                                               substrates[entry // n_cfg], work / VIDEO_TRACK)))
     if dic is None:
-        return _submitted(args, out)
+        return _submitted(args, out, run)
     if args.plot:
         from ..reports.simulation import plot_histo, plot_signals
         plot_histo(substrates[:3], dic, out.with_suffix(".png"))
