@@ -158,5 +158,21 @@ def test_estimate_placement_counts_nodes_and_bounds():
     dic = Dictionary(np.ones((9, 1), np.float32), grid, ["x", "y"], proto)
     est = np.array([[0.5, 2.0], [0.25, 2.5], [1.0, 1.7], [0.5000001, 2.9999999]])
     got = estimate_placement(est, dic, ["x", "y"], np.array([0.0, 1.0]), np.array([1.0, 3.0]))
-    assert got["x"] == {"on_node": 0.75, "at_bound": 0.25, "n": 4}
-    assert got["y"] == {"on_node": 0.5, "at_bound": 0.25, "n": 4}
+    assert {k: got["x"][k] for k in ("on_node", "at_bound", "n")} == {"on_node": 0.75, "at_bound": 0.25, "n": 4}
+    assert {k: got["y"][k] for k in ("on_node", "at_bound", "n")} == {"on_node": 0.5, "at_bound": 0.25, "n": 4}
+    assert got["x"]["on_node_chance"] < 0.06   # three nodes cover 0.2 % of the range: few by chance
+
+
+def test_estimate_placement_chance_share_matches_continuous_estimates():
+    """Dense nodes (200 values on [0, 1]) cover 40 % of the range within 0.1 % of it: continuous estimates land
+    on a node that often by chance, and the chance share says so; estimates pinned to nodes exceed it."""
+    from dmrimc_bids.core.fitting.dictfit import estimate_placement
+    rng = np.random.default_rng(3)
+    nodes = np.sort(rng.uniform(0, 1, 200))
+    dic = Dictionary(np.ones((200, 1), np.float32), nodes[:, None], ["x"], Protocol([1000.0], [10.0], [30.0]))
+    lo, hi = np.array([0.0]), np.array([1.0])
+    spread = estimate_placement(rng.beta(2, 3, (20000, 1)), dic, ["x"], lo, hi)["x"]
+    assert spread["on_node"] == pytest.approx(spread["on_node_chance"], abs=0.015) and spread["on_node"] > 0.3
+    pinned = estimate_placement(np.where(rng.uniform(size=(20000, 1)) < 0.5, rng.choice(nodes, (20000, 1)),
+                                         rng.uniform(0, 1, (20000, 1))), dic, ["x"], lo, hi)["x"]
+    assert pinned["on_node"] - pinned["on_node_chance"] > 0.25

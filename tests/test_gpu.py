@@ -117,7 +117,7 @@ def test_device_auto_falls_back_to_cpu_with_one_warning(monkeypatch, caplog):
     data = np.stack([two_compartment_signal(proto.b, proto.small_delta_ms, proto.big_delta_ms, f, 12.0, 1.9, 1.9)
                      for f in (0.3, 0.5, 0.7)])
     cpu = dictfit.DictionaryModel(dic, device="cpu", chunk_size=2).fit(data)
-    monkeypatch.setattr(dictfit, "_backend", lambda device: _BrokenGPU)
+    monkeypatch.setattr(dictfit, "_backend", lambda device, *estimator: _BrokenGPU)
     with caplog.at_level("WARNING"):
         auto = dictfit.DictionaryModel(dic, device="auto", chunk_size=2).fit(data)
     assert np.array_equal(auto.params["fin"], cpu.params["fin"]) and auto.info["device"] == "cpu"
@@ -127,6 +127,25 @@ def test_device_auto_falls_back_to_cpu_with_one_warning(monkeypatch, caplog):
     with pytest.raises(CudaAPIError, match="PTX"):
         dictfit.DictionaryModel(dic, device="gpu").fit(data)
     # a bug of the GPU path is raised under auto too, never hidden behind a CPU rerun
-    monkeypatch.setattr(dictfit, "_backend", lambda device: _BuggyGPU)
+    monkeypatch.setattr(dictfit, "_backend", lambda device, *estimator: _BuggyGPU)
     with pytest.raises(IndexError, match="kernel bug"):
         dictfit.DictionaryModel(dic, device="auto", chunk_size=2).fit(data)
+
+
+def test_device_auto_takes_the_gpu_only_where_it_was_measured_faster(monkeypatch):
+    """A visible GPU: 'auto' keeps the ML and posterior kernels on the CPU (AUTO_USES_GPU: the ML kernel ran
+    at 0.3x of 16 cores; the posterior's is untimed on hardware), 'gpu' takes it; a verdict turned to
+    faster makes 'auto' take it; an unknown device is an error."""
+    import pytest
+
+    from dmrimc_bids.core.fitting import dictfit, gpu, kernels
+
+    monkeypatch.setattr(gpu, "available", lambda: True)
+    for estimator in ("ml", "posterior"):
+        assert dictfit._backend("auto", estimator) is kernels
+        assert dictfit._backend("gpu", estimator) is gpu
+        assert dictfit._backend("cpu", estimator) is kernels
+    monkeypatch.setitem(dictfit.AUTO_USES_GPU, "posterior", True)
+    assert dictfit._backend("auto", "posterior") is gpu and dictfit._backend("auto", "ml") is kernels
+    with pytest.raises(ValueError, match="device"):
+        dictfit._backend("tpu", "ml")

@@ -130,7 +130,7 @@ def test_demo_report_loads_in_chromium(demo_run, tmp_path):
 
 def test_report_shows_estimate_placement_from_the_fit(demo_run):
     """The share of estimates on a dictionary node / at a bound is computed by the fit, recorded in the
-    sidecars (EstimatePlacement) and shown in the report, flagged above 25 %."""
+    sidecars (EstimatePlacement, with the share chance puts on a node) and shown in the report."""
     import json
     _, out, _ = demo_run
     side = json.loads((out / "sub-01/dwi/sub-01_space-dwi_model-histousim_param-fin_dwimap.json").read_text())
@@ -142,8 +142,10 @@ def test_report_shows_estimate_placement_from_the_fit(demo_run):
     assert all(0 <= v["OnDictionaryNode"] <= 1 and 0 <= v["AtBound"] <= 1 for v in place.values())
     html = (out / "sub-01.html").read_text()
     assert "Estimates on a dictionary node or at a bound" in html
-    row = re.search(r"<td class=\"l\">kappa[^<]*</td><td>([0-9.]+) %</td><td>([0-9.]+) %</td>", html)
+    row = re.search(r"<td class=\"l\">kappa[^<]*</td><td>([0-9.]+) %</td><td>([0-9.]+) %</td><td>([0-9.]+) %</td>", html)
     assert row and float(row.group(1)) == pytest.approx(100 * place["kappa"]["OnDictionaryNode"], abs=0.05)
+    assert float(row.group(2)) == pytest.approx(100 * place["kappa"]["OnDictionaryNodeByChance"], abs=0.05)
+    assert all(0 <= v["OnDictionaryNodeByChance"] <= 1 for v in place.values())
     assert np.isfinite(fin[code == 1]).all()
 
 

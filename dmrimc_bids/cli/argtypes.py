@@ -69,6 +69,14 @@ def bound(text):
     return name, (lo, hi)
 
 
+def point_prior(text):
+    """NAME=design|entries (--point-prior)."""
+    name, value = pair(text, "--point-prior")
+    if value not in ("design", "entries"):
+        raise argparse.ArgumentTypeError(f"--point-prior {text}: the prior is design or entries, not {value!r}")
+    return name, value
+
+
 def memory_gb(text: str) -> float:
     """'8G', '8000M', '8g', '8' (GB) -> GB."""
     units = {"K": 1e-6, "M": 1e-3, "G": 1.0, "T": 1e3}

@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 from . import add_version
-from .argtypes import UsageParser, bound, fix, memory_gb
+from .argtypes import UsageParser, bound, fix, memory_gb, point_prior
 from ..core.errors import EX_USAGE, InputError
-from ..workflows.config import Config
+from ..workflows.config import DEFAULT_POINT_PRIOR, Config
 from ..workflows.execution import PLUGINS
 
 #: Options of the published fitting method (--estimator ml) only.
@@ -98,6 +98,9 @@ def _model_options(m) -> None:
                         "entries; design: flat over its design axes (D0in, D0ex, kappa), each entry weighted to even "
                         "out the dictionary's sampling: smaller biases, lower rank correlation at low SNR "
                         "(docs/benchmarks.md, 'Prior')")
+    m.add_argument("--point-prior", nargs="+", type=point_prior, default=None, metavar="NAME=PRIOR",
+                   help="the prior of one parameter's estimate and SD, e.g. kappa=entries (default: "
+                        f"{' '.join(f'{k}={v}' for k, v in DEFAULT_POINT_PRIOR.items())}; the rest follow --prior)")
     m.add_argument("--n-averages", type=float, default=1.0, metavar="N",
                    help="the σ map refers to data magnitude-averaged over N volumes (1)")
     m.add_argument("--reg", nargs=2, default=["2", "0"], metavar=("NORM", "WEIGHT"),
@@ -163,8 +166,9 @@ def _execution_options(e) -> None:
                    help="memory for the whole run, e.g. 8G or 8000M (a bare number is GB): Nipype schedules "
                         "nodes within it and the fitting batches shrink to fit")
     e.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto",
-                   help="fitting device; auto: a CUDA GPU when one is present (needs the [gpu] extra); if its "
-                        "compilation or a launch fails, the CPU with one warning")
+                   help="fitting device; auto: a CUDA GPU (the [gpu] extra) only for the steps measured faster "
+                        "there (the simulators; not the fits yet: docs/benchmarks.md); if CUDA fails, the CPU "
+                        "with one warning; gpu: every step with a GPU kernel")
     e.add_argument("--max-failed-fraction", type=float, default=0.05, metavar="F",
                    help="a session whose fit failed in more than this fraction of its fitted voxels is marked "
                         "failed (0.05)")
@@ -253,6 +257,7 @@ def config_from_args(args) -> Config:
         reg_norm=int(args.reg[0]), reg_weight=float(args.reg[1]), bounds=dict(args.bounds),
         smoothing=args.surrogate_smoothing, surrogate=args.surrogate, n_neighbours=args.surrogate_neighbours,
         noise_model=args.noise_model, estimator=args.estimator, prior=args.prior, device=args.device,
+        point_prior=dict(DEFAULT_POINT_PRIOR if args.point_prior is None else args.point_prior),
         omp_nthreads=args.omp_nthreads,
         chunk_size=args.chunk_size, seed=args.seed, dictionary_source=args.dictionary_source, vascular=args.vascular,
         ivim_b_split=args.ivim_b_split, ivim_b_max=args.ivim_b_max, ivim_estimator=args.ivim_estimator,

@@ -69,7 +69,8 @@ class WriteDerivatives(SimpleInterface):
         placement = value(i.fit_info, {}).get("estimate_placement")
         if placement:
             params["EstimatePlacement"] = {
-                k: {"OnDictionaryNode": v["on_node"], "AtBound": v["at_bound"], "Voxels": v["n"]}
+                k: {"OnDictionaryNode": v["on_node"], "OnDictionaryNodeByChance": v.get("on_node_chance"),
+                    "AtBound": v["at_bound"], "Voxels": v["n"]}
                 for k, v in placement.items()}
         staged = {}
         try:

@@ -25,6 +25,8 @@ class _ModelOptions(BaseInterfaceInputSpec):
     n_averages = traits.Float(desc="magnitude images averaged per measurement (the Rician noise floor's)")
     device = traits.Enum("auto", "cpu", "gpu", desc="where the kernels run (auto: a CUDA GPU when usable)")
     prior = traits.Enum("entries", "design", desc="posterior prior: flat over the entries or over the design box")
+    point_prior = traits.Dict(traits.Str, traits.Enum("design", "entries"),
+                              desc="posterior: parameter -> the prior of its estimate and SD (others: prior)")
     noise = traits.Enum("offset-gaussian", "gaussian", "rician",
                         desc="likelihood: offset-gaussian (posterior: with the noise floor), gaussian, rician (ml)")
     regularisation = traits.Tuple(traits.Int, traits.Float, desc="ml: (Lp norm, weight) of the regularisation")
@@ -42,10 +44,10 @@ class _ModelOptions(BaseInterfaceInputSpec):
 
 #: The options each model takes (the traits of _ModelOptions).
 MODEL_OPTIONS = {
-    "posterior": ("bounds", "chunk_size", "n_averages", "device", "prior", "noise"),
+    "posterior": ("bounds", "chunk_size", "n_averages", "device", "prior", "point_prior", "noise"),
     "ml": ("bounds", "chunk_size", "n_averages", "device", "noise", "regularisation", "smoothing", "surrogate",
            "n_neighbours"),
-    "joint": ("bounds", "chunk_size", "n_averages", "device", "prior", "tissue_b_min", "t2_tissue_ms", "t2_blood_ms"),
+    "joint": ("bounds", "chunk_size", "n_averages", "device", "prior", "point_prior", "tissue_b_min", "t2_tissue_ms", "t2_blood_ms"),
     "ivim": ("b_split", "b_max", "b0_threshold", "method"),
 }
 

@@ -70,8 +70,9 @@ def _summary_row(name, unit, values) -> dict:
     return {"name": name, "unit": unit, "n": int(v.size), "median": f"{med:.4g}", "iqr": f"{q1:.3g} – {q3:.3g}"}
 
 
-#: Fraction of estimates on dictionary nodes or bounds above which the report flags a parameter.
-PLACEMENT_WARN = 0.25
+#: The report flags a parameter with more estimates on dictionary nodes than chance puts there by this
+#: fraction of the voxels, or with this fraction at a bound.
+PLACEMENT_WARN = 0.1
 
 
 def _placement_rows(placement: dict) -> list[dict]:
@@ -81,8 +82,10 @@ def _placement_rows(placement: dict) -> list[dict]:
         node, bound = v.get("OnDictionaryNode"), v.get("AtBound")
         if node is None:
             continue
-        rows.append({"name": name, "on_node": f"{100 * node:.1f} %", "at_bound": f"{100 * bound:.1f} %",
-                     "flag": node > PLACEMENT_WARN or bound > PLACEMENT_WARN})
+        chance = v.get("OnDictionaryNodeByChance") or 0.0
+        rows.append({"name": name, "on_node": f"{100 * node:.1f} %", "chance": f"{100 * chance:.1f} %",
+                     "at_bound": f"{100 * bound:.1f} %",
+                     "flag": node - chance > PLACEMENT_WARN or bound > PLACEMENT_WARN})
     return rows
 
 

@@ -13,6 +13,11 @@ from ..core import preprocess
 from ..core.errors import EX_NOINPUT, InputError
 from ..core.protocol import B0_THRESHOLD
 
+#: The prior of each tissue parameter's point estimate (posterior.PosteriorModel point_prior; the others follow
+#: --prior), chosen on the leave-one-out folds of the published real-histology substrates (docs/benchmarks.md,
+#: block point-prior-choice; benchmarks/point_prior_choice.py).
+DEFAULT_POINT_PRIOR: dict = {}
+
 
 @dataclass
 class Config:
@@ -54,6 +59,7 @@ class Config:
     noise_model: str = "gaussian"
     estimator: str = "posterior"
     prior: str = "entries"
+    point_prior: dict = field(default_factory=lambda: dict(DEFAULT_POINT_PRIOR))
     device: str = "auto"
     omp_nthreads: int = 1
     chunk_size: int = 10000
@@ -126,7 +132,7 @@ class Config:
     RESULT_FIELDS = ("dictionary", "params", "fix", "b0_threshold", "b0_pool_series", "vasc_threshold",
                      "shell_tolerance", "small_delta_ms", "big_delta_ms", "timing", "match_tol_b", "match_tol_ms",
                      "n_averages", "reg_norm", "reg_weight", "bounds", "smoothing", "surrogate", "n_neighbours",
-                     "noise_model", "estimator", "prior", "dictionary_source", "sim_substrates", "sim_walkers", "sim_d0",
+                     "noise_model", "estimator", "prior", "point_prior", "dictionary_source", "sim_substrates", "sim_walkers", "sim_d0",
                      "sim_kappa", "vascular", "ivim_b_split", "ivim_b_max", "ivim_estimator", "flow_dictionary", "flow_networks",
                      "flow_spins", "flow_params", "flow_estimator", "model", "t2_tissue_ms", "t2_blood_ms", "seed")
 
@@ -158,7 +164,7 @@ class Config:
         bounds = {k: list(v) for k, v in self.bounds.items()}
         if self.estimator.startswith("posterior"):
             return {"bounds": bounds, "chunk_size": self.chunk_size, "n_averages": self.n_averages, "device": self.device,
-                    "prior": self.prior}
+                    "prior": self.prior, "point_prior": dict(self.point_prior)}
         return {"n_averages": self.n_averages, "regularisation": (int(self.reg_norm), float(self.reg_weight)),
                 "bounds": bounds, "smoothing": self.smoothing, "chunk_size": self.chunk_size,
                 "surrogate": self.surrogate, "n_neighbours": self.n_neighbours, "noise": self.noise_model,
@@ -175,7 +181,7 @@ class Config:
         """JointModel options (core/fitting/joint.py) of --model joint; T2s only when given."""
         out = {"bounds": {k: list(v) for k, v in self.bounds.items()}, "chunk_size": self.chunk_size,
                "n_averages": self.n_averages, "tissue_b_min": self.vasc_threshold, "device": self.device,
-               "prior": self.prior, "t2_tissue_ms": self.t2_tissue_ms, "t2_blood_ms": self.t2_blood_ms}
+               "prior": self.prior, "point_prior": dict(self.point_prior), "t2_tissue_ms": self.t2_tissue_ms, "t2_blood_ms": self.t2_blood_ms}
         return {k: v for k, v in out.items() if v is not None}
 
     def ivim_model_options(self) -> dict:

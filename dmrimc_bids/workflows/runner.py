@@ -121,6 +121,11 @@ def _collect(config: Config):
         if name not in dictionary.names:
             raise InputError(f"--bounds names unknown parameter {name!r}", exit_code=64,
                              fix=f"choose among {', '.join(dictionary.names)}")
+    from .config import DEFAULT_POINT_PRIOR
+    for name in config.point_prior:
+        if name not in dictionary.names and name not in DEFAULT_POINT_PRIOR:
+            raise InputError(f"--point-prior names unknown parameter {name!r}", exit_code=64,
+                             fix=f"choose among {', '.join(dictionary.names)}")
     filters = load_filters(config.bids_filter_file) if config.bids_filter_file else None
     items = collect_inputs(Path(config.bids_dir), [Path(d) for d in config.derivatives] or None,
                            config.participant_label or None, config.session_label or None, filters,

@@ -100,10 +100,24 @@ def laplace_intervals(fit: DictionaryFit, dictionary: Dictionary, free, lo, hi) 
 PLACEMENT_TOL = 1e-3
 
 
+#: Bins of the estimates' histogram and points per bin of the chance share of estimate_placement.
+PLACEMENT_BINS, PLACEMENT_GRID = 64, 400
+
+
+def _on_node(v: np.ndarray, nodes: np.ndarray, tol: float) -> np.ndarray:
+    """[len(v)] bool: v within tol of one of the sorted nodes."""
+    pos = np.clip(np.searchsorted(nodes, v), 1, max(nodes.size - 1, 1))
+    near = np.minimum(np.abs(v - nodes[pos - 1]), np.abs(v - nodes[np.minimum(pos, nodes.size - 1)]))
+    return near <= tol
+
+
 def estimate_placement(params: np.ndarray, dictionary: Dictionary, names, lo, hi) -> dict:
     """Per fitted parameter, the fraction of estimates (params [V, P], the dictionary's column order)
-    that sit on one of the dictionary's values of that parameter (a "node") and at a bound [lo, hi]:
-    the symptoms of a dictionary too coarse or too narrow for the data ("steps" in map histograms)."""
+    that sit on one of the dictionary's values of that parameter (a "node"), the fraction that
+    continuous estimates of the same histogram would put there by chance (a dense set of nodes covers
+    much of the range: 128 substrates' fin values cover about a quarter of it), and the fraction at a
+    bound [lo, hi]. An excess over chance, or many at a bound, shows a dictionary too coarse or too
+    narrow for the data ("steps" in map histograms)."""
     out = {}
     for name in names:
         j = list(dictionary.names).index(name)
@@ -112,12 +126,16 @@ def estimate_placement(params: np.ndarray, dictionary: Dictionary, names, lo, hi
         span = max(float(hi[j] - lo[j]), 1e-12)
         nodes = np.unique(dictionary.params[:, j])
         if v.size == 0:
-            out[name] = {"on_node": None, "at_bound": None, "n": 0}
+            out[name] = {"on_node": None, "on_node_chance": None, "at_bound": None, "n": 0}
             continue
-        pos = np.clip(np.searchsorted(nodes, v), 1, max(nodes.size - 1, 1))
-        near = np.minimum(np.abs(v - nodes[pos - 1]), np.abs(v - nodes[np.minimum(pos, nodes.size - 1)]))
-        at_bound = (np.abs(v - lo[j]) <= PLACEMENT_TOL * span) | (np.abs(v - hi[j]) <= PLACEMENT_TOL * span)
-        out[name] = {"on_node": round(float(np.mean(near <= PLACEMENT_TOL * span)), 4),
+        tol = PLACEMENT_TOL * span
+        # chance: each histogram bin's share of estimates x the share of that bin within tol of a node
+        grid = lo[j] + span * (np.arange(PLACEMENT_BINS * PLACEMENT_GRID) + 0.5) / (PLACEMENT_BINS * PLACEMENT_GRID)
+        covered = _on_node(grid, nodes, tol).reshape(PLACEMENT_BINS, PLACEMENT_GRID).mean(1)
+        share = np.histogram(np.clip(v, lo[j], hi[j]), PLACEMENT_BINS, (lo[j], lo[j] + span))[0] / v.size
+        at_bound = (np.abs(v - lo[j]) <= tol) | (np.abs(v - hi[j]) <= tol)
+        out[name] = {"on_node": round(float(np.mean(_on_node(v, nodes, tol))), 4),
+                     "on_node_chance": round(float(share @ covered), 4),
                      "at_bound": round(float(np.mean(at_bound)), 4), "n": int(v.size)}
     return out
 
@@ -154,7 +172,7 @@ class DictionaryModel(Model):
         self.smoothing, self.n_neighbours = float(smoothing), int(n_neighbours)
         self.max_iter, self.max_rounds, self.chunk_size = int(max_iter), int(max_rounds), int(chunk_size)
         self.requested_device = device
-        self.backend = _backend(device)
+        self.backend = _backend(device, "ml")
         self.device = "gpu" if self.backend is not kernels else "cpu"
 
         self.lo, self.hi = dictionary.ranges()
@@ -397,12 +415,20 @@ class DictionaryModel(Model):
         return out
 
 
-def _backend(device: str):
-    """kernels (CPU) or the GPU module for device 'cpu', 'gpu' (error if absent) or 'auto'."""
-    if device == "cpu":
-        return kernels
-    if device not in ("gpu", "auto"):
+#: Whether ``device='auto'`` runs an estimator's kernels on a visible GPU: only where the GPU was measured
+#: faster than every CPU core of the same machine. 'ml': no, 0.3x of 16 cores on an H100 (docs/benchmarks.md,
+#: block fit-gpu); 'posterior': no, its GPU likelihood has not been timed on hardware yet
+#: (benchmarks/fit_gpu_check.py). ``device='gpu'`` runs them there regardless.
+AUTO_USES_GPU = {"ml": False, "posterior": False}
+
+
+def _backend(device: str, estimator: str = "ml"):
+    """kernels (CPU) or the GPU module for device 'cpu', 'gpu' (error if absent) or 'auto' (the GPU only
+    when one is visible and AUTO_USES_GPU[estimator])."""
+    if device not in ("cpu", "gpu", "auto"):
         raise ValueError(f"device {device!r} is not one of cpu, gpu, auto")
+    if device == "cpu" or (device == "auto" and not AUTO_USES_GPU.get(estimator, False)):
+        return kernels
     from . import gpu
     if gpu.available():
         return gpu

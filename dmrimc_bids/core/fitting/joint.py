@@ -139,14 +139,15 @@ class JointModel(Model):
     group, as noisy as a measurement; 0: exact normalisation); t2_tissue_ms, t2_blood_ms: both or neither
     (relaxation_weights: fV becomes the volume fraction, the T2 difference corrected to first order in fV);
     n_candidates: tissue entries per voxel
-    in the vascular posterior; noise, n_averages, bounds, point, chunk_size, prior: as PosteriorModel (tissue)."""
+    in the vascular posterior; noise, n_averages, bounds, point, chunk_size, prior, point_prior: as
+    PosteriorModel (tissue)."""
 
     def __init__(self, tissue: Dictionary, flow: Dictionary, fv_max: float = FV_MAX,
                  n_candidates: int = N_TISSUE_CANDIDATES, tissue_b_min: float = TISSUE_B_MIN,
                  b0_noise_ratio=1.0, t2_tissue_ms: float | None = None, t2_blood_ms: float | None = None,
                  noise: str = "offset-gaussian", n_averages: float = 1.0, bounds: dict | None = None,
                  point: str = "median", chunk_size: int = 2000, device: str = "cpu", prior: str = "entries",
-                 p_zero: float = P_ZERO, removal_bayes_factor: float = REMOVAL_BAYES_FACTOR):
+                 point_prior: dict | None = None, p_zero: float = P_ZERO, removal_bayes_factor: float = REMOVAL_BAYES_FACTOR):
         if len(tissue.protocol) != len(flow.protocol):
             raise ValueError(f"the tissue dictionary has {len(tissue.protocol)} measurements, the flow "
                              f"dictionary {len(flow.protocol)}: match both to the same protocol")
@@ -160,7 +161,7 @@ class JointModel(Model):
             raise ValueError(f"no measurement with b >= {tissue_b_min:g} s/mm² for the tissue posterior")
         self.tissue_model = PosteriorModel(tissue.measurements(self.tissue_columns), chunk_size=chunk_size,
                                            point=point, bounds=bounds, noise=noise, n_averages=n_averages,
-                                           device=device, prior=prior)
+                                           device=device, prior=prior, point_prior=point_prior)
         self.flow = flow
         self.fv_max, self.noise, self.n_averages = float(fv_max), noise, float(n_averages)
         if not 0.0 <= p_zero < 1.0:

@@ -22,7 +22,12 @@ For a voxel with normalised measurements y_m (m = 1..M), noise σ and noise floo
    it lets the estimate leave the dictionary's discrete values (e.g. a substrate's fin that no
    dictionary substrate has). Adjusted values are kept inside the prior range.
 3. Point estimate: the weighted median of θ* (default) or its weighted mean; positive parameters that
-   span a decade or more (velocities, lengths of vessels) are handled on a log scale.
+   span a decade or more (velocities, lengths of vessels) are handled on a log scale. ``point_prior``
+   chooses, per parameter, the prior whose posterior gives that parameter's estimate and SD: the retained
+   entries' weights are reweighted by the design prior's entry weights (or by their inverse), the
+   importance weights of the other prior. Under absolute-error loss the posterior median is optimal for
+   the prior the tissue follows, so the choice is made per parameter where held-out tissue shows which
+   prior it follows better (the app's default: workflows/config.py, from the leave-one-out folds).
 4. Uncertainty: posterior variance = weighted variance of θ* + σ²·|B|² (the data's noise carried through
    the local inverse map: the dictionary's signals are noise-free, so the adjusted entries alone would
    forget it) + the dictionary's own
@@ -163,20 +168,25 @@ class PosteriorModel(Model):
     'median' or 'mean'; bounds: {name: (lo, hi)} physical units, the prior's support (entries outside
     are dropped); noise: 'offset-gaussian' or 'gaussian'; n_averages: N of likelihood.py; model_error:
     add the dictionary's cross-validated model error to the posterior variance; device: 'cpu', 'gpu' or
-    'auto' for the likelihood of every entry (gpu.py; under 'auto' a failing GPU falls back to the CPU);
-    prior: 'design' (flat over the design axes, design_prior) or 'entries' (flat over the entries)."""
+    'auto' for the likelihood of every entry (gpu.py; 'auto' takes the GPU only where dictfit.AUTO_USES_GPU
+    says it was measured faster, and a failing GPU falls back to the CPU);
+    prior: 'design' (flat over the design axes, design_prior) or 'entries' (flat over the entries);
+    point_prior: {parameter: 'design' or 'entries'}, the prior of that parameter's estimate and SD
+    (parameters not named, or not in the dictionary, follow ``prior``)."""
 
     def __init__(self, dictionary: Dictionary, chunk_size: int = 2000, point: str = "median",
                  bounds: dict | None = None, noise: str = "offset-gaussian", n_averages: float = 1.0,
-                 model_error: bool = True, device: str = "cpu", prior: str = "entries"):
-        if prior not in PRIORS:
-            raise ValueError(f"prior {prior!r} is not one of {PRIORS}")
+                 model_error: bool = True, device: str = "cpu", prior: str = "entries",
+                 point_prior: dict | None = None):
+        for name, value in [("prior", prior), *((f"point prior of {k}", v) for k, v in (point_prior or {}).items())]:
+            if value not in PRIORS:
+                raise ValueError(f"{name} {value!r} is not one of {PRIORS}")
         if point not in POINT_ESTIMATES:
             raise ValueError(f"point estimate {point!r} is not one of {POINT_ESTIMATES}")
         if noise not in NOISE_MODELS:
             raise ValueError(f"noise model {noise!r} is not one of {NOISE_MODELS}")
         self.requested_device = device
-        self.backend = _backend(device)
+        self.backend = _backend(device, "posterior")
         self.device = "cpu" if self.backend is kernels else "gpu"
         self.user_bounds = {k: tuple(v) for k, v in (bounds or {}).items()}
         dictionary = dictionary.within(self.user_bounds) if self.user_bounds else dictionary
@@ -192,7 +202,14 @@ class PosteriorModel(Model):
         self.free = np.flatnonzero(np.ptp(p, axis=0) > 0)
         self.groups = dictionary.structure if dictionary.structure is not None else structure_groups(p)
         self.prior = prior
-        self.log_prior = design_prior(self.values, self.groups) if prior == "design" else np.zeros(len(p))
+        self.point_prior = {k: v for k, v in (point_prior or {}).items() if k in self.names}
+        # per parameter: +1 its estimate reweights the retained entries towards the design prior, -1 away
+        # from it (prior 'design', estimate 'entries'), 0 it follows the posterior's own prior
+        self.point_reweight = np.array([{"design": 1, "entries": -1}[self.point_prior[n]] * (self.point_prior[n] != prior)
+                                        if n in self.point_prior else 0 for n in self.names], int)
+        needs_design = prior == "design" or bool(np.any(self.point_reweight))
+        self.design_log_prior = design_prior(self.values, self.groups) if needs_design else np.zeros(len(p))
+        self.log_prior = self.design_log_prior if prior == "design" else np.zeros(len(p))
         w_prior = np.exp(self.log_prior)
         self.prior_var = np.average((p - np.average(p, axis=0, weights=w_prior)) ** 2, axis=0, weights=w_prior)
         self.int_lo, self.int_hi = interval_limits(p, self.groups, self.log, self.lo_t, self.hi_t)
@@ -257,12 +274,23 @@ class PosteriorModel(Model):
         w_fit = np.where(np.isfinite(c), w_fit, 0.0)
         w_fit /= w_fit.sum(1, keepdims=True)
         samples, slope = self._adjust(self.values[top], self.signals[top], clean, w_fit)
-        mean = np.einsum("vn,vnp->vp", w, samples)
-        # spread of the adjusted entries + the noise of the data carried through the local inverse map
-        var = np.maximum(np.einsum("vn,vnp->vp", w, samples ** 2) - mean ** 2, 0.0) \
-            + var_noise[:, None] * np.einsum("vrp,vrp->vp", slope, slope)
-        point = mean if self.point == "mean" else weighted_quantile(samples, w, 0.5)
+        noise_var = var_noise[:, None] * np.einsum("vrp,vrp->vp", slope, slope)
+        point, var = self._point(samples, w, noise_var)
+        for sign in (1, -1):   # parameters whose estimate follows the other prior (point_prior)
+            cols = np.flatnonzero(self.point_reweight == sign)
+            if cols.size:
+                w_other = w * np.exp(sign * self.design_log_prior[top])
+                p_other, v_other = self._point(samples[:, :, cols], w_other / w_other.sum(1, keepdims=True),
+                                               noise_var[:, cols])
+                point[:, cols], var[:, cols] = p_other, v_other
         return {"samples": samples, "weights": w, "point": point, "var": var, "best": rss, "var_noise": var_noise}
+
+    def _point(self, samples, w, noise_var) -> tuple:
+        """(point estimate, posterior variance) [V, P] of adjusted samples [V, n, P] with weights w [V, n]: the
+        spread of the adjusted entries + the noise of the data carried through the local inverse map."""
+        mean = np.einsum("vn,vnp->vp", w, samples)
+        var = np.maximum(np.einsum("vn,vnp->vp", w, samples ** 2) - mean ** 2, 0.0) + noise_var
+        return (mean if self.point == "mean" else weighted_quantile(samples, w, 0.5)), var
 
     def _entry_costs(self, y, floor) -> np.ndarray:
         """Cost [V, E] of every entry for voxels y [V, M] with noise floors [V], on the model's device."""
@@ -423,6 +451,10 @@ class PosteriorModel(Model):
         lik = "offset-Gaussian (noise floor)" if self.noise == "offset-gaussian" else "Gaussian"
         prior = ("flat over the dictionary's design axes (entries weighted to even out its sampling)"
                  if self.prior == "design" else "flat over the dictionary's entries")
+        other = {"design": "flat over the design axes", "entries": "flat over the entries"}
+        moved = [f"{n} ({other[self.point_prior[n]]})" for n, r in zip(self.names, self.point_reweight) if r]
+        if moved:
+            prior += "; the estimates of " + ", ".join(moved) + " under that prior instead (importance-reweighted)"
         return Description(
             method=f"as the posterior {self.point} over the dictionary ({lik} likelihood with each voxel's noise "
                    f"level, prior {prior}, local-linear regression adjustment between entries), with "
@@ -432,6 +464,7 @@ class PosteriorModel(Model):
                                      f"({N_ADJUST} entries, {N_COMPONENTS} principal components)",
                         "NoiseModel": lik,
                         "Prior": self.prior,
+                        "PointPrior": {n: self.point_prior.get(n, self.prior) for n in self.names},
                         "Uncertainty": "desc-sd: posterior SD incl. the dictionary's model error; desc-ci95lo/"
                                        "desc-ci95hi: 95 % credible interval; desc-contraction: posterior contraction",
                         "Bounds": self.user_bounds or "dictionary range"},
