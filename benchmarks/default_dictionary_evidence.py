@@ -178,7 +178,7 @@ def main(argv=None) -> int:
         print(k, json.dumps(v))
     if args.record:
         from _record import machine, record
-        lines = [f"`python benchmarks/default_dictionary_evidence.py"
+        lines = ["`python benchmarks/default_dictionary_evidence.py"
                  + (f" --compare {args.compare.name}" if args.compare else "") + f" --record` ({machine()}); "
                  "published: the 18 real-histology substrates of shared/reference/histo_loo, PGSEin protocol, "
                  "the 12 measurements with b >= 250 s/mm².", "",

@@ -6,7 +6,8 @@ the function that the workflow's SimulateScaled node calls: core.simulate.histo.
 with the default population, design, timing grid and seeds of ``dmrimc-sim default-dictionary``):
 
     python benchmarks/default_dictionary_gpu.py reference REF.json           # here, on the CPU
-    python benchmarks/default_dictionary_gpu.py build OUTDIR --reference REF.json --budget-s 420
+    python benchmarks/default_dictionary_gpu.py build OUTDIR --reference REF.json --budget-s 420 [--recipe v2]
+    python benchmarks/default_dictionary_gpu.py build OUTDIR ... --walkers 8000 --parts 4 5 6 7   # next lease
     python benchmarks/default_dictionary_gpu.py assemble OUTDIR [--out NPZ] [--record]
     python benchmarks/default_dictionary_gpu.py cpu-time [--walkers 8000] [--sample 0 32 64 96] [--record]
 
@@ -14,8 +15,11 @@ with the default population, design, timing grid and seeds of ``dmrimc-sim defau
 share their random streams, so the signals must agree to within a few 1e-3) and stops if they do not.
 It then times substrate 0 at 16,000 walkers and picks the largest walker count in --walkers-choices
 whose projected build fits --budget-s, simulates every substrate and writes the parts
-(``parts_K.npz``: float16 signals, parameters, per-substrate facts) and ``build.json`` (device, walkers,
-seconds). ``assemble`` makes the dictionary from the parts exactly as the workflow's AssembleDictionary
+(``parts_K.npz``: float16 signals, parameters, per-substrate facts) and ``build_K.json`` (device, walkers,
+seconds). A build is resumable across device leases: each part (PER_PART substrates) is written as soon as it is
+done, ``build_K.json`` records the parts of one lease, and a later lease builds only the parts it is given
+(``--parts``) at the walker count of the first (``--walkers``, no pilot); the parts of every lease are
+gathered into one folder here. ``assemble`` makes the dictionary from the parts exactly as the workflow's AssembleDictionary
 does, with the provenance of ``dmrimc-sim default-dictionary``, and with --record writes the build
 figures into docs/benchmarks.md. ``cpu-time`` times the same per-substrate jobs on this machine (two
 single-thread jobs at a time, as ``dmrimc-sim default-dictionary --nprocs 2 --threads-per-job 1`` runs them)
@@ -72,12 +76,18 @@ def gpu_check(ref: dict, device: str = "gpu") -> dict:
             "ok": diff < 5e-3}
 
 
+def _recipe(name: str):
+    from dmrimc_bids.core import dictionary_default as dd
+    return dd.RECIPES[name]
+
+
 def _simulate(specs, i, walkers, args, device):
     from dmrimc_bids.core import dictionary_default as dd
     from dmrimc_bids.core.simulate.histo import load_substrate, simulate_scaled_substrate
 
     sub = load_substrate(specs[i])
-    sig, par, facts = simulate_scaled_substrate(sub, dd.DEFAULT_TIMING_GRID.protocol(), dd.DEFAULT_DESIGN,
+    recipe = _recipe(getattr(args, "recipe", dd.SHIPPED_RECIPE))
+    sig, par, facts = simulate_scaled_substrate(sub, recipe.timing_grid.protocol(), recipe.design,
                                                 n_walkers=walkers, step_um=args.step_um, seed=args.seed, index=i,
                                                 area=dd.DEFAULT_METRICS_AREA, device=device)
     facts["spec"] = specs[i]
@@ -93,6 +103,9 @@ def _save_part(out: Path, k: int, parts: list) -> None:
 
 
 def build(args) -> dict:
+    """The parts of one lease: the GPU check, the walker count (a pilot, unless --walkers), then every part of
+    --parts (default: all) that OUTDIR does not hold yet, until --budget-s; build_<first part>.json says what
+    this lease did."""
     from dmrimc_bids.core import dictionary_default as dd
 
     t_start = time.perf_counter()
@@ -100,54 +113,70 @@ def build(args) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     check = gpu_check(json.loads(Path(args.reference).read_text()), args.device)
     print(f"GPU check: {check}", flush=True)
-    summary = {"check": check, "device": args.device_name}
-    if not check["ok"]:
-        summary["error"] = "GPU signals differ from the CPU reference"
-        (out / "build.json").write_text(json.dumps(summary, indent=1))
+    recipe = _recipe(args.recipe)
+    n = args.substrates or recipe.n_substrates
+    specs = dd.default_substrate_specs(n, args.seed)
+    per = args.per_part
+    n_parts = -(-n // per)
+    todo = [k for k in (args.parts if args.parts is not None else range(n_parts))
+            if 0 <= k < n_parts and not (out / f"parts_{k}.npz").is_file()]
+    summary = {"check": check, "device": args.device_name, "recipe": recipe.name, "n_substrates": n,
+               "seed": args.seed, "step_um": args.step_um, "per_part": per, "parts_asked": todo}
+    log = out / f"build_{todo[0] if todo else 'none'}.json"
+    if not check["ok"] or not todo:
+        summary["error" if not check["ok"] else "note"] = ("GPU signals differ from the CPU reference"
+                                                           if not check["ok"] else "every part asked is built")
+        log.write_text(json.dumps(summary, indent=1) + "\n")
         return summary
-    specs = dd.default_substrate_specs(args.substrates, args.seed)
-    t0 = time.perf_counter()
-    first = _simulate(specs, 0, args.pilot_walkers, args, args.device)
-    t_pilot = time.perf_counter() - t0
-    left = args.budget_s - (time.perf_counter() - t_start)
-    fits = [n for n in args.walkers_choices
-            if t_pilot * max(n / args.pilot_walkers, 0.6) * len(specs) * 1.15 <= left]
-    walkers = max(fits) if fits else min(args.walkers_choices)
-    print(f"substrate 0 at {args.pilot_walkers} walkers: {t_pilot:.1f} s; {left:.0f} s left -> {walkers} walkers",
-          flush=True)
-    summary.update(pilot={"walkers": args.pilot_walkers, "seconds": round(t_pilot, 2)}, walkers=walkers)
-    parts, done, t_build = [], 0, time.perf_counter()
-    seconds = []
-    for i in range(len(specs)):
-        if i == 0 and walkers == args.pilot_walkers:
-            part = first
-        else:
+    walkers = args.walkers
+    if walkers is None:   # the first lease: the largest walker count whose projected build fits the budget
+        t0 = time.perf_counter()
+        _simulate(specs, todo[0] * per, args.pilot_walkers, args, args.device)
+        t_pilot = time.perf_counter() - t0
+        left = args.budget_s - (time.perf_counter() - t_start)
+        fits = [w for w in args.walkers_choices
+                if t_pilot * max(w / args.pilot_walkers, 0.6) * n * 1.15 <= left]
+        walkers = max(fits) if fits else min(args.walkers_choices)
+        summary["pilot"] = {"walkers": args.pilot_walkers, "seconds": round(t_pilot, 2)}
+        print(f"pilot at {args.pilot_walkers} walkers: {t_pilot:.1f} s; {left:.0f} s left -> {walkers} walkers",
+              flush=True)
+    summary.update(walkers=walkers, parts_done=[], seconds=[])
+    t_build = time.perf_counter()
+    for k in todo:
+        parts = []
+        for i in range(k * per, min((k + 1) * per, n)):
             t1 = time.perf_counter()
             part = _simulate(specs, i, walkers, args, args.device)
             part[2]["seconds"] = round(time.perf_counter() - t1, 3)
-        seconds.append(part[2]["seconds"])
-        parts.append(part)
-        done += 1
-        if len(parts) == PER_PART or i == len(specs) - 1:
-            _save_part(out, i // PER_PART, parts)
-            parts = []
-            print(f"{done}/{len(specs)} substrates, {time.perf_counter() - t_build:.0f} s", flush=True)
-        if time.perf_counter() - t_start > args.budget_s + 60 and i < len(specs) - 1:
-            _save_part(out, i // PER_PART, parts) if parts else None
-            summary["stopped_early"] = done
+            summary["seconds"].append(part[2]["seconds"])
+            parts.append(part)
+        _save_part(out, k, parts)
+        summary["parts_done"].append(k)
+        summary["build_seconds"] = round(time.perf_counter() - t_build, 1)
+        log.write_text(json.dumps(summary, indent=1) + "\n")   # after every part: a lease cut short keeps it
+        print(f"part {k} done ({len(summary['parts_done'])}/{len(todo)}), {summary['build_seconds']:.0f} s", flush=True)
+        if time.perf_counter() - t_start > args.budget_s:
             break
-    summary.update(n_substrates=len(specs), done=done, build_seconds=round(time.perf_counter() - t_build, 1),
-                   seconds_per_substrate_median=float(np.median(seconds)), step_um=args.step_um, seed=args.seed)
-    (out / "build.json").write_text(json.dumps(summary, indent=1) + "\n")
+    summary["seconds_per_substrate_median"] = float(np.median(summary["seconds"]))
+    log.write_text(json.dumps(summary, indent=1) + "\n")
     return summary
 
 
 def assemble(args) -> dict:
+    """The dictionary from the parts of every lease gathered in OUTDIR (build_*.json: one per lease), all of
+    one recipe, seed and walker count."""
     from dmrimc_bids.core import dictionary_default as dd
     from dmrimc_bids.core.simulate.histo import assemble as assemble_parts, provenance
 
     src = Path(args.outdir)
-    summary = json.loads((src / "build.json").read_text())
+    leases = [json.loads(f.read_text()) for f in sorted(src.glob("build_*.json"))]
+    leases = [lease for lease in leases if lease.get("parts_done")]
+    if not leases:
+        raise SystemExit(f"no build_*.json with finished parts in {src}")
+    first = leases[0]
+    for key in ("recipe", "n_substrates", "seed", "walkers", "step_um", "per_part"):
+        if any(lease.get(key) != first.get(key) for lease in leases):
+            raise SystemExit(f"the leases' parts differ in {key}: {[lease.get(key) for lease in leases]}")
     parts, facts = [], []
     for f in sorted(src.glob("parts_*.npz"), key=lambda p: int(p.stem.split("_")[1])):
         z = np.load(f)
@@ -155,22 +184,25 @@ def assemble(args) -> dict:
         edges = np.concatenate([[0], np.cumsum(counts)])
         parts += [(sig[a:b], par[a:b]) for a, b in zip(edges[:-1], edges[1:])]
         facts += json.loads(str(z["facts"]))
-    if len(parts) != summary["n_substrates"]:
-        raise SystemExit(f"{len(parts)} of {summary['n_substrates']} substrates were built; not assembling")
-    prot = dd.DEFAULT_TIMING_GRID.protocol()
-    dic = assemble_parts(parts, prot, provenance(facts, summary["seed"], dd.DEFAULT_METRICS_AREA))
-    dic.provenance.update(timing_grid=dd.DEFAULT_TIMING_GRID.describe(), design=dd.DEFAULT_DESIGN,
-                          population={"n_substrates": summary["n_substrates"], "seed": summary["seed"],
+    if len(parts) != first["n_substrates"]:
+        raise SystemExit(f"{len(parts)} of {first['n_substrates']} substrates were built; not assembling")
+    recipe = _recipe(first.get("recipe", "v1"))
+    dic = assemble_parts(parts, recipe.timing_grid.protocol(), provenance(facts, first["seed"], dd.DEFAULT_METRICS_AREA))
+    seconds = [x for lease in leases for x in lease["seconds"]]
+    dic.provenance.update(timing_grid=recipe.timing_grid.describe(), design=recipe.design, recipe=recipe.name,
+                          population={"n_substrates": first["n_substrates"], "seed": first["seed"],
                                       "generator": "core.dictionary_default.default_substrate_specs"},
-                          build={"wall_seconds": summary["build_seconds"], "device": "gpu",
-                                 "machine": summary["device"], "script": "benchmarks/default_dictionary_gpu.py"})
+                          build={"wall_seconds": round(sum(lease["build_seconds"] for lease in leases), 1),
+                                 "leases": len(leases), "device": "gpu", "machine": first["device"],
+                                 "script": "benchmarks/default_dictionary_gpu.py"})
     out = Path(args.out or dd.default_dictionary_path())
     dd.finalise_default(dic, out)
     size = out.stat().st_size + out.with_suffix(".json").stat().st_size
-    res = {"entries": len(dic), "measurements": len(dic.protocol), "walkers": summary["walkers"],
-           "build_seconds": summary["build_seconds"], "seconds_per_substrate_median":
-           summary["seconds_per_substrate_median"], "size_mb": round(size / 1e6, 1), "device": summary["device"],
-           "gpu_check": summary["check"], "pilot": summary.get("pilot", {})}
+    res = {"recipe": recipe.name, "entries": len(dic), "measurements": len(dic.protocol), "walkers": first["walkers"],
+           "build_seconds": dic.provenance["build"]["wall_seconds"], "leases": len(leases),
+           "seconds_per_substrate_median": float(np.median(seconds)), "size_mb": round(size / 1e6, 1),
+           "device": first["device"], "gpu_check": first["check"], "pilot": first.get("pilot", {}),
+           "n_substrates": first["n_substrates"]}
     if args.record:
         _record(res)
     return res
@@ -220,12 +252,12 @@ def _record(res: dict) -> None:
     from _record import record
 
     c = res["gpu_check"]
-    record("default-dictionary-gpu", "".join([
-        f"`python benchmarks/default_dictionary_gpu.py build OUT --reference REF.json --budget-s 390` on the device "
-        f"machine ({res['device']}), then `... assemble OUT --record` here. Substrate 0 at "
-        f"{res['pilot'].get('walkers')} walkers took {res['pilot'].get('seconds')} s, so the budget chose "
-        f"{res['walkers']}: the default population (128 substrates), design and timing "
-        f"grid, **{res['walkers']} walkers per walk**, all on the GPU (numba.cuda): **{res['build_seconds']:.0f} s** "
+    record("default-dictionary-gpu" + ("" if res["recipe"] == "v1" else f"-{res['recipe']}"), "".join([
+        f"`python benchmarks/default_dictionary_gpu.py build OUT --reference REF.json --budget-s 390 --recipe "
+        f"{res['recipe']}` on the device machine ({res['device']}; {res['leases']} lease(s)), then `... assemble OUT "
+        f"--record` here. A pilot at {res['pilot'].get('walkers')} walkers took {res['pilot'].get('seconds')} s, so "
+        f"the budget chose {res['walkers']}: recipe {res['recipe']} ({res['n_substrates']} substrates), "
+        f"**{res['walkers']} walkers per walk**, all on the GPU (numba.cuda): **{res['build_seconds']:.0f} s** "
         f"for the whole dictionary (median {res['seconds_per_substrate_median']:.2f} s per substrate); "
         f"{res['entries']} entries x {res['measurements']} measurements, {res['size_mb']} MB on disk (npz + json). "
         f"Before the build the GPU walked a small permeable case that the CPU walked here with the same random "
@@ -244,7 +276,11 @@ def main(argv=None) -> int:
     b.add_argument("--budget-s", type=float, default=420.0)
     b.add_argument("--pilot-walkers", type=int, default=16000)
     b.add_argument("--walkers-choices", type=int, nargs="+", default=[8000, 12000, 16000, 24000, 32000, 48000, 64000])
-    b.add_argument("--substrates", type=int, default=128)
+    b.add_argument("--walkers", type=int, default=None, help="a later lease: the first lease's walker count (no pilot)")
+    b.add_argument("--parts", type=int, nargs="+", default=None, help="parts (--per-part substrates each) to build")
+    b.add_argument("--per-part", type=int, default=PER_PART, help=f"substrates per part ({PER_PART}; the same in every lease)")
+    b.add_argument("--recipe", default="v1", help="core/dictionary_default.RECIPES")
+    b.add_argument("--substrates", type=int, default=None, help="default: the recipe's")
     b.add_argument("--seed", type=int, default=2026)
     b.add_argument("--step-um", type=float, default=0.75)
     b.add_argument("--device-name", default="GPU machine")

@@ -176,3 +176,19 @@ def test_estimate_placement_chance_share_matches_continuous_estimates():
     pinned = estimate_placement(np.where(rng.uniform(size=(20000, 1)) < 0.5, rng.choice(nodes, (20000, 1)),
                                          rng.uniform(0, 1, (20000, 1))), dic, ["x"], lo, hi)["x"]
     assert pinned["on_node"] - pinned["on_node_chance"] > 0.25
+
+
+def test_recipe_v2_holds_v1s_substrates_low_b_and_higher_kappa():
+    """v2 (issue #32) doubles the population with v1's substrates first (Sobol: one sequence), reaches
+    b = 25 s/mm² on the same (δ, Δ) grid, and its permeable walks reach κ = 70 µm/s, above the published
+    substrates' 40; the shipped dictionary was built with the shipped recipe."""
+    from dmrimc_bids.core import dictionary_default as dd
+    v1, v2 = dd.RECIPES["v1"], dd.RECIPES["v2"]
+    assert dd.default_substrate_specs(v2.n_substrates)[:v1.n_substrates] == dd.default_substrate_specs(v1.n_substrates)
+    assert v2.timing_grid.b.min() <= 25 < v1.timing_grid.b.min() and set(v1.timing_grid.b) <= set(v2.timing_grid.b)
+    np.testing.assert_array_equal(v2.timing_grid.small_delta, v1.timing_grid.small_delta)
+    d0 = np.array(v2.design["d0"])
+    reach = max(k * d for k in v2.design["kappa_per_d0"] for d in d0 if k * d <= v2.design["kappa_max"])
+    assert reach >= 60 > v1.design["kappa_max"]
+    shipped = dd.default_dictionary()
+    assert shipped.provenance["timing_grid"] == dd.RECIPES[dd.SHIPPED_RECIPE].timing_grid.describe()

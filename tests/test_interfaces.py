@@ -7,7 +7,6 @@ import importlib
 import inspect
 from pathlib import Path
 
-import numpy as np
 import pytest
 from nipype.interfaces.base import BaseInterface, BaseInterfaceInputSpec, File
 

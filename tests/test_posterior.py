@@ -156,7 +156,6 @@ def test_an_uncertain_common_scale_is_marginalised():
     plain = model.fit(y, sigma=np.full(3, 1e-3))
     for j, name in enumerate(dic.names):
         err_scaled = np.abs(scaled.params[name] - dic.params[k, j]) / np.ptp(dic.params[:, j])
-        err_plain = np.abs(plain.params[name] - dic.params[k, j]) / np.ptp(dic.params[:, j])
         assert np.all(err_scaled < 0.05), (name, err_scaled)
     assert np.mean(np.abs(plain.params["D0ex"] - dic.params[k, 2])) > 0.1
 

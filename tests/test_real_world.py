@@ -204,7 +204,6 @@ def test_masks_are_never_taken_unasked(single_demo, tmp_path, capsys):
     assert "URI" not in side["InputFiles"]["NoiseMap"]  # the ground truth's σ map was not used either
     assert not [s for s in side["Sources"] if "derivatives" in s]
     ec = nib.load(out / "sub-01/dwi/sub-01_space-dwi_model-histousim_param-exitcode_dwimap.nii.gz").get_fdata()
-    tumour = nib.load(seg(single_demo) / "sub-01/dwi/sub-01_desc-tumour_mask.nii.gz").get_fdata() > 0
     fitted = np.isfinite(ec)
     assert not (fitted & air).any() and (fitted | air).all()  # the built mask: all the tissue, none of the air
     assert "Inputs used" in (out / "sub-01.html").read_text()

@@ -188,3 +188,21 @@ def test_default_dictionary_cli_builds_a_grid_dictionary_and_resumes(tmp_path, c
     code, cap = sim(capsys, *args)
     assert code == 0, cap.err
     assert [p.stat().st_mtime_ns for p in jobs] == stamps
+
+
+def test_default_dictionary_cli_builds_recipe_v2(tmp_path, capsys):
+    """`dmrimc-sim default-dictionary --recipe v2` (one substrate, few walkers): v2's grid from b = 25 s/mm²,
+    permeable entries above v1's κ = 40 µm/s up to 70, and the recipe in the provenance."""
+    from dmrimc_bids.core.dictionary_default import RECIPES
+
+    out = tmp_path / "v2.npz"
+    code, cap = sim(capsys, "default-dictionary", "--recipe", "v2", "--substrates", 1, "--walkers", 100, "--out", out,
+                    "-w", tmp_path / "work", "--device", "cpu")
+    assert code == 0, cap.err
+    dic = Dictionary.load(out)
+    assert dic.provenance["recipe"] == "v2" and dic.provenance["timing_grid"] == RECIPES["v2"].timing_grid.describe()
+    assert len(dic.protocol) == RECIPES["v2"].timing_grid.size and dic.protocol.b.min() == 25
+    kappa = dic.params[:, dic.names.index("kappa")]
+    assert 40 < kappa.max() <= 70
+    low = dic.protocol.b == 25
+    assert np.all(dic.signals[:, low] > 0.9) and np.all(dic.signals[:, low] <= 1.0 + 1e-3)   # b = 25: little decay

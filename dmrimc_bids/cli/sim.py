@@ -32,14 +32,16 @@ def _run_default(args, device, run) -> int:
     from ..workflows.simulation import build_default_dictionary
 
     out = Path(args.out or dd.default_dictionary_path())
-    dic = build_default_dictionary(out, run, n_substrates=args.substrates, n_walkers=args.walkers,
+    recipe = dd.RECIPES[args.recipe]
+    n_substrates = args.substrates or recipe.n_substrates
+    dic = build_default_dictionary(out, run, recipe=recipe, n_substrates=n_substrates, n_walkers=args.walkers,
                                    step_um=args.step_um, seed=args.seed, device=device)
     if dic is None:
         return _submitted(args, out, run)
     if args.plot:
         from ..core.simulate.histo import load_substrate
         from ..reports.simulation import plot_histo
-        plot_histo([load_substrate(s) for s in dd.default_substrate_specs(args.substrates, args.seed)[:3]], dic,
+        plot_histo([load_substrate(s) for s in dd.default_substrate_specs(n_substrates, args.seed)[:3]], dic,
                    out.with_suffix(".png"))
     print(f"dmrimc-sim: wrote {out.with_suffix('.npz')} ({len(dic)} entries x {len(dic.protocol)} measurements)")
     return 0

@@ -40,10 +40,13 @@ def _default_flags(d):
     from ..core import dictionary_default as dd
     from ..core.simulate.scaled import DEFAULT_STEP_UM
     d.add_argument("--out", type=Path, default=None, help="default: the package's data folder")
-    d.add_argument("--substrates", type=positive(int), default=dd.DEFAULT_N_SUBSTRATES,
-                   help=f"generated substrates ({dd.DEFAULT_N_SUBSTRATES})")
+    d.add_argument("--recipe", choices=sorted(dd.RECIPES), default=dd.SHIPPED_RECIPE,
+                   help=f"population, protocol grid and design (core/dictionary_default.RECIPES; {dd.SHIPPED_RECIPE}: "
+                        "the shipped one)")
+    d.add_argument("--substrates", type=positive(int), default=None,
+                   help="generated substrates (the recipe's: v1 128, v2 256)")
     d.add_argument("--walkers", type=positive(int), default=dd.DEFAULT_WALKERS,
-                   help=f"walkers per walk ({dd.DEFAULT_WALKERS})")
+                   help=f"walkers per walk ({dd.DEFAULT_WALKERS}; fewer on a CPU, e.g. 2000)")
     d.add_argument("--step-um", type=positive(float), default=DEFAULT_STEP_UM,
                    help=f"walker step length [µm] ({DEFAULT_STEP_UM})")
     d.add_argument("--seed", type=int, default=dd.DEFAULT_SEED, help=f"population and walker seed ({dd.DEFAULT_SEED})")

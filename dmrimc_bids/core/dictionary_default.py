@@ -24,6 +24,7 @@ error of ~2e-3 at the default walkers).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,41 @@ SIMULATE_KAPPA = [0.0, 20.0, 40.0]
 DEFAULT_N_SUBSTRATES = 128
 DEFAULT_WALKERS = 8000
 DEFAULT_SEED = 2026
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What a default dictionary is built from: the population size (default_substrate_specs, Sobol: the
+    first 2^k substrates of a larger population are the smaller one), the protocol grid, the configuration
+    design and the walkers per walk."""
+    name: str
+    n_substrates: int
+    timing_grid: TimingGrid
+    design: dict
+    walkers: int = DEFAULT_WALKERS
+    seed: int = DEFAULT_SEED
+
+    def describe(self) -> dict:
+        return {"recipe": self.name, "n_substrates": self.n_substrates, "timing_grid": self.timing_grid.describe(),
+                "design": self.design, "walkers": self.walkers, "seed": self.seed}
+
+
+#: v1: the shipped dictionary. v2 (issue #32): twice the substrates between v1's (fewer estimates pinned to a
+#: substrate's values), b nodes from 25 s/mm² (IVIM protocols' low b; a tissue model at low b, #22) and
+#: permeable walks up to κ = 70 µm/s (the published substrates reach 40 µm/s, where v1's range ended and
+#: pulled those estimates low). Built on a GPU (benchmarks/default_dictionary_gpu.py --recipe v2, resumable
+#: across device leases) or on the CPU at fewer walkers (dmrimc-sim default-dictionary --recipe v2).
+RECIPES = {
+    "v1": Recipe("v1", DEFAULT_N_SUBSTRATES, DEFAULT_TIMING_GRID, DEFAULT_DESIGN),
+    "v2": Recipe("v2", 256, TimingGrid(small_delta=DEFAULT_TIMING_GRID.small_delta.tolist(),
+                                       gap=DEFAULT_TIMING_GRID.gap.tolist(),
+                                       b=[25.0, 50.0, 100.0, 150.0, 250.0, 350.0, 600.0, 900.0, 1300.0, 1800.0,
+                                          2400.0, 3000.0]),
+                 {**DEFAULT_DESIGN, "kappa_per_d0": [3.0, 6.0, 9.0, 12.0, 16.0, 21.0, 27.0, 35.0, 45.0, 60.0, 80.0],
+                  "kappa_max": 70.0}),
+}
+#: The recipe of the dictionary in the package (data/default_histousim.npz).
+SHIPPED_RECIPE = "v1"
 #: Cell areas of the tissue metrics: convex hulls, as the published Histo-μSim geometry scripts.
 DEFAULT_METRICS_AREA = "hull"
 _NAME = "default_histousim"

@@ -224,21 +224,23 @@ def simulate_flow(networks: list, protocol, out, run: SimulationRun, *, n_spins:
 
 
 def build_default_dictionary(out, run: SimulationRun, *, n_substrates: int, n_walkers: int, step_um: float,
-                             seed: int, device: str):
-    """Rebuild the embedded default dictionary (core.dictionary_default) into ``out``: the generated population
-    by diffusion-time scaling, with its provenance; the Dictionary (None: jobs submitted)."""
+                             seed: int, device: str, recipe=None):
+    """Rebuild the embedded default dictionary (core.dictionary_default; recipe: a Recipe, default the shipped
+    one) into ``out``: the generated population by diffusion-time scaling, with its provenance; the
+    Dictionary (None: jobs submitted)."""
     from ..core import dictionary_default as dd
 
+    recipe = recipe or dd.RECIPES[dd.SHIPPED_RECIPE]
     specs = dd.default_substrate_specs(n_substrates, seed)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     dic = run_simulation(lambda work: init_default_dictionary_wf(
-        specs, dd.DEFAULT_TIMING_GRID.protocol(), dd.DEFAULT_DESIGN, out, work, n_walkers=n_walkers, step_um=step_um,
+        specs, recipe.timing_grid.protocol(), recipe.design, out, work, n_walkers=n_walkers, step_um=step_um,
         seed=seed, device=device, area=dd.DEFAULT_METRICS_AREA, n_threads=run.threads()), out, run)
     if dic is None:
         return None
-    dic.provenance.update(timing_grid=dd.DEFAULT_TIMING_GRID.describe(), design=dd.DEFAULT_DESIGN,
+    dic.provenance.update(timing_grid=recipe.timing_grid.describe(), design=recipe.design, recipe=recipe.name,
                           population={"n_substrates": n_substrates, "seed": seed,
                                       "generator": "core.dictionary_default.default_substrate_specs"},
                           build={"wall_seconds": round(time.perf_counter() - t0, 1),

@@ -224,7 +224,8 @@ class PosteriorModel(Model):
     def posterior(self, y: np.ndarray, sigma: np.ndarray | None, exclude: np.ndarray | None = None,
                   scale_var: np.ndarray | None = None) -> dict:
         """Posterior summaries of voxels y [V, M] (σ [V] or None) on the estimator's scale: 'samples' [V, n, P]
-        (adjusted parameters), 'weights' [V, n], 'point', 'var' [V, P], 'best' (min RSS) and 'var_noise' [V].
+        (adjusted parameters), 'weights' [V, n], 'top' [V, n] (their entries), 'point', 'var' [V, P], 'best' (min
+        RSS) and 'var_noise' [V].
         exclude [V] (optional): a structure index per voxel (structure_of) whose entries are left out
         (cross-validation). scale_var [V] (optional): variance of an unknown common scale of each voxel's
         signal (e.g. an uncertain compartment fraction removed before), marginalised: the misfit loses
@@ -283,7 +284,8 @@ class PosteriorModel(Model):
                 p_other, v_other = self._point(samples[:, :, cols], w_other / w_other.sum(1, keepdims=True),
                                                noise_var[:, cols])
                 point[:, cols], var[:, cols] = p_other, v_other
-        return {"samples": samples, "weights": w, "point": point, "var": var, "best": rss, "var_noise": var_noise}
+        return {"samples": samples, "weights": w, "point": point, "var": var, "best": rss, "var_noise": var_noise,
+                "top": top}
 
     def _point(self, samples, w, noise_var) -> tuple:
         """(point estimate, posterior variance) [V, P] of adjusted samples [V, n, P] with weights w [V, n]: the
