@@ -196,7 +196,7 @@ def assemble(args) -> dict:
                                  "leases": len(leases), "device": "gpu", "machine": first["device"],
                                  "script": "benchmarks/default_dictionary_gpu.py"})
     out = Path(args.out or dd.default_dictionary_path())
-    dd.finalise_default(dic, out)
+    dd.finalise_default(dic, out, recipe.storage_rank)
     size = out.stat().st_size + out.with_suffix(".json").stat().st_size
     res = {"recipe": recipe.name, "entries": len(dic), "measurements": len(dic.protocol), "walkers": first["walkers"],
            "build_seconds": dic.provenance["build"]["wall_seconds"], "leases": len(leases),

@@ -15,7 +15,7 @@ for each substrate, the choice made on the other eleven is scored on it; the poo
 median error is reported beside each fixed choice and the constant guess, with how many of the twelve
 folds agree with the choice made on all twelve (the one shipped as workflows/config.DEFAULT_POINT_PRIOR).
 
-    python benchmarks/point_prior_choice.py [--snrs 50 20] [--work DIR] [--record]
+    python benchmarks/point_prior_choice.py [--snrs 50 20] [--work DIR [--reuse]] [--record]
 
 The last line printed is one JSON object {"choice": {name: prior}, ...}.
 """
@@ -41,15 +41,20 @@ PRIORS = ("entries", "design")
 RHO_TOLERANCE = 0.02
 
 
-def run_case(work: Path, data: Path, subs, snr: float, seed: int) -> dict:
-    """{prior: (estimates {sub: [V, 5]}), 'truth': {sub: [V, 5]}} of one SNR."""
+def run_case(work: Path, data: Path, subs, snr: float, seed: int, reuse: bool = False) -> dict:
+    """{prior: (estimates {sub: [V, 5]}), 'truth': {sub: [V, 5]}} of one SNR. reuse: score the maps of an
+    earlier run in the same --work folder (the dataset is deterministic: written again for its truth)."""
     root = work / f"snr{snr:g}"
-    shutil.rmtree(root, ignore_errors=True)
+    done = reuse and all((root / f"out_{prior}").is_dir() for prior in PRIORS)
+    shutil.rmtree(root / "bids", ignore_errors=True)
+    if not done:
+        shutil.rmtree(root, ignore_errors=True)
     truth = write_bids(root / "bids", data, subs, snr, seed)
     out = {"truth": truth}
     for prior in PRIORS:
-        run_app(root / "bids", root / f"out_{prior}", root / f"work_{prior}",
-                ["--point-prior", *(f"{k}={prior}" for k in NAMES)])
+        if not done:
+            run_app(root / "bids", root / f"out_{prior}", root / f"work_{prior}",
+                    ["--point-prior", *(f"{k}={prior}" for k in NAMES)])
         out[prior] = read_maps(root / f"out_{prior}", subs)
     return out
 
@@ -128,6 +133,7 @@ def main(argv=None) -> int:
     ap.add_argument("--snrs", type=float, nargs="+", default=[50.0, 20.0])
     ap.add_argument("--noise-seed", type=int, default=20)
     ap.add_argument("--work", type=Path, default=None)
+    ap.add_argument("--reuse", action="store_true", help="score the maps of an earlier run in --work")
     ap.add_argument("--record", action="store_true")
     args = ap.parse_args(argv)
     if not (args.data / "npy_files").is_dir():
@@ -135,7 +141,7 @@ def main(argv=None) -> int:
         return 0
     work = (args.work or Path(tempfile.mkdtemp(prefix="dmrimc_prior_"))).resolve()
     try:
-        cases = {snr: run_case(work, args.data, args.subs, snr, args.noise_seed) for snr in args.snrs}
+        cases = {snr: run_case(work, args.data, args.subs, snr, args.noise_seed, args.reuse) for snr in args.snrs}
         params = evaluate(cases, args.subs)
         res = {"choice": {k: v["choice"] for k, v in params.items()}, "params": params, "substrates": args.subs}
         for name, row in params.items():

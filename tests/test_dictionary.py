@@ -29,6 +29,32 @@ def test_save_load_round_trip(tmp_path):
     assert np.array_equal(e.protocol.big_delta_ms, d.protocol.big_delta_ms)
 
 
+def test_reduced_storage_round_trip_and_error(tmp_path):
+    """save(rank=r): signals of rank 3 plus noise of SD 1e-3 are stored as 3 components; load gives exactly the
+    reconstruction (and its checksum), whose error is the noise (no component of the signal is lost), and the
+    .json records the storage and its error; rank 1 loses signal and says so."""
+    rng = np.random.default_rng(5)
+    b = np.linspace(0, 3000, 40)
+    prot = Protocol(b, np.full(40, 10.0), np.full(40, 30.0))
+    k = 3000
+    f, d1, d2 = rng.uniform(0.2, 0.8, k), rng.uniform(0.5, 1.0, k), rng.uniform(1.5, 3.0, k)
+    basis = np.stack([np.exp(-b * 1e-3 * 0.5), np.exp(-b * 1e-3 * 1.5), np.exp(-b * 1e-3 * 3.0)])
+    clean = np.stack([f * (1 - d1 / 2), (1 - f) * d2 / 3, 1 - f * (1 - d1 / 2) - (1 - f) * d2 / 3], 1) @ basis
+    noisy = clean + rng.normal(0, 1e-3, clean.shape)
+    d = Dictionary(noisy, np.column_stack([f, d1, d2]), ["fin", "D0in", "D0ex"], prot)
+    d.save(tmp_path / "red", rank=3)
+    e = Dictionary.load(tmp_path / "red.npz")
+    np.testing.assert_array_equal(e.signals, d.signals)
+    meta = json.loads((tmp_path / "red.json").read_text())
+    assert meta["checksum"] == e.checksum() and meta["provenance"]["storage"]["rank"] == 3
+    assert 0.8e-3 < meta["provenance"]["storage"]["rms_error"] < 1.2e-3       # the noise, nothing more
+    assert np.sqrt(np.mean((e.signals - clean) ** 2)) < 3e-4                   # and most of it is gone
+    with np.load(tmp_path / "red.npz") as z:
+        assert "signals" not in z.files and z["signal_scores"].dtype == np.float16
+    Dictionary(noisy, d.params, d.names, prot).save(tmp_path / "one", rank=1)
+    assert json.loads((tmp_path / "one.json").read_text())["provenance"]["storage"]["rms_error"] > 5e-3
+
+
 def test_a_dictionary_file_is_read_from_disk_once_per_version(tmp_path):
     """One read per process and file version: a second load shares the arrays (read-only), each load has its
     own metadata, selection makes new arrays, and a rewritten file is read again."""

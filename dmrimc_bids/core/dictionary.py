@@ -61,6 +61,25 @@ MATCH_TOL_B = 100.0
 MATCH_TOL_MS = 2.5
 
 
+def reduce_signals(signals: np.ndarray, rank: int) -> tuple:
+    """(mean [M] float32, basis [rank, M] float32, scores [K, rank] float16): the signals' first ``rank``
+    principal components, the compact storage of a large dictionary (the discarded components carry the
+    Monte Carlo noise and little else; benchmarks/dictionary_storage.py measures the error)."""
+    x = np.asarray(signals, np.float64)
+    mean = x.mean(0)
+    centred = x - mean
+    vals, vecs = np.linalg.eigh(centred.T @ centred)               # [M, M]: cheap for K >> M
+    basis = vecs[:, np.argsort(vals)[::-1][:rank]].T
+    scores = centred @ basis.T
+    return mean.astype(np.float32), basis.astype(np.float32), scores.astype(np.float16)
+
+
+def reconstruct_signals(mean, basis, scores) -> np.ndarray:
+    """Signals [K, M] float32 from reduce_signals' components (computed in float64, rounded once)."""
+    out = np.asarray(scores, np.float64) @ np.asarray(basis, np.float64) + np.asarray(mean, np.float64)
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
 @functools.lru_cache(maxsize=4)
 def _read_dictionary_files(npz: str, mtime_ns: int, size: int, json_mtime_ns: int):
     """(signals float32, params, structure or None, the .json text) of a dictionary file, read from disk once
@@ -68,7 +87,10 @@ def _read_dictionary_files(npz: str, mtime_ns: int, size: int, json_mtime_ns: in
     its preflight, graph and nodes decompresses it once per process. The arrays are read-only: every
     Dictionary of the file shares them, and selection and matching make new arrays."""
     with np.load(npz) as arrays:
-        signals = np.ascontiguousarray(arrays["signals"], dtype=np.float32)
+        if "signal_scores" in arrays.files:   # reduced storage (principal components): reconstructed once
+            signals = reconstruct_signals(arrays["signal_mean"], arrays["signal_basis"], arrays["signal_scores"])
+        else:
+            signals = np.ascontiguousarray(arrays["signals"], dtype=np.float32)
         params = np.ascontiguousarray(np.atleast_2d(arrays["params"]), dtype=np.float64)
         structure = np.asarray(arrays["structure"], dtype=np.int64).ravel() if "structure" in arrays.files else None
     for a in (signals, params, structure):
@@ -160,10 +182,22 @@ class Dictionary:
                 "substrates": n_subs, "networks": len(nets) if isinstance(nets, list) else None}
 
     # ---- io -------------------------------------------------------------------------------------
-    def save(self, path) -> Path:
-        """Write ``<stem>.npz`` and ``<stem>.json`` atomically; returns the .npz path."""
+    def save(self, path, rank: int | None = None) -> Path:
+        """Write ``<stem>.npz`` and ``<stem>.json`` atomically; returns the .npz path. rank: store the signals
+        as their first ``rank`` principal components (reduce_signals, compressed); this Dictionary's signals
+        become the reconstruction that ``load`` gives, and the .json records the storage and its error."""
         stem = Path(path).with_suffix("") if Path(path).suffix in (".npz", ".json") else Path(path)
         npz, js = stem.with_suffix(".npz"), stem.with_suffix(".json")
+        arrays = {"signals": self.signals}
+        if rank:
+            mean, basis, scores = reduce_signals(self.signals, int(rank))
+            rebuilt = reconstruct_signals(mean, basis, scores)
+            err = np.abs(rebuilt.astype(np.float64) - self.signals)
+            self.provenance["storage"] = {"kind": "principal components", "rank": int(rank),
+                                          "rms_error": float(np.sqrt(np.mean(err ** 2))),
+                                          "p99_error": float(np.percentile(err, 99)), "max_error": float(err.max())}
+            self.signals = rebuilt
+            arrays = {"signal_mean": mean, "signal_basis": basis, "signal_scores": scores}
         lo, hi = self.ranges()
         meta = {"names": self.names, "units": self.units,
                 "ranges": {n: [float(a), float(b)] for n, a, b in zip(self.names, lo, hi)},
@@ -171,7 +205,7 @@ class Dictionary:
                 "checksum": self.checksum()}
         tmp = npz.with_name(f".{npz.name}.tmp.npz")
         extra = {} if self.structure is None else {"structure": self.structure}
-        np.savez(tmp, signals=self.signals, params=self.params, **extra)
+        (np.savez_compressed if rank else np.savez)(tmp, params=self.params, **arrays, **extra)
         os.replace(tmp, npz)
         tmp = js.with_name(f".{js.name}.tmp")
         tmp.write_text(json.dumps(meta, indent=1))

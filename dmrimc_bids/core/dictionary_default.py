@@ -54,17 +54,19 @@ DEFAULT_SEED = 2026
 class Recipe:
     """What a default dictionary is built from: the population size (default_substrate_specs, Sobol: the
     first 2^k substrates of a larger population are the smaller one), the protocol grid, the configuration
-    design and the walkers per walk."""
+    design, the walkers per walk and the storage (None: float16 signals; a rank: that many principal
+    components, benchmarks/dictionary_storage.py)."""
     name: str
     n_substrates: int
     timing_grid: TimingGrid
     design: dict
     walkers: int = DEFAULT_WALKERS
     seed: int = DEFAULT_SEED
+    storage_rank: int | None = None
 
     def describe(self) -> dict:
         return {"recipe": self.name, "n_substrates": self.n_substrates, "timing_grid": self.timing_grid.describe(),
-                "design": self.design, "walkers": self.walkers, "seed": self.seed}
+                "design": self.design, "walkers": self.walkers, "seed": self.seed, "storage_rank": self.storage_rank}
 
 
 #: v1: the shipped dictionary. v2 (issue #32): twice the substrates between v1's (fewer estimates pinned to a
@@ -128,11 +130,16 @@ def default_dictionary_path() -> Path:
     return Path(__file__).resolve().parents[1] / "data" / f"{_NAME}.npz"
 
 
-def finalise_default(dic: Dictionary, out) -> Path:
-    """Store a freshly simulated default dictionary compactly (float16, compressed) with its checksum."""
+def finalise_default(dic: Dictionary, out, rank: int | None = None) -> Path:
+    """Store a freshly simulated default dictionary compactly with its checksum: float16 signals, compressed, or
+    (rank) their first principal components (Dictionary.save; a recipe's storage_rank)."""
     import json
     import os
 
+    if rank:
+        npz = dic.save(out, rank=rank)
+        assert json.loads(npz.with_suffix(".json").read_text())["checksum"] == dic.checksum()
+        return npz
     dic.signals = dic.signals.astype(np.float16).astype(np.float32)
     dic.provenance["storage"] = "float16 signals, compressed npz"
     npz = dic.save(out)  # writes the .json with the checksum of the rounded signals

@@ -13,10 +13,11 @@ from ..core import preprocess
 from ..core.errors import EX_NOINPUT, InputError
 from ..core.protocol import B0_THRESHOLD
 
-#: The prior of each tissue parameter's point estimate (posterior.PosteriorModel point_prior; the others follow
-#: --prior), chosen on the leave-one-out folds of the published real-histology substrates (docs/benchmarks.md,
-#: block point-prior-choice; benchmarks/point_prior_choice.py).
-DEFAULT_POINT_PRIOR: dict = {}
+#: The prior of each tissue parameter's point estimate and SD (posterior.PosteriorModel point_prior; the others
+#: follow --prior), chosen on the leave-one-out folds of the published real-histology substrates 1-12 at SNR 50
+#: and 20 (benchmarks/point_prior_choice.py, docs/benchmarks.md block point-prior-choice): the design prior
+#: lowers the median errors of fin, vCS and kappa at both SNRs; D0in and D0ex keep the entries' prior.
+DEFAULT_POINT_PRIOR: dict = {"fin": "design", "vCS_cyl": "design", "kappa": "design"}
 
 
 @dataclass

@@ -246,5 +246,5 @@ def build_default_dictionary(out, run: SimulationRun, *, n_substrates: int, n_wa
                           build={"wall_seconds": round(time.perf_counter() - t0, 1),
                                  "nprocs": run.nprocs,
                                  "threads_per_job": run.threads(), "device": device})
-    dd.finalise_default(dic, out)
+    dd.finalise_default(dic, out, recipe.storage_rank)
     return dic
