@@ -139,7 +139,9 @@ def run_app(bids: Path, out: Path, work: Path, extra=()) -> float:
     return time.perf_counter() - t0
 
 
-def read_maps(out: Path, subs) -> dict:
+def read_maps(out: Path, subs, desc: str = "") -> dict:
+    """{sub: [V, 5]} of the histousim maps (desc: '' the estimates, 'ci95lo' or 'ci95hi' the intervals;
+    None where a run wrote no such map)."""
     import nibabel as nib
 
     from dmrimc_bids.bids.derivatives import bids_label
@@ -148,14 +150,17 @@ def read_maps(out: Path, subs) -> dict:
     for n in subs:
         cols = []
         for k in NAMES:
-            f = next((out / f"sub-{n:02d}" / "dwi").glob(
-                f"sub-{n:02d}*_model-histousim_param-{bids_label(k)}_dwimap.nii.gz"))
+            f = next((out / f"sub-{n:02d}" / "dwi").glob(f"sub-{n:02d}*_model-histousim_param-{bids_label(k)}"
+                                                          + (f"_desc-{desc}" if desc else "") + "_dwimap.nii.gz"), None)
+            if f is None:
+                return None
             cols.append(np.asarray(nib.load(f).dataobj, float).reshape(-1))
         est[n] = np.stack(cols, 1)
     return est
 
 
-def score(est: dict, truth: dict) -> dict:
+def score(est: dict, truth: dict, lo: dict | None = None, hi: dict | None = None) -> dict:
+    """Per parameter: ρ, median error, the constant guess's, and (with the intervals) the 95 % coverage."""
     e = np.concatenate([est[n] for n in sorted(est)])
     t = np.concatenate([truth[n] for n in sorted(est)])
     out = {}
@@ -164,6 +169,9 @@ def score(est: dict, truth: dict) -> dict:
         out[k] = {"spearman": round(spearman(e[:, j], t[:, j]), 4),
                   "medae": round(float(np.median(np.abs(e[:, j] - t[:, j]))), 5),
                   "medae_constant": round(float(np.median(np.abs(const - t[:, j]))), 5)}
+        if lo and hi:
+            a, b = (np.concatenate([m[n] for n in sorted(est)])[:, j] for m in (lo, hi))
+            out[k]["coverage95"] = round(float(np.mean((t[:, j] >= a) & (t[:, j] <= b))), 4)
     return out
 
 
@@ -193,7 +201,8 @@ def _record(res, ref, args):
                 f"; `dmrimc-bids ... participant` with {' '.join(args.app_args)}")
              + (f" and `--prior {args.prior}`" if args.prior else "") + ")", "",
              "| parameter | ρ default app | ρ published | ρ app + published folds | MedAE default app | "
-             "MedAE published | MedAE app + folds | MedAE constant guess |", "|---|---|---|---|---|---|---|---|"]
+             "MedAE published | MedAE app + folds | MedAE constant guess | 95 % coverage default app |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for k, v in res["params"].items():
         r = ref[k]
         f = folds["params"][k] if folds else None
@@ -201,7 +210,8 @@ def _record(res, ref, args):
                      f"{f['spearman']:.3f} | " if f else f"| {k}{units[k]} | {v['spearman']:.3f} | "
                      f"{r['spearman']:.3f} | - | ")
         lines[-1] += (f"{v['medae']:.3g} | {r['medae']:.3g} | " + (f"{f['medae']:.3g}" if f else "-")
-                      + f" | {v['medae_constant']:.3g} |")
+                      + f" | {v['medae_constant']:.3g} | " + (f"{v['coverage95']:.3f}" if "coverage95" in v else "-")
+                      + " |")
     def verdict(ok):
         return ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in ok.items())
     lines += ["", "Acceptance (issue #32: ρ >= reference + 0.03 for fin, vCS, D0ex, kappa; MedAE <= 0.95 x "
@@ -246,7 +256,8 @@ def main(argv=None):
         truth = write_bids(work / "bids", args.data, args.subs, args.snr, args.noise_seed)
         extra = (["--prior", args.prior] if args.prior else []) + [a for arg in args.app_args for a in arg.split()]
         seconds = run_app(work / "bids", work / "out", work / "work", extra)
-        res = {"params": score(read_maps(work / "out", args.subs), truth), "seconds_app": round(seconds, 1),
+        res = {"params": score(read_maps(work / "out", args.subs), truth, read_maps(work / "out", args.subs, "ci95lo"),
+                               read_maps(work / "out", args.subs, "ci95hi")), "seconds_app": round(seconds, 1),
                "n_voxels": int(sum(len(t) for t in truth.values())), "substrates": list(args.subs),
                "snr": args.snr, "machine": platform.machine()}
         if args.folds:

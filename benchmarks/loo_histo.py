@@ -130,6 +130,7 @@ def calibration(data: Path, subs, snr: float) -> dict:
     from dmrimc_bids.core.fitting.dictfit import DictionaryModel
     from dmrimc_bids.core.fitting.posterior import PosteriorModel
     from dmrimc_bids.core.protocol import Protocol
+    from dmrimc_bids.workflows.config import DEFAULT_POINT_PRIOR
 
     proto = Protocol(B, SD, BD)
     rng = np.random.default_rng(20261126)
@@ -149,8 +150,8 @@ def calibration(data: Path, subs, snr: float) -> dict:
             if est == "ml":
                 model = DictionaryModel(dic, surrogate="local")
                 model.surrogate
-            else:
-                model = PosteriorModel(dic)
+            else:   # the app's default estimate (point priors of workflows/config.py)
+                model = PosteriorModel(dic, point_prior=DEFAULT_POINT_PRIOR)
                 model.model_error(float(np.median(sigma)))
             t1 = time.perf_counter()
             fit = model.fit(y, sigma=sigma)

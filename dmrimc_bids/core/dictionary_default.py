@@ -81,7 +81,7 @@ RECIPES = {
                                        b=[25.0, 50.0, 100.0, 150.0, 250.0, 350.0, 600.0, 900.0, 1300.0, 1800.0,
                                           2400.0, 3000.0]),
                  {**DEFAULT_DESIGN, "kappa_per_d0": [3.0, 6.0, 9.0, 12.0, 16.0, 21.0, 27.0, 35.0, 45.0, 60.0, 80.0],
-                  "kappa_max": 70.0}),
+                  "kappa_max": 70.0}, storage_rank=64),
 }
 #: The recipe of the dictionary in the package (data/default_histousim.npz).
 SHIPPED_RECIPE = "v1"
