@@ -49,6 +49,9 @@ The vascular branch uses this same estimator with ``noise='gaussian'``.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
+import numba
 import numpy as np
 
 from ..dictionary import Dictionary
@@ -252,7 +255,7 @@ class PosteriorModel(Model):
             cost -= (2 * var_noise)[:, None] * self.log_prior[None, :]
         best = cost.min(1)
         n = min(self.n_keep, cost.shape[1] - 1) if cost.shape[1] > 1 else 1
-        top = np.argpartition(cost, n - 1, axis=1)[:, :n] if cost.shape[1] > n else np.tile(np.arange(n), (v, 1))
+        top = smallest_per_row(cost, n) if cost.shape[1] > n else np.tile(np.arange(n), (v, 1))
         c = np.take_along_axis(cost, top, 1)
         w = np.exp(-(c - best[:, None]) / (2 * var_noise[:, None]))
         w = np.where(np.isfinite(c), w, 0.0)
@@ -504,6 +507,19 @@ def identifiability_summary(contraction: np.ndarray, names) -> dict:
         out[name] = {"median": round(med, 4), "p10": round(float(np.percentile(c, 10)), 4),
                      "p90": round(float(np.percentile(c, 90)), 4), "verdict": verdict}
     return out
+
+
+def smallest_per_row(cost: np.ndarray, n: int) -> np.ndarray:
+    """Column indices [V, n] of each row's n smallest values (unordered, numpy's argpartition: the same as one
+    call), the rows split over numba's thread count (argpartition releases the GIL; the selection of the
+    retained entries is a quarter of the posterior's time with a large dictionary)."""
+    threads = min(numba.get_num_threads(), len(cost) // 32)
+    if threads <= 1:
+        return np.argpartition(cost, n - 1, axis=1)[:, :n]
+    edges = np.linspace(0, len(cost), threads + 1).astype(int)
+    with ThreadPoolExecutor(threads) as pool:
+        parts = pool.map(lambda ab: np.argpartition(cost[ab[0]:ab[1]], n - 1, axis=1)[:, :n], zip(edges[:-1], edges[1:]))
+        return np.concatenate(list(parts))
 
 
 def weighted_quantile(samples: np.ndarray, w: np.ndarray, q: float) -> np.ndarray:
