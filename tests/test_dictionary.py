@@ -203,3 +203,30 @@ def test_structure_ids_survive_selection_matching_and_io(tmp_path):
     assert np.array_equal(model.structure_of(np.arange(ids.size)), ids)   # not one realisation per structure
     with pytest.raises(ValueError, match="structure ids"):
         Dictionary(dic.signals, dic.params, dic.names, prot, structure=ids[:-1])
+
+
+def test_cached_dictionary_is_built_once_by_concurrent_callers(tmp_path):
+    """Two sessions asking for one simulated dictionary at once (parallel nodes): one builds it, the other
+    waits and reads that file, so it is written once (a second write would change its bytes under the first
+    session's cached content hash and make a rerun recompute the fits)."""
+    import threading
+    import time
+
+    from dmrimc_bids.core.dictionary import cached_dictionary
+    calls = []
+
+    def build():
+        calls.append(1)
+        time.sleep(0.3)
+        return toy()
+
+    out = []
+    threads = [threading.Thread(target=lambda: out.append(cached_dictionary(tmp_path, "toy", {"k": 1}, build)))
+               for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and sorted(o[2] for o in out) == [False, True] and out[0][0] == out[1][0]
+    mtime = out[0][0].stat().st_mtime_ns
+    assert cached_dictionary(tmp_path, "toy", {"k": 1}, build)[2] and out[0][0].stat().st_mtime_ns == mtime

@@ -489,16 +489,22 @@ def _load_npy(path) -> np.ndarray:
 
 def cached_dictionary(cache_dir, prefix: str, key_fields: dict, build) -> tuple:
     """(path, Dictionary, cached): the dictionary cached in cache_dir under sha256(key_fields + software
-    version), or build() saved there (atomically) when absent."""
+    version), or build() saved there (atomically) when absent. Concurrent callers with one key (sessions of
+    one protocol in parallel processes) take turns on a lock file: one builds, the others read its file, so
+    the file is written once and a rerun's content hashes see the same bytes."""
+    import fcntl
+
     from .. import __version__
 
     key = hashlib.sha256(json.dumps({**key_fields, "version": __version__}, sort_keys=True).encode()).hexdigest()[:24]
     cache = Path(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
     path = cache / f"{prefix}_{key}.npz"
-    cached = path.is_file() and path.with_suffix(".json").is_file()
-    if not cached:
-        dic = build()
-        dic.provenance["cache_key"] = key
-        dic.save(path)
+    with open(cache / f".{prefix}_{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        cached = path.is_file() and path.with_suffix(".json").is_file()
+        if not cached:
+            dic = build()
+            dic.provenance["cache_key"] = key
+            dic.save(path)
     return path, Dictionary.load(path), bool(cached)

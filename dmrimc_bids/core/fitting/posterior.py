@@ -278,17 +278,21 @@ class PosteriorModel(Model):
         w_fit = np.where(np.isfinite(c), w_fit, 0.0)
         w_fit /= w_fit.sum(1, keepdims=True)
         samples, slope = self._adjust(self.values[top], self.signals[top], clean, w_fit)
-        noise_var = var_noise[:, None] * np.einsum("vrp,vrp->vp", slope, slope)
+        point, var = self._points(samples, w, top, var_noise[:, None] * np.einsum("vrp,vrp->vp", slope, slope))
+        return {"samples": samples, "weights": w, "point": point, "var": var, "best": rss, "var_noise": var_noise,
+                "top": top}
+
+    def _points(self, samples, w, top, noise_var) -> tuple:
+        """(point estimate, posterior variance) [V, P], each parameter under its own prior (point_prior: the
+        retained entries top [V, n] reweighted by the design prior's entry weights, or by their inverse)."""
         point, var = self._point(samples, w, noise_var)
-        for sign in (1, -1):   # parameters whose estimate follows the other prior (point_prior)
+        for sign in (1, -1):
             cols = np.flatnonzero(self.point_reweight == sign)
             if cols.size:
                 w_other = w * np.exp(sign * self.design_log_prior[top])
-                p_other, v_other = self._point(samples[:, :, cols], w_other / w_other.sum(1, keepdims=True),
-                                               noise_var[:, cols])
-                point[:, cols], var[:, cols] = p_other, v_other
-        return {"samples": samples, "weights": w, "point": point, "var": var, "best": rss, "var_noise": var_noise,
-                "top": top}
+                point[:, cols], var[:, cols] = self._point(samples[:, :, cols], w_other / w_other.sum(1, keepdims=True),
+                                                           noise_var[:, cols])
+        return point, var
 
     def _point(self, samples, w, noise_var) -> tuple:
         """(point estimate, posterior variance) [V, P] of adjusted samples [V, n, P] with weights w [V, n]: the
