@@ -175,6 +175,10 @@ CASES = [
          _participant("--params", "kappaa")),
     Case("unknown-bound", "--bounds names a parameter the dictionary lacks", 64, "--bounds",
          _participant("--bounds", "size=1,2")),
+    Case("unknown-point-prior", "--point-prior names a parameter the dictionary lacks", 64, "--point-prior",
+         _participant("--point-prior", "size=design")),
+    Case("bad-point-prior", "--point-prior with a prior other than design or entries", 64, "--point-prior",
+         _participant("--point-prior", "kappa=flat")),
     Case("bad-reg", "--reg with a norm other than 1 or 2", 64, "--reg", _participant("--reg", "3", "0.1")),
     Case("fit-only-option", "an option of the published fitting method (--noise-model, --reg, --surrogate...) "
          "without --estimator ml", 64, "--noise-model", _participant("--noise-model", "rician")),
