@@ -170,6 +170,15 @@ def crowded_dictionary(n_fin=8):
     return Dictionary(biexp(*p.T), p, ["fin", "D0in", "D0ex"], Protocol(B, 10.0, 30.0))
 
 
+def off_grid_voxels(n: int, seed: int) -> tuple:
+    """(truths [n, 3], Rician SNR-20 signals [n, M]) of the crowded dictionary's model, its parameters drawn
+    uniformly off its values (fin 0.35-0.85, D0in 0.3-0.9, D0ex 1-3 µm²/ms)."""
+    rng = np.random.default_rng(seed)
+    truth = np.stack([rng.uniform(0.35, 0.85, n), rng.uniform(0.3, 0.9, n), rng.uniform(1.0, 3.0, n)], 1)
+    clean = biexp(*truth.T)
+    return truth, np.hypot(clean + rng.normal(0, 1 / 20, clean.shape), rng.normal(0, 1 / 20, clean.shape))
+
+
 def test_design_prior_is_flat_over_the_design_axes():
     """Crossed grid: every entry weighs the same. Crowded axis: the weighted histogram of PRIOR_BINS bins is
     flat and the structure-level parameter (fin) keeps its population."""
@@ -195,12 +204,8 @@ def test_design_prior_removes_the_pull_towards_a_crowded_corner():
     that at least (-0.14: what is left is the shrinkage of a weakly informed D0ex at high fin, largest at
     the top of the range) and beats the constant guess."""
     dic = crowded_dictionary()
-    rng = np.random.default_rng(11)
-    n = 1200
-    truth = np.stack([rng.uniform(0.35, 0.85, n), rng.uniform(0.3, 0.9, n), rng.uniform(1.0, 3.0, n)], 1)
-    sigma = 1 / 20
-    clean = biexp(*truth.T)
-    y = np.hypot(clean + rng.normal(0, sigma, clean.shape), rng.normal(0, sigma, clean.shape))
+    n, sigma = 1200, 1 / 20
+    truth, y = off_grid_voxels(n, 11)
     bias, medae = {}, {}
     for prior in ("design", "entries"):
         est = PosteriorModel(dic, prior=prior).fit(y, sigma=np.full(n, sigma)).params["D0ex"]
@@ -218,12 +223,8 @@ def test_point_prior_moves_one_parameter_to_the_other_prior():
     guess, keeps most of its rank correlation, and the other parameters' estimates and posterior SDs are untouched. Naming
     a parameter's own prior changes nothing; an unknown prior is an error."""
     dic = crowded_dictionary()
-    rng = np.random.default_rng(12)
-    n = 1000
-    truth = np.stack([rng.uniform(0.35, 0.85, n), rng.uniform(0.3, 0.9, n), rng.uniform(1.0, 3.0, n)], 1)
-    sigma = 1 / 20
-    clean = biexp(*truth.T)
-    y = np.hypot(clean + rng.normal(0, sigma, clean.shape), rng.normal(0, sigma, clean.shape))
+    n, sigma = 1000, 1 / 20
+    truth, y = off_grid_voxels(n, 12)
     s = np.full(n, sigma)
     plain = PosteriorModel(dic).fit(y, sigma=s)
     moved = PosteriorModel(dic, point_prior={"D0ex": "design", "not_in_this_dictionary": "design"}).fit(y, sigma=s)

@@ -227,8 +227,7 @@ class PosteriorModel(Model):
     def posterior(self, y: np.ndarray, sigma: np.ndarray | None, exclude: np.ndarray | None = None,
                   scale_var: np.ndarray | None = None) -> dict:
         """Posterior summaries of voxels y [V, M] (σ [V] or None) on the estimator's scale: 'samples' [V, n, P]
-        (adjusted parameters), 'weights' [V, n], 'top' [V, n] (their entries), 'point', 'var' [V, P], 'best' (min
-        RSS) and 'var_noise' [V].
+        (adjusted parameters), 'weights' [V, n], 'point', 'var' [V, P], 'best' (min RSS) and 'var_noise' [V].
         exclude [V] (optional): a structure index per voxel (structure_of) whose entries are left out
         (cross-validation). scale_var [V] (optional): variance of an unknown common scale of each voxel's
         signal (e.g. an uncertain compartment fraction removed before), marginalised: the misfit loses
@@ -279,8 +278,7 @@ class PosteriorModel(Model):
         w_fit /= w_fit.sum(1, keepdims=True)
         samples, slope = self._adjust(self.values[top], self.signals[top], clean, w_fit)
         point, var = self._points(samples, w, top, var_noise[:, None] * np.einsum("vrp,vrp->vp", slope, slope))
-        return {"samples": samples, "weights": w, "point": point, "var": var, "best": rss, "var_noise": var_noise,
-                "top": top}
+        return {"samples": samples, "weights": w, "point": point, "var": var, "best": rss, "var_noise": var_noise}
 
     def _points(self, samples, w, top, noise_var) -> tuple:
         """(point estimate, posterior variance) [V, P], each parameter under its own prior (point_prior: the
