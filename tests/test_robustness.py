@@ -156,6 +156,36 @@ def test_failed_session_keeps_the_subject_report(demo_dir, tmp_path, monkeypatch
     assert not (out / "sub-02/ses-2").exists()
 
 
+def test_temporary_files_of_stopped_writers_are_removed(tmp_path):
+    """Ctrl-C stops the workers (killed, maybe not yet reaped) and the run exits next: a worker killed inside
+    a copy leaves its temporary file, and the interruption's clean-up removes it and this process's own
+    (named in ended_pids), while a plain sweep keeps this live process's; a failed staging leaves none."""
+    from dmrimc_bids.bids.derivatives import _temp_beside, remove_stale_temps, stage_copy, stage_json
+    out = tmp_path / "out" / "sub-01" / "dwi"
+    out.mkdir(parents=True)
+    code = ("import sys, os; sys.path.insert(0, sys.argv[2]); from dmrimc_bids.bids.derivatives import _temp_beside;"
+            "from pathlib import Path; fd, t = _temp_beside(Path(sys.argv[1])); print(t, flush=True); "
+            "import time; time.sleep(60)")
+    worker = subprocess.Popen([sys.executable, "-c", code, str(out / "w.nii.gz"), str(Path(__file__).parents[1])],
+                              stdout=subprocess.PIPE, text=True)
+    left = Path(worker.stdout.readline().strip())
+    assert left.exists()
+    assert remove_stale_temps(tmp_path / "out") == []  # its writer still runs
+    worker.kill()  # killed, not reaped: a zombie
+    time.sleep(0.5)
+    fd, own = _temp_beside(out / "own.json")
+    os.close(fd)
+    assert remove_stale_temps(tmp_path / "out") == [left]
+    assert Path(own).exists()
+    assert remove_stale_temps(tmp_path / "out", ended_pids=[os.getpid()]) == [Path(own)]
+    worker.wait()
+    with pytest.raises(FileNotFoundError):
+        stage_copy(tmp_path / "missing.nii.gz", out / "x.nii.gz")
+    with pytest.raises(TypeError):
+        stage_json({"a": object.__new__(type("Bad", (), {"__str__": None}))}, out / "x.json")
+    assert sorted(p.name for p in out.iterdir()) == []
+
+
 def test_temporary_files_of_dead_writers_are_removed(tmp_path):
     """A run killed mid-write leaves its temporary file; the next run removes it, but never one that a
     live run (this process, another host's recent one) is still writing."""

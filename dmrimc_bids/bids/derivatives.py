@@ -99,29 +99,55 @@ def _temp_beside(final: Path) -> tuple[int, str]:
     rest of a lab)."""
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.{_writer_tag()}.", dir=final.parent)
-    os.chmod(tmp, 0o666 & ~_umask())
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())
+    except BaseException:
+        _discard(fd, tmp)
+        raise
     return fd, tmp
 
 
-def remove_stale_temps(out_dir) -> list[Path]:
+def _discard(fd: int | None, tmp: str) -> None:
+    """Close (when open) and delete a temporary file of a write that did not finish."""
+    if fd is not None:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    Path(tmp).unlink(missing_ok=True)
+
+
+def _writer_alive(pid: int) -> bool | None:
+    """True when process ``pid`` of this host runs, False when it has exited (a zombie, killed and not yet
+    reaped, counts as exited), None when it runs as another user."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return None
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def remove_stale_temps(out_dir, ended_pids=()) -> list[Path]:
     """Delete the temporary files of atomic writes whose writer is gone (a run killed mid-write): this
-    host's when the process no longer exists, another host's when older than STALE_TEMP_S. Temporary
+    host's when the process no longer exists (or is in ``ended_pids``: processes about to exit, such as an
+    interrupted run and the workers it stopped), another host's when older than STALE_TEMP_S. Temporary
     files of live runs writing into the same folder are left alone. Returns the files removed."""
     import time
     host = _writer_tag().rsplit("-", 1)[0]
+    ended = {int(p) for p in ended_pids}
     removed = []
     for p in Path(out_dir).rglob(".*"):
         m = _TEMP_RE.match(p.name)
         if not m or not p.is_file():
             continue
         if m["host"] == host:
-            try:
-                os.kill(int(m["pid"]), 0)
-                continue  # still running
-            except ProcessLookupError:
-                pass
-            except PermissionError:
-                continue  # alive, another user's
+            if int(m["pid"]) not in ended and _writer_alive(int(m["pid"])) is not False:
+                continue  # still running (or another user's)
         elif time.time() - p.stat().st_mtime < STALE_TEMP_S:
             continue
         p.unlink(missing_ok=True)
@@ -205,16 +231,27 @@ def publish(staged: dict) -> list[str]:
 def stage_copy(src, final) -> str:
     """Copy src next to its final place under a hidden temporary name; returns the temp path."""
     fd, tmp = _temp_beside(Path(final))
-    os.close(fd)
-    shutil.copyfile(src, tmp)
+    try:
+        os.close(fd)
+        fd = None
+        shutil.copyfile(src, tmp)
+    except BaseException:
+        _discard(fd, tmp)
+        raise
     return tmp
 
 
 def stage_json(obj, final) -> str:
+    """Write obj as JSON next to its final place under a hidden temporary name; returns the temp path."""
     fd, tmp = _temp_beside(Path(final))
-    with os.fdopen(fd, "w") as fh:
-        json.dump(obj, fh, indent=2, default=_jsonable)
-        fh.write("\n")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fd = None
+            json.dump(obj, fh, indent=2, default=_jsonable)
+            fh.write("\n")
+    except BaseException:
+        _discard(fd, tmp)
+        raise
     return tmp
 
 

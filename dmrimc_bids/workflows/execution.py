@@ -185,7 +185,8 @@ def descendants(pid: int | None = None) -> list[int]:
 
 def stop_children(grace_s: float = 3.0) -> int:
     """Stop every process this one started (MultiProc's forkserver and its workers, simulation jobs):
-    SIGTERM, then SIGKILL for those still alive after ``grace_s``. Returns how many were signalled."""
+    SIGTERM, then SIGKILL for those still alive after ``grace_s``, and a wait of at most ``grace_s`` until they
+    have ended (so that what they leave can be cleaned up). Returns how many were signalled."""
     import logging
     import signal
     import time
@@ -199,8 +200,8 @@ def stop_children(grace_s: float = 3.0) -> int:
             except (ProcessLookupError, PermissionError):
                 pass
         deadline = time.monotonic() + grace_s
-        while sig == signal.SIGTERM and time.monotonic() < deadline and any(_alive(p) for p in procs):
-            time.sleep(0.1)
+        while time.monotonic() < deadline and any(_alive(p) for p in procs):
+            time.sleep(0.05)
     return len(procs)
 
 

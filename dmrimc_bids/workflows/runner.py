@@ -5,6 +5,7 @@ dataset_description.json, CITATION.md). One failing subject never stops the othe
 from __future__ import annotations
 
 import json
+import os
 import logging
 import shutil
 import sys
@@ -169,7 +170,12 @@ def _record_interruptions(config: Config, items, failed, run_id: str) -> None:
             done = report.is_file() and report.stat().st_mtime >= started
             rows.append(_status_row(i, bad.get(id(i)), interrupted=not done))
         write_status(config.out_dir, run_id, rows)
-    execution.INTERRUPT["hooks"].append(record)
+
+    def clean():
+        # the workers are stopped and this process exits next: their half-written files go
+        from ..bids.derivatives import remove_stale_temps as remove
+        remove(config.out_dir, ended_pids=[os.getpid()])
+    execution.INTERRUPT["hooks"] += [record, clean]
 
 
 def _preflight(item, config: Config, dictionary) -> dict:
