@@ -5,8 +5,8 @@ import pytest
 from scipy.stats import spearmanr
 
 from dmrimc_bids.core.dictionary import Dictionary
-from dmrimc_bids.core.fitting.posterior import (PRIOR_BINS, PosteriorModel, interval_limits, structure_groups,
-                                                weighted_quantile)
+from dmrimc_bids.core.fitting.posterior import (PRIOR_BINS, PosteriorModel, interval_limits,
+                                                shared_weighted_quantiles, structure_groups, weighted_quantile)
 from dmrimc_bids.core.protocol import Protocol
 
 B = np.array([300.0, 600, 1000, 1500, 2000, 2500])
@@ -122,6 +122,13 @@ def test_interval_limits_and_weighted_quantile_by_hand():
     # sorted 1 (0.3), 2 (0.5), 3 (0.2): mid-cumulative 0.15, 0.55, 0.9 -> the median 1 + (0.5-0.15)/0.4
     np.testing.assert_allclose(weighted_quantile(samples, w, 0.5), [[1 + 0.35 / 0.4]])
     np.testing.assert_allclose(weighted_quantile(samples, w, 0.95), [[3.0]])
+    # the same samples for every voxel (the joint fit's flow entries): sorted once, the same numbers
+    np.testing.assert_allclose(shared_weighted_quantiles(samples[0], w, (0.5, 0.95))[:, :, 0], [[1 + 0.35 / 0.4], [3.0]])
+    rng = np.random.default_rng(3)
+    values, weights = rng.normal(size=(50, 2)), rng.dirichlet(np.full(50, 0.3), size=40)
+    shared = np.broadcast_to(values[None], (40, 50, 2))
+    np.testing.assert_array_equal(shared_weighted_quantiles(values, weights, (0.025, 0.975)),
+                                  np.stack([weighted_quantile(shared, weights, q) for q in (0.025, 0.975)]))
 
 
 def test_mask_nan_and_unknown_sigma():

@@ -36,7 +36,7 @@ from . import kernels
 from .dictfit import DictionaryFit
 from .likelihood import noise_floor
 from .model import EXIT_BACKGROUND, EXIT_FAILED, EXIT_OK, Description, Fit, Model, fit_plan, voxel_chunks, voxel_table
-from .posterior import Z95, PosteriorModel, log_scaled, weighted_quantile
+from .posterior import Z95, PosteriorModel, log_scaled, shared_weighted_quantiles
 
 #: Tissue entries per voxel that enter the vascular posterior (step 2).
 N_TISSUE_CANDIDATES = 16
@@ -228,9 +228,12 @@ class JointModel(Model):
         vals = self.flow_values
         mean = w_flow @ vals
         var = np.maximum(w_flow @ vals ** 2 - mean ** 2, 0.0)
-        samples = np.broadcast_to(vals[None], (len(w_flow),) + vals.shape)
-        lo_t, hi_t = weighted_quantile(samples, w_flow, 0.025), weighted_quantile(samples, w_flow, 0.975)
-        back = lambda t: np.where(self.flow_log, np.exp(t), t)  # noqa: E731
+        lo_t, hi_t = shared_weighted_quantiles(vals, w_flow, (0.025, 0.975))
+
+        def back(t):   # the estimator's scale -> physical units (exp only of the log-scaled parameters)
+            t = t.copy()
+            t[:, self.flow_log] = np.exp(t[:, self.flow_log])
+            return t
         est = back(mean)
         sd = np.where(self.flow_log, np.sqrt(var) * est, np.sqrt(var))
         var_phys = sd ** 2

@@ -540,6 +540,26 @@ def weighted_quantile(samples: np.ndarray, w: np.ndarray, q: float) -> np.ndarra
     return x0 + frac * (x1 - x0)
 
 
+def shared_weighted_quantiles(values: np.ndarray, w: np.ndarray, qs) -> np.ndarray:
+    """weighted_quantile for samples shared by every voxel (values [n, P], weights [V, n] summing to 1): the
+    qs-quantiles [len(qs), V, P], the same numbers, with each parameter's values sorted once instead of
+    once per voxel."""
+    qs = np.atleast_1d(np.asarray(qs, float))
+    n, n_p = values.shape
+    out = np.empty((len(qs), len(w), n_p))
+    rows = np.arange(len(w))
+    for j in range(n_p):
+        order = np.argsort(values[:, j], kind="stable")
+        xs, ws = values[order, j], w[:, order]
+        cum = np.cumsum(ws, axis=1) - 0.5 * ws
+        for k, q in enumerate(qs):
+            i = np.clip((cum < q).sum(1), 1, n - 1)
+            c0, c1 = cum[rows, i - 1], cum[rows, i]
+            frac = np.clip((q - c0) / np.maximum(c1 - c0, 1e-300), 0.0, 1.0)
+            out[k, :, j] = xs[i - 1] + frac * (xs[i] - xs[i - 1])
+    return out
+
+
 def _principal_basis(signals: np.ndarray, n: int) -> tuple:
     """(mean [M], first n principal directions [n, M]) of the dictionary's signals (≤ 20,000 entries sampled)."""
     sample = signals if len(signals) <= 20000 else signals[np.random.default_rng(0).choice(len(signals), 20000, False)]
