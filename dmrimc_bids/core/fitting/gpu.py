@@ -155,3 +155,106 @@ def entry_costs(y, flo2, signals_t, cost):
     grid = ((signals_t.shape[1] + bx - 1) // bx, (y.shape[0] + by - 1) // by)
     _cost_kernel()[grid, COST_BLOCK](d_y, d_f, _ResidentSignals.device, d_cost)
     d_cost.copy_to_host(cost)
+
+
+
+#: Most retained entries a selection thread holds (posterior.N_ADJUST is 256); more go to the CPU.
+MAX_KEEP = 512
+
+
+@functools.lru_cache(maxsize=1)
+def _select_kernel():
+    """The posterior's likelihood and retained-entry selection in one pass, one thread per voxel: each
+    entry's cost (the offset-Gaussian misfit, minus 2σ²·log_prior with the design prior) goes through a
+    max-heap of the n least, ordered by (cost, entry index), so ties at the n-th cost keep the lower
+    indices and the result is deterministic. No [V, E] cost matrix is formed."""
+    offset_residual = _compiled()[2]["offset_residual"]
+    keep = MAX_KEEP
+    from numba import int64
+
+    @cuda.jit(device=True)
+    def cost_of(y, flo2, signals_t, v, e):
+        c = 0.0
+        for i in range(y.shape[1]):
+            r = offset_residual(y[v, i], signals_t[i, e], flo2[v, i])
+            c += r * r
+        return c
+
+    @cuda.jit(device=True)
+    def above(c1, e1, c2, e2):   # (c1, e1) > (c2, e2), lexicographic
+        return c1 > c2 or (c1 == c2 and e1 > e2)
+
+    @cuda.jit
+    def select_kernel(y, flo2, signals_t, log_prior, var_in, use_prior, n, top, c_top, rss):
+        v = cuda.grid(1)
+        if v >= y.shape[0]:
+            return
+        n_e = signals_t.shape[1]
+        hc = cuda.local.array(keep, float64)
+        he = cuda.local.array(keep, int64)
+        var = var_in[v]
+        known = var > 0.0 and var < math.inf
+        r = math.inf
+        if use_prior and not known:   # σ² from the least misfit first: the penalty needs it
+            for e in range(n_e):
+                r = min(r, cost_of(y, flo2, signals_t, v, e))
+            var = max(r / y.shape[1], 1e-12)
+        pen = 2.0 * var if use_prior else 0.0
+        size = 0
+        for e in range(n_e):
+            raw = cost_of(y, flo2, signals_t, v, e)
+            r = min(r, raw)
+            a = raw - pen * log_prior[e]
+            if size < n:   # sift up
+                j = size
+                size += 1
+                while j > 0:
+                    parent = (j - 1) // 2
+                    if not above(a, e, hc[parent], he[parent]):
+                        break
+                    hc[j], he[j] = hc[parent], he[parent]
+                    j = parent
+                hc[j], he[j] = a, e
+            elif a < hc[0]:   # replaces the largest; a later entry of equal cost has the larger index: kept out
+                j = 0
+                while True:
+                    child = 2 * j + 1
+                    if child >= n:
+                        break
+                    if child + 1 < n and above(hc[child + 1], he[child + 1], hc[child], he[child]):
+                        child += 1
+                    if not above(hc[child], he[child], a, e):
+                        break
+                    hc[j], he[j] = hc[child], he[child]
+                    j = child
+                hc[j], he[j] = a, e
+        rss[v] = r
+        for j in range(size):
+            top[v, j] = he[j]
+            c_top[v, j] = hc[j]
+
+    return select_kernel
+
+
+def select_smallest(y, flo2, signals_t, log_prior, var_noise, use_prior: bool, n: int) -> tuple | None:
+    """The posterior's likelihood and retained-entry selection on the GPU (no [V, E] cost matrix):
+    (top [V, n] entry indices, c [V, n] their cost - 2σ²·log_prior where use_prior, rss [V] the least cost
+    of any entry), or None when n exceeds MAX_KEEP. var_noise [V]: σ², NaN or 0 where unknown (then
+    max(rss / M, 1e-12), as on the CPU). The n least by (cost, entry index): the CPU's set up to ties at
+    the n-th cost, in another order within a row."""
+    if n > MAX_KEEP:
+        return None
+    if _ResidentSignals.host is not signals_t:
+        _ResidentSignals.device = cuda.to_device(np.ascontiguousarray(signals_t))
+        _ResidentSignals.host = signals_t
+    v = y.shape[0]
+    top, c, rss = np.empty((v, n), np.int64), np.empty((v, n)), np.empty(v)
+    args = [cuda.to_device(np.ascontiguousarray(a, np.float64)) for a in (y, flo2)]
+    args += [_ResidentSignals.device, cuda.to_device(np.ascontiguousarray(log_prior, np.float64)),
+             cuda.to_device(np.ascontiguousarray(var_noise, np.float64)), bool(use_prior), np.int64(n)]
+    outs = [cuda.device_array_like(a) for a in (top, c, rss)]
+    threads = 128
+    _select_kernel()[(v + threads - 1) // threads, threads](*args, *outs)
+    for d, h in zip(outs, (top, c, rss)):
+        d.copy_to_host(h)
+    return top, c, rss

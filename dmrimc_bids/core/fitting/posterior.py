@@ -237,31 +237,22 @@ class PosteriorModel(Model):
         var_noise = np.full(v, np.nan) if sigma is None else np.asarray(sigma, float) ** 2
         floor = np.zeros(v) if sigma is None or self.noise == "gaussian" else noise_floor(sigma, self.n_averages)
         scale_var = None if scale_var is None or not np.any(np.asarray(scale_var) > 0) else np.asarray(scale_var, float)
-        if scale_var is None or sigma is None:
-            cost = self._entry_costs(y, floor)
-        else:   # the common-scale term needs σ; on the CPU kernel
-            clean0 = np.ascontiguousarray(np.sqrt(np.maximum(y ** 2 - (floor ** 2)[:, None], 0.0)))
-            kappa = scale_var / (var_noise + scale_var * (clean0 ** 2).sum(1))
-            cost = np.empty((v, self.signals.shape[0]))
-            kernels.entry_costs_common_scale(y, np.ascontiguousarray(np.repeat((floor ** 2)[:, None], m, 1)),
-                                             self.signals_t, clean0, kappa, cost)
-        if exclude is not None:
-            cost[self._exclusion_groups()[None, :] == np.asarray(exclude)[:, None]] = np.inf
-        rss = cost.min(1)
-        ok = np.isfinite(var_noise) & (var_noise > 0)
-        var_noise = np.where(ok, var_noise, np.maximum(rss / m, 1e-12))
-        if self.prior == "design":   # -2σ² log(prior · likelihood)
-            cost -= (2 * var_noise)[:, None] * self.log_prior[None, :]
-        best = cost.min(1)
-        n = min(self.n_keep, cost.shape[1] - 1) if cost.shape[1] > 1 else 1
-        top = smallest_per_row(cost, n) if cost.shape[1] > n else np.tile(np.arange(n), (v, 1))
-        c = np.take_along_axis(cost, top, 1)
+        n_e = self.signals.shape[0]
+        n = min(self.n_keep, n_e - 1) if n_e > 1 else 1
+        common_scale = scale_var is not None and sigma is not None   # the common-scale term needs σ
+        top = None
+        if self.device == "gpu" and exclude is None and not common_scale and n_e > n:
+            top, c, rss = self._select_on_device(y, floor, var_noise, n)
+        if top is None:
+            top, c, rss = self._select(y, floor, var_noise, scale_var if common_scale else None, exclude, n)
+        var_noise = np.where(np.isfinite(var_noise) & (var_noise > 0), var_noise, np.maximum(rss / m, 1e-12))
+        best = c.min(1)
         w = np.exp(-(c - best[:, None]) / (2 * var_noise[:, None]))
         w = np.where(np.isfinite(c), w, 0.0)
         w /= w.sum(1, keepdims=True)
         clean = np.sqrt(np.maximum(y ** 2 - (floor ** 2)[:, None], 0.0))   # floor-corrected data
         if scale_var is not None:   # the regression compares shapes: the data at the best entry's scale
-            s_best = self.signals[np.argmin(cost, axis=1)]
+            s_best = self.signals[top[np.arange(v), np.argmin(c, axis=1)]]
             tau = np.sqrt(scale_var)
             alpha = np.clip((clean * s_best).sum(1) / np.maximum((s_best ** 2).sum(1), 1e-12), 1 - 3 * tau, 1 + 3 * tau)
             clean = clean / alpha[:, None]
@@ -279,6 +270,47 @@ class PosteriorModel(Model):
         samples, slope = self._adjust(self.values[top], self.signals[top], clean, w_fit)
         point, var = self._points(samples, w, top, var_noise[:, None] * np.einsum("vrp,vrp->vp", slope, slope))
         return {"samples": samples, "weights": w, "point": point, "var": var, "best": rss, "var_noise": var_noise}
+
+    def _select(self, y, floor, var_noise, scale_var, exclude, n) -> tuple:
+        """The n retained entries top [V, n] of least cost on the posterior's scale (-2σ² log(prior ·
+        likelihood) up to a constant), their costs c [V, n] and rss [V] the least misfit of any entry.
+        var_noise [V]: σ², NaN where unknown (then max(rss / M, 1e-12)); scale_var [V] or None: the
+        common-scale term (needs σ)."""
+        v, m = y.shape
+        if scale_var is None:
+            cost = self._entry_costs(y, floor)
+        else:   # the common-scale term needs σ; on the CPU kernel
+            clean0 = np.ascontiguousarray(np.sqrt(np.maximum(y ** 2 - (floor ** 2)[:, None], 0.0)))
+            kappa = scale_var / (var_noise + scale_var * (clean0 ** 2).sum(1))
+            cost = np.empty((v, self.signals.shape[0]))
+            kernels.entry_costs_common_scale(y, np.ascontiguousarray(np.repeat((floor ** 2)[:, None], m, 1)),
+                                             self.signals_t, clean0, kappa, cost)
+        if exclude is not None:
+            cost[self._exclusion_groups()[None, :] == np.asarray(exclude)[:, None]] = np.inf
+        rss = cost.min(1)
+        ok = np.isfinite(var_noise) & (var_noise > 0)
+        var_noise = np.where(ok, var_noise, np.maximum(rss / m, 1e-12))
+        if self.prior == "design":   # -2σ² log(prior · likelihood)
+            cost -= (2 * var_noise)[:, None] * self.log_prior[None, :]
+        top = smallest_per_row(cost, n) if cost.shape[1] > n else np.tile(np.arange(n), (v, 1))
+        return top, np.take_along_axis(cost, top, 1), rss
+
+    def _select_on_device(self, y, floor, var_noise, n) -> tuple:
+        """_select's (top, c, rss) by the GPU (gpu.select_smallest: no cost matrix is formed), or (None, None,
+        None) where it does not apply (more retained entries than it holds) or after a CUDA failure under
+        'auto' (the CPU then takes over)."""
+        from ..cudacompat import cuda_unavailable_errors, warn_cpu_fallback
+        flo2 = np.ascontiguousarray(np.repeat((floor ** 2)[:, None], y.shape[1], 1))
+        try:
+            out = self.backend.select_smallest(y, flo2, self.signals_t, self.log_prior, var_noise,
+                                               self.prior == "design", n)
+            return out if out is not None else (None, None, None)
+        except cuda_unavailable_errors() as exc:
+            if self.requested_device != "auto":
+                raise
+            warn_cpu_fallback("posterior", exc)
+            self.backend, self.device = kernels, "cpu"
+            return None, None, None
 
     def _points(self, samples, w, top, noise_var) -> tuple:
         """(point estimate, posterior variance) [V, P], each parameter under its own prior (point_prior: the
