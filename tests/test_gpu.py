@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -104,13 +105,25 @@ for prior, n in (("entries", 12), ("design", 7), ("design", 25)):
     out[f"{prior}{n}"] = {"ref": ref, "cpu_top": cpu[0].tolist(), "cpu_c": cpu[1].tolist(), "cpu_rss": cpu[2].tolist(),
                           "gpu_top": runs[0][0].tolist(), "gpu_c": runs[0][1].tolist(), "gpu_rss": runs[0][2].tolist(),
                           "again": runs[1][0].tolist(), "adj": adj.tolist()}
+# the joint fit's tissue step: an unknown common scale of each voxel's signal marginalised (σ known)
+from dmrimc_bids.core.fitting import kernels
+model, s2, tau2 = PosteriorModel(dic, device="cpu"), np.full(5, 4e-4), np.array([1e-3, 0.0, 4e-3, 1e-3, 2e-2])
+clean, kappa = model._common_scale(y, np.full(5, 1e-2), s2, tau2)
+adj = np.empty((5, 40))
+kernels.entry_costs_common_scale(y, flo2, model.signals_t, clean, kappa, adj)
+cpu = model._select(y, np.full(5, 1e-2), s2, tau2, None, 12)
+runs = [gpu.select_smallest(y, flo2, model.signals_t, model.log_prior, s2, False, 12, clean, kappa) for _ in range(2)]
+out["common-scale12"] = {"ref": [sorted(np.lexsort((np.arange(40), row))[:12].tolist()) for row in adj],
+                         "cpu_top": cpu[0].tolist(), "cpu_c": cpu[1].tolist(), "cpu_rss": cpu[2].tolist(),
+                         "gpu_top": runs[0][0].tolist(), "gpu_c": runs[0][1].tolist(), "gpu_rss": runs[0][2].tolist(),
+                         "again": runs[1][0].tolist(), "adj": adj.tolist()}
 print(json.dumps(out))
 """
 
 
 def test_posterior_selection_on_the_device_matches_the_cpu_in_the_cuda_simulator():
     """gpu.select_smallest (one pass, no cost matrix): exactly the n least entries by (cost, index) with the
-    design prior's penalty and σ² from the misfit where unknown, so ties at the n-th cost go to the lower
+    design prior's penalty, σ² from the misfit where unknown, and the joint fit's common-scale term, so ties at the n-th cost go to the lower
     index and every run gives the same; the same retained costs and least misfit as the CPU's selection."""
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
     res = subprocess.run([sys.executable, "-c", SELECT_SCRIPT], capture_output=True, text=True, env=env, timeout=600)
@@ -127,6 +140,37 @@ def test_posterior_selection_on_the_device_matches_the_cpu_in_the_cuda_simulator
         for row, ref in zip(adj, r["ref"]):   # the case the index order decides: equal costs across the cut
             straddling += np.isclose(row, row[ref].max(), rtol=0, atol=0).sum() > np.isclose(row[ref], row[ref].max(), rtol=0, atol=0).sum()
     assert straddling > 0   # the data do test ties
+
+
+JOINT_SCRIPT = r"""
+import json, numpy as np
+from tests.test_joint import flow_dictionary, mixed, tissue_dictionary
+from dmrimc_bids.core.fitting.joint import JointModel
+tissue, flow = tissue_dictionary(), flow_dictionary()
+rng = np.random.default_rng(2)
+it, iv, fv = rng.integers(0, len(tissue), 8), rng.integers(0, len(flow), 8), rng.uniform(0.0, 0.2, 8)
+y = np.abs(mixed(tissue, flow, it, iv, fv) + 0.01 * rng.standard_normal((8, len(tissue.protocol))))
+out = {}
+for device in ("cpu", "gpu"):
+    fit = JointModel(tissue, flow, device=device, b0_noise_ratio=0.5).fit(y, sigma=np.full(8, 0.01))
+    out[device] = {k: np.asarray(v).tolist() for k, v in fit.maps().items()}
+    out[device + "device"] = fit.tissue.info["device"]
+print(json.dumps(out))
+"""
+
+
+def test_joint_fit_on_the_gpu_matches_cpu_in_the_cuda_simulator():
+    """The joint fit's tissue step (the common-scale likelihood and the selection) on the device: every map
+    the same as the CPU's."""
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    res = subprocess.run([sys.executable, "-c", JOINT_SCRIPT], capture_output=True, text=True, env=env, timeout=600,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["gpudevice"] == "gpu" and out["cpudevice"] == "cpu"
+    assert set(out["cpu"]) == set(out["gpu"]) and "fin" in out["cpu"] and "vascular:fV" in out["cpu"]
+    for k in out["cpu"]:
+        assert np.allclose(out["gpu"][k], out["cpu"][k], rtol=1e-9, atol=1e-12, equal_nan=True), k
 
 
 def test_cuda_import_leaves_numpy_alone():

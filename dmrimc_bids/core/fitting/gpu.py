@@ -173,11 +173,18 @@ def _select_kernel():
     from numba import int64
 
     @cuda.jit(device=True)
-    def cost_of(y, flo2, signals_t, v, e):
+    def cost_of(y, flo2, signals_t, clean, v, e, k, cc):
+        """kernels.entry_costs_common_scale's cost of entry e for voxel v (k = kappa[v], cc = |clean[v]|²;
+        kernels.entry_costs' where k = 0)."""
         c = 0.0
         for i in range(y.shape[1]):
             r = offset_residual(y[v, i], signals_t[i, e], flo2[v, i])
             c += r * r
+        if k != 0.0:
+            cs = 0.0
+            for i in range(y.shape[1]):
+                cs += clean[v, i] * signals_t[i, e]
+            c -= k * (cc - cs) * (cc - cs)
         return c
 
     @cuda.jit(device=True)
@@ -185,7 +192,7 @@ def _select_kernel():
         return c1 > c2 or (c1 == c2 and e1 > e2)
 
     @cuda.jit
-    def select_kernel(y, flo2, signals_t, log_prior, var_in, use_prior, n, top, c_top, rss):
+    def select_kernel(y, flo2, signals_t, clean, kappa, log_prior, var_in, use_prior, n, top, c_top, rss):
         v = cuda.grid(1)
         if v >= y.shape[0]:
             return
@@ -194,15 +201,20 @@ def _select_kernel():
         he = cuda.local.array(keep, int64)
         var = var_in[v]
         known = var > 0.0 and var < math.inf
+        k = kappa[v]
+        cc = 0.0
+        if k != 0.0:
+            for i in range(y.shape[1]):
+                cc += clean[v, i] * clean[v, i]
         r = math.inf
         if use_prior and not known:   # σ² from the least misfit first: the penalty needs it
             for e in range(n_e):
-                r = min(r, cost_of(y, flo2, signals_t, v, e))
+                r = min(r, cost_of(y, flo2, signals_t, clean, v, e, k, cc))
             var = max(r / y.shape[1], 1e-12)
         pen = 2.0 * var if use_prior else 0.0
         size = 0
         for e in range(n_e):
-            raw = cost_of(y, flo2, signals_t, v, e)
+            raw = cost_of(y, flo2, signals_t, clean, v, e, k, cc)
             r = min(r, raw)
             a = raw - pen * log_prior[e]
             if size < n:   # sift up
@@ -236,12 +248,14 @@ def _select_kernel():
     return select_kernel
 
 
-def select_smallest(y, flo2, signals_t, log_prior, var_noise, use_prior: bool, n: int) -> tuple | None:
+def select_smallest(y, flo2, signals_t, log_prior, var_noise, use_prior: bool, n: int, clean=None,
+                    kappa=None) -> tuple | None:
     """The posterior's likelihood and retained-entry selection on the GPU (no [V, E] cost matrix):
     (top [V, n] entry indices, c [V, n] their cost - 2σ²·log_prior where use_prior, rss [V] the least cost
     of any entry), or None when n exceeds MAX_KEEP. var_noise [V]: σ², NaN or 0 where unknown (then
-    max(rss / M, 1e-12), as on the CPU). The n least by (cost, entry index): the CPU's set up to ties at
-    the n-th cost, in another order within a row."""
+    max(rss / M, 1e-12), as on the CPU); clean [V, M], kappa [V]: the common-scale term of
+    kernels.entry_costs_common_scale (None: none). The n least by (cost, entry index): the CPU's set up to
+    ties at the n-th cost, in another order within a row."""
     if n > MAX_KEEP:
         return None
     if _ResidentSignals.host is not signals_t:
@@ -249,8 +263,11 @@ def select_smallest(y, flo2, signals_t, log_prior, var_noise, use_prior: bool, n
         _ResidentSignals.host = signals_t
     v = y.shape[0]
     top, c, rss = np.empty((v, n), np.int64), np.empty((v, n)), np.empty(v)
-    args = [cuda.to_device(np.ascontiguousarray(a, np.float64)) for a in (y, flo2)]
-    args += [_ResidentSignals.device, cuda.to_device(np.ascontiguousarray(log_prior, np.float64)),
+    if kappa is None:   # no common-scale term (kappa 0: clean is not read)
+        clean, kappa = np.zeros((v, 1)), np.zeros(v)
+    args = [cuda.to_device(np.ascontiguousarray(a, np.float64)) for a in (y, flo2, clean, kappa)]
+    args.insert(2, _ResidentSignals.device)
+    args += [cuda.to_device(np.ascontiguousarray(log_prior, np.float64)),
              cuda.to_device(np.ascontiguousarray(var_noise, np.float64)), bool(use_prior), np.int64(n)]
     outs = [cuda.device_array_like(a) for a in (top, c, rss)]
     threads = 128

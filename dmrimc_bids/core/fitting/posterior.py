@@ -239,12 +239,12 @@ class PosteriorModel(Model):
         scale_var = None if scale_var is None or not np.any(np.asarray(scale_var) > 0) else np.asarray(scale_var, float)
         n_e = self.signals.shape[0]
         n = min(self.n_keep, n_e - 1) if n_e > 1 else 1
-        common_scale = scale_var is not None and sigma is not None   # the common-scale term needs σ
+        scale_term = scale_var if sigma is not None else None   # the common-scale term of the cost needs σ
         top = None
-        if self.device == "gpu" and exclude is None and not common_scale and n_e > n:
-            top, c, rss = self._select_on_device(y, floor, var_noise, n)
+        if self.device == "gpu" and exclude is None and n_e > n:
+            top, c, rss = self._select_on_device(y, floor, var_noise, scale_term, n)
         if top is None:
-            top, c, rss = self._select(y, floor, var_noise, scale_var if common_scale else None, exclude, n)
+            top, c, rss = self._select(y, floor, var_noise, scale_term, exclude, n)
         var_noise = np.where(np.isfinite(var_noise) & (var_noise > 0), var_noise, np.maximum(rss / m, 1e-12))
         best = c.min(1)
         w = np.exp(-(c - best[:, None]) / (2 * var_noise[:, None]))
@@ -279,9 +279,8 @@ class PosteriorModel(Model):
         v, m = y.shape
         if scale_var is None:
             cost = self._entry_costs(y, floor)
-        else:   # the common-scale term needs σ; on the CPU kernel
-            clean0 = np.ascontiguousarray(np.sqrt(np.maximum(y ** 2 - (floor ** 2)[:, None], 0.0)))
-            kappa = scale_var / (var_noise + scale_var * (clean0 ** 2).sum(1))
+        else:   # the common-scale term; on the CPU kernel
+            clean0, kappa = self._common_scale(y, floor, var_noise, scale_var)
             cost = np.empty((v, self.signals.shape[0]))
             kernels.entry_costs_common_scale(y, np.ascontiguousarray(np.repeat((floor ** 2)[:, None], m, 1)),
                                              self.signals_t, clean0, kappa, cost)
@@ -295,15 +294,22 @@ class PosteriorModel(Model):
         top = smallest_per_row(cost, n) if cost.shape[1] > n else np.tile(np.arange(n), (v, 1))
         return top, np.take_along_axis(cost, top, 1), rss
 
-    def _select_on_device(self, y, floor, var_noise, n) -> tuple:
+    @staticmethod
+    def _common_scale(y, floor, var_noise, scale_var) -> tuple:
+        """(floor-corrected data [V, M], κ [V] = τ²/(σ² + τ²|c|²)) of the common-scale term."""
+        clean = np.ascontiguousarray(np.sqrt(np.maximum(y ** 2 - (floor ** 2)[:, None], 0.0)))
+        return clean, scale_var / (var_noise + scale_var * (clean ** 2).sum(1))
+
+    def _select_on_device(self, y, floor, var_noise, scale_var, n) -> tuple:
         """_select's (top, c, rss) by the GPU (gpu.select_smallest: no cost matrix is formed), or (None, None,
         None) where it does not apply (more retained entries than it holds) or after a CUDA failure under
         'auto' (the CPU then takes over)."""
         from ..cudacompat import cuda_unavailable_errors, warn_cpu_fallback
         flo2 = np.ascontiguousarray(np.repeat((floor ** 2)[:, None], y.shape[1], 1))
         try:
+            clean, kappa = (None, None) if scale_var is None else self._common_scale(y, floor, var_noise, scale_var)
             out = self.backend.select_smallest(y, flo2, self.signals_t, self.log_prior, var_noise,
-                                               self.prior == "design", n)
+                                               self.prior == "design", n, clean, kappa)
             return out if out is not None else (None, None, None)
         except cuda_unavailable_errors() as exc:
             if self.requested_device != "auto":
