@@ -79,67 +79,43 @@ def test_posterior_gpu_kernel_matches_cpu_in_the_cuda_simulator():
 
 SELECT_SCRIPT = r"""
 import json, numpy as np
-from dmrimc_bids.core.dictionary import Dictionary
-from dmrimc_bids.core.fitting import gpu
+from tests.test_posterior import SELECTION_CASES, selection_case
+from dmrimc_bids.core.fitting import gpu, kernels
 from dmrimc_bids.core.fitting.posterior import PosteriorModel
-from dmrimc_bids.core.protocol import Protocol
-rng = np.random.default_rng(4)
-b = np.array([300.0, 1000, 2000])
-base = rng.uniform(0.1, 0.9, (30, 3))
-sig = np.concatenate([base, base[:10]])            # 10 entries twice: ties in every voxel's costs
-p = np.column_stack([np.arange(40.0), rng.uniform(0.5, 2.0, 40)])
-dic = Dictionary(sig, p, ["i", "d"], Protocol(b, 10.0, 30.0))
-y = np.concatenate([base[[2, 5, 7]], rng.uniform(0.1, 0.9, (2, 3))]) + 0.01 * rng.standard_normal((5, 3))
+dic, y, var = selection_case()
 flo2 = np.full_like(y, 1e-4)
-var = np.array([np.nan, 4e-4, np.nan, 1e-4, 0.0])   # NaN / 0: from the least misfit, as on the CPU
 out = {}
-for prior, n in (("entries", 12), ("design", 7), ("design", 25)):
-    model = PosteriorModel(dic, device="cpu", prior=prior)
-    cost = model._entry_costs(y, np.full(5, 1e-2))
-    rss = cost.min(1)
-    s2 = np.where(np.isfinite(var) & (var > 0), var, np.maximum(rss / 3, 1e-12))
-    adj = cost - (2 * s2)[:, None] * model.log_prior[None, :] if prior == "design" else cost
-    ref = [sorted(np.lexsort((np.arange(40), row))[:n].tolist()) for row in adj]   # n least by (cost, index)
-    cpu = model._select(y, np.full(5, 1e-2), var, None, None, n)
-    runs = [gpu.select_smallest(y, flo2, model.signals_t, model.log_prior, var, prior == "design", n) for _ in range(2)]
-    out[f"{prior}{n}"] = {"ref": ref, "cpu_top": cpu[0].tolist(), "cpu_c": cpu[1].tolist(), "cpu_rss": cpu[2].tolist(),
-                          "gpu_top": runs[0][0].tolist(), "gpu_c": runs[0][1].tolist(), "gpu_rss": runs[0][2].tolist(),
-                          "again": runs[1][0].tolist(), "adj": adj.tolist()}
-# the joint fit's tissue step: an unknown common scale of each voxel's signal marginalised (σ known)
-from dmrimc_bids.core.fitting import kernels
-model, s2, tau2 = PosteriorModel(dic, device="cpu"), np.full(5, 4e-4), np.array([1e-3, 0.0, 4e-3, 1e-3, 2e-2])
-clean, kappa = model._common_scale(y, np.full(5, 1e-2), s2, tau2)
-adj = np.empty((5, 40))
-kernels.entry_costs_common_scale(y, flo2, model.signals_t, clean, kappa, adj)
-cpu = model._select(y, np.full(5, 1e-2), s2, tau2, None, 12)
-runs = [gpu.select_smallest(y, flo2, model.signals_t, model.log_prior, s2, False, 12, clean, kappa) for _ in range(2)]
-out["common-scale12"] = {"ref": [sorted(np.lexsort((np.arange(40), row))[:12].tolist()) for row in adj],
-                         "cpu_top": cpu[0].tolist(), "cpu_c": cpu[1].tolist(), "cpu_rss": cpu[2].tolist(),
-                         "gpu_top": runs[0][0].tolist(), "gpu_c": runs[0][1].tolist(), "gpu_rss": runs[0][2].tolist(),
-                         "again": runs[1][0].tolist(), "adj": adj.tolist()}
+for prior, n, scale_var in SELECTION_CASES:
+    model = PosteriorModel(dic, prior=prior)
+    if scale_var is None:
+        clean, kappa = np.zeros((5, 1)), np.zeros(5)
+    else:
+        var = np.full(5, 4e-4)
+        clean, kappa = model._common_scale(y, np.full(5, 1e-2), var, np.asarray(scale_var))
+    res = {}
+    for name, backend in (("cpu", kernels), ("gpu", gpu), ("again", gpu)):
+        top, c, rss = np.empty((5, n), np.int64), np.empty((5, n)), np.empty(5)
+        backend.select_smallest(y, flo2, model.signals_t, clean, kappa, model.log_prior, var, prior == "design", top, c, rss)
+        res[name] = [top.tolist(), c.tolist(), rss.tolist()]
+    out[f"{prior}{n}{scale_var is not None}"] = res
 print(json.dumps(out))
 """
 
 
 def test_posterior_selection_on_the_device_matches_the_cpu_in_the_cuda_simulator():
-    """gpu.select_smallest (one pass, no cost matrix): exactly the n least entries by (cost, index) with the
-    design prior's penalty, σ² from the misfit where unknown, and the joint fit's common-scale term, so ties at the n-th cost go to the lower
-    index and every run gives the same; the same retained costs and least misfit as the CPU's selection."""
+    """gpu.select_smallest runs kernels.select_voxel's own source: the same entries in the same heap order,
+    their costs and the least misfit as the CPU's, in every case of the CPU test (design prior, unknown σ²,
+    common scale, ties), and the same again on a second run."""
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
-    res = subprocess.run([sys.executable, "-c", SELECT_SCRIPT], capture_output=True, text=True, env=env, timeout=600)
+    res = subprocess.run([sys.executable, "-c", SELECT_SCRIPT], capture_output=True, text=True, env=env, timeout=600,
+                         cwd=Path(__file__).resolve().parents[1])
     assert res.returncode == 0, res.stderr[-2000:]
     out = json.loads(res.stdout.strip().splitlines()[-1])
-    straddling = 0
+    assert len(out) == 4
     for key, r in out.items():
-        assert [sorted(t) for t in r["gpu_top"]] == r["ref"], key
-        assert r["again"] == r["gpu_top"], key   # deterministic
-        adj = np.array(r["adj"])
-        np.testing.assert_allclose(r["gpu_c"], np.take_along_axis(adj, np.array(r["gpu_top"]), 1), rtol=1e-12)
-        np.testing.assert_allclose(np.sort(r["gpu_c"], 1), np.sort(r["cpu_c"], 1), rtol=1e-12, err_msg=key)
-        np.testing.assert_allclose(r["gpu_rss"], r["cpu_rss"], rtol=1e-12, err_msg=key)
-        for row, ref in zip(adj, r["ref"]):   # the case the index order decides: equal costs across the cut
-            straddling += np.isclose(row, row[ref].max(), rtol=0, atol=0).sum() > np.isclose(row[ref], row[ref].max(), rtol=0, atol=0).sum()
-    assert straddling > 0   # the data do test ties
+        assert r["gpu"][0] == r["cpu"][0] == r["again"][0], key
+        np.testing.assert_allclose(r["gpu"][1], r["cpu"][1], rtol=1e-12, err_msg=key)
+        np.testing.assert_allclose(r["gpu"][2], r["cpu"][2], rtol=1e-12, err_msg=key)
 
 
 JOINT_SCRIPT = r"""

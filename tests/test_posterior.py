@@ -266,11 +266,15 @@ def test_auto_device_falls_back_only_when_cuda_is_unusable(caplog):
     want = PosteriorModel(dic, model_error=False).fit(y, sigma=np.full(3, 0.01)).params["fin"]
 
     class FailingGPU:
+        MAX_KEEP = 512
+
         def __init__(self, exc):
             self.exc = exc
 
-        def entry_costs(self, *args):
+        def select_smallest(self, *args):
             raise self.exc
+
+        entry_costs = select_smallest
 
     model = PosteriorModel(dic, model_error=False)
     model.requested_device, model.backend = "auto", FailingGPU(CudaSupportError("no CUDA driver"))
@@ -280,6 +284,54 @@ def test_auto_device_falls_back_only_when_cuda_is_unusable(caplog):
     model.requested_device, model.backend = "auto", FailingGPU(ValueError("index out of range in the kernel"))
     with pytest.raises(ValueError, match="index out of range"):
         model.fit(y, sigma=np.full(3, 0.01))
+
+
+def selection_case(seed=4):
+    """A dictionary with 10 entries twice (ties in every voxel's costs) and five voxels, σ² known or not."""
+    rng = np.random.default_rng(seed)
+    base = rng.uniform(0.1, 0.9, (30, 3))
+    params = np.column_stack([np.arange(40.0), rng.uniform(0.5, 2.0, 40)])
+    dic = Dictionary(np.concatenate([base, base[:10]]), params, ["i", "d"], Protocol([300.0, 1000, 2000], 10.0, 30.0))
+    y = np.concatenate([base[[2, 5, 7]], rng.uniform(0.1, 0.9, (2, 3))]) + 0.01 * rng.standard_normal((5, 3))
+    return dic, y, np.array([np.nan, 4e-4, np.nan, 1e-4, 0.0])
+
+
+SELECTION_CASES = [("entries", 12, None), ("design", 7, None), ("design", 25, None),
+                   ("entries", 12, [1e-3, 0.0, 4e-3, 1e-3, 2e-2])]
+
+
+@pytest.mark.parametrize("prior,n,scale_var", SELECTION_CASES)
+def test_one_pass_selection_keeps_the_n_least_by_cost_then_index(prior, n, scale_var):
+    """kernels.select_smallest (the likelihood and a per-voxel heap, no cost matrix) keeps exactly the n least
+    entries by (cost, index) of the full cost matrix: design-prior penalty, σ² from the least misfit where
+    unknown, the common-scale term; ties at the n-th cost go to the lower index. Its costs and least misfit
+    are those of the cost-matrix path (argpartition), which breaks such ties its own way."""
+    dic, y, var = selection_case()
+    model = PosteriorModel(dic, prior=prior)
+    floor = np.full(5, 1e-2)
+    if scale_var is not None:
+        var = np.full(5, 4e-4)
+        scale_var = np.asarray(scale_var)
+    top, c, rss = model._select(y, floor, var, scale_var, n)
+    ref_top, ref_c, ref_rss = model._select_from_costs(y, floor, var, scale_var, None, n)
+    cost = model._entry_costs(y, floor) if scale_var is None else None
+    if cost is None:
+        clean, kappa = model._common_scale(y, floor, var, scale_var)
+        cost = np.empty((5, 40))
+        from dmrimc_bids.core.fitting import kernels
+        kernels.entry_costs_common_scale(y, np.repeat((floor ** 2)[:, None], 3, 1), model.signals_t, clean, kappa, cost)
+    s2 = np.where(np.isfinite(var) & (var > 0), var, np.maximum(cost.min(1) / 3, 1e-12))
+    adj = cost - (2 * s2)[:, None] * model.log_prior[None, :] if prior == "design" else cost
+    straddling = 0
+    for v in range(5):
+        want = np.lexsort((np.arange(40), adj[v]))[:n]
+        assert sorted(top[v]) == sorted(want), v
+        np.testing.assert_allclose(c[v], adj[v, top[v]], rtol=1e-13)
+        cut = adj[v, want].max()
+        straddling += (adj[v] == cut).sum() > (adj[v, want] == cut).sum()
+    np.testing.assert_allclose(np.sort(c, 1), np.sort(ref_c, 1), rtol=1e-13)
+    np.testing.assert_allclose(rss, ref_rss, rtol=1e-13)
+    assert straddling > 0 or n == 25   # the cases test ties at the cut (n = 25: the design prior's)
 
 
 def test_smallest_per_row_is_argpartition_whatever_the_threads():

@@ -143,19 +143,23 @@ class _ResidentSignals:
     host = None
     device = None
 
+    @classmethod
+    def of(cls, signals_t):
+        """The device copy of signals_t (copied when another array was resident)."""
+        if cls.host is not signals_t:
+            cls.device = cuda.to_device(np.ascontiguousarray(signals_t))
+            cls.host = signals_t
+        return cls.device
+
 
 def entry_costs(y, flo2, signals_t, cost):
     """GPU kernels.entry_costs (same arguments; cost [V, E] is filled): one thread per voxel and entry."""
-    if _ResidentSignals.host is not signals_t:
-        _ResidentSignals.device = cuda.to_device(np.ascontiguousarray(signals_t))
-        _ResidentSignals.host = signals_t
     d_y, d_f = cuda.to_device(np.ascontiguousarray(y)), cuda.to_device(np.ascontiguousarray(flo2))
     d_cost = cuda.device_array(cost.shape, np.float64)
     bx, by = COST_BLOCK
     grid = ((signals_t.shape[1] + bx - 1) // bx, (y.shape[0] + by - 1) // by)
-    _cost_kernel()[grid, COST_BLOCK](d_y, d_f, _ResidentSignals.device, d_cost)
+    _cost_kernel()[grid, COST_BLOCK](d_y, d_f, _ResidentSignals.of(signals_t), d_cost)
     d_cost.copy_to_host(cost)
-
 
 
 #: Most retained entries a selection thread holds (posterior.N_ADJUST is 256); more go to the CPU.
@@ -164,114 +168,40 @@ MAX_KEEP = 512
 
 @functools.lru_cache(maxsize=1)
 def _select_kernel():
-    """The posterior's likelihood and retained-entry selection in one pass, one thread per voxel: each
-    entry's cost (the offset-Gaussian misfit, minus 2σ²·log_prior with the design prior) goes through a
-    max-heap of the n least, ordered by (cost, entry index), so ties at the n-th cost keep the lower
-    indices and the result is deterministic. No [V, E] cost matrix is formed."""
-    offset_residual = _compiled()[2]["offset_residual"]
-    keep = MAX_KEEP
+    """kernels.select_smallest on the device, one thread per voxel: the very source of kernels.select_voxel
+    (the likelihood of every entry and a heap of the n least), so no [V, E] cost matrix is formed."""
+    namespace = {"math": math}
+    for name in ("offset_residual", "likelihood_cost", "_above", "heap_push", "_noise_var", "select_voxel"):
+        py = getattr(kernels, name).py_func
+        namespace[name] = cuda.jit(device=True)(types.FunctionType(py.__code__, namespace, name, py.__defaults__,
+                                                                   py.__closure__))
+    select_voxel, keep = namespace["select_voxel"], MAX_KEEP
     from numba import int64
 
-    @cuda.jit(device=True)
-    def cost_of(y, flo2, signals_t, clean, v, e, k, cc):
-        """kernels.entry_costs_common_scale's cost of entry e for voxel v (k = kappa[v], cc = |clean[v]|²;
-        kernels.entry_costs' where k = 0)."""
-        c = 0.0
-        for i in range(y.shape[1]):
-            r = offset_residual(y[v, i], signals_t[i, e], flo2[v, i])
-            c += r * r
-        if k != 0.0:
-            cs = 0.0
-            for i in range(y.shape[1]):
-                cs += clean[v, i] * signals_t[i, e]
-            c -= k * (cc - cs) * (cc - cs)
-        return c
-
-    @cuda.jit(device=True)
-    def above(c1, e1, c2, e2):   # (c1, e1) > (c2, e2), lexicographic
-        return c1 > c2 or (c1 == c2 and e1 > e2)
-
     @cuda.jit
-    def select_kernel(y, flo2, signals_t, clean, kappa, log_prior, var_in, use_prior, n, top, c_top, rss):
+    def select_kernel(y, flo2, signals_t, clean, kappa, log_prior, var, use_prior, top, c_top, rss):
         v = cuda.grid(1)
         if v >= y.shape[0]:
             return
-        n_e = signals_t.shape[1]
+        n = top.shape[1]
         hc = cuda.local.array(keep, float64)
         he = cuda.local.array(keep, int64)
-        var = var_in[v]
-        known = var > 0.0 and var < math.inf
-        k = kappa[v]
-        cc = 0.0
-        if k != 0.0:
-            for i in range(y.shape[1]):
-                cc += clean[v, i] * clean[v, i]
-        r = math.inf
-        if use_prior and not known:   # σ² from the least misfit first: the penalty needs it
-            for e in range(n_e):
-                r = min(r, cost_of(y, flo2, signals_t, clean, v, e, k, cc))
-            var = max(r / y.shape[1], 1e-12)
-        pen = 2.0 * var if use_prior else 0.0
-        size = 0
-        for e in range(n_e):
-            raw = cost_of(y, flo2, signals_t, clean, v, e, k, cc)
-            r = min(r, raw)
-            a = raw - pen * log_prior[e]
-            if size < n:   # sift up
-                j = size
-                size += 1
-                while j > 0:
-                    parent = (j - 1) // 2
-                    if not above(a, e, hc[parent], he[parent]):
-                        break
-                    hc[j], he[j] = hc[parent], he[parent]
-                    j = parent
-                hc[j], he[j] = a, e
-            elif a < hc[0]:   # replaces the largest; a later entry of equal cost has the larger index: kept out
-                j = 0
-                while True:
-                    child = 2 * j + 1
-                    if child >= n:
-                        break
-                    if child + 1 < n and above(hc[child + 1], he[child + 1], hc[child], he[child]):
-                        child += 1
-                    if not above(hc[child], he[child], a, e):
-                        break
-                    hc[j], he[j] = hc[child], he[child]
-                    j = child
-                hc[j], he[j] = a, e
-        rss[v] = r
-        for j in range(size):
+        rss[v] = select_voxel(y[v], flo2[v], signals_t, clean[v], kappa[v], log_prior, var[v], use_prior, n, hc, he)
+        for j in range(n):
             top[v, j] = he[j]
             c_top[v, j] = hc[j]
 
     return select_kernel
 
 
-def select_smallest(y, flo2, signals_t, log_prior, var_noise, use_prior: bool, n: int, clean=None,
-                    kappa=None) -> tuple | None:
-    """The posterior's likelihood and retained-entry selection on the GPU (no [V, E] cost matrix):
-    (top [V, n] entry indices, c [V, n] their cost - 2σ²·log_prior where use_prior, rss [V] the least cost
-    of any entry), or None when n exceeds MAX_KEEP. var_noise [V]: σ², NaN or 0 where unknown (then
-    max(rss / M, 1e-12), as on the CPU); clean [V, M], kappa [V]: the common-scale term of
-    kernels.entry_costs_common_scale (None: none). The n least by (cost, entry index): the CPU's set up to
-    ties at the n-th cost, in another order within a row."""
-    if n > MAX_KEEP:
-        return None
-    if _ResidentSignals.host is not signals_t:
-        _ResidentSignals.device = cuda.to_device(np.ascontiguousarray(signals_t))
-        _ResidentSignals.host = signals_t
-    v = y.shape[0]
-    top, c, rss = np.empty((v, n), np.int64), np.empty((v, n)), np.empty(v)
-    if kappa is None:   # no common-scale term (kappa 0: clean is not read)
-        clean, kappa = np.zeros((v, 1)), np.zeros(v)
-    args = [cuda.to_device(np.ascontiguousarray(a, np.float64)) for a in (y, flo2, clean, kappa)]
-    args.insert(2, _ResidentSignals.device)
-    args += [cuda.to_device(np.ascontiguousarray(log_prior, np.float64)),
-             cuda.to_device(np.ascontiguousarray(var_noise, np.float64)), bool(use_prior), np.int64(n)]
-    outs = [cuda.device_array_like(a) for a in (top, c, rss)]
+def select_smallest(y, flo2, signals_t, clean, kappa, log_prior, var, use_prior, top, c_top, rss) -> None:
+    """GPU kernels.select_smallest (same arguments; top, c_top and rss are filled). n = top.shape[1] at most
+    MAX_KEEP (posterior.py checks)."""
+    args = [cuda.to_device(np.ascontiguousarray(a, np.float64)) for a in (y, flo2)]
+    args += [_ResidentSignals.of(signals_t)]
+    args += [cuda.to_device(np.ascontiguousarray(a, np.float64)) for a in (clean, kappa, log_prior, var)]
+    outs = [cuda.device_array_like(a) for a in (top, c_top, rss)]
     threads = 128
-    _select_kernel()[(v + threads - 1) // threads, threads](*args, *outs)
-    for d, h in zip(outs, (top, c, rss)):
+    _select_kernel()[(len(y) + threads - 1) // threads, threads](*args, bool(use_prior), *outs)
+    for d, h in zip(outs, (top, c_top, rss)):
         d.copy_to_host(h)
-    return top, c, rss

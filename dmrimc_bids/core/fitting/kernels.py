@@ -420,6 +420,146 @@ def entry_costs_common_scale(y, flo2, signals_t, clean, kappa, cost):
 
 
 @njit(cache=True)
+def likelihood_cost(y, flo2, signals_t, clean, e, k, cc):
+    """entry_costs_common_scale's cost of entry e for one voxel (y, flo2, clean [M]; k its κ, cc = |clean|²);
+    entry_costs' where k = 0 (clean is then not read)."""
+    c = 0.0
+    for i in range(y.shape[0]):
+        r = offset_residual(y[i], signals_t[i, e], flo2[i])
+        c += r * r
+    if k != 0.0:
+        cs = 0.0
+        for i in range(y.shape[0]):
+            cs += clean[i] * signals_t[i, e]
+        c -= k * (cc - cs) * (cc - cs)
+    return c
+
+
+@njit(cache=True)
+def _above(c1, e1, c2, e2):
+    """(c1, e1) > (c2, e2), lexicographic: the order of heap_push's max-heap."""
+    return c1 > c2 or (c1 == c2 and e1 > e2)
+
+
+@njit(cache=True)
+def heap_push(heap_c, heap_e, size, n, a, e):
+    """Offer entry e of cost a to the max-heap heap_c/heap_e of the n least (cost, index) pairs seen so far,
+    holding ``size`` of them; entries must come in increasing e. Returns the new size. A later entry of cost
+    equal to the largest held has the larger index and stays out, so ties at the n-th cost keep the lower
+    indices."""
+    if size < n:   # sift up
+        j = size
+        while j > 0:
+            parent = (j - 1) // 2
+            if not _above(a, e, heap_c[parent], heap_e[parent]):
+                break
+            heap_c[j] = heap_c[parent]
+            heap_e[j] = heap_e[parent]
+            j = parent
+        heap_c[j] = a
+        heap_e[j] = e
+        return size + 1
+    if a < heap_c[0]:   # replaces the largest: sift down
+        j = 0
+        while True:
+            child = 2 * j + 1
+            if child >= n:
+                break
+            if child + 1 < n and _above(heap_c[child + 1], heap_e[child + 1], heap_c[child], heap_e[child]):
+                child += 1
+            if not _above(heap_c[child], heap_e[child], a, e):
+                break
+            heap_c[j] = heap_c[child]
+            heap_e[j] = heap_e[child]
+            j = child
+        heap_c[j] = a
+        heap_e[j] = e
+    return size
+
+
+@njit(cache=True)
+def _noise_var(var, rss, m):
+    """σ² where known (> 0, finite), else max(rss / M, 1e-12)."""
+    return var if var > 0.0 and var < math.inf else max(rss / m, 1e-12)
+
+
+@njit(cache=True)
+def select_voxel(y, flo2, signals_t, clean, k, log_prior, var, use_prior, n, heap_c, heap_e):
+    """The posterior's likelihood and retained-entry selection of one voxel in one pass over the entries
+    (the GPU's: one thread per voxel, no cost row held): the n entries of least cost (likelihood_cost,
+    minus 2σ²·log_prior[e] when use_prior) by (cost, entry index) into heap_c/heap_e [n] (heap_push's
+    order). var: σ², <= 0 or not finite where unknown (then from the least misfit, found by a first pass
+    when the prior needs it). Returns rss, the least cost of any entry without the prior."""
+    m = y.shape[0]
+    n_e = signals_t.shape[1]
+    cc = 0.0
+    if k != 0.0:
+        for i in range(m):
+            cc += clean[i] * clean[i]
+    rss = math.inf
+    if use_prior and not (var > 0.0 and var < math.inf):
+        for e in range(n_e):
+            rss = min(rss, likelihood_cost(y, flo2, signals_t, clean, e, k, cc))
+    pen = 2.0 * _noise_var(var, rss, m) if use_prior else 0.0
+    size = 0
+    for e in range(n_e):
+        raw = likelihood_cost(y, flo2, signals_t, clean, e, k, cc)
+        rss = min(rss, raw)
+        a = raw - pen * log_prior[e] if use_prior else raw
+        if size < n or a < heap_c[0]:
+            size = heap_push(heap_c, heap_e, size, n, a, e)
+    return rss
+
+
+@njit(cache=True, parallel=True)
+def select_smallest(y, flo2, signals_t, clean, kappa, log_prior, var, use_prior, top, c_top, rss):
+    """select_voxel's result for every voxel v (the CPU's way: the voxel's cost row first, measurement by
+    measurement so that it vectorises over entries, then heap_push): top[v], c_top[v] [V, n] its n
+    retained entries and their costs (heap order), rss [V] (signals_t [M, E]; clean [V, M] and kappa [V]
+    the common-scale term, kappa 0 for none)."""
+    n_v, m = y.shape
+    n_e = signals_t.shape[1]
+    n = top.shape[1]
+    for v in prange(n_v):
+        row = np.zeros(n_e)
+        for i in range(m):
+            yi = y[v, i]
+            f2 = flo2[v, i]
+            for e in range(n_e):
+                r = offset_residual(yi, signals_t[i, e], f2)
+                row[e] += r * r
+        k = kappa[v]
+        if k != 0.0:
+            cs = np.zeros(n_e)
+            cc = 0.0
+            for i in range(m):
+                ci = clean[v, i]
+                cc += ci * ci
+                for e in range(n_e):
+                    cs[e] += ci * signals_t[i, e]
+            for e in range(n_e):
+                d = cc - cs[e]
+                row[e] -= k * d * d
+        r_min = math.inf
+        for e in range(n_e):
+            r_min = min(r_min, row[e])
+        rss[v] = r_min
+        pen = 2.0 * _noise_var(var[v], r_min, m) if use_prior else 0.0
+        if use_prior:
+            for e in range(n_e):
+                row[e] -= pen * log_prior[e]
+        hc = np.empty(n)
+        he = np.empty(n, np.int64)
+        size = 0
+        for e in range(n_e):
+            if size < n or row[e] < hc[0]:   # most entries fail this test: heap_push only for the others
+                size = heap_push(hc, he, size, n, row[e], e)
+        for j in range(n):
+            top[v, j] = he[j]
+            c_top[v, j] = hc[j]
+
+
+@njit(cache=True)
 def _truncated_normal_moments(mu, s, hi):
     """(log mass, mean, variance) of N(mu, s²) truncated to [0, hi] (hi > 0), mass relative to the
     untruncated density's integral."""

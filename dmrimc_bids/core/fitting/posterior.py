@@ -240,11 +240,10 @@ class PosteriorModel(Model):
         n_e = self.signals.shape[0]
         n = min(self.n_keep, n_e - 1) if n_e > 1 else 1
         scale_term = scale_var if sigma is not None else None   # the common-scale term of the cost needs σ
-        top = None
-        if self.device == "gpu" and exclude is None and n_e > n:
-            top, c, rss = self._select_on_device(y, floor, var_noise, scale_term, n)
-        if top is None:
-            top, c, rss = self._select(y, floor, var_noise, scale_term, exclude, n)
+        if exclude is None and n_e > n:
+            top, c, rss = self._select(y, floor, var_noise, scale_term, n)
+        else:
+            top, c, rss = self._select_from_costs(y, floor, var_noise, scale_term, exclude, n)
         var_noise = np.where(np.isfinite(var_noise) & (var_noise > 0), var_noise, np.maximum(rss / m, 1e-12))
         best = c.min(1)
         w = np.exp(-(c - best[:, None]) / (2 * var_noise[:, None]))
@@ -271,11 +270,28 @@ class PosteriorModel(Model):
         point, var = self._points(samples, w, top, var_noise[:, None] * np.einsum("vrp,vrp->vp", slope, slope))
         return {"samples": samples, "weights": w, "point": point, "var": var, "best": rss, "var_noise": var_noise}
 
-    def _select(self, y, floor, var_noise, scale_var, exclude, n) -> tuple:
+    def _select(self, y, floor, var_noise, scale_var, n) -> tuple:
         """The n retained entries top [V, n] of least cost on the posterior's scale (-2σ² log(prior ·
-        likelihood) up to a constant), their costs c [V, n] and rss [V] the least misfit of any entry.
-        var_noise [V]: σ², NaN where unknown (then max(rss / M, 1e-12)); scale_var [V] or None: the
-        common-scale term (needs σ)."""
+        likelihood) up to a constant; ties at the n-th cost by entry index), their costs c [V, n] and rss
+        [V] the least misfit of any entry, in one pass over the entries per voxel on the model's device
+        (kernels.select_smallest: no [V, E] cost matrix). var_noise [V]: σ², NaN where unknown (then
+        max(rss / M, 1e-12)); scale_var [V] or None: the common-scale term (needs σ)."""
+        v = y.shape[0]
+        flo2 = np.ascontiguousarray(np.repeat((floor ** 2)[:, None], y.shape[1], 1))
+        clean, kappa = (np.zeros((v, 1)), np.zeros(v)) if scale_var is None else \
+            self._common_scale(y, floor, var_noise, scale_var)
+        top, c, rss = np.empty((v, n), np.int64), np.empty((v, n)), np.empty(v)
+        args = (y, flo2, self.signals_t, clean, kappa, self.log_prior, np.ascontiguousarray(var_noise, np.float64),
+                self.prior == "design", top, c, rss)
+        if self.backend is not kernels and n > self.backend.MAX_KEEP:   # more than a GPU thread holds
+            kernels.select_smallest(*args)
+        else:
+            self._on_device("select_smallest", *args)
+        return top, c, rss
+
+    def _select_from_costs(self, y, floor, var_noise, scale_var, exclude, n) -> tuple:
+        """_select from the [V, E] cost matrix, where some entries are left out per voxel (exclude: the
+        structures of cross-validation) or every entry but one is kept."""
         v, m = y.shape
         if scale_var is None:
             cost = self._entry_costs(y, floor)
@@ -300,23 +316,18 @@ class PosteriorModel(Model):
         clean = np.ascontiguousarray(np.sqrt(np.maximum(y ** 2 - (floor ** 2)[:, None], 0.0)))
         return clean, scale_var / (var_noise + scale_var * (clean ** 2).sum(1))
 
-    def _select_on_device(self, y, floor, var_noise, scale_var, n) -> tuple:
-        """_select's (top, c, rss) by the GPU (gpu.select_smallest: no cost matrix is formed), or (None, None,
-        None) where it does not apply (more retained entries than it holds) or after a CUDA failure under
-        'auto' (the CPU then takes over)."""
+    def _on_device(self, kernel: str, *args) -> None:
+        """Run the backend's kernel (same arguments on CPU and GPU); under 'auto', a GPU that CUDA cannot use
+        hands this and every later batch to the CPU kernel, with one warning."""
         from ..cudacompat import cuda_unavailable_errors, warn_cpu_fallback
-        flo2 = np.ascontiguousarray(np.repeat((floor ** 2)[:, None], y.shape[1], 1))
         try:
-            clean, kappa = (None, None) if scale_var is None else self._common_scale(y, floor, var_noise, scale_var)
-            out = self.backend.select_smallest(y, flo2, self.signals_t, self.log_prior, var_noise,
-                                               self.prior == "design", n, clean, kappa)
-            return out if out is not None else (None, None, None)
+            getattr(self.backend, kernel)(*args)
         except cuda_unavailable_errors() as exc:
-            if self.requested_device != "auto":
+            if self.backend is kernels or self.requested_device != "auto":
                 raise
             warn_cpu_fallback("posterior", exc)
             self.backend, self.device = kernels, "cpu"
-            return None, None, None
+            getattr(kernels, kernel)(*args)
 
     def _points(self, samples, w, top, noise_var) -> tuple:
         """(point estimate, posterior variance) [V, P], each parameter under its own prior (point_prior: the
@@ -341,17 +352,7 @@ class PosteriorModel(Model):
         """Cost [V, E] of every entry for voxels y [V, M] with noise floors [V], on the model's device."""
         cost = np.empty((y.shape[0], self.signals.shape[0]))
         flo2 = np.ascontiguousarray(np.repeat((floor ** 2)[:, None], y.shape[1], 1))
-        y = np.ascontiguousarray(y, np.float64)
-        from ..cudacompat import cuda_unavailable_errors, warn_cpu_fallback
-
-        try:
-            self.backend.entry_costs(y, flo2, self.signals_t, cost)
-        except cuda_unavailable_errors() as exc:  # no usable CUDA under 'auto': the CPU kernel is the same
-            if self.backend is kernels or self.requested_device != "auto":
-                raise
-            warn_cpu_fallback("posterior", exc)
-            self.backend, self.device = kernels, "cpu"
-            kernels.entry_costs(y, flo2, self.signals_t, cost)
+        self._on_device("entry_costs", np.ascontiguousarray(y, np.float64), flo2, self.signals_t, cost)
         return cost
 
     def structure_of(self, entries) -> np.ndarray:
@@ -436,7 +437,7 @@ class PosteriorModel(Model):
 
     # ---- Model API -----------------------------------------------------------------------------------------
     def jit_kernels(self) -> list:
-        return [kernels.entry_costs, kernels.entry_costs_common_scale]
+        return [kernels.select_smallest, kernels.entry_costs, kernels.entry_costs_common_scale]
 
     def fit(self, data, mask=None, sigma=None, progress=None, scale_var=None) -> DictionaryFit:
         """data [..., M]; mask [...] bool; sigma [...] or [..., M] (its mean over M is used) or None;
