@@ -244,6 +244,8 @@ class PosteriorModel(Model):
             top, c, rss = self._select(y, floor, var_noise, scale_term, n)
         else:
             top, c, rss = self._select_from_costs(y, floor, var_noise, scale_term, exclude, n)
+        order = np.argsort(top, axis=1)   # the retained entries in entry order, whatever selected them
+        top, c = np.take_along_axis(top, order, 1), np.take_along_axis(c, order, 1)
         var_noise = np.where(np.isfinite(var_noise) & (var_noise > 0), var_noise, np.maximum(rss / m, 1e-12))
         best = c.min(1)
         w = np.exp(-(c - best[:, None]) / (2 * var_noise[:, None]))
