@@ -128,22 +128,23 @@ it, iv, fv = rng.integers(0, len(tissue), 8), rng.integers(0, len(flow), 8), rng
 y = np.abs(mixed(tissue, flow, it, iv, fv) + 0.01 * rng.standard_normal((8, len(tissue.protocol))))
 out = {}
 for device in ("cpu", "gpu"):
-    fit = JointModel(tissue, flow, device=device, b0_noise_ratio=0.5).fit(y, sigma=np.full(8, 0.01))
+    model = JointModel(tissue, flow, device=device, b0_noise_ratio=0.5, t2_tissue_ms=80.0, t2_blood_ms=120.0)
+    fit = model.fit(y, sigma=np.full(8, 0.01))
     out[device] = {k: np.asarray(v).tolist() for k, v in fit.maps().items()}
-    out[device + "device"] = fit.tissue.info["device"]
+    out[device + "device"] = [fit.tissue.info["device"], model.device]
 print(json.dumps(out))
 """
 
 
 def test_joint_fit_on_the_gpu_matches_cpu_in_the_cuda_simulator():
-    """The joint fit's tissue step (the common-scale likelihood and the selection) on the device: every map
-    the same as the CPU's."""
+    """The joint fit on the device: the tissue candidates, the pair posterior (with the blood's T2 weights) and
+    the tissue step (the common-scale likelihood and the selection): every map the same as the CPU's."""
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
     res = subprocess.run([sys.executable, "-c", JOINT_SCRIPT], capture_output=True, text=True, env=env, timeout=600,
                          cwd=Path(__file__).resolve().parents[1])
     assert res.returncode == 0, res.stderr[-2000:]
     out = json.loads(res.stdout.strip().splitlines()[-1])
-    assert out["gpudevice"] == "gpu" and out["cpudevice"] == "cpu"
+    assert out["gpudevice"] == ["gpu", "gpu"] and out["cpudevice"] == ["cpu", "cpu"]
     assert set(out["cpu"]) == set(out["gpu"]) and "fin" in out["cpu"] and "vascular:fV" in out["cpu"]
     for k in out["cpu"]:
         assert np.allclose(out["gpu"][k], out["cpu"][k], rtol=1e-9, atol=1e-12, equal_nan=True), k

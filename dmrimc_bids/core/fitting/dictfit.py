@@ -417,9 +417,9 @@ class DictionaryModel(Model):
 
 #: Whether ``device='auto'`` runs an estimator's kernels on a visible GPU: only where the GPU was measured
 #: faster than every CPU core of the same machine. 'ml': no, 0.3x of 16 cores on an H100 (docs/benchmarks.md,
-#: block fit-gpu); 'posterior': no, its GPU likelihood has not been timed on hardware yet
-#: (benchmarks/fit_gpu_check.py). ``device='gpu'`` runs them there regardless.
-AUTO_USES_GPU = {"ml": False, "posterior": False}
+#: block fit-gpu); 'posterior' and 'joint': no, not yet timed on hardware (benchmarks/gpu_estimators.py).
+#: ``device='gpu'`` runs them there regardless.
+AUTO_USES_GPU = {"ml": False, "posterior": False, "joint": False}
 
 
 def _backend(device: str, estimator: str = "ml"):
@@ -435,3 +435,21 @@ def _backend(device: str, estimator: str = "ml"):
     if device == "gpu":
         raise RuntimeError("no CUDA GPU is available (install the [gpu] extra on a machine with an NVIDIA GPU)")
     return kernels
+
+
+def on_backend(model, what: str, gpu_call, cpu_call):
+    """gpu_call() where model.backend is the GPU module, else cpu_call(). Under model.requested_device 'auto',
+    a GPU that CUDA cannot use (cudacompat.cuda_unavailable_errors) hands this and every later call of the
+    model to the CPU (model.backend, model.device), with one warning naming ``what``; any other error is
+    raised."""
+    if model.backend is kernels:
+        return cpu_call()
+    from ..cudacompat import cuda_unavailable_errors, warn_cpu_fallback
+    try:
+        return gpu_call()
+    except cuda_unavailable_errors() as exc:
+        if model.requested_device != "auto":
+            raise
+        warn_cpu_fallback(what, exc)
+        model.backend, model.device = kernels, "cpu"
+        return cpu_call()

@@ -137,19 +137,20 @@ def refine(y, w, sig2, flo2, rician, z, anchor, centres, weights, poly, origin, 
             cost, iters, status, outputs=(5, 17, 18, 19))
 
 
-class _ResidentSignals:
-    """The dictionary's signals on the GPU, copied once and reused by every batch of voxels (the host array
-    is held, so its id cannot be reused while it is resident)."""
-    host = None
-    device = None
+class _Resident:
+    """Host arrays copied to the device once and reused by every batch of voxels (by identity; the host array
+    is held, so its id cannot be reused while it is resident). The MAX_ARRAYS latest stay."""
+    MAX_ARRAYS = 16
+    arrays: dict = {}
 
     @classmethod
-    def of(cls, signals_t):
-        """The device copy of signals_t (copied when another array was resident)."""
-        if cls.host is not signals_t:
-            cls.device = cuda.to_device(np.ascontiguousarray(signals_t))
-            cls.host = signals_t
-        return cls.device
+    def of(cls, a):
+        key = id(a)
+        if key not in cls.arrays or cls.arrays[key][0] is not a:
+            while len(cls.arrays) >= cls.MAX_ARRAYS:
+                cls.arrays.pop(next(iter(cls.arrays)))
+            cls.arrays[key] = (a, cuda.to_device(np.ascontiguousarray(a)))
+        return cls.arrays[key][1]
 
 
 def entry_costs(y, flo2, signals_t, cost):
@@ -158,7 +159,7 @@ def entry_costs(y, flo2, signals_t, cost):
     d_cost = cuda.device_array(cost.shape, np.float64)
     bx, by = COST_BLOCK
     grid = ((signals_t.shape[1] + bx - 1) // bx, (y.shape[0] + by - 1) // by)
-    _cost_kernel()[grid, COST_BLOCK](d_y, d_f, _ResidentSignals.of(signals_t), d_cost)
+    _cost_kernel()[grid, COST_BLOCK](d_y, d_f, _Resident.of(signals_t), d_cost)
     d_cost.copy_to_host(cost)
 
 
@@ -198,10 +199,105 @@ def select_smallest(y, flo2, signals_t, clean, kappa, log_prior, var, use_prior,
     """GPU kernels.select_smallest (same arguments; top, c_top and rss are filled). n = top.shape[1] at most
     MAX_KEEP (posterior.py checks)."""
     args = [cuda.to_device(np.ascontiguousarray(a, np.float64)) for a in (y, flo2)]
-    args += [_ResidentSignals.of(signals_t)]
+    args += [_Resident.of(signals_t)]
     args += [cuda.to_device(np.ascontiguousarray(a, np.float64)) for a in (clean, kappa, log_prior, var)]
     outs = [cuda.device_array_like(a) for a in (top, c_top, rss)]
     threads = 128
     _select_kernel()[(len(y) + threads - 1) // threads, threads](*args, bool(use_prior), *outs)
     for d, h in zip(outs, (top, c_top, rss)):
+        d.copy_to_host(h)
+
+
+#: Most tissue candidates and flow prototypes a joint-fit thread holds (joint.N_TISSUE_CANDIDATES is 16,
+#: joint.FLOW_PROTOTYPES 4).
+MAX_CANDIDATES, MAX_PROTOTYPES = 64, 16
+
+
+def _retarget(names) -> dict:
+    """Device versions of the kernels.py routines ``names`` (and each other's callees among them)."""
+    namespace = {"math": math, "np": np, "JOINT_LOG_WEIGHT_SPAN": kernels.JOINT_LOG_WEIGHT_SPAN}
+    for name in names:
+        py = getattr(kernels, name).py_func
+        namespace[name] = cuda.jit(device=True)(types.FunctionType(py.__code__, namespace, name, py.__defaults__,
+                                                                   py.__closure__))
+    return namespace
+
+
+@functools.lru_cache(maxsize=1)
+def _joint_kernels():
+    """The joint fit's vascular steps on the device, one thread per voxel: the tissue candidates
+    (kernels.joint_misfit and heap_push, <y, t> computed in the thread) and the pair posterior
+    (kernels.joint_pair_voxel, its work space in device memory)."""
+    ns = _retarget(("_above", "heap_push", "joint_misfit", "_truncated_normal_moments", "joint_pair_voxel"))
+    joint_misfit, heap_push, pair_voxel = ns["joint_misfit"], ns["heap_push"], ns["joint_pair_voxel"]
+    n_cand, n_proto = MAX_CANDIDATES, MAX_PROTOTYPES
+
+    @cuda.jit
+    def profile_kernel(y, tissue_t, signals_sq, tissue_proto, pair_sq, proto, fv_max, top):
+        i = cuda.grid(1)
+        if i >= y.shape[0]:
+            return
+        m, n_e = tissue_t.shape
+        k = top.shape[1]
+        yv = cuda.local.array(n_proto, float64)
+        hc = cuda.local.array(n_cand, float64)
+        yy = 0.0
+        for j in range(m):
+            yy += y[i, j] * y[i, j]
+        for r in range(proto.shape[0]):
+            yv[r] = 0.0
+            for j in range(m):
+                yv[r] += y[i, j] * proto[r, j]
+        size = 0
+        for e in range(n_e):
+            yt = 0.0
+            for j in range(m):
+                yt += y[i, j] * tissue_t[j, e]
+            q = joint_misfit(yy, yt, yv[:proto.shape[0]], signals_sq, tissue_proto, pair_sq, e, fv_max)
+            if size < k or q < hc[0]:
+                size = heap_push(hc, top[i], size, k, q, e)
+
+    @cuda.jit
+    def pair_kernel(y, sig2, tissue, flow_t, flow_sq, fv_max, groups, kappa, te_weight, unit, p_zero, w_flow, g_flow,
+                    f_moments, lw, tv, tv2, bb, yv, yvg, yyg, ytg, ytag, spike):
+        i = cuda.grid(1)
+        if i >= y.shape[0]:
+            return
+        pair_voxel(y[i], sig2[i], tissue[i], flow_t, flow_sq, fv_max, groups, kappa[i], te_weight, unit, p_zero,
+                   w_flow[i], g_flow[i], f_moments[i], lw[i], tv[i], tv2[i], bb[i], yv[i], yvg[i], yyg[i], ytg[i],
+                   ytag[i], spike[i])
+
+    return profile_kernel, pair_kernel
+
+
+def joint_profile_top(y, tissue_t, signals_sq, tissue_proto, pair_sq, proto, fv_max, top) -> None:
+    """kernels.joint_profile_top on the device (tissue_t [M, E] instead of the product <y, t>: each thread
+    forms its own); top [V, k] is filled (k <= MAX_CANDIDATES, R <= MAX_PROTOTYPES: joint.py checks)."""
+    d_top = cuda.device_array(top.shape, np.int64)
+    threads = 128
+    _joint_kernels()[0][(len(y) + threads - 1) // threads, threads](
+        cuda.to_device(np.ascontiguousarray(y)), _Resident.of(tissue_t), _Resident.of(signals_sq),
+        _Resident.of(tissue_proto), _Resident.of(pair_sq), _Resident.of(proto), float(fv_max), d_top)
+    d_top.copy_to_host(top)
+
+
+def joint_pair_moments(y, sig2, tissue, flow_t, flow_sq, fv_max, groups, kappa, te_weight, w_flow, g_flow, f_moments,
+                       log_w_shape, p_zero=0.0) -> None:
+    """kernels.joint_pair_moments on the device (same arguments but the work space log_w, allocated in device
+    memory: its shape; w_flow, g_flow and f_moments are filled)."""
+    n_v, n_t, _ = tissue.shape
+    n_f, n_g = flow_t.shape[1], kappa.shape[1]
+    unit = bool(np.all(te_weight == 1.0))
+    work = [cuda.device_array((n_v, n_t, n_f)) for _ in range(3 if unit else 4)]
+    lw, tv, bb = work[0], work[1], work[2]
+    tv2 = tv if unit else work[3]
+    outs = [cuda.device_array_like(a) for a in (w_flow, g_flow, f_moments)]
+    threads = 64
+    _joint_kernels()[1][(n_v + threads - 1) // threads, threads](
+        *(cuda.to_device(np.ascontiguousarray(a)) for a in (y, sig2, tissue)), _Resident.of(flow_t),
+        _Resident.of(flow_sq), float(fv_max), _Resident.of(groups), cuda.to_device(np.ascontiguousarray(kappa)),
+        _Resident.of(te_weight), unit, float(p_zero), *outs, lw, tv, tv2, bb, cuda.device_array((n_v, n_f)),
+        cuda.device_array((n_v, n_g, n_f)), *(cuda.device_array((n_v, n_g)) for _ in range(3)),
+        cuda.device_array((n_v, n_t)))
+    for d, h in zip(outs, (w_flow, g_flow, f_moments)):
         d.copy_to_host(h)

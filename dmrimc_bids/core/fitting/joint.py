@@ -33,7 +33,7 @@ import numpy as np
 
 from ..dictionary import Dictionary
 from . import kernels
-from .dictfit import DictionaryFit
+from .dictfit import DictionaryFit, _backend, on_backend
 from .likelihood import noise_floor
 from .model import EXIT_BACKGROUND, EXIT_FAILED, EXIT_OK, Description, Fit, Model, fit_plan, voxel_chunks, voxel_table
 from .posterior import Z95, PosteriorModel, log_scaled, shared_weighted_quantiles
@@ -163,6 +163,9 @@ class JointModel(Model):
                                            point=point, bounds=bounds, noise=noise, n_averages=n_averages,
                                            device=device, prior=prior, point_prior=point_prior)
         self.flow = flow
+        self.requested_device = device
+        self.backend = _backend(device, "joint")
+        self.device = "cpu" if self.backend is kernels else "gpu"
         self.fv_max, self.noise, self.n_averages = float(fv_max), noise, float(n_averages)
         if not 0.0 <= p_zero < 1.0:
             raise ValueError(f"p_zero must be in [0, 1), not {p_zero}")
@@ -184,6 +187,9 @@ class JointModel(Model):
         self.tissue_t = np.ascontiguousarray(self.tissue_signals.T)
         self.tissue_sq = (self.tissue_signals ** 2).sum(1)
         self.n_candidates = int(min(n_candidates, len(self.tissue_signals)))
+        if self.backend is not kernels and (self.n_candidates > self.backend.MAX_CANDIDATES
+                                            or len(self.prototypes) > self.backend.MAX_PROTOTYPES):
+            self.backend, self.device = kernels, "cpu"   # more than a GPU thread holds
         self.chunk_size = max(1, min(int(chunk_size),
                                      JOINT_BATCH_ELEMENTS // max(1, self.n_candidates * len(self.flow_signals))))
         p = flow.params
@@ -199,12 +205,17 @@ class JointModel(Model):
         floor = np.zeros(len(y)) if self.noise == "gaussian" else noise_floor(sigma, self.n_averages)
         clean = np.ascontiguousarray(np.sqrt(np.maximum(y ** 2 - (floor ** 2)[:, None], 0.0)))
         top = np.empty((len(y), self.n_candidates), np.int64)
-        for c0 in range(0, len(y), PROFILE_BLOCK):   # <y, t> of every entry as a BLAS product, in blocks
-            block = clean[c0:c0 + PROFILE_BLOCK]
-            kernels.joint_profile_top(block, np.ascontiguousarray(block @ self.tissue_t), self.tissue_sq,
-                                      self.tissue_proto, self.pair_sq, self.prototypes, self.fv_max,
-                                      top[c0:c0 + PROFILE_BLOCK])
-        return self._pairs(clean, sigma, top)
+
+        def on_cpu():
+            for c0 in range(0, len(y), PROFILE_BLOCK):   # <y, t> of every entry as a BLAS product, in blocks
+                block = clean[c0:c0 + PROFILE_BLOCK]
+                kernels.joint_profile_top(block, np.ascontiguousarray(block @ self.tissue_t), self.tissue_sq,
+                                          self.tissue_proto, self.pair_sq, self.prototypes, self.fv_max,
+                                          top[c0:c0 + PROFILE_BLOCK])
+        on_backend(self, "joint fit", lambda: self.backend.joint_profile_top(
+            clean, self.tissue_t, self.tissue_sq, self.tissue_proto, self.pair_sq, self.prototypes, self.fv_max, top),
+            on_cpu)
+        return self._pairs(clean, sigma, np.sort(top, axis=1))   # the candidates in entry order, whatever chose them
 
     def _pairs(self, clean, sigma, top) -> dict:
         """The pair posterior (kernels.joint_pair_moments) with the tissue candidates top [V, n]."""
@@ -212,14 +223,15 @@ class JointModel(Model):
         w_flow = np.empty((v, len(self.flow_signals)))
         g_flow = np.empty_like(w_flow)
         f_mom = np.empty((v, 3))
-        work = np.empty((v, n, len(self.flow_signals)))
         sig2 = np.asarray(sigma, float) ** 2
         tau2 = sig2[:, None] * self.b0_noise_ratio[None, :] ** 2
         yy = np.stack([(clean[:, self.groups == g] ** 2).sum(1) for g in range(self.n_groups)], 1)
         kappa = np.ascontiguousarray(tau2 / (sig2[:, None] + tau2 * yy))
-        kernels.joint_pair_moments(clean, sig2, np.ascontiguousarray(self.tissue_signals[top]), self.flow_t,
-                                   self.flow_sq, self.fv_max, self.groups, kappa, self.te_weight, w_flow, g_flow,
-                                   f_mom, work, self.p_zero)
+        args = (clean, sig2, np.ascontiguousarray(self.tissue_signals[top]), self.flow_t, self.flow_sq, self.fv_max,
+                self.groups, kappa, self.te_weight, w_flow, g_flow, f_mom)
+        work = (v, n, len(self.flow_signals))   # log_w: work space, on the device where the GPU runs it
+        on_backend(self, "joint fit", lambda: self.backend.joint_pair_moments(*args, work, self.p_zero),
+                   lambda: kernels.joint_pair_moments(*args, np.empty(work), self.p_zero))
         return {"w_flow": w_flow, "fv": f_mom, "vascular_signal": (g_flow @ self.flow_signals) * self.te_weight}
 
     def flow_summaries(self, w_flow: np.ndarray) -> tuple:

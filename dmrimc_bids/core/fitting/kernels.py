@@ -611,132 +611,174 @@ def joint_pair_moments(y, sig2, tissue, flow_t, flow_sq, fv_max, groups, kappa, 
     n_v, n_t, m = tissue.shape
     n_f = flow_t.shape[1]
     n_g = kappa.shape[1]
+    unit = np.all(te_weight == 1.0)
+    for i in prange(n_v):
+        tv = np.empty((n_t, n_f))
+        joint_pair_voxel(y[i], sig2[i], tissue[i], flow_t, flow_sq, fv_max, groups, kappa[i], te_weight, unit, p_zero,
+                         w_flow[i], g_flow[i], f_moments[i], log_w[i], tv, tv if unit else np.empty((n_t, n_f)),
+                         np.empty((n_t, n_f)), np.empty(n_f), np.empty((n_g, n_f)), np.empty(n_g), np.empty(n_g),
+                         np.empty(n_g), np.empty(n_t))
+
+
+@njit(cache=True)
+def joint_pair_voxel(yi, s2, ti, flow_t, flow_sq, fv_max, groups, kappa, aw, unit, p_zero, w_flow, g_flow, f_moments,
+                     lw, tv, tv2, bb, yv, yvg, yyg, ytg, ytag, spike):
+    """joint_pair_moments for one voxel (yi [M], s2 = σ², ti [Nt, M] its tissue candidates, kappa [G], aw [M]
+    the relaxation weights, unit: all aw = 1), into w_flow, g_flow [Kf] and f_moments [3]; lw, tv, tv2, bb
+    [Nt, Kf] (bb: <y - t, a∘(v - t)>), yv [Kf], yvg [G, Kf], yyg, ytg, ytag [G], spike [Nt] are work space (tv2 may be tv when unit)."""
+    n_t, m = ti.shape
+    n_f = flow_t.shape[1]
+    n_g = kappa.shape[0]
     # log prior x normalising constants: slab (1 - p0) sqrt(2π)/fv_max per pair; spike p0 per tissue candidate,
     # which spans the n_f pairs of that candidate (each pair has prior 1/(n_t n_f))
     log_slab = (math.log(max(1.0 - p_zero, 1e-300)) + 0.5 * math.log(2.0 * math.pi) - math.log(fv_max)
                 if fv_max > 0 else 0.0)   # fv_max = 0: the slab is the point f = 0 itself
     log_spike = math.log(p_zero) + math.log(n_f) if p_zero > 0 else -math.inf
-    aw = np.ascontiguousarray(te_weight)
-    unit = np.all(aw == 1.0)
-    for i in prange(n_v):
-        s2 = sig2[i]
-        yi = np.ascontiguousarray(y[i])
-        ti = np.ascontiguousarray(tissue[i])
-        yv = np.dot(yi * aw, flow_t)       # [Kf]   <y, a∘v>
-        tv = np.dot(ti * aw, flow_t)       # [Nt, Kf] <t, a∘v>, then |a∘(v - t)|²
-        tv2 = tv if unit else np.dot(ti * (aw * aw), flow_t)  # [Nt, Kf] <t, a²∘v> (read before tv is overwritten)
-        bb = np.empty((n_t, n_f))          # <y - t, a∘(v - t)>
-        yvg = np.zeros((n_g, n_f))         # <y_g, a∘v_g>
-        yyg = np.zeros(n_g)
-        for k in range(m):
-            yyg[groups[k]] += yi[k] * yi[k]
-            for e in range(n_f):
-                yvg[groups[k], e] += yi[k] * aw[k] * flow_t[k, e]
-        ytg = np.zeros(n_g)
-        lw = log_w[i]
-        best = -math.inf
-        ytag = np.zeros(n_g)
-        spike = np.full(n_t, -math.inf)   # log weight of (t, f = 0)
+    for e in range(n_f):   # <y, a∘v> [Kf]; <t, a∘v> [Nt, Kf], later |a∘(v - t)|²; <t, a²∘v> (read before tv is overwritten)
+        yv[e] = 0.0
         for t in range(n_t):
-            tt_a = 0.0
-            tt_a2 = 0.0
-            a = 0.0
-            yt_a = 0.0
-            for g in range(n_g):
-                ytg[g] = 0.0
-                ytag[g] = 0.0
-            for k in range(m):
-                tt_a += aw[k] * ti[t, k] * ti[t, k]
-                tt_a2 += aw[k] * aw[k] * ti[t, k] * ti[t, k]
-                yt_a += aw[k] * yi[k] * ti[t, k]
-                ytg[groups[k]] += yi[k] * ti[t, k]
-                ytag[groups[k]] += aw[k] * yi[k] * ti[t, k]
-                d = yi[k] - ti[t, k]
-                a += d * d
-            for g in range(n_g):   # common-mode part of the misfit at f = 0
-                a -= kappa[i, g] * (yyg[g] - ytg[g]) ** 2
-            if p_zero > 0:
-                spike[t] = log_spike - a / (2.0 * s2)
-                if spike[t] > best:
-                    best = spike[t]
-            for e in range(n_f):
-                b = yv[e] - yt_a - tv[t, e] + tt_a
-                c = flow_sq[e] - 2.0 * tv2[t, e] + tt_a2
-                for g in range(n_g):
-                    p = yyg[g] - ytg[g]
-                    qg = yvg[g, e] - ytag[g]
-                    b -= kappa[i, g] * p * qg
-                    c -= kappa[i, g] * qg * qg
-                q = -a
-                if c > 1e-15:
-                    q += b * b / c
-                q /= 2.0 * s2
-                lw[t, e] = q
-                tv[t, e] = c
-                bb[t, e] = b
-                if q > best:
-                    best = q
-        top = -math.inf
-        for t in range(n_t):
-            for e in range(n_f):
-                if lw[t, e] < best - JOINT_LOG_WEIGHT_SPAN:
-                    lw[t, e] = -math.inf
-                    continue
-                c = tv[t, e]
-                if c > 1e-15:
-                    sd = math.sqrt(s2 / c)
-                    lm, mean, var = _truncated_normal_moments(bb[t, e] / c, sd, fv_max)
-                    lw[t, e] += math.log(sd) + lm + log_slab
-                else:   # v == t: f does not change the signal, its posterior is the prior
-                    mean, var = 0.5 * fv_max, fv_max * fv_max / 12.0
-                    lw[t, e] += math.log(fv_max) - 0.5 * math.log(2.0 * math.pi) + log_slab
-                tv[t, e] = mean                  # |v - t|² no longer needed: keep E[f | t, v] ...
-                bb[t, e] = var + mean * mean     # ... and E[f² | t, v]
-                if lw[t, e] > top:
-                    top = lw[t, e]
-        for t in range(n_t):
-            if spike[t] > top:
-                top = spike[t]
-        total = 0.0
-        ef = 0.0
-        ef2 = 0.0
+            tv[t, e] = 0.0
+            tv2[t, e] = 0.0
+    for k in range(m):
+        ya = yi[k] * aw[k]
         for e in range(n_f):
-            w_flow[i, e] = 0.0
-            g_flow[i, e] = 0.0
+            yv[e] += ya * flow_t[k, e]
         for t in range(n_t):
+            ta = ti[t, k] * aw[k]
+            ta2 = ti[t, k] * (aw[k] * aw[k])
             for e in range(n_f):
-                if lw[t, e] < top - JOINT_LOG_WEIGHT_SPAN:
-                    continue
-                w = math.exp(lw[t, e] - top)
-                total += w
-                w_flow[i, e] += w
-                g_flow[i, e] += w * tv[t, e]
-                ef += w * tv[t, e]
-                ef2 += w * bb[t, e]
-        slab_total = total
-        for t in range(n_t):
-            if spike[t] >= top - JOINT_LOG_WEIGHT_SPAN:
-                total += math.exp(spike[t] - top)
-        f_moments[i, 2] = 1.0 - slab_total / total   # P(f = 0 | y)
-        for e in range(n_f):   # the flow entries given a vascular signal (f > 0); the prior when none is left
-            w_flow[i, e] = w_flow[i, e] / slab_total if slab_total > 0 else 1.0 / n_f
-            g_flow[i, e] /= total
-        f_moments[i, 0] = ef / total
-        f_moments[i, 1] = ef2 / total
+                tv[t, e] += ta * flow_t[k, e]
+                if not unit:
+                    tv2[t, e] += ta2 * flow_t[k, e]
+    for g in range(n_g):
+        yyg[g] = 0.0
+        for e in range(n_f):
+            yvg[g, e] = 0.0   # <y_g, a∘v_g>
+    for k in range(m):
+        yyg[groups[k]] += yi[k] * yi[k]
+        for e in range(n_f):
+            yvg[groups[k], e] += yi[k] * aw[k] * flow_t[k, e]
+    best = -math.inf
+    for t in range(n_t):
+        spike[t] = -math.inf   # log weight of (t, f = 0)
+        tt_a = 0.0
+        tt_a2 = 0.0
+        a = 0.0
+        yt_a = 0.0
+        for g in range(n_g):
+            ytg[g] = 0.0
+            ytag[g] = 0.0
+        for k in range(m):
+            tt_a += aw[k] * ti[t, k] * ti[t, k]
+            tt_a2 += aw[k] * aw[k] * ti[t, k] * ti[t, k]
+            yt_a += aw[k] * yi[k] * ti[t, k]
+            ytg[groups[k]] += yi[k] * ti[t, k]
+            ytag[groups[k]] += aw[k] * yi[k] * ti[t, k]
+            d = yi[k] - ti[t, k]
+            a += d * d
+        for g in range(n_g):   # common-mode part of the misfit at f = 0
+            a -= kappa[g] * (yyg[g] - ytg[g]) ** 2
+        if p_zero > 0:
+            spike[t] = log_spike - a / (2.0 * s2)
+            if spike[t] > best:
+                best = spike[t]
+        for e in range(n_f):
+            b = yv[e] - yt_a - tv[t, e] + tt_a
+            c = flow_sq[e] - 2.0 * tv2[t, e] + tt_a2
+            for g in range(n_g):
+                p = yyg[g] - ytg[g]
+                qg = yvg[g, e] - ytag[g]
+                b -= kappa[g] * p * qg
+                c -= kappa[g] * qg * qg
+            q = -a
+            if c > 1e-15:
+                q += b * b / c
+            q /= 2.0 * s2
+            lw[t, e] = q
+            tv[t, e] = c
+            bb[t, e] = b
+            if q > best:
+                best = q
+    top = -math.inf
+    for t in range(n_t):
+        for e in range(n_f):
+            if lw[t, e] < best - JOINT_LOG_WEIGHT_SPAN:
+                lw[t, e] = -math.inf
+                continue
+            c = tv[t, e]
+            if c > 1e-15:
+                sd = math.sqrt(s2 / c)
+                lm, mean, var = _truncated_normal_moments(bb[t, e] / c, sd, fv_max)
+                lw[t, e] += math.log(sd) + lm + log_slab
+            else:   # v == t: f does not change the signal, its posterior is the prior
+                mean, var = 0.5 * fv_max, fv_max * fv_max / 12.0
+                lw[t, e] += math.log(fv_max) - 0.5 * math.log(2.0 * math.pi) + log_slab
+            tv[t, e] = mean                  # |v - t|² no longer needed: keep E[f | t, v] ...
+            bb[t, e] = var + mean * mean    # ... and E[f² | t, v]
+            if lw[t, e] > top:
+                top = lw[t, e]
+    for t in range(n_t):
+        if spike[t] > top:
+            top = spike[t]
+    total = 0.0
+    ef = 0.0
+    ef2 = 0.0
+    for e in range(n_f):
+        w_flow[e] = 0.0
+        g_flow[e] = 0.0
+    for t in range(n_t):
+        for e in range(n_f):
+            if lw[t, e] < top - JOINT_LOG_WEIGHT_SPAN:
+                continue
+            w = math.exp(lw[t, e] - top)
+            total += w
+            w_flow[e] += w
+            g_flow[e] += w * tv[t, e]
+            ef += w * tv[t, e]
+            ef2 += w * bb[t, e]
+    slab_total = total
+    for t in range(n_t):
+        if spike[t] >= top - JOINT_LOG_WEIGHT_SPAN:
+            total += math.exp(spike[t] - top)
+    f_moments[2] = 1.0 - slab_total / total   # P(f = 0 | y)
+    for e in range(n_f):   # the flow entries given a vascular signal (f > 0); the prior when none is left
+        w_flow[e] = w_flow[e] / slab_total if slab_total > 0 else 1.0 / n_f
+        g_flow[e] /= total
+    f_moments[0] = ef / total
+    f_moments[1] = ef2 / total
+
+
+@njit(cache=True, inline="always")
+def joint_misfit(yy, yt, yv, signals_sq, tissue_proto, pair_sq, e, fv_max):
+    """min over the flow prototypes r and f in [0, fv_max] of |y - (1 - f) t_e - f v_r|² for one voxel, from
+    yy = |y|², yt = <y, t_e>, yv [R] = <y, v_r> and the voxel-independent Gram terms of joint_profile_top."""
+    tt = signals_sq[e]
+    a = yy - 2.0 * yt + tt
+    q_best = a
+    for r in range(yv.shape[0]):
+        c = pair_sq[e, r]
+        if c <= 1e-15:
+            continue
+        b = yv[r] - yt - tissue_proto[e, r] + tt
+        f = min(max(b / c, 0.0), fv_max)
+        q = a - 2.0 * f * b + f * f * c
+        if q < q_best:
+            q_best = q
+    return q_best
 
 
 @njit(cache=True, parallel=True)
 def joint_profile_top(y, yt_all, signals_sq, tissue_proto, pair_sq, proto, fv_max, top):
-    """The k = top.shape[1] tissue entries of least joint misfit min over the flow prototypes proto [R, M]
-    and f in [0, fv_max] of |y - (1 - f) t - f v|², for every voxel y [V, M] (yt_all [V, E] = <y, t> of every
-    entry, a matrix product done beforehand; signals_sq [E] = |t|², tissue_proto [E, R] = <t, v_r>,
-    pair_sq [E, R] = |v_r - t|²). Voxel-independent Gram terms make it O(E·R) per voxel after the product."""
+    """The k = top.shape[1] tissue entries of least joint misfit (joint_misfit: min over the flow prototypes
+    proto [R, M] and f in [0, fv_max] of |y - (1 - f) t - f v|²; ties by entry index, heap order) for every
+    voxel y [V, M] (yt_all [V, E] = <y, t> of every entry, a matrix product done beforehand; signals_sq [E] =
+    |t|², tissue_proto [E, R] = <t, v_r>, pair_sq [E, R] = |v_r - t|²). Voxel-independent Gram terms make it
+    O(E·R) per voxel after the product."""
     n_v, m = y.shape
     n_e = yt_all.shape[1]
     n_r = proto.shape[0]
     k = top.shape[1]
     for i in prange(n_v):
-        yt = yt_all[i]
         yy = 0.0
         for j in range(m):
             yy += y[i, j] * y[i, j]
@@ -744,30 +786,9 @@ def joint_profile_top(y, yt_all, signals_sq, tissue_proto, pair_sq, proto, fv_ma
         for r in range(n_r):
             for j in range(m):
                 yv[r] += y[i, j] * proto[r, j]
-        best_c = np.empty(k)
-        worst, worst_at = -math.inf, 0
+        hc = np.empty(k)
+        size = 0
         for e in range(n_e):
-            tt = signals_sq[e]
-            a = yy - 2.0 * yt[e] + tt
-            q_best = a
-            for r in range(n_r):
-                c = pair_sq[e, r]
-                if c <= 1e-15:
-                    continue
-                b = yv[r] - yt[e] - tissue_proto[e, r] + tt
-                f = min(max(b / c, 0.0), fv_max)
-                q = a - 2.0 * f * b + f * f * c
-                if q < q_best:
-                    q_best = q
-            if e < k:
-                best_c[e] = q_best
-                top[i, e] = e
-                if q_best > worst:
-                    worst, worst_at = q_best, e
-            elif q_best < worst:
-                best_c[worst_at] = q_best
-                top[i, worst_at] = e
-                worst, worst_at = -math.inf, 0
-                for j in range(k):
-                    if best_c[j] > worst:
-                        worst, worst_at = best_c[j], j
+            q = joint_misfit(yy, yt_all[i, e], yv, signals_sq, tissue_proto, pair_sq, e, fv_max)
+            if size < k or q < hc[0]:
+                size = heap_push(hc, top[i], size, k, q, e)

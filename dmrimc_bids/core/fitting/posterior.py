@@ -56,7 +56,7 @@ import numpy as np
 
 from ..dictionary import Dictionary
 from . import kernels
-from .dictfit import DictionaryFit, _backend, assemble_fit, estimate_placement
+from .dictfit import DictionaryFit, _backend, assemble_fit, estimate_placement, on_backend
 from .likelihood import noise_floor
 from .model import EXIT_BACKGROUND, EXIT_FAILED, EXIT_OK, Description, Model, fit_plan, voxel_chunks, voxel_table
 
@@ -319,17 +319,8 @@ class PosteriorModel(Model):
         return clean, scale_var / (var_noise + scale_var * (clean ** 2).sum(1))
 
     def _on_device(self, kernel: str, *args) -> None:
-        """Run the backend's kernel (same arguments on CPU and GPU); under 'auto', a GPU that CUDA cannot use
-        hands this and every later batch to the CPU kernel, with one warning."""
-        from ..cudacompat import cuda_unavailable_errors, warn_cpu_fallback
-        try:
-            getattr(self.backend, kernel)(*args)
-        except cuda_unavailable_errors() as exc:
-            if self.backend is kernels or self.requested_device != "auto":
-                raise
-            warn_cpu_fallback("posterior", exc)
-            self.backend, self.device = kernels, "cpu"
-            getattr(kernels, kernel)(*args)
+        """The backend's kernel (same arguments on CPU and GPU; dictfit.on_backend's CUDA fallback)."""
+        on_backend(self, "posterior", lambda: getattr(self.backend, kernel)(*args), lambda: getattr(kernels, kernel)(*args))
 
     def _points(self, samples, w, top, noise_var) -> tuple:
         """(point estimate, posterior variance) [V, P], each parameter under its own prior (point_prior: the
