@@ -1,7 +1,9 @@
 """Optional CUDA path of the dictionary fit (numba.cuda; ``pip install 'dmrimc-bids[gpu]'``).
 
-Same API as the CPU drivers of kernels.py (``grid_search``, ``refine``): dictfit.py picks this module
-when ``device`` is 'gpu' or 'auto' and a CUDA GPU is present. One GPU thread fits one voxel. The
+Same API as the CPU drivers of kernels.py: ``grid_search`` and ``refine`` (the ML fit), ``select_smallest``
+and ``entry_costs`` (the posterior), ``joint_profile_top`` and ``joint_pair_moments`` (the joint fit);
+dictfit._backend picks this module when ``device`` is 'gpu', or 'auto' where dictfit.AUTO_USES_GPU says
+so, and a CUDA GPU is present. One GPU thread handles one voxel (the posterior's cost matrix: one entry). The
 per-voxel routines are the very source of kernels.py: each ``py_func`` is re-compiled as a CUDA
 device function in a namespace where its callees are the device versions, so the CPU and GPU paths
 cannot drift apart. Results agree with the CPU to floating-point rounding (fused multiply-adds), not
@@ -39,14 +41,20 @@ def available() -> bool:
         return False
 
 
+def _retarget(names) -> dict:
+    """Device versions of the kernels.py routines ``names``, in a namespace where each one's callees among
+    them are the device versions too (the module constants they read included)."""
+    namespace = {"math": math, "np": np, **{k: getattr(kernels, k) for k in dir(kernels) if k.isupper()}}
+    for name in names:
+        py = getattr(kernels, name).py_func
+        namespace[name] = cuda.jit(device=True)(types.FunctionType(py.__code__, namespace, name, py.__defaults__,
+                                                                   py.__closure__))
+    return namespace
+
+
 @functools.lru_cache(maxsize=1)
 def _compiled():
-    namespace = {"math": math, "LM_CONVERGED": kernels.LM_CONVERGED, "LM_MAX_ITER": kernels.LM_MAX_ITER,
-                 "LM_STALLED": kernels.LM_STALLED}
-    for name in _DEVICE_ROUTINES:
-        py = getattr(kernels, name).py_func
-        fn = types.FunctionType(py.__code__, namespace, name, py.__defaults__, py.__closure__)
-        namespace[name] = cuda.jit(device=True)(fn)
+    namespace = _retarget(_DEVICE_ROUTINES)
     lm_voxel = namespace["lm_voxel"]
     md, mm = MAX_PARAMS, MAX_MEASUREMENTS
 
@@ -171,11 +179,7 @@ MAX_KEEP = 512
 def _select_kernel():
     """kernels.select_smallest on the device, one thread per voxel: the very source of kernels.select_voxel
     (the likelihood of every entry and a heap of the n least), so no [V, E] cost matrix is formed."""
-    namespace = {"math": math}
-    for name in ("offset_residual", "likelihood_cost", "_above", "heap_push", "_noise_var", "select_voxel"):
-        py = getattr(kernels, name).py_func
-        namespace[name] = cuda.jit(device=True)(types.FunctionType(py.__code__, namespace, name, py.__defaults__,
-                                                                   py.__closure__))
+    namespace = _retarget(("offset_residual", "likelihood_cost", "_above", "heap_push", "_noise_var", "select_voxel"))
     select_voxel, keep = namespace["select_voxel"], MAX_KEEP
     from numba import int64
 
@@ -211,16 +215,6 @@ def select_smallest(y, flo2, signals_t, clean, kappa, log_prior, var, use_prior,
 #: Most tissue candidates and flow prototypes a joint-fit thread holds (joint.N_TISSUE_CANDIDATES is 16,
 #: joint.FLOW_PROTOTYPES 4).
 MAX_CANDIDATES, MAX_PROTOTYPES = 64, 16
-
-
-def _retarget(names) -> dict:
-    """Device versions of the kernels.py routines ``names`` (and each other's callees among them)."""
-    namespace = {"math": math, "np": np, "JOINT_LOG_WEIGHT_SPAN": kernels.JOINT_LOG_WEIGHT_SPAN}
-    for name in names:
-        py = getattr(kernels, name).py_func
-        namespace[name] = cuda.jit(device=True)(types.FunctionType(py.__code__, namespace, name, py.__defaults__,
-                                                                   py.__closure__))
-    return namespace
 
 
 @functools.lru_cache(maxsize=1)
