@@ -373,50 +373,50 @@ def offset_residual(y, s, flo2):
     return y - math.sqrt(s * s + flo2)
 
 
+@njit(cache=True)
+def cost_row(y, flo2, signals_t, clean, k, row):
+    """One voxel's likelihood cost of every entry into row [E], measurement by measurement (vectorised over
+    entries): Σ_m (y_m - sqrt(S_me² + nf_m²))² (flo2 [M] = nf²), minus k (|c|² - <c, S_e>)² where k != 0
+    (clean [M] the floor-corrected data c, k = τ²/(σ² + τ²|c|²): an unknown common scale of the signal
+    marginalised, its shape standing in for the model's, as τ << 1; clean is not read when k = 0)."""
+    m = y.shape[0]
+    n_e = signals_t.shape[1]
+    for e in range(n_e):
+        row[e] = 0.0
+    for i in range(m):
+        yi = y[i]
+        f2 = flo2[i]
+        for e in range(n_e):
+            r = offset_residual(yi, signals_t[i, e], f2)
+            row[e] += r * r
+    if k != 0.0:
+        cs = np.zeros(n_e)
+        cc = 0.0
+        for i in range(m):
+            ci = clean[i]
+            cc += ci * ci
+            for e in range(n_e):
+                cs[e] += ci * signals_t[i, e]
+        for e in range(n_e):
+            d = cc - cs[e]
+            row[e] -= k * d * d
+
+
 @njit(cache=True, parallel=True)
 def entry_costs(y, flo2, signals_t, cost):
-    """Offset-Gaussian cost of every entry for every voxel: cost[v, e] = Σ_m (y_vm - sqrt(S_me² + nf_vm²))²
-    (signals_t [M, E], the dictionary transposed; flo2 [V, M] the squared noise floor; the posterior's
-    likelihood, core/fitting/posterior.py)."""
-    n_v, m = y.shape
-    n_e = signals_t.shape[1]
-    for v in prange(n_v):
-        for e in range(n_e):
-            cost[v, e] = 0.0
-        for i in range(m):
-            yi = y[v, i]
-            f2 = flo2[v, i]
-            for e in range(n_e):
-                r = offset_residual(yi, signals_t[i, e], f2)
-                cost[v, e] += r * r
+    """Offset-Gaussian cost of every entry for every voxel (cost_row): cost[v, e] = Σ_m (y_vm -
+    sqrt(S_me² + nf_vm²))² (signals_t [M, E], the dictionary transposed; flo2 [V, M] the squared noise floor;
+    the posterior's likelihood, core/fitting/posterior.py)."""
+    for v in prange(y.shape[0]):
+        cost_row(y[v], flo2[v], signals_t, y[v], 0.0, cost[v])
 
 
 @njit(cache=True, parallel=True)
 def entry_costs_common_scale(y, flo2, signals_t, clean, kappa, cost):
-    """entry_costs with an unknown common scale of each voxel's signal marginalised: cost[v, e] -
-    κ_v (|c_v|² - <c_v, S_e>)² (clean [V, M] the floor-corrected data c, kappa [V] = τ²/(σ² + τ²|c|²);
-    the signal's shape stands in for the model's, as τ << 1)."""
-    n_v, m = y.shape
-    n_e = signals_t.shape[1]
-    for v in prange(n_v):
-        cs = np.zeros(n_e)
-        cc = 0.0
-        for e in range(n_e):
-            cost[v, e] = 0.0
-        for i in range(m):
-            yi = y[v, i]
-            f2 = flo2[v, i]
-            ci = clean[v, i]
-            cc += ci * ci
-            for e in range(n_e):
-                sv = signals_t[i, e]
-                r = offset_residual(yi, sv, f2)
-                cost[v, e] += r * r
-                cs[e] += ci * sv
-        k = kappa[v]
-        for e in range(n_e):
-            d = cc - cs[e]
-            cost[v, e] -= k * d * d
+    """entry_costs with an unknown common scale of each voxel's signal marginalised (cost_row with
+    k = kappa[v]; clean [V, M] the floor-corrected data)."""
+    for v in prange(y.shape[0]):
+        cost_row(y[v], flo2[v], signals_t, clean[v], kappa[v], cost[v])
 
 
 @njit(cache=True)
@@ -521,25 +521,8 @@ def select_smallest(y, flo2, signals_t, clean, kappa, log_prior, var, use_prior,
     n_e = signals_t.shape[1]
     n = top.shape[1]
     for v in prange(n_v):
-        row = np.zeros(n_e)
-        for i in range(m):
-            yi = y[v, i]
-            f2 = flo2[v, i]
-            for e in range(n_e):
-                r = offset_residual(yi, signals_t[i, e], f2)
-                row[e] += r * r
-        k = kappa[v]
-        if k != 0.0:
-            cs = np.zeros(n_e)
-            cc = 0.0
-            for i in range(m):
-                ci = clean[v, i]
-                cc += ci * ci
-                for e in range(n_e):
-                    cs[e] += ci * signals_t[i, e]
-            for e in range(n_e):
-                d = cc - cs[e]
-                row[e] -= k * d * d
+        row = np.empty(n_e)
+        cost_row(y[v], flo2[v], signals_t, clean[v], kappa[v], row)
         r_min = math.inf
         for e in range(n_e):
             r_min = min(r_min, row[e])

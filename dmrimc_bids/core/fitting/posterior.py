@@ -279,7 +279,7 @@ class PosteriorModel(Model):
         (kernels.select_smallest: no [V, E] cost matrix). var_noise [V]: σ², NaN where unknown (then
         max(rss / M, 1e-12)); scale_var [V] or None: the common-scale term (needs σ)."""
         v = y.shape[0]
-        flo2 = np.ascontiguousarray(np.repeat((floor ** 2)[:, None], y.shape[1], 1))
+        flo2 = _squared_floor(floor, y.shape[1])
         clean, kappa = (np.zeros((v, 1)), np.zeros(v)) if scale_var is None else \
             self._common_scale(y, floor, var_noise, scale_var)
         top, c, rss = np.empty((v, n), np.int64), np.empty((v, n)), np.empty(v)
@@ -300,7 +300,7 @@ class PosteriorModel(Model):
         else:   # the common-scale term; on the CPU kernel
             clean0, kappa = self._common_scale(y, floor, var_noise, scale_var)
             cost = np.empty((v, self.signals.shape[0]))
-            kernels.entry_costs_common_scale(y, np.ascontiguousarray(np.repeat((floor ** 2)[:, None], m, 1)),
+            kernels.entry_costs_common_scale(y, _squared_floor(floor, m),
                                              self.signals_t, clean0, kappa, cost)
         if exclude is not None:
             cost[self._exclusion_groups()[None, :] == np.asarray(exclude)[:, None]] = np.inf
@@ -344,7 +344,7 @@ class PosteriorModel(Model):
     def _entry_costs(self, y, floor) -> np.ndarray:
         """Cost [V, E] of every entry for voxels y [V, M] with noise floors [V], on the model's device."""
         cost = np.empty((y.shape[0], self.signals.shape[0]))
-        flo2 = np.ascontiguousarray(np.repeat((floor ** 2)[:, None], y.shape[1], 1))
+        flo2 = _squared_floor(floor, y.shape[1])
         self._on_device("entry_costs", np.ascontiguousarray(y, np.float64), flo2, self.signals_t, cost)
         return cost
 
@@ -554,6 +554,11 @@ def smallest_per_row(cost: np.ndarray, n: int) -> np.ndarray:
     with ThreadPoolExecutor(threads) as pool:
         parts = pool.map(lambda ab: np.argpartition(cost[ab[0]:ab[1]], n - 1, axis=1)[:, :n], zip(edges[:-1], edges[1:]))
         return np.concatenate(list(parts))
+
+
+def _squared_floor(floor: np.ndarray, m: int) -> np.ndarray:
+    """The kernels' flo2 [V, M]: each voxel's squared noise floor on each of its m measurements."""
+    return np.ascontiguousarray(np.repeat((floor ** 2)[:, None], m, 1))
 
 
 def weighted_quantile(samples: np.ndarray, w: np.ndarray, q: float) -> np.ndarray:
