@@ -164,27 +164,86 @@ def test_blood_t2_is_corrected_when_both_t2s_are_given():
 
 
 def test_blood_free_voxels_are_fitted_as_tissue_only_under_the_default_prior():
-    """The default fV prior is half 'no vascular signal': tissue without blood is fitted as tissue only
-    (fV near 0, the tissue maps those of the tissue posterior), while blood keeps its fV."""
+    """A blood-free session teaches its own prior 'no vascular signal' (P near 1): its tissue is fitted as
+    tissue only (fV near 0, the tissue maps those of the tissue posterior to a small fraction of their SD),
+    while a session with blood keeps its fV."""
     tissue, flow = tissue_dictionary(), flow_dictionary()
     rng = np.random.default_rng(8)
-    it = rng.integers(0, len(tissue), 40)
+    n = 80
+    it = rng.integers(0, len(tissue), n)
     noise = lambda s: np.hypot(s + rng.normal(0, 0.01, s.shape), rng.normal(0, 0.01, s.shape))  # noqa: E731
     y = noise(tissue.signals[it])
-    joint = JointModel(tissue, flow, tissue_b_min=200).fit(y, sigma=np.full(40, 0.01))
+    model = JointModel(tissue, flow, tissue_b_min=200)
+    joint = model.fit(y, sigma=np.full(n, 0.01))
+    assert model.prior.source == "session" and model.prior.p_zero > 0.9
     cols = np.flatnonzero(PROT.b >= 200)
-    alone = PosteriorModel(tissue.measurements(cols)).fit(y[:, cols], sigma=np.full(40, 0.01))
+    alone = PosteriorModel(tissue.measurements(cols)).fit(y[:, cols], sigma=np.full(n, 0.01))
     assert np.median(joint.vascular.params["fV"]) < 0.01
-    flat = JointModel(tissue, flow, tissue_b_min=200, p_zero=0.0).fit(y, sigma=np.full(40, 0.01))
+    flat = JointModel(tissue, flow, tissue_b_min=200, p_zero=0.0).fit(y, sigma=np.full(n, 0.01))
     assert np.median(joint.vascular.params["fV"]) < 0.5 * np.median(flat.vascular.params["fV"])
     for name in tissue.names:
-        agree = np.isclose(joint.tissue.params[name], alone.params[name], rtol=1e-6, atol=1e-9)
-        assert agree.mean() > 0.8, name
+        close = np.abs(joint.tissue.params[name] - alone.params[name]) <= 0.1 * alone.sd[name] + 1e-9
+        assert close.mean() > 0.8, name
     # with blood (fV 0.1) the spike does not take it away
-    iv = rng.integers(0, len(flow), 40)
-    yb = noise(mixed(tissue, flow, it, iv, np.full(40, 0.1)))
-    fit = JointModel(tissue, flow, tissue_b_min=200).fit(yb, sigma=np.full(40, 0.01))
+    iv = rng.integers(0, len(flow), n)
+    yb = noise(mixed(tissue, flow, it, iv, np.full(n, 0.1)))
+    fit = JointModel(tissue, flow, tissue_b_min=200).fit(yb, sigma=np.full(n, 0.01))
     assert abs(np.median(fit.vascular.params["fV"]) - 0.1) < 0.03
+
+
+def test_the_vascular_prior_is_the_sessions_own_and_small_fv_is_not_collapsed():
+    """Half of the voxels blood-free, half with a small fV (0.02-0.08): the estimated prior's mean fV is the
+    session's (a spike at 0 and a steep slab near 0 are nearly the same prior, so its two parts are not
+    asserted apart), and fewer than 5 % of the voxels with blood read fV < 0.01, where the constant
+    prior of 0.95 on fV = 0 (the old default) maps many of them to 0."""
+    tissue, flow = tissue_dictionary(), flow_dictionary()
+    rng = np.random.default_rng(11)
+    n = 240
+    it, iv = rng.integers(0, len(tissue), n), rng.integers(0, len(flow), n)
+    fv = np.where(np.arange(n) % 2 == 0, rng.uniform(0.02, 0.08, n), 0.0)
+    y = np.hypot(mixed(tissue, flow, it, iv, fv) + rng.normal(0, 0.015, (n, len(PROT))),
+                 rng.normal(0, 0.015, (n, len(PROT))))
+    model = JointModel(tissue, flow, tissue_b_min=200)
+    est = model.fit(y, sigma=np.full(n, 0.015)).vascular.params["fV"]
+    assert abs(model.prior.moments()[0] - fv.mean()) < 0.01
+    blood = fv > 0
+    assert np.mean(est[blood] < 0.01) < 0.05
+    const = JointModel(tissue, flow, tissue_b_min=200, p_zero=0.95).fit(y, sigma=np.full(n, 0.015))
+    assert np.mean(const.vascular.params["fV"][blood] < 0.01) > 2 * max(np.mean(est[blood] < 0.01), 0.02)
+    assert np.median(np.abs(est - fv)[blood]) < np.median(np.abs(const.vascular.params["fV"] - fv)[blood])
+    # too few voxels: the constant, and the sidecar says so
+    small = JointModel(tissue, flow, tissue_b_min=200)
+    small.fit(y[:10], sigma=np.full(10, 0.015))
+    assert small.prior.source == "constant" and "constant" in small.describe().parameters["VascularPrior"]["Source"]
+
+
+def test_the_vascular_component_is_removed_in_proportion_to_its_posterior():
+    """Soft removal: every voxel's tissue data are y - E[fV·S_flow] over 1 - E[fV], also where a vascular
+    signal is only somewhat likelier than none (no Bayes-factor threshold that a small change of input
+    flips), so the tissue input moves continuously with the data."""
+    tissue, flow = tissue_dictionary(), flow_dictionary()
+    rng = np.random.default_rng(12)
+    n = 120
+    it, iv = rng.integers(0, len(tissue), n), rng.integers(0, len(flow), n)
+    fv = rng.uniform(0.0, 0.04, n)
+    y = np.hypot(mixed(tissue, flow, it, iv, fv) + rng.normal(0, 0.015, (n, len(PROT))),
+                 rng.normal(0, 0.015, (n, len(PROT))))
+    model = JointModel(tissue, flow, tissue_b_min=200, p_zero=0.95)   # the old default's prior
+
+    def tissue_input(data):
+        out = {k: np.zeros((n, 3)) for k in ("params", "sd", "lo", "hi", "contraction")}
+        out["p_none"] = np.zeros(n)
+        y_t, sig_t, vs, sv = np.zeros_like(data), np.full(n, 0.015), np.zeros_like(data), np.zeros(n)
+        model._vascular_chunk(data, np.full(n, 0.015), np.arange(n), out, vs, y_t, sig_t, sv)
+        return y_t, out, vs
+    y_t, out, vs = tissue_input(y)
+    ef = out["params"][:, -1]
+    np.testing.assert_allclose(y_t, (y - vs) / (1 - ef[:, None]), rtol=1e-12)
+    # where the old rule (Bayes factor <= 99) left the data as measured
+    middling = (model.vascular_evidence(out["p_none"]) <= 99) & (ef > 0.005)
+    assert middling.sum() >= 5 and np.all(np.abs(y_t - y)[middling].max(1) > 1e-4)
+    y_t2 = tissue_input(y * (1 + 1e-5))[0]
+    assert np.abs(y_t2 - y_t).max() < 1e-3
 
 
 def test_joint_is_the_default_where_it_can_run(tmp_path, single_demo):

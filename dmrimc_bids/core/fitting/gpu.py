@@ -222,7 +222,8 @@ def _joint_kernels():
     """The joint fit's vascular steps on the device, one thread per voxel: the tissue candidates
     (kernels.joint_misfit and heap_push, <y, t> computed in the thread) and the pair posterior
     (kernels.joint_pair_voxel, its work space in device memory)."""
-    ns = _retarget(("_above", "heap_push", "joint_misfit", "_truncated_normal_moments", "joint_pair_voxel"))
+    ns = _retarget(("_above", "heap_push", "joint_misfit", "_truncated_normal_moments",
+                    "truncated_exponential_log_density0", "truncated_exponential_moments", "joint_pair_voxel"))
     joint_misfit, heap_push, pair_voxel = ns["joint_misfit"], ns["heap_push"], ns["joint_pair_voxel"]
     n_cand, n_proto = MAX_CANDIDATES, MAX_PROTOTYPES
 
@@ -252,12 +253,12 @@ def _joint_kernels():
                 size = heap_push(hc, top[i], size, k, q, e)
 
     @cuda.jit
-    def pair_kernel(y, sig2, tissue, flow_t, flow_sq, fv_max, groups, kappa, te_weight, unit, p_zero, w_flow, g_flow,
-                    f_moments, lw, tv, tv2, bb, yv, yvg, yyg, ytg, ytag, spike):
+    def pair_kernel(y, sig2, tissue, flow_t, flow_sq, fv_max, groups, kappa, te_weight, unit, p_zero, fv_rate, w_flow,
+                    g_flow, f_moments, lw, tv, tv2, bb, yv, yvg, yyg, ytg, ytag, spike):
         i = cuda.grid(1)
         if i >= y.shape[0]:
             return
-        pair_voxel(y[i], sig2[i], tissue[i], flow_t, flow_sq, fv_max, groups, kappa[i], te_weight, unit, p_zero,
+        pair_voxel(y[i], sig2[i], tissue[i], flow_t, flow_sq, fv_max, groups, kappa[i], te_weight, unit, p_zero, fv_rate,
                    w_flow[i], g_flow[i], f_moments[i], lw[i], tv[i], tv2[i], bb[i], yv[i], yvg[i], yyg[i], ytg[i],
                    ytag[i], spike[i])
 
@@ -276,7 +277,7 @@ def joint_profile_top(y, tissue_t, signals_sq, tissue_proto, pair_sq, proto, fv_
 
 
 def joint_pair_moments(y, sig2, tissue, flow_t, flow_sq, fv_max, groups, kappa, te_weight, w_flow, g_flow, f_moments,
-                       log_w_shape, p_zero=0.0) -> None:
+                       log_w_shape, p_zero=0.0, fv_rate=0.0) -> None:
     """kernels.joint_pair_moments on the device (same arguments but the work space log_w, allocated in device
     memory: its shape; w_flow, g_flow and f_moments are filled)."""
     n_v, n_t, _ = tissue.shape
@@ -290,7 +291,7 @@ def joint_pair_moments(y, sig2, tissue, flow_t, flow_sq, fv_max, groups, kappa, 
     _joint_kernels()[1][(n_v + threads - 1) // threads, threads](
         *(cuda.to_device(np.ascontiguousarray(a)) for a in (y, sig2, tissue)), _Resident.of(flow_t),
         _Resident.of(flow_sq), float(fv_max), _Resident.of(groups), cuda.to_device(np.ascontiguousarray(kappa)),
-        _Resident.of(te_weight), unit, float(p_zero), *outs, lw, tv, tv2, bb, cuda.device_array((n_v, n_f)),
+        _Resident.of(te_weight), unit, float(p_zero), float(fv_rate), *outs, lw, tv, tv2, bb, cuda.device_array((n_v, n_f)),
         cuda.device_array((n_v, n_g, n_f)), *(cuda.device_array((n_v, n_g)) for _ in range(3)),
         cuda.device_array((n_v, n_t)))
     for d, h in zip(outs, (w_flow, g_flow, f_moments)):

@@ -14,11 +14,14 @@ both matched to the same measurements, low b included. Estimation, per voxel:
    centres of the flow dictionary), f in [0, fv_max], from voxel-independent Gram terms (every entry,
    O(E·(M + R)) per voxel). The candidates only serve step 2.
 2. Vascular posterior: every (tissue candidate, flow entry) pair, with fV marginalised analytically (the
-   model is linear in fV: a truncated Gaussian on [0, fv_max] per pair, flat prior), Gaussian likelihood
-   on the floor-corrected data (kernels.joint_pair_moments). This gives the posterior of the flow
-   entries (vm, vs, anb: posterior mean on the estimator's scale, SD, 95 % interval, contraction) and of
-   fV (mean, SD, interval, contraction against the flat prior's variance fv_max²/12).
-3. Tissue posterior: the data with the vascular component's posterior mean removed,
+   model is linear in fV: a truncated Gaussian on [0, fv_max] per pair), Gaussian likelihood on the
+   floor-corrected data (kernels.joint_pair_moments). The prior of fV (VascularPrior: a point mass on "no
+   vascular signal" and a truncated exponential on (0, fv_max]) is the session's own, of greatest marginal
+   likelihood over its voxels (estimate_vascular_prior, EM), not a constant. This gives the posterior of the
+   flow entries (vm, vs, anb given a vascular signal: posterior mean on the estimator's scale, SD, 95 %
+   interval, contraction) and of fV (mean, SD, interval, contraction against the prior's variance).
+3. Tissue posterior: the data with the vascular component's posterior mean removed (every voxel, in
+   proportion to its posterior: no threshold),
    y_T = (y - E[fV·S_flow]) / (1 - E[fV]), noise σ/(1 - E[fV]), go to the tissue PosteriorModel
    (regression adjustment, model error, intervals, identifiability) on the measurements with
    b >= tissue_b_min (slow flow's signal there is removed instead of biasing D0ex); the uncertainty of
@@ -49,18 +52,20 @@ FLOW_PROTOTYPES = 4
 TISSUE_B_MIN = 250.0
 #: Largest vascular signal fraction of the flat prior.
 FV_MAX = 0.3
-#: Prior probability of no vascular signal (fV = 0): the blood-free voxel is a model of its own, so that
-#: tissue without blood is fitted as tissue only instead of losing a positive fV's share. It sets the fV
-#: and flow maps (posterior means, intervals).
+#: Prior probability of no vascular signal (fV = 0) where the session does not inform it (fewer than
+#: PRIOR_MIN_VOXELS voxels, or p_zero given): the blood-free voxel is a model of its own, so that tissue
+#: without blood is fitted as tissue only. Otherwise the session's own estimate (VascularPrior) is used.
 P_ZERO = 0.95
-#: Bayes factor (vascular signal against none) above which the tissue step removes the vascular component;
-#: below it the voxel goes to the tissue posterior as measured. Under no blood the Bayes factor exceeds k
-#: in at most 1/k of the voxels (Markov's inequality), and a false removal, whose fV is then 0.1-0.25, costs
-#: that voxel's tissue estimate far more than a small true fV left in (the tissue posterior's own scale
-#: error): 19 (P(fV = 0 | data) < 1/2 under P_ZERO) lost kappa rank on blood-free real histology at SNR 20,
-#: 99 keeps it and ranks the mixed voxels' tissue alike (benchmarks/default_on_histology.py,
-#: benchmarks/joint_model.py; docs/benchmarks.md).
-REMOVAL_BAYES_FACTOR = 99.0
+#: Mask voxels (at most; evenly spaced, so the choice is deterministic) whose marginal likelihood sets the
+#: session's vascular prior (estimate_vascular_prior).
+PRIOR_VOXELS = 2000
+#: Fewer fitted voxels than this: the vascular prior stays the constant (P_ZERO, flat slab), as the sidecar says.
+PRIOR_MIN_VOXELS = 50
+#: EM iterations of the vascular prior at most, and its tolerance (on P(no vascular signal) and on the slab's
+#: mean fV as a fraction of fv_max).
+PRIOR_EM_ITERATIONS, PRIOR_EM_TOLERANCE = 40, 1e-4
+#: Range of the slab's exponential rate λ·fv_max (negative: density rising towards fv_max).
+PRIOR_RATE_RANGE = (-20.0, 400.0)
 #: Largest voxel x candidate x flow-entry work array of one batch [elements].
 JOINT_BATCH_ELEMENTS = 8_000_000
 
@@ -96,6 +101,76 @@ def normalisation_groups(protocol) -> tuple:
     keys = np.stack([protocol.series.astype(float), te], 1)
     uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
     return np.ascontiguousarray(inverse.ravel().astype(np.int64)), len(uniq)
+
+
+class VascularPrior:
+    """The prior of fV: a point mass p_zero at fV = 0 (no vascular signal) and 1 - p_zero on (0, fv_max] with
+    density ∝ e^{-rate·fV} (rate [1/fraction]; 0: flat). source: 'session' (maximum marginal likelihood over
+    the session's voxels, estimate_vascular_prior), 'constant' (too few voxels) or 'given'."""
+
+    def __init__(self, p_zero: float, rate: float, fv_max: float, source: str, n_voxels: int = 0,
+                 iterations: int = 0, converged: bool = True):
+        self.p_zero, self.rate, self.fv_max, self.source = float(p_zero), float(rate), float(fv_max), source
+        self.n_voxels, self.iterations, self.converged = int(n_voxels), int(iterations), bool(converged)
+
+    def slab_moments(self) -> tuple:
+        """(E[fV], E[fV²]) of the slab (fV > 0)."""
+        if self.fv_max <= 0:
+            return 0.0, 0.0
+        return kernels.truncated_exponential_moments(self.rate, self.fv_max)
+
+    def moments(self) -> tuple:
+        """(E[fV], Var[fV]) of the whole prior."""
+        m1, m2 = self.slab_moments()
+        mean, second = (1 - self.p_zero) * m1, (1 - self.p_zero) * m2
+        return mean, max(second - mean ** 2, 0.0)
+
+    def to_dict(self) -> dict:
+        """The sidecar's VascularPrior."""
+        slab_mean = self.slab_moments()[0]
+        how = {"session": f"maximum marginal likelihood (EM) over {self.n_voxels} of the session's voxels",
+               "constant": f"the constant default: only {self.n_voxels} voxels, fewer than {PRIOR_MIN_VOXELS}, to "
+                           "estimate it from",
+               "given": "given"}[self.source]
+        return {"PNoVascularSignal": round(self.p_zero, 4), "SlabMeanFv": round(slab_mean, 4),
+                "SlabRatePerUnitFv": round(self.rate, 3), "FvMax": self.fv_max, "Source": how,
+                "Voxels": self.n_voxels, "EMIterations": self.iterations, "Converged": self.converged}
+
+    def sentence(self) -> str:
+        """The prior in words (methods text)."""
+        slab_mean = self.slab_moments()[0]
+        where = {"session": f"estimated from the session's voxels (maximum marginal likelihood over {self.n_voxels} "
+                            "voxels)",
+                 "constant": "a constant (too few voxels to estimate it from the session)",
+                 "given": "as given"}[self.source]
+        return (f"a prior of {self.p_zero:.3g} on fV = 0 (no vascular signal) and {1 - self.p_zero:.3g} on "
+                f"(0, {self.fv_max:g}] with a truncated-exponential density of mean {slab_mean:.3g}, {where}")
+
+
+def estimate_pi_zero(bayes_factor: np.ndarray, start: float, tol: float = 1e-7, iterations: int = 500) -> float:
+    """The P(no vascular signal) of greatest marginal likelihood for voxels of Bayes factors (slab against
+    spike, independent of the prior's mixing weight) [V]: EM's fixed point π = mean(π / (π + (1 - π) BF))."""
+    pi = float(start)
+    bf = np.asarray(bayes_factor, float)
+    for _ in range(iterations):
+        new = float(np.mean(pi / (pi + (1 - pi) * bf)))
+        if abs(new - pi) < tol:
+            return new
+        pi = new
+    return pi
+
+
+def truncated_exponential_rate(mean: float, fv_max: float) -> float:
+    """The rate λ [1/unit fV] of the truncated exponential on [0, fv_max] whose mean is ``mean``
+    (PRIOR_RATE_RANGE bounds λ·fv_max)."""
+    from scipy.optimize import brentq
+    lo, hi = (u / fv_max for u in PRIOR_RATE_RANGE)
+    f = lambda lam: kernels.truncated_exponential_moments(lam, fv_max)[0] - mean  # noqa: E731
+    if f(lo) <= 0:
+        return lo
+    if f(hi) >= 0:
+        return hi
+    return float(brentq(f, lo, hi, xtol=1e-10 / fv_max))
 
 
 class JointFit(Fit):
@@ -138,8 +213,8 @@ class JointModel(Model):
     over the measurements' σ (scalar or one per group of normalisation_groups; 1: one b = 0 volume per
     group, as noisy as a measurement; 0: exact normalisation); t2_tissue_ms, t2_blood_ms: both or neither
     (relaxation_weights: fV becomes the volume fraction, the T2 difference corrected to first order in fV);
-    n_candidates: tissue entries per voxel
-    in the vascular posterior; noise, n_averages, bounds, point, chunk_size, prior, point_prior: as
+    n_candidates: tissue entries per voxel in the vascular posterior; p_zero, fv_rate: the fV prior
+    (VascularPrior) as given, or (p_zero None) estimated from each fit's voxels; noise, n_averages, bounds, point, chunk_size, prior, point_prior: as
     PosteriorModel (tissue)."""
 
     def __init__(self, tissue: Dictionary, flow: Dictionary, fv_max: float = FV_MAX,
@@ -147,7 +222,7 @@ class JointModel(Model):
                  b0_noise_ratio=1.0, t2_tissue_ms: float | None = None, t2_blood_ms: float | None = None,
                  noise: str = "offset-gaussian", n_averages: float = 1.0, bounds: dict | None = None,
                  point: str = "median", chunk_size: int = 2000, device: str = "cpu", prior: str = "entries",
-                 point_prior: dict | None = None, p_zero: float = P_ZERO, removal_bayes_factor: float = REMOVAL_BAYES_FACTOR):
+                 point_prior: dict | None = None, p_zero: float | None = None, fv_rate: float = 0.0):
         if len(tissue.protocol) != len(flow.protocol):
             raise ValueError(f"the tissue dictionary has {len(tissue.protocol)} measurements, the flow "
                              f"dictionary {len(flow.protocol)}: match both to the same protocol")
@@ -167,10 +242,11 @@ class JointModel(Model):
         self.backend = _backend(device, "joint")
         self.device = "cpu" if self.backend is kernels else "gpu"
         self.fv_max, self.noise, self.n_averages = float(fv_max), noise, float(n_averages)
-        if not 0.0 <= p_zero < 1.0:
+        if p_zero is not None and not 0.0 <= p_zero < 1.0:
             raise ValueError(f"p_zero must be in [0, 1), not {p_zero}")
-        self.p_zero = float(p_zero)
-        self.removal_bayes_factor = float(removal_bayes_factor)
+        self.given_prior = None if p_zero is None else VascularPrior(p_zero, fv_rate, self.fv_max, "given")
+        #: the fV prior of the last fit (the given one, or the session's estimate)
+        self.prior = self.given_prior or VascularPrior(P_ZERO, 0.0, self.fv_max, "constant")
         self.tissue_signals = np.ascontiguousarray(tissue.within(bounds).signals if bounds else tissue.signals,
                                                    np.float64)
         self.flow_signals = np.ascontiguousarray(flow.signals, np.float64)
@@ -199,15 +275,23 @@ class JointModel(Model):
         self.flow_prior_var = p.var(0)
 
     # ---- the vascular posterior (steps 1-2) ----------------------------------------------------------------
-    def vascular_posterior(self, y: np.ndarray, sigma: np.ndarray) -> dict:
-        """Steps 1-2 for voxels y [V, M] (σ [V]): 'w_flow' [V, Kf], 'fv' (mean, second moment) [V, 2],
-        'vascular_signal' [V, M] = E[fV·S_flow]."""
+    def vascular_posterior(self, y: np.ndarray, sigma: np.ndarray, prior: VascularPrior | None = None) -> dict:
+        """Steps 1-2 for voxels y [V, M] (σ [V]) under ``prior`` (default: self.prior): 'w_flow' [V, Kf], 'fv'
+        (E[fV], E[fV²], P(fV = 0)) [V, 3], 'vascular_signal' [V, M] = E[fV·S_flow]."""
+        clean = self._clean(y, sigma)
+        return self._pairs(clean, sigma, self._candidates(clean), prior or self.prior)
+
+    def _clean(self, y, sigma) -> np.ndarray:
+        """The floor-corrected data sqrt(max(y² - floor², 0)) [V, M]."""
         floor = np.zeros(len(y)) if self.noise == "gaussian" else noise_floor(sigma, self.n_averages)
-        clean = np.ascontiguousarray(np.sqrt(np.maximum(y ** 2 - (floor ** 2)[:, None], 0.0)))
-        top = np.empty((len(y), self.n_candidates), np.int64)
+        return np.ascontiguousarray(np.sqrt(np.maximum(y ** 2 - (floor ** 2)[:, None], 0.0)))
+
+    def _candidates(self, clean) -> np.ndarray:
+        """Step 1: the tissue candidates [V, n] of each voxel, in entry order (whatever chose them)."""
+        top = np.empty((len(clean), self.n_candidates), np.int64)
 
         def on_cpu():
-            for c0 in range(0, len(y), PROFILE_BLOCK):   # <y, t> of every entry as a BLAS product, in blocks
+            for c0 in range(0, len(clean), PROFILE_BLOCK):   # <y, t> of every entry as a BLAS product, in blocks
                 block = clean[c0:c0 + PROFILE_BLOCK]
                 kernels.joint_profile_top(block, np.ascontiguousarray(block @ self.tissue_t), self.tissue_sq,
                                           self.tissue_proto, self.pair_sq, self.prototypes, self.fv_max,
@@ -215,9 +299,9 @@ class JointModel(Model):
         on_backend(self, "joint fit", lambda: self.backend.joint_profile_top(
             clean, self.tissue_t, self.tissue_sq, self.tissue_proto, self.pair_sq, self.prototypes, self.fv_max, top),
             on_cpu)
-        return self._pairs(clean, sigma, np.sort(top, axis=1))   # the candidates in entry order, whatever chose them
+        return np.sort(top, axis=1)
 
-    def _pairs(self, clean, sigma, top) -> dict:
+    def _pairs(self, clean, sigma, top, prior: VascularPrior) -> dict:
         """The pair posterior (kernels.joint_pair_moments) with the tissue candidates top [V, n]."""
         v, n = top.shape
         w_flow = np.empty((v, len(self.flow_signals)))
@@ -230,9 +314,45 @@ class JointModel(Model):
         args = (clean, sig2, np.ascontiguousarray(self.tissue_signals[top]), self.flow_t, self.flow_sq, self.fv_max,
                 self.groups, kappa, self.te_weight, w_flow, g_flow, f_mom)
         work = (v, n, len(self.flow_signals))   # log_w: work space, on the device where the GPU runs it
-        on_backend(self, "joint fit", lambda: self.backend.joint_pair_moments(*args, work, self.p_zero),
-                   lambda: kernels.joint_pair_moments(*args, np.empty(work), self.p_zero))
+        on_backend(self, "joint fit", lambda: self.backend.joint_pair_moments(*args, work, prior.p_zero, prior.rate),
+                   lambda: kernels.joint_pair_moments(*args, np.empty(work), prior.p_zero, prior.rate))
         return {"w_flow": w_flow, "fv": f_mom, "vascular_signal": (g_flow @ self.flow_signals) * self.te_weight}
+
+    def estimate_vascular_prior(self, y: np.ndarray, sigma: np.ndarray) -> VascularPrior:
+        """The session's fV prior (VascularPrior) of greatest marginal likelihood over voxels y [V, M] (σ [V];
+        at most PRIOR_VOXELS of them, evenly spaced), by EM: the E-step is the pair posterior under the
+        current prior; P(no vascular signal) is then the fixed point over the voxels' Bayes factors
+        (estimate_pi_zero, exact for the current slab) and the slab's rate matches the voxels' posterior mean
+        fV given a vascular signal (the truncated exponential's M-step). The constant (P_ZERO, flat) where
+        fewer than PRIOR_MIN_VOXELS voxels inform it."""
+        if self.given_prior is not None:
+            return self.given_prior
+        n = len(y)
+        if n < PRIOR_MIN_VOXELS or self.fv_max <= 0:
+            return VascularPrior(P_ZERO, 0.0, self.fv_max, "constant", n)
+        pick = np.unique(np.linspace(0, n - 1, min(n, PRIOR_VOXELS)).round().astype(np.int64))
+        clean = self._clean(y[pick], sigma[pick])
+        top = self._candidates(clean)
+        prior = VascularPrior(0.5, 0.0, self.fv_max, "session", len(pick))
+        for it in range(1, PRIOR_EM_ITERATIONS + 1):
+            fv = self._pairs(clean, sigma[pick], top, prior)["fv"]
+            p_none = np.clip(fv[:, 2], 1e-300, 1.0)
+            bf = self.vascular_evidence(p_none, prior.p_zero)
+            slab_mass = np.maximum(1 - fv[:, 2], 1e-300)
+            slab_mean = np.clip(fv[:, 0] / slab_mass, 0.0, self.fv_max)   # E[fV | data, fV > 0]
+            pi = min(estimate_pi_zero(bf, prior.p_zero), 1.0 - 1e-6)
+            resp = 1 - pi / (pi + (1 - pi) * bf)   # P(fV > 0 | data) under the new mixing weight
+            mean = float(np.sum(resp * slab_mean) / max(np.sum(resp), 1e-300)) if resp.sum() > 0 else self.fv_max / 2
+            rate = truncated_exponential_rate(min(max(mean, 1e-6 * self.fv_max), (1 - 1e-6) * self.fv_max),
+                                              self.fv_max)
+            new = VascularPrior(pi, rate, self.fv_max, "session", len(pick), it)
+            done = (abs(new.p_zero - prior.p_zero) < PRIOR_EM_TOLERANCE and
+                    abs(new.slab_moments()[0] - prior.slab_moments()[0]) < PRIOR_EM_TOLERANCE * self.fv_max)
+            prior = new
+            if done:
+                return prior
+        prior.converged = False
+        return prior
 
     def flow_summaries(self, w_flow: np.ndarray) -> tuple:
         """(estimate, SD, 95 % low, 95 % high, contraction) [V, P] of the flow parameters in physical units
@@ -254,13 +374,13 @@ class JointModel(Model):
         return est, sd, back(lo_t), back(hi_t), contraction
 
     def fv_summaries(self, f_mom: np.ndarray) -> tuple:
-        """(estimate, SD, 95 % low, 95 % high, contraction) [V] of fV from its posterior moments [V, 2+]."""
+        """(estimate, SD, 95 % low, 95 % high, contraction) [V] of fV from its posterior moments [V, 2+]
+        (contraction against the variance of the prior that ran, self.prior)."""
         est = f_mom[:, 0]
         sd = np.sqrt(np.maximum(f_mom[:, 1] - est ** 2, 0.0))
-        # the prior's variance: p_zero at 0 and (1 - p_zero) flat on [0, fv_max]
-        m1, m2 = (1 - self.p_zero) * self.fv_max / 2.0, (1 - self.p_zero) * self.fv_max ** 2 / 3.0
-        prior_var = m2 - m1 ** 2 if self.fv_max > 0 else 1.0
-        contraction = np.clip(1 - sd ** 2 / prior_var, 0.0, 1.0) if self.fv_max > 0 else np.ones_like(est)
+        prior_var = self.prior.moments()[1]
+        contraction = (np.clip(1 - sd ** 2 / prior_var, 0.0, 1.0) if self.fv_max > 0 and prior_var > 0
+                       else np.ones_like(est))
         return est, sd, np.clip(est - Z95 * sd, 0.0, self.fv_max), np.clip(est + Z95 * sd, 0.0, self.fv_max), contraction
 
     # ---- Model API -------------------------------------------------------------------------------------------
@@ -278,6 +398,7 @@ class JointModel(Model):
             valid &= np.isfinite(sig) & (sig > 0)
         todo = np.flatnonzero(valid)
         sig_all = sig if sig is not None else self._residual_sigma(flat, todo)
+        self.prior = self.estimate_vascular_prior(flat[todo], sig_all[todo])
         v_out = self._empty_vascular(flat.shape[0], in_mask)
         y_t = flat.copy()
         sig_t = np.full(flat.shape[0], np.nan) if sig is None else sig.copy()
@@ -313,26 +434,27 @@ class JointModel(Model):
             v_out[key][idx, :-1] = arr
         for key, arr in zip(("params", "sd", "lo", "hi", "contraction"), self.fv_summaries(post["fv"])):
             v_out[key][idx, -1] = arr
-        # the tissue step: unless the data make a vascular signal removal_bayes_factor times likelier than
-        # none, the voxel is tissue only and its signal goes to the tissue posterior as measured; elsewhere the
-        # vascular component's posterior mean is removed and the uncertainty of 1/(1 - a fV) marginalised as
-        # a common scale
-        vascular = self.vascular_evidence(post["fv"][:, 2]) > self.removal_bayes_factor
-        ef = np.where(vascular, post["fv"][:, 0], 0.0)
+        v_out["p_none"][idx] = post["fv"][:, 2]
+        # the tissue step: the vascular component's posterior mean is removed (in proportion to its posterior:
+        # no threshold, so a small change of input moves the tissue data a little) and the uncertainty of
+        # 1/(1 - a fV) is marginalised as a common scale
+        ef = post["fv"][:, 0]
         share = 1 - ef[:, None] * self.te_weight[None, :]      # the tissue's share of each measurement
         a_t = self.te_weight[self.tissue_columns]
-        scale_var[idx] = np.where(vascular, (np.maximum(post["fv"][:, 1] - post["fv"][:, 0] ** 2, 0.0)[:, None]
-                                             * a_t ** 2 / share[:, self.tissue_columns] ** 2).mean(1), 0.0)
+        scale_var[idx] = (np.maximum(post["fv"][:, 1] - ef ** 2, 0.0)[:, None]
+                          * a_t ** 2 / share[:, self.tissue_columns] ** 2).mean(1)
         vasc_sig[idx] = post["vascular_signal"]
-        y_t[idx] = (y - np.where(vascular[:, None], post["vascular_signal"], 0.0)) / share
+        y_t[idx] = (y - post["vascular_signal"]) / share
         sig_t[idx] = sigma / share[:, self.tissue_columns].mean(1) if np.all(np.isfinite(sig_t[idx])) else np.nan
 
-    def vascular_evidence(self, p_none: np.ndarray) -> np.ndarray:
-        """Bayes factor of a vascular signal against none [V] from the posterior P(fV = 0 | data) [V]."""
-        if self.p_zero <= 0:
+    def vascular_evidence(self, p_none: np.ndarray, p_zero: float | None = None) -> np.ndarray:
+        """Bayes factor of a vascular signal against none [V] from the posterior P(fV = 0 | data) [V] under the
+        prior's P(fV = 0) p_zero (default: the prior that ran)."""
+        p_zero = self.prior.p_zero if p_zero is None else p_zero
+        if p_zero <= 0:
             return np.full(len(p_none), np.inf)
         p = np.clip(p_none, 1e-300, 1.0)
-        return (self.p_zero / (1 - self.p_zero)) * (1 - p) / p
+        return (p_zero / (1 - p_zero)) * (1 - p) / p
 
     def _residual_sigma(self, flat, todo) -> np.ndarray:
         """σ per voxel without a noise map: the RMS residual of the best tissue-only entry (an upper bound)."""
@@ -347,6 +469,7 @@ class JointModel(Model):
     def _empty_vascular(self, n_vox, in_mask) -> dict:
         p = len(self.flow.names) + 1
         out = {k: np.full((n_vox, p), np.nan) for k in ("params", "sd", "lo", "hi", "contraction")}
+        out["p_none"] = np.full(n_vox, np.nan)
         for arr in out.values():
             arr[~in_mask] = 0
         return out
@@ -360,7 +483,7 @@ class JointModel(Model):
                             {n: v_out["sd"][:, names.index(n)].reshape(shape) for n in free},
                             exitcode.reshape(shape), nan, nan, nan, nan, names,
                             {**dict(self.flow.units), "fV": ""},
-                            {"n_fitted": int(n_fitted), "estimator": "joint"})
+                            {"n_fitted": int(n_fitted), "estimator": "joint", "vascular_prior": self.prior.to_dict()})
         fit.ci95lo = {n: v_out["lo"][:, names.index(n)].reshape(shape) for n in free}
         fit.ci95hi = {n: v_out["hi"][:, names.index(n)].reshape(shape) for n in free}
         fit.contraction = {n: v_out["contraction"][:, names.index(n)].reshape(shape) for n in free}
@@ -370,16 +493,15 @@ class JointModel(Model):
         tissue = self.tissue_model.describe()
         params = dict(tissue.parameters)
         params.update({"FitMethod": "joint tissue + vascular posterior on every measurement: "
-                                    "(1 - fV) S_tissue + fV S_flow, fV marginalised analytically over a prior "
-                                    f"of {self.p_zero:g} on fV = 0 (no vascular signal) and {1 - self.p_zero:.2g} "
-                                    f"flat on [0, {self.fv_max:g}]; tissue posterior on b >= {self.tissue_b_min:g} s/mm² of "
-                                    "the data with the vascular component's posterior mean removed (as measured "
-                                    f"unless a vascular signal is more than {self.removal_bayes_factor:g} times "
-                                    "likelier than none)",
-                       "JointModel": {"FvMax": self.fv_max, "PZero": self.p_zero, "RemovalBayesFactor": self.removal_bayes_factor,
-                                      "TissueCandidates": self.n_candidates,
+                                    "(1 - fV) S_tissue + fV S_flow, fV marginalised analytically over "
+                                    + self.prior.sentence() + "; tissue posterior on "
+                                    f"b >= {self.tissue_b_min:g} s/mm² of the data with the vascular component's "
+                                    "posterior mean removed (no threshold) and the uncertainty of its (1 - fV) "
+                                    "scale marginalised",
+                       "JointModel": {"FvMax": self.fv_max, "TissueCandidates": self.n_candidates,
                                       "FlowPrototypesForCandidates": int(len(self.prototypes)),
                                       "T2TissueMs": self.t2[0], "T2BloodMs": self.t2[1],
-                                      "FlowEntries": len(self.flow_signals)}})
+                                      "FlowEntries": len(self.flow_signals)},
+                       "VascularPrior": self.prior.to_dict()})
         return Description(method="jointly with the vascular signal: " + tissue.method, parameters=params,
                            references=list(tissue.references))

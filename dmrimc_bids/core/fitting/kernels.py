@@ -562,13 +562,37 @@ def _truncated_normal_moments(mu, s, hi):
     return math.log(mass), min(max(mean, 0.0), hi), max(var, 0.0)
 
 
+@njit(cache=True)
+def truncated_exponential_log_density0(rate, hi):
+    """log of the density at 0 of the truncated exponential e^{-rate·f} on [0, hi] (hi > 0; rate [1/unit f]
+    of either sign, 0: flat), i.e. -log ∫_0^hi e^{-rate·f} df."""
+    u = rate * hi
+    if abs(u) < 1e-8:
+        return -math.log(hi)
+    if u > 0:
+        return math.log(rate) - math.log1p(-math.exp(-u))
+    return math.log(-rate) + u - math.log1p(-math.exp(u))
+
+
+@njit(cache=True)
+def truncated_exponential_moments(rate, hi):
+    """(E[f], E[f²]) of the truncated exponential e^{-rate·f} on [0, hi] (rate of either sign, 0: flat)."""
+    u = rate * hi
+    if abs(u) < 1e-4:   # flat, first order in u
+        return hi * (0.5 - u / 12.0), hi * hi * (1.0 / 3.0 - u / 12.0)
+    em1 = math.expm1(u)
+    mean = 1.0 / rate - hi / em1
+    second = 2.0 / (rate * rate) - (hi * hi + 2.0 * hi / rate) / em1
+    return min(max(mean, 0.0), hi), min(max(second, 0.0), hi * hi)
+
+
 #: Pairs whose unconstrained log weight is this far below the best are left out of the joint posterior.
 JOINT_LOG_WEIGHT_SPAN = 12.0
 
 
 @njit(cache=True, parallel=True)
 def joint_pair_moments(y, sig2, tissue, flow_t, flow_sq, fv_max, groups, kappa, te_weight, w_flow, g_flow, f_moments,
-                       log_w, p_zero=0.0):
+                       log_w, p_zero=0.0, fv_rate=0.0):
     """Posterior over (tissue candidate t, flow entry v, vascular fraction f) of the joint model
     y = (1 - f) t + f v + Gaussian noise (sig2 [V] its variance), flat priors, f in [0, fv_max]
     marginalised analytically (Gaussian in f for each pair, truncated). tissue [V, Nt, M] the voxel's
@@ -587,9 +611,10 @@ def joint_pair_moments(y, sig2, tissue, flow_t, flow_sq, fv_max, groups, kappa, 
     volume fraction; flow_sq [Kf] is then Σ_k a_k² v_k².
 
     Prior of f: a point mass p_zero at f = 0 (no vascular signal: the voxel's evidence is then the tissue
-    candidate's alone) and (1 - p_zero) flat on [0, fv_max]; with p_zero = 0 the flat prior alone. Both
-    parts enter with their exact marginal likelihoods, so a voxel whose data show no vascular signal is
-    fitted as tissue only. w_flow is the flow entries' posterior given f > 0 (the blood's, where there is
+    candidate's alone) and (1 - p_zero) on (0, fv_max] with density ∝ e^{-fv_rate·f} (truncated exponential;
+    fv_rate = 0: flat; a Gaussian in f times it is a Gaussian of shifted mean, so the marginalisation stays
+    exact); with p_zero = 0 the slab alone. Both parts enter with their exact marginal likelihoods, so a voxel
+    whose data show no vascular signal is fitted as tissue only. w_flow is the flow entries' posterior given f > 0 (the blood's, where there is
     any); f_moments and g_flow are over the whole prior."""
     n_v, n_t, m = tissue.shape
     n_f = flow_t.shape[1]
@@ -598,24 +623,26 @@ def joint_pair_moments(y, sig2, tissue, flow_t, flow_sq, fv_max, groups, kappa, 
     for i in prange(n_v):
         tv = np.empty((n_t, n_f))
         joint_pair_voxel(y[i], sig2[i], tissue[i], flow_t, flow_sq, fv_max, groups, kappa[i], te_weight, unit, p_zero,
-                         w_flow[i], g_flow[i], f_moments[i], log_w[i], tv, tv if unit else np.empty((n_t, n_f)),
+                         fv_rate, w_flow[i], g_flow[i], f_moments[i], log_w[i], tv, tv if unit else np.empty((n_t, n_f)),
                          np.empty((n_t, n_f)), np.empty(n_f), np.empty((n_g, n_f)), np.empty(n_g), np.empty(n_g),
                          np.empty(n_g), np.empty(n_t))
 
 
 @njit(cache=True)
-def joint_pair_voxel(yi, s2, ti, flow_t, flow_sq, fv_max, groups, kappa, aw, unit, p_zero, w_flow, g_flow, f_moments,
-                     lw, tv, tv2, bb, yv, yvg, yyg, ytg, ytag, spike):
+def joint_pair_voxel(yi, s2, ti, flow_t, flow_sq, fv_max, groups, kappa, aw, unit, p_zero, fv_rate, w_flow, g_flow,
+                     f_moments, lw, tv, tv2, bb, yv, yvg, yyg, ytg, ytag, spike):
     """joint_pair_moments for one voxel (yi [M], s2 = σ², ti [Nt, M] its tissue candidates, kappa [G], aw [M]
-    the relaxation weights, unit: all aw = 1), into w_flow, g_flow [Kf] and f_moments [3]; lw, tv, tv2, bb
+    the relaxation weights, unit: all aw = 1, fv_rate the slab's exponential rate), into w_flow, g_flow [Kf] and f_moments [3]; lw, tv, tv2, bb
     [Nt, Kf] (bb: <y - t, a∘(v - t)>), yv [Kf], yvg [G, Kf], yyg, ytg, ytag [G], spike [Nt] are work space (tv2 may be tv when unit)."""
     n_t, m = ti.shape
     n_f = flow_t.shape[1]
     n_g = kappa.shape[0]
-    # log prior x normalising constants: slab (1 - p0) sqrt(2π)/fv_max per pair; spike p0 per tissue candidate,
-    # which spans the n_f pairs of that candidate (each pair has prior 1/(n_t n_f))
-    log_slab = (math.log(max(1.0 - p_zero, 1e-300)) + 0.5 * math.log(2.0 * math.pi) - math.log(fv_max)
+    # log prior x normalising constants: slab (1 - p0) sqrt(2π)/Z per pair (Z = ∫_0^fv_max e^{-λf} df);
+    # spike p0 per tissue candidate, which spans the n_f pairs of that candidate (each pair has prior 1/(n_t n_f))
+    log_mass = math.log(max(1.0 - p_zero, 1e-300))
+    log_slab = (log_mass + 0.5 * math.log(2.0 * math.pi) + truncated_exponential_log_density0(fv_rate, fv_max)
                 if fv_max > 0 else 0.0)   # fv_max = 0: the slab is the point f = 0 itself
+    shift = fv_rate * s2   # e^{-λf} shifts each pair's Gaussian in f by -λσ²/c
     log_spike = math.log(p_zero) + math.log(n_f) if p_zero > 0 else -math.inf
     for e in range(n_f):   # <y, a∘v> [Kf]; <t, a∘v> [Nt, Kf], later |a∘(v - t)|²; <t, a²∘v> (read before tv is overwritten)
         yv[e] = 0.0
@@ -666,7 +693,7 @@ def joint_pair_voxel(yi, s2, ti, flow_t, flow_sq, fv_max, groups, kappa, aw, uni
             if spike[t] > best:
                 best = spike[t]
         for e in range(n_f):
-            b = yv[e] - yt_a - tv[t, e] + tt_a
+            b = yv[e] - yt_a - tv[t, e] + tt_a - shift
             c = flow_sq[e] - 2.0 * tv2[t, e] + tt_a2
             for g in range(n_g):
                 p = yyg[g] - ytg[g]
@@ -693,9 +720,10 @@ def joint_pair_voxel(yi, s2, ti, flow_t, flow_sq, fv_max, groups, kappa, aw, uni
                 sd = math.sqrt(s2 / c)
                 lm, mean, var = _truncated_normal_moments(bb[t, e] / c, sd, fv_max)
                 lw[t, e] += math.log(sd) + lm + log_slab
-            else:   # v == t: f does not change the signal, its posterior is the prior
-                mean, var = 0.5 * fv_max, fv_max * fv_max / 12.0
-                lw[t, e] += math.log(fv_max) - 0.5 * math.log(2.0 * math.pi) + log_slab
+            else:   # v == t: f does not change the signal, its posterior is the prior (the slab)
+                mean, var = truncated_exponential_moments(fv_rate, fv_max)
+                var -= mean * mean
+                lw[t, e] += log_mass
             tv[t, e] = mean                  # |v - t|² no longer needed: keep E[f | t, v] ...
             bb[t, e] = var + mean * mean    # ... and E[f² | t, v]
             if lw[t, e] > top:
