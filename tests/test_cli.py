@@ -269,11 +269,40 @@ def test_nan_voxels_fail_alone(single_demo, tmp_path, capsys, model):
     assert np.sum(got["exitcode"] == 1) > 300
     flow = nib.load(out / "sub-01/dwi/sub-01_space-dwi_model-spinflowsim_param-exitcode_dwimap.nii.gz").get_fdata()
     assert flow[10, 10, 2] == -1
-    n_t, n_f = (int(np.sum(np.isfinite(e) & (e != 0))) for e in (got["exitcode"], flow))  # fitted voxels
+    ivim = nib.load(out / "sub-01/dwi/sub-01_space-dwi_model-ivim_param-exitcode_dwimap.nii.gz").get_fdata()
+    assert ivim[10, 10, 2] == -1
+    n_t, n_i, n_f = (int(np.sum(np.isfinite(e) & (e != 0))) for e in (got["exitcode"], ivim, flow))  # fitted voxels
     status = next((out / "logs").glob("*_status.tsv")).read_text().splitlines()
     row = dict(zip(status[0].split("\t"), status[1].split("\t")))
-    assert row["failed_voxels"] == f"histousim 1/{n_t}, spinflowsim 1/{n_f}", row
-    assert f"warning: sub-01: failed voxels (failed/fitted) histousim 1/{n_t}, spinflowsim 1/{n_f}" in err
+    counts = f"histousim 1/{n_t}, ivim 1/{n_i}, spinflowsim 1/{n_f}"
+    assert row["failed_voxels"] == counts, row
+    assert f"warning: sub-01: failed voxels (failed/fitted) {counts}" in err
+
+
+def test_failures_of_a_low_b_volume_count_in_every_model(single_demo, tmp_path, capsys):
+    """NaN in a quarter of the voxels of one b = 50 volume (not a tissue measurement): IVIM and the
+    joint fit fail there, the joint fit's tissue part too (its input lost the vascular removal), and
+    --max-failed-fraction applies to each model: the session fails, exit 1, and the message names them."""
+    f = single_demo / "sub-01/dwi/sub-01_dwi.nii.gz"
+    img = nib.load(f)
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    ijk = np.argwhere(data[..., 0] > 0)[::4]
+    data[tuple(ijk.T) + (5,)] = np.nan   # volume 5: b = 50
+    nib.Nifti1Image(data, img.affine).to_filename(f)
+    out = tmp_path / "out"
+    code, err = run(capsys, single_demo, out, "participant", "--derivatives", single_demo / "derivatives" / "segmentation")
+    assert code == 1
+    status = next((out / "logs").glob("*_status.tsv")).read_text().splitlines()
+    row = dict(zip(status[0].split("\t"), status[1].split("\t")))
+    assert row["status"] == "failed" and "ivim" in row["message"] and "spinflowsim" in row["message"], row
+    assert "histousim" in row["message"] and "--max-failed-fraction" in err
+    tissue = maps(out, "sub-01/dwi", "sub-01")["exitcode"][tuple(ijk.T)]
+    in_mask = np.isfinite(tissue)
+    assert in_mask.sum() > 50 and np.all(tissue[in_mask] == -1)
+    # asked to go on: the same run with a higher bar finishes, the failures still counted
+    code, err = run(capsys, single_demo, tmp_path / "out2", "participant", "--max-failed-fraction", "0.5",
+                    "--derivatives", single_demo / "derivatives" / "segmentation")
+    assert code == 0 and "ivim" in err and "failed voxels" in err
 
 
 def test_one_failing_subject_does_not_stop_the_others(demo_dir, tmp_path, capsys):

@@ -73,7 +73,7 @@ def _retire(config: Config, items, run_id: str) -> None:
 
 
 #: The models whose exitcode maps count failed voxels (status table, terminal summary).
-EXITCODE_MODELS = ("histousim", "spinflowsim")
+EXITCODE_MODELS = ("histousim", "ivim", "spinflowsim")
 
 
 def failed_voxels(config: Config, item) -> dict:
@@ -339,12 +339,13 @@ def _failures(items, config: Config, crashes, wf_dir: Path, started: float) -> l
         if reason or not exitcode.is_file():
             broken[id(item)] = reason or "no maps were written"
             continue
-        n_failed, n_fitted = failed_voxels(config, item).get("histousim", (0, 0))
-        frac = n_failed / max(1, n_fitted)
-        if frac > config.max_failed_fraction:
-            broken[id(item)] = (f"the fit failed in {100 * frac:.0f} % of the fitted voxels (exit code -1: NaN or "
-                                f"non-positive b=0 data), above --max-failed-fraction {config.max_failed_fraction:g}; "
-                                "check the DWI for damaged or unscaled data")
+        over = [(m, n, of) for m, (n, of) in failed_voxels(config, item).items()
+                if n / max(1, of) > config.max_failed_fraction]
+        if over:
+            broken[id(item)] = ("the fit failed in " + ", ".join(f"{100 * n / max(1, of):.0f} % of the {m} voxels "
+                                                                 f"({n}/{of})" for m, n, of in over)
+                                + f" (exit code -1: NaN or non-positive data), above --max-failed-fraction "
+                                  f"{config.max_failed_fraction:g}; check the DWI for damaged or unscaled volumes")
     _partial_reports(items, broken, config, wf_dir)
     for item in items:
         report = Path(config.out_dir) / f"sub-{item.subject}.html"

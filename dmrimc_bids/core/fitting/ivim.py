@@ -267,7 +267,8 @@ class IvimMapFit(Fit):
     intervals: dict = field(default_factory=dict)
 
     def diagnostics(self) -> dict:
-        return {}  # the IVIM maps are fV, D, Dstar and S0 (and their uncertainty) only
+        """The exit code map (1 fitted, -1 failed: NaN or non-positive data; 0 outside the mask)."""
+        return {"exitcode": self.exitcode}
 
     def uncertainty_maps(self) -> dict:
         """'<name>_ci95lo', '<name>_ci95hi', '<name>_contraction' of fV, D and Dstar (Bayesian estimator)."""

@@ -401,6 +401,7 @@ class JointModel(Model):
         self.prior = self.estimate_vascular_prior(flat[todo], sig_all[todo])
         v_out = self._empty_vascular(flat.shape[0], in_mask)
         y_t = flat.copy()
+        y_t[in_mask & ~valid] = np.nan   # the joint fit failed there (NaN, non-positive data or σ): so does its tissue part
         sig_t = np.full(flat.shape[0], np.nan) if sig is None else sig.copy()
         vasc_sig = np.zeros_like(flat)
         scale_var = np.zeros(flat.shape[0])
