@@ -8,7 +8,7 @@ import pytest
 from scipy.stats import spearmanr
 
 from dmrimc_bids.core.dictionary import Dictionary
-from dmrimc_bids.core.fitting.joint import JointModel, normalisation_groups
+from dmrimc_bids.core.fitting.joint import TISSUE_REMOVAL_P_ZERO, JointModel, normalisation_groups
 from dmrimc_bids.core.fitting.posterior import PosteriorModel
 from dmrimc_bids.core.protocol import Protocol
 
@@ -218,9 +218,10 @@ def test_the_vascular_prior_is_the_sessions_own_and_small_fv_is_not_collapsed():
 
 
 def test_the_vascular_component_is_removed_in_proportion_to_its_posterior():
-    """Soft removal: every voxel's tissue data are y - E[fV·S_flow] over 1 - E[fV], also where a vascular
-    signal is only somewhat likelier than none (no Bayes-factor threshold that a small change of input
-    flips), so the tissue input moves continuously with the data."""
+    """Soft removal: every voxel's tissue data lose the vascular component's mean given a vascular signal
+    times P(vascular | data) at the tissue step's odds, also where a vascular signal is only somewhat likelier
+    than none (no Bayes-factor threshold that a small change of input flips), so the tissue input moves
+    continuously with the data."""
     tissue, flow = tissue_dictionary(), flow_dictionary()
     rng = np.random.default_rng(12)
     n = 120
@@ -237,10 +238,15 @@ def test_the_vascular_component_is_removed_in_proportion_to_its_posterior():
         model._vascular_chunk(data, np.full(n, 0.015), np.arange(n), out, vs, y_t, sig_t, sv)
         return y_t, out, vs
     y_t, out, vs = tissue_input(y)
-    ef = out["params"][:, -1]
-    np.testing.assert_allclose(y_t, (y - vs) / (1 - ef[:, None]), rtol=1e-12)
-    # where the old rule (Bayes factor <= 99) left the data as measured
-    middling = (model.vascular_evidence(out["p_none"]) <= 99) & (ef > 0.005)
+    p_none = out["p_none"]
+    bf = model.vascular_evidence(p_none)
+    odds = TISSUE_REMOVAL_P_ZERO / (1 - TISSUE_REMOVAL_P_ZERO)
+    w = bf / (bf + odds)   # P(vascular | data) at the tissue step's odds
+    slab = 1 - p_none
+    ef = w * out["params"][:, -1] / slab
+    np.testing.assert_allclose(y_t, (y - (w / slab)[:, None] * vs) / (1 - ef[:, None]), rtol=1e-9, atol=1e-12)
+    # where the old rule (Bayes factor <= 99) left the data as measured, a part is removed
+    middling = (bf <= 99) & (out["params"][:, -1] > 0.005) & (w > 0.05)
     assert middling.sum() >= 5 and np.all(np.abs(y_t - y)[middling].max(1) > 1e-4)
     y_t2 = tissue_input(y * (1 + 1e-5))[0]
     assert np.abs(y_t2 - y_t).max() < 1e-3

@@ -192,3 +192,41 @@ def test_methods_text_is_carried_by_the_workflows_that_ran(demo_run, demo_dir):
     assert "b ≤ 5 s/mm²" in separate["desc"][0] and separate != joint
     citation = (out / "logs/CITATION.md").read_text()
     assert all(text in citation for text in joint["desc"] + joint["postdesc"])
+
+
+def _sidecar(out, base, model, param):
+    import json
+    return json.loads(next(out.rglob(f"{base}_space-dwi_model-{model}_param-{param}_dwimap.json")).read_text())
+
+
+def test_the_written_text_follows_the_fit_that_ran(demo_run, single_demo, tmp_path, capsys):
+    """Methods text, sidecar FitMethod/Description and the help's group title are generated from what ran:
+    the default (joint fit, Bayesian IVIM with a noise map) and --model separate --ivim-estimator segmented."""
+    from dmrimc_bids.cli.parser import build_parser
+    from dmrimc_bids.cli.run import main
+    _, out, _ = demo_run
+    text = (out / "logs" / "CITATION.md").read_text()
+    tissue = next(p for p in text.split("\n\n") if "Histo-μSim [histousim]" in p)
+    flow = next(p for p in text.split("\n\n") if "SpinFlowSim [spinflowsim]" in p)
+    assert "were discarded" not in tissue and "every measurement with b > 0 (b 25-2550" in tissue, tissue
+    assert not any(k in flow for k in ("fin", "vCS_cyl", "kappa", "κ")), flow
+    assert "P(no vascular" not in flow and "estimated from the session's voxels" in flow
+    ivim = _sidecar(out, "sub-01", "ivim", "fV")
+    assert "Bayesian IVIM" in ivim["Model"]["Description"] and "egmented" not in ivim["Model"]["Description"]
+    assert "sigma from the noise map" in ivim["Model"]["Parameters"]["FitMethod"]
+    assert "segmented" not in ivim["Description"]
+    assert "posterior" in _sidecar(out, "sub-01", "ivim", "fV_desc-sd")["Description"]
+    report = (out / "sub-01.html").read_text()
+    assert "Segmented IVIM" not in report and "repeats the dictionary's prior" not in report
+    # other options, other text
+    out2 = tmp_path / "out2"
+    assert main([str(single_demo), str(out2), "participant", "--model", "separate", "--ivim-estimator", "segmented",
+                 "-w", str(tmp_path / "w"), "--derivatives", str(single_demo / "derivatives" / "segmentation")]) == 0
+    text2 = (out2 / "logs" / "CITATION.md").read_text()
+    tissue2 = next(p for p in text2.split("\n\n") if "Histo-μSim [histousim]" in p)
+    assert "b < 250 s/mm² were discarded" in tissue2 and "(b 450-2550 s/mm²)" in tissue2, tissue2
+    assert "segmented IVIM" in _sidecar(out2, "sub-01", "ivim", "fV")["Model"]["Description"]
+    assert "S_V/S_V(0)" in _sidecar(out2, "sub-01", "spinflowsim", "vm")["Model"]["Description"]
+    helptext = build_parser().format_help()
+    assert "segmented IVIM + SpinFlowSim" not in helptext and "default bayes" in helptext
+    assert "recorded in sidecars\n" not in helptext

@@ -21,15 +21,43 @@ MODEL_INFO = {
                        "b0-normalised PGSE signals (Grigoriou et al., Commun Biol 2025)",
         "URL": "https://doi.org/10.1038/s42003-025-09096-3"},
     "ivim": {
-        "Description": "Segmented IVIM (tissue D and intercept from b > b_split, tissue signal extrapolated, "
-                       "vascular signal S_V = S - S_T fitted by fV, D*; Le Bihan et al., Radiology 1988; "
-                       "OSIPI TF2.4 segmented pattern)",
+        "Description": "IVIM: vascular signal fraction fV, tissue D and pseudo-diffusion D* from the low-b signal "
+                       "(Le Bihan et al., Radiology 1988)",
         "URL": "https://doi.org/10.1148/radiology.168.2.3393671"},
     "spinflowsim": {
-        "Description": "SpinFlowSim: dictionary fit of the b0-normalised vascular signal S_V/S_V(0) with blood "
-                       "flow simulated in capillary networks (Voronova et al., SpinFlowSim)",
+        "Description": "SpinFlowSim: dictionary fit of the vascular signal with blood flow simulated in capillary "
+                       "networks (Voronova et al., SpinFlowSim)",
         "URL": "https://github.com/radiomicsgroup/SpinFlowSim"},
 }
+
+
+def model_info(model: str, parameters: dict | None = None) -> dict:
+    """The sidecar's Model Description and URL of the model that ran (parameters: its Model.Parameters):
+    the estimator named as it ran (Bayesian or segmented IVIM; joint or separate vascular fit)."""
+    info = dict(MODEL_INFO.get(model, {"Description": model}))
+    p = parameters or {}
+    joint = "JointModel" in p
+    if model == "ivim":
+        how = {"bayes": "Bayesian IVIM (grid posterior over D and D*, amplitudes projected out)",
+               "segmented": "segmented IVIM (tissue D and intercept from b > b_split, tissue signal extrapolated, "
+                            "vascular signal S_V = S - S_T fitted by fV, D*; OSIPI TF2.4 segmented pattern)"}
+        est = p.get("IvimEstimator")
+        if est in how:
+            info["Description"] = f"{how[est]}: fV, D and D* from the low-b signal (Le Bihan et al., Radiology 1988)"
+    elif model == "spinflowsim" and joint:
+        info["Description"] = ("SpinFlowSim: the vascular compartment (fV, vm, vs, anb) of the joint tissue + vascular "
+                               "posterior, against blood-flow signals simulated in capillary networks (Voronova et al., "
+                               "SpinFlowSim)")
+    elif model == "spinflowsim":
+        info["Description"] = ("SpinFlowSim: dictionary fit of the b0-normalised vascular signal S_V/S_V(0) of IVIM "
+                               "with blood flow simulated in capillary networks (Voronova et al., SpinFlowSim)")
+    elif model == "histousim" and joint:
+        info["Description"] = ("Histo-uSim: histology-informed Monte Carlo dictionary posterior of the tissue signal, "
+                               "fitted jointly with a vascular compartment on every b > 0 (Grigoriou et al., Commun "
+                               "Biol 2025)")
+    return info
+
+
 DIAGNOSTICS = {
     "exitcode": ("Fit exit code: 1 fitted, -1 failed or invalid data (NaN/non-positive b=0); NaN where the model did not "
                  "run (outside the mask, or no vascular signal), as in every map", ""),
@@ -258,7 +286,7 @@ def stage_json(obj, final) -> str:
 def map_sidecar(model: str, name: str, unit: str, description: str, parameters: dict, sources: list) -> dict:
     """Sidecar of one map: Description, Units, Model (BEP016 draft), SkullStripped, Sources."""
     return {"Description": description, "Units": unit, "SkullStripped": False,
-            "Model": {**MODEL_INFO.get(model, {"Description": model}), "Parameters": parameters},
+            "Model": {**model_info(model, parameters), "Parameters": parameters},
             "Sources": sources, "GeneratedBy": {"Name": "dmrimc-bids", "Version": __version__,
                                                 "Description": f"random seed {parameters.get('Seed', 0)}"},
             "ParameterName": name}

@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_version(p, "dmrimc-bids")
     _input_options(p.add_argument_group("selecting inputs"))
     _model_options(p.add_argument_group("model"))
-    _vascular_options(p.add_argument_group("vascular branch (segmented IVIM + SpinFlowSim)"))
+    _vascular_options(p.add_argument_group(vascular_group_title()))
     _execution_options(p.add_argument_group("execution"))
     return p
 
@@ -116,6 +116,17 @@ def _model_options(m) -> None:
                         "noise map use least squares")
 
 
+def vascular_group_title() -> str:
+    """The vascular options' help title, from the models that exist and the defaults that run."""
+    from ..core.fitting.ivim import IVIM_ESTIMATORS
+    from ..workflows.config import Config
+    default = Config(out_dir="")
+    ivim = f"IVIM ({' or '.join(IVIM_ESTIMATORS)}; default {default.ivim_estimator})"
+    fit = ("by default the joint tissue + vascular fit, otherwise its signal's SpinFlowSim fit"
+           if default.model == "joint" else "SpinFlowSim fit of its vascular signal")
+    return f"vascular branch ({ivim}; {fit})"
+
+
 def _vascular_options(v) -> None:
     v.add_argument("--vascular", choices=["auto", "on", "off"], default="auto",
                    help="auto: run it when a TE group has IVIM b-values (default); on: require it; off: skip")
@@ -160,7 +171,11 @@ def _execution_options(e) -> None:
     e.add_argument("--plugin-args", metavar="JSON",
                    help="""the plugin's arguments, a JSON object or file, e.g. '{"sbatch_args": "-p short"}'""")
     e.add_argument("--omp-nthreads", type=int, default=1, help="threads per fitting process")
-    e.add_argument("--seed", "--random-seed", type=int, default=0, help="recorded in sidecars")
+    e.add_argument("--seed", "--random-seed", type=int, default=0,
+                   help="seed of the Monte Carlo simulations a run makes (--dictionary-source simulate, and a flow "
+                        "dictionary for the protocol when none is cached: its networks' spins); recorded in the "
+                        "sidecars. The fits themselves are deterministic; the flow dictionary is simulated until "
+                        "its Monte Carlo noise is far below the maps' posterior SDs, so maps agree across seeds")
     e.add_argument("--chunk-size", type=int, default=10000, help="voxels per fitting batch (memory)")
     e.add_argument("--mem", "--mem-gb", dest="mem_gb", type=memory_gb, metavar="MEM",
                    help="memory for the whole run, e.g. 8G or 8000M (a bare number is GB): Nipype schedules "

@@ -36,8 +36,8 @@ from .simulate.flow.metrics import METRIC_DESCRIPTIONS, METRIC_UNITS  # noqa: E4
 PARAM_UNITS.update(METRIC_UNITS)
 PARAM_DESCRIPTIONS.update(METRIC_DESCRIPTIONS)
 PARAM_UNITS.update({"fV": "", "D": "um^2/ms", "Dstar": "um^2/ms", "S0": ""})
-PARAM_DESCRIPTIONS.update({"fV": "IVIM vascular signal fraction (segmented fit)",
-                           "D": "IVIM tissue diffusion coefficient (segmented fit)",
+PARAM_DESCRIPTIONS.update({"fV": "vascular signal fraction",
+                           "D": "IVIM tissue diffusion coefficient",
                            "Dstar": "IVIM pseudo-diffusion coefficient of the vascular signal",
                            "S0": "fitted signal at b = 0, relative to the mean measured b = 0 signal"})
 #: Column order of the published Histo-μSim parameter arrays.

@@ -121,6 +121,8 @@ class FitModel(SimpleInterface):
                                                          {"protocol": protocol.to_rows(), "voxels": []})
             return runtime
         fit = run_fit(model, data, mask, sigma, i.n_threads, i.label)
+        self._results["description"] = {**model.describe().to_dict(),   # after the fit: what ran (noise map, prior)
+                                         "dictionary": dic.summary() if dic is not None else None}
         self._results["maps"] = save_maps(runtime, img, fit.maps(), mask)
         self._results["units"] = dict(fit.units)
         self._results["info"] = json.loads(json.dumps(fit.info))
@@ -213,7 +215,7 @@ class FitJointModel(SimpleInterface):
         fit = run_fit(model, data, mask, sigma, i.n_threads, "joint fit")
         desc = model.describe().to_dict()
         self._results["description"] = {**desc, "dictionary": tissue.summary()}
-        self._results["flow_description"] = {**desc, "dictionary": flow.summary()}
+        self._results["flow_description"] = {**model.describe_vascular().to_dict(), "dictionary": flow.summary()}
         self._results["maps"] = save_maps(runtime, img, fit.tissue.maps(), mask, "tissue_")
         vascular = {k: v for k, v in fit.vascular.maps().items() if k not in ("fobj", "loglik", "aic", "bic")}
         self._results["flow_maps"] = save_maps(runtime, img, vascular, mask, "vascular_")

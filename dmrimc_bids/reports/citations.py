@@ -74,20 +74,32 @@ def methods_paragraphs(descriptions: dict, options: dict, pipeline: dict | None 
     out = list((pipeline or {}).get("desc", []))
     if "histousim" in descriptions:
         d = descriptions["histousim"]
-        out.append("Tissue microstructure was estimated with Histo-μSim [histousim]: measurements with "
-                   f"b < {_fmt(o.get('vasc_threshold'))} s/mm² were discarded to suppress vascular signal, and the "
-                   f"remaining signals were fitted {d['method']}, against "
+        params = d.get("parameters") or {}
+        if "JointModel" in params:   # the joint fit: every b > 0, nothing discarded
+            how = f"the signals were fitted {d['method']}"
+        else:
+            fitted = params.get("FittedB") or []
+            kept = f" (b {_fmt(fitted[0])}-{_fmt(fitted[1])} s/mm²)" if len(fitted) == 2 else ""
+            how = (f"measurements with b < {_fmt(o.get('vasc_threshold'))} s/mm² were discarded to suppress vascular "
+                   f"signal, and the remaining signals{kept} were fitted {d['method']}")
+        out.append(f"Tissue microstructure was estimated with Histo-μSim [histousim]: {how}, against "
                    + _dictionary_phrase(d.get("dictionary"), "Monte Carlo diffusion signals simulated in cell substrates")
                    + f", {_parameters_phrase(d.get('dictionary'), ['fin', 'vCS_cyl', 'D0in', 'D0ex', 'kappa'])}.")
     if "ivim" in descriptions:
-        estimator = o.get("ivim_estimator") or descriptions["ivim"].get("parameters", {}).get("IvimEstimator", "")
+        params = descriptions["ivim"].get("parameters") or {}
+        estimator = params.get("IvimEstimator") or o.get("ivim_estimator") or ""
+        fitted = params.get("FittedB") or []
+        span = (f"b {_fmt(fitted[0])}-{_fmt(fitted[1])} s/mm²" if len(fitted) == 2
+                else f"b ≤ {_fmt(params.get('BMax', o.get('ivim_b_max')))} s/mm²")
         out.append("The vascular signal fraction fV and pseudo-diffusion coefficient D* were estimated "
                    f"{descriptions['ivim']['method']} [ivim]"
-                   + (f" (IVIM estimator: {estimator}; b ≤ {_fmt(o.get('ivim_b_max'))} s/mm²)." if estimator else "."))
+                   + (f" (IVIM estimator: {estimator}; {span})." if estimator else "."))
     if "spinflowsim" in descriptions:
         d = descriptions["spinflowsim"]
+        joint = "JointModel" in (d.get("parameters") or {})
+        what = "the vascular compartment was estimated" if joint else "S_V/S_V(0) was fitted"
         out.append("Capillary flow properties (mean blood velocity vm, its spread vs and the apparent network "
-                   "branching ANB) were estimated with SpinFlowSim [spinflowsim]: S_V/S_V(0) was fitted "
+                   f"branching ANB) were estimated with SpinFlowSim [spinflowsim]: {what} "
                    f"{d['method']}, against "
                    + _dictionary_phrase(d.get("dictionary"), "vascular signals of spins advected through capillary "
                                                               "networks")

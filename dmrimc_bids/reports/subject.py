@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.protocol import B0_THRESHOLD
-from ..bids.derivatives import MODEL_INFO, atomic_write_bytes, find_maps, read_map
+from ..bids.derivatives import atomic_write_bytes, find_maps, model_info, read_map
 from . import figures
 from .citations import methods_markdown, methods_paragraphs, pipeline_methods, references
 
@@ -208,8 +208,8 @@ def _model_section(model: str, first_sidecar: dict) -> dict:
     """The empty report section of one model, with its fit settings from a sidecar."""
     params = first_sidecar.get("Model", {}).get("Parameters", {})
     return {"model": model, "title": MODEL_TITLES.get(model, model),
-            "description": MODEL_INFO.get(model, {}).get("Description", ""),
-            "url": MODEL_INFO.get(model, {}).get("URL", ""),
+            "description": model_info(model, params).get("Description", ""),
+            "url": model_info(model, params).get("URL", ""),
             "fit_method": params.get("FitMethod", ""),
             "fitted": _protocol_rows(params.get("ProtocolFitted", [])),
             "dropped": params.get("DroppedMeasurements", []),
@@ -290,7 +290,7 @@ def _not_informed(param: str, contraction: np.ndarray) -> list:
     if not med < 0.1:
         return []
     return [f"{param} is not informed by these data (median posterior contraction {med:.2f}): its map mostly "
-            "repeats the dictionary's prior"]
+            "repeats the prior"]
 
 
 #: Labels of the uncertainty maps (desc entity) in the report.

@@ -208,7 +208,7 @@ class Config:
         if model == "spinflowsim":
             out.pop("VascularThreshold")
             out["Signal"] = ("every measurement with b > 0, (1 - fV) S_tissue + fV S_flow (joint fit)" if self.model == "joint"
-                             else "vascular signal S_V/S_V(0) of the b <= b_split measurements (segmented IVIM)")
+                             else f"vascular signal S_V/S_V(0) of the b <= b_split measurements ({self.ivim_estimator} IVIM)")
             out["FlowDictionary"] = self.flow_dictionary or ("simulated for this protocol from " + (
                 "the given networks" if self.flow_networks else "the project's generated capillary networks"))
         return out

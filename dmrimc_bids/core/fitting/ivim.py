@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..protocol import B0_THRESHOLD
-from .model import EXIT_BACKGROUND, EXIT_FAILED, EXIT_OK, Description, Fit, Model
+from .model import EXIT_BACKGROUND, EXIT_FAILED, EXIT_OK, Description, Fit, Model, b_range
 
 #: Default b split between the vascular and tissue regimes [s/mm²].
 B_SPLIT = 200.0
@@ -306,6 +306,7 @@ class IvimModel(Model):
             raise ValueError(f"IVIM estimator {method!r} is not one of {IVIM_ESTIMATORS}")
         self.protocol, self.b_split, self.b_max = protocol, float(b_split), float(b_max)
         self.b0_threshold, self.min_fv, self.method = float(b0_threshold), float(min_fv), method
+        self.noise_map_used = None   # set by fit: whether a noise map gave σ
 
     def jit_kernels(self) -> list:
         if self.method != "bayes":
@@ -319,6 +320,7 @@ class IvimModel(Model):
         mask = np.ones(shape, bool) if mask is None else np.asarray(mask, bool)
         sig = None if sigma is None else np.broadcast_to(np.asarray(sigma, float).reshape(shape + (-1,)),
                                                          data.shape)
+        self.noise_map_used = sig is not None
         res = fit_ivim_protocol(data[mask], self.protocol, self.b_split, self.b_max, self.b0_threshold,
                                 self.method, None if sig is None else sig[mask])
 
@@ -367,17 +369,22 @@ class IvimModel(Model):
         return s0 * ((1 - fv) * np.exp(-b * d) + fv * np.exp(-b * dstar))
 
     def describe(self) -> Description:
+        b = self.protocol.b
         common = {"BSplit": self.b_split, "BMax": self.b_max, "B0Threshold": self.b0_threshold,
-                  "IvimEstimator": self.method}
+                  "IvimEstimator": self.method, "FittedB": b_range(b[(b > self.b0_threshold) & (b <= self.b_max)])}
         if self.method == "bayes":
             from .ivim_posterior import D_BOUNDS as DB, DSTAR_BOUNDS as SB
+            sigma_text = {True: "sigma from the noise map", False: "sigma integrated out (no noise map)",
+                          None: "sigma from the noise map where one is given, else integrated out"}[self.noise_map_used]
             return Description(
                 method=f"by Bayesian IVIM: the posterior of (fV, D, D*) on a grid (D {DB[0]:g}-{DB[1]:g}, D* "
                        f"{SB[0]:g}-{SB[1]:g} µm²/ms, prior flat in D and in sqrt(D*)), the two compartments' "
                        f"amplitudes (S0 free) by non-negative least squares at every node, on b ≤ {self.b_max:g} "
                        "s/mm²; posterior means with SDs, 95 % intervals and contraction",
                 parameters={"FitMethod": "Bayesian IVIM: grid posterior over (D, D*) with the amplitudes projected "
-                                         "out (variable projection); sigma integrated out without a noise map",
+                                         "out (variable projection); " + sigma_text,
+                            "Uncertainty": "desc-sd: posterior SD; desc-ci95lo/desc-ci95hi: 95 % credible interval; "
+                                           "desc-contraction: posterior contraction",
                             **common},
                 references=["ivim"])
         return Description(

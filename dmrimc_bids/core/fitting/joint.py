@@ -38,7 +38,8 @@ from ..dictionary import Dictionary
 from . import kernels
 from .dictfit import DictionaryFit, _backend, on_backend
 from .likelihood import noise_floor
-from .model import EXIT_BACKGROUND, EXIT_FAILED, EXIT_OK, Description, Fit, Model, fit_plan, voxel_chunks, voxel_table
+from .model import (EXIT_BACKGROUND, EXIT_FAILED, EXIT_OK, Description, Fit, Model, b_range, fit_plan, voxel_chunks,
+                    voxel_table)
 from .posterior import Z95, PosteriorModel, log_scaled, shared_weighted_quantiles
 
 #: Tissue entries per voxel that enter the vascular posterior (step 2).
@@ -56,6 +57,13 @@ FV_MAX = 0.3
 #: PRIOR_MIN_VOXELS voxels, or p_zero given): the blood-free voxel is a model of its own, so that tissue
 #: without blood is fitted as tissue only. Otherwise the session's own estimate (VascularPrior) is used.
 P_ZERO = 0.95
+#: Prior odds against a vascular signal of the tissue step's removal (a decision, not the fV prior): the tissue
+#: data lose the vascular component's conditional mean times P(vascular | data) computed at these odds, a
+#: continuous weight (no threshold). A false removal costs a blood-free voxel's tissue estimate more than a small
+#: true fV left in costs a vascular one (the tissue posterior absorbs a (1 - fV) scale as model error), so the
+#: tissue step asks more evidence than the fV map does: the Bayes action under that asymmetric loss.
+import os as _os
+TISSUE_REMOVAL_P_ZERO = float(_os.environ.get("DMRIMC_REMOVAL_PZERO", "0.95"))
 #: Mask voxels (at most; evenly spaced, so the choice is deterministic) whose marginal likelihood sets the
 #: session's vascular prior (estimate_vascular_prior).
 PRIOR_VOXELS = 2000
@@ -436,16 +444,23 @@ class JointModel(Model):
         for key, arr in zip(("params", "sd", "lo", "hi", "contraction"), self.fv_summaries(post["fv"])):
             v_out[key][idx, -1] = arr
         v_out["p_none"][idx] = post["fv"][:, 2]
-        # the tissue step: the vascular component's posterior mean is removed (in proportion to its posterior:
-        # no threshold, so a small change of input moves the tissue data a little) and the uncertainty of
-        # 1/(1 - a fV) is marginalised as a common scale
-        ef = post["fv"][:, 0]
+        # the tissue step: the vascular component's mean given a vascular signal is removed, weighted by
+        # P(vascular | data) at the tissue step's odds (TISSUE_REMOVAL_P_ZERO; continuous, no threshold), and the
+        # uncertainty of 1/(1 - a fV) is marginalised as a common scale
+        slab = np.maximum(1 - post["fv"][:, 2], 1e-300)
+        bf = self.vascular_evidence(post["fv"][:, 2])
+        pc = TISSUE_REMOVAL_P_ZERO
+        w = np.where(np.isinf(bf), 1.0, bf / (bf + pc / (1 - pc))) if pc > 0 else np.ones(len(y))
+        m1 = np.clip(post["fv"][:, 0] / slab, 0.0, self.fv_max)          # E[fV] given a vascular signal
+        m2 = np.clip(post["fv"][:, 1] / slab, m1 ** 2, self.fv_max ** 2)  # E[fV²] given a vascular signal
+        ef = w * m1
         share = 1 - ef[:, None] * self.te_weight[None, :]      # the tissue's share of each measurement
         a_t = self.te_weight[self.tissue_columns]
-        scale_var[idx] = (np.maximum(post["fv"][:, 1] - ef ** 2, 0.0)[:, None]
+        scale_var[idx] = (np.maximum(w * m2 - ef ** 2, 0.0)[:, None]
                           * a_t ** 2 / share[:, self.tissue_columns] ** 2).mean(1)
+        removed = (w / slab)[:, None] * post["vascular_signal"]
         vasc_sig[idx] = post["vascular_signal"]
-        y_t[idx] = (y - post["vascular_signal"]) / share
+        y_t[idx] = (y - removed) / share
         sig_t[idx] = sigma / share[:, self.tissue_columns].mean(1) if np.all(np.isfinite(sig_t[idx])) else np.nan
 
     def vascular_evidence(self, p_none: np.ndarray, p_zero: float | None = None) -> np.ndarray:
@@ -499,10 +514,33 @@ class JointModel(Model):
                                     f"b >= {self.tissue_b_min:g} s/mm² of the data with the vascular component's "
                                     "posterior mean removed (no threshold) and the uncertainty of its (1 - fV) "
                                     "scale marginalised",
+                       "FittedB": b_range(self.flow.protocol.b), "TissueFittedB": b_range(self.tissue_model.dictionary.protocol.b),
                        "JointModel": {"FvMax": self.fv_max, "TissueCandidates": self.n_candidates,
                                       "FlowPrototypesForCandidates": int(len(self.prototypes)),
                                       "T2TissueMs": self.t2[0], "T2BloodMs": self.t2[1],
                                       "FlowEntries": len(self.flow_signals)},
                        "VascularPrior": self.prior.to_dict()})
-        return Description(method="jointly with the vascular signal: " + tissue.method, parameters=params,
-                           references=list(tissue.references))
+        lo, hi = b_range(self.flow.protocol.b)
+        return Description(method=f"jointly with the vascular signal on every measurement with b > 0 (b {lo:g}-{hi:g} "
+                                  f"s/mm²; the tissue posterior on b >= {self.tissue_b_min:g} s/mm² after the vascular "
+                                  "component's posterior mean is removed), " + tissue.method,
+                           parameters=params, references=list(tissue.references))
+
+    def describe_vascular(self) -> Description:
+        """The vascular maps' description (vm, vs, anb, fV): the joint fit's vascular part, not its tissue priors."""
+        desc = self.describe()
+        lo, hi = b_range(self.flow.protocol.b)
+        params = {k: v for k, v in desc.parameters.items() if k not in ("Prior", "PointPrior", "TissueFittedB")}
+        params["FitMethod"] = ("vascular part of the joint tissue + vascular posterior, (1 - fV) S_tissue + fV S_flow on "
+                               f"every measurement (b {lo:g}-{hi:g} s/mm²): every pair of the voxel's "
+                               f"{self.n_candidates} most likely tissue entries and the flow dictionary's "
+                               f"{len(self.flow_signals)} entries, fV marginalised analytically over "
+                               + self.prior.sentence() + "; vm, vs, anb: posterior means (given a vascular signal) "
+                               "with SDs and 95 % intervals")
+        params["Uncertainty"] = ("desc-sd: posterior SD; desc-ci95lo/desc-ci95hi: 95 % credible interval; "
+                                 "desc-contraction: posterior contraction; vm, vs, anb conditional on a vascular "
+                                 "signal being present")
+        return Description(method=f"as the vascular part of a joint tissue + vascular posterior on every measurement "
+                                  f"(b {lo:g}-{hi:g} s/mm²), fV under " + self.prior.sentence()
+                                  + ", vm, vs and anb as posterior means given a vascular signal",
+                           parameters=params, references=[])

@@ -156,3 +156,9 @@ class Fit:
                             "fitted": fitted[k].tolist(), "fobj": float(misfit[tuple(ijk)]),
                             "params": {name: float(self.params[name][tuple(ijk)]) for name in self.names}}
                            for k, ijk in enumerate(idx)]}
+
+
+def b_range(b) -> list:
+    """[smallest, largest] b [s/mm²] of the measurements a model fitted (the sidecars' FittedB)."""
+    b = np.asarray(b, float)
+    return [round(float(b.min()), 1), round(float(b.max()), 1)] if b.size else []

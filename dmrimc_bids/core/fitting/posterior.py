@@ -58,7 +58,7 @@ from ..dictionary import Dictionary
 from . import kernels
 from .dictfit import DictionaryFit, _backend, assemble_fit, estimate_placement, on_backend
 from .likelihood import noise_floor
-from .model import EXIT_BACKGROUND, EXIT_FAILED, EXIT_OK, Description, Model, fit_plan, voxel_chunks, voxel_table
+from .model import EXIT_BACKGROUND, EXIT_FAILED, EXIT_OK, Description, Model, fit_plan, voxel_chunks, voxel_table, b_range
 
 #: Largest voxel x entry matrix of one posterior batch [elements] (~100 MB of float64 each).
 POSTERIOR_BATCH_ELEMENTS = 12_000_000
@@ -506,7 +506,8 @@ class PosteriorModel(Model):
                         "PointPrior": {n: self.point_prior.get(n, self.prior) for n in self.names},
                         "Uncertainty": "desc-sd: posterior SD incl. the dictionary's model error; desc-ci95lo/"
                                        "desc-ci95hi: 95 % credible interval; desc-contraction: posterior contraction",
-                        "Bounds": self.user_bounds or "dictionary range"},
+                        "Bounds": self.user_bounds or "dictionary range",
+                        "FittedB": b_range(self.dictionary.protocol.b)},
             references=["beaumont2002"])
 
     def predict(self, data, params=None, sigma=None) -> np.ndarray:
