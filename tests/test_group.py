@@ -201,3 +201,25 @@ def test_group_without_participant_outputs(demo_dir, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main([str(demo_dir), str(tmp_path / "empty"), "group"]) == 66
     assert "run the participant level first" in capsys.readouterr().err
+
+
+def test_group_lists_interrupted_and_incomplete_sessions(demo_dir, derivs, tmp_path, capsys):
+    """After a Ctrl-C (status 'interrupted') and a session left with IVIM maps only, the group level lists
+    both (terminal and group.html), leaves them out of the tables and exits 1, unless --allow-incomplete."""
+    logs = derivs / "logs"
+    (logs / "29990101-000000_1_status.tsv").write_text(
+        "participant_id\tsession_id\tstatus\texit_code\tstage\tfailed_voxels\tmessage\n"
+        "sub-01\tn/a\tinterrupted\t130\tinterrupted\tn/a\tinterrupted (Ctrl-C)\n")
+    for f in (derivs / "sub-02/ses-2/dwi").glob("*model-histousim*"):
+        f.unlink()
+    code = main([str(demo_dir), str(derivs), "group", "-w", str(tmp_path / "w"),
+                 "--derivatives", str(demo_dir / "derivatives" / "segmentation")])
+    err = capsys.readouterr().err
+    assert code == 1 and "sub-01: interrupted" in err and "sub-02_ses-2: incomplete" in err, err
+    html = (derivs / "group.html").read_text()
+    assert "interrupted" in html and "incomplete participant run" in html
+    ids = {(r["participant_id"], r["session_id"]) for r in _rows(derivs / "group_ivim.tsv")}
+    assert ids == {("sub-02", "ses-1")}
+    code = main([str(demo_dir), str(derivs), "group", "-w", str(tmp_path / "w2"), "--allow-incomplete",
+                 "--derivatives", str(demo_dir / "derivatives" / "segmentation")])
+    assert code == 0 and "--allow-incomplete" in capsys.readouterr().err

@@ -130,9 +130,12 @@ def test_group_refuses_maps_of_different_runs(demo_dir, tmp_path, capsys):
                "--derivatives", seg(demo_dir), "--fix", "kappa=0")[0] == 0
     code, err = run(capsys, demo_dir, out, "group")
     assert code == 65 and len(errors(err)) == 1 and "different runs" in err and "--allow-mixed-runs" in err, err
+    assert 'fix: {} | {"kappa": 0.0}' in err, err   # the option that differs, with both values
     assert not (out / "group.html").exists()
     code, err = run(capsys, demo_dir, out, "group", "--allow-mixed-runs")
     assert code == 0 and (out / "group.html").is_file(), err
+    assert "pooling runs that differ in fix" in err
+    assert "Mixed runs:" in (out / "group.html").read_text() and "fix: {}" in (out / "group.html").read_text()
     # each run is on record: the pooled table names each row's run, dataset_description.json lists both runs
     # and each run keeps its own methods text
     rows = [dict(zip(*(line.split("\t") for line in (head, row))))

@@ -185,8 +185,11 @@ def _execution_options(e) -> None:
                         "there (the simulators; not the fits yet: docs/benchmarks.md); if CUDA fails, the CPU "
                         "with one warning; gpu: every step with a GPU kernel")
     e.add_argument("--max-failed-fraction", type=float, default=0.05, metavar="F",
-                   help="a session whose fit failed in more than this fraction of its fitted voxels is marked "
-                        "failed (0.05)")
+                   help="a session whose fit failed in more than this fraction of any model's fitted voxels "
+                        "(histousim, ivim, spinflowsim: each counted) is marked failed (0.05)")
+    e.add_argument("--allow-incomplete", action="store_true",
+                   help="group: exit 0 although some subject/sessions' participant runs failed, were interrupted or "
+                        "are incomplete (they are listed in group.html and on the terminal, and left out of the tables)")
     e.add_argument("--allow-mixed-runs", action="store_true",
                    help="group level: pool maps written by different versions or options (refused by default)")
     e.add_argument("-v", "--verbose", action="count", default=0,
@@ -267,7 +270,7 @@ def config_from_args(args) -> Config:
         b0_threshold=args.b0_threshold, b0_pool_series=not args.b0_per_series, vasc_threshold=args.vasc_threshold,
         shell_tolerance=args.shell_tolerance, small_delta_ms=args.small_delta, big_delta_ms=args.big_delta,
         timing=list(args.timing or []), max_failed_fraction=args.max_failed_fraction,
-        allow_mixed_runs=args.allow_mixed_runs,
+        allow_mixed_runs=args.allow_mixed_runs, allow_incomplete=args.allow_incomplete,
         match_tol_b=args.match_tolerance_b, match_tol_ms=args.match_tolerance_ms, n_averages=args.n_averages,
         reg_norm=int(args.reg[0]), reg_weight=float(args.reg[1]), bounds=dict(args.bounds),
         smoothing=args.surrogate_smoothing, surrogate=args.surrogate, n_neighbours=args.surrogate_neighbours,

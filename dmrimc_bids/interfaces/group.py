@@ -52,6 +52,7 @@ class _GroupIn(BaseInterfaceInputSpec):
     failures = traits.List(traits.Dict, desc="failed/missing subjects from the participant logs")
     participants = traits.Dict(desc="participants.tsv rows by subject label")
     group_column = traits.Str("", usedefault=True, desc="participants.tsv column splitting the distributions")
+    mixed_runs = traits.List(traits.Str, desc="options in which the pooled runs differ (the report's banner)")
 
 
 class _GroupOut(TraitedSpec):
@@ -82,6 +83,6 @@ class GroupReport(SimpleInterface):
         tables = write_tables(i.out_dir, results, dict(i.participants))
         self._results["tables"] = tables
         self._results["report"] = render_group(i.out_dir, results, failures, tables, i.group_column or None,
-                                               dict(i.participants))
+                                               dict(i.participants), list(i.mixed_runs or []))
         self._results["failures"] = failures
         return runtime

@@ -293,7 +293,7 @@ def _label(res) -> str:
 
 
 def render_group(out_dir, results: list[dict], failures: list[dict], tables: dict, group_column: str | None = None,
-                 participants: dict | None = None) -> str:
+                 participants: dict | None = None, mixed_runs: list | None = None) -> str:
     """group.html (atomic): cohort distributions, correlation matrix, outliers and failures."""
     import jinja2
 
@@ -347,7 +347,7 @@ def render_group(out_dir, results: list[dict], failures: list[dict], tables: dic
         reports=reports,
         corr=corr, flagged=flagged, failures=failures, tables={m: Path(t).name for m, t in tables.items()},
         identifiability=cohort_identifiability(results),
-        z=OUTLIER_Z, min_n=OUTLIER_MIN_N, group_column=group_column)
+        z=OUTLIER_Z, min_n=OUTLIER_MIN_N, group_column=group_column, mixed_runs=list(mixed_runs or []))
     path = Path(out_dir) / "group.html"
     atomic_write_bytes(path, html.encode("utf-8"))
     return str(path)

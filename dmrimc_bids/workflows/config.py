@@ -93,6 +93,7 @@ class Config:
     command: str = ""
     max_failed_fraction: float = 0.05
     allow_mixed_runs: bool = False
+    allow_incomplete: bool = False
     dataset_links: dict = field(default_factory=dict)
 
     # ---- validation and serialisation -----------------------------------------------------------------
@@ -136,6 +137,12 @@ class Config:
                      "noise_model", "estimator", "prior", "point_prior", "dictionary_source", "sim_substrates", "sim_walkers", "sim_d0",
                      "sim_kappa", "vascular", "ivim_b_split", "ivim_b_max", "ivim_estimator", "flow_dictionary", "flow_networks",
                      "flow_spins", "flow_params", "flow_estimator", "model", "t2_tissue_ms", "t2_blood_ms", "seed")
+
+    def result_options(self) -> dict:
+        """Every option that changes the maps, by name (logs/options/<fingerprint>.json: the group level names
+        the options in which two runs differ)."""
+        return json.loads(json.dumps({"version": __version__, **{k: getattr(self, k) for k in self.RESULT_FIELDS}},
+                                     sort_keys=True, default=str))
 
     def options_fingerprint(self) -> str:
         """12 hex digits identifying the software version and every option that changes the maps."""

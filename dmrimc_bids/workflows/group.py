@@ -4,7 +4,9 @@ TSV of names) in the derivative folders, and optionally a TemplateFlow atlas (te
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 from pathlib import Path
 
 from nipype.pipeline import engine as pe
@@ -91,8 +93,10 @@ def find_rois(bids_dir, derivatives, subject: str, session: str | None) -> list[
 
 
 def init_group_wf(entries: list[tuple], out_dir, work_dir, failures: list[dict], participants: dict,
-                  group_column: str | None = None, seed: int = 0, name="dmrimc_bids_group_wf"):
-    """entries: [(subject, session or None, roi specs)]."""
+                  group_column: str | None = None, seed: int = 0, mixed_runs: list | None = None,
+                  name="dmrimc_bids_group_wf"):
+    """entries: [(subject, session or None, roi specs)]; mixed_runs: the options in which pooled runs differ
+    (the report's banner)."""
     from ..interfaces.group import GroupReport, RoiStatistics
     from nipype.interfaces.utility import Merge
 
@@ -105,30 +109,76 @@ def init_group_wf(entries: list[tuple], out_dir, work_dir, failures: list[dict],
                        name=f"roi_statistics_{sub}" + (f"_{ses}" if ses else ""), mem_gb=0.5)
         wf.connect(node, "result_file", join, f"in{k}")
     report = pe.Node(GroupReport(out_dir=out_dir, failures=failures, participants=participants,
-                                 group_column=group_column or ""), name="group_report", mem_gb=1.0)
+                                 group_column=group_column or "", mixed_runs=list(mixed_runs or [])),
+                     name="group_report", mem_gb=1.0)
     wf.connect(join, "out", report, "result_files")
     return wf
 
 
-def group_failures(status: dict, processed: set, expected: list[str]) -> list[dict]:
-    """Failures to report: the latest status 'failed' of each subject/session, and requested subjects
-    without any participant-level output or status."""
+#: Participant-level statuses (logs/*_status.tsv) whose sessions the group level lists and leaves out.
+BAD_STATUSES = ("failed", "interrupted")
+
+
+def group_failures(status: dict, processed: set, expected: list[str], out_dir=None) -> list[dict]:
+    """Failures to report: the latest status 'failed' or 'interrupted' of each subject/session, sessions with
+    maps but no tissue maps (an incomplete participant run), and requested subjects without any
+    participant-level output or status."""
     failures = []
     for (pid, sid), row in sorted(status.items()):
-        if row.get("status") == "failed":
+        if row.get("status") in BAD_STATUSES:
             failures.append({"label": pid + (f"_{sid}" if sid not in ("n/a", "") else ""),
                              "exit_code": row.get("exit_code", ""), "stage": row.get("stage", ""),
-                             "message": row.get("message", ""), "log": row["log"]})
+                             "status": row["status"], "message": row.get("message", ""), "log": row["log"],
+                             "pair": (pid.removeprefix("sub-"), "" if sid in ("n/a", "") else sid.removeprefix("ses-"))})
+    if out_dir is not None:
+        from ..bids.derivatives import find_maps
+        listed = {f["pair"] for f in failures}
+        for sub, ses in sorted(processed):
+            models = find_maps(out_dir, sub, ses)
+            if (sub, ses or "") not in listed and "histousim" not in models:
+                failures.append({"label": f"sub-{sub}" + (f"_ses-{ses}" if ses else ""), "exit_code": "",
+                                 "stage": "participant", "status": "incomplete",
+                                 "message": "incomplete participant run: maps of " + ", ".join(sorted(models))
+                                            + " only, no tissue maps", "log": "", "pair": (sub, ses or "")})
     known = {pid.removeprefix("sub-") for pid, _ in status} | {s for s, _ in processed}
     for sub in expected:
         if sub not in known:
-            failures.append({"label": f"sub-{sub}", "exit_code": "", "stage": "participant",
-                             "message": "no participant-level outputs", "log": ""})
+            failures.append({"label": f"sub-{sub}", "exit_code": "", "stage": "participant", "status": "missing",
+                             "message": "no participant-level outputs", "log": "", "pair": (sub, "")})
     return failures
 
 
-def check_one_run(out_dir, pairs) -> None:
-    """InputError (exit 65) when the maps to pool were written by different versions or options."""
+def run_options(out_dir, fingerprint: str) -> dict:
+    """The options behind a run fingerprint (logs/options/<fingerprint>.json; {} where not recorded)."""
+    try:
+        return json.loads((Path(out_dir) / "logs" / "options" / f"{fingerprint}.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def differing_options(out_dir, signatures: list) -> list[str]:
+    """'option: a | b' for every option in which the runs of these (version, fingerprint) signatures differ
+    (fingerprints whose options were not recorded are named instead)."""
+    opts = {fp: run_options(out_dir, fp) for _, fp in signatures}
+    missing = [fp for fp, o in opts.items() if not o]
+    known = [o for o in opts.values() if o]
+    out = []
+    for key in sorted({k for o in known for k in o}):
+        values = []
+        for o in known:
+            v = json.dumps(o.get(key), sort_keys=True)
+            if v not in values:
+                values.append(v)
+        if len(values) > 1:
+            out.append(f"{key}: " + " | ".join(values))
+    if missing:
+        out.append("options not recorded for run(s) " + ", ".join(missing))
+    return out
+
+
+def check_one_run(out_dir, pairs, allow_mixed: bool = False) -> list[str]:
+    """The options in which the pooled maps' runs differ ([] for one run): InputError (exit 65) naming them,
+    unless allow_mixed (the group report then shows them in a banner)."""
     from ..bids.derivatives import find_maps, run_signature
     seen: dict = {}
     for sub, ses in pairs:
@@ -136,12 +186,16 @@ def check_one_run(out_dir, pairs) -> None:
             nii = files.get(("exitcode", None)) or next(iter(files.values()))
             side = Path(str(nii).replace(".nii.gz", ".json").replace(".nii", ".json"))
             seen.setdefault(run_signature(side), side)
-    if len(seen) > 1:
+    if len(seen) <= 1:
+        return []
+    diff = differing_options(out_dir, list(seen))
+    if not allow_mixed:
         (sig_a, a), (sig_b, b) = list(seen.items())[:2]
-        raise InputError(f"the maps come from different runs: {a.name} (version {sig_a[0]}, options {sig_a[1]}) and "
-                         f"{b.name} (version {sig_b[0]}, options {sig_b[1]})", path=b, exit_code=65,
+        raise InputError(f"the maps come from {len(seen)} different runs (e.g. {a.name} and {b.name}) that differ in: "
+                         + "; ".join(diff), path=b, exit_code=65,
                          fix="rerun the participant level of every subject with one version and one set of options, "
                              "or pass --allow-mixed-runs to pool them anyway")
+    return diff
 
 
 def check_group_inputs(out_dir) -> None:
@@ -173,9 +227,12 @@ def run_group(config, run_with) -> int:
              if (not wanted or s in wanted) and (not sessions_wanted or ses in sessions_wanted)]
     participants = read_participants(bids_dir)
     expected = sorted(wanted or set(participants) or {p.name[4:] for p in bids_dir.glob("sub-*") if p.is_dir()})
-    if not config.allow_mixed_runs:
-        check_one_run(out_dir, pairs)
-    failures = group_failures(read_status(out_dir), set(pairs), expected)
+    failures = group_failures(read_status(out_dir), set(pairs), expected, out_dir)
+    bad = {f["pair"] for f in failures}
+    pairs = [(s, ses) for s, ses in pairs if (s, ses or "") not in bad]   # left out of the tables
+    mixed = check_one_run(out_dir, pairs, config.allow_mixed_runs)
+    for line in mixed:
+        print(f"dmrimc-bids: warning: pooling runs that differ in {line}", file=sys.stderr)
     entries = _group_entries(config, pairs, atlas, failures)
     if config.group_column and participants and not any(config.group_column in p for p in participants.values()):
         raise InputError(f"--group-column {config.group_column}: not a participants.tsv column",
@@ -186,7 +243,9 @@ def run_group(config, run_with) -> int:
     execution.configure(run_with, work)
     nipype_logging.route(config.verbose, out_dir / "logs" / "group_nipype.log")
     remove_stale_temps(out_dir)
-    wf = init_group_wf(entries, out_dir, work, failures, participants, config.group_column or None, config.seed)
+    failures = [{k: v for k, v in f.items() if k != "pair"} for f in failures]
+    wf = init_group_wf(entries, out_dir, work, failures, participants, config.group_column or None, config.seed,
+                       mixed)
     try:
         graph = execution.run(wf, run_with)
         res = None if graph is None else next(n for n in graph.nodes() if n.name == "group_report").result
@@ -198,11 +257,15 @@ def run_group(config, run_with) -> int:
               "when its jobs finish", file=sys.stderr)
         return 0
     for f in res.outputs.failures:
-        print(f"dmrimc-bids: {f['label']}: {f['stage']}: {f['message']}", file=sys.stderr)
+        print(f"dmrimc-bids: {f['label']}: {f.get('status', 'failed')} ({f['stage']}): {f['message']}", file=sys.stderr)
     import logging
     logging.getLogger("dmrimc-bids").info(
         "dmrimc-bids: group tables %s and report %s (%d aggregated, %d failed or missing)",
         ", ".join(res.outputs.tables.values()), out_dir / "group.html", len(entries), len(res.outputs.failures))
+    if res.outputs.failures and config.allow_incomplete:
+        print(f"dmrimc-bids: {len(res.outputs.failures)} subject/session(s) failed, interrupted, incomplete or missing "
+              "(listed above and in group.html); exit 0 as --allow-incomplete asks", file=sys.stderr)
+        return 0
     return 1 if res.outputs.failures else 0
 
 

@@ -199,6 +199,16 @@ def _write_dataset_records(config: Config, fragments: list, run_id: str, items=(
                               run={"id": run_id, "options": config.options_fingerprint(), "subjects": subjects})
     if fragments:
         write_citation(config.out_dir, fragments, config.report_options(), run_id)
+    write_run_options(config)
+
+
+def write_run_options(config: Config) -> None:
+    """logs/options/<fingerprint>.json: the options behind a run's fingerprint (the group level names the
+    options in which pooled runs differ), written atomically."""
+    from ..bids.derivatives import atomic_write_bytes
+    path = Path(config.out_dir) / "logs" / "options" / f"{config.options_fingerprint()}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, json.dumps(config.result_options(), indent=1, sort_keys=True).encode())
 
 
 def _status_row(item, failure=None, failed_voxels: str = "n/a", interrupted: bool = False) -> dict:
