@@ -71,8 +71,9 @@ def test_coverage_and_recovery_on_a_problem_with_a_known_answer(snr):
         assert np.median(np.abs(est - truth[:, j])) < 0.8 * np.median(np.abs(const - truth[:, j])), name
     assert np.mean(fit.ci95hi["fin"] - fit.ci95lo["fin"]) < 0.7 * np.ptp(dic.params[:, 0])   # not the prior range (0.52 at SNR 30)
     assert spearmanr(fit.params["fin"], truth[:, 0]).statistic > 0.8   # measured 0.86
-    # fin is informed by this protocol, far more than the extra-cellular diffusivity
-    assert np.median(fit.contraction["fin"]) > 0.7
+    # fin is informed by this protocol (the interval's variance, model error included, against the prior's),
+    # far more than the extra-cellular diffusivity
+    assert np.median(fit.contraction["fin"]) > 0.5
     assert np.median(fit.contraction["fin"]) > np.median(fit.contraction["D0ex"])
 
 

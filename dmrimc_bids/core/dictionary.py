@@ -39,7 +39,10 @@ PARAM_UNITS.update({"fV": "", "D": "um^2/ms", "Dstar": "um^2/ms", "S0": ""})
 PARAM_DESCRIPTIONS.update({"fV": "vascular signal fraction",
                            "D": "IVIM tissue diffusion coefficient",
                            "Dstar": "IVIM pseudo-diffusion coefficient of the vascular signal",
-                           "S0": "fitted signal at b = 0, relative to the mean measured b = 0 signal"})
+                           "S0": "fitted signal at b = 0, relative to the mean measured b = 0 signal",
+                           "pvascular": "posterior probability of a vascular signal (fV > 0) under the session's "
+                                        "vascular prior; vm, vs and anb are posteriors given one"})
+PARAM_UNITS["pvascular"] = ""
 #: Column order of the published Histo-μSim parameter arrays.
 HISTOUSIM_PARAM_NAMES = ("fin", "mCS", "varCS", "skewCS", "vCS_sph", "vCS_cyl", "D0in", "D0ex", "kappa")
 #: Column order of the published leave-one-out arrays (shared/reference/histo_loo).

@@ -18,6 +18,22 @@ MODEL_PARAM_DESCRIPTIONS = {("spinflowsim", "fV"): "vascular signal fraction (jo
                                                    "b > 0, posterior mean)"}
 
 
+def headline(model: str, param: str, params: dict) -> dict:
+    """The sidecar fields that say which fV map to read: the joint fit's where it ran (ModelOfRun joint), else
+    IVIM's; {} for other parameters."""
+    if param != "fV":
+        return {}
+    joint = params.get("ModelOfRun") == "joint"
+    if model == "spinflowsim" or not joint:
+        how = ("the joint tissue + vascular posterior of every b > 0 under the session's vascular prior" if joint
+               else f"{params.get('IvimEstimator', '')} IVIM of the low-b signal".strip())
+        return {"Headline": True, "HeadlineNote": f"the fV map to read for this run: {how}"}
+    return {"Headline": False,
+            "HeadlineNote": "the IVIM estimate (bi-exponential fit of b <= BMax alone), written beside the headline "
+                            "fV of this run, model-spinflowsim_param-fV (the joint fit of every b > 0 under the "
+                            "session's vascular prior)"}
+
+
 class _WriteIn(BaseInterfaceInputSpec):
     out_dir = traits.Str(mandatory=True, desc="derivatives folder")
     subject = traits.Str(mandatory=True, desc="participant label (no sub- prefix)")
@@ -60,6 +76,11 @@ class WriteDerivatives(SimpleInterface):
         params["DroppedMeasurements"] = list(value(i.dropped, []))
         params["NormalisationNotes"] = list(value(i.notes, []))
         identifiability = value(i.fit_info, {}).get("identifiability")
+        if identifiability or any(n.endswith("_contraction") for n in i.maps):
+            from ..core.fitting.posterior import IDENTIFIABILITY
+            params["IdentifiabilityDefinition"] = IDENTIFIABILITY
+        if value(i.fit_info, {}).get("vascular_prior"):
+            params["VascularPrior"] = value(i.fit_info, {})["vascular_prior"]
         if identifiability:
             params["Identifiability"] = {k: {"MedianContraction": v["median"], "P10": v["p10"], "P90": v["p90"],
                                              "Verdict": v["verdict"]} for k, v in identifiability.items()}
@@ -85,6 +106,7 @@ class WriteDerivatives(SimpleInterface):
                 staged[str(nii)] = stage_copy(src, nii)
                 record = value(i.input_files, {})
                 side = map_sidecar(i.model, param, unit, desc, params, sources(record))
+                side.update(headline(i.model, param, params) if not desc_entity else {})
                 side["InputFiles"] = record
                 staged[str(nii).replace(".nii.gz", ".json")] = stage_json(side, str(nii).replace(".nii.gz", ".json"))
         except BaseException:
@@ -115,5 +137,5 @@ def uncertainty_description(desc_entity: str, desc: str, unit: str, params: dict
     if desc_entity in ("ci95lo", "ci95hi"):
         end = "lower" if desc_entity == "ci95lo" else "upper"
         return f"{end} end of the 95 % credible interval of: {desc}", unit
-    return (f"posterior contraction 1 - var_post/var_prior (0: not informed by the data, 1: determined) of: "
-            f"{desc}", "")
+    return (f"posterior contraction 1 - var_post/var_prior on the estimator's scale (0: not informed by the data, 1: "
+            f"determined; IdentifiabilityDefinition) of: {desc}", "")

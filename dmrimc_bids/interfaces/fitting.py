@@ -218,6 +218,7 @@ class FitJointModel(SimpleInterface):
         self._results["flow_description"] = {**model.describe_vascular().to_dict(), "dictionary": flow.summary()}
         self._results["maps"] = save_maps(runtime, img, fit.tissue.maps(), mask, "tissue_")
         vascular = {k: v for k, v in fit.vascular.maps().items() if k not in ("fobj", "loglik", "aic", "bic")}
+        vascular["pvascular"] = fit.vascular.p_vascular
         self._results["flow_maps"] = save_maps(runtime, img, vascular, mask, "vascular_")
         self._results["units"], self._results["flow_units"] = dict(fit.tissue.units), dict(fit.vascular.units)
         self._results["info"] = json.loads(json.dumps(fit.tissue.info))

@@ -182,7 +182,7 @@ def session_fragment(out_dir, subject: str, session: str | None, protocol_file, 
 
 
 #: The vascular panel: (model, parameter, label) in order; a parameter missing from the run is left out.
-VASCULAR_PANEL = (("ivim", "fV", "fV (IVIM)"), ("spinflowsim", "fV", "fV (joint fit)"),
+VASCULAR_PANEL = (("ivim", "fV", "fV (IVIM estimate)"), ("spinflowsim", "fV", "fV (joint fit: headline)"),
                   ("ivim", "Dstar", "D* (IVIM)"), ("spinflowsim", "vm", "vm (SpinFlowSim)"))
 
 
@@ -204,6 +204,31 @@ def vascular_panel(maps_by_model: dict, mask) -> str | None:
                                               "voxels, sorted by the estimate)")
 
 
+def _definitions(model: str, params: dict) -> list:
+    """The section's lines on how to read it, from the sidecar of what ran: the headline fV, the flow maps'
+    condition, the session's vascular prior and the one identifiability definition."""
+    out = []
+    joint = "JointModel" in params
+    if model == "spinflowsim" and joint:
+        out.append("fV here is the headline vascular fraction of this run (joint fit of every b > 0); the IVIM "
+                   "section's fV is the IVIM estimate of the low-b signal alone, written for comparison.")
+        out.append("vm, vs and anb are conditional on a vascular signal being present: their posteriors given fV > 0 "
+                   "(map pvascular: its posterior probability); where pvascular is low they mostly repeat the flow "
+                   "dictionary's prior.")
+    elif model == "ivim" and params.get("ModelOfRun") == "joint":
+        out.append("fV here is the IVIM estimate (bi-exponential fit of the low-b signal); the headline fV of this "
+                   "run is the SpinFlowSim section's (joint fit).")
+    elif model == "ivim":
+        out.append("fV here is the headline vascular fraction of this run.")
+    prior = params.get("VascularPrior")
+    if prior:
+        out.append(f"Vascular prior of this session: P(no vascular signal) {prior['PNoVascularSignal']:.3g}, mean fV "
+                   f"given one {prior['SlabMeanFv']:.3g} ({prior['Source']}).")
+    if params.get("IdentifiabilityDefinition"):
+        out.append("Identifiability: " + params["IdentifiabilityDefinition"] + ".")
+    return out
+
+
 def _model_section(model: str, first_sidecar: dict) -> dict:
     """The empty report section of one model, with its fit settings from a sidecar."""
     params = first_sidecar.get("Model", {}).get("Parameters", {})
@@ -211,6 +236,7 @@ def _model_section(model: str, first_sidecar: dict) -> dict:
             "description": model_info(model, params).get("Description", ""),
             "url": model_info(model, params).get("URL", ""),
             "fit_method": params.get("FitMethod", ""),
+            "definitions": _definitions(model, params),
             "fitted": _protocol_rows(params.get("ProtocolFitted", [])),
             "dropped": params.get("DroppedMeasurements", []),
             "notes": params.get("NormalisationNotes", []),

@@ -10,8 +10,8 @@ with S_tissue from the tissue (Histo-μSim) dictionary and S_flow from the flow 
 both matched to the same measurements, low b included. Estimation, per voxel:
 
 1. Tissue candidates: the N_TISSUE_CANDIDATES tissue entries of least joint misfit
-   min_{f, r} |y - (1 - f) t - f p_r|² against FLOW_PROTOTYPES representative flow signals p_r (k-means
-   centres of the flow dictionary), f in [0, fv_max], from voxel-independent Gram terms (every entry,
+   min_{f, r} |y - (1 - f) t - f p_r|² against FLOW_PROTOTYPES representative flow signals p_r (group means
+   of the flow dictionary ranked by attenuation), f in [0, fv_max], from voxel-independent Gram terms (every entry,
    O(E·(M + R)) per voxel). The candidates only serve step 2.
 2. Vascular posterior: every (tissue candidate, flow entry) pair, with fV marginalised analytically (the
    model is linear in fV: a truncated Gaussian on [0, fv_max] per pair), Gaussian likelihood on the
@@ -40,13 +40,13 @@ from .dictfit import DictionaryFit, _backend, on_backend
 from .likelihood import noise_floor
 from .model import (EXIT_BACKGROUND, EXIT_FAILED, EXIT_OK, Description, Fit, Model, b_range, fit_plan, voxel_chunks,
                     voxel_table)
-from .posterior import Z95, PosteriorModel, log_scaled, shared_weighted_quantiles
+from .posterior import Z95, PosteriorModel, contraction, log_scaled, shared_weighted_quantiles
 
 #: Tissue entries per voxel that enter the vascular posterior (step 2).
 N_TISSUE_CANDIDATES = 16
 #: Voxels per block of the candidates' matrix product (block x entries float64 at a time).
 PROFILE_BLOCK = 128
-#: Representative flow signals (k-means centres) against which the tissue candidates are chosen.
+#: Representative flow signals (flow_prototypes: group means) against which the tissue candidates are chosen.
 FLOW_PROTOTYPES = 4
 #: Smallest b [s/mm²] of the tissue posterior (step 3): below it the tissue carries little information and
 #: the removed vascular component most of the uncertainty.
@@ -63,7 +63,7 @@ P_ZERO = 0.95
 #: true fV left in costs a vascular one (the tissue posterior absorbs a (1 - fV) scale as model error), so the
 #: tissue step asks more evidence than the fV map does: the Bayes action under that asymmetric loss.
 import os as _os
-TISSUE_REMOVAL_P_ZERO = float(_os.environ.get("DMRIMC_REMOVAL_PZERO", "0.95"))
+TISSUE_REMOVAL_P_ZERO = float(_os.environ.get("DMRIMC_REMOVAL_PZERO", "0.99"))
 #: Mask voxels (at most; evenly spaced, so the choice is deterministic) whose marginal likelihood sets the
 #: session's vascular prior (estimate_vascular_prior).
 PRIOR_VOXELS = 2000
@@ -79,13 +79,16 @@ JOINT_BATCH_ELEMENTS = 8_000_000
 
 
 def flow_prototypes(signals: np.ndarray, k: int) -> np.ndarray:
-    """k representative flow signals [k, M]: k-means centres (deterministic seed), or the signals themselves
-    when there are no more than k."""
+    """k representative flow signals [k, M]: the mean signals of k equal-count groups of the entries ranked by
+    their mean signal (slow to fast attenuation), or the signals themselves when there are no more than k.
+    Continuous in the signals: a small change (another Monte Carlo realisation of the same flow dictionary)
+    moves each prototype a little, where k-means centres could jump to another clustering and change every
+    voxel's tissue candidates."""
+    signals = np.asarray(signals, np.float64)
     if len(signals) <= k:
-        return np.ascontiguousarray(signals, np.float64)
-    from scipy.cluster.vq import kmeans2
-    centres, _ = kmeans2(np.asarray(signals, np.float64), k, seed=0, minit="++")
-    return np.ascontiguousarray(centres)
+        return np.ascontiguousarray(signals)
+    order = np.argsort(signals.mean(1), kind="stable")
+    return np.ascontiguousarray(np.stack([signals[g].mean(0) for g in np.array_split(order, k)]))
 
 
 def relaxation_weights(protocol, t2_tissue_ms: float | None, t2_blood_ms: float | None) -> np.ndarray:
@@ -262,7 +265,7 @@ class JointModel(Model):
         self.t2 = (t2_tissue_ms, t2_blood_ms)
         self.flow_sq = ((self.flow_signals * self.te_weight) ** 2).sum(1)
         self.flow_t = np.ascontiguousarray(self.flow_signals.T)
-        # the tissue candidates: least joint misfit with FLOW_PROTOTYPES k-means centres of the flow signals
+        # the tissue candidates: least joint misfit with FLOW_PROTOTYPES representative flow signals
         self.prototypes = flow_prototypes(self.flow_signals, FLOW_PROTOTYPES)
         self.proto_sq = (self.prototypes ** 2).sum(1)
         self.tissue_proto = np.ascontiguousarray(self.tissue_signals @ self.prototypes.T)
@@ -280,7 +283,7 @@ class JointModel(Model):
         self.flow_log = log_scaled(p)
         self.flow_values = np.where(self.flow_log, np.log(np.where(p > 0, p, 1.0)), p)
         self.flow_free = np.flatnonzero(np.ptp(p, axis=0) > 0)
-        self.flow_prior_var = p.var(0)
+        self.flow_prior_var = self.flow_values.var(0)   # on the estimator's scale, as the contraction
 
     # ---- the vascular posterior (steps 1-2) ----------------------------------------------------------------
     def vascular_posterior(self, y: np.ndarray, sigma: np.ndarray, prior: VascularPrior | None = None) -> dict:
@@ -376,10 +379,7 @@ class JointModel(Model):
             return t
         est = back(mean)
         sd = np.where(self.flow_log, np.sqrt(var) * est, np.sqrt(var))
-        var_phys = sd ** 2
-        prior = np.where(self.flow_prior_var > 0, self.flow_prior_var, 1.0)
-        contraction = np.where(self.flow_prior_var > 0, np.clip(1 - var_phys / prior, 0.0, 1.0), 1.0)
-        return est, sd, back(lo_t), back(hi_t), contraction
+        return est, sd, back(lo_t), back(hi_t), contraction(var, self.flow_prior_var)
 
     def fv_summaries(self, f_mom: np.ndarray) -> tuple:
         """(estimate, SD, 95 % low, 95 % high, contraction) [V] of fV from its posterior moments [V, 2+]
@@ -387,9 +387,8 @@ class JointModel(Model):
         est = f_mom[:, 0]
         sd = np.sqrt(np.maximum(f_mom[:, 1] - est ** 2, 0.0))
         prior_var = self.prior.moments()[1]
-        contraction = (np.clip(1 - sd ** 2 / prior_var, 0.0, 1.0) if self.fv_max > 0 and prior_var > 0
-                       else np.ones_like(est))
-        return est, sd, np.clip(est - Z95 * sd, 0.0, self.fv_max), np.clip(est + Z95 * sd, 0.0, self.fv_max), contraction
+        con = contraction(sd ** 2, prior_var) if self.fv_max > 0 else np.ones_like(est)
+        return est, sd, np.clip(est - Z95 * sd, 0.0, self.fv_max), np.clip(est + Z95 * sd, 0.0, self.fv_max), con
 
     # ---- Model API -------------------------------------------------------------------------------------------
     def jit_kernels(self) -> list:
@@ -503,6 +502,12 @@ class JointModel(Model):
         fit.ci95lo = {n: v_out["lo"][:, names.index(n)].reshape(shape) for n in free}
         fit.ci95hi = {n: v_out["hi"][:, names.index(n)].reshape(shape) for n in free}
         fit.contraction = {n: v_out["contraction"][:, names.index(n)].reshape(shape) for n in free}
+        #: P(vascular signal | data) [...] under the session's prior (the flow maps are conditional on it)
+        fit.p_vascular = np.where(in_mask, 1 - v_out["p_none"], 0.0).reshape(shape)
+        from .posterior import identifiability_summary
+        ok = exitcode.ravel() == EXIT_OK
+        fit.info["identifiability"] = identifiability_summary(
+            np.stack([v_out["contraction"][ok, names.index(n)] for n in free], 1), free)
         return fit
 
     def describe(self) -> Description:

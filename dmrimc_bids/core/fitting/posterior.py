@@ -40,9 +40,11 @@ For a voxel with normalised measurements y_m (m = 1..M), noise σ and noise floo
    distribution on that range); 95 % interval = estimate ± 1.96 SD, clipped to the dictionary's range for
    its design axes (a value at a bound is then inside the interval) and to the physical limits for the
    structure-level parameters, which the dictionary only samples (interval_limits).
-5. Identifiability: posterior contraction 1 - var_post / var_prior, in [0, 1], var_prior the variance of
-   the parameter over the prior (the entries inside the bounds): 0 = the data say nothing beyond the
-   dictionary's range, 1 = fully determined.
+5. Identifiability (IDENTIFIABILITY, one definition for every model): posterior contraction
+   1 - var_post / var_prior on the estimator's scale (log for the log-scaled parameters, where the intervals
+   are symmetric), var_post the interval's variance (model error included), var_prior the variance of the
+   parameter over the prior (the entries inside the bounds): 0 = the data say nothing beyond the
+   dictionary's range, 1 = fully determined; the verdict follows from it (identifiability_summary).
 
 The vascular branch uses this same estimator with ``noise='gaussian'``.
 """
@@ -215,6 +217,8 @@ class PosteriorModel(Model):
         self.log_prior = self.design_log_prior if prior == "design" else np.zeros(len(p))
         w_prior = np.exp(self.log_prior)
         self.prior_var = np.average((p - np.average(p, axis=0, weights=w_prior)) ** 2, axis=0, weights=w_prior)
+        v = self.values   # the estimator's scale: the contraction's
+        self.prior_var_t = np.average((v - np.average(v, axis=0, weights=w_prior)) ** 2, axis=0, weights=w_prior)
         self.int_lo, self.int_hi = interval_limits(p, self.groups, self.log, self.lo_t, self.hi_t)
         self.signals = np.ascontiguousarray(dictionary.signals, np.float64)
         self.signals_t = np.ascontiguousarray(self.signals.T)
@@ -422,11 +426,7 @@ class PosteriorModel(Model):
         back = lambda t: np.where(self.log, np.exp(t), t)  # noqa: E731
         est, lo, hi = back(post["point"]), back(t_lo), back(t_hi)
         sd = np.minimum(np.where(self.log, t_sd * est, t_sd), (self.hi - self.lo) / 2)
-        prior_var = np.where(self.prior_var > 0, self.prior_var, 1.0)
-        t_var = post["var"]   # contraction: what the data tell within the dictionary (no model-error term)
-        var_phys = np.where(self.log, t_var * est ** 2, t_var)
-        contraction = np.where(self.prior_var > 0, np.clip(1 - var_phys / prior_var, 0.0, 1.0), 1.0)
-        return est, sd, lo, hi, contraction
+        return est, sd, lo, hi, contraction(t_sd ** 2, self.prior_var_t)
 
     # ---- Model API -----------------------------------------------------------------------------------------
     def jit_kernels(self) -> list:
@@ -525,6 +525,21 @@ class PosteriorModel(Model):
 
 #: Contraction below which a parameter counts as not informed by the data; above which as well informed.
 WEAKLY_INFORMED, WELL_INFORMED = 0.1, 0.5
+#: The one definition of identifiability of every model (tissue posterior, joint fit, IVIM), as the sidecars
+#: and the report state it.
+IDENTIFIABILITY = ("posterior contraction 1 - var_post/var_prior on the estimator's scale (log for vm, vs, anb, "
+                   "D* and the log-scaled tissue parameters), var_post the variance behind the 95 % interval: "
+                   f"informed >= {WELL_INFORMED:g} (the interval at most {np.sqrt(1 - WELL_INFORMED):.2f} of the "
+                   f"prior's width), weakly informed {WEAKLY_INFORMED:g}-{WELL_INFORMED:g}, not informed < "
+                   f"{WEAKLY_INFORMED:g}")
+
+
+def contraction(var_post: np.ndarray, var_prior: np.ndarray) -> np.ndarray:
+    """1 - var_post / var_prior clipped to [0, 1] (both on the estimator's scale; 1 where the prior has no
+    variance): IDENTIFIABILITY's contraction, for every model."""
+    var_prior = np.asarray(var_prior, float)
+    safe = np.where(var_prior > 0, var_prior, 1.0)
+    return np.where(var_prior > 0, np.clip(1 - np.asarray(var_post, float) / safe, 0.0, 1.0), 1.0)
 
 
 def identifiability_summary(contraction: np.ndarray, names) -> dict:
