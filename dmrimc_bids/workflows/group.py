@@ -227,12 +227,7 @@ def run_group(config, run_with) -> int:
              if (not wanted or s in wanted) and (not sessions_wanted or ses in sessions_wanted)]
     participants = read_participants(bids_dir)
     expected = sorted(wanted or set(participants) or {p.name[4:] for p in bids_dir.glob("sub-*") if p.is_dir()})
-    failures = group_failures(read_status(out_dir), set(pairs), expected, out_dir)
-    bad = {f["pair"] for f in failures}
-    pairs = [(s, ses) for s, ses in pairs if (s, ses or "") not in bad]   # left out of the tables
-    mixed = check_one_run(out_dir, pairs, config.allow_mixed_runs)
-    for line in mixed:
-        print(f"dmrimc-bids: warning: pooling runs that differ in {line}", file=sys.stderr)
+    pairs, failures, mixed = _select_sessions(config, out_dir, pairs, expected, read_status(out_dir))
     entries = _group_entries(config, pairs, atlas, failures)
     if config.group_column and participants and not any(config.group_column in p for p in participants.values()):
         raise InputError(f"--group-column {config.group_column}: not a participants.tsv column",
@@ -267,6 +262,19 @@ def run_group(config, run_with) -> int:
               "(listed above and in group.html); exit 0 as --allow-incomplete asks", file=sys.stderr)
         return 0
     return 1 if res.outputs.failures else 0
+
+
+def _select_sessions(config, out_dir, pairs, expected, status) -> tuple:
+    """(the sessions to pool, failures, the options in which their runs differ): the failed, interrupted,
+    incomplete and missing sessions (group_failures) are left out; mixed runs refused (check_one_run) unless
+    --allow-mixed-runs, which warns on the terminal."""
+    failures = group_failures(status, set(pairs), expected, out_dir)
+    bad = {f["pair"] for f in failures}
+    pairs = [(s, ses) for s, ses in pairs if (s, ses or "") not in bad]
+    mixed = check_one_run(out_dir, pairs, config.allow_mixed_runs)
+    for line in mixed:
+        print(f"dmrimc-bids: warning: pooling runs that differ in {line}", file=sys.stderr)
+    return pairs, failures, mixed
 
 
 def _group_entries(config, pairs, atlas, failures: list) -> list:
