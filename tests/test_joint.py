@@ -233,13 +233,14 @@ def test_the_vascular_component_is_removed_in_proportion_to_its_posterior():
 
     def tissue_input(data):
         out = {k: np.zeros((n, 3)) for k in ("params", "sd", "lo", "hi", "contraction")}
-        out["p_none"] = np.zeros(n)
+        out["p_none"], out["log_bf"] = np.zeros(n), np.zeros(n)
         y_t, sig_t, vs, sv = np.zeros_like(data), np.full(n, 0.015), np.zeros_like(data), np.zeros(n)
         model._vascular_chunk(data, np.full(n, 0.015), np.arange(n), out, vs, y_t, sig_t, sv)
         return y_t, out, vs
     y_t, out, vs = tissue_input(y)
     p_none = out["p_none"]
-    bf = model.vascular_evidence(p_none)
+    bf = np.exp(out["log_bf"])   # Bayes factor of a vascular signal, as P(fV = 0 | data) under the prior says
+    np.testing.assert_allclose(bf, (0.95 / 0.05) * (1 - p_none) / p_none, rtol=1e-4)   # up to the pruned pairs
     odds = TISSUE_REMOVAL_P_ZERO / (1 - TISSUE_REMOVAL_P_ZERO)
     w = bf / (bf + odds)   # P(vascular | data) at the tissue step's odds
     slab = 1 - p_none
@@ -264,3 +265,20 @@ def test_joint_is_the_default_where_it_can_run(tmp_path, single_demo):
     cfg = Config(out_dir=str(tmp_path / "o"))
     assert cfg.model == "joint" and cfg.session_model(True) == "joint" and cfg.session_model(False) == "separate"
     assert Config(out_dir="", estimator="ml").session_model(True) == "separate"
+
+
+def test_the_bayes_factor_survives_a_session_prior_of_no_blood_free_voxel():
+    """A session where every voxel has blood learns P(no vascular signal) near 0; the tissue step's weight
+    comes from the kernel's Bayes factor (exact), not from P(fV = 0 | data), which is then 0 to rounding
+    and would call every voxel blood-free: the vascular component is removed (weight near 1)."""
+    tissue, flow = tissue_dictionary(), flow_dictionary()
+    rng = np.random.default_rng(13)
+    n = 120
+    it, iv = rng.integers(0, len(tissue), n), rng.integers(0, len(flow), n)
+    y = np.hypot(mixed(tissue, flow, it, iv, rng.uniform(0.08, 0.2, n)) + rng.normal(0, 0.01, (n, len(PROT))),
+                 rng.normal(0, 0.01, (n, len(PROT))))
+    model = JointModel(tissue, flow, tissue_b_min=200)
+    model.fit(y, sigma=np.full(n, 0.01))
+    assert model.prior.p_zero < 0.05
+    post = model.vascular_posterior(y, np.full(n, 0.01))
+    assert np.median(model.removal_weight(post["fv"][:, 3])) > 0.9

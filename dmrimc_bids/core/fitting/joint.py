@@ -291,7 +291,8 @@ class JointModel(Model):
     # ---- the vascular posterior (steps 1-2) ----------------------------------------------------------------
     def vascular_posterior(self, y: np.ndarray, sigma: np.ndarray, prior: VascularPrior | None = None) -> dict:
         """Steps 1-2 for voxels y [V, M] (σ [V]) under ``prior`` (default: self.prior): 'w_flow' [V, Kf], 'fv'
-        (E[fV], E[fV²], P(fV = 0)) [V, 3], 'vascular_signal' [V, M] = E[fV·S_flow]."""
+        (E[fV], E[fV²], P(fV = 0), log Bayes factor of a vascular signal) [V, 4], 'vascular_signal' [V, M] =
+        E[fV·S_flow]."""
         clean = self._clean(y, sigma)
         return self._pairs(clean, sigma, self._candidates(clean), prior or self.prior)
 
@@ -320,7 +321,7 @@ class JointModel(Model):
         v, n = top.shape
         w_flow = np.empty((v, len(self.flow_signals)))
         g_flow = np.empty_like(w_flow)
-        f_mom = np.empty((v, 3))
+        f_mom = np.empty((v, 4))
         sig2 = np.asarray(sigma, float) ** 2
         tau2 = sig2[:, None] * self.b0_noise_ratio[None, :] ** 2
         yy = np.stack([(clean[:, self.groups == g] ** 2).sum(1) for g in range(self.n_groups)], 1)
@@ -350,8 +351,7 @@ class JointModel(Model):
         prior = VascularPrior(0.5, 0.0, self.fv_max, "session", len(pick))
         for it in range(1, PRIOR_EM_ITERATIONS + 1):
             fv = self._pairs(clean, sigma[pick], top, prior)["fv"]
-            p_none = np.clip(fv[:, 2], 1e-300, 1.0)
-            bf = self.vascular_evidence(p_none, prior.p_zero)
+            bf = np.exp(np.clip(fv[:, 3], -700.0, 700.0))   # the kernel's, exact where P(fV = 0 | data) cancels
             slab_mass = np.maximum(1 - fv[:, 2], 1e-300)
             slab_mean = np.clip(fv[:, 0] / slab_mass, 0.0, self.fv_max)   # E[fV | data, fV > 0]
             pi = min(estimate_pi_zero(bf, prior.p_zero), 1.0 - 1e-6)
@@ -446,13 +446,12 @@ class JointModel(Model):
         for key, arr in zip(("params", "sd", "lo", "hi", "contraction"), self.fv_summaries(post["fv"])):
             v_out[key][idx, -1] = arr
         v_out["p_none"][idx] = post["fv"][:, 2]
+        v_out["log_bf"][idx] = post["fv"][:, 3]
         # the tissue step: the vascular component's mean given a vascular signal is removed, weighted by
         # P(vascular | data) at the tissue step's odds (TISSUE_REMOVAL_P_ZERO; continuous, no threshold), and the
         # uncertainty of 1/(1 - a fV) is marginalised as a common scale
         slab = np.maximum(1 - post["fv"][:, 2], 1e-300)
-        bf = self.vascular_evidence(post["fv"][:, 2])
-        pc = TISSUE_REMOVAL_P_ZERO
-        w = np.where(np.isinf(bf), 1.0, bf / (bf + pc / (1 - pc))) if pc > 0 else np.ones(len(y))
+        w = self.removal_weight(post["fv"][:, 3])
         m1 = np.clip(post["fv"][:, 0] / slab, 0.0, self.fv_max)          # E[fV] given a vascular signal
         m2 = np.clip(post["fv"][:, 1] / slab, m1 ** 2, self.fv_max ** 2)  # E[fV²] given a vascular signal
         ef = w * m1
@@ -465,14 +464,14 @@ class JointModel(Model):
         y_t[idx] = (y - removed) / share
         sig_t[idx] = sigma / share[:, self.tissue_columns].mean(1) if np.all(np.isfinite(sig_t[idx])) else np.nan
 
-    def vascular_evidence(self, p_none: np.ndarray, p_zero: float | None = None) -> np.ndarray:
-        """Bayes factor of a vascular signal against none [V] from the posterior P(fV = 0 | data) [V] under the
-        prior's P(fV = 0) p_zero (default: the prior that ran)."""
-        p_zero = self.prior.p_zero if p_zero is None else p_zero
-        if p_zero <= 0:
-            return np.full(len(p_none), np.inf)
-        p = np.clip(p_none, 1e-300, 1.0)
-        return (p_zero / (1 - p_zero)) * (1 - p) / p
+    @staticmethod
+    def removal_weight(log_bf: np.ndarray, p_zero: float | None = None) -> np.ndarray:
+        """P(vascular | data) [V] at the tissue step's prior odds (TISSUE_REMOVAL_P_ZERO) from the log Bayes
+        factors [V] of a vascular signal (kernels.joint_pair_moments)."""
+        pc = TISSUE_REMOVAL_P_ZERO if p_zero is None else p_zero
+        if pc <= 0:
+            return np.ones(len(log_bf))
+        return 1.0 / (1.0 + np.exp(np.clip(np.log(pc / (1 - pc)) - np.asarray(log_bf, float), -700.0, 700.0)))
 
     def _residual_sigma(self, flat, todo) -> np.ndarray:
         """σ per voxel without a noise map: the RMS residual of the best tissue-only entry (an upper bound)."""
@@ -488,6 +487,7 @@ class JointModel(Model):
         p = len(self.flow.names) + 1
         out = {k: np.full((n_vox, p), np.nan) for k in ("params", "sd", "lo", "hi", "contraction")}
         out["p_none"] = np.full(n_vox, np.nan)
+        out["log_bf"] = np.full(n_vox, np.nan)
         for arr in out.values():
             arr[~in_mask] = 0
         return out

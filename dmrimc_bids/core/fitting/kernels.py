@@ -598,7 +598,7 @@ def joint_pair_moments(y, sig2, tissue, flow_t, flow_sq, fv_max, groups, kappa, 
     marginalised analytically (Gaussian in f for each pair, truncated). tissue [V, Nt, M] the voxel's
     tissue candidates, flow_t [M, Kf] the flow signals transposed, flow_sq [Kf] = |v|². Writes, per
     voxel: w_flow [V, Kf] the marginal posterior of the flow entries, g_flow [V, Kf] Σ_t w_tv E[f | t, v],
-    f_moments [V, 3] E[f], E[f²], P(f = 0); log_w [V, Nt, Kf] is work space. The Laplace factor and the truncation
+    f_moments [V, 4] E[f], E[f²], P(f = 0), log Bayes factor of a vascular signal; log_w [V, Nt, Kf] is work space. The Laplace factor and the truncation
     are evaluated only for pairs whose profile weight is within JOINT_LOG_WEIGHT_SPAN of the best.
 
     Normalisation noise: each measurement group g (groups [M], 0..G-1: the TE groups, each divided by its
@@ -643,7 +643,7 @@ def joint_pair_voxel(yi, s2, ti, flow_t, flow_sq, fv_max, groups, kappa, aw, uni
     log_slab = (log_mass + 0.5 * math.log(2.0 * math.pi) + truncated_exponential_log_density0(fv_rate, fv_max)
                 if fv_max > 0 else 0.0)   # fv_max = 0: the slab is the point f = 0 itself
     shift = fv_rate * s2   # e^{-λf} shifts each pair's Gaussian in f by -λσ²/c
-    log_spike = math.log(p_zero) + math.log(n_f) if p_zero > 0 else -math.inf
+    log_p0 = math.log(p_zero) if p_zero > 0 else -math.inf   # spike[t]: the unit-mass spike; p0 enters below
     for e in range(n_f):   # <y, a∘v> [Kf]; <t, a∘v> [Nt, Kf], later |a∘(v - t)|²; <t, a²∘v> (read before tv is overwritten)
         yv[e] = 0.0
         for t in range(n_t):
@@ -688,10 +688,9 @@ def joint_pair_voxel(yi, s2, ti, flow_t, flow_sq, fv_max, groups, kappa, aw, uni
             a += d * d
         for g in range(n_g):   # common-mode part of the misfit at f = 0
             a -= kappa[g] * (yyg[g] - ytg[g]) ** 2
-        if p_zero > 0:
-            spike[t] = log_spike - a / (2.0 * s2)
-            if spike[t] > best:
-                best = spike[t]
+        spike[t] = math.log(n_f) - a / (2.0 * s2)
+        if spike[t] + log_p0 > best:
+            best = spike[t] + log_p0
         for e in range(n_f):
             b = yv[e] - yt_a - tv[t, e] + tt_a - shift
             c = flow_sq[e] - 2.0 * tv2[t, e] + tt_a2
@@ -729,8 +728,8 @@ def joint_pair_voxel(yi, s2, ti, flow_t, flow_sq, fv_max, groups, kappa, aw, uni
             if lw[t, e] > top:
                 top = lw[t, e]
     for t in range(n_t):
-        if spike[t] > top:
-            top = spike[t]
+        if spike[t] + log_p0 > top:
+            top = spike[t] + log_p0
     total = 0.0
     ef = 0.0
     ef2 = 0.0
@@ -748,10 +747,19 @@ def joint_pair_voxel(yi, s2, ti, flow_t, flow_sq, fv_max, groups, kappa, aw, uni
             ef += w * tv[t, e]
             ef2 += w * bb[t, e]
     slab_total = total
+    smax = -math.inf
     for t in range(n_t):
-        if spike[t] >= top - JOINT_LOG_WEIGHT_SPAN:
-            total += math.exp(spike[t] - top)
+        if spike[t] + log_p0 >= top - JOINT_LOG_WEIGHT_SPAN:
+            total += math.exp(spike[t] + log_p0 - top)
+        if spike[t] > smax:
+            smax = spike[t]
     f_moments[2] = 1.0 - slab_total / total   # P(f = 0 | y)
+    s_sum = 0.0
+    for t in range(n_t):
+        s_sum += math.exp(spike[t] - smax)
+    # log Bayes factor (slab against spike, each of unit prior mass): exact where P(f = 0 | y) cancels
+    f_moments[3] = (top + math.log(slab_total) - log_mass - smax - math.log(s_sum) if slab_total > 0
+                    else -math.inf)
     for e in range(n_f):   # the flow entries given a vascular signal (f > 0); the prior when none is left
         w_flow[e] = w_flow[e] / slab_total if slab_total > 0 else 1.0 / n_f
         g_flow[e] /= total
