@@ -92,3 +92,15 @@ def test_fit_interfaces_declare_typed_options():
     node = FitModel(estimator="posterior", bounds={"fin": [0.1, 0.9]}, method="segmented", chunk_size=500)
     assert model_options(node.inputs, "posterior") == {"bounds": {"fin": (0.1, 0.9)}, "chunk_size": 500}
     assert model_options(node.inputs, "ivim") == {"method": "segmented"}
+
+
+def test_stored_intervals_hold_the_computed_ones():
+    """float32(0.8) > 0.8: a truth at the dictionary's bound fell outside a nearest-rounded lower end (every
+    real-histology voxel with D0in = 0.8 read as not covered); interval ends are rounded outwards."""
+    import numpy as np
+
+    from dmrimc_bids.interfaces.fitting import as_float32
+    vals = np.array([0.8, 0.1, 3.0, 1.35, 39.9])
+    assert np.all(as_float32(vals, "D0in_ci95lo").astype(np.float64) <= vals)
+    assert np.all(as_float32(vals, "D0in_ci95hi").astype(np.float64) >= vals)
+    assert float(np.float32(0.8)) > 0.8 and np.array_equal(as_float32(vals, "D0in"), vals.astype(np.float32))

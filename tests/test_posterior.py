@@ -105,10 +105,10 @@ def test_model_error_of_structures_widens_intervals():
     assert np.all(with_err.sd["fin"] > without.sd["fin"])
     assert with_err.info["model_error_rms"]["fin"] > 0.01
     # fin is structure-level (one value per substrate): its interval may leave the sampled range; D0ex is
-    # a design axis: clipped to the dictionary's range
+    # a design axis (nodes 1.5-3.0, step 0.3): clipped to the dictionary's range widened by half a step
     model = PosteriorModel(dic)
     assert model.int_lo[0] == 0.0 and model.int_hi[0] == 1.0
-    assert model.int_lo[2] == pytest.approx(1.5) and model.int_hi[2] == pytest.approx(3.0)
+    assert model.int_lo[2] == pytest.approx(1.35) and model.int_hi[2] == pytest.approx(3.15)
 
 
 def test_interval_limits_and_weighted_quantile_by_hand():
@@ -117,7 +117,8 @@ def test_interval_limits_and_weighted_quantile_by_hand():
     log = np.array([False, False, True])
     assert structure_groups(p[:, :2]) is None   # a crossed 2 x 2 grid has no structures
     lo, hi = interval_limits(p, groups, log, np.where(log, np.log(p.min(0)), p.min(0)), np.where(log, np.log(p.max(0)), p.max(0)))
-    assert lo[0] == 0.0 and hi[0] == 1.0 and lo[1] == 1.0 and hi[1] == 2.0 and np.isinf(lo[2]) and np.isinf(hi[2])
+    # the design axis (nodes 1, 2) reaches half a step beyond its end nodes
+    assert lo[0] == 0.0 and hi[0] == 1.0 and lo[1] == 0.5 and hi[1] == 2.5 and np.isinf(lo[2]) and np.isinf(hi[2])
     samples = np.array([[[3.0], [1.0], [2.0]]])
     w = np.array([[0.2, 0.3, 0.5]])
     # sorted 1 (0.3), 2 (0.5), 3 (0.2): mid-cumulative 0.15, 0.55, 0.9 -> the median 1 + (0.5-0.15)/0.4

@@ -165,9 +165,22 @@ def save_maps(runtime, img, maps: dict, mask, prefix: str = "") -> dict:
     """Every map as float32 NIfTI in the node's folder, NaN outside the fit (exit code 0, or outside the
     mask without one): {name: path}."""
     outside = (maps["exitcode"] == 0) if "exitcode" in maps else ~mask  # one background: NaN outside the fit
-    return {name: save_image(np.where(outside, np.nan, np.asarray(arr, np.float32)), img,
+    return {name: save_image(np.where(outside, np.nan, as_float32(arr, name)), img,
                              cwd_path(runtime, f"{prefix}{name}.nii.gz"), np.float32)
             for name, arr in maps.items()}
+
+
+def as_float32(values, name: str = "") -> np.ndarray:
+    """A map as float32; the ends of a 95 % interval ('*_ci95lo', '*_ci95hi') rounded outwards, so that the
+    stored interval holds the computed one (float32(0.8) is above 0.8: a truth at the dictionary's bound
+    would fall outside a nearest-rounded interval)."""
+    arr = np.asarray(values, np.float64)
+    out = arr.astype(np.float32)
+    direction = -np.inf if name.endswith("_ci95lo") else np.inf if name.endswith("_ci95hi") else None
+    if direction is not None:
+        wrong = (out > arr) if direction < 0 else (out < arr)
+        out = np.where(wrong, np.nextafter(out, np.float32(direction)), out)
+    return out
 
 
 def _write_json(path, obj) -> str:

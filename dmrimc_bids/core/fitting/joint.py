@@ -69,7 +69,7 @@ P_ZERO = 0.95
 TISSUE_REMOVAL_P_ZERO = 0.99
 #: Mask voxels (at most; evenly spaced, so the choice is deterministic) whose marginal likelihood sets the
 #: session's vascular prior (estimate_vascular_prior).
-PRIOR_VOXELS = 2000
+PRIOR_VOXELS = 1000
 #: Fewer fitted voxels than this: the vascular prior stays the constant (P_ZERO, flat slab), as the sidecar says.
 PRIOR_MIN_VOXELS = 50
 #: EM iterations of the vascular prior at most, and its tolerance (on P(no vascular signal) and on the slab's

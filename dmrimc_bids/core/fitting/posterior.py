@@ -37,9 +37,9 @@ For a voxel with normalised measurements y_m (m = 1..M), noise σ and noise floo
    parameter. Without this term the intervals would pretend that the tissue is one of the dictionary's
    structures. h is local: the RMS error of the MODEL_ERROR_NEIGHBOURS internal estimates nearest to the
    voxel's estimate. SD = sqrt(var + h²), capped at half the prior range (the largest SD of any
-   distribution on that range); 95 % interval = estimate ± 1.96 SD, clipped to the dictionary's range for
-   its design axes (a value at a bound is then inside the interval) and to the physical limits for the
-   structure-level parameters, which the dictionary only samples (interval_limits).
+   distribution on that range); 95 % interval = estimate ± 1.96 SD, clipped to the dictionary's range
+   widened by half a grid step for its design axes and to the physical limits for the structure-level
+   parameters, which the dictionary only samples (interval_limits).
 5. Identifiability (IDENTIFIABILITY, one definition for every model): posterior contraction
    1 - var_post / var_prior on the estimator's scale (log for the log-scaled parameters, where the intervals
    are symmetric), var_post the interval's variance (model error included), var_prior the variance of the
@@ -116,17 +116,27 @@ def structure_groups(params: np.ndarray) -> np.ndarray | None:
     return groups if int(np.sum(~varies_within_structures(params, groups))) >= 2 else None
 
 
-def interval_limits(params: np.ndarray, groups: np.ndarray, log: np.ndarray, lo_t, hi_t) -> tuple:
+def interval_limits(params: np.ndarray, groups: np.ndarray | None, log: np.ndarray, lo_t, hi_t) -> tuple:
     """Where the 95 % intervals are clipped (estimator's scale). A parameter varied within the structures
-    (a design axis such as D0 or kappa) is known to lie in the dictionary's range. A structure-level
-    parameter (one value per substrate or network, e.g. fin, cell size) is a property of tissue the
-    dictionary only samples: its interval may leave the sampled range, up to its physical limits
-    (0 for non-negative parameters, 1 for fractions; none on a log scale)."""
+    (a design axis such as D0 or kappa) is sampled on a grid whose end nodes stand for the values within half
+    a grid step of them: its interval may reach that far beyond the dictionary's range (kappa's last node
+    39.9 stands for 40 too), not below 0 for a non-negative parameter. A structure-level parameter (one value
+    per substrate or network, e.g. fin, cell size) is a property of tissue the dictionary only samples: its
+    interval may leave the sampled range, up to its physical limits (0 for non-negative parameters, 1 for
+    fractions; none on a log scale)."""
     lo, hi = np.array(lo_t, float), np.array(hi_t, float)
-    if groups is None:
-        return lo, hi
-    for j in np.flatnonzero(~varies_within_structures(params, groups)):   # structure-level parameters
+    values = np.where(log, np.log(np.where(params > 0, params, 1.0)), params)
+    design = np.ones(params.shape[1], bool) if groups is None else varies_within_structures(params, groups)
+    for j in range(params.shape[1]):
         col = params[:, j]
+        if design[j]:
+            nodes = np.unique(values[:, j])
+            if nodes.size >= 2:
+                lo[j] = nodes[0] - 0.5 * (nodes[1] - nodes[0])
+                hi[j] = nodes[-1] + 0.5 * (nodes[-1] - nodes[-2])
+                if not log[j] and col.min() >= 0:
+                    lo[j] = max(lo[j], 0.0)
+            continue
         lo[j] = -np.inf if log[j] or col.min() < 0 else 0.0
         hi[j] = 1.0 if not log[j] and col.min() >= 0 and col.max() <= 1 else np.inf
     return lo, hi
