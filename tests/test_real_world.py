@@ -185,7 +185,7 @@ def test_mostly_failed_fit_marks_the_subject_failed(single_demo, tmp_path, capsy
     assert code == 1, err
     rows = next((out / "logs").glob("*_status.tsv")).read_text().splitlines()
     status = dict(zip(rows[0].split("\t"), rows[1].split("\t")))
-    assert status["status"] == "failed" and "% of the fitted voxels" in status["message"], status
+    assert status["status"] == "failed" and "% of the histousim voxels" in status["message"], status
     frac = bad.sum() / mask.sum()
     assert f"{100 * frac:.0f} %" in status["message"]
 

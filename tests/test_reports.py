@@ -230,3 +230,12 @@ def test_the_written_text_follows_the_fit_that_ran(demo_run, single_demo, tmp_pa
     helptext = build_parser().format_help()
     assert "segmented IVIM + SpinFlowSim" not in helptext and "default bayes" in helptext
     assert "recorded in sidecars\n" not in helptext
+
+
+def test_a_near_constant_float32_map_gets_its_picture():
+    """pvascular of a session where every voxel has blood is 1 - 1e-8 in float32 (0.99999994 or 1): too few
+    floats in that range for 30 histogram bins crashed the report (a session marked failed)."""
+    from dmrimc_bids.reports import figures
+    vol = np.where(np.arange(4 * 4 * 2).reshape(4, 4, 2) % 2, 1.0, 0.99999994).astype(np.float32)
+    mask = np.ones(vol.shape, bool)
+    assert figures.map_mosaic(vol, np.ones(vol.shape), mask, "pvascular", "")

@@ -174,8 +174,8 @@ def _execution_options(e) -> None:
     e.add_argument("--seed", "--random-seed", type=int, default=0,
                    help="seed of the Monte Carlo simulations a run makes (--dictionary-source simulate, and a flow "
                         "dictionary for the protocol when none is cached: its networks' spins); recorded in the "
-                        "sidecars. The fits themselves are deterministic; the flow dictionary is simulated until "
-                        "its Monte Carlo noise is far below the maps' posterior SDs, so maps agree across seeds")
+                        "sidecars. The fits are deterministic, and the default maps of two seeds differ by far less "
+                        "than their posterior SDs (benchmarks/seed_stability.py)")
     e.add_argument("--chunk-size", type=int, default=10000, help="voxels per fitting batch (memory)")
     e.add_argument("--mem", "--mem-gb", dest="mem_gb", type=memory_gb, metavar="MEM",
                    help="memory for the whole run, e.g. 8G or 8000M (a bare number is GB): Nipype schedules "

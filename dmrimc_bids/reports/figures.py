@@ -117,8 +117,10 @@ def map_mosaic(volume: np.ndarray, underlay: np.ndarray, mask: np.ndarray, title
     if discrete:
         cb.set_ticks([-1, 0, 1])
     hax = fig.add_axes(((img_w + 1.4) / fw, 0.25, 1.7 / fw, 0.6))
-    if inside.size:
-        hax.hist(inside, bins=3 if discrete else 30, color="#4a6fa5", range=(vmin, vmax))
+    if inside.size:   # in float64: a float32 map of near-constant values (a probability of 1 - 1e-8) has too
+        # few distinct floats between vmin and vmax for 30 bins
+        hax.hist(np.asarray(inside, np.float64), bins=3 if discrete else 30, color="#4a6fa5",
+                 range=(float(vmin), float(vmax) if vmax > vmin else float(vmin) + 1.0))
     hax.set_xlabel(f"{title} [{display_unit(unit)}]" if unit else title, fontsize=7)
     hax.set_ylabel("voxels", fontsize=7)
     hax.tick_params(labelsize=6)
