@@ -11,6 +11,8 @@ for the protocol from the generated networks unless --dictionary is given) on ev
 
 from __future__ import annotations
 
+from ..core.simulate.flow.dictionary import DEFAULT_SPINS
+
 from pathlib import Path
 
 from ..core.errors import EX_USAGE, InputError
@@ -34,7 +36,8 @@ def add_design_parser(sub, positive) -> None:
                         "dictionary the pipeline simulates for the protocol from the generated networks, cached)")
     d.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "dmrimc-bids" / "dictionaries",
                    help="where simulated flow dictionaries are cached (~/.cache/dmrimc-bids/dictionaries)")
-    d.add_argument("--flow-spins", type=positive(int), default=2000, help="spins per realisation (2000)")
+    d.add_argument("--flow-spins", type=positive(int), default=DEFAULT_SPINS,
+                   help=f"spins per realisation ({DEFAULT_SPINS})")
     d.add_argument("--branch", choices=("tissue", "vascular"), default="tissue",
                    help="tissue: b >= --vasc-threshold, magnitude (Rician) noise; vascular: every b > 0, "
                         "Gaussian noise (the vascular signal is a difference of magnitudes)")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..core.simulate.flow.dictionary import DEFAULT_SPINS
+
 import argparse
 import sys
 from pathlib import Path
@@ -142,7 +144,8 @@ def _vascular_options(v) -> None:
                    help="flow dictionary (dmrimc-sim flow); default: simulated for each protocol (cached)")
     v.add_argument("--flow-networks", nargs="+", type=Path, metavar="FILE",
                    help="networks (.json/.npz) for the simulated flow dictionary (default: generated ones)")
-    v.add_argument("--flow-spins", type=int, default=2000, metavar="N", help="spins per realisation (2000)")
+    v.add_argument("--flow-spins", type=int, default=DEFAULT_SPINS, metavar="N",
+                   help=f"spins per realisation ({DEFAULT_SPINS})")
     v.add_argument("--flow-params", nargs="+", metavar="NAME",
                    help="flow parameters to estimate (default vm vs anb)")
     v.add_argument("--model", choices=["separate", "joint"], default=None,

@@ -12,6 +12,7 @@ from .. import __version__
 from ..core import preprocess
 from ..core.errors import EX_NOINPUT, InputError
 from ..core.protocol import B0_THRESHOLD
+from ..core.simulate.flow.dictionary import DEFAULT_SPINS
 
 #: The prior of each tissue parameter's point estimate and SD (posterior.PosteriorModel point_prior; the others
 #: follow --prior), chosen on the leave-one-out folds of the published real-histology substrates 1-12 at SNR 50
@@ -77,7 +78,7 @@ class Config:
     ivim_estimator: str = "bayes"
     flow_dictionary: str = ""
     flow_networks: list = field(default_factory=list)
-    flow_spins: int = 2000
+    flow_spins: int = DEFAULT_SPINS
     flow_params: list = field(default_factory=list)
     flow_match_tol_b: float = 5.0
     flow_estimator: str = "posterior-mean"
