@@ -172,6 +172,11 @@ def score(est: dict, truth: dict, lo: dict | None = None, hi: dict | None = None
         if lo and hi:
             a, b = (np.concatenate([m[n] for n in sorted(est)])[:, j] for m in (lo, hi))
             out[k]["coverage95"] = round(float(np.mean((t[:, j] >= a) & (t[:, j] <= b))), 4)
+            # the median 95 % width, and as a fraction of the truth's 2.5-97.5 % range (1: no information)
+            width = float(np.median(b - a))
+            out[k]["width95"] = round(width, 5)
+            out[k]["width95_of_range"] = round(width / max(float(np.ptp(np.quantile(t[:, j], [0.025, 0.975]))),
+                                                           1e-12), 3)
     return out
 
 
@@ -201,8 +206,9 @@ def _record(res, ref, args):
                 f"; `dmrimc-bids ... participant` with {' '.join(args.app_args)}")
              + (f" and `--prior {args.prior}`" if args.prior else "") + ")", "",
              "| parameter | ρ default app | ρ published | ρ app + published folds | MedAE default app | "
-             "MedAE published | MedAE app + folds | MedAE constant guess | 95 % coverage default app |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "MedAE published | MedAE app + folds | MedAE constant guess | 95 % coverage default app | "
+             "median 95 % width (of the truth's central 95 % range) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for k, v in res["params"].items():
         r = ref[k]
         f = folds["params"][k] if folds else None
@@ -211,6 +217,7 @@ def _record(res, ref, args):
                      f"{r['spearman']:.3f} | - | ")
         lines[-1] += (f"{v['medae']:.3g} | {r['medae']:.3g} | " + (f"{f['medae']:.3g}" if f else "-")
                       + f" | {v['medae_constant']:.3g} | " + (f"{v['coverage95']:.3f}" if "coverage95" in v else "-")
+                      + " | " + (f"{v['width95']:.3g} ({v['width95_of_range']:.2f})" if "width95" in v else "-")
                       + " |")
     def verdict(ok):
         return ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in ok.items())
