@@ -87,6 +87,9 @@ class WriteDerivatives(SimpleInterface):
         model_error = value(i.fit_info, {}).get("model_error_rms")
         if model_error:
             params["DictionaryModelErrorRMS"] = model_error
+        calibration = value(i.fit_info, {}).get("interval_calibration")
+        if calibration:
+            params["IntervalCalibration"] = calibration
         placement = value(i.fit_info, {}).get("estimate_placement")
         if placement:
             params["EstimatePlacement"] = {

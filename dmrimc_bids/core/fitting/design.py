@@ -17,15 +17,10 @@ from __future__ import annotations
 import numpy as np
 
 from ..dictionary import Dictionary
+from .likelihood import add_noise
 from .posterior import PosteriorModel
 
-
-def add_noise(signals: np.ndarray, sigma: float, noise: str, rng: np.random.Generator) -> np.ndarray:
-    """signals [n, M] with noise σ: Rician magnitude for 'offset-gaussian', additive Gaussian for 'gaussian'."""
-    re = signals + sigma * rng.standard_normal(signals.shape)
-    if noise == "gaussian":
-        return re
-    return np.hypot(re, sigma * rng.standard_normal(signals.shape))
+__all__ = ["add_noise", "expected_identifiability"]
 
 
 def expected_identifiability(dictionary: Dictionary, snr: float, n_samples: int = 1000, seed: int = 0,

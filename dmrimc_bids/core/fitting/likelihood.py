@@ -33,6 +33,20 @@ def noise_floor(sigma, n_averages: float = 1.0):
     return np.asarray(sigma, dtype=float) * np.sqrt(n_averages) * SQRT_HALF_PI
 
 
+def add_noise(signals: np.ndarray, sigma: float, noise: str, rng: np.random.Generator,
+              n_averages: float = 1.0) -> np.ndarray:
+    """signals [n, M] as measured with noise σ (normalised units, this module's convention): additive Gaussian
+    for 'gaussian' (a difference of magnitudes), else the magnitude of complex Gaussian noise (Rician) of the
+    single-volume σ·sqrt(N), averaged over N = n_averages volumes (rounded; spread σ, floor nf)."""
+    signals = np.asarray(signals, float)
+    if noise == "gaussian":
+        return signals + sigma * rng.standard_normal(signals.shape)
+    n = max(1, int(round(n_averages)))
+    single = sigma * np.sqrt(n_averages)
+    return np.mean([np.hypot(signals + single * rng.standard_normal(signals.shape),
+                             single * rng.standard_normal(signals.shape)) for _ in range(n)], axis=0)
+
+
 def expected_signal(signal, floor):
     """Offset-Gaussian expected magnitude sqrt(s² + nf²)."""
     return np.sqrt(np.square(signal) + np.square(floor))
