@@ -110,6 +110,11 @@ def _runs_with_one_timing(bids, tmp):
     return "dmrimc-bids", [runs, tmp / "out", "participant", "--small-delta", "10", "--big-delta", "25"]
 
 
+def _no_bvec(bids, tmp):
+    (_bids_dwi(bids) / "sub-01_dwi.bvec").unlink()
+    return "dmrimc-bids", [bids, tmp / "out", "participant"]
+
+
 def _no_description(bids, tmp):
     (bids / "dataset_description.json").unlink()
     return "dmrimc-bids", [bids, tmp / "out", "participant"]
@@ -157,6 +162,7 @@ def _sim(*extra):
 CASES = [
     Case("missing-timing", "DWI sidecar without SmallDelta/BigDelta and no --small-delta/--big-delta", 66,
          "sub-01_dwi.json", _edit_sidecar(_drop_timing)),
+    Case("missing-bvec", "a DWI series with diffusion-weighted volumes and no .bvec", 66, "sub-01_dwi.bvec", _no_bvec),
     Case("bval-count", ".bval with fewer values than DWI volumes", 65, "sub-01_dwi.bval", _bval(lambda b: " ".join(b[:-1]))),
     Case("no-b0", "no b=0 volume in a TE/diffusion-time group", 65, "sub-01_dwi.nii.gz",
          _bval(lambda b: " ".join("300" if float(v) == 0 else v for v in b))),

@@ -408,6 +408,47 @@ def test_compile_notice_only_when_kernels_are_not_cached(tmp_path):
     assert jitcache.compile_notice(module, "fitting") == ""
 
 
+def test_compile_notice_sees_the_user_wide_cache(tmp_path, monkeypatch):
+    """A read-only package (an installed image) makes numba cache its kernels in ~/.cache/numba/<folder>_<sha1>:
+    found there, so the notice is not repeated on every run."""
+    from dmrimc_bids.core import jitcache
+    module = tmp_path / "pkg" / "kernels.py"
+    module.parent.mkdir()
+    module.write_text("")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "home" / ".cache"))
+    assert "compiling" in jitcache.compile_notice(module, "fitting")
+    folder = jitcache.user_cache_folder(module)
+    assert str(folder).startswith(str(tmp_path / "home"))
+    folder.mkdir(parents=True)
+    (folder / "kernels.fit-12.py311.nbi").write_bytes(b"")
+    assert jitcache.compile_notice(module, "fitting") == ""
+
+
+def test_every_listed_kernel_is_compiled_by_a_fit():
+    """Each model's jit_kernels() are the kernels its fit() compiles (in a fresh process): a listed kernel that a
+    fit never compiles (main: entry_costs_common_scale; IVIM's callees, compiled into their caller) was announced
+    as compiling on every run."""
+    import subprocess
+    code = (
+        "import sys, numpy as np; sys.path.insert(0, 'tests')\n"
+        "from test_posterior import grid_dictionary\n"
+        "from dmrimc_bids.core.fitting.posterior import PosteriorModel\n"
+        "from dmrimc_bids.core.fitting.dictfit import DictionaryModel\n"
+        "from dmrimc_bids.core.fitting.ivim import IvimModel\n"
+        "from dmrimc_bids.core.protocol import Protocol\n"
+        "dic = grid_dictionary(); y = dic.signals[:20].astype(float); s = np.full(20, 0.02)\n"
+        "prot = Protocol([0, 25, 50, 100, 200, 400, 800, 1000.0], 10.0, 30.0)\n"
+        "iv = np.exp(-np.outer(np.ones(30), prot.b) * 1e-3) * 0.9 + 0.1 * np.exp(-np.outer(np.ones(30), prot.b) * 2e-2)\n"
+        "left = []\n"
+        "for model, data, sig in ((PosteriorModel(dic), y, s), (DictionaryModel(dic), y, s), (IvimModel(prot), iv, np.full(iv.shape, 0.01))):\n"
+        "    model.fit(data, sigma=sig)\n"
+        "    left += [getattr(d, 'py_func', d).__name__ for d in model.jit_kernels() if not d.signatures]\n"
+        "print('LEFT', left)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert "LEFT []" in out.stdout, out.stdout + out.stderr
+
+
 def test_uncached_names_each_kernel_until_its_first_call(tmp_path, monkeypatch):
     import importlib.util
     from dmrimc_bids.core import jitcache

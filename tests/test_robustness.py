@@ -210,3 +210,26 @@ def test_temporary_files_of_dead_writers_are_removed(tmp_path):
     atomic_write_bytes(out / "e.json", b"{}")  # an atomic write leaves no temporary file behind
     assert sorted(p.name for p in out.iterdir()) == sorted([Path(live).name, recent_other.name, unrelated.name,
                                                             "e.json"])
+
+
+def test_missing_bvec_fails_only_its_subject(demo_dir, tmp_path):
+    """A subject without its .bvec is refused with one line naming the file; the other subject runs (on main the
+    pybids look-up raised IndexError for the whole cohort, exit 66, no subject run)."""
+    import contextlib
+    import io
+
+    from dmrimc_bids.cli.run import main
+    bids = tmp_path / "bids"
+    shutil.copytree(demo_dir, bids, ignore=shutil.ignore_patterns("ses-2"))
+    (bids / "sub-01/dwi/sub-01_dwi.bvec").unlink()
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main([str(bids), str(tmp_path / "out"), "participant", "-w", str(tmp_path / "w")])
+    assert code == 1, err.getvalue()
+    lines = [ln for ln in err.getvalue().splitlines() if "sub-01_dwi.bvec" in ln]
+    assert len(lines) == 1 and "no .bvec file" in lines[0], err.getvalue()
+    rows = [line.split("\t") for line in next((tmp_path / "out" / "logs").glob("*_status.tsv")).read_text().splitlines()[1:]]
+    status = {r[0] + ("" if r[1] == "n/a" else "_" + r[1]): r[2] for r in rows}
+    assert status["sub-01"] == "failed" and status["sub-02_ses-1"] == "finished", rows
+    assert list((tmp_path / "out" / "sub-02").rglob("*_model-histousim_param-fin_dwimap.nii.gz"))
+

@@ -192,8 +192,8 @@ def _session_item(sub, ses, files, layout) -> SessionInputs:
         bval.append(str(b))
         if Path(stem + ".bvec").is_file():
             bvec.append(str(Path(stem + ".bvec")))
-        else:  # inherited, or none (a b=0-only series)
-            bvec.append(str(_lookup("the .bvec file", f.path, layout.get_bvec, f.path) or ""))
+        else:  # inherited, or none: then the file it should be (read_protocol refuses it where b > 0)
+            bvec.append(str(_lookup("the .bvec file", f.path, _inherited_bvec, layout, f.path) or stem + ".bvec"))
         js = Path(stem + ".json")
         if js.is_file():
             side.append(str(js))
@@ -217,6 +217,14 @@ def _confounds_file(stem: str) -> str:
         if Path(cand).is_file():
             return cand
     return ""
+
+
+def _inherited_bvec(layout, path) -> str:
+    """The .bvec that BIDS inheritance applies to a DWI, "" when there is none (pybids raises IndexError)."""
+    try:
+        return layout.get_bvec(path) or ""
+    except IndexError:
+        return ""
 
 
 def _inherited_sidecar(layout, f) -> str:

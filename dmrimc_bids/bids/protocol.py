@@ -190,6 +190,12 @@ def read_protocol(bval_path, n_volumes: int, *, bvec_path=None, sidecar: dict | 
                          fix="give exactly one b-value per volume of the DWI series")
     if np.any(b < 0) or not np.all(np.isfinite(b)):
         raise InputError("negative or non-finite b-value", path=bval_path, fix="b-values are >= 0 s/mm²")
+    if bvec_path is not None and not Path(bvec_path).is_file():
+        if np.any(b > b0_threshold):
+            raise InputError("no .bvec file for this DWI series (its diffusion-weighted volumes need their gradient "
+                             "directions)", path=bvec_path, exit_code=EX_NOINPUT,
+                             fix="add the .bvec beside the NIfTI (3 rows, one direction per volume, as in the .bval)")
+        bvec_path = None   # a b = 0-only series has no directions
     bvecs = read_bvecs(bvec_path, n_volumes) if bvec_path is not None else None
 
     meta = sidecar or {}

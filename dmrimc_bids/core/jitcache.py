@@ -14,13 +14,30 @@ def compiled(module_file) -> bool:
 
 
 def _index_files(module_file, function: str) -> list:
+    """numba's index files of ``function`` (a glob) of ``module_file``, wherever numba keeps them: beside the
+    module in __pycache__, under $NUMBA_CACHE_DIR, or, when the module's folder is read-only (an installed
+    image), in the user-wide cache (~/.cache/numba/<folder>_<sha1 of its path>, numba's UserWideCacheLocator)."""
     path = Path(module_file)
     pattern = f"{path.stem}.{function}.nbi"
     found = list((path.parent / "__pycache__").glob(pattern))
     cache_dir = os.environ.get("NUMBA_CACHE_DIR")
     if cache_dir and Path(cache_dir).is_dir():
         found += list(Path(cache_dir).rglob(pattern))
+    user = user_cache_folder(path)
+    if user is not None and user.is_dir():
+        found += list(user.glob(pattern))
     return found
+
+
+def user_cache_folder(module_file) -> Path | None:
+    """The folder of numba's user-wide cache for the kernels of module_file (None if numba has no such place)."""
+    try:
+        from numba.core.caching import UserWideCacheLocator
+        from numba.misc.appdirs import AppDirs
+    except ImportError:   # another numba layout: the other places are still searched
+        return None
+    root = AppDirs(appname="numba", appauthor=False).user_cache_dir
+    return Path(root) / UserWideCacheLocator.get_suitable_cache_subpath(str(module_file))
 
 
 def uncached(dispatchers) -> list[str]:

@@ -312,7 +312,7 @@ class IvimModel(Model):
         if self.method != "bayes":
             return []
         from . import ivim_posterior as ip
-        return [ip._posterior_kernel, ip._products, ip._basis, ip._weight, ip._node_pass]
+        return [ip._posterior_kernel]   # its callees are compiled into it (and cached with it)
 
     def fit(self, data, mask=None, sigma=None, progress=None) -> IvimMapFit:
         """data [..., M] b0-normalised signal of every shell; sigma [..., M] or None."""

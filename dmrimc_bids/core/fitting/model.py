@@ -81,7 +81,9 @@ class Model:
         raise NotImplementedError
 
     def jit_kernels(self) -> list:
-        """The numba kernels fit() calls (compiled at their first call; jitcache says whether they are)."""
+        """The numba kernels fit() calls from Python (compiled at their first call; jitcache says whether they
+        are): only those, since a kernel called from another kernel is compiled into it and has no cache entry
+        of its own, and a kernel fit() never calls would be announced as compiling on every run."""
         return []
 
 

@@ -481,7 +481,7 @@ class PosteriorModel(Model):
 
     # ---- Model API -----------------------------------------------------------------------------------------
     def jit_kernels(self) -> list:
-        return [kernels.select_smallest, kernels.entry_costs, kernels.entry_costs_common_scale]
+        return [kernels.select_smallest, kernels.entry_costs]   # the common-scale costs only in cross-validation
 
     def fit(self, data, mask=None, sigma=None, progress=None, scale_var=None) -> DictionaryFit:
         """data [..., M]; mask [...] bool; sigma [...] or [..., M] (its mean over M is used) or None;
