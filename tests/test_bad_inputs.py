@@ -230,6 +230,8 @@ CASES = [
          _no_description),
     Case("unknown-participant", "--participant-label not in the dataset", 66, "participant(s) 99",
          _participant("--participant-label", "99")),
+    Case("unknown-session", "--session-label not in the dataset", 66, "session(s) 3",
+         _participant("--session-label", "3")),
     Case("filter-selects-nothing", "--bids-filter-file that selects no DWI", 18, "no DWI series found",
          _filter_file(json.dumps({"dwi": {"acquisition": "nosuchacq"}}))),
     Case("bad-filter-file", "--bids-filter-file that is not JSON", 64, "filter.json", _filter_file("{not json")),

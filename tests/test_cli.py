@@ -370,6 +370,25 @@ def test_gdur_gsep_files_beside_the_nifti(single_demo, tmp_path, capsys):
     assert summary["fitted"] == 12 and summary["model"] == "separate"
 
 
+def test_the_mask_is_announced(single_demo, tmp_path, caplog):
+    """The terminal says which mask a session is fitted in: the file and how it was found, or that one is built
+    from the b=0 (main said nothing of the built mask)."""
+    import logging
+
+    from dmrimc_bids.bids.layout import collect_inputs
+    from dmrimc_bids.workflows.config import Config
+    from dmrimc_bids.workflows.runner import _preflight
+    given = collect_inputs(single_demo, [single_demo / "derivatives" / "segmentation"])[0]
+    built = collect_inputs(single_demo)[0]
+    with caplog.at_level(logging.INFO, logger="dmrimc-bids"):
+        _preflight(given, Config(out_dir=str(tmp_path / "o")), None)
+        _preflight(built, Config(out_dir=str(tmp_path / "o")), None)
+    lines = [r.getMessage() for r in caplog.records if "fitted measurements" in r.getMessage()]
+    assert len(lines) == 2, lines
+    assert "desc-tumour_mask.nii.gz" in lines[0] and "built from the mean b=0" not in lines[0]
+    assert "no mask given: built from the mean b=0 intensity" in lines[1], lines[1]
+
+
 def test_code_url_only_from_a_project_url_setting(tmp_path, monkeypatch):
     from dmrimc_bids.bids.derivatives import write_dataset_description
     monkeypatch.delenv("DMRIMC_PROJECT_URL", raising=False)

@@ -128,10 +128,19 @@ def collect_inputs(bids_dir, derivatives=None, participant_label=None, session_l
                              exit_code=EX_NOINPUT, fix=f"choose among {', '.join(subjects) or '(none)'}")
         subjects = wanted
     sessions_wanted = strip_prefix(session_label, "ses-")
+    by_subject = {sub: sorted(set(raw.get_sessions(subject=sub)) |
+                              {s for _, lay in explicit for s in lay.get_sessions(subject=sub)}) or [None]
+                  for sub in subjects}
+    if sessions_wanted:
+        known = sorted({s for ses in by_subject.values() for s in ses if s})
+        missing = [s for s in sessions_wanted if s not in known]
+        if missing:
+            raise InputError(f"session(s) {', '.join(missing)} not in the dataset"
+                             + (f" for participant(s) {', '.join(subjects)}" if wanted else ""), path=bids_dir,
+                             exit_code=EX_NOINPUT, fix=f"choose among {', '.join(known) or '(no sessions)'}")
     out = []
     for sub in subjects:
-        sessions = sorted(set(raw.get_sessions(subject=sub)) |
-                          {s for _, lay in explicit for s in lay.get_sessions(subject=sub)}) or [None]
+        sessions = by_subject[sub]
         for ses in sessions:
             if sessions_wanted and ses not in sessions_wanted:
                 continue

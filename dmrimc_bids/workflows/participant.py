@@ -170,7 +170,17 @@ def preflight(item: SessionInputs, config: Config, dictionary=None) -> dict:
                          fix=f"acquire a b=0, a b in ({config.b0_threshold:g}, {config.ivim_b_split:g}] and two b in "
                              f"({config.ivim_b_split:g}, {config.ivim_b_max:g}] s/mm² at one TE, or use --vascular off")
     return {"volumes": len(proto), "shells": len(shells), "fitted": int(filt.keep.size),
-            "warnings": filt.warnings() + plan.notes, "vascular": vascular, "model": config.model}
+            "warnings": filt.warnings() + plan.notes, "vascular": vascular, "model": config.model,
+            "mask": mask_sentence(item)}
+
+
+def mask_sentence(item: SessionInputs) -> str:
+    """Which mask the session is fitted in, for the terminal: the file and how it was found, or that none was
+    given and one is built from the b=0 (the report's Inputs table gives its voxel count)."""
+    if item.mask_file:
+        return f"mask {item.mask_file} ({item.mask_origin})"
+    return (f"no mask given: built from the mean b=0 intensity (voxels above {100 * preprocess.B0_MASK_FRACTION:g} % "
+            "of its 98th percentile; --mask FILE or a desc-<label>_mask in --derivatives to give one)")
 
 
 def init_participant_wf(items: list[SessionInputs], config: Config, work_dir, name="dmrimc_bids_wf",

@@ -183,8 +183,8 @@ def _preflight(item, config: Config, dictionary) -> dict:
     summary = preflight(item, config, dictionary)
     for w in summary["warnings"]:
         LOG.warning("%s: warning: %s", item.label, w)
-    LOG.info("%s: %d volumes -> %d shells, %d fitted measurements, --model %s", item.label, summary["volumes"],
-             summary["shells"], summary["fitted"], summary["model"])
+    LOG.info("%s: %d volumes -> %d shells, %d fitted measurements, --model %s; %s", item.label, summary["volumes"],
+             summary["shells"], summary["fitted"], summary["model"], summary["mask"])
     return summary
 
 
