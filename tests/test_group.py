@@ -74,7 +74,11 @@ def _load(out, sub, model, param):
     return nib.load(out / f"sub-{sub}/dwi/sub-{sub}_space-dwi_model-{model}_param-{param}_dwimap.nii.gz").get_fdata()
 
 
-def test_group_tables_and_report(demo_dir, derivs, tmp_path, capsys):
+def test_group_tables_and_report(demo_dir, derivs, tmp_path, capsys, monkeypatch):
+    from dmrimc_bids.reports import figures
+    labels = []
+    real = figures.correlation_matrix
+    monkeypatch.setattr(figures, "correlation_matrix", lambda rho, names, title: labels.extend(names) or real(rho, names, title))
     code = main([str(demo_dir), str(derivs), "group", "-w", str(tmp_path / "w"),
                  "--derivatives", str(demo_dir / "derivatives" / "segmentation")])
     assert code == 0, capsys.readouterr().err
@@ -109,6 +113,8 @@ def test_group_tables_and_report(demo_dir, derivs, tmp_path, capsys):
     for sect in ("cohort", "failures", "outliers", "distributions", "correlation"):
         assert f'id="{sect}"' in html
     assert "Spearman" in html and "None: every subject/session" in html
+    # the correlation matrix names each parameter with its model (main: two rows called "fV", one "D")
+    assert len(labels) == len(set(labels)) and {"fV (ivim)", "fV (spinflowsim)", "D (ivim)"} <= set(labels), labels
 
 
 def test_group_lists_failures_and_keeps_going(demo_dir, derivs, tmp_path, capsys):

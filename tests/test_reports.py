@@ -239,3 +239,47 @@ def test_a_near_constant_float32_map_gets_its_picture():
     vol = np.where(np.arange(4 * 4 * 2).reshape(4, 4, 2) % 2, 1.0, 0.99999994).astype(np.float32)
     mask = np.ones(vol.shape, bool)
     assert figures.map_mosaic(vol, np.ones(vol.shape), mask, "pvascular", "")
+
+
+def test_example_panel_titles_name_every_parameter_with_its_unit(demo_run, monkeypatch):
+    """The measured-vs-fitted panels: voxel indices as plain integers (main: 'voxel (np.int64(7), ...)' in the
+    IVIM panel), every tissue parameter (main cut the list at four: kappa was missing) with its unit."""
+    from nipype.utils.filemanip import loadpkl
+
+    from dmrimc_bids.bids.derivatives import find_maps
+    from dmrimc_bids.reports import figures, subject
+    _, out, work = demo_run
+    inputs = loadpkl(next(work.rglob("single_subject_01_wf/session_report/_inputs.pklz")))
+    titles = []
+    monkeypatch.setattr(figures, "signal_panel", lambda vox, *a, **k: titles.extend(v["title"] for v in vox) or "")
+    subject._example_figure(inputs["tissue_examples"], "t")
+    mask = nib.load(inputs["mask_file"]).get_fdata() > 0
+    maps = find_maps(out, "01", None)["ivim"]
+    subject._ivim_figure(inputs["norm_file"], inputs["shells"], maps, mask)
+    assert len(titles) >= 4 and not any("np." in t for t in titles), titles
+    tissue = [t for t in titles if "fin=" in t]
+    assert tissue and all("kappa=" in t and "µm/s" in t and "vCS_cyl=" in t and "µm" in t for t in tissue), tissue
+    assert all(re.match(r"voxel \(\d+, \d+, \d+\)", t) for t in titles), titles
+
+
+def test_no_offset_on_axes_and_the_legend_below_the_panels():
+    """A near-constant S0 axis reads its values (main: '1e-5+9.977e-1'); the signal panel's legend sits below the
+    axes, never on the data."""
+    from dmrimc_bids.reports import figures
+    plt = figures.pyplot()
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [0.99770, 0.99771])
+    fig.canvas.draw()
+    assert ax.yaxis.get_major_formatter().get_offset() == ""
+    plt.close(fig)
+    captured = {}
+    real = figures.to_data_uri
+    figures.to_data_uri = lambda fig, tight=True: captured.setdefault("fig", fig) and ""
+    try:
+        figures.signal_panel([{"measured": [1, 0.8, 0.5], "fitted": [1, 0.79, 0.5], "title": "v"}],
+                             np.array([0, 500, 1000.0]), "b", np.array([0, 0, 1]), ["a", "b"])
+    finally:
+        figures.to_data_uri = real
+    fig = captured["fig"]
+    assert not fig.axes[0].get_legend() and fig.legends
+    assert fig.legends[0].get_window_extent().y1 <= fig.axes[0].get_window_extent().y0 + 1

@@ -28,6 +28,7 @@ def pyplot():
     import matplotlib
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
+    plt.rcParams["axes.formatter.useoffset"] = False   # a near-constant S0 reads 0.9977, not 1e-5+9.977e-1
     return plt
 
 
@@ -154,11 +155,13 @@ def signal_panel(examples: list[dict], x: np.ndarray, xlabel: str, groups: np.nd
         ax.set_xlabel(xlabel, fontsize=7)
         ax.set_ylabel("S / S0", fontsize=7)
         ax.tick_params(labelsize=6)
-    if group_labels or any("tissue" in ex for ex in examples):
-        axes[0][0].legend(fontsize=6, frameon=False)
+    legend = bool(group_labels or any("tissue" in ex for ex in examples))
+    if legend:   # below the panels, never over the data
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=6, frameon=False)
     if title:
         fig.suptitle(title, fontsize=9, x=0.02, ha="left")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.1 if legend else 0, 1, 1))
     return to_data_uri(fig)
 
 

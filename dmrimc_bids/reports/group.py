@@ -333,7 +333,7 @@ def render_group(out_dir, results: list[dict], failures: list[dict], tables: dic
             stacked.append(block)
         cols = np.concatenate(stacked) if stacked else np.zeros((0, len(names)))
         rho = spearman_matrix(cols)
-        short = [n.split(":", 1)[1] for n in names]
+        short = [f"{n.split(':', 1)[1]} ({n.split(':', 1)[0]})" for n in names]   # fV of IVIM and of the joint fit
         corr = {"img": figures.correlation_matrix(rho, short, "Spearman ρ between parameters (voxels pooled over "
                                                               "the cohort, pairwise complete)"),
                 "n": int(len(cols)), "strong": strong_correlations(rho, names)}

@@ -111,10 +111,17 @@ def _example_figure(path, title) -> str | None:
     groups = np.array([uniq.index(k) for k in keys])
     labels = [f"δ/Δ {k[0]:g}/{k[1]:g} ms" + (f", TE {k[2]:g}" if k[2] is not None else "") for k in uniq]
     vox = []
+    units = ex.get("units", {})
     for v in ex["voxels"]:
-        params = ", ".join(f"{k}={val:.3g}" for k, val in list(v["params"].items())[:4])
-        vox.append({**v, "title": f"voxel {tuple(v['ijk'])}\n{params}"})
+        vox.append({**v, "title": f"voxel {tuple(int(i) for i in v['ijk'])}\n" + parameter_text(v["params"], units)})
     return figures.signal_panel(vox, b, "b [s/mm²]", groups, labels, title)
+
+
+def parameter_text(params: dict, units: dict, per_line: int = 3) -> str:
+    """'fin=0.61, vCS_cyl=12.3 µm, D0in=1.8 µm²/ms\n...': every parameter of an example voxel with its unit,
+    per_line to a line (a panel title)."""
+    items = [f"{k}={v:.3g}" + (f" {figures.display_unit(units[k])}" if units.get(k) else "") for k, v in params.items()]
+    return "\n".join(", ".join(items[i:i + per_line]) for i in range(0, len(items), per_line))
 
 
 def _ivim_figure(norm_file, shells_file, maps: dict, mask, b_max=1200.0) -> str | None:
@@ -141,7 +148,7 @@ def _ivim_figure(norm_file, shells_file, maps: dict, mask, b_max=1200.0) -> str 
     b = shells.b[sel]
     vox = []
     for ijk in picks:
-        t = tuple(ijk)
+        t = tuple(int(i) for i in ijk)
         model = s0[t] * ((1 - fv[t]) * np.exp(-b * 1e-3 * d[t]) + fv[t] * np.exp(-b * 1e-3 * ds[t]))
         vox.append({"measured": data[t][sel], "fitted": model,
                     "title": f"voxel {t}\nfV={fv[t]:.3f}, D*={ds[t]:.3g} µm²/ms"})

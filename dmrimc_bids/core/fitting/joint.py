@@ -213,7 +213,8 @@ class JointFit(Fit):
         vascular = self.vascular_signal[sel]
         names = list(self.tissue.names) + ["fV", "vm"]
         params = {**self.tissue.params, **self.vascular.params}
-        return {"protocol": protocol_rows,
+        units = {**dict(self.tissue.units), **dict(self.vascular.units)}
+        return {"protocol": protocol_rows, "units": {nm: str(units.get(nm, "")) for nm in names},
                 "voxels": [{"ijk": [int(v) for v in ijk], "measured": measured[k].tolist(),
                             "fitted": (tissue[k] + vascular[k]).tolist(), "tissue": tissue[k].tolist(),
                             "vascular": vascular[k].tolist(),

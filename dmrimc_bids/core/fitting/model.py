@@ -153,7 +153,7 @@ class Fit:
         measured = self._data[sel].astype(float)
         fitted = self.predict(sel)
         misfit = self.residual()
-        return {"protocol": protocol_rows,
+        return {"protocol": protocol_rows, "units": {n: str(getattr(self, "units", {}).get(n, "")) for n in self.names},
                 "voxels": [{"ijk": [int(v) for v in ijk], "measured": measured[k].tolist(),
                             "fitted": fitted[k].tolist(), "fobj": float(misfit[tuple(ijk)]),
                             "params": {name: float(self.params[name][tuple(ijk)]) for name in self.names}}
