@@ -422,3 +422,30 @@ def test_every_command_line_has_version_and_help_on_every_option(prog, capsys):
     with pytest.raises(SystemExit) as stop:
         parser.parse_args(["--version"])
     assert stop.value.code in (0, None) and capsys.readouterr().out.strip() == f"{prog} {__version__}"
+
+
+def test_separate_flow_fit_marks_voxels_without_vascular_signal(single_demo, tmp_path):
+    """--model separate: a mask voxel whose IVIM fV shows no vascular signal is not flow-fitted; its exit code says
+    so (2) instead of NaN, read as background in the report (main: '0: 1 voxels'), its flow maps are NaN, and it
+    is counted neither as fitted nor as failed."""
+    from dmrimc_bids.cli.run import main
+    from dmrimc_bids.workflows.runner import failed_voxels
+    out = tmp_path / "out"
+    assert main([str(single_demo), str(out), "participant", "--model", "separate", "-w", str(tmp_path / "w"),
+                 "--derivatives", str(single_demo / "derivatives" / "segmentation")]) == 0
+    d = out / "sub-01" / "dwi"
+    load = lambda p: nib.load(d / f"sub-01_space-dwi_model-{p}_dwimap.nii.gz").get_fdata()  # noqa: E731
+    mask = nib.load(single_demo / "derivatives/segmentation/sub-01/dwi/sub-01_desc-tumour_mask.nii.gz").get_fdata() > 0
+    ec, vm = load("spinflowsim_param-exitcode"), load("spinflowsim_param-vm")
+    assert not np.isnan(ec[mask]).any()
+    left = mask & (ec == 2)
+    assert left.any() and np.isnan(vm[left]).all() and np.isfinite(vm[mask & (ec == 1)]).all()
+    assert set(np.unique(ec[mask])) <= {1.0, 2.0, -1.0}
+    from dmrimc_bids.workflows.config import Config
+
+    class Item:
+        subject, session, space = "01", None, "dwi"
+    failed, fitted = failed_voxels(Config(out_dir=str(out)), Item)["spinflowsim"]
+    assert fitted == int((mask & np.isin(ec, (1, -1))).sum()) and fitted < int(mask.sum())
+    html = (out / "sub-01.html").read_text()
+    assert "2 not fitted: no vascular signal" in html and re.search(r"exit codes in the mask: [^<]*2: \d+ voxels", html)

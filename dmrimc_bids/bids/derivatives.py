@@ -59,8 +59,9 @@ def model_info(model: str, parameters: dict | None = None) -> dict:
 
 
 DIAGNOSTICS = {
-    "exitcode": ("Fit exit code: 1 fitted, -1 failed or invalid data (NaN/non-positive b=0); NaN where the model did not "
-                 "run (outside the mask, or no vascular signal), as in every map", ""),
+    "exitcode": ("Fit exit code: 1 fitted, -1 failed or invalid data (NaN/non-positive b=0), 2 inside the mask but not "
+                 "fitted because there is nothing for the model (no vascular signal: IVIM fV below its minimum; its "
+                 "parameters NaN); NaN outside the mask, as in every map", ""),
     "fobj": ("Objective at the optimum: mean squared residual of the offset-Gaussian model + regularisation", ""),
     "loglik": ("Gaussian log-likelihood at the optimum (sigma from the noise map, or its ML estimate)", ""),
     "aic": ("Akaike information criterion 2P - 2 logL", ""),

@@ -65,6 +65,8 @@ class _FitIn(_ModelOptions):
     in_file = File(exists=True, mandatory=True, desc="normalised signal [..., M] on the model's measurements")
     sigma_file = File(exists=True, desc="normalised noise σ (absent: the model's no-σ behaviour)")
     mask_file = File(exists=True, mandatory=True, desc="voxels to fit (uint8)")
+    session_mask_file = File(exists=True, desc="the session's mask, when mask_file leaves some of it out on purpose "
+                                               "(no vascular signal): those voxels get exit code 2, parameters NaN")
     dictionary = File(exists=True, desc="matched dictionary .npz (dictionary estimators)")
     protocol = File(exists=True, desc="protocol table of the measurements (IVIM)")
     n_threads = traits.Int(1, usedefault=True, desc="numba and BLAS threads")
@@ -123,7 +125,10 @@ class FitModel(SimpleInterface):
         fit = run_fit(model, data, mask, sigma, i.n_threads, i.label)
         self._results["description"] = {**model.describe().to_dict(),   # after the fit: what ran (noise map, prior)
                                          "dictionary": dic.summary() if dic is not None else None}
-        self._results["maps"] = save_maps(runtime, img, fit.maps(), mask)
+        maps = fit.maps()
+        if isdefined(i.session_mask_file):
+            maps = mark_not_fitted(maps, load_data(i.session_mask_file, "mask")[0] > 0, mask)
+        self._results["maps"] = save_maps(runtime, img, maps, mask)
         self._results["units"] = dict(fit.units)
         self._results["info"] = json.loads(json.dumps(fit.info))
         self._results["examples_file"] = _write_json(cwd_path(runtime, "examples.json"),
@@ -159,6 +164,17 @@ def run_fit(model, data, mask, sigma, n_threads: int, label: str):
         print(f"dmrimc-bids: {label}: {notice}", file=sys.stderr, flush=True)
     with threadpool_limits(limits=max(1, n_threads)), progress(int(mask.sum()), label) as update:
         return model.fit(data, mask, sigma, progress=update)
+
+
+def mark_not_fitted(maps: dict, session_mask, fitted_mask) -> dict:
+    """maps with the session's voxels outside the fitted mask marked EXIT_NOT_FITTED (parameters NaN)."""
+    from ..core.fitting.model import EXIT_NOT_FITTED
+    left_out = np.asarray(session_mask, bool) & ~np.asarray(fitted_mask, bool)
+    if not left_out.any():
+        return maps
+    out = {k: np.where(left_out, np.nan, np.asarray(v, float)) for k, v in maps.items() if k != "exitcode"}
+    out["exitcode"] = np.where(left_out, EXIT_NOT_FITTED, maps["exitcode"])
+    return out
 
 
 def save_maps(runtime, img, maps: dict, mask, prefix: str = "") -> dict:

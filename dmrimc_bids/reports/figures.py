@@ -97,8 +97,8 @@ def map_mosaic(volume: np.ndarray, underlay: np.ndarray, mask: np.ndarray, title
     plt = pyplot()
     slices = mosaic_slices(mask) if slices is None else slices
     inside = volume[mask & np.isfinite(volume)]
-    if discrete:  # fit exit codes: -1 failed (red), 0 background (grey), 1 fitted (green)
-        cmap, (vmin, vmax) = mpl.colors.ListedColormap(["#c0392b", "#7f8c8d", "#27ae60"]), (-1.5, 1.5)
+    if discrete:  # fit exit codes: -1 failed (red), 0 background (grey), 1 fitted (green), 2 not fitted (blue)
+        cmap, (vmin, vmax) = mpl.colors.ListedColormap(["#c0392b", "#7f8c8d", "#27ae60", "#2e86c1"]), (-1.5, 2.5)
     else:
         vmin, vmax = robust_range(inside)
     montage = slice_montage(volume, underlay, mask, slices, cmap, vmin, vmax)

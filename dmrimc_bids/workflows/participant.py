@@ -511,6 +511,7 @@ def init_vascular_wf(item: SessionInputs, config: Config, mem: dict, name="vascu
                            ("mask_file", "mask_file")]),
         (ivim, match, [("signal_protocol", "protocol")]),
         (ivim, fit, [("signal_file", "in_file"), ("signal_sigma_file", "sigma_file"), ("signal_mask", "mask_file")]),
+        (inputnode, fit, [("mask_file", "session_mask_file")]),
         (match, fit, [("dictionary", "dictionary")]),
         (ivim, outputnode, [("maps", "ivim_maps"), ("units", "ivim_units"), ("description", "ivim_description"),
                             ("notes", "notes"), (("signal_reason", _as_list), "skipped")]),

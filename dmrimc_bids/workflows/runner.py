@@ -87,7 +87,7 @@ def failed_voxels(config: Config, item) -> dict:
         f = map_path(config.out_dir, item.subject, item.session, model, "exitcode", space=item.space)
         if f.is_file():
             ec = read_map(f)[0]
-            ran = np.isfinite(ec) & (ec != 0)
+            ran = np.isin(ec, (1, -1))   # 0 and NaN background, 2 not fitted on purpose (no vascular signal)
             out[model] = (int((ec[ran] == -1).sum()), int(ran.sum()))
     return out
 

@@ -24,6 +24,9 @@ import numpy as np
 
 #: Exit codes of a fit (published convention): 1 fitted, 0 background, -1 failed / invalid data.
 EXIT_OK, EXIT_BACKGROUND, EXIT_FAILED = 1, 0, -1
+#: Inside the session's mask but not fitted on purpose: nothing for the model there (the flow fit of a voxel
+#: whose IVIM fV shows no vascular signal); its parameters are NaN.
+EXIT_NOT_FITTED = 2
 
 
 @dataclass
