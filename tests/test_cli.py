@@ -1,6 +1,7 @@
 """End-to-end runs of the BIDS App on the demo dataset, and its bad-input behaviour."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
