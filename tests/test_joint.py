@@ -115,7 +115,8 @@ def test_model_joint_writes_the_joint_and_the_ivim_maps(tmp_path, single_demo, c
     assert "joint" in side["Model"]["Parameters"]["FitMethod"] and "joint" in side["Description"]
     assert (dwi / "sub-01_space-dwi_model-spinflowsim_param-fV_desc-ci95hi_dwimap.nii.gz").is_file()
     tissue_side = json.loads((dwi / "sub-01_space-dwi_model-histousim_param-fin_dwimap.json").read_text())
-    assert tissue_side["Model"]["Parameters"]["JointModel"]["FlowEntries"] > 0
+    from dmrimc_bids.bids.derivatives import expanded_parameters
+    assert expanded_parameters(dwi / "sub-01_space-dwi_model-histousim_param-fin_dwimap.json")["JointModel"]["FlowEntries"] > 0
     assert tissue_side["Model"]["Parameters"]["Prior"] == "design"
 
 

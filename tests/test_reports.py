@@ -133,8 +133,9 @@ def test_report_shows_estimate_placement_from_the_fit(demo_run):
     sidecars (EstimatePlacement, with the share chance puts on a node) and shown in the report."""
     import json
     _, out, _ = demo_run
-    side = json.loads((out / "sub-01/dwi/sub-01_space-dwi_model-histousim_param-fin_dwimap.json").read_text())
-    place = side["Model"]["Parameters"]["EstimatePlacement"]
+    from dmrimc_bids.bids.derivatives import expanded_parameters
+    place = expanded_parameters(out / "sub-01/dwi/sub-01_space-dwi_model-histousim_param-fin_dwimap.json")[
+        "EstimatePlacement"]
     assert set(place) == {"fin", "vCS_cyl", "D0in", "D0ex", "kappa"}
     fin = nib.load(out / "sub-01/dwi/sub-01_space-dwi_model-histousim_param-fin_dwimap.nii.gz").get_fdata()
     code = nib.load(out / "sub-01/dwi/sub-01_space-dwi_model-histousim_param-exitcode_dwimap.nii.gz").get_fdata()

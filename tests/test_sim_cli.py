@@ -109,8 +109,9 @@ def test_participant_simulates_its_own_dictionary_and_caches_it(tmp_path, single
     # simulated for exactly the fitted measurements: b >= 250 of both diffusion times, nothing else
     pairs = {(b, s, t) for b, s, t in zip(d.protocol.b, d.protocol.small_delta_ms, d.protocol.big_delta_ms)}
     assert {(p[1], p[2]) for p in pairs} == {(10.0, 25.0), (15.0, 45.0)} and min(p[0] for p in pairs) >= 250
-    side = json.loads((out / "sub-01/dwi/sub-01_space-dwi_model-histousim_param-fin_dwimap.json").read_text())
-    prov = side["Model"]["Parameters"]["Dictionary"]["Provenance"]
+    from dmrimc_bids.bids.derivatives import expanded_parameters
+    prov = expanded_parameters(out / "sub-01/dwi/sub-01_space-dwi_model-histousim_param-fin_dwimap.json")[
+        "Dictionary"]["Provenance"]
     assert "Monte Carlo" in prov["source"] and prov["cache_key"] in cache[0].name
     # a second subject folder with the same protocol reuses the cached dictionary
     mtime = cache[0].stat().st_mtime

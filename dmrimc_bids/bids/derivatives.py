@@ -67,7 +67,14 @@ DIAGNOSTICS = {
     "aic": ("Akaike information criterion 2P - 2 logL", ""),
     "bic": ("Bayesian information criterion P ln M - 2 logL", ""),
 }
-BIDSIGNORE = ["*_dwimap.*", "*.html", "logs/", "figures/", "group_*"]
+BIDSIGNORE = ["*_dwimap.*", "*.html", "logs/", "figures/", "group_*", "*_fitrecord.json", "provenance/"]
+#: Sidecar parameters that describe a session's fit at length: written once per session and model in its fit
+#: record (<prefix>_model-<model>_fitrecord.json), referenced from each sidecar as FitRecord {File, SHA256}.
+FIT_RECORD_KEYS = ("ProtocolFitted", "ProtocolMatching", "DroppedMeasurements", "NormalisationNotes",
+                   "EstimatePlacement", "Identifiability", "IdentifiabilityDefinition", "DictionaryModelErrorRMS",
+                   "IntervalCalibration", "JointModel", "VascularPrior")
+#: Where the dictionaries' provenance lives (one file per dictionary, named by its content's SHA-256).
+PROVENANCE_DIR = "provenance"
 STATUS_COLUMNS = ("participant_id", "session_id", "status", "exit_code", "stage", "failed_voxels", "message")
 
 
@@ -91,6 +98,12 @@ def check_output_folder(path, flag: str = "output folder") -> None:
 def bids_label(name: str) -> str:
     """Parameter name as a BIDS label (alphanumeric): vCS_cyl -> vCScyl."""
     return re.sub(r"[^a-zA-Z0-9]", "", name)
+
+
+def fit_record_path(out_dir, subject, session, model, space="dwi") -> Path:
+    """<out>/sub-<l>[/ses-<l>]/dwi/sub-<l>[_ses-<l>]_space-<s>_model-<m>_fitrecord.json (split_parameters)."""
+    nii = map_path(out_dir, subject, session, model, "x", space=space)
+    return nii.with_name(nii.name.split("_param-")[0] + "_fitrecord.json")
 
 
 def map_path(out_dir, subject, session, model, param, desc=None, ext=".nii.gz", space="dwi") -> Path:
@@ -274,10 +287,9 @@ def stage_json(obj, final) -> str:
     """Write obj as JSON next to its final place under a hidden temporary name; returns the temp path."""
     fd, tmp = _temp_beside(Path(final))
     try:
-        with os.fdopen(fd, "w") as fh:
+        with os.fdopen(fd, "wb") as fh:
             fd = None
-            json.dump(obj, fh, indent=2, default=_jsonable)
-            fh.write("\n")
+            fh.write(json_bytes(obj))   # the bytes a SHA-256 reference to this file is computed from
     except BaseException:
         _discard(fd, tmp)
         raise
@@ -315,8 +327,9 @@ def retire_outputs(out_dir, subject: str, session: str | None, run_id: str) -> l
     folder = map_path(out_dir, subject, session, "x", "x").parent
     stem = f"sub-{subject}" + (f"_ses-{session}" if session else "") + "_space-"
     moved = []
-    for f in sorted(folder.glob(stem + "*_dwimap.*")):
-        if not _MAP_RE.search(f.name.replace(".json", ".nii.gz")):
+    records = sorted(folder.glob(stem + "*_model-*_fitrecord.json"))   # the maps' fit records go with them
+    for f in sorted(folder.glob(stem + "*_dwimap.*")) + records:
+        if f not in records and not _MAP_RE.search(f.name.replace(".json", ".nii.gz")):
             continue
         dest = out_dir / "logs" / "previous" / run_id / f.relative_to(out_dir)
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -372,6 +385,58 @@ def write_dataset_description(out_dir, bids_dir, seed=None, command=None, links:
     ignore = out_dir / ".bidsignore"
     lines = ignore.read_text().splitlines() if ignore.is_file() else []
     atomic_write_bytes(ignore, ("\n".join(dict.fromkeys(lines + BIDSIGNORE)) + "\n").encode())
+
+
+def json_bytes(obj) -> bytes:
+    """The JSON text (indent 2, the sidecars' format) of obj, as written."""
+    return (json.dumps(obj, indent=2, default=_jsonable) + "\n").encode()
+
+
+def split_parameters(params: dict, out_dir, record_path: Path) -> tuple[dict, dict]:
+    """(the sidecars' Parameters, {file: JSON object} to write beside them): the dictionary's provenance
+    (params['Dictionary']) goes to provenance/dictionary-<sha16>.json, once for every session fitted with it,
+    and the session's long fit description (FIT_RECORD_KEYS) to record_path; each sidecar keeps a reference
+    {File (relative to out_dir), SHA256} to both, so that it stays short (a few KB) and readable."""
+    import hashlib
+    out_dir = Path(out_dir)
+    short, files = dict(params), {}
+    if isinstance(short.get("Dictionary"), dict) and short["Dictionary"]:
+        blob = json_bytes(short["Dictionary"])
+        sha = hashlib.sha256(blob).hexdigest()
+        path = out_dir / PROVENANCE_DIR / f"dictionary-{sha[:16]}.json"
+        files[path] = short["Dictionary"]
+        short["Dictionary"] = {"File": str(path.relative_to(out_dir)), "SHA256": sha}
+    record = {k: short.pop(k) for k in FIT_RECORD_KEYS if k in short}
+    if record:
+        files[Path(record_path)] = record
+        short["FitRecord"] = {"File": str(Path(record_path).relative_to(out_dir)),
+                              "SHA256": hashlib.sha256(json_bytes(record)).hexdigest()}
+    return short, files
+
+
+def expanded_parameters(sidecar, out_dir=None) -> dict:
+    """A map sidecar's Model.Parameters with its references read back: the fit record's fields merged in and
+    Dictionary replaced by the provenance it points to (out_dir: the derivatives folder; default: found from
+    the sidecar's path). {} when the sidecar cannot be read; a missing referenced file leaves the reference."""
+    sidecar = Path(sidecar)
+    try:
+        params = dict(json.loads(sidecar.read_text()).get("Model", {}).get("Parameters", {}))
+    except (OSError, ValueError):
+        return {}
+    root = Path(out_dir) if out_dir else next((p.parent for p in sidecar.parents if p.name.startswith("sub-")), None)
+    def read(ref):
+        try:
+            return json.loads((root / ref["File"]).read_text()) if root is not None else None
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+    record = read(params.get("FitRecord"))
+    if isinstance(record, dict):
+        params.update(record)
+    dictionary = read(params.get("Dictionary")) if isinstance(params.get("Dictionary"), dict) and \
+        "File" in params["Dictionary"] else None
+    if isinstance(dictionary, dict):
+        params["Dictionary"] = dictionary
+    return params
 
 
 def run_signature(sidecar) -> tuple[str, str]:

@@ -96,8 +96,14 @@ class WriteDerivatives(SimpleInterface):
                 k: {"OnDictionaryNode": v["on_node"], "OnDictionaryNodeByChance": v.get("on_node_chance"),
                     "AtBound": v["at_bound"], "Voxels": v["n"]}
                 for k, v in placement.items()}
+        from ..bids.derivatives import fit_record_path, split_parameters
+        full_params = params
+        params, extra_files = split_parameters(full_params, i.out_dir, fit_record_path(
+            i.out_dir, i.subject, i.session or None, i.model, space=i.space))
         staged = {}
         try:
+            for path, obj in (extra_files.items() if i.maps else ()):
+                staged[str(path)] = stage_json(obj, path)
             for name, src in i.maps.items():
                 param, desc_entity = split_map_name(name)
                 nii = map_path(i.out_dir, i.subject, i.session or None, i.model, param, desc=desc_entity,

@@ -24,11 +24,17 @@ MODEL_ORDER = ("histousim", "ivim", "spinflowsim")
 QUALITY = ("exitcode", "fobj")
 DIAGNOSTIC = ("exitcode", "fobj", "loglik", "aic", "bic")
 def _sidecar(nii: Path) -> dict:
+    """A map's sidecar with its Model.Parameters expanded (the fit record and the dictionary's provenance it
+    references read back: derivatives.expanded_parameters)."""
+    from ..bids.derivatives import expanded_parameters
     js = Path(re.sub(r"\.nii(\.gz)?$", ".json", str(nii)))
     try:
-        return json.loads(js.read_text())
+        side = json.loads(js.read_text())
     except (OSError, json.JSONDecodeError):
         return {}
+    if isinstance(side.get("Model"), dict):
+        side["Model"]["Parameters"] = expanded_parameters(js)
+    return side
 
 
 def _load(path) -> np.ndarray:
