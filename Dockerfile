@@ -26,7 +26,6 @@ ENV DMRIMC_VENV=/opt/dmrimc \
     TEMPLATEFLOW_HOME=/opt/templateflow \
     TEMPLATEFLOW_AUTOUPDATE=0 \
     NUMBA_CACHE_DIR=/opt/numba_cache \
-    MPLCONFIGDIR=/tmp/matplotlib \
     NIPYPE_NO_ET=1 \
     OMP_NUM_THREADS=1 \
     OPENBLAS_NUM_THREADS=1 \

@@ -364,10 +364,11 @@ def write_dataset_description(out_dir, bids_dir, seed=None, command=None, links:
     url = project_url()
     if url:
         ours["CodeURL"] = url
-    container = {k: os.environ[v] for k, v in (("Type", "DMRIMC_CONTAINER_TYPE"), ("Tag", "DMRIMC_CONTAINER_TAG"))
-                 if os.environ.get(v)}  # set in the Docker and Apptainer images
-    if "Type" in container:
-        ours["Container"] = container
+    from .provenance import container_type
+    kind = container_type()   # Apptainer's own variables win over the Docker image's baked-in ENV
+    if kind:
+        ours["Container"] = {"Type": kind, **({"Tag": os.environ["DMRIMC_CONTAINER_TAG"]}
+                                              if os.environ.get("DMRIMC_CONTAINER_TAG") else {})}
     generated = [ours] + earlier
     src_desc = Path(bids_dir) / "dataset_description.json"
     name = "dmrimc-bids derivatives"

@@ -8,6 +8,7 @@ folder: its folder name). A file outside every linked dataset is recorded by its
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 #: Read size of the checksums [bytes].
@@ -61,3 +62,17 @@ def sources(record: dict) -> list[str]:
     out = [d["URI"] for d in record.get("DWI", [])]
     out += [record[k]["URI"] for k in ("Mask", "NoiseMap") if "URI" in record.get(k, {})]
     return out
+
+
+#: Environment variables Apptainer (and Singularity before it) sets inside every container it runs.
+APPTAINER_VARIABLES = ("APPTAINER_CONTAINER", "APPTAINER_NAME", "SINGULARITY_CONTAINER", "SINGULARITY_NAME")
+
+
+def container_type(environ=None) -> str:
+    """'apptainer' when Apptainer/Singularity runs us (its own variables: an image built from our Docker image
+    keeps that image's DMRIMC_CONTAINER_TYPE=docker), else $DMRIMC_CONTAINER_TYPE (set by our Docker image),
+    else '' (no container of ours)."""
+    env = os.environ if environ is None else environ
+    if any(env.get(v) for v in APPTAINER_VARIABLES):
+        return "apptainer"
+    return env.get("DMRIMC_CONTAINER_TYPE", "")

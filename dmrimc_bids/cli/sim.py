@@ -78,7 +78,7 @@ def _run_plot(args) -> int:
 
 
 def main(argv=None) -> int:
-    quiet_environment()
+    quiet_environment("dmrimc-sim")
     args = build_parser().parse_args(argv)
     if argv is None:  # the console command: Ctrl-C stops every worker and exits at once
         from ..workflows.execution import exit_on_interrupt
