@@ -7,6 +7,18 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 HISTO_LOO = SHARED / "reference" / "histo_loo"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def private_temporary_directory(tmp_path_factory):
+    """Every temporary folder the code makes (tempfile: the runs' work folders without -w, reports, simulations)
+    goes under pytest's own base folder, which pytest prunes: a test never leaves one in the system's /tmp."""
+    import tempfile
+    folder = tmp_path_factory.mktemp("tempfile")
+    saved = tempfile.tempdir
+    tempfile.tempdir = str(folder)
+    yield folder
+    tempfile.tempdir = saved
+
+
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory):
     """The full demo dataset (2 subjects, 3 sessions), written once."""

@@ -233,3 +233,24 @@ def test_missing_bvec_fails_only_its_subject(demo_dir, tmp_path):
     assert status["sub-01"] == "failed" and status["sub-02_ses-1"] == "finished", rows
     assert list((tmp_path / "out" / "sub-02").rglob("*_model-histousim_param-fin_dwimap.nii.gz"))
 
+
+def test_a_failed_run_without_work_dir_names_the_folder_it_keeps(demo_dir, tmp_path, monkeypatch, capsys):
+    """Without -w a failed run keeps its temporary work folder for the crash files and says where it is (main
+    left dmrimc_work_* folders in /tmp unannounced); a finished run leaves none."""
+    import tempfile
+
+    from dmrimc_bids.cli.run import main
+    from dmrimc_bids.interfaces.preprocess import SphericalMean
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    bids = tmp_path / "bids"
+    shutil.copytree(demo_dir, bids, ignore=shutil.ignore_patterns("sub-02"))
+
+    def failing(self, runtime):
+        raise RuntimeError("simulated failure inside the graph")
+    monkeypatch.setattr(SphericalMean, "_run_interface", failing)
+    assert main([str(bids), str(tmp_path / "out"), "participant"]) == 1
+    kept = list((tmp_path / "tmp").glob("dmrimc_work_*"))
+    err = capsys.readouterr().err
+    assert len(kept) == 1 and f"temporary work folder is kept for its crash files: {kept[0]}" in err, err
+

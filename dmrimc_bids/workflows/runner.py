@@ -287,6 +287,9 @@ def execute(items, config: Config, run_with: execution.Execution, warnings=None,
     fragments = [f for f in (_fragment(work / wf.name, i) for i in items) if f is not None]
     if tmp_work is not None and not failed:  # keep the crash files of a failed run
         shutil.rmtree(tmp_work, ignore_errors=True)
+    elif tmp_work is not None:
+        print(f"dmrimc-bids: the temporary work folder is kept for its crash files: {tmp_work} (delete it when "
+              "done; -w DIR puts the work folder where you choose)", file=sys.stderr)
     return {"failed": failed, "fragments": fragments}
 
 
