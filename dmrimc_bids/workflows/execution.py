@@ -256,4 +256,20 @@ def exit_on_interrupt(prog: str, what: str) -> None:
             shutil.rmtree(d, ignore_errors=True)
         print(f"\n{line}", file=sys.stderr, flush=True)
         os._exit(130)
+    workers_ignore_interrupt()
     signal.signal(signal.SIGINT, handler)
+
+
+def workers_ignore_interrupt() -> None:
+    """Start multiprocessing's forkserver (MultiProc's workers are forked from it) with SIGINT ignored: Ctrl-C
+    reaches the terminal's whole process group, and workers that took it printed a KeyboardInterrupt traceback
+    each (some 40 lines) before this process stopped them. A process started with SIGINT ignored keeps it
+    ignored (Python installs its handler only where SIGINT is not ignored), and the forkserver hands that on to
+    every worker; this process alone handles Ctrl-C."""
+    import multiprocessing.forkserver
+    import signal
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        multiprocessing.forkserver.ensure_running()
+    finally:
+        signal.signal(signal.SIGINT, previous)
