@@ -478,3 +478,35 @@ def test_sidecars_are_short_and_their_references_hold(demo_run):
     full = expanded_parameters(out / "sub-02/ses-1/dwi/sub-02_ses-1_space-dwi_model-histousim_param-fin_dwimap.json")
     assert "Provenance" in full["Dictionary"] and full["ProtocolFitted"] and "fin" in full["EstimatePlacement"]
 
+
+
+def test_readme_commands_synopsis_and_snippet(tmp_path, monkeypatch):
+    """The README's set-up runs the group level too; its synopsis names the options a new user looks for (main
+    omitted --model, --prior, --point-prior, --t2-*, --flow-estimator); its embedding snippet runs as written
+    (main called an undefined `denoise` and never gave the σ map); the help texts carry no RST markup and no run
+    of spaces inside a usage line."""
+    import subprocess
+    import sys
+
+    from nipype.pipeline import engine as pe
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    blocks = readme.split("```")
+    setup = blocks[1].strip().splitlines()
+    assert len(setup) == 3 and " group " in setup[1]
+    synopsis = blocks[3]
+    for option in ("--model", "--prior", "--point-prior", "--t2-tissue-ms", "--t2-blood-ms", "--flow-estimator"):
+        assert option in synopsis, option
+    assert not re.search(r"\S {2,}\S", "\n".join(line for line in readme.splitlines() if line.startswith("dmrimc-")
+                                                   and "#" not in line))
+    snippet = next(b for b in blocks if b.startswith("python\n") and "init_dmrimc_wf" in b)[len("python\n"):]
+    ran = []
+    monkeypatch.setattr(pe.Workflow, "run", lambda self, plugin=None, **kw: ran.append((self.name, plugin)))
+    monkeypatch.chdir(tmp_path)
+    import runpy
+    (tmp_path / "readme_snippet.py").write_text(snippet)   # Nipype's Function node reads its function's source
+    namespace = runpy.run_path(str(tmp_path / "readme_snippet.py"))
+    assert ran == [("lab_pipeline", "Linear")]
+    assert namespace["dmrimc"].inputs.inputnode.sigma_file.endswith("sub-01_desc-sigma_noise.nii.gz")
+    demo_help = subprocess.run([sys.executable, "-m", "dmrimc_bids.cli.demo", "--help"], capture_output=True,
+                               text=True).stdout
+    assert "positional arguments" in demo_help and "`" not in demo_help

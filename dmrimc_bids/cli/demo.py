@@ -103,7 +103,7 @@ def rebuild_tissue(out: Path) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="dmrimc-bids-demo", description=__doc__,
+    ap = argparse.ArgumentParser(prog="dmrimc-bids-demo", description=__doc__.replace("`", ""),   # no markup in --help
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     add_version(ap, "dmrimc-bids-demo")
     ap.add_argument("out", type=Path, help="folder to write the BIDS dataset into")
