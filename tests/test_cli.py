@@ -457,7 +457,7 @@ def test_separate_flow_fit_marks_voxels_without_vascular_signal(single_demo, tmp
 
 def test_sidecars_are_short_and_their_references_hold(demo_run):
     """Every sidecar is under 4 KB (main: 25 KB, the dictionary's provenance repeated in each); the provenance
-    is written once per dictionary under provenance/ and each session's long fit description once per model,
+    is written once per dictionary under logs/dictionaries/ and each session's long fit description once per model,
     both referenced by path and SHA-256, which match the files."""
     import hashlib
 
@@ -467,7 +467,7 @@ def test_sidecars_are_short_and_their_references_hold(demo_run):
     assert len(sidecars) > 100
     sizes = [f.stat().st_size for f in sidecars]
     assert max(sizes) < 4096, max(zip(sizes, sidecars))
-    dictionaries = sorted((out / "provenance").glob("dictionary-*.json"))
+    dictionaries = sorted((out / "logs" / "dictionaries").glob("dictionary-*.json"))
     assert len(dictionaries) == 2   # the tissue dictionary and the flow dictionary, shared by the 3 sessions
     for f in sidecars[::7]:
         prm = json.loads(f.read_text())["Model"]["Parameters"]

@@ -45,10 +45,11 @@ def test_broken_lookup_names_the_file(tmp_path, broken, what):
 
 
 def test_missing_bvec_and_inherited_sidecar(tmp_path):
-    """No .bvec anywhere is allowed (""), the inherited sidecar is found through the layout."""
+    """No .bvec anywhere: the file it should be is recorded (read_protocol refuses it where b > 0, naming it;
+    a b = 0-only series needs none); the inherited sidecar is found through the layout."""
     dwi = tmp_path / "sub-01_dwi.nii.gz"
     for f in (dwi, tmp_path / "sub-01_dwi.bval"):
         f.write_text("")
     files = [SimpleNamespace(path=str(dwi), entities={"subject": "01"})]
     item = _session_item("01", None, files, _Layout(tmp_path, None))
-    assert item.bvec_files == [""] and item.sidecar_files == [str(tmp_path / "dwi.json")]
+    assert item.bvec_files == [str(tmp_path / "sub-01_dwi.bvec")] and item.sidecar_files == [str(tmp_path / "dwi.json")]

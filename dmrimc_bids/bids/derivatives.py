@@ -67,14 +67,15 @@ DIAGNOSTICS = {
     "aic": ("Akaike information criterion 2P - 2 logL", ""),
     "bic": ("Bayesian information criterion P ln M - 2 logL", ""),
 }
-BIDSIGNORE = ["*_dwimap.*", "*.html", "logs/", "figures/", "group_*", "*_fitrecord.json", "provenance/"]
+BIDSIGNORE = ["*_dwimap.*", "*.html", "logs/", "figures/", "group_*", "*_fitrecord.json"]
 #: Sidecar parameters that describe a session's fit at length: written once per session and model in its fit
 #: record (<prefix>_model-<model>_fitrecord.json), referenced from each sidecar as FitRecord {File, SHA256}.
 FIT_RECORD_KEYS = ("ProtocolFitted", "ProtocolMatching", "DroppedMeasurements", "NormalisationNotes",
                    "EstimatePlacement", "Identifiability", "IdentifiabilityDefinition", "DictionaryModelErrorRMS",
                    "IntervalCalibration", "JointModel", "VascularPrior")
-#: Where the dictionaries' provenance lives (one file per dictionary, named by its content's SHA-256).
-PROVENANCE_DIR = "provenance"
+#: Where the dictionaries' provenance lives (one file per dictionary, named by its content's SHA-256; under logs/,
+#: which the BIDS validator accepts in a derivatives folder, where a top-level folder of our own is an error).
+PROVENANCE_DIR = "logs/dictionaries"
 STATUS_COLUMNS = ("participant_id", "session_id", "status", "exit_code", "stage", "failed_voxels", "message")
 
 
@@ -395,7 +396,7 @@ def json_bytes(obj) -> bytes:
 
 def split_parameters(params: dict, out_dir, record_path: Path) -> tuple[dict, dict]:
     """(the sidecars' Parameters, {file: JSON object} to write beside them): the dictionary's provenance
-    (params['Dictionary']) goes to provenance/dictionary-<sha16>.json, once for every session fitted with it,
+    (params['Dictionary']) goes to logs/dictionaries/dictionary-<sha16>.json, once for every session fitted with it,
     and the session's long fit description (FIT_RECORD_KEYS) to record_path; each sidecar keeps a reference
     {File (relative to out_dir), SHA256} to both, so that it stays short (a few KB) and readable."""
     import hashlib

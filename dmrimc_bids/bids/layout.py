@@ -131,13 +131,7 @@ def collect_inputs(bids_dir, derivatives=None, participant_label=None, session_l
     by_subject = {sub: sorted(set(raw.get_sessions(subject=sub)) |
                               {s for _, lay in explicit for s in lay.get_sessions(subject=sub)}) or [None]
                   for sub in subjects}
-    if sessions_wanted:
-        known = sorted({s for ses in by_subject.values() for s in ses if s})
-        missing = [s for s in sessions_wanted if s not in known]
-        if missing:
-            raise InputError(f"session(s) {', '.join(missing)} not in the dataset"
-                             + (f" for participant(s) {', '.join(subjects)}" if wanted else ""), path=bids_dir,
-                             exit_code=EX_NOINPUT, fix=f"choose among {', '.join(known) or '(no sessions)'}")
+    _check_sessions(sessions_wanted, by_subject, bids_dir, bool(wanted))
     out = []
     for sub in subjects:
         sessions = by_subject[sub]
@@ -156,6 +150,18 @@ def collect_inputs(bids_dir, derivatives=None, participant_label=None, session_l
                          exit_code=EXIT_NO_FILES, fix="check --participant-label, --session-label, "
                                                        "--bids-filter-file and --derivatives")
     return out
+
+
+def _check_sessions(wanted: list, by_subject: dict, bids_dir, chosen_subjects: bool) -> None:
+    """InputError listing the sessions there are when --session-label names one that no (chosen) subject has."""
+    if not wanted:
+        return
+    known = sorted({s for ses in by_subject.values() for s in ses if s})
+    missing = [s for s in wanted if s not in known]
+    if missing:
+        raise InputError(f"session(s) {', '.join(missing)} not in the dataset"
+                         + (f" for participant(s) {', '.join(by_subject)}" if chosen_subjects else ""), path=bids_dir,
+                         exit_code=EX_NOINPUT, fix=f"choose among {', '.join(known) or '(no sessions)'}")
 
 
 def _add_mask_and_sigma(item: SessionInputs, ders, mask_label, mask_file, sigma_file) -> SessionInputs:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, isdefined, traits
 
-from ..bids.derivatives import DIAGNOSTICS, map_path, map_sidecar, publish, stage_copy, stage_json
+from ..bids.derivatives import (DIAGNOSTICS, fit_record_path, map_path, map_sidecar, publish, split_parameters,
+                                stage_copy, stage_json)
 from ..bids.provenance import sources
 from ..core.dictionary import PARAM_DESCRIPTIONS
 
@@ -96,9 +97,7 @@ class WriteDerivatives(SimpleInterface):
                 k: {"OnDictionaryNode": v["on_node"], "OnDictionaryNodeByChance": v.get("on_node_chance"),
                     "AtBound": v["at_bound"], "Voxels": v["n"]}
                 for k, v in placement.items()}
-        from ..bids.derivatives import fit_record_path, split_parameters
-        full_params = params
-        params, extra_files = split_parameters(full_params, i.out_dir, fit_record_path(
+        params, extra_files = split_parameters(params, i.out_dir, fit_record_path(
             i.out_dir, i.subject, i.session or None, i.model, space=i.space))
         staged = {}
         try:

@@ -161,6 +161,8 @@ def declare_resources(wf, execution: Execution) -> int:
 def run(wf, execution: Execution):
     """Run ``wf`` with the plugin: the execution graph, or None when the plugin only submitted it."""
     declare_resources(wf, execution)
+    if INTERRUPT.get("console") and execution.plugin == "MultiProc":   # once the run's environment is set
+        workers_ignore_interrupt()
     graph = wf.run(plugin=execution.plugin, plugin_args=execution.plugin_args)
     return None if execution.submits_graph else graph
 
@@ -224,7 +226,7 @@ def _alive(pid: int) -> bool:
 TEMPORARY_DIRS: list = []
 #: Set by a run once it knows them: "message", what an interrupted run leaves (the Ctrl-C line, instead of the
 #: entry point's generic one), and "hooks", callables that record the interruption (e.g. the status table).
-INTERRUPT: dict = {"message": None, "hooks": []}
+INTERRUPT: dict = {"message": None, "hooks": [], "console": False}
 
 
 def on_interrupt(prog: str, what: str) -> str:
@@ -256,7 +258,7 @@ def exit_on_interrupt(prog: str, what: str) -> None:
             shutil.rmtree(d, ignore_errors=True)
         print(f"\n{line}", file=sys.stderr, flush=True)
         os._exit(130)
-    workers_ignore_interrupt()
+    INTERRUPT["console"] = True   # execution.run starts MultiProc's forkserver with SIGINT ignored
     signal.signal(signal.SIGINT, handler)
 
 
