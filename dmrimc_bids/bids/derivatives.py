@@ -417,25 +417,36 @@ def split_parameters(params: dict, out_dir, record_path: Path) -> tuple[dict, di
 
 
 def expanded_parameters(sidecar, out_dir=None) -> dict:
-    """A map sidecar's Model.Parameters with its references read back: the fit record's fields merged in and
-    Dictionary replaced by the provenance it points to (out_dir: the derivatives folder; default: found from
-    the sidecar's path). {} when the sidecar cannot be read; a missing referenced file leaves the reference."""
+    """A map sidecar's Model.Parameters with its references read back (expand_references; out_dir: the
+    derivatives folder, default: found from the sidecar's path). {} when the sidecar cannot be read."""
     sidecar = Path(sidecar)
     try:
-        params = dict(json.loads(sidecar.read_text()).get("Model", {}).get("Parameters", {}))
+        params = json.loads(sidecar.read_text()).get("Model", {}).get("Parameters", {})
     except (OSError, ValueError):
         return {}
-    root = Path(out_dir) if out_dir else next((p.parent for p in sidecar.parents if p.name.startswith("sub-")), None)
+    return expand_references(params, out_dir or derivatives_root(sidecar))
+
+
+def derivatives_root(path) -> Path | None:
+    """The derivatives folder holding a file under its sub-<label>/ folder (None outside one)."""
+    return next((p.parent for p in Path(path).parents if p.name.startswith("sub-")), None)
+
+
+def expand_references(params: dict, root) -> dict:
+    """params with the fit record's fields merged in and Dictionary replaced by the provenance it points to
+    (split_parameters' references, relative to root); a missing referenced file leaves the reference."""
+    params = dict(params)
+
     def read(ref):
         try:
-            return json.loads((root / ref["File"]).read_text()) if root is not None else None
+            return json.loads((Path(root) / ref["File"]).read_text()) if root is not None else None
         except (OSError, ValueError, KeyError, TypeError):
             return None
     record = read(params.get("FitRecord"))
     if isinstance(record, dict):
         params.update(record)
-    dictionary = read(params.get("Dictionary")) if isinstance(params.get("Dictionary"), dict) and \
-        "File" in params["Dictionary"] else None
+    ref = params.get("Dictionary")
+    dictionary = read(ref) if isinstance(ref, dict) and "File" in ref else None
     if isinstance(dictionary, dict):
         params["Dictionary"] = dictionary
     return params

@@ -26,14 +26,14 @@ DIAGNOSTIC = ("exitcode", "fobj", "loglik", "aic", "bic")
 def _sidecar(nii: Path) -> dict:
     """A map's sidecar with its Model.Parameters expanded (the fit record and the dictionary's provenance it
     references read back: derivatives.expanded_parameters)."""
-    from ..bids.derivatives import expanded_parameters
+    from ..bids.derivatives import derivatives_root, expand_references
     js = Path(re.sub(r"\.nii(\.gz)?$", ".json", str(nii)))
     try:
         side = json.loads(js.read_text())
     except (OSError, json.JSONDecodeError):
         return {}
     if isinstance(side.get("Model"), dict):
-        side["Model"]["Parameters"] = expanded_parameters(js)
+        side["Model"]["Parameters"] = expand_references(side["Model"].get("Parameters", {}), derivatives_root(js))
     return side
 
 
