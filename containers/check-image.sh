@@ -94,23 +94,8 @@ buildah rm "$ctr" >/dev/null
 # 5. the same commit pip-installed (this environment's dmrimc-bids), then the comparison
 dmrimc-bids "$work/bids" "$work/out_pip" participant --participant-label 01 --seed 7 \
     --derivatives "$work/bids/derivatives/segmentation" >/dev/null 2>&1 || fail "the pip-installed run"
-python3 - "$work/out_image" "$work/out_pip" <<'EOF' || fail "the image's maps differ from the pip-installed run's"
-import sys
-from pathlib import Path
-import nibabel as nib
-import numpy as np
-a, b = Path(sys.argv[1]), Path(sys.argv[2])
-maps = sorted(p.relative_to(b) for p in b.rglob("*_dwimap.nii.gz"))
-assert maps and maps == sorted(p.relative_to(a) for p in a.rglob("*_dwimap.nii.gz")), "different map sets"
-worst = 0.0
-for rel in maps:
-    x, y = nib.load(a / rel).get_fdata(), nib.load(b / rel).get_fdata()
-    assert np.array_equal(np.isnan(x), np.isnan(y)), rel
-    if np.isfinite(y).any():
-        worst = max(worst, float(np.nanmax(np.abs(x - y))))
-print(f"check-image.sh: {len(maps)} maps, largest difference {worst:.2e} (fitted voxels)")
-assert worst <= 1e-6, worst
-EOF
+python3 "$here/containers/compare-maps.py" "$work/out_image" "$work/out_pip" --label check-image.sh \
+    || fail "the image's maps differ from the pip-installed run's"
 
 # 6. the figures
 say "image $tag: size $size; cold start (dmrimc-bids --version in a new container) $cold s; demo sub-01 participant level inside the image $demo s"

@@ -106,37 +106,33 @@ def test_dockerfile_entrypoint_user_labels_and_install_path(dockerfile):
     assert ".venv" in ignored and ".git" in ignored
 
 
-def test_apptainer_def_matches_the_dockerfile(dockerfile):
+def test_apptainer_def_is_the_docker_image_with_apptainer_labels(dockerfile):
+    """The SIF is made from the Docker image's archive (containers/check-apptainer.sh builds and runs it), so it
+    holds the same install and environment; the definition sets only what differs."""
     header, sections = apptainer_def()
-    assert header == {"Bootstrap": "docker", "From": dockerfile.baseimage}
-    assert sections["files"] == [". /src/dmrimc-bids"]
-    docker_flags = _flags(_install_call(DOCKERFILE.read_text()))
-    ours = _flags(_install_call("\n".join(sections["post"])))
-    assert ours.pop("--templateflow") == dockerfile.args["TEMPLATEFLOW_ATLASES"].strip('"')
-    assert ours.pop("--venv") == dockerfile.envs["DMRIMC_VENV"]
-    assert ours.pop("--numba-cache") == dockerfile.envs["NUMBA_CACHE_DIR"]
-    docker_flags.pop("--venv"), docker_flags.pop("--numba-cache")
-    assert ours == docker_flags
+    assert header == {"Bootstrap": "docker-archive", "From": "{{ archive }}"}
+    assert sections["arguments"] == [f"archive=dmrimc-bids-{__version__}.tar"]
+    assert "post" not in sections and "files" not in sections   # nothing installed twice
     env = dict(line.removeprefix("export ").split("=", 1) for line in sections["environment"])
-    expected = {k: v for k, v in dockerfile.envs.items() if k not in ("HOME", "PATH")}
-    expected["DMRIMC_CONTAINER_TYPE"], expected["DMRIMC_CONTAINER_TAG"] = "apptainer", f"dmrimc-bids-{__version__}.sif"
-    assert env.pop("PATH") == dockerfile.envs["DMRIMC_VENV"] + "/bin:$PATH"
-    assert env == expected
+    assert env == {"DMRIMC_CONTAINER_TYPE": "apptainer", "DMRIMC_CONTAINER_TAG": f"dmrimc-bids-{__version__}.sif"}
+    assert set(env) <= set(dockerfile.envs)   # overrides of the Docker image's variables, no new ones
     entry = json.loads(next(s["value"] for s in dockerfile.structure if s["instruction"] == "ENTRYPOINT"))
     assert sections["runscript"] == [f'exec {" ".join(entry)} "$@"']
-    labels = dict(line.split(None, 1) for line in sections["labels"])
-    assert labels["org.opencontainers.image.version"] == __version__
-    assert "org.opencontainers.image.source" not in labels  # no project URL to state
+    assert "labels" not in sections   # the Dockerfile's LABELs are the SIF's (apptainer keeps, not overwrites)
+    assert sections["test"] == ["dmrimc-bids --version"]
+    assert "docker save" in APPTAINER.read_text() and "apptainer build" in APPTAINER.read_text()
 
 
 def test_ci_installs_through_the_container_script():
     ci = (ROOT / ".ci" / "run").read_text()
     assert "containers/install.sh" in ci and "--smoke-test" in ci
-    check = ROOT / "containers" / "check-image.sh"   # the image itself is built and run by CI (issue #30)
-    assert "containers/check-image.sh" in ci
-    assert subprocess.run(["bash", "-n", str(check)], capture_output=True, text=True).returncode == 0
-    bad = subprocess.run(["bash", str(check), "--frobnicate"], capture_output=True, text=True)
-    assert bad.returncode == 64 and "unknown option --frobnicate" in bad.stderr
+    # the image itself is built and run by CI (issue #30), then the SIF made from it (issue #39)
+    assert ci.index("containers/check-image.sh --keep") < ci.index("containers/check-apptainer.sh")
+    for name in ("check-image.sh", "check-apptainer.sh"):
+        check = ROOT / "containers" / name
+        assert subprocess.run(["bash", "-n", str(check)], capture_output=True, text=True).returncode == 0
+        bad = subprocess.run(["bash", str(check), "--frobnicate"], capture_output=True, text=True)
+        assert bad.returncode == 64 and "unknown option --frobnicate" in bad.stderr
     res = subprocess.run(["bash", "-n", str(INSTALL)], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert subprocess.run(["bash", str(INSTALL), "--help"], capture_output=True, text=True).stdout.startswith("Install dmrimc-bids")
@@ -173,3 +169,27 @@ def test_entrypoint_runs_the_demo_in_the_image_environment(dockerfile, demo_dir,
     generated = json.loads((out / "dataset_description.json").read_text())["GeneratedBy"][0]
     assert generated["Container"] == {"Type": "docker", "Tag": f"dmrimc-bids:{__version__}"}
     assert not list(cwd.iterdir())  # nothing written into the working directory
+
+
+def test_compare_maps_finds_a_changed_voxel_and_a_missing_map(tmp_path):
+    """containers/compare-maps.py, which both container checks use to compare the image's maps with pip's."""
+    import nibabel as nib
+    import numpy as np
+    script = ROOT / "containers" / "compare-maps.py"
+    a, b = tmp_path / "a" / "sub-01" / "dwi", tmp_path / "b" / "sub-01" / "dwi"
+    a.mkdir(parents=True), b.mkdir(parents=True)
+    values = np.array([[[0.25, np.nan], [0.5, 0.75]]])
+    for folder in (a, b):
+        nib.save(nib.Nifti1Image(values, np.eye(4)), folder / "sub-01_param-fin_dwimap.nii.gz")
+
+    def compare():
+        res = subprocess.run([sys.executable, str(script), str(tmp_path / "a"), str(tmp_path / "b")],
+                             capture_output=True, text=True)
+        return res.returncode, res.stdout + res.stderr
+    assert compare() == (0, "compare-maps.py: 1 maps, largest difference 0.00e+00 (fitted voxels)\n")
+    nib.save(nib.Nifti1Image(values + 1e-5, np.eye(4)), a / "sub-01_param-fin_dwimap.nii.gz")
+    code, text = compare()
+    assert code == 1 and "largest difference 1.00e-05" in text
+    nib.save(nib.Nifti1Image(values, np.eye(4)), a / "sub-01_param-vCS_dwimap.nii.gz")
+    code, text = compare()
+    assert code == 1 and "different map sets" in text
