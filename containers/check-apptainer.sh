@@ -13,9 +13,10 @@
 #      pip-installed run of the same commit (within 1e-6);
 #   6. prints the SIF size, the build time, the cold start and the demo times; exits 0 only when all held.
 #
-#   bash containers/check-apptainer.sh [--keep] [--work DIR] [--image TAG] [--reference OUT]
+#   bash containers/check-apptainer.sh [--keep] [--work DIR] [--image TAG] [--reference OUT] [--record]
 #     --image TAG      the buildah image to convert (default localhost/dmrimc-bids:check, check-image.sh --keep)
 #     --reference OUT  a pip-installed run of the demo's sub-01 with --seed 7 to compare with (default: run it)
+#     --record         write the figures into docs/benchmarks.md (block apptainer-image)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -23,13 +24,15 @@ work="${TMPDIR:-/tmp}/dmrimc-check-apptainer"
 image="localhost/dmrimc-bids:check"
 reference=""
 keep=0
+record=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --keep) keep=1; shift ;;
+        --record) record=1; shift ;;
         --work) work="$2"; shift 2 ;;
         --image) image="$2"; shift 2 ;;
         --reference) reference="$2"; shift 2 ;;
-        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
         *) echo "check-apptainer.sh: unknown option $1" >&2; exit 64 ;;
     esac
 done
@@ -151,12 +154,24 @@ if [ -z "$reference" ]; then
     dmrimc-bids "$data/bids" "$reference" participant --participant-label 01 --seed 7 \
         --derivatives "$data/bids/derivatives/segmentation" >"$work/out_pip.log" 2>&1 || fail "the pip-installed run"
 fi
+compared=""
 for out in out_runner out_root; do
-    python3 "$here/containers/compare-maps.py" "$data/$out" "$reference" --label "check-apptainer.sh: $out" \
-        || fail "the maps of $out differ from the pip-installed run's ($reference)"
+    line=$(python3 "$here/containers/compare-maps.py" "$data/$out" "$reference" --label "$out" 2>&1) \
+        || fail "the maps of $out differ from the pip-installed run's ($reference): $line"
+    say "$line"; compared="$compared; $line"
 done
 
 # 6. the figures
-say "SIF $size MiB (buildah push ${push} s, apptainer build ${build} s); cold start (dmrimc-bids --version as uid 1001, squashfuse) ${cold} s; demo sub-01 participant level: ${demo_runner} s as uid 1001 with --no-home (first run: the numba cache copied), ${demo_root} s as root with --no-privs --containall"
+figures="SIF $size MiB (buildah push ${push} s, apptainer build ${build} s); cold start (dmrimc-bids --version as uid 1001, squashfuse) ${cold} s; demo sub-01 participant level: ${demo_runner} s as uid 1001 with --no-home (its first run: the image's numba cache copied, nothing compiled), ${demo_root} s as root with --no-privs --containall"
+say "$figures"
+if [ "$record" = 1 ]; then
+    python3 - "$here" "$(inside apptainer --version)" "$figures" "$compared" <<'EOF'
+import sys
+sys.path.insert(0, sys.argv[1] + "/benchmarks")
+from _record import machine, record
+record("apptainer-image", f"`bash containers/check-apptainer.sh --record` ({machine()}; {sys.argv[2]} from Debian sid): "
+       f"{sys.argv[3]}. Against the pip-installed run of the same commit{sys.argv[4]}.")
+EOF
+fi
 [ "$keep" = 1 ] || rm -rf "$work"
 say "passed"
