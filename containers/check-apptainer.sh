@@ -136,10 +136,10 @@ levels() {   # levels WHO OUT WORK APPTAINER-OPTIONS...: the participant level (
         fail "the run as $who compiled kernels: the image's numba cache was not used ($work/$out.log)"
     fi
 }
+levels runner out_runner work_runner --no-home; demo_runner=$elapsed   # the user's first run
 t0=$(now)
 as_runner apptainer --quiet run --cleanenv "$sif" --version >/dev/null || fail "the SIF does not start as runner"
 cold=$(since "$t0")
-levels runner out_runner work_runner --no-home; demo_runner=$elapsed
 levels root out_root work_root --no-privs --containall; demo_root=$elapsed
 
 # 5. what the runs recorded, and the maps against a pip-installed run
@@ -162,7 +162,7 @@ for out in out_runner out_root; do
 done
 
 # 6. the figures
-figures="SIF $size MiB (buildah push ${push} s, apptainer build ${build} s); cold start (dmrimc-bids --version as uid 1001, squashfuse) ${cold} s; demo sub-01 participant level: ${demo_runner} s as uid 1001 with --no-home (its first run: the image's numba cache copied, nothing compiled), ${demo_root} s as root with --no-privs --containall"
+figures="SIF $size MiB (buildah push ${push} s, apptainer build ${build} s); cold start (dmrimc-bids --version as uid 1001, squashfuse, after its first run) ${cold} s; demo sub-01 participant level: ${demo_runner} s as uid 1001 with --no-home (its first run: the image's numba cache copied, nothing compiled), ${demo_root} s as root with --no-privs --containall"
 say "$figures"
 if [ "$record" = 1 ]; then
     python3 - "$here" "$(inside apptainer --version)" "$figures" "$compared" <<'EOF'
