@@ -4,7 +4,7 @@
 #   1. makes a Debian sid root with apptainer, squashfuse and fuse3 from Debian's packages (mmdebstrap;
 #      bookworm has no apptainer) and a user runner (uid 1001) in it;
 #   2. enters it in a private mount namespace (unshare --mount, pivot_root; /proc, /sys, a /dev of its own
-#      with /dev/fuse open to the user): apptainer refuses a plain chroot;
+#      with /dev/fuse open to the user, one /tmp for every call): apptainer refuses a plain chroot;
 #   3. saves the image as a docker-archive (buildah push) and builds the SIF from containers/apptainer.def;
 #   4. runs the demo's participant and group levels inside the SIF as runner with --no-home (squashfuse mounts
 #      the SIF; the image's compiled kernels must be used, nothing compiled) and as root with --no-privs
@@ -48,7 +48,7 @@ done
 export STORAGE_DRIVER="${STORAGE_DRIVER:-vfs}"
 buildah inspect "$image" >/dev/null 2>&1 || fail "no image $image: run bash containers/check-image.sh --keep first"
 root="$work/root" data="$work/data"
-rm -rf "$work"; mkdir -p "$data/tmp"
+rm -rf "$work"; mkdir -p "$data/tmp" "$work/tmp"; chmod 1777 "$work/tmp"
 
 # 1. the root with apptainer (sid's Release file may be past its Valid-Until on the mirror)
 say "mmdebstrap: Debian sid with apptainer, squashfuse, fuse3"
@@ -80,7 +80,8 @@ inside() {
         ln -s pts/ptmx "$root/dev/ptmx"
         mount -t tmpfs -o mode=1777 tmpfs "$root/dev/shm"
         ln -s /proc/self/fd "$root/dev/fd"
-        mount -t tmpfs -o mode=1777 tmpfs "$root/tmp"
+        for n in 0:stdin 1:stdout 2:stderr; do ln -s "/proc/self/fd/${n%%:*}" "$root/dev/${n#*:}"; done
+        mount --bind "$root/../tmp" "$root/tmp"   # one /tmp for every call, as on a machine
         mount --bind "$data" "$root/data"
         cd "$root"
         pivot_root . .oldroot
@@ -138,7 +139,7 @@ levels() {   # levels WHO OUT WORK APPTAINER-OPTIONS...: the participant level (
 }
 levels runner out_runner work_runner --no-home; demo_runner=$elapsed   # the user's first run
 t0=$(now)
-as_runner apptainer --quiet run --cleanenv "$sif" --version >/dev/null || fail "the SIF does not start as runner"
+as_runner apptainer --quiet run --cleanenv "$sif" --version >>"$work/build.log" 2>&1 || fail "the SIF does not start as runner"
 cold=$(since "$t0")
 levels root out_root work_root --no-privs --containall; demo_root=$elapsed
 
