@@ -489,15 +489,17 @@ def test_readme_commands_synopsis_and_snippet(tmp_path, monkeypatch):
     import sys
 
     from nipype.pipeline import engine as pe
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    blocks = readme.split("```")
-    setup = blocks[1].strip().splitlines()
+    root = Path(__file__).parents[1]
+    readme, usage = (root / "README.md").read_text(), (root / "docs" / "usage.md").read_text()
+    setup = readme.split("```")[1].strip().splitlines()
     assert len(setup) == 3 and " group " in setup[1]
-    synopsis = blocks[3]
+    assert len(readme.splitlines()) <= 150   # an entry point (issue #40); the manual is docs/
+    blocks = usage.split("```")
+    synopsis = blocks[1]
     for option in ("--model", "--prior", "--point-prior", "--t2-tissue-ms", "--t2-blood-ms", "--flow-estimator"):
         assert option in synopsis, option
-    assert not re.search(r"\S {2,}\S", "\n".join(line for line in readme.splitlines() if line.startswith("dmrimc-")
-                                                   and "#" not in line))
+    assert not re.search(r"\S {2,}\S", "\n".join(line for text in (readme, usage) for line in text.splitlines()
+                                                   if line.startswith("dmrimc-") and "#" not in line))
     snippet = next(b for b in blocks if b.startswith("python\n") and "init_dmrimc_wf" in b)[len("python\n"):]
     ran = []
     monkeypatch.setattr(pe.Workflow, "run", lambda self, plugin=None, **kw: ran.append((self.name, plugin)))

@@ -261,7 +261,7 @@ def test_qsiprep_series_timing_per_source_run(demo_dir, tmp_path, capsys):
 
 
 def test_one_background_convention(demo_run, demo_dir):
-    """NaN outside the fit in every map, the exit code included (docs: README, Outputs)."""
+    """NaN outside the fit in every map, the exit code included (docs/outputs.md)."""
     _, out, _ = demo_run
     tumour = nib.load(seg(demo_dir) / "sub-01/dwi/sub-01_desc-tumour_mask.nii.gz").get_fdata() > 0
     maps = sorted((out / "sub-01/dwi").glob("*_dwimap.nii.gz"))

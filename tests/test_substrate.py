@@ -120,7 +120,7 @@ def test_mouse_example_loads_and_matches_the_published_metrics():
     for key, published in (("mCS", 7.19), ("varCS", 2.78), ("vCS_sph", 8.67), ("vCS_cyl", 8.38)):
         assert m[key] == pytest.approx(published, rel=0.03), key
     assert abs(m["skewCS"]) < 0.1
-    # scale given as µm per unit (README: 0.2183) gives the same tile
+    # scale given as µm per unit (the Histo-μSim README: 0.2183) gives the same tile
     sub2 = read_svg(MOUSE_SVG, scale_um_per_unit=0.21832)
     assert sub2.tile_um == pytest.approx(sub.tile_um, rel=1e-3)
 

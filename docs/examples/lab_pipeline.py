@@ -1,4 +1,4 @@
-"""A lab's own Nipype pipeline with dmrimc-bids inside it (README, "Inside your own Nipype pipeline").
+"""A lab's own Nipype pipeline with dmrimc-bids inside it (docs/usage.md, "Inside your own Nipype pipeline").
 
     python docs/examples/lab_pipeline.py DEMO_BIDS OUT     # DEMO_BIDS from: dmrimc-bids-demo DEMO_BIDS
 """

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Draw the participant graph the app builds, without data (participant.init_example_wf), for the README:
+"""Draw the participant graph the app builds, without data (participant.init_example_wf), for the README and docs/models.md:
 docs/images/graph_joint.png (--model joint, the default) and graph_separate.png (--model separate), each with
 the vascular branch. Needs Graphviz's ``dot`` (Debian: apt-get install graphviz).
 

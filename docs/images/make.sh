@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerate the README's pictures of the simulators from the demo dataset's protocol (about 1 min, 2 cores).
+# Regenerate the pictures (docs/usage.md) of the simulators from the demo dataset's protocol (about 1 min, 2 cores).
 #   bash docs/images/make.sh            (with dmrimc-bids installed, e.g. .venv/bin on PATH)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
