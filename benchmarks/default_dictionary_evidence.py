@@ -201,7 +201,8 @@ def main(argv=None) -> int:
                       "average, so the published average is in-plane, as ours."
                   + (f" The permeability effect, S(κ = 40) - S(κ = 0) at D0 = 1.9 µm²/ms, published / ours for "
                      f"the nearest substrate: median {c['kappa_effect_ratio'][0]:.2f} (range "
-                     f"{c['kappa_effect_ratio'][1]:.2f}-{c['kappa_effect_ratio'][2]:.2f}) over the {c['kappa_effect_ratio'][3]} substrates with fin >= 0.1."
+                     f"{c['kappa_effect_ratio'][1]:.2f}-{c['kappa_effect_ratio'][2]:.2f}) over the "
+                     f"{c['kappa_effect_ratio'][3]} substrates with fin >= 0.1."
                      if c["kappa_effect_ratio"] else ""),
                   "", build_facts(dics["embedded default"])]
         record("default-dictionary-evidence", "\n".join(lines))

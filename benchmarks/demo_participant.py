@@ -10,7 +10,8 @@ compiled kernels before every run (the very first run after an install). Last li
 
 Tissue recovery per series on the fitted voxels (exit code 1): Spearman ρ, the number of distinct true levels,
 MedAE and bias, and the MedAE as a fraction of the truth's range beside the best constant guess's (the truth's
-median); and pooled over the three series: ρ, MedAE and the constant guess's MedAE. --record writes the tables (full run) or the one-subject timing into
+median); and pooled over the three series: ρ, MedAE and the constant guess's MedAE. --record writes the tables (full run)
+or the one-subject timing into
 docs/benchmarks.md.
 """
 
@@ -49,7 +50,8 @@ def recovery(out: Path, demo: Path) -> dict:
             t = nib.load(gt_root / rel / name).get_fdata()[fitted]
             e = nib.load(out / rel / name).get_fdata()[fitted]
             span = float(np.ptp(t))
-            row[p] = {"medae": round(float(np.median(np.abs(e - t))), 4), "bias": round(float(np.mean(e - t)), 4),
+            row[p] = {"medae": round(float(np.median(np.abs(e - t))), 4),
+                                                             "bias": round(float(np.mean(e - t)), 4),
                       "rho": round(float(spearmanr(e, t)[0]), 3), "levels": int(np.unique(t).size),
                       "medae_of_range": round(float(np.median(np.abs(e - t))) / span, 3),
                       "constant_of_range": round(float(np.median(np.abs(np.median(t) - t))) / span, 3),
@@ -62,7 +64,8 @@ def recovery(out: Path, demo: Path) -> dict:
             sel = mask if p == "fV" else mask & (code == 1)
             t = nib.load(gt_root / rel / name.replace(f"model-{model}_param-fV", "model-ivim_param-fV")).get_fdata()[sel]
             e = nib.load(out / rel / name).get_fdata()[sel]
-            row[p if (model, p) != JOINT_FV else "fV_joint"] = {"medae": round(float(np.median(np.abs(e - t))), 4), "bias": round(float(np.mean(e - t)), 4),
+            row[p if (model, p) != JOINT_FV else "fV_joint"] = {"medae": round(float(np.median(np.abs(e - t))), 4),
+                                                               "bias": round(float(np.mean(e - t)), 4),
                       "rho": round(float(spearmanr(e, t)[0]), 3), "voxels": int(sel.sum())}
             if p == "fV":   # fV collapsed to 0: the voxels with true fV >= 0.02 that read fV < 0.01
                 blood = t >= 0.02

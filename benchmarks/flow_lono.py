@@ -133,7 +133,8 @@ def main(argv=None) -> int:
         record(f"flow_lono_{args.estimator}", "\n".join([
             f"Command: `python benchmarks/flow_lono.py --data ../shared/reference/spinflowsim --spins {args.spins} "
             f"--repeats {args.repeats} --estimator {args.estimator}"
-            + (f" --point {args.point}" if args.estimator == "posterior" else "") + f" --record`; machine: {machine()}. Spearman ρ of estimated vs true, pooled over "
+            + (f" --point {args.point}" if args.estimator == "posterior" else "") + f" --record`; machine: {machine()}. "
+            "Spearman ρ of estimated vs true, pooled over "
             f"the ten leave-one-network-out folds ({len(truth)} realisations x {args.repeats} noise draws, SNR "
             f"{args.snr:g} at b=0); simulation {t_sim:.0f} s, fitting {t_fit:.0f} s.", "", *rows, "",
             "Our ANB is the physical one (segments entered per spin in 100 ms); the paper's counts time-step "

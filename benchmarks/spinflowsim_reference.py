@@ -139,7 +139,8 @@ def main(argv=None) -> int:
             *[f"| {k} signals, median (noise floor) | {summary[k + '_median_abs_diff']:.4f} "
               f"({summary[k + '_noise_floor']:.4f}) |" for k in protos],
             f"| time per realisation, {args.spins} spins, {args.threads} thread | richPGSE {t_rich * 1e3:.1f} ms, "
-            f"TRSE {t_trse * 1e3:.1f} ms; published ~120 s (quoted from ../shared/reference/README.md): {PUBLISHED_S_PER_REALISATION / t_rich:.0f}x |"]))
+            f"TRSE {t_trse * 1e3:.1f} ms; published ~120 s (quoted from ../shared/reference/README.md): "
+            f"{PUBLISHED_S_PER_REALISATION / t_rich:.0f}x |"]))
     print(json.dumps(summary))
     return 0
 

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Install dmrimc-bids on a Debian (bookworm) machine: the one install path of the Docker image, the
-# Apptainer image and CI (.ci/run), so CI exercises what the containers do.
+# Install dmrimc-bids on a Debian (bookworm) machine: the one install path of the Docker image (which the
+# Apptainer image is made from); CI (.ci/run) installs its system packages with it and builds that image.
 #
 #   containers/install.sh [--venv DIR] [--extras LIST] [--apt-extra "PKG ..."] [--templateflow SPEC ...]
-#                         [--numba-cache DIR] [--smoke-test] [--slim]
+#                         [--numba-cache DIR] [--smoke-test] [--slim] [--system-only]
 #
 #   --venv DIR          virtual environment to create or reuse (default /opt/dmrimc)
 #   --extras LIST       package extras, comma-separated (default spice,atlas)
@@ -13,6 +13,7 @@
 #   --numba-cache DIR   compile the numba kernels into DIR during --smoke-test, writable by any user
 #   --smoke-test        run the entrypoint on the embedded demo dataset (one subject, then the group level)
 #   --slim              drop apt lists and pip caches (image builds)
+#   --system-only       only the Debian packages (CI: the README's command then installs the package)
 #
 # System packages are installed with apt-get when it is available and we are root; otherwise the script
 # says which are missing and goes on (the PySpice backend is optional).
@@ -27,6 +28,7 @@ templateflow=()
 numba_cache=""
 smoke=0
 slim=0
+system_only=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --venv) venv="$2"; shift 2 ;;
@@ -36,7 +38,8 @@ while [ $# -gt 0 ]; do
         --numba-cache) numba_cache="$2"; shift 2 ;;
         --smoke-test) smoke=1; shift ;;
         --slim) slim=1; shift ;;
-        -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --system-only) system_only=1; shift ;;
+        -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "install.sh: unknown option $1 (see --help)" >&2; exit 64 ;;
     esac
 done
@@ -52,6 +55,8 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
 else
     echo "install.sh: not root or no apt-get: install $packages yourself if you need them" >&2
 fi
+
+if [ "$system_only" = 1 ]; then exit 0; fi
 
 pip_flags=(--quiet --disable-pip-version-check)
 if [ "$slim" = 1 ]; then pip_flags+=(--no-cache-dir); fi

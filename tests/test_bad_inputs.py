@@ -303,7 +303,8 @@ def write_docs(path: Path) -> None:
     lines = ["# Bad input: what you see and what to do", "",
              "Every case below is a test (`tests/test_bad_inputs.py`); each prints **one** error line naming the "
              "file or flag and the fix, exits with the code shown (BIDS-Apps draft: 16 invalid dataset, 18 no "
-             "files selected, 64 usage, 65 data error, 66 missing input; sysexits 73 an output that cannot be created) and leaves no output file. In a cohort, a "
+             "files selected, 64 usage, 65 data error, 66 missing input; sysexits 73 an output that cannot be created) "
+             "and leaves no output file. In a cohort, a "
              "subject that fails is reported on its own line and in `logs/<run>_status.tsv`, the others go on, and "
              "the run exits 1. Invalid voxels (NaN, non-positive b=0) are not errors: they get exit code -1 in every "
              "model's `exitcode` map and NaN parameters and are counted per model in the status table and on the "

@@ -92,7 +92,7 @@ def test_model_error_of_structures_widens_intervals():
     parameters are mis-estimated by the rest; that cross-validated error enters the SD."""
     rng = np.random.default_rng(5)
     rows, params = [], []
-    for s in range(12):
+    for _ in range(12):
         f, size = rng.uniform(0.2, 0.8), rng.uniform(5, 15)
         hidden = rng.uniform(0.6, 1.4)  # not a parameter: model error
         for d in np.linspace(1.5, 3.0, 6):

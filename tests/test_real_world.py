@@ -441,7 +441,8 @@ def test_every_listed_kernel_is_compiled_by_a_fit():
         "prot = Protocol([0, 25, 50, 100, 200, 400, 800, 1000.0], 10.0, 30.0)\n"
         "iv = np.exp(-np.outer(np.ones(30), prot.b) * 1e-3) * 0.9 + 0.1 * np.exp(-np.outer(np.ones(30), prot.b) * 2e-2)\n"
         "left = []\n"
-        "for model, data, sig in ((PosteriorModel(dic), y, s), (DictionaryModel(dic), y, s), (IvimModel(prot), iv, np.full(iv.shape, 0.01))):\n"
+        "for model, data, sig in ((PosteriorModel(dic), y, s), (DictionaryModel(dic), y, s),\n"
+        "                        (IvimModel(prot), iv, np.full(iv.shape, 0.01))):\n"
         "    model.fit(data, sigma=sig)\n"
         "    left += [getattr(d, 'py_func', d).__name__ for d in model.jit_kernels() if not d.signatures]\n"
         "print('LEFT', left)\n")

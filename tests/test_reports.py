@@ -131,7 +131,6 @@ def test_demo_report_loads_in_chromium(demo_run, tmp_path):
 def test_report_shows_estimate_placement_from_the_fit(demo_run):
     """The share of estimates on a dictionary node / at a bound is computed by the fit, recorded in the
     sidecars (EstimatePlacement, with the share chance puts on a node) and shown in the report."""
-    import json
     _, out, _ = demo_run
     from dmrimc_bids.bids.derivatives import expanded_parameters
     place = expanded_parameters(out / "sub-01/dwi/sub-01_space-dwi_model-histousim_param-fin_dwimap.json")[

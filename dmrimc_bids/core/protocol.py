@@ -16,11 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import EX_NOINPUT, InputError
+
 #: b at or below this [s/mm²] is b = 0: b ≈ 0 as acquired (a nominal 0, rounding). Low b such as 5-20 s/mm²
 #: are IVIM data, never b0 (the b0 normalisation and the IVIM fit both rely on it).
 B0_THRESHOLD = 2.0
 
-from .errors import EX_NOINPUT, InputError
 
 #: Proton gyromagnetic ratio [rad/(s·T)].
 GAMMA_RAD_PER_S_PER_T = 2.6752218744e8

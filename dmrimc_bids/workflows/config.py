@@ -190,7 +190,8 @@ class Config:
         """JointModel options (core/fitting/joint.py) of --model joint; T2s only when given."""
         out = {"bounds": {k: list(v) for k, v in self.bounds.items()}, "chunk_size": self.chunk_size,
                "n_averages": self.n_averages, "tissue_b_min": self.vasc_threshold, "device": self.device,
-               "prior": self.prior, "point_prior": dict(self.point_prior), "t2_tissue_ms": self.t2_tissue_ms, "t2_blood_ms": self.t2_blood_ms}
+               "prior": self.prior, "point_prior": dict(self.point_prior),
+               "t2_tissue_ms": self.t2_tissue_ms, "t2_blood_ms": self.t2_blood_ms}
         return {k: v for k, v in out.items() if v is not None}
 
     def ivim_model_options(self) -> dict:
@@ -225,7 +226,8 @@ class Config:
         """Pipeline options quoted in the reports' methods text."""
         return {"b0_threshold": self.b0_threshold, "vasc_threshold": self.vasc_threshold,
                 "b0_pool_series": self.b0_pool_series, "ivim_b_split": self.ivim_b_split, "ivim_b_max": self.ivim_b_max,
-                "ivim_estimator": self.ivim_estimator, "model": self.model, "params": list(self.params), "fix": dict(self.fix), "seed": self.seed}
+                "ivim_estimator": self.ivim_estimator, "model": self.model, "params": list(self.params),
+                "fix": dict(self.fix), "seed": self.seed}
 
 
 def _absolute(path) -> str:

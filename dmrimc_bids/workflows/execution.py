@@ -67,7 +67,7 @@ def parse_plugin_args(text: str | None) -> dict:
     except (OSError, ValueError) as exc:
         raise InputError(f"--plugin-args {text!r} is neither a JSON object nor a readable JSON file ({exc})",
                          exit_code=EX_USAGE,
-                         fix="""give e.g. --plugin-args '{"sbatch_args": "--partition=short --time=02:00:00"}'""")
+                         fix="""give e.g. --plugin-args '{"sbatch_args": "--partition=short --time=02:00:00"}'""") from None
     if not isinstance(value, dict):
         raise InputError(f"--plugin-args {text!r} is not a JSON object", exit_code=EX_USAGE,
                          fix="""give e.g. --plugin-args '{"sbatch_args": "--partition=short"}'""")

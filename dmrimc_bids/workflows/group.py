@@ -182,7 +182,7 @@ def check_one_run(out_dir, pairs, allow_mixed: bool = False) -> list[str]:
     from ..bids.derivatives import find_maps, run_signature
     seen: dict = {}
     for sub, ses in pairs:
-        for model, files in find_maps(out_dir, sub, ses).items():
+        for files in find_maps(out_dir, sub, ses).values():
             nii = files.get(("exitcode", None)) or next(iter(files.values()))
             side = Path(str(nii).replace(".nii.gz", ".json").replace(".nii", ".json"))
             seen.setdefault(run_signature(side), side)

@@ -3,7 +3,6 @@
     python docs/examples/lab_pipeline.py DEMO_BIDS OUT     # DEMO_BIDS from: dmrimc-bids-demo DEMO_BIDS
 """
 
-import shutil
 import sys
 from pathlib import Path
 

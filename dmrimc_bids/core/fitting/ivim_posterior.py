@@ -6,7 +6,8 @@ Model of one voxel's signal at b [s/mm²] (any scale; S0 is free, as in the OSIP
 
 For every node (D_i, D*_j) of a grid (D linear on D_BOUNDS, D* geometric on DSTAR_BOUNDS; the OSIPI
 default bounds; in two stages: a coarse grid over the bounds, then fine windows of D and log D* around
-the coarse posterior, so the estimates are not limited to the coarse spacing) the two amplitudes are the non-negative least-squares solution (variable projection: a 2x2
+the coarse posterior, so the estimates are not limited to the coarse spacing) the two amplitudes are the non-negative
+least-squares solution (variable projection: a 2x2
 system per node, closed form) and give the residual sum of squares RSS_ij and f_ij = c/(a + c).
 
 Posterior weight of a node (prior flat over D and over sqrt(D*), i.e. density ∝ sqrt(D*) per node of the

@@ -229,7 +229,8 @@ class JointModel(Model):
     group, as noisy as a measurement; 0: exact normalisation); t2_tissue_ms, t2_blood_ms: both or neither
     (relaxation_weights: fV becomes the volume fraction, the T2 difference corrected to first order in fV);
     n_candidates: tissue entries per voxel in the vascular posterior; p_zero, fv_rate: the fV prior
-    (VascularPrior) as given, or (p_zero None) estimated from each fit's voxels; noise, n_averages, bounds, point, chunk_size, prior, point_prior: as
+    (VascularPrior) as given, or (p_zero None) estimated from each fit's voxels;
+    noise, n_averages, bounds, point, chunk_size, prior, point_prior: as
     PosteriorModel (tissue)."""
 
     def __init__(self, tissue: Dictionary, flow: Dictionary, fv_max: float = FV_MAX,

@@ -598,7 +598,8 @@ def joint_pair_moments(y, sig2, tissue, flow_t, flow_sq, fv_max, groups, kappa, 
     marginalised analytically (Gaussian in f for each pair, truncated). tissue [V, Nt, M] the voxel's
     tissue candidates, flow_t [M, Kf] the flow signals transposed, flow_sq [Kf] = |v|². Writes, per
     voxel: w_flow [V, Kf] the marginal posterior of the flow entries, g_flow [V, Kf] Σ_t w_tv E[f | t, v],
-    f_moments [V, 4] E[f], E[f²], P(f = 0), log Bayes factor of a vascular signal; log_w [V, Nt, Kf] is work space. The Laplace factor and the truncation
+    f_moments [V, 4] E[f], E[f²], P(f = 0), log Bayes factor of a vascular signal; log_w [V, Nt, Kf] is work space.
+    The Laplace factor and the truncation
     are evaluated only for pairs whose profile weight is within JOINT_LOG_WEIGHT_SPAN of the best.
 
     Normalisation noise: each measurement group g (groups [M], 0..G-1: the TE groups, each divided by its
@@ -614,7 +615,8 @@ def joint_pair_moments(y, sig2, tissue, flow_t, flow_sq, fv_max, groups, kappa, 
     candidate's alone) and (1 - p_zero) on (0, fv_max] with density ∝ e^{-fv_rate·f} (truncated exponential;
     fv_rate = 0: flat; a Gaussian in f times it is a Gaussian of shifted mean, so the marginalisation stays
     exact); with p_zero = 0 the slab alone. Both parts enter with their exact marginal likelihoods, so a voxel
-    whose data show no vascular signal is fitted as tissue only. w_flow is the flow entries' posterior given f > 0 (the blood's, where there is
+    whose data show no vascular signal is fitted as tissue only. w_flow is the flow entries' posterior given f > 0
+    (the blood's, where there is
     any); f_moments and g_flow are over the whole prior."""
     n_v, n_t, m = tissue.shape
     n_f = flow_t.shape[1]
@@ -632,7 +634,8 @@ def joint_pair_moments(y, sig2, tissue, flow_t, flow_sq, fv_max, groups, kappa, 
 def joint_pair_voxel(yi, s2, ti, flow_t, flow_sq, fv_max, groups, kappa, aw, unit, p_zero, fv_rate, w_flow, g_flow,
                      f_moments, lw, tv, tv2, bb, yv, yvg, yyg, ytg, ytag, spike):
     """joint_pair_moments for one voxel (yi [M], s2 = σ², ti [Nt, M] its tissue candidates, kappa [G], aw [M]
-    the relaxation weights, unit: all aw = 1, fv_rate the slab's exponential rate), into w_flow, g_flow [Kf] and f_moments [3]; lw, tv, tv2, bb
+    the relaxation weights, unit: all aw = 1, fv_rate the slab's exponential rate), into w_flow, g_flow [Kf] and f_moments [3];
+    lw, tv, tv2, bb
     [Nt, Kf] (bb: <y - t, a∘(v - t)>), yv [Kf], yvg [G, Kf], yyg, ytg, ytag [G], spike [Nt] are work space (tv2 may be tv when unit)."""
     n_t, m = ti.shape
     n_f = flow_t.shape[1]

@@ -135,7 +135,7 @@ class Fit:
 
     def residual(self) -> np.ndarray:
         """Per-voxel misfit used to choose examples (the objective where the fit has one)."""
-        return getattr(self, "fobj")
+        return self.fobj
 
     def example_voxels(self, n: int = 4) -> np.ndarray:
         """Indices [n, ndim] of up to n fitted voxels spanning the misfit's range (its 10/50/90/100th

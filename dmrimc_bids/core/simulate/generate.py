@@ -236,7 +236,7 @@ def tissue_packing(fin: float = 0.6, mean_cs_um: float = 10.0, cv_cs: float = 0.
     shapes = []
     n_v = 72
     t = np.linspace(0, 2 * np.pi, n_v, endpoint=False)
-    for i in range(n_cells):
+    for _ in range(n_cells):
         pert = np.zeros(n_v)
         for order_k in range(2, 6):
             pert += rng.normal(0, irregularity / order_k) * np.cos(order_k * t + rng.uniform(0, 2 * np.pi))

@@ -169,7 +169,7 @@ def walk(i, seed, walker0, start_xy, cfg, d_in, d_ex, step_in, step_ex, p_ie, p_
         dx, dy = sz * math.cos(a), sz * math.sin(a)
         last = -1
         done = False
-        for nb in range(max_bounce):
+        for _ in range(max_bounce):
             vx, vy = rem * dx, rem * dy
             t, s, j = first_hit(x, y, vx, vy, last, cell_ptr, cell_seg, cell_xy, nx, ny, hx, hy, lx, ly)
             if s < 0:
