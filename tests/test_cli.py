@@ -191,6 +191,7 @@ def test_demo_vascular_branch(demo_run, demo_dir):
     assert (out / rel / f"{base}_space-dwi_model-ivim_param-fV_desc-ci95lo_dwimap.nii.gz").is_file()
 
 
+@pytest.mark.slow
 def test_vascular_off_and_bad_flow_inputs(single_demo, tmp_path, capsys):
     out = tmp_path / "out"
     code, err = run(capsys, single_demo, out, "participant", "--vascular", "off")
@@ -246,6 +247,7 @@ def test_demo_writes_uncertainty_maps(demo_run, demo_dir):
     assert ident["fin"]["Verdict"] == "informed" and ident["D0in"]["MedianContraction"] < ident["fin"]["MedianContraction"]
 
 
+@pytest.mark.slow
 def test_rerun_reuses_the_work_dir(demo_run, demo_dir, tmp_path, capsys):
     _, out, work = demo_run
     res = next(work.rglob("single_subject_01_wf/joint_wf/fit_joint/result_fit_joint.pklz"))
@@ -255,6 +257,7 @@ def test_rerun_reuses_the_work_dir(demo_run, demo_dir, tmp_path, capsys):
     assert code == 0 and res.stat().st_mtime_ns == before  # the fit node was not recomputed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["joint", "separate"])
 def test_nan_voxels_fail_alone(single_demo, tmp_path, capsys, model):
     """A NaN inside the mask fails that voxel alone, in every branch (exit code -1), and is counted per
@@ -283,6 +286,7 @@ def test_nan_voxels_fail_alone(single_demo, tmp_path, capsys, model):
     assert f"warning: sub-01: failed voxels (failed/fitted) {counts}" in err
 
 
+@pytest.mark.slow
 def test_failures_of_a_low_b_volume_count_in_every_model(single_demo, tmp_path, capsys):
     """NaN in a quarter of the voxels of one b = 50 volume (not a tissue measurement): IVIM and the
     joint fit fail there, the joint fit's tissue part too (its input lost the vascular removal), and
@@ -309,6 +313,7 @@ def test_failures_of_a_low_b_volume_count_in_every_model(single_demo, tmp_path, 
     assert code == 0 and "ivim" in err and "failed voxels" in err
 
 
+@pytest.mark.slow
 def test_one_failing_subject_does_not_stop_the_others(demo_dir, tmp_path, capsys):
     bids = tmp_path / "bids"
     shutil.copytree(demo_dir, bids, ignore=shutil.ignore_patterns("ses-2"))
@@ -428,6 +433,7 @@ def test_every_command_line_has_version_and_help_on_every_option(prog, capsys):
     assert stop.value.code in (0, None) and capsys.readouterr().out.strip() == f"{prog} {__version__}"
 
 
+@pytest.mark.slow
 def test_separate_flow_fit_marks_voxels_without_vascular_signal(single_demo, tmp_path):
     """--model separate: a mask voxel whose IVIM fV shows no vascular signal is not flow-fitted; its exit code says
     so (2) instead of NaN, read as background in the report (main: '0: 1 voxels'), its flow maps are NaN, and it

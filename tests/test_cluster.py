@@ -34,6 +34,7 @@ def _job_name(node) -> str:
     return node._id
 
 
+@pytest.mark.slow
 def test_participant_workflow_runs_as_slurm_jobs(slurm, demo_dir, demo_run, tmp_path):
     from dmrimc_bids.bids.layout import collect_inputs
     from dmrimc_bids.cli.run import main
@@ -84,6 +85,7 @@ def test_participant_workflow_runs_as_slurm_jobs(slurm, demo_dir, demo_run, tmp_
     assert len(rows) > 1 and rows[1].startswith("sub-01") and (out / "group.html").is_file()
 
 
+@pytest.mark.slow
 def test_participant_graph_submission_then_collection(slurm, single_demo, tmp_path, capsys):
     """SLURMGraph submits the whole graph and returns; rerunning with the same work dir and a local plugin
     reuses every finished node and writes the status table."""
@@ -124,6 +126,7 @@ def _histo_inputs(tmp_path):
             "--device", "cpu"]
 
 
+@pytest.mark.slow
 def test_dictionary_workflows_run_as_slurm_jobs(slurm, tmp_path):
     """A small flow and a small Monte Carlo dictionary through SLURM (one job per chunk) and SLURMGraph
     (the whole graph submitted at once): equal to the local runs."""

@@ -125,7 +125,14 @@ def test_apptainer_def_is_the_docker_image_with_apptainer_labels(dockerfile):
 
 def test_ci_installs_through_the_container_script():
     ci = (ROOT / ".ci" / "run").read_text()
-    assert "containers/install.sh" in ci and "--smoke-test" in ci
+    commands = [line for line in ci.splitlines() if line and not line.startswith("#")]
+    readme_test = (ROOT / "README.md").read_text().split("```")[1].strip().splitlines()[2]
+    # install.sh gives the system packages; the README's test command is the one install of the package and
+    # runs the default suite; then the slow tests and the lint (issue #40)
+    assert any(c.startswith("containers/install.sh --system-only") for c in commands)
+    assert commands.count(readme_test) == 1 and sum("pip install" in c for c in commands) == 1
+    assert commands.index(readme_test) < commands.index(".venv/bin/python -m pytest -m slow")
+    assert ".venv/bin/ruff check ." in commands
     # the image itself is built and run by CI (issue #30), then the SIF made from it (issue #39)
     assert ci.index("containers/check-image.sh --keep") < ci.index("containers/check-apptainer.sh")
     for name in ("check-image.sh", "check-apptainer.sh"):
@@ -140,6 +147,7 @@ def test_ci_installs_through_the_container_script():
     assert bad.returncode == 64 and "unknown option --frobnicate" in bad.stderr
 
 
+@pytest.mark.slow
 def test_entrypoint_runs_the_demo_in_the_image_environment(dockerfile, demo_dir, tmp_path):
     """ENTRYPOINT + `bids out participant`, with the image's environment (HOME, caches, thread limits,
     container tags), a read-only input, from WORKDIR: what `docker run IMAGE bids out participant` runs."""

@@ -13,6 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_a_lab_workflow_gets_the_apps_maps(demo_run, demo_dir, tmp_path):
     """docs/usage.md's example (docs/examples/lab_pipeline.py: the lab's own node feeding init_dmrimc_wf), run as a
     fresh process on the demo's sub-01, writes the maps the BIDS App wrote for it, within 1e-6."""

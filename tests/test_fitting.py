@@ -265,6 +265,7 @@ def test_fisher_sd_matches_the_spread_of_estimates():
         assert np.median(fit.sd["fin"]) == pytest.approx(np.std(fit.params["fin"]), rel=0.15)
 
 
+@pytest.mark.slow
 def test_leave_one_out_meets_the_published_accuracy():
     """Issue #3 acceptance on the published leave-one-out data (12 folds, 2,640 voxels): per
     parameter ρ >= published - 0.02 and MedAE <= published x 1.05 (skips without ../shared)."""

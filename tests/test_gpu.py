@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 SCRIPT = r"""
 import json, numpy as np
@@ -29,6 +30,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_gpu_path_matches_cpu_in_the_cuda_simulator():
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
     res = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=600)
@@ -64,6 +66,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_posterior_gpu_kernel_matches_cpu_in_the_cuda_simulator():
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
     res = subprocess.run([sys.executable, "-c", POSTERIOR_SCRIPT], capture_output=True, text=True, env=env, timeout=600)
@@ -136,6 +139,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_joint_fit_on_the_gpu_matches_cpu_in_the_cuda_simulator():
     """The joint fit on the device: the tissue candidates, the pair posterior (with the blood's T2 weights) and
     the tissue step (the common-scale likelihood and the selection): every map the same as the CPU's."""

@@ -161,6 +161,7 @@ def test_group_label_image_rois(demo_dir, derivs, tmp_path, capsys):
     assert int(rows["halves-left"]["fin_n"]) == int(((lab == 1) & (ec == 1)).sum()) > 0
 
 
+@pytest.mark.slow
 def test_group_templateflow_atlas_offline(demo_dir, derivs, tmp_path):
     home = tmp_path / "templateflow"
     env = {**os.environ, "TEMPLATEFLOW_HOME": str(home), "TEMPLATEFLOW_AUTOUPDATE": "0"}

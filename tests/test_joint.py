@@ -93,6 +93,7 @@ def test_joint_recovers_the_vascular_fraction_better_than_a_constant():
     assert spearmanr(fit.tissue.params["fin"], f_in).statistic > 0.9
 
 
+@pytest.mark.slow
 def test_model_joint_writes_the_joint_and_the_ivim_maps(tmp_path, single_demo, capsys):
     from dmrimc_bids.cli.run import main
     out = tmp_path / "out"

@@ -71,6 +71,7 @@ def karger(b, t, f1, d1, d2, k1):
     return (1 - p2) * np.exp(-b * d1p) + p2 * np.exp(-b * d2p)
 
 
+@pytest.mark.slow
 def test_free_diffusion_any_waveform_gives_exp_minus_bd():
     """No membranes: E = exp(-bD) for PGSE, TRSE and a sampled waveform; tolerance 4 SE."""
     waves = [None, pgse(10, 20), pgse(10, 20), pgse(4, 40), trse(8.9, 17.6, 20.4, 6.0, 17.4, 63.9)]
@@ -85,6 +86,7 @@ def test_free_diffusion_any_waveform_gives_exp_minus_bd():
     assert np.all(np.abs(r.signals[0] - expect) <= 4 * signal_se(expect, n) + 1e-12), (r.signals, expect)
 
 
+@pytest.mark.slow
 def test_impermeable_cylinders_match_the_gaussian_phase_approximation():
     """Discs R = 3, 5, 8 µm (κ = 0), D = 1 µm²/ms, (δ, Δ) = (10, 20), (20, 40) ms vs the GPA
     (van Gelderen 1994): tolerance 4 SE + 0.006, the GPA's own error at these timings (research/
@@ -106,6 +108,7 @@ def test_impermeable_cylinders_match_the_gaussian_phase_approximation():
         assert np.all(np.abs(sig[k] - gpa) <= 4 * signal_se(gpa, n) + 0.006), (r, sig[k], gpa)
 
 
+@pytest.mark.slow
 def test_cylinder_matches_the_exact_matrix_formalism():
     """R = 5 µm, D = 2 µm²/ms, δ = 30, Δ = 40 ms, b = 1000/2000/3000 s/mm²: MISST 0.9565/0.9159/0.8763
     (disimpy's stored references); tolerance 4 SE + 0.002 (finite step ℓ/R = 0.07)."""
@@ -164,6 +167,7 @@ def test_no_leaks_and_kappa_to_zero_equals_impermeable():
     assert np.all(np.abs(r1.signals - r0.signals) <= 4 * np.sqrt(2) * signal_se(r0.signals, n))
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:.*crossing probability")  # κ = 400 µm/s stresses the rule on purpose
 def test_permeable_equilibrium_keeps_the_intra_fraction():
     """Uniform start, κ = 400 µm/s (10x Histo-μSim's largest), D_in ≠ D_ex: the intra-cellular fraction
@@ -181,6 +185,7 @@ def test_permeable_equilibrium_keeps_the_intra_fraction():
     assert np.array_equal(_compartment(sub, r.walkers["disp"][:, 2:]) >= 0, lab[:, 1] >= 0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("a1,a2,d1,d2,kappa", [(2.0, 2.0, 1.0, 1.0, 100.0), (2.0, 3.0, 0.8, 2.5, 50.0)])
 def test_stacked_permeable_layers_reach_the_series_resistance_limit(a1, a2, d1, d2, kappa):
     """Periodic layers: (a1 + a2)/D∞ = a1/D1 + a2/D2 + 2/κ (Crick 1970; Tanner 1978), from the mean
@@ -197,6 +202,7 @@ def test_stacked_permeable_layers_reach_the_series_resistance_limit(a1, a2, d1, 
     assert abs(d_t / d_inf - 1) <= 4 * math.sqrt(2 / n) + 0.015, (d_t, d_inf)
 
 
+@pytest.mark.slow
 def test_exchange_between_layers_follows_the_karger_model():
     """Thin layers (1 µm, barrier-limited: κa/D = 0.03) with D1 = 0.8, D2 = 2.5 µm²/ms: along the
     layers each pool is Gaussian and the exchange is first order, the regime where Kärger's model holds
@@ -264,6 +270,7 @@ print("OK", b.device)
 """
 
 
+@pytest.mark.slow
 def test_gpu_walk_matches_cpu_in_the_cuda_simulator():
     """The CUDA kernel runs the same walk (numba's CUDA simulator: no GPU needed)."""
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")

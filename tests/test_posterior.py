@@ -357,6 +357,7 @@ def test_smallest_per_row_is_argpartition_whatever_the_threads():
     assert np.all(got.max(1) <= np.sort(cost, 1)[:, 255] + 0)
 
 
+@pytest.mark.slow
 def test_intervals_cover_unseen_substrates_at_low_snr(monkeypatch):
     """The shipped dictionary split by substrate: half builds the estimator, the other half's entries (never
     seen, no inverse crime) are measured at SNR 20 (Rician). Without the calibration of the SD on the

@@ -65,6 +65,7 @@ def test_one_timing_for_runs_that_differ_is_refused(demo_dir, tmp_path, capsys):
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("*.nii.gz"))
 
 
+@pytest.mark.slow
 def test_per_run_timing_on_the_command_line(demo_dir, tmp_path, capsys):
     bids = split_runs(demo_dir, tmp_path / "bids", keep_timing=False)  # sidecars: TE only
     work = tmp_path / "work"
@@ -107,6 +108,7 @@ def test_timing_fields_of_converters_and_qsiprep_source_metadata():
 
 
 # ---- 2. each run owns its outputs; the group level refuses mixed runs --------------------------------------
+@pytest.mark.slow
 def test_rerun_with_other_options_leaves_no_stale_maps(single_demo, tmp_path, capsys):
     out = tmp_path / "out"
     assert run(capsys, single_demo, out, "participant", "--derivatives", seg(single_demo))[0] == 0
@@ -122,6 +124,7 @@ def test_rerun_with_other_options_leaves_no_stale_maps(single_demo, tmp_path, ca
     assert "model-spinflowsim" not in html and 'id="sub-01-spinflowsim"' not in html
 
 
+@pytest.mark.slow
 def test_group_refuses_maps_of_different_runs(demo_dir, tmp_path, capsys):
     out = tmp_path / "out"
     assert run(capsys, demo_dir, out, "participant", "--participant-label", "01", "--vascular", "off",
@@ -168,6 +171,7 @@ def test_damaged_dwi_is_refused(single_demo, tmp_path, capsys, damage):
     assert not list((tmp_path / "out").rglob("*.nii.gz")) if (tmp_path / "out").exists() else True
 
 
+@pytest.mark.slow
 def test_mostly_failed_fit_marks_the_subject_failed(single_demo, tmp_path, capsys):
     f = single_demo / "sub-01/dwi/sub-01_dwi.nii.gz"
     img = nib.load(f)
@@ -191,6 +195,7 @@ def test_mostly_failed_fit_marks_the_subject_failed(single_demo, tmp_path, capsy
 
 
 # ---- 4. input provenance ----------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_masks_are_never_taken_unasked(single_demo, tmp_path, capsys):
     f = single_demo / "sub-01/dwi/sub-01_dwi.nii.gz"
     img = nib.load(f)
@@ -213,6 +218,7 @@ def test_masks_are_never_taken_unasked(single_demo, tmp_path, capsys):
 
 
 # ---- 5. QSIPrep-shaped derivatives; BIDS-Derivatives correctness -------------------------------------------
+@pytest.mark.slow
 def test_qsiprep_shaped_dataset_keeps_its_space(demo_dir, tmp_path, capsys):
     bids = qsiprep_shaped(demo_dir, tmp_path / "bids")
     q = bids / "derivatives" / "qsiprep"
@@ -238,6 +244,7 @@ def test_qsiprep_shaped_dataset_keeps_its_space(demo_dir, tmp_path, capsys):
     assert run(capsys, bids, out, "group")[0] == 0  # the group level finds maps in any space
 
 
+@pytest.mark.slow
 def test_qsiprep_series_timing_per_source_run(demo_dir, tmp_path, capsys):
     """A preprocessed series concatenating runs: one --small-delta/--big-delta is refused when its
     SourceMetadata differ; --timing keyed by the source runs is applied per volume (confounds original_file)."""
@@ -342,6 +349,7 @@ def _interrupt(cmd, ready: bytes, tmp_path, timeout=240):
     return proc.returncode, stopped, b"".join(chunks).decode(errors="replace"), running and detail
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("nprocs", ["1", "2"])
 def test_ctrl_c_stops_the_simulation_and_every_worker(tmp_path, nprocs):
     (tmp_path / "p.tsv").write_text("b\tsmall_delta\tbig_delta\n0\t10\t25\n1000\t10\t25\n2000\t15\t45\n")
@@ -376,6 +384,7 @@ def test_messages_point_to_docs_that_ship():
 
 
 # ---- 7. quieter, clearer runs ------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_quiet_run_logs_nipype_to_a_file(single_demo, tmp_path):
     out = tmp_path / "out"
     # --model separate: the tissue branch drops the b below --vasc-threshold and says so once

@@ -199,6 +199,7 @@ def _sidecar(out, base, model, param):
     return json.loads(next(out.rglob(f"{base}_space-dwi_model-{model}_param-{param}_dwimap.json")).read_text())
 
 
+@pytest.mark.slow
 def test_the_written_text_follows_the_fit_that_ran(demo_run, single_demo, tmp_path, capsys):
     """Methods text, sidecar FitMethod/Description and the help's group title are generated from what ran:
     the default (joint fit, Bayesian IVIM with a noise map) and --model separate --ivim-estimator segmented."""

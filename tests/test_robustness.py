@@ -132,6 +132,7 @@ def test_mem_bounds_scheduling_and_batches(single_demo, tmp_path):
     assert mem[1] == pytest.approx(expected + n_vox * BYTES_PER_BATCH_VOXEL / 1e9, abs=0.01)
 
 
+@pytest.mark.slow
 def test_failed_session_keeps_the_subject_report(demo_dir, tmp_path, monkeypatch):
     """A session that fails inside the graph (its spherical-mean node raises; damaged files are refused
     before the graph, tests/test_real_world.py) is reported; its sibling session's maps and the subject
@@ -212,6 +213,7 @@ def test_temporary_files_of_dead_writers_are_removed(tmp_path):
                                                             "e.json"])
 
 
+@pytest.mark.slow
 def test_missing_bvec_fails_only_its_subject(demo_dir, tmp_path):
     """A subject without its .bvec is refused with one line naming the file; the other subject runs (on main the
     pybids look-up raised IndexError for the whole cohort, exit 66, no subject run)."""

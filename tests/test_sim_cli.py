@@ -40,6 +40,7 @@ def sim(capsys, *args):
     return code, capsys.readouterr()
 
 
+@pytest.mark.slow
 def test_histo_cli_builds_a_dictionary_for_the_protocol(tmp_path, svg, prot_tsv, capsys):
     out = tmp_path / "out" / "dict.npz"
     args = ["histo", "--svg", svg, "--width-um", 50, "--protocol", prot_tsv, "--d0in", 1.0, 2.0, "--d0ex", 2.0,
@@ -96,6 +97,7 @@ def test_histo_cli_bad_input_gives_one_line_and_no_output(tmp_path, svg, prot_ts
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_participant_simulates_its_own_dictionary_and_caches_it(tmp_path, single_demo, svg, capsys):
     from dmrimc_bids.cli.run import main
     out, work = tmp_path / "deriv", tmp_path / "work"
@@ -122,6 +124,7 @@ def test_participant_simulates_its_own_dictionary_and_caches_it(tmp_path, single
     assert len(list((work / "dictionary_cache").glob("spinflowsim_*.npz"))) == 1  # the flow dictionary, cached too
 
 
+@pytest.mark.slow
 def test_dmrimc_sim_flow_builds_a_dictionary(tmp_path, capsys):
     """`dmrimc-sim flow`: user network (JSON) x Qin values, PGSE + TRSE protocol, any job split, plot."""
     from dmrimc_bids.cli.sim import main as sim_main
@@ -163,6 +166,7 @@ def test_dmrimc_sim_flow_bad_network_one_line(tmp_path, capsys):
     assert not (tmp_path / "x.npz").exists()
 
 
+@pytest.mark.slow
 def test_default_dictionary_cli_builds_a_grid_dictionary_and_resumes(tmp_path, capsys):
     """`dmrimc-sim default-dictionary` (two substrates, few walkers): the timing grid is recorded, any
     protocol inside it is matched by interpolation, and a rerun on the same work dir reuses every
@@ -191,6 +195,7 @@ def test_default_dictionary_cli_builds_a_grid_dictionary_and_resumes(tmp_path, c
     assert [p.stat().st_mtime_ns for p in jobs] == stamps
 
 
+@pytest.mark.slow
 def test_default_dictionary_cli_builds_recipe_v2(tmp_path, capsys):
     """`dmrimc-sim default-dictionary --recipe v2` (one substrate, few walkers): v2's grid from b = 25 s/mm²,
     permeable entries above v1's κ = 40 µm/s up to 70, and the recipe in the provenance."""
