@@ -51,6 +51,64 @@ def test_dictionary_estimators_share_the_protocol(estimator):
     json.dumps(desc.to_dict())
 
 
+@pytest.mark.parametrize("estimator", ["fit", "posterior"])
+def test_model_predict_is_the_signal_at_given_parameters(estimator):
+    """Model.predict(params): the noise-free signal at parameter values, one meaning for every model (main: the
+    ML model ignored the data, the posterior the parameters). At an entry's parameters it is that entry's signal
+    (exactly for the posterior, whose forward model is its entries; within the surrogate's error for ML), and
+    another protocol is refused."""
+    dic = analytic_dictionary().select(["fin", "vCS_cyl"], {"D0in": 1.9, "D0ex": 1.9}).match(PROTO)
+    model = build_model(estimator, dic)
+    k = np.arange(0, len(dic), max(1, len(dic) // 7))
+    predicted = model.predict(dic.params[k])
+    tol = 0.0 if estimator == "posterior" else 2e-3
+    assert predicted.shape == (k.size, len(PROTO)) and np.abs(predicted - dic.signals[k]).max() <= tol
+    assert np.abs(model.predict(dic.params[k[::-1]]) - dic.signals[k]).max() > 0.05   # it follows the parameters
+    with pytest.raises(ValueError, match="own"):
+        model.predict(dic.params[k], Protocol([1000.0], [10.0], [30.0]))
+
+
+def test_joint_model_is_built_by_name_and_its_fit_predicts_its_fitted_signal():
+    """build_model('joint') (main: ValueError), its Fit a Fit (names, params, sd, exitcode; main: none), whose
+    predict() is the fitted signal (the two compartments) and agrees with the model's fitted_signal; the model's
+    predict(params) is (1 - fV)·S_tissue + fV·S_flow at the entries' parameters."""
+    from .test_joint import PROT, flow_dictionary, mixed, tissue_dictionary
+    tissue, flow = tissue_dictionary(), flow_dictionary()
+    rng = np.random.default_rng(11)
+    n = 16
+    it, iv, fv = rng.integers(0, len(tissue), n), rng.integers(0, len(flow), n), rng.uniform(0.03, 0.2, n)
+    clean = mixed(tissue, flow, it, iv, fv)
+    y = clean + rng.normal(0, 0.005, clean.shape)
+    model = build_model("joint", tissue, flow_dictionary=flow, tissue_b_min=200)
+    fit = model.fit(y, sigma=np.full(n, 0.005))
+    assert isinstance(model, Model) and isinstance(fit, Fit)
+    assert fit.names == ["fin", "D0ex", "fV", "vm", "anb"] and set(fit.params) >= set(fit.names)
+    assert np.all(fit.exitcode == EXIT_OK) and {"fin", "fV", "vm"} <= set(fit.sd)
+    everywhere = (np.arange(n),)
+    fitted = fit.predict(everywhere)
+    ex = fit.examples(PROT.to_rows())
+    k = ex["voxels"][0]["ijk"][0]
+    np.testing.assert_allclose(ex["voxels"][0]["fitted"], fitted[k], atol=1e-12)
+    np.testing.assert_allclose(model.fitted_signal(y, sigma=np.full(n, 0.005)), fitted, atol=1e-9)
+    misfit, constant = np.abs(fitted - clean).max(), np.abs(clean.mean(0) - clean).max()
+    assert misfit < 0.02 and misfit < 0.25 * constant
+    params = np.column_stack([tissue.params[it], fv, flow.params[iv]])
+    np.testing.assert_allclose(model.predict(params), clean, atol=1e-12)
+    with pytest.raises(ValueError, match="flow dictionary"):
+        build_model("joint", tissue)
+
+
+def test_ivim_predict_evaluates_any_protocol():
+    shells = Protocol(np.array([0, 10, 50, 200, 800.0]), 10.0, 30.0)
+    other = Protocol(np.array([0, 25, 400, 1500.0]), 10.0, 30.0)
+    model = build_model("ivim", protocol=shells, b0_threshold=5.0)
+    params = np.array([[0.1, 1.2, 30.0, 1.0], [0.02, 0.8, 12.0, 2.0]])
+    b = other.b[None, :] * 1e-3
+    expected = params[:, 3:] * ((1 - params[:, :1]) * np.exp(-b * params[:, 1:2]) + params[:, :1] * np.exp(-b * params[:, 2:3]))
+    np.testing.assert_allclose(model.predict(params, other), expected, rtol=1e-12)
+    assert model.predict(params).shape == (2, len(shells))
+
+
 def test_ivim_model_fits_predicts_and_hands_on_the_vascular_signal():
     b = np.array([0, 10, 25, 50, 100, 200, 400, 600, 800, 1000], float)
     shells = Protocol(b, 10.0, 30.0, echo_time_ms=80.0)

@@ -1,5 +1,6 @@
-"""One Nipype interface for every estimator (core.fitting.registry.build_model): it reads the images,
-runs ``Model.fit`` and writes the maps, the example voxels and the model's description. No numerics here."""
+"""One Nipype interface for every estimator, the joint fit included (core.fitting.registry.build_model): it reads
+the images, runs ``Model.fit`` and writes the maps, the example voxels and the model's description. No numerics
+here."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 from nipype.interfaces.base import (BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, Undefined,
                                     isdefined, traits)
 
-from ..core.fitting.registry import ESTIMATORS
+from ..core.fitting.registry import ESTIMATORS, model_kind
 from ..bids.images import load_data
 from .io import cwd_path, save_image
 
@@ -67,7 +68,8 @@ class _FitIn(_ModelOptions):
     mask_file = File(exists=True, mandatory=True, desc="voxels to fit (uint8)")
     session_mask_file = File(exists=True, desc="the session's mask, when mask_file leaves some of it out on purpose "
                                                "(no vascular signal): those voxels get exit code 2, parameters NaN")
-    dictionary = File(exists=True, desc="matched dictionary .npz (dictionary estimators)")
+    dictionary = File(exists=True, desc="matched dictionary .npz (dictionary estimators; joint: the tissue's)")
+    flow_dictionary = File(exists=True, desc="joint: the flow dictionary on the same measurements")
     protocol = File(exists=True, desc="protocol table of the measurements (IVIM)")
     n_threads = traits.Int(1, usedefault=True, desc="numba and BLAS threads")
     label = traits.Str("fit", usedefault=True, desc="progress-bar label")
@@ -85,6 +87,10 @@ class _FitOut(TraitedSpec):
     signal_protocol = File(exists=True, desc="its measurements' protocol table")
     notes = traits.List(traits.Str, desc="notes for the sidecars and the report")
     signal_reason = traits.Str(desc="why the handed-on signal has no voxel ('' when it has some)")
+    flow_maps = traits.Dict(traits.Str, File(exists=True), desc="joint: vascular map name (vm, vs, anb, fV) -> NIfTI")
+    flow_units = traits.Dict(traits.Str, traits.Str, desc="joint: vascular parameter -> unit")
+    flow_info = traits.Dict(desc="joint: the vascular part's summary")
+    flow_description = traits.Dict(desc="joint: the vascular maps' description (with the flow dictionary's summary)")
 
 
 def _load_voxels(inputs) -> tuple:
@@ -110,9 +116,15 @@ class FitModel(SimpleInterface):
         i = self.inputs
         data, img, mask, sigma = _load_voxels(i)
         dic = Dictionary.load(i.dictionary) if isdefined(i.dictionary) else None
+        flow = Dictionary.load(i.flow_dictionary) if isdefined(i.flow_dictionary) else None
         protocol = Protocol.from_table(i.protocol) if isdefined(i.protocol) else dic.protocol
-        kind = "ivim" if i.estimator == "ivim" else "posterior" if i.estimator.startswith("posterior") else "ml"
-        model = build_model(i.estimator, dic, protocol, **model_options(i, kind))
+        kind = model_kind(i.estimator)
+        if kind == "joint" and sigma is not None and sigma.ndim == data.ndim:
+            sigma = sigma.mean(-1)   # the joint fit's σ is one per voxel
+        model = build_model(i.estimator, dic, protocol, flow_dictionary=flow, **model_options(i, kind))
+        if kind == "joint":
+            self._run_joint(runtime, model, data, img, mask, sigma, dic, flow)
+            return runtime
         self._results["description"] = {**model.describe().to_dict(),
                                          "dictionary": dic.summary() if dic is not None else None}
         self._results["units"] = dict(getattr(dic, "units", None) or {})
@@ -138,6 +150,23 @@ class FitModel(SimpleInterface):
         if handed_on is not None:
             self._write_signal(runtime, img, handed_on, protocol)
         return runtime
+
+    def _run_joint(self, runtime, model, data, img, mask, sigma, tissue, flow) -> None:
+        """The joint fit's outputs: the tissue maps, the vascular maps (with P(vascular)) and both descriptions."""
+        i = self.inputs
+        fit = run_fit(model, data, mask, sigma, i.n_threads, i.label)
+        self._results["description"] = {**model.describe().to_dict(), "dictionary": tissue.summary()}
+        self._results["flow_description"] = {**model.describe_vascular().to_dict(), "dictionary": flow.summary()}
+        self._results["maps"] = save_maps(runtime, img, fit.tissue.maps(), mask, "tissue_")
+        vascular = {k: v for k, v in fit.vascular.maps().items() if k not in ("fobj", "loglik", "aic", "bic")}
+        vascular["pvascular"] = fit.vascular.p_vascular
+        self._results["flow_maps"] = save_maps(runtime, img, vascular, mask, "vascular_")
+        self._results["units"], self._results["flow_units"] = dict(fit.tissue.units), dict(fit.vascular.units)
+        self._results["info"] = json.loads(json.dumps(fit.tissue.info))
+        self._results["flow_info"] = json.loads(json.dumps(fit.vascular.info))
+        self._results["notes"] = []
+        self._results["examples_file"] = _write_json(cwd_path(runtime, "examples.json"),
+                                                     fit.examples(tissue.protocol.to_rows()))
 
     def _write_signal(self, runtime, img, sig, protocol) -> None:
         self._results["signal_file"] = save_image(sig.signal, img, cwd_path(runtime, "signal.nii.gz"))
@@ -202,56 +231,3 @@ def as_float32(values, name: str = "") -> np.ndarray:
 def _write_json(path, obj) -> str:
     Path(path).write_text(json.dumps(obj, allow_nan=True))
     return str(Path(path).resolve())
-
-
-class _JointIn(_ModelOptions):
-    in_file = File(exists=True, mandatory=True, desc="normalised signal [..., M] on every measurement with b > 0")
-    sigma_file = File(exists=True, desc="normalised noise σ (absent: estimated per voxel)")
-    mask_file = File(exists=True, mandatory=True, desc="voxels to fit (uint8)")
-    dictionary = File(exists=True, mandatory=True, desc="tissue dictionary matched to the measurements")
-    flow_dictionary = File(exists=True, mandatory=True, desc="flow dictionary on the same measurements")
-    n_threads = traits.Int(1, usedefault=True, desc="numba and BLAS threads")
-
-
-class _JointOut(TraitedSpec):
-    maps = traits.Dict(traits.Str, File(exists=True), desc="tissue map name -> NIfTI")
-    units = traits.Dict(traits.Str, traits.Str, desc="tissue parameter -> unit")
-    info = traits.Dict(desc="the tissue fit's summary")
-    description = traits.Dict(desc="JointModel.describe() with the tissue dictionary's summary")
-    examples_file = File(exists=True, desc="measured signal and the two compartments of a few voxels (JSON)")
-    flow_maps = traits.Dict(traits.Str, File(exists=True), desc="vascular map name (vm, vs, anb, fV) -> NIfTI")
-    flow_units = traits.Dict(traits.Str, traits.Str, desc="vascular parameter -> unit")
-    flow_info = traits.Dict(desc="the vascular fit's summary")
-    flow_description = traits.Dict(desc="the vascular maps' description (the joint fit, flow dictionary)")
-
-
-class FitJointModel(SimpleInterface):
-    """The joint tissue + vascular fit (core.fitting.joint.JointModel) of every measurement with b > 0."""
-
-    input_spec = _JointIn
-    output_spec = _JointOut
-
-    def _run_interface(self, runtime):
-        from ..core.dictionary import Dictionary
-        from ..core.fitting.joint import JointModel
-
-        i = self.inputs
-        data, img, mask, sigma = _load_voxels(i)
-        if sigma is not None and sigma.ndim == data.ndim:
-            sigma = sigma.mean(-1)
-        tissue, flow = Dictionary.load(i.dictionary), Dictionary.load(i.flow_dictionary)
-        model = JointModel(tissue, flow, **model_options(i, "joint"))
-        fit = run_fit(model, data, mask, sigma, i.n_threads, "joint fit")
-        desc = model.describe().to_dict()
-        self._results["description"] = {**desc, "dictionary": tissue.summary()}
-        self._results["flow_description"] = {**model.describe_vascular().to_dict(), "dictionary": flow.summary()}
-        self._results["maps"] = save_maps(runtime, img, fit.tissue.maps(), mask, "tissue_")
-        vascular = {k: v for k, v in fit.vascular.maps().items() if k not in ("fobj", "loglik", "aic", "bic")}
-        vascular["pvascular"] = fit.vascular.p_vascular
-        self._results["flow_maps"] = save_maps(runtime, img, vascular, mask, "vascular_")
-        self._results["units"], self._results["flow_units"] = dict(fit.tissue.units), dict(fit.vascular.units)
-        self._results["info"] = json.loads(json.dumps(fit.tissue.info))
-        self._results["flow_info"] = json.loads(json.dumps(fit.vascular.info))
-        self._results["examples_file"] = _write_json(cwd_path(runtime, "examples.json"),
-                                                     fit.examples(tissue.protocol.to_rows()))
-        return runtime

@@ -6,6 +6,7 @@ outputnode, fMRIPrep style):
       init_single_subject_wf (one per subject/session)
         init_dwi_preproc_wf   read protocol -> mask -> spherical mean -> b0 normalisation
         init_tissue_wf        vascular-threshold filter -> [simulate] -> match dictionary -> FitModel
+        (or init_joint_wf     filter -> match both dictionaries -> FitModel(joint), the default)
         init_vascular_wf      FitModel(ivim) -> [simulate flow] -> match flow dictionary -> FitModel
         init_derivatives_wf   (one per model) maps + JSON sidecars, written atomically
         session_report        the session's report fragment (maps, figures, the models' descriptions)
@@ -33,7 +34,7 @@ from ..core.errors import InputError
 from ..core.protocol import Protocol
 from ..interfaces.bids import WriteDerivatives
 from ..interfaces.dictionary import MatchDictionary, SelectDictionary
-from ..interfaces.fitting import FitJointModel, FitModel
+from ..interfaces.fitting import FitModel
 from ..bids.protocol import session_protocols
 from ..bids.provenance import input_record
 from ..bids.images import prepare_mask, verify_image
@@ -448,7 +449,8 @@ def init_joint_wf(item: SessionInputs, config: Config, mem: dict, name="joint_wf
     match_flow = pe.Node(MatchDictionary(params=list(config.flow_params), tol_b=config.flow_match_tol_b,
                                          tol_ms=config.match_tol_ms, b0_threshold=config.b0_threshold,
                                          source=_source(item)), name="match_flow_dictionary", mem_gb=1.0)
-    fit = pe.Node(FitJointModel(**config.joint_model_options(), n_threads=config.omp_nthreads),
+    fit = pe.Node(FitModel(estimator="joint", **config.joint_model_options(), label="joint fit",
+                           n_threads=config.omp_nthreads),
                   name="fit_joint", n_procs=config.omp_nthreads, mem_gb=mem["fit"])
     wf.connect([
         (inputnode, filt, [("norm_file", "in_file"), ("sigma_file", "sigma_file"), ("shells", "shells"),

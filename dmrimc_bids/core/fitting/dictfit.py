@@ -71,9 +71,9 @@ class DictionaryFit(Fit):
 
 
 def assemble_fit(dictionary: Dictionary, free, shape, n_meas, params, sd, exitcode, fobj, loglik,
-                 info) -> DictionaryFit:
+                 info, model=None, data=None, sigma=None) -> DictionaryFit:
     """DictionaryFit from flat per-voxel arrays: maps reshaped to `shape`, SDs of the free parameters,
-    AIC/BIC from the log-likelihood (0 in the background)."""
+    AIC/BIC from the log-likelihood (0 in the background); model, data, σ: what made it and what it fitted."""
     names = list(dictionary.names)
     aic, bic = information_criteria(loglik, len(free), n_meas)
     aic = np.where(exitcode == EXIT_BACKGROUND, 0.0, aic)
@@ -81,7 +81,8 @@ def assemble_fit(dictionary: Dictionary, free, shape, n_meas, params, sd, exitco
     return DictionaryFit({n: params[:, j].reshape(shape) for j, n in enumerate(names)},
                          {n: sd[:, j].reshape(shape) for j, n in enumerate(names) if j in free},
                          exitcode.reshape(shape), fobj.reshape(shape), loglik.reshape(shape),
-                         aic.reshape(shape), bic.reshape(shape), names, dict(dictionary.units), info)
+                         aic.reshape(shape), bic.reshape(shape), names, dict(dictionary.units), info,
+                         model=model, data=data, sigma=sigma)
 
 
 def laplace_intervals(fit: DictionaryFit, dictionary: Dictionary, free, lo, hi) -> None:
@@ -311,9 +312,10 @@ class DictionaryModel(Model):
                 "noise_model": self.noise, "device": self.device,
                 "estimate_placement": estimate_placement(params[exitcode == EXIT_OK], self.dictionary,
                                                          [self.names[j] for j in self.free], *self.bounds())}
-        fit = assemble_fit(self.dictionary, self.free, shape, m, params, sd, exitcode, fobj, loglik, info)
+        fit = assemble_fit(self.dictionary, self.free, shape, m, params, sd, exitcode, fobj, loglik, info,
+                           model=self, data=given, sigma=given_sigma)
         laplace_intervals(fit, self.dictionary, self.free, *self.bounds())
-        return fit.bind(self, given, given_sigma)
+        return fit
 
     def describe(self) -> Description:
         """The published method: grid search + projected Levenberg-Marquardt on a thin-plate-spline surrogate."""
@@ -334,13 +336,16 @@ class DictionaryModel(Model):
                         "Regularisation": {"Norm": self.reg_norm, "Weight": self.reg_weight},
                         "Bounds": self.user_bounds or "dictionary range", "SurrogateSmoothing": self.smoothing})
 
-    def predict(self, data, params, sigma=None) -> np.ndarray:
-        """Expected magnitude [V, M] of the model at params [V, P] (physical units): the surrogate signal
-        with the noise floor of the likelihood (σ [V, M] normalised, or None). data is not used (the
-        signature is shared with PosteriorModel.predict)."""
+    def predict(self, params, protocol=None) -> np.ndarray:
+        """Noise-free signal [V, M] at params [V, P] (physical units): the surrogate between the entries."""
+        self._own_measurements(protocol, self.dictionary.protocol)
         params = np.atleast_2d(np.asarray(params, float))
-        z = (params[:, self.free] - self.lo[self.free]) / self.scale
-        s = self.surrogate(z)
+        return self.surrogate((params[:, self.free] - self.lo[self.free]) / self.scale)
+
+    def fitted_signal(self, data, params, sigma=None) -> np.ndarray:
+        """Expected magnitude [V, M] at the estimates params [V, P]: predict() with the likelihood's noise floor
+        (σ [V, M] normalised, or None: none). data is not needed (the estimate says it all)."""
+        s = self.predict(params)
         if sigma is None:
             return s
         _, _, flo2, _, _ = self._noise_terms(np.atleast_2d(np.asarray(sigma, float)), s.shape[1])

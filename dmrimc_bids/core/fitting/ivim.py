@@ -280,8 +280,8 @@ class IvimMapFit(Fit):
         out = np.full(self.exitcode.shape, np.nan)
         if ok.any():
             sel = np.nonzero(ok)
-            use = self._model.protocol.b <= self._model.b_max
-            out[sel] = np.mean((self._data[sel][:, use] - self.predict(sel)[:, use]) ** 2, axis=1)
+            use = self.model.protocol.b <= self.model.b_max
+            out[sel] = np.mean((self.data[sel][:, use] - self.predict(sel)[:, use]) ** 2, axis=1)
         return out
 
 
@@ -358,15 +358,20 @@ class IvimModel(Model):
             info["identifiability"] = identifiability_summary(con, ["fV", "D", "Dstar"])
         fit = IvimMapFit(params, exitcode, VascularSignal(signal, vsigma, vmask, res.vascular_index, reason),
                          list(res.notes) + ([reason] if reason else []), res.reference_group, sd=sd,
-                         info=info, intervals=intervals)
-        return fit.bind(self, data, sigma)
+                         info=info, intervals=intervals, model=self, data=data, sigma=sigma)
+        return fit
 
-    def predict(self, data, params, sigma=None) -> np.ndarray:
-        """Bi-exponential S0·((1 - fV) e^{-bD} + fV e^{-bD*}) [V, M] at every measurement; params [V, 4]
-        in IVIM_NAMES order."""
-        fv, d, dstar, s0 = (np.asarray(params, float)[:, j, None] for j in range(4))
-        b = np.where(self.protocol.b <= self.b0_threshold, 0.0, self.protocol.b)[None, :] * 1e-3
+    def predict(self, params, protocol=None) -> np.ndarray:
+        """Bi-exponential S0·((1 - fV) e^{-bD} + fV e^{-bD*}) [V, M] at every measurement of protocol
+        (default: the model's); params [V, 4] in IVIM_NAMES order (D, D* in µm²/ms)."""
+        protocol = self.protocol if protocol is None else protocol
+        fv, d, dstar, s0 = (np.atleast_2d(np.asarray(params, float))[:, j, None] for j in range(4))
+        b = np.where(protocol.b <= self.b0_threshold, 0.0, protocol.b)[None, :] * 1e-3
         return s0 * ((1 - fv) * np.exp(-b * d) + fv * np.exp(-b * dstar))
+
+    def fitted_signal(self, data, params, sigma=None) -> np.ndarray:
+        """predict(params): the bi-exponential at the estimates (data and σ are not needed)."""
+        return self.predict(params)
 
     def describe(self) -> Description:
         b = self.protocol.b

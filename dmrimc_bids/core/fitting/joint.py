@@ -190,13 +190,39 @@ def truncated_exponential_rate(mean: float, fv_max: float) -> float:
 class JointFit(Fit):
     """The joint fit: ``tissue`` (the tissue PosteriorModel's DictionaryFit, on the devascularised data),
     ``vascular`` (a DictionaryFit of vm, vs, anb and fV) and ``vascular_signal`` [..., M], the posterior
-    mean of fV·S_flow (the report's two compartments)."""
+    mean of fV·S_flow (the report's two compartments). As a Fit: ``names`` the tissue's then fV and the flow's,
+    ``params``/``sd`` both parts', ``exitcode`` the tissue's (a voxel whose joint fit failed fails there too),
+    ``info`` the tissue's with the vascular part's under 'vascular'."""
 
-    def __init__(self, tissue: DictionaryFit, vascular: DictionaryFit, vascular_signal: np.ndarray):
+    def __init__(self, tissue: DictionaryFit, vascular: DictionaryFit, vascular_signal: np.ndarray, *,
+                 model: "JointModel" = None, data: np.ndarray = None, sigma=None):
+        super().__init__(model=model, data=data, sigma=sigma)
         self.tissue, self.vascular, self.vascular_signal = tissue, vascular, vascular_signal
+        self.names = list(dict.fromkeys(list(tissue.names) + ["fV"] + list(vascular.names)))
+        self.units = {**dict(tissue.units), **dict(vascular.units)}
+        self.params = {**tissue.params, **vascular.params}
+        self.sd = {**tissue.sd, **vascular.sd}
+        self.exitcode = tissue.exitcode
+        self.info = {**tissue.info, "vascular": vascular.info}
 
     def maps(self) -> dict:
         return {**self.tissue.maps(), **{f"vascular:{k}": v for k, v in self.vascular.maps().items()}}
+
+    def residual(self) -> np.ndarray:
+        return self.tissue.residual()
+
+    def compartments(self, index) -> tuple:
+        """((1 - fV)·S_tissue, fV·S_flow) [n, M] of the voxels at ``index``: the fitted signal's two parts."""
+        measured = self.data[index].astype(float)
+        sigma = None if self.sigma is None else np.broadcast_to(np.asarray(self.sigma, float),
+                                                                self.data.shape[:-1])[index]
+        vascular = self.vascular_signal[index]
+        return self.model.tissue_component(measured, vascular, self.vascular.params["fV"][index], sigma), vascular
+
+    def predict(self, index) -> np.ndarray:
+        """Fitted signal [n, M] of the voxels at ``index``: the tissue compartment plus the vascular one."""
+        tissue, vascular = self.compartments(index)
+        return tissue + vascular
 
     def examples(self, protocol_rows: list, n: int = 4) -> dict:
         """JSON-ready example voxels (the tissue fit's choice): the measured signal on every measurement, the
@@ -205,12 +231,8 @@ class JointFit(Fit):
         if not len(idx):
             return {"protocol": protocol_rows, "voxels": []}
         sel = tuple(idx.T)
-        measured = self._data[sel].astype(float)
-        sigma = None if self._sigma is None else np.broadcast_to(np.asarray(self._sigma, float),
-                                                                 self._data.shape[:-1])[sel]
-        tissue = self._model.tissue_component(measured, self.vascular_signal[sel], self.vascular.params["fV"][sel],
-                                              sigma)
-        vascular = self.vascular_signal[sel]
+        measured = self.data[sel].astype(float)
+        tissue, vascular = self.compartments(sel)
         names = list(self.tissue.names) + ["fV", "vm"]
         params = {**self.tissue.params, **self.vascular.params}
         units = {**dict(self.tissue.units), **dict(self.vascular.units)}
@@ -263,8 +285,11 @@ class JointModel(Model):
         self.given_prior = None if p_zero is None else VascularPrior(p_zero, fv_rate, self.fv_max, "given")
         #: the fV prior of the last fit (the given one, or the session's estimate)
         self.prior = self.given_prior or VascularPrior(P_ZERO, 0.0, self.fv_max, "constant")
-        self.tissue_signals = np.ascontiguousarray(tissue.within(bounds).signals if bounds else tissue.signals,
-                                                   np.float64)
+        within = tissue.within(bounds) if bounds else tissue
+        self.tissue_signals = np.ascontiguousarray(within.signals, np.float64)
+        self.tissue_params = within.params
+        #: the Fit's parameter names: the tissue's, then fV and the flow's
+        self.names = list(dict.fromkeys(list(tissue.names) + ["fV"] + list(flow.names)))
         self.flow_signals = np.ascontiguousarray(flow.signals, np.float64)
         self.te_weight = relaxation_weights(tissue.protocol, t2_tissue_ms, t2_blood_ms)
         self.t2 = (t2_tissue_ms, t2_blood_ms)
@@ -424,7 +449,32 @@ class JointModel(Model):
                                        None if sig is None else sig_t.reshape(shape),   # no map: its own σ
                                        scale_var=scale_var.reshape(shape))
         vascular = self._vascular_fit(v_out, shape, in_mask, valid, todo.size)
-        return JointFit(tissue, vascular, vasc_sig.reshape(shape + (m,))).bind(self, data, sigma)
+        return JointFit(tissue, vascular, vasc_sig.reshape(shape + (m,)), model=self, data=data, sigma=sigma)
+
+    def predict(self, params, protocol=None) -> np.ndarray:
+        """Noise-free (1 - fV)·S_tissue + fV·a·S_flow [V, M] at params [V, P] (``names`` order: the tissue's,
+        then fV and the flow's; a the relaxation weights), each dictionary's entry nearest to its parameters."""
+        from .posterior import nearest_entry_signals
+        self._own_measurements(protocol, self.flow.protocol)
+        params = np.atleast_2d(np.asarray(params, float))
+        n_t = len(self.tissue_model.names)
+        tissue = nearest_entry_signals(self.tissue_params, self.tissue_signals, params[:, :n_t],
+                                       self.tissue_model.free)
+        flow_cols = [self.names.index(n) for n in self.flow.names]
+        flow = nearest_entry_signals(self.flow.params, self.flow_signals, params[:, flow_cols],
+                                     self.flow_free) if len(self.flow_free) else np.repeat(self.flow_signals[:1], len(params), 0)
+        fv = params[:, n_t, None]
+        return (1 - fv) * tissue + fv * self.te_weight[None, :] * flow
+
+    def fitted_signal(self, data, params=None, sigma=None) -> np.ndarray:
+        """The fitted signal [V, M] of voxels data [V, M] (σ [V] or None: the tissue-only residual's) under the
+        last fit's fV prior: its vascular posterior's mean compartment plus the tissue one."""
+        y = np.atleast_2d(np.asarray(data, float))
+        sig = (self._residual_sigma(y, np.arange(len(y))) if sigma is None
+               else np.asarray(sigma, float).reshape(len(y), -1).mean(1))
+        post = self.vascular_posterior(y, sig)
+        vascular = post["vascular_signal"]
+        return self.tissue_component(y, vascular, post["fv"][:, 0], None if sigma is None else sig) + vascular
 
     def tissue_component(self, y, vascular_signal, fv, sigma=None) -> np.ndarray:
         """(1 - fV)·E[S_tissue] [V, M] on every measurement for voxels y [V, M]: the tissue posterior's

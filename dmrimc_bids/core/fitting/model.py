@@ -5,15 +5,20 @@ batched over voxels instead of a per-voxel Python loop).
 
 - data [..., M]: normalised signals on the model's measurements; mask [...] bool (default every voxel);
   sigma: the normalised noise σ, [...] or [..., M], or None;
-- ``Fit`` holds one array per map in the data's spatial shape: ``params`` (physical units), ``sd``
-  (uncertainty of each estimated parameter), ``exitcode`` (1 fitted, 0 background, -1 failed), the
-  diagnostics and ``info``; ``Fit.predict(index)`` gives the model signal of the voxels at ``index``
-  (the report's measured-vs-fitted panel) and ``Fit.examples()`` picks and describes a few of them;
+- ``Fit`` (constructed by the model's fit with the model, the data and σ) holds one array per map in the
+  data's spatial shape: ``params`` (physical units), ``sd`` (uncertainty of each estimated parameter),
+  ``exitcode`` (1 fitted, 0 background, -1 failed), the diagnostics and ``info``; ``Fit.predict(index)`` gives
+  the fitted signal of the voxels at ``index`` (the report's measured-vs-fitted panel) and ``Fit.examples()``
+  picks and describes a few of them;
+- ``Model.predict(params, protocol=None)``: the model's noise-free signal [V, M] at parameter values [V, P]
+  (physical units, in ``Model.names`` order) on the model's measurements (another protocol where the model
+  can evaluate one: IVIM);
 - ``Model.describe()`` -> ``Description``: the method sentence of the methods text, its references
   and the sidecar's ``Model.Parameters``.
 
-The dictionary fit (dictfit.DictionaryModel), the posterior estimator (posterior.PosteriorModel) and
-segmented IVIM (ivim.IvimModel) implement it; registry.build_model makes any of them by name.
+The maximum-likelihood dictionary fit (dictfit.DictionaryModel), the posterior estimator
+(posterior.PosteriorModel), IVIM (ivim.IvimModel) and the joint tissue + vascular fit (joint.JointModel)
+implement it; registry.build_model makes any of them by name.
 """
 
 from __future__ import annotations
@@ -73,12 +78,34 @@ def voxel_chunks(todo: np.ndarray, chunk_size: int, progress=None):
 
 
 class Model:
-    """Base class: subclasses set ``names`` and implement ``fit`` and ``describe``."""
+    """Base class: subclasses set ``names`` and implement ``fit``, ``predict``, ``fitted_signal`` and
+    ``describe``."""
 
     names: list
 
     def fit(self, data, mask=None, sigma=None, progress=None) -> "Fit":
         raise NotImplementedError
+
+    def predict(self, params, protocol=None) -> np.ndarray:
+        """Noise-free signal [V, M] at params [V, P] (physical units, ``names`` order) on the model's
+        measurements, or on ``protocol`` where the model can evaluate another one."""
+        raise NotImplementedError
+
+    def fitted_signal(self, data, params, sigma=None) -> np.ndarray:
+        """The fitted signal [V, M] of voxels data [V, M] whose estimates are params [V, P] (σ [V] or [V, M]
+        or None), as the estimator sees it (the noise floor included; a posterior's mean signal)."""
+        raise NotImplementedError
+
+    def _own_measurements(self, protocol, own) -> None:
+        """ValueError unless protocol is None or has the model's measurements (own: the model's Protocol)."""
+        if protocol is None:
+            return
+        same = (len(protocol) == len(own) and np.allclose(protocol.b, own.b)
+                and np.allclose(protocol.small_delta_ms, own.small_delta_ms, equal_nan=True)
+                and np.allclose(protocol.big_delta_ms, own.big_delta_ms, equal_nan=True))
+        if not same:
+            raise ValueError(f"{type(self).__name__} predicts on its own {len(own)} measurements only: match its "
+                             "dictionary to the other protocol first (Dictionary.match)")
 
     def describe(self) -> Description:
         raise NotImplementedError
@@ -90,16 +117,15 @@ class Model:
         return []
 
 
+@dataclass
 class Fit:
     """Base class of the fits. Subclasses provide ``names``, ``units``, ``params``, ``sd``, ``exitcode``,
-    ``info`` and ``diagnostics()``; the model binds itself and the data so that ``predict`` works."""
+    ``info`` and ``diagnostics()``; each is constructed with the model that made it, the data it fitted
+    (no copy) and their σ, so that ``predict`` and ``examples`` work."""
 
-    names: list
-    units: dict
-    params: dict
-    sd: dict
-    exitcode: np.ndarray
-    info: dict
+    model: "Model" = field(default=None, kw_only=True, repr=False, compare=False)
+    data: np.ndarray = field(default=None, kw_only=True, repr=False, compare=False)
+    sigma: np.ndarray = field(default=None, kw_only=True, repr=False, compare=False)
 
     def diagnostics(self) -> dict:
         """Maps other than the parameters and their SDs, in sidecar order (name -> array)."""
@@ -117,21 +143,17 @@ class Fit:
         out.update(self.diagnostics())
         return out
 
-    def bind(self, model, data, sigma=None) -> "Fit":
-        """Remember the model and the data it fitted (no copy) so that predict() can evaluate it."""
-        self._model, self._data, self._sigma = model, data, sigma
-        return self
+    def voxel_sigma(self, index) -> np.ndarray | None:
+        """σ [n, M] of the voxels at ``index`` (None without a noise map)."""
+        if self.sigma is None:
+            return None
+        shape = self.data.shape
+        return np.broadcast_to(np.asarray(self.sigma, float).reshape(shape[:-1] + (-1,)), shape)[index]
 
     def predict(self, index) -> np.ndarray:
-        """Model signal [n, M] of the voxels at ``index`` (a tuple of index arrays into the map shape)."""
-        data = self._data[index].astype(float)
+        """Fitted signal [n, M] of the voxels at ``index`` (a tuple of index arrays into the map shape)."""
         params = np.stack([self.params[n][index] for n in self.names], axis=1)
-        sigma = None
-        if self._sigma is not None:
-            sig = np.asarray(self._sigma, float)
-            shape = self._data.shape
-            sigma = np.broadcast_to(sig.reshape(shape[:-1] + (-1,)), shape)[index]
-        return self._model.predict(data, params, sigma)
+        return self.model.fitted_signal(self.data[index].astype(float), params, self.voxel_sigma(index))
 
     def residual(self) -> np.ndarray:
         """Per-voxel misfit used to choose examples (the objective where the fit has one)."""
@@ -153,7 +175,7 @@ class Fit:
         sel = tuple(idx.T)
         if not len(idx):
             return {"protocol": protocol_rows, "voxels": []}
-        measured = self._data[sel].astype(float)
+        measured = self.data[sel].astype(float)
         fitted = self.predict(sel)
         misfit = self.residual()
         return {"protocol": protocol_rows, "units": {n: str(getattr(self, "units", {}).get(n, "")) for n in self.names},

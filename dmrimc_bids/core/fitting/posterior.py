@@ -514,12 +514,13 @@ class PosteriorModel(Model):
             exitcode[idx] = EXIT_OK
         fit = assemble_fit(self.dictionary, self.free, shape, m, out["params"], out["sd"], exitcode, fobj, loglik,
                            self._info(todo.size, int((in_mask & ~valid).sum()), out["params"][exitcode == EXIT_OK],
-                                      out["contraction"][exitcode == EXIT_OK]))
+                                      out["contraction"][exitcode == EXIT_OK]),
+                           model=self, data=given, sigma=given_sigma)
         names = [self.names[j] for j in self.free]
         fit.ci95lo = {n: out["lo"][:, self.names.index(n)].reshape(shape) for n in names}
         fit.ci95hi = {n: out["hi"][:, self.names.index(n)].reshape(shape) for n in names}
         fit.contraction = {n: out["contraction"][:, self.names.index(n)].reshape(shape) for n in names}
-        return fit.bind(self, given, given_sigma)
+        return fit
 
     def _info(self, n_fitted, n_invalid, params, contraction) -> dict:
         names = [self.names[j] for j in self.free]
@@ -564,9 +565,16 @@ class PosteriorModel(Model):
                         "FittedB": b_range(self.dictionary.protocol.b)},
             references=["beaumont2002"])
 
-    def predict(self, data, params=None, sigma=None) -> np.ndarray:
+    def predict(self, params, protocol=None) -> np.ndarray:
+        """Noise-free signal [V, M] at params [V, P] (physical units): the dictionary is this model's forward
+        model, so the signal of the entry nearest to params (free parameters, each scaled by its entries'
+        range)."""
+        self._own_measurements(protocol, self.dictionary.protocol)
+        return nearest_entry_signals(self.dictionary.params, self.signals, params, self.free)
+
+    def fitted_signal(self, data, params=None, sigma=None) -> np.ndarray:
         """Posterior-mean signal [V, M] of the voxels data [V, M] over the retained entries (σ [V] or
-        [V, M] or None); params is not used (the signature is shared with DictionaryModel.predict)."""
+        [V, M] or None): what the estimate was read from (params, its summary, is not needed)."""
         y = np.atleast_2d(np.asarray(data, float))
         sig = None if sigma is None else np.asarray(sigma, float).reshape(len(y), -1).mean(1)
         floor = np.zeros(len(y)) if sig is None or self.noise == "gaussian" else noise_floor(sig, self.n_averages)
@@ -575,6 +583,22 @@ class PosteriorModel(Model):
         var = np.maximum(best / y.shape[1], 1e-12) if sig is None else sig ** 2
         w = np.exp(-(cost - best[:, None]) / (2 * var[:, None]))
         return (w / w.sum(1, keepdims=True)) @ self.signals
+
+
+def nearest_entry_signals(entry_params: np.ndarray, signals: np.ndarray, params, free) -> np.ndarray:
+    """signals [V, M] of the entries (entry_params [E, P], signals [E, M]) nearest to params [V, P] over the
+    columns free, each scaled by its entries' range (in blocks, so memory stays bounded)."""
+    params = np.atleast_2d(np.asarray(params, float))
+    free = list(free)
+    span = np.ptp(entry_params[:, free], axis=0)
+    span = np.where(span > 0, span, 1.0)
+    z_entries = entry_params[:, free] / span
+    out = np.empty((len(params), signals.shape[1]))
+    for v0 in range(0, len(params), 256):
+        z = params[v0:v0 + 256, free] / span
+        d2 = (z ** 2).sum(1)[:, None] - 2 * z @ z_entries.T + (z_entries ** 2).sum(1)[None, :]
+        out[v0:v0 + 256] = signals[np.argmin(d2, axis=1)]
+    return out
 
 
 #: Contraction below which a parameter counts as not informed by the data; above which as well informed.
