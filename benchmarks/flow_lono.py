@@ -15,7 +15,7 @@ paper's ANB counts time-step artefacts (research/spinflowsim.md §2.10), so its 
 quantity. The last line is one JSON object.
 
     python benchmarks/flow_lono.py --data ../shared/reference/spinflowsim [--spins 3000] [--repeats 2]
-        [--surrogate global|local] [--noise-model gaussian|rician] [--log-params] [--record]
+        [--surrogate global|local] [--noise-model offset-gaussian|rician] [--log-params] [--record]
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=2, help="noise draws per realisation")
     ap.add_argument("--snr", type=float, default=20.0)
     ap.add_argument("--surrogate", choices=("global", "local"), default="global")
-    ap.add_argument("--noise-model", choices=("gaussian", "rician"), default="gaussian")
+    ap.add_argument("--noise-model", choices=("offset-gaussian", "rician"), default="offset-gaussian")
     ap.add_argument("--log-params", action="store_true", help="fit log(vm), log(vs), log(anb)")
     ap.add_argument("--estimator", choices=("fit", "posterior"), default="posterior",
                     help="posterior (the vascular branch's default): posterior mean over the dictionary entries "

@@ -56,7 +56,7 @@ def spearman(a, b) -> float:
     return float(spearmanr(a, b).statistic)
 
 
-def run(data: Path, subs, smoothing: float, reg: float, surrogate: str = "local", noise: str = "gaussian",
+def run(data: Path, subs, smoothing: float, reg: float, surrogate: str = "local", noise: str = "offset-gaussian",
         neighbours: int = 32):
     import nibabel as nib
 
@@ -240,7 +240,7 @@ def main(argv=None):
     ap.add_argument("--smoothing", type=float, default=1e-3, help="surrogate smoothing λ")
     ap.add_argument("--reg", type=float, default=0.0, help="L2 regularisation weight (published run: 0)")
     ap.add_argument("--surrogate", choices=["local", "global"], default="local")
-    ap.add_argument("--noise", choices=["gaussian", "rician"], default="gaussian")
+    ap.add_argument("--noise", choices=["offset-gaussian", "rician"], default="offset-gaussian")
     ap.add_argument("--neighbours", type=int, default=32, help="K of the local surrogate")
     ap.add_argument("--threads", type=int, default=1, help="numba/BLAS threads (published: 1)")
     ap.add_argument("--repeats", type=int, default=1, help="timing runs (median reported)")

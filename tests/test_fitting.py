@@ -221,7 +221,7 @@ def test_noise_free_entries_are_recovered_exactly(matched, surrogate):
     assert np.array_equal(est, matched.params[idx])
 
 
-@pytest.mark.parametrize("noise", ["gaussian", "rician"])
+@pytest.mark.parametrize("noise", ["offset-gaussian", "rician"])
 def test_bounds_are_never_violated(matched, noise):
     rng = np.random.default_rng(9)
     data = np.abs(forward(random_params(rng, 300)) + rng.normal(0, 0.1, (300, len(PROTO))))
@@ -241,7 +241,7 @@ def test_rician_and_offset_gaussian_agree_at_high_snr(matched):
     p = random_params(rng, n)
     clean = forward(p)
     noisy = np.abs(clean + rng.normal(0, sigma, clean.shape) + 1j * rng.normal(0, sigma, clean.shape))
-    g = DictionaryModel(matched, noise="gaussian").fit(noisy, sigma=np.full(n, sigma))
+    g = DictionaryModel(matched, noise="offset-gaussian").fit(noisy, sigma=np.full(n, sigma))
     r = DictionaryModel(matched, noise="rician").fit(noisy, sigma=np.full(n, sigma))
     assert r.info["noise_model"] == "rician"
     assert np.median(np.abs(g.params["fin"] - r.params["fin"])) < 2e-3

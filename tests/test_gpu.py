@@ -22,7 +22,7 @@ clean = two_compartment_signal(proto.b, proto.small_delta_ms, proto.big_delta_ms
 noisy = np.abs(clean + 0.02 * rng.standard_normal(clean.shape))
 out = {}
 for device in ("cpu", "gpu"):
-    for noise in ("gaussian", "rician"):
+    for noise in ("offset-gaussian", "rician"):
         fit = DictionaryModel(dic, device=device, noise=noise, n_neighbours=12).fit(noisy, sigma=np.full(6, 0.02))
         out[device + noise] = {k: np.asarray(v).tolist() for k, v in fit.maps().items()}
         out[device + noise + "info"] = fit.info
@@ -36,7 +36,7 @@ def test_gpu_path_matches_cpu_in_the_cuda_simulator():
     res = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     out = json.loads(res.stdout.strip().splitlines()[-1])
-    for noise in ("gaussian", "rician"):
+    for noise in ("offset-gaussian", "rician"):
         assert out["gpu" + noise + "info"]["device"] == "gpu"
         cpu, gpu = out["cpu" + noise], out["gpu" + noise]
         for k in ("fin", "vCS_cyl", "fin_sd", "fobj", "exitcode"):

@@ -113,7 +113,7 @@ def _model_options(m) -> None:
                    help="thin-plate-spline surrogate: local (fast, default) or global (the published reference)")
     m.add_argument("--surrogate-neighbours", type=int, default=32, metavar="K",
                    help="dictionary entries per local surrogate model (32)")
-    m.add_argument("--noise-model", choices=["gaussian", "rician"], default="gaussian",
+    m.add_argument("--noise-model", choices=["offset-gaussian", "rician"], default="offset-gaussian",
                    help="offset-Gaussian (default, as published) or Rician likelihood; voxels without a "
                         "noise map use least squares")
 

@@ -18,10 +18,10 @@ DEVICE_HELP = "walk on a CUDA GPU (gpu; needs the [gpu] extra), the CPU, or a GP
 VERBOSE_HELP = "-v: progress and Nipype's node messages; -vv: debug"
 
 def _common(p):
-    from ..core.simulate.montecarlo import DEFAULT_DT_MS, DEFAULT_WALKERS
+    from ..core.simulate.montecarlo import DEFAULT_DT_MS, HISTOUSIM_WALKERS
     p.add_argument("--walkers", type=positive(int), default=None,
                    help=f"walkers per configuration (--preset quick: {PRESETS['quick']['walkers']}, histousim: "
-                        f"{DEFAULT_WALKERS})")
+                        f"{HISTOUSIM_WALKERS})")
     p.add_argument("--dt-ms", type=positive(float), default=DEFAULT_DT_MS, help="time step [ms] (110/2370)")
     p.add_argument("--grid-um", type=positive(float), default=1.0, help="membrane look-up grid [µm] (1)")
     p.add_argument("--seed", type=int, default=0, help="walker seed (0)")
@@ -45,8 +45,8 @@ def _default_flags(d):
                         "the shipped one)")
     d.add_argument("--substrates", type=positive(int), default=None,
                    help="generated substrates (the recipe's: v1 128, v2 256)")
-    d.add_argument("--walkers", type=positive(int), default=dd.DEFAULT_WALKERS,
-                   help=f"walkers per walk ({dd.DEFAULT_WALKERS}; fewer on a CPU, e.g. 2000)")
+    d.add_argument("--walkers", type=positive(int), default=dd.DICTIONARY_WALKERS,
+                   help=f"walkers per walk ({dd.DICTIONARY_WALKERS}; fewer on a CPU, e.g. 2000)")
     d.add_argument("--step-um", type=positive(float), default=DEFAULT_STEP_UM,
                    help=f"walker step length [µm] ({DEFAULT_STEP_UM})")
     d.add_argument("--seed", type=int, default=dd.DEFAULT_SEED, help=f"population and walker seed ({dd.DEFAULT_SEED})")

@@ -10,7 +10,7 @@ Built by ``dmrimc-sim default-dictionary`` (workflows/simulation.init_default_di
   permeability, walks at D0ex/D0in in DEFAULT_DESIGN["ratios"] and κ/D0in in
   DEFAULT_DESIGN["kappa_per_d0"], each giving every D0in of the grid (simulate/scaled.py: one walk serves
   every diffusivity by diffusion-time scaling); the κ/D0in values are spaced so that every D0in has κ
-  values spread over 0-40 µm/s (κ above 40 dropped); DEFAULT_WALKERS walkers per walk;
+  values spread over 0-40 µm/s (κ above 40 dropped); DICTIONARY_WALKERS walkers per walk;
 - **protocol**: DEFAULT_TIMING_GRID, every b of 8 values for every (δ, Δ - δ) of a 9 x 10 grid (δ 2.5-40
   ms, Δ up to 100 ms); Dictionary.match interpolates between the nodes, so any PGSE protocol inside the
   grid is matched without a tolerance;
@@ -46,7 +46,8 @@ DEFAULT_DESIGN = {"d0": [0.8, 1.1667, 1.5333, 1.9, 2.2667, 2.6333, 3.0],
 SIMULATE_D0 = [0.8, 1.5, 2.25, 3.0]
 SIMULATE_KAPPA = [0.0, 20.0, 40.0]
 DEFAULT_N_SUBSTRATES = 128
-DEFAULT_WALKERS = 8000
+#: Walkers per walk of the embedded default dictionary.
+DICTIONARY_WALKERS = 8000
 DEFAULT_SEED = 2026
 
 
@@ -60,7 +61,7 @@ class Recipe:
     n_substrates: int
     timing_grid: TimingGrid
     design: dict
-    walkers: int = DEFAULT_WALKERS
+    walkers: int = DICTIONARY_WALKERS
     seed: int = DEFAULT_SEED
     storage_rank: int | None = None
 

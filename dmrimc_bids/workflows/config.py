@@ -58,7 +58,7 @@ class Config:
     smoothing: float = 1e-3
     surrogate: str = "local"
     n_neighbours: int = 32
-    noise_model: str = "gaussian"
+    noise_model: str = "offset-gaussian"
     estimator: str = "posterior"
     prior: str = "entries"
     point_prior: dict = field(default_factory=lambda: dict(DEFAULT_POINT_PRIOR))

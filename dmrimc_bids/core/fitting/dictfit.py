@@ -35,7 +35,8 @@ from .likelihood import (expected_signal, information_criteria, log_likelihood,
                          log_likelihood_unknown_sigma, noise_floor, rician_log_likelihood)
 from .model import EXIT_BACKGROUND, EXIT_FAILED, EXIT_OK, Description, Fit, Model, fit_plan, voxel_chunks, voxel_table
 from .surrogate import TPSStack, build_global, build_local, grid_steps
-NOISE_MODELS = ("gaussian", "rician")
+#: The maximum-likelihood fit's likelihoods (likelihood.LIKELIHOODS).
+NOISE_MODELS = ("offset-gaussian", "rician")
 SURROGATES = ("local", "global")
 
 
@@ -149,14 +150,14 @@ class DictionaryModel(Model):
     regularisation: (norm, weight) with norm 1 or 2 and weight >= 0 (0: none).
     bounds: {name: (lo, hi)} in physical units, default the dictionary's range.
     smoothing: surrogate smoothing λ; surrogate: 'local' or 'global'; n_neighbours: K of the local
-    surrogate; noise: 'gaussian' (offset-Gaussian) or 'rician'; max_iter: LM iterations per round;
+    surrogate; noise: 'offset-gaussian' or 'rician' (likelihood.LIKELIHOODS); max_iter: LM iterations per round;
     max_rounds: re-anchoring rounds of the local surrogate; device: 'cpu', 'gpu' or 'auto'.
     """
 
     def __init__(self, dictionary: Dictionary, n_averages: float = 1.0, regularisation=(2, 0.0),
                  bounds: dict | None = None, smoothing: float = 1e-3, max_iter: int = 60,
                  chunk_size: int = 10000, surrogate: str = "local", n_neighbours: int = 32,
-                 noise: str = "gaussian", max_rounds: int = 4, device: str = "cpu"):
+                 noise: str = "offset-gaussian", max_rounds: int = 4, device: str = "cpu"):
         self.dictionary = dictionary
         self.names = list(dictionary.names)
         self.n_averages = float(n_averages)
@@ -321,7 +322,7 @@ class DictionaryModel(Model):
         """The published method: grid search + projected Levenberg-Marquardt on a thin-plate-spline surrogate."""
         surrogate = (f"thin-plate-spline surrogate ({self.surrogate_kind}, {self.n_neighbours} nearest entries per "
                      "local model)" if self.surrogate_kind == "local" else "thin-plate-spline surrogate (global)")
-        noise = {"gaussian": "offset-Gaussian", "rician": "Rician"}[self.noise]
+        noise = {"offset-gaussian": "offset-Gaussian", "rician": "Rician"}[self.noise]
         return Description(
             method=f"voxel by voxel by grid search followed by bounded Levenberg-Marquardt on a "
                    f"{surrogate.split(' (')[0]} ({noise} noise model), with standard deviations from the Fisher "

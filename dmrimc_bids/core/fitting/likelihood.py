@@ -28,6 +28,13 @@ import numpy as np
 SQRT_HALF_PI = np.sqrt(np.pi / 2)
 
 
+#: The likelihoods by name, one meaning each in every model: 'offset-gaussian' (Gaussian about the signal
+#: lifted by the magnitude data's noise floor: the published tool's, the posterior's default), 'gaussian'
+#: (Gaussian, no floor: differences of magnitudes, the vascular signal), 'rician' (exact for single volumes).
+LIKELIHOODS = {"offset-gaussian": "offset-Gaussian (noise floor)", "gaussian": "Gaussian (no noise floor)",
+               "rician": "Rician"}
+
+
 def noise_floor(sigma, n_averages: float = 1.0):
     """Offset-Gaussian noise floor σ·sqrt(N)·sqrt(π/2) (normalised units)."""
     return np.asarray(sigma, dtype=float) * np.sqrt(n_averages) * SQRT_HALF_PI

@@ -89,7 +89,8 @@ PRIORS = ("design", "entries")
 Z95 = 1.959963984540054
 #: Point estimates: the posterior median or mean.
 POINT_ESTIMATES = ("median", "mean")
-#: Likelihoods: offset-Gaussian (noise floor of magnitude data) or Gaussian (no floor).
+#: The posterior's likelihoods (likelihood.LIKELIHOODS): offset-Gaussian (noise floor of magnitude data) or
+#: Gaussian (no floor).
 NOISE_MODELS = ("offset-gaussian", "gaussian")
 
 

@@ -55,7 +55,7 @@ def simulate_substrate(substrate, protocol: Protocol, configs: np.ndarray, *, se
                        area: str = "polygon", config_offset: int = 0, **mc_kwargs):
     """(signals [n, M], params [n, 10], MCResult) for one substrate's configurations; config_offset is
     the position of configs[0] in the substrate's full grid (keeps results independent of job splits)."""
-    n_walkers = mc_kwargs.get("n_walkers", montecarlo.DEFAULT_WALKERS)
+    n_walkers = mc_kwargs.get("n_walkers", montecarlo.HISTOUSIM_WALKERS)
     res = montecarlo.simulate(substrate, protocol, configs[:, 0], configs[:, 1], configs[:, 2],
                               seed=substrate_seed(seed, index), walker_offset=config_offset * n_walkers,
                               **mc_kwargs)

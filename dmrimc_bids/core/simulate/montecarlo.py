@@ -31,8 +31,8 @@ from .substrate import Substrate
 
 #: Histo-μSim's time step: 110 ms in 2,370 steps [ms] (research/mc_sim.md §1.2).
 DEFAULT_DT_MS = 110.0 / 2370.0
-#: Default number of walkers per configuration (as Histo-μSim).
-DEFAULT_WALKERS = 20000
+#: Walkers per configuration of the published Histo-μSim (the --preset histousim and a simulate() call default).
+HISTOUSIM_WALKERS = 20000
 #: Walker steps per CPU batch: a batch takes a few seconds on 2 cores, so that progress (with its ETA) moves
 #: and Ctrl-C is honoured within seconds. The GPU keeps its large batches.
 CPU_BATCH_STEPS = 3e7
@@ -249,7 +249,7 @@ def simulate(substrate: Substrate, protocol: Protocol, d0in, d0ex, kappa, *, dev
     return _simulate(substrate, protocol, d0in, d0ex, kappa, device=resolved, **options)
 
 
-def _simulate(substrate: Substrate, protocol: Protocol, d0in, d0ex, kappa, *, n_walkers: int = DEFAULT_WALKERS,
+def _simulate(substrate: Substrate, protocol: Protocol, d0in, d0ex, kappa, *, n_walkers: int = HISTOUSIM_WALKERS,
              dt_ms: float = DEFAULT_DT_MS, seed: int = 0, grid_um: float = 1.0, start_xy=None,
              device: str = "cpu", batch_walkers: int = 1_000_000, keep_walkers: bool = False,
              max_bounce: int = MAX_BOUNCES, progress: bool = False, walker_offset: int = 0,
