@@ -169,7 +169,7 @@ def fit_separate(y, sigma, prot, tissue_dic, flow_dic, prior="entries") -> tuple
     out = {k: tissue.params[k] for k in TISSUE}
     ivim = IvimModel(prot).fit(y, sigma=np.full(y.shape, sigma))
     out["fV"] = ivim.params["fV"]
-    vs = ivim.vascular
+    vs = ivim.flow_signal
     dw = np.flatnonzero(prot.b > 20)
     cols = np.searchsorted(dw, vs.index)
     flow = PosteriorModel(_columns(flow_dic, cols), point="mean", noise="gaussian")
@@ -418,7 +418,7 @@ def throughput(prot, tissue_dic, args, n: int = 4000, repeats: int = 3) -> dict:
 
     def separate():
         tissue.fit(y[:, keep], sigma=sigma)
-        vs = ivim.fit(y, sigma=np.full(y.shape, 0.02)).vascular
+        vs = ivim.fit(y, sigma=np.full(y.shape, 0.02)).flow_signal
         flow.fit(np.nan_to_num(vs.signal), mask=vs.mask, sigma=np.nanmean(vs.sigma, axis=1))
 
     runs = {"separate": [], "joint": []}

@@ -125,11 +125,11 @@ def test_ivim_model_fits_predicts_and_hands_on_the_vascular_signal():
     assert np.abs(fit.params["fV"] - fv).max() < 0.01 and np.abs(fit.params["D"] - d).max() < 0.02
     sel = np.nonzero(fv > 0)
     assert np.abs(fit.predict(sel) - data[sel]).max() < 0.01
-    vas = fit.vascular
+    vas = fit.flow_signal
     # the posterior mean of fV is > 0 wherever fV is bounded below by 0: the f = 0 voxel is a few 1e-3
     assert vas.mask[sel].all() and vas.reason == "" and fit.params["fV"][0, 0] < 0.01
     seg = build_model("ivim", protocol=shells, b0_threshold=5.0, method="segmented").fit(data, np.ones(fv.shape, bool))
-    assert not seg.vascular.mask[0, 0] and seg.vascular.mask[sel].all()
+    assert not seg.flow_signal.mask[0, 0] and seg.flow_signal.mask[sel].all()
     assert np.allclose(vas.signal[1, 1], np.exp(-shells.b[vas.index] * 1e-3 * dstar), atol=0.03)
     assert model.describe().parameters["BSplit"] == 200.0 and "ivim" in model.describe().references
 

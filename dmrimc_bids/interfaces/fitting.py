@@ -146,7 +146,7 @@ class FitModel(SimpleInterface):
         self._results["examples_file"] = _write_json(cwd_path(runtime, "examples.json"),
                                                      fit.examples(protocol.to_rows()))
         self._results["notes"] = list(getattr(fit, "notes", []))
-        handed_on = getattr(fit, "vascular", None)
+        handed_on = getattr(fit, "flow_signal", None)   # IVIM: the vascular signal the flow fit takes
         if handed_on is not None:
             self._write_signal(runtime, img, handed_on, protocol)
         return runtime

@@ -37,7 +37,7 @@ _GOLD = (np.sqrt(5.0) - 1.0) / 2.0
 
 
 @dataclass
-class IvimFit:
+class IvimEstimates:
     """Per-voxel results [V]: D and Dstar [µm²/ms], fV, S0 and the tissue intercept A (signal units)."""
 
     D: np.ndarray
@@ -96,7 +96,7 @@ def _profile_min(fun, start, bounds, n=24):
 
 
 def fit_segmented_ivim(signals, b_values, b_split=B_SPLIT, b0_threshold=1e-6, d_bounds=D_BOUNDS,
-                       dstar_bounds=DSTAR_BOUNDS, n_iter=3) -> IvimFit:
+                       dstar_bounds=DSTAR_BOUNDS, n_iter=3) -> IvimEstimates:
     """Segmented IVIM of signals [V, M] at b [M] (s/mm²); needs >= 2 distinct b >= b_split and a b = 0
     (b <= b0_threshold). Voxels with a non-positive or non-finite b = 0 signal give NaN."""
     S = np.atleast_2d(np.asarray(signals, float))
@@ -129,7 +129,7 @@ def fit_segmented_ivim(signals, b_values, b_split=B_SPLIT, b0_threshold=1e-6, d_
     F = np.maximum(_mono_cost(sv, bb, dstar[:, None])[1][:, 0], 0.0)
     fV = np.clip(F / np.maximum(F + A, 1e-12), 0.0, 1.0)
     nan = np.where(ok, 1.0, np.nan)
-    return IvimFit(D * nan, fV * nan, dstar * nan, (A + F) * s0s * nan, A * s0s * nan)
+    return IvimEstimates(D * nan, fV * nan, dstar * nan, (A + F) * s0s * nan, A * s0s * nan)
 
 
 #: Default largest b of the IVIM fit [s/mm²]: the extended IVIM b-sets reach 1200; above, tissue signals
@@ -257,7 +257,7 @@ class IvimMapFit(Fit):
 
     params: dict
     exitcode: np.ndarray
-    vascular: VascularSignal
+    flow_signal: VascularSignal
     notes: list
     reference_group: dict
     names: list = field(default_factory=lambda: list(IVIM_NAMES))
