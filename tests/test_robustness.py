@@ -161,10 +161,12 @@ def test_temporary_files_of_stopped_writers_are_removed(tmp_path):
     """Ctrl-C stops the workers (killed, maybe not yet reaped) and the run exits next: a worker killed inside
     a copy leaves its temporary file, and the interruption's clean-up removes it and this process's own
     (named in ended_pids), while a plain sweep keeps this live process's; a failed staging leaves none."""
-    from dmrimc_bids.bids.derivatives import _temp_beside, remove_stale_temps, stage_copy, stage_json
+    from dmrimc_bids.bids.derivatives import stage_copy, stage_json
+    from dmrimc_bids.core.atomic import remove_stale_temps
+    from dmrimc_bids.core.atomic import temp_beside as _temp_beside
     out = tmp_path / "out" / "sub-01" / "dwi"
     out.mkdir(parents=True)
-    code = ("import sys, os; sys.path.insert(0, sys.argv[2]); from dmrimc_bids.bids.derivatives import _temp_beside;"
+    code = ("import sys, os; sys.path.insert(0, sys.argv[2]); from dmrimc_bids.core.atomic import temp_beside as _temp_beside;"
             "from pathlib import Path; fd, t = _temp_beside(Path(sys.argv[1])); print(t, flush=True); "
             "import time; time.sleep(60)")
     worker = subprocess.Popen([sys.executable, "-c", code, str(out / "w.nii.gz"), str(Path(__file__).parents[1])],
@@ -190,8 +192,10 @@ def test_temporary_files_of_stopped_writers_are_removed(tmp_path):
 def test_temporary_files_of_dead_writers_are_removed(tmp_path):
     """A run killed mid-write leaves its temporary file; the next run removes it, but never one that a
     live run (this process, another host's recent one) is still writing."""
-    from dmrimc_bids.bids.derivatives import (STALE_TEMP_S, _temp_beside, _writer_tag, atomic_write_bytes,
-                                              remove_stale_temps)
+    from dmrimc_bids.core.atomic import STALE_TEMP_S, remove_stale_temps
+    from dmrimc_bids.core.atomic import temp_beside as _temp_beside
+    from dmrimc_bids.core.atomic import write_bytes as atomic_write_bytes
+    from dmrimc_bids.core.atomic import writer_tag as _writer_tag
     out = tmp_path / "out" / "sub-01" / "dwi"
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True).stdout.strip()  # a pid that has exited

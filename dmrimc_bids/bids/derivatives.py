@@ -6,13 +6,12 @@ import json
 import os
 import re
 import shutil
-import socket
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from .. import __version__
+from ..core import atomic
 
 BIDS_VERSION = "1.10.0"
 MODEL_INFO = {
@@ -118,86 +117,6 @@ def map_path(out_dir, subject, session, model, param, desc=None, ext=".nii.gz", 
     return base / "dwi" / (stem + ext)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _writer_tag() -> str:
-    """<host>-<pid> of this process, as temporary files name their writer."""
-    host = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname().split(".")[0]) or "host"
-    return f"{host}-{os.getpid()}"
-
-
-#: .<final name>.<host>-<pid>.<mkstemp suffix>: a temporary file of an atomic write
-_TEMP_RE = re.compile(r"^\.(?P<final>.+)\.(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)\.(?P<rand>[A-Za-z0-9_]{8})$")
-#: a write never takes this long: another host's temporary file this old belongs to a dead run [s]
-STALE_TEMP_S = 24 * 3600.0
-
-
-def _temp_beside(final: Path) -> tuple[int, str]:
-    """(fd, path) of a hidden temporary file next to `final`, named after its writer (host, pid), with the
-    permissions a plain open() would give (mkstemp's are 0600, which would hide shared outputs from the
-    rest of a lab)."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.{_writer_tag()}.", dir=final.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())
-    except BaseException:
-        _discard(fd, tmp)
-        raise
-    return fd, tmp
-
-
-def _discard(fd: int | None, tmp: str) -> None:
-    """Close (when open) and delete a temporary file of a write that did not finish."""
-    if fd is not None:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-    Path(tmp).unlink(missing_ok=True)
-
-
-def _writer_alive(pid: int) -> bool | None:
-    """True when process ``pid`` of this host runs, False when it has exited (a zombie, killed and not yet
-    reaped, counts as exited), None when it runs as another user."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return None
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
-def remove_stale_temps(out_dir, ended_pids=()) -> list[Path]:
-    """Delete the temporary files of atomic writes whose writer is gone (a run killed mid-write): this
-    host's when the process no longer exists (or is in ``ended_pids``: processes about to exit, such as an
-    interrupted run and the workers it stopped), another host's when older than STALE_TEMP_S. Temporary
-    files of live runs writing into the same folder are left alone. Returns the files removed."""
-    import time
-    host = _writer_tag().rsplit("-", 1)[0]
-    ended = {int(p) for p in ended_pids}
-    removed = []
-    for p in Path(out_dir).rglob(".*"):
-        m = _TEMP_RE.match(p.name)
-        if not m or not p.is_file():
-            continue
-        if m["host"] == host:
-            if int(m["pid"]) not in ended and _writer_alive(int(m["pid"])) is not False:
-                continue  # still running (or another user's)
-        elif time.time() - p.stat().st_mtime < STALE_TEMP_S:
-            continue
-        p.unlink(missing_ok=True)
-        removed.append(p)
-    return removed
-
-
 _MAP_RE = re.compile(r"_model-(?P<model>[a-zA-Z0-9]+)_param-(?P<param>[a-zA-Z0-9]+)(?:_desc-(?P<desc>[a-zA-Z0-9]+))?"
                      r"_dwimap\.nii(?:\.gz)?$")
 _SUBSES_RE = re.compile(r"^sub-(?P<sub>[a-zA-Z0-9]+)(?:_ses-(?P<ses>[a-zA-Z0-9]+))?_space-")
@@ -232,35 +151,6 @@ def find_sessions(out_dir) -> list[tuple[str, str | None]]:
     return sorted(found, key=lambda t: (t[0], t[1] or ""))
 
 
-def atomic_write_bytes(path, data: bytes) -> None:
-    """Write via a temporary file in the same folder, then rename (never a half-written file)."""
-    path = Path(path)
-    fd, tmp = _temp_beside(path)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path, obj) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=_jsonable) + "\n").encode())
-
-
-def _jsonable(o):
-    try:
-        import numpy as np
-        if isinstance(o, np.generic):
-            return o.item()
-        if isinstance(o, np.ndarray):
-            return o.tolist()
-    except ImportError:
-        pass
-    return str(o)
-
-
 def publish(staged: dict) -> list[str]:
     """Move staged files {final_path: temp_path} into place (each by an atomic rename)."""
     done = []
@@ -273,26 +163,26 @@ def publish(staged: dict) -> list[str]:
 
 def stage_copy(src, final) -> str:
     """Copy src next to its final place under a hidden temporary name; returns the temp path."""
-    fd, tmp = _temp_beside(Path(final))
+    fd, tmp = atomic.temp_beside(Path(final))
     try:
         os.close(fd)
         fd = None
         shutil.copyfile(src, tmp)
     except BaseException:
-        _discard(fd, tmp)
+        atomic.discard(fd, tmp)
         raise
     return tmp
 
 
 def stage_json(obj, final) -> str:
     """Write obj as JSON next to its final place under a hidden temporary name; returns the temp path."""
-    fd, tmp = _temp_beside(Path(final))
+    fd, tmp = atomic.temp_beside(Path(final))
     try:
         with os.fdopen(fd, "wb") as fh:
             fd = None
             fh.write(json_bytes(obj))   # the bytes a SHA-256 reference to this file is computed from
     except BaseException:
-        _discard(fd, tmp)
+        atomic.discard(fd, tmp)
         raise
     return tmp
 
@@ -383,15 +273,15 @@ def write_dataset_description(out_dir, bids_dir, seed=None, command=None, links:
     links = {k: Path(v).resolve().as_uri() for k, v in (links or {"raw": bids_dir}).items()}
     desc = {"Name": name, "BIDSVersion": BIDS_VERSION, "DatasetType": "derivative", "GeneratedBy": generated,
             "SourceDatasets": [{"URL": u} for u in links.values()], "DatasetLinks": links}
-    atomic_write_json(out_dir / "dataset_description.json", desc)
+    atomic.write_json(out_dir / "dataset_description.json", desc)
     ignore = out_dir / ".bidsignore"
     lines = ignore.read_text().splitlines() if ignore.is_file() else []
-    atomic_write_bytes(ignore, ("\n".join(dict.fromkeys(lines + BIDSIGNORE)) + "\n").encode())
+    atomic.write_bytes(ignore, ("\n".join(dict.fromkeys(lines + BIDSIGNORE)) + "\n").encode())
 
 
 def json_bytes(obj) -> bytes:
     """The JSON text (indent 2, the sidecars' format) of obj, as written."""
-    return (json.dumps(obj, indent=2, default=_jsonable) + "\n").encode()
+    return (json.dumps(obj, indent=2, default=atomic.jsonable) + "\n").encode()
 
 
 def split_parameters(params: dict, out_dir, record_path: Path) -> tuple[dict, dict]:
@@ -469,5 +359,5 @@ def write_status(out_dir, run_id: str, rows: list[dict]) -> Path:
     for r in rows:
         lines.append("\t".join(str(r.get(c, "")).replace("\t", " ").replace("\n", " ") for c in STATUS_COLUMNS))
     path = Path(out_dir) / "logs" / f"{run_id}_status.tsv"
-    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
+    atomic.write_bytes(path, ("\n".join(lines) + "\n").encode())
     return path

@@ -88,7 +88,7 @@ def run_design(args) -> int:
         result[f"{snr:g}"] = expected_identifiability(dic, snr, args.samples, args.seed, noise)
     print(format_table(result, len(dic.protocol), args))
     if args.json is not None:
-        from ..bids.derivatives import atomic_write_json
+        from ..core.atomic import write_json as atomic_write_json
         payload = {"protocol": str(args.protocol), "dictionary": str(args.dictionary or "embedded default"),
                    "branch": args.branch, "noise": noise, "samples": args.samples, "seed": args.seed,
                    "fitted_measurements": dic.protocol.to_rows(), "by_snr": result}

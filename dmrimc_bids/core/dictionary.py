@@ -10,39 +10,16 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_path, write_text
 from .errors import EX_NOINPUT, EX_USAGE, InputError
 from .protocol import B0_THRESHOLD, Protocol, read_numbers
 
-#: Units of the tissue parameters we know of (BIDS-style unit strings).
-PARAM_UNITS = {"fin": "", "mCS": "um", "varCS": "um^2", "skewCS": "", "vCS_sph": "um",
-               "vCS_cyl": "um", "D0in": "um^2/ms", "D0ex": "um^2/ms", "kappa": "um/s", "cellularity": "1/mm^2"}
-PARAM_DESCRIPTIONS = {
-    "fin": "intra-cellular volume fraction (normalised)",
-    "mCS": "mean cell size (diameter of the circle with the cell's area)",
-    "varCS": "variance of cell size", "skewCS": "skewness of cell size",
-    "vCS_sph": "volume-weighted cell size index, spherical geometry ((<CS^7>/<CS^3>)^(1/4))",
-    "vCS_cyl": "volume-weighted cell size index, cylindrical geometry ((<CS^6>/<CS^2>)^(1/4))",
-    "D0in": "intrinsic intra-cellular diffusivity", "D0ex": "intrinsic extra-cellular diffusivity",
-    "kappa": "cell membrane permeability", "cellularity": "cells per mm² of the substrate"}
-# vascular parameters: network metrics of the flow simulator and segmented IVIM
-from .simulate.flow.metrics import METRIC_DESCRIPTIONS, METRIC_UNITS  # noqa: E402
-
-PARAM_UNITS.update(METRIC_UNITS)
-PARAM_DESCRIPTIONS.update(METRIC_DESCRIPTIONS)
-PARAM_UNITS.update({"fV": "", "D": "um^2/ms", "Dstar": "um^2/ms", "S0": ""})
-PARAM_DESCRIPTIONS.update({"fV": "vascular signal fraction",
-                           "D": "IVIM tissue diffusion coefficient",
-                           "Dstar": "IVIM pseudo-diffusion coefficient of the vascular signal",
-                           "S0": "fitted signal at b = 0, relative to the mean measured b = 0 signal",
-                           "pvascular": "posterior probability of a vascular signal (fV > 0) under the session's "
-                                        "vascular prior; vm, vs and anb are posteriors given one"})
-PARAM_UNITS["pvascular"] = ""
+from .units import PARAM_DESCRIPTIONS, PARAM_UNITS  # noqa: F401  (re-exported: the dictionary's units)
 #: Column order of the published Histo-μSim parameter arrays.
 HISTOUSIM_PARAM_NAMES = ("fin", "mCS", "varCS", "skewCS", "vCS_sph", "vCS_cyl", "D0in", "D0ex", "kappa")
 #: Column order of the published leave-one-out arrays (shared/reference/histo_loo).
@@ -206,13 +183,10 @@ class Dictionary:
                 "ranges": {n: [float(a), float(b)] for n, a, b in zip(self.names, lo, hi)},
                 "protocol": self.protocol.to_rows(), "provenance": self.provenance,
                 "checksum": self.checksum()}
-        tmp = npz.with_name(f".{npz.name}.tmp.npz")
         extra = {} if self.structure is None else {"structure": self.structure}
-        (np.savez_compressed if rank else np.savez)(tmp, params=self.params, **arrays, **extra)
-        os.replace(tmp, npz)
-        tmp = js.with_name(f".{js.name}.tmp")
-        tmp.write_text(json.dumps(meta, indent=1))
-        os.replace(tmp, js)
+        with atomic_path(npz) as tmp:
+            (np.savez_compressed if rank else np.savez)(tmp, params=self.params, **arrays, **extra)
+        write_text(js, json.dumps(meta, indent=1))
         return npz
 
     @classmethod

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_path
 from .dictionary import Dictionary, TimingGrid
 from .errors import EX_NOINPUT, InputError
 
@@ -135,7 +136,6 @@ def finalise_default(dic: Dictionary, out, rank: int | None = None) -> Path:
     """Store a freshly simulated default dictionary compactly with its checksum: float16 signals, compressed, or
     (rank) their first principal components (Dictionary.save; a recipe's storage_rank)."""
     import json
-    import os
 
     if rank:
         npz = dic.save(out, rank=rank)
@@ -144,9 +144,8 @@ def finalise_default(dic: Dictionary, out, rank: int | None = None) -> Path:
     dic.signals = dic.signals.astype(np.float16).astype(np.float32)
     dic.provenance["storage"] = "float16 signals, compressed npz"
     npz = dic.save(out)  # writes the .json with the checksum of the rounded signals
-    tmp = npz.with_name(f".{npz.name}.tmp.npz")
-    np.savez_compressed(tmp, signals=dic.signals.astype(np.float16), params=dic.params)
-    os.replace(tmp, npz)
+    with atomic_path(npz) as tmp:
+        np.savez_compressed(tmp, signals=dic.signals.astype(np.float16), params=dic.params)
     meta = json.loads(npz.with_suffix(".json").read_text())
     assert meta["checksum"] == dic.checksum()
     return npz

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_path
 from .protocol import Protocol
 
 N_DEMO_SUBSTRATES = 32
@@ -100,7 +101,6 @@ def build_tissue_library(protocol: Protocol, out: Path, *, n_walkers: int = DEMO
     """Simulate every (substrate, configuration) of the phantom for the unique diffusion-weighted
     measurements of ``protocol`` and write them (signals [S, C, M], truth [S, C, 5], size_rank [S], the
     measurements) to ``out``."""
-    import os
 
     from .simulate import montecarlo
     from .simulate.scaled import dt_for_step
@@ -127,10 +127,9 @@ def build_tissue_library(protocol: Protocol, out: Path, *, n_walkers: int = DEMO
             "metrics_area": "hull", "generator": "dmrimc_bids.core.simulate.generate.ellipse_lattice",
             "method": "montecarlo.simulate (direct walks, not diffusion-time scaling)"}
     out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp.npz")
-    np.savez_compressed(tmp, signals=signals.astype(np.float32), truth=truth, measurements=meas,
-                        size_rank=np.array([sp["size_rank"] for sp in specs]), meta=json.dumps(meta))
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        np.savez_compressed(tmp, signals=signals.astype(np.float32), truth=truth, measurements=meas,
+                            size_rank=np.array([sp["size_rank"] for sp in specs]), meta=json.dumps(meta))
     return out
 
 

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bids.derivatives import atomic_write_bytes, atomic_write_json, find_maps, read_map, run_signature
+from ..bids.derivatives import find_maps, read_map, run_signature
+from ..core.atomic import write_bytes as atomic_write_bytes
+from ..core.atomic import write_json as atomic_write_json
 from ..core.dictionary import PARAM_DESCRIPTIONS
 from ..core.errors import EX_DATAERR, InputError
 from ..core.roistats import (OUTLIER_MIN_N, OUTLIER_Z, STATISTICS, label_rois, robust_z, roi_statistics, sample_rows,

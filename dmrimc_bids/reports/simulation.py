@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bids.derivatives import atomic_write_bytes
+from ..core.atomic import write_bytes as atomic_write_bytes
 from .figures import pyplot
 
 

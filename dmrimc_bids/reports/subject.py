@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from ..core.protocol import B0_THRESHOLD
-from ..bids.derivatives import atomic_write_bytes, find_maps, model_info, read_map
+from ..bids.derivatives import find_maps, model_info, read_map
+from ..core.atomic import write_bytes as atomic_write_bytes
 from . import figures
 from .citations import methods_markdown, methods_paragraphs, pipeline_methods, references
 

@@ -14,7 +14,6 @@ drawn positions. Units: µm, ms, G in mT/m, b in s/mm².
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -270,15 +269,15 @@ def save_animation(animation, out, *, fps: float = 20.0, progress: bool = True) 
         writer = mpl_anim.PillowWriter(fps=fps)
     anim = mpl_anim.FuncAnimation(animation.fig, animation.draw, frames=animation.n_frames, blit=False,
                                   repeat=False)
-    tmp = out.with_name(f".{out.name}.tmp{out.suffix}")
+    from ..core.atomic import atomic_path
     bar = None
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=animation.n_frames, unit="frame", desc=f"video {out.name}", leave=False)
     try:
-        anim.save(str(tmp), writer=writer, dpi=animation.dpi,
-                  progress_callback=(lambda i, n: bar.update(1)) if bar is not None else None)
-        os.replace(tmp, out)
+        with atomic_path(out) as tmp:
+            anim.save(str(tmp), writer=writer, dpi=animation.dpi,
+                      progress_callback=(lambda i, n: bar.update(1)) if bar is not None else None)
     finally:
         if bar is not None:
             bar.close()

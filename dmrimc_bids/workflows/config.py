@@ -121,7 +121,7 @@ class Config:
 
     def write(self, run_id: str) -> Path:
         """logs/config-<run_id>.json in the output folder (atomic)."""
-        from ..bids.derivatives import atomic_write_json
+        from ..core.atomic import write_json as atomic_write_json
         path = Path(self.out_dir) / "logs" / f"config-{run_id}.json"
         atomic_write_json(path, {"dmrimc_bids_version": __version__, **self.to_dict()})
         return path

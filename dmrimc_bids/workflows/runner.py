@@ -173,7 +173,7 @@ def _record_interruptions(config: Config, items, failed, run_id: str) -> None:
 
     def clean():
         # the workers are stopped and this process exits next: their half-written files go
-        from ..bids.derivatives import remove_stale_temps as remove
+        from ..core.atomic import remove_stale_temps as remove
         remove(config.out_dir, ended_pids=[os.getpid()])
     execution.INTERRUPT["hooks"] += [record, clean]
 
@@ -205,7 +205,7 @@ def _write_dataset_records(config: Config, fragments: list, run_id: str, items=(
 def write_run_options(config: Config) -> None:
     """logs/options/<fingerprint>.json: the options behind a run's fingerprint (the group level names the
     options in which pooled runs differ), written atomically."""
-    from ..bids.derivatives import atomic_write_bytes
+    from ..core.atomic import write_bytes as atomic_write_bytes
     path = Path(config.out_dir) / "logs" / "options" / f"{config.options_fingerprint()}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, json.dumps(config.result_options(), indent=1, sort_keys=True).encode())
@@ -248,7 +248,7 @@ def _report_status(config: Config, items, failed, run_id: str, wrote_status: boo
 
 
 def remove_stale_temps(out_dir) -> None:
-    from ..bids.derivatives import remove_stale_temps as remove
+    from ..core.atomic import remove_stale_temps as remove
     removed = remove(out_dir)
     if removed:
         LOG.info("removed %d temporary file(s) left by an interrupted run in %s", len(removed), out_dir)

@@ -31,7 +31,7 @@ import numpy as np
 
 from ..dictionary import Dictionary
 from . import kernels
-from .likelihood import (expected_signal, information_criteria, log_likelihood,
+from .likelihood import (Z95, expected_signal, information_criteria, log_likelihood,
                          log_likelihood_unknown_sigma, noise_floor, rician_log_likelihood)
 from .model import EXIT_BACKGROUND, EXIT_FAILED, EXIT_OK, Description, Fit, Model, fit_plan, voxel_chunks, voxel_table
 from .surrogate import TPSStack, build_global, build_local, grid_steps
@@ -92,8 +92,8 @@ def laplace_intervals(fit: DictionaryFit, dictionary: Dictionary, free, lo, hi) 
     for j in free:
         name = dictionary.names[j]
         est, sd = fit.params[name], fit.sd[name]
-        fit.ci95lo[name] = np.clip(est - 1.959963984540054 * sd, lo[j], hi[j])
-        fit.ci95hi[name] = np.clip(est + 1.959963984540054 * sd, lo[j], hi[j])
+        fit.ci95lo[name] = np.clip(est - Z95 * sd, lo[j], hi[j])
+        fit.ci95hi[name] = np.clip(est + Z95 * sd, lo[j], hi[j])
         prior = float(dictionary.params[:, j].var())
         fit.contraction[name] = np.clip(1 - sd ** 2 / prior, 0.0, 1.0) if prior > 0 else np.ones_like(sd)
 
@@ -353,16 +353,10 @@ class DictionaryModel(Model):
         return expected_signal(s, np.sqrt(flo2))
 
     def _fit_chunk(self, d, sigma_chunk):
-        from ..cudacompat import cuda_unavailable_errors, warn_cpu_fallback
-
-        try:
+        """One chunk on the model's backend (on_backend: the one CUDA fallback; the CPU kernels are the same)."""
+        def run():
             return self._fit_chunk_on_backend(d, sigma_chunk)
-        except cuda_unavailable_errors() as exc:  # no usable CUDA under 'auto': the CPU kernels are the same
-            if self.backend is kernels or self.requested_device != "auto":
-                raise
-            warn_cpu_fallback("dictionary fit", exc)
-            self.backend, self.device = kernels, "cpu"
-            return self._fit_chunk_on_backend(d, sigma_chunk)
+        return on_backend(self, "dictionary fit", run, run)
 
     def _fit_chunk_on_backend(self, d, sigma_chunk):
         v, m = d.shape

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..protocol import B0_THRESHOLD
+from ..units import IVIM_UNITS
 from .model import EXIT_BACKGROUND, EXIT_FAILED, EXIT_OK, Description, Fit, Model, b_range
 
 #: Default b split between the vascular and tissue regimes [s/mm²].
@@ -287,7 +288,6 @@ class IvimMapFit(Fit):
 
 #: The IVIM maps and their units.
 IVIM_NAMES = ("fV", "D", "Dstar", "S0")
-IVIM_UNITS = {"fV": "", "D": "um^2/ms", "Dstar": "um^2/ms", "S0": ""}
 #: Voxels with a smaller vascular signal fraction get no flow-dictionary fit.
 MIN_FV = 0.005
 _UNCERTAINTY = ("_ci95lo", "_ci95hi", "_contraction")

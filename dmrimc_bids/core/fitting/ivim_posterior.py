@@ -28,6 +28,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
+from .likelihood import Z95
 from numba import njit, prange
 
 #: OSIPI default bounds: D [0, 5] µm²/ms (0-0.005 mm²/s), D* [5, 200] µm²/ms (0.005-0.2 mm²/s).
@@ -37,8 +39,6 @@ DSTAR_BOUNDS = (5.0, 200.0)
 N_D, N_D_FINE, N_DSTAR = 41, 17, 33
 #: The fine windows: the previous posterior mean ± this many SDs, plus one coarse spacing; refinement passes.
 FINE_HALF_WIDTH_SD, N_REFINE = 4.5, 2
-#: z of the two-sided 95 % interval.
-Z95 = 1.959963984540054
 #: Voxels per call of the kernel (bounds the outputs' memory: chunk x (2 N_D_FINE + N_DSTAR) doubles).
 CHUNK = 8192
 #: Summary columns of the kernel: first and second moments of f and S0, mean conditional variance of f.

@@ -40,7 +40,8 @@ from .dictfit import DictionaryFit, _backend, on_backend
 from .likelihood import noise_floor
 from .model import (EXIT_BACKGROUND, EXIT_FAILED, EXIT_OK, Description, Fit, Model, b_range, fit_plan, voxel_chunks,
                     voxel_table)
-from .posterior import Z95, PosteriorModel, contraction, log_scaled, shared_weighted_quantiles
+from .likelihood import Z95
+from .posterior import PosteriorModel, contraction, log_scaled, shared_weighted_quantiles
 
 #: Tissue entries per voxel that enter the vascular posterior (step 2).
 N_TISSUE_CANDIDATES = 16

@@ -28,6 +28,9 @@ import numpy as np
 SQRT_HALF_PI = np.sqrt(np.pi / 2)
 
 
+#: z of the two-sided 95 % interval (every model's intervals).
+Z95 = 1.959963984540054
+
 #: The likelihoods by name, one meaning each in every model: 'offset-gaussian' (Gaussian about the signal
 #: lifted by the magnitude data's noise floor: the published tool's, the posterior's default), 'gaussian'
 #: (Gaussian, no floor: differences of magnitudes, the vascular signal), 'rician' (exact for single volumes).

@@ -62,7 +62,7 @@ import numpy as np
 from ..dictionary import Dictionary
 from . import kernels
 from .dictfit import DictionaryFit, _backend, assemble_fit, estimate_placement, on_backend
-from .likelihood import add_noise, noise_floor
+from .likelihood import Z95, add_noise, noise_floor
 from .model import EXIT_BACKGROUND, EXIT_FAILED, EXIT_OK, Description, Model, fit_plan, voxel_chunks, voxel_table, b_range
 
 #: Largest voxel x entry matrix of one posterior batch [elements] (~100 MB of float64 each).
@@ -85,8 +85,6 @@ PRIOR_BINS, PRIOR_WEIGHT_CLIP = 7, 20.0
 PRIOR_DISCRETE_MAX = 12
 #: Priors: flat over the design box ('design') or over the dictionary's entries ('entries').
 PRIORS = ("design", "entries")
-#: z of the two-sided 95 % interval.
-Z95 = 1.959963984540054
 #: Point estimates: the posterior median or mean.
 POINT_ESTIMATES = ("median", "mean")
 #: The posterior's likelihoods (likelihood.LIKELIHOODS): offset-Gaussian (noise floor of magnitude data) or

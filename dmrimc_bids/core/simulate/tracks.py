@@ -7,7 +7,6 @@ arrays in a job's output file.
 
 from __future__ import annotations
 
-import os
 from dataclasses import fields
 from pathlib import Path
 
@@ -45,13 +44,10 @@ def from_arrays(arrays):
 
 def save_track(track, path) -> Path:
     """Write a track to path (.npz) atomically."""
+    from ..atomic import atomic_path
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
-    try:
+    with atomic_path(path) as tmp:
         np.savez(tmp, **to_arrays(track))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -24,19 +24,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ...units import METRIC_DESCRIPTIONS, METRIC_UNITS  # noqa: F401  (the one unit table; re-exported)
 from .resolve import FlowSolution
-
-METRIC_UNITS = {"vm": "mm/s", "vs": "mm/s", "qm": "mm^3/s", "qs": "mm^3/s", "rm": "um", "lm": "um",
-                "npaths": "", "lmp": "um", "vw": "mm/s", "qw": "mm^3/s", "rw": "um", "anb": "", "anb_published": "",
-                "qin": "mm^3/s"}
-METRIC_DESCRIPTIONS = {
-    "vm": "mean blood velocity over the network's segments", "vs": "SD of segment blood velocity",
-    "qm": "mean segment flow", "qs": "SD of segment flow", "rm": "mean capillary radius",
-    "lm": "mean segment length", "npaths": "number of inlet-outlet paths", "lmp": "mean inlet-outlet path length",
-    "vw": "path-length-weighted mean velocity", "qw": "path-length-weighted mean flow",
-    "rw": "path-length-weighted mean radius", "anb": "apparent network branching: segments a spin enters in 100 ms",
-    "anb_published": "ANB by the published rule (changes of a time-stepped step vector; overstates anb 2-8x)",
-    "qin": "input flow"}
 
 
 def path_counts(sol: FlowSolution) -> tuple[float, np.ndarray]:
