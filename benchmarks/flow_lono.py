@@ -11,7 +11,7 @@ with the app's vascular estimator (posterior mean over the dictionary entries, c
 --estimator fit: grid search + Levenberg-Marquardt on a global thin-plate-spline surrogate, offset-Gaussian
 noise model), σ known. Spearman ρ of estimated vs true, pooled over the ten folds, is
 printed beside the paper's figures. ANB here is ours (mean segments entered per spin in 100 ms); the
-paper's ANB counts time-step artefacts (research/spinflowsim.md §2.10), so its ρ is for a different
+paper's ANB counts time-step artefacts (the SpinFlowSim paper and code, citations: spinflowsim), so its ρ is for a different
 quantity. The last line is one JSON object.
 
     python benchmarks/flow_lono.py --data ../shared/reference/spinflowsim [--spins 3000] [--repeats 2]
@@ -138,7 +138,7 @@ def main(argv=None) -> int:
             f"the ten leave-one-network-out folds ({len(truth)} realisations x {args.repeats} noise draws, SNR "
             f"{args.snr:g} at b=0); simulation {t_sim:.0f} s, fitting {t_fit:.0f} s.", "", *rows, "",
             "Our ANB is the physical one (segments entered per spin in 100 ms); the paper's counts time-step "
-            "artefacts (research/spinflowsim.md §2.10)."]))
+            "artefacts (the SpinFlowSim paper and code, citations: spinflowsim)."]))
     print(json.dumps(summary))
     return 0
 

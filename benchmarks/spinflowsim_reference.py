@@ -7,10 +7,10 @@ map of reference_arrays/row_to_realisation.csv; Net4's arrays belong to another 
 skipped): vm, vs vs the published values, and the mean |ΔS| over the diffusion-weighted measurements of
 the TRSE, subsetPGSE and richPGSE arrays (x direction, as published), beside our own Monte Carlo noise
 floor (two seeds). The published PGSE arrays were simulated on damaged network objects and cannot be
-reproduced (research/spinflowsim.md §3.4): reported, not tuned to. Timing: resolve + signals per
+reproduced (the SpinFlowSim paper and code, citations: spinflowsim): reported, not tuned to. Timing: resolve + signals per
 realisation for the richPGSE protocol (99 measurements, 9 waveforms) and for TRSE, 5000 spins, median
 over realisations, after a warm-up; the published implementation needs about 2 min and a 1.2 GB
-trajectory array per realisation (pure-Python loops over spins and steps; research/spinflowsim.md §4).
+trajectory array per realisation (pure-Python loops over spins and steps; the SpinFlowSim paper and code, citations: spinflowsim).
 The last line printed is one JSON object.
 
     python benchmarks/spinflowsim_reference.py --data ../shared/reference/spinflowsim [--rows-step 5]

@@ -3,7 +3,7 @@ import pytest
 
 from dmrimc_bids.core.analytic import restricted_signal, two_compartment_signal
 
-# GPA reference values (van Gelderen et al. 1994 formula), shared/research/mc_sim.md §5.2; b in s/mm².
+# GPA reference values (van Gelderen et al. 1994 formula); b in s/mm².
 REFERENCE = [
     ("cylinder", 5, 2, 10, 20, 500, 0.91553), ("cylinder", 5, 2, 10, 20, 1000, 0.83820),
     ("cylinder", 5, 2, 10, 20, 2000, 0.70257), ("cylinder", 5, 2, 10, 20, 3000, 0.58890),

@@ -19,7 +19,7 @@ needs_sfs = pytest.mark.skipif(not SFS.is_dir(), reason="SpinFlowSim reference n
 
 
 def test_blinder_viscosity_and_resistance():
-    # values of μ_rel tabulated in research/spinflowsim.md §2.1
+    # values of μ_rel tabulated in the SpinFlowSim paper and code, citations: spinflowsim
     np.testing.assert_allclose(relative_viscosity([1, 2, 2.5, 3, 5, 10, 100]),
                                [7.15, 1.37, 1.19, 1.22, 1.57, 2.29, 4.00], atol=6e-3)
     # Poiseuille limit: R = 8 μ L / (π r⁴) · μ_rel
@@ -200,7 +200,7 @@ def test_reference_trse_signals_within_monte_carlo_error():
         c = simulate_flow(sol, b, waves, n_spins=5000, seed=2, directions=[[1, 0, 0]]).signals
         diff.append(np.mean(np.abs(a - ref)[dw]))
         noise.append(np.mean(np.abs(a - c)[dw]))
-    # the reference used ~3000 spins (research/spinflowsim.md §3.4): allow its MC error on top of ours
+    # the reference used ~3000 spins (the SpinFlowSim paper and code, citations: spinflowsim): allow its MC error on top of ours
     assert len(diff) >= 30
     assert np.median(diff) <= 1.5 * np.median(noise) + 2e-3, (np.median(diff), np.median(noise))
     assert np.median(diff) < 0.013
@@ -215,7 +215,7 @@ def test_published_anb_rule_reproduces_the_published_arrays():
         legacy = anb_published(sol, seed=3)
         true = simulate_flow(sol, [0], [None], n_spins=5000).anb
         # our emulation: +1..+14 % (median +6 %) over 20 rows; the published rule overstates the segments
-        # spins enter by 2.3-8.3x (research/spinflowsim.md §2.10)
+        # spins enter by 2.3-8.3x (the SpinFlowSim paper and code, citations: spinflowsim)
         assert 0.95 * ref < legacy < 1.2 * ref, (ref, legacy)
         assert legacy > 2 * true
 

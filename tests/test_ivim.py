@@ -56,7 +56,7 @@ def test_osipi_generic_recovered_to_the_noise_free_limit():
     np.testing.assert_allclose(fit.fV, limit.fV, atol=6e-3)
     np.testing.assert_allclose(fit.D, limit.D, rtol=0.02)
     np.testing.assert_allclose(fit.Dstar, limit.Dstar, rtol=0.1, atol=0.5)
-    # ... and the limit is the truth where D* is large (research/ivim.md §1.5)
+    # ... and the limit is the truth where D* is large (the OSIPI IVIM code collection, TF2.4)
     fast = np.array([data[k]["Dp"] >= 0.026 for k in tissues])
     np.testing.assert_allclose(limit.fV[fast], [data[k]["f"] for k, m in zip(tissues, fast) if m], atol=0.005)
 

@@ -89,8 +89,8 @@ def test_free_diffusion_any_waveform_gives_exp_minus_bd():
 @pytest.mark.slow
 def test_impermeable_cylinders_match_the_gaussian_phase_approximation():
     """Discs R = 3, 5, 8 µm (κ = 0), D = 1 µm²/ms, (δ, Δ) = (10, 20), (20, 40) ms vs the GPA
-    (van Gelderen 1994): tolerance 4 SE + 0.006, the GPA's own error at these timings (research/
-    mc_sim.md §5.2: 0.0014 at δ = 30, up to 0.011 at δ = 1 ms)."""
+    (van Gelderen 1994): tolerance 4 SE + 0.006, the GPA's own error at these timings
+    (0.0014 at δ = 30, up to 0.011 at δ = 1 ms)."""
     radii, n_ang, n = (3.0, 5.0, 8.0), 512, 12000
     centres = [(10.0, 10.0), (30.0, 10.0), (50.0, 10.0)]
     cells = [regular_polygon(cx, cy, area_matched(r, n_ang), n_ang) for (cx, cy), r in zip(centres, radii)]
@@ -232,7 +232,7 @@ def test_exchange_between_layers_follows_the_karger_model():
 
 def test_crossing_probability_matches_the_histo_usim_table():
     """Raw p = (2/3)κℓ/D at κ = 40 µm/s, dt = 110/2370 ms: 0.0157 (D 0.8) and 0.0081 (D 3.0)
-    (research/mc_sim.md §1.2), before the finite-step normalisation 1 + (p_ie + p_ei)/2."""
+    (the Histo-μSim paper and code, citations: histousim), before the finite-step normalisation 1 + (p_ie + p_ei)/2."""
     dt = 110 / 2370
     p_ie, p_ei = crossing_probabilities(0.8, 3.0, 40.0, dt)
     norm = 1 + (0.0157 + 0.0081) / 2

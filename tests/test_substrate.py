@@ -108,7 +108,7 @@ def test_metrics_of_known_cell_populations():
 
 def test_mouse_example_loads_and_matches_the_published_metrics():
     """The real traced substrate: 121.8 x 75.6 µm; with convex-hull areas as the published scripts,
-    mCS 7.19 µm, varCS 2.78 µm², vCS_sph 8.67 µm, vCS_cyl 8.38 µm (research/mc_sim.md §1.5)."""
+    mCS 7.19 µm, varCS 2.78 µm², vCS_sph 8.67 µm, vCS_cyl 8.38 µm (the Histo-μSim paper and code, citations: histousim)."""
     if not MOUSE_SVG.is_file():
         pytest.skip(f"reference substrate not found at {MOUSE_SVG} (shared/ is not part of the package)")
     sub = read_svg(MOUSE_SVG, width_um=121.802)

@@ -32,7 +32,8 @@ def test_sampled_pgse_has_the_pgse_b():
 
 
 def test_trse_published_timings_refocus_and_give_the_published_amplitudes():
-    """SpinFlowSim TRSE protocols: G for b = 100 s/mm² is 10.21, 7.50, 5.50 mT/m (research/spinflowsim.md)."""
+    """SpinFlowSim TRSE protocols: G for b = 100 s/mm² is 10.21, 7.50, 5.50 mT/m (the SpinFlowSim
+    paper, citations: spinflowsim)."""
     timings = [(8.9, 17.6, 20.4, 6.0, 17.4, 63.9), (13.2, 19.3, 24.8, 7.7, 21.7, 74.2),
                (18.9, 21.0, 30.5, 9.5, 27.5, 87.5)]
     for tm, g_pub in zip(timings, (10.21, 7.50, 5.50)):

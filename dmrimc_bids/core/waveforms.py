@@ -106,7 +106,7 @@ def trse(delta1: float, delta2: float, delta3: float, delta4: float, onset2: flo
     """Twice-refocused spin echo (effective gradient, the 180° pulses folded into the signs).
 
     +1 on [0, δ1), +1 on [Δ12, Δ12+δ2), -1 on [Δ12+δ2, Δ12+δ2+δ3), -1 on [Δ14, Δ14+δ4), as inferred
-    from the SpinFlowSim paper's TRSE timings (research/spinflowsim.md §2.9); onset2 = Δ12 and
+    from the SpinFlowSim paper's TRSE timings (the SpinFlowSim paper and code, citations: spinflowsim); onset2 = Δ12 and
     onset4 = Δ14 are the onsets of lobes 2 and 4 [ms]. Refocused when δ1+δ2 = δ3+δ4.
     """
     d1, d2, d3, d4, o2, o4 = map(float, (delta1, delta2, delta3, delta4, onset2, onset4))

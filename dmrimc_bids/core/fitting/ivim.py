@@ -13,7 +13,7 @@ data, never b0. The segmented estimator (the common OSIPI "segmented" pattern, s
 4. fV = F / (F + A), i.e. the vascular share of the fitted signal at b = 0 (using every low b, not only
    the b = 0 volumes, for the amplitude); S0 = F + A.
 Noise-free, the estimator is biased when D* is small enough that the vascular signal has not decayed by
-b_split (e.g. D* = 10 µm²/ms); tests compare with its own noise-free limit (research/ivim.md §1.5).
+b_split (e.g. D* = 10 µm²/ms); tests compare with its own noise-free limit (the OSIPI IVIM code collection, TF2.4).
 Units: b in s/mm², D and D* in µm²/ms (= 1e-3 mm²/s); fV dimensionless.
 """
 

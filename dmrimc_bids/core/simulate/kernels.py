@@ -6,7 +6,7 @@ device function by cuda.py, so the CPU and GPU walks have the same physics by co
 Physics (units µm, ms, µm²/ms):
 - steps of fixed 3D length ℓ = sqrt(6·D·dt) in a uniformly random direction, of which only the
   in-plane part moves the walker (walls are vertical: a prism substrate reduces exactly to this 2D
-  walk; research/mc_sim.md §4);
+  walk; the Histo-μSim paper and code, citations: histousim);
 - elastic (specular) reflection at membranes; a hit crosses instead with probability
   P = p_ij/(1 + (p_ij + p_ji)/2), p_ij = (2/3)·κ·ℓ_i/D_i (flux continuity J = κ·Δρ for fixed-length
   3D steps, Fieremans & Lee 2018; finite-step normalisation of Lee et al. 2021, as in MC/DC);

@@ -29,7 +29,7 @@ from ..waveforms import B_TO_MS_PER_UM2, protocol_waveforms, unique_waveforms
 from . import kernels
 from .substrate import Substrate
 
-#: Histo-μSim's time step: 110 ms in 2,370 steps [ms] (research/mc_sim.md §1.2).
+#: Histo-μSim's time step: 110 ms in 2,370 steps [ms] (the Histo-μSim paper and code, citations: histousim).
 DEFAULT_DT_MS = 110.0 / 2370.0
 #: Walkers per configuration of the published Histo-μSim (the --preset histousim and a simulate() call default).
 HISTOUSIM_WALKERS = 20000

@@ -72,7 +72,7 @@ class Substrate:
         return h.hexdigest()
 
     def metrics(self, area: str = "polygon") -> dict:
-        """Tissue metrics of the Histo-μSim paper (Grigoriou et al.; research/mc_sim.md §1.5).
+        """Tissue metrics of the Histo-μSim paper (Grigoriou et al.; citations: histousim).
 
         A_k: area of cell k [µm²], the polygon's (``area='polygon'``) or its convex hull's
         (``area='hull'``, as the published geometry scripts did, make_cell_vol_array.py).
@@ -82,7 +82,7 @@ class Substrate:
         - vCS_sph = (<CS^7>/<CS^3>)^(1/4) [µm]: volume-weighted size of a population of spheres
           (volume weight CS³ x long-pulse restriction weight CS⁴);
           vCS_cyl = (<CS^6>/<CS^2>)^(1/4) [µm]: the same for cylinders (area weight CS²); both
-          reproduce the 18 published substrates' tabulated values (research/mc_sim.md §1.5);
+          reproduce the 18 published substrates' tabulated values (the Histo-μSim paper and code, citations: histousim);
         - fin = ΣA_k / (ΣA_k + A_ex) with A_ex = tile area - Σ polygon areas (the published scripts
           measured A_ex by thresholding the traced image); with polygon areas fin is the area fraction;
         - cellularity = number of cells per mm² of tile.

@@ -5,14 +5,14 @@ Over the segments that carry flow ("live"; dead ends excluded, as published):
 - qm, qs  [mm³/s]  mean and population SD of |q|;
 - rm, lm  [µm]     mean radius and mean length;
 - npaths  [-]      number of directed inlet -> outlet paths (dynamic programming on the flow DAG;
-                   equals the published enumeration, research/spinflowsim.md §2.4);
+                   equals the published enumeration, the SpinFlowSim paper and code, citations: spinflowsim);
 - lmp     [µm]     mean path length over all inlet -> outlet paths, Σ_e n_e L_e / npaths, n_e the number
                    of paths through segment e (paths from the inlet to its upstream node x paths from its
                    downstream node to the outlet);
 - vw [mm/s], qw [mm³/s], rw [µm]: path-and-length weighted means Σ_e n_e X_e L_e / Σ_e n_e L_e, i.e. the
                    mean of X along all paths per unit path length (the published arrays index nodes by
-                   their position in the path and differ by a median 20-80 %: research/spinflowsim.md
-                   §2.10; these are the intended quantities);
+                   their position in the path and differ by a median 20-80 %: the SpinFlowSim code, citations:
+                   spinflowsim; these are the intended quantities);
 - anb     [-]      apparent network branching: mean number of segments a spin enters in 100 ms, from
                    the event-driven simulation (`spins.simulate_flow`). The published value counts
                    changes of a time-stepped step vector with exact float comparison; `spins.anb_published`

@@ -1,6 +1,6 @@
 """Spins flowing through a resolved network, with the dMRI phase integrated exactly, event by event.
 
-Model (SpinFlowSim's; research/spinflowsim.md §2.5-2.9), without its time discretisation:
+Model (SpinFlowSim's; the SpinFlowSim paper and code, citations: spinflowsim), without its time discretisation:
 - spins are seeded in proportion to segment volume π r² L over the segments that carry flow
   (largest-remainder rounding), at a uniformly random point of the segment axis;
 - a spin moves along the axis at the segment's mean velocity q/(π r²) (plug flow);
@@ -382,7 +382,7 @@ def _legacy_counts(seed, spin_seg, spin_frac, start_mm, end_mm, speed_mm_s, down
 
 def anb_published(sol: FlowSolution, n_spins: int = 5000, seed: int = 0, dt_ms: float = 0.01,
                   n_samples: int = 10002) -> float:
-    """ANB as SpinFlowSim computes it (calcMicroPar; research/spinflowsim.md §2.10), emulated.
+    """ANB as SpinFlowSim computes it (calcMicroPar; the SpinFlowSim paper and code, citations: spinflowsim), emulated.
 
     Trajectories are time-stepped (dt 10 µs, 10002 samples = 100.01 ms) in mm: inside a segment the
     samples are built by repeated floating-point addition of v·dt·ê, the segment's last sample is the
