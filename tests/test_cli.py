@@ -69,6 +69,17 @@ def _demo_estimates(out, demo_dir):
     return ({p: np.concatenate(v) for p, v in est.items()}, {p: np.concatenate(v) for p, v in truth.items()})
 
 
+def test_the_written_config_is_the_config_the_run_used(demo_run):
+    """logs/config-<run>.json is written after every option is settled (main wrote it before the run chose its
+    dictionary cache, so it recorded none): its cache folder is the one the run filled."""
+    import json
+    code, out, work = demo_run
+    written = [json.loads(p.read_text()) for p in sorted((out / "logs").glob("config-*.json"))]
+    assert code == 0 and len(written) == 1
+    cache = Path(written[0]["sim_cache_dir"])
+    assert cache == Path(work).resolve() / "dictionary_cache" and any(cache.rglob("*.npz"))
+
+
 def test_demo_end_to_end_recovers_ground_truth(demo_run, demo_dir):
     code, out, _ = demo_run
     assert code == 0

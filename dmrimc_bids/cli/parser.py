@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..core.fitting.registry import model_kind
 from ..core.simulate.flow.dictionary import DEFAULT_SPINS
 
 import argparse
@@ -239,7 +240,7 @@ def check_arguments(args) -> None:
                                ("--surrogate-neighbours", args.surrogate_neighbours, 2)):
         if value < least:
             raise InputError(f"{flag} {value}", exit_code=EX_USAGE, fix=f"give {flag} >= {least}")
-    if args.estimator not in ("ml", "fit"):
+    if model_kind(args.estimator) != "ml":
         defaults = build_parser()
         given = ["--" + d.replace("_", "-") for d in FIT_ONLY_OPTIONS if getattr(args, d) != defaults.get_default(d)]
         if given:

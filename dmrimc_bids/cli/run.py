@@ -4,9 +4,7 @@ workflows/runner.py and workflows/group.py)."""
 from __future__ import annotations
 
 import logging
-import os
 import sys
-import time
 
 from . import quiet_environment
 from ..core.errors import InputError
@@ -50,8 +48,8 @@ def run(config) -> int:
     if config.analysis_level == "group":
         from ..workflows.group import run_group
         return run_group(config, run_with)
-    from ..workflows.runner import run_participants
-    return run_participants(config, run_with, time.strftime("%Y%m%d-%H%M%S") + f"_{os.getpid()}")
+    from ..workflows.runner import new_run_id, run_participants
+    return run_participants(config, run_with, new_run_id())
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .. import __version__
+from ..core.fitting.registry import model_kind
 from ..core import preprocess
 from ..core.errors import EX_NOINPUT, InputError
 from ..core.protocol import B0_THRESHOLD
@@ -155,7 +156,7 @@ class Config:
     def joint_conflicts(self) -> list[str]:
         """The fixes for options the joint fit cannot take ([] when it can run)."""
         return [fix for bad, fix in (
-            (self.estimator in ("ml", "fit"), "drop --estimator ml (the joint fit is a posterior)"),
+            (model_kind(self.estimator) == "ml", "drop --estimator ml (the joint fit is a posterior)"),
             (self.dictionary_source == "simulate", "drop --dictionary-source simulate"),
             (self.vascular == "off", "drop --vascular off (the joint fit has the vascular compartment)")) if bad]
 
@@ -171,7 +172,7 @@ class Config:
     def tissue_model_options(self) -> dict:
         """Options of the tissue estimator (interfaces.fitting.MODEL_OPTIONS)."""
         bounds = {k: list(v) for k, v in self.bounds.items()}
-        if self.estimator.startswith("posterior"):
+        if model_kind(self.estimator) == "posterior":
             return {"bounds": bounds, "chunk_size": self.chunk_size, "n_averages": self.n_averages, "device": self.device,
                     "prior": self.prior, "point_prior": dict(self.point_prior)}
         return {"n_averages": self.n_averages, "regularisation": (int(self.reg_norm), float(self.reg_weight)),
@@ -181,7 +182,7 @@ class Config:
 
     def flow_model_options(self) -> dict:
         """Options of the flow estimator (the published fit uses the global surrogate)."""
-        if self.flow_estimator.startswith("posterior"):   # S_V is a difference of magnitudes: no noise floor
+        if model_kind(self.flow_estimator) == "posterior":   # S_V is a difference of magnitudes: no noise floor
             return {"chunk_size": self.chunk_size, "noise": "gaussian", "device": self.device}
         return {"n_averages": self.n_averages, "smoothing": self.smoothing, "chunk_size": self.chunk_size,
                 "surrogate": "global", "noise": self.noise_model, "device": self.device}

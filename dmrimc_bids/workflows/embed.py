@@ -64,13 +64,12 @@ def session_outputs(dwi_file, bval_file, bvec_file, json_file, mask_file, sigma_
     """What run_session does, importable: preflight, the participant graph (Linear, in this node's folder),
     dataset_description.json; InputError on bad input."""
     import os
-    import time
     from pathlib import Path
 
     from ..bids.derivatives import write_dataset_description
     from ..bids.layout import SessionInputs
     from .participant import init_participant_wf, preflight
-    from .runner import describe_failed_voxels, failed_voxels
+    from .runner import default_cache_dir, describe_failed_voxels, failed_voxels, new_run_id
 
     item = SessionInputs(subject=subject, session=session or None, dwi_files=[str(dwi_file)],
                          bval_files=[str(bval_file)], bvec_files=[str(bvec_file)], sidecar_files=[str(json_file)],
@@ -81,8 +80,8 @@ def session_outputs(dwi_file, bval_file, bvec_file, json_file, mask_file, sigma_
     preflight(item, config)
     work = Path(os.getcwd()) / "work"
     if not config.sim_cache_dir:   # simulated dictionaries are cached beside the graph, as the app does
-        config.sim_cache_dir = str(work / "dictionary_cache")
-    run_id = time.strftime("%Y%m%d-%H%M%S") + f"_{os.getpid()}"
+        config.sim_cache_dir = default_cache_dir(work)
+    run_id = new_run_id()
     write_dataset_description(config.out_dir, "", config.seed, "init_dmrimc_wf",
                               run={"id": run_id, "options": config.options_fingerprint(), "subjects": [item.label]})
     wf = init_participant_wf([item], config, work)

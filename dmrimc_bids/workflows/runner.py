@@ -20,6 +20,25 @@ from .config import Config
 LOG = logging.getLogger("dmrimc-bids")
 
 
+def new_run_id() -> str:
+    """<date>-<time>_<pid>: the id of a run (its logs, its config, where it retires earlier maps)."""
+    return time.strftime("%Y%m%d-%H%M%S") + f"_{os.getpid()}"
+
+
+def default_cache_dir(work) -> str:
+    """Where simulated dictionaries are cached when --sim-cache-dir is not given: beside the graph."""
+    return str(Path(work) / "dictionary_cache")
+
+
+def work_folder(config: Config) -> tuple[Path, Path | None]:
+    """(the run's work folder, the temporary one made for it when -w was not given: None otherwise); the
+    temporary one is removed after a successful run (and at exit after an interrupted one)."""
+    tmp_work = None if config.work_dir else Path(tempfile.mkdtemp(prefix="dmrimc_work_"))
+    if tmp_work is not None:
+        execution.TEMPORARY_DIRS.append(tmp_work)
+    return Path(config.work_dir or tmp_work).resolve(), tmp_work
+
+
 def run_participants(config: Config, run_with: execution.Execution, run_id: str) -> int:
     """The participant level: exit code 0 when every requested subject/session finished."""
     _check_device(config)
@@ -45,10 +64,13 @@ def run_participants(config: Config, run_with: execution.Execution, run_id: str)
         return _report_status(config, items, failed, run_id, wrote_status=False)
     remove_stale_temps(config.out_dir)
     _retire(config, ok, run_id)
-    config.write(run_id)
+    work, tmp_work = work_folder(config)
+    if not config.sim_cache_dir:
+        config.sim_cache_dir = default_cache_dir(work)
+    config.write(run_id)   # after the last option is settled: the config written is the config used
     _write_dataset_records(config, [], run_id, ok)   # first: an interrupted run leaves a valid derivatives folder
     _record_interruptions(config, items, failed, run_id)
-    result = execute(ok, config, run_with, warnings, run_id)
+    result = execute(ok, config, run_with, warnings, run_id, work=(work, tmp_work))
     execution.INTERRUPT["hooks"].clear()
     if result is None:
         _write_dataset_records(config, [], run_id, ok)
@@ -254,20 +276,19 @@ def remove_stale_temps(out_dir) -> None:
         LOG.info("removed %d temporary file(s) left by an interrupted run in %s", len(removed), out_dir)
 
 
-def execute(items, config: Config, run_with: execution.Execution, warnings=None, run_id: str = "run") -> dict | None:
+def execute(items, config: Config, run_with: execution.Execution, warnings=None, run_id: str = "run",
+            work: tuple | None = None) -> dict | None:
     """Run the graph: {"failed": [(item, exit code, stage, message)], "fragments": the finished sessions'
-    report fragments}, or None when a graph plugin only submitted it."""
+    report fragments}, or None when a graph plugin only submitted it. work: (folder, temporary folder or None)
+    of work_folder(); config.sim_cache_dir must be settled (run_participants does both)."""
     from . import nipype_logging
     from .participant import init_participant_wf
 
-    tmp_work = None if config.work_dir else Path(tempfile.mkdtemp(prefix="dmrimc_work_"))
-    if tmp_work is not None:
-        execution.TEMPORARY_DIRS.append(tmp_work)
-    work = Path(config.work_dir or tmp_work).resolve()
+    work, tmp_work = work if work is not None else work_folder(config)
+    if not config.sim_cache_dir:
+        raise ValueError("config.sim_cache_dir must be set before the run (default_cache_dir)")
     execution.configure(run_with, work)
     nipype_logging.route(config.verbose, Path(config.out_dir) / "logs" / f"{run_id}_nipype.log")
-    if not config.sim_cache_dir:
-        config.sim_cache_dir = str(work / "dictionary_cache")
     wf = init_participant_wf(items, config, work, warnings=warnings)
     crash_dir = work / "crash"
     before = set(crash_dir.glob("crash-*.txt")) if crash_dir.is_dir() else set()
