@@ -372,7 +372,8 @@ def test_flow_simulation_shows_progress(tmp_path):
                                 "--out", "f.npz", "--spins", "200"], cwd=tmp_path, capture_output=True, text=True,
                          timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert re.search(r"2/2 \[.*network/s\]", res.stderr), res.stderr[-1000:]
+    # tqdm writes the rate as network/s, or s/network when one network takes over a second
+    assert re.search(r"2/2 \[.*(network/s|s/network)\]", res.stderr), res.stderr[-1000:]
 
 
 def test_messages_point_to_docs_that_ship():
