@@ -48,7 +48,7 @@ def held_out(snr: float):
 
 def scores(dic, data) -> dict:
     from dmrimc_bids.core.fitting.posterior import PosteriorModel
-    from dmrimc_bids.workflows.config import DEFAULT_POINT_PRIOR
+    from dmrimc_bids.options import DEFAULT_POINT_PRIOR
 
     y, t, s, prot = data
     fit = PosteriorModel(dic.select(None).match(prot), point_prior=DEFAULT_POINT_PRIOR).fit(y, sigma=s)

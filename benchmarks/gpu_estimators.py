@@ -77,7 +77,7 @@ def run(n: int, repeats: int, devices=("gpu", "cpu")) -> dict:
     of this script on a machine without a GPU)."""
     from dmrimc_bids.core.fitting.joint import FV_MAX, JointModel
     from dmrimc_bids.core.fitting.posterior import PosteriorModel
-    from dmrimc_bids.workflows.config import DEFAULT_POINT_PRIOR
+    from dmrimc_bids.options import DEFAULT_POINT_PRIOR
 
     prot, tissue, flow, y, sigma = voxels(n)
     cols = np.flatnonzero(prot.b >= 250)

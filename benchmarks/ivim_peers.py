@@ -11,7 +11,7 @@ Two data sets, every estimator on the same voxels in one run:
 
 The app path: the voxels go through the app's own preprocessing (core.preprocess.spherical_mean and
 normalise_b0 with the app's default b0 threshold) and the IVIM model the fitting node builds from the
-app's default Config (registry.build_model('ivim', **Config.ivim_model_options())). Peers: dipy 1.12
+app's default Config (registry.build_model('ivim', **Config.model_options("ivim"))). Peers: dipy 1.12
 IvimModel(fit_method='trr', gradient table with b0_threshold=0 so that b = 10-50 are not b0), and, where
 osipi-ivim installs, IAR_LU_segmented_2step, OJ_GU_seg and TF_reference_IVIMfit through OsipiBase with
 their defaults (the wheel's modules import `src.*`: a small import shim maps `src` to site-packages).
@@ -66,11 +66,11 @@ def app_ivim(signals, b, estimator: str | None = None, repeats: int = 3, small_d
     from dmrimc_bids.core.protocol import Protocol
     from dmrimc_bids.workflows.config import Config
 
-    cfg = Config(out_dir="unused") if estimator is None else Config(out_dir="unused", ivim_estimator=estimator)
+    cfg = Config.from_dict(out_dir="unused") if estimator is None else Config.from_dict(out_dir="unused", ivim_estimator=estimator)
     prot = Protocol(np.asarray(b, float), small_delta, big_delta, echo_time)
-    sph, shells, _ = spherical_mean(signals, prot, cfg.b0_threshold, cfg.shell_tolerance)
-    norm, _, _ = normalise_b0(sph, shells, cfg.b0_threshold, pool_series=cfg.b0_pool_series)
-    model = build_model("ivim", protocol=shells, **cfg.ivim_model_options())
+    sph, shells, _ = spherical_mean(signals, prot, cfg.preprocessing.b0_threshold, cfg.preprocessing.shell_tolerance)
+    norm, _, _ = normalise_b0(sph, shells, cfg.preprocessing.b0_threshold, pool_series=not cfg.preprocessing.b0_per_series)
+    model = build_model("ivim", protocol=shells, **cfg.model_options("ivim"))
     model.fit(norm[:64])  # compile
     times = []
     for _ in range(repeats):

@@ -130,7 +130,7 @@ def calibration(data: Path, subs, snr: float) -> dict:
     from dmrimc_bids.core.fitting.dictfit import DictionaryModel
     from dmrimc_bids.core.fitting.posterior import PosteriorModel
     from dmrimc_bids.core.protocol import Protocol
-    from dmrimc_bids.workflows.config import DEFAULT_POINT_PRIOR
+    from dmrimc_bids.options import DEFAULT_POINT_PRIOR
 
     proto = Protocol(B, SD, BD)
     rng = np.random.default_rng(20261126)
@@ -150,7 +150,7 @@ def calibration(data: Path, subs, snr: float) -> dict:
             if est == "ml":
                 model = DictionaryModel(dic, surrogate="local")
                 model.surrogate
-            else:   # the app's default estimate (point priors of workflows/config.py)
+            else:   # the app's default estimate (point priors of dmrimc_bids/options.py)
                 model = PosteriorModel(dic, point_prior=DEFAULT_POINT_PRIOR)
                 model.model_error(float(np.median(sigma)))
             t1 = time.perf_counter()

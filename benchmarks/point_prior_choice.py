@@ -13,7 +13,7 @@ guess's, averaged over the SNRs (50: the shared noisy signals; 20: Rician noise,
 lowers Spearman's ρ by more than RHO_TOLERANCE at either SNR. The rule is cross-validated by substrate:
 for each substrate, the choice made on the other eleven is scored on it; the pooled cross-validated
 median error is reported beside each fixed choice and the constant guess, with how many of the twelve
-folds agree with the choice made on all twelve (the one shipped as workflows/config.DEFAULT_POINT_PRIOR).
+folds agree with the choice made on all twelve (the one shipped as dmrimc_bids/options.DEFAULT_POINT_PRIOR).
 
     python benchmarks/point_prior_choice.py [--snrs 50 20] [--work DIR [--reuse]] [--record]
 
@@ -121,7 +121,7 @@ def _record(res: dict, args) -> None:
             cells.append(f"{f['constant']['medae']:.4g}")
         lines.append(f"| {name} | {row['choice']} | {row['folds_agreeing']}/{len(res['substrates'])} | "
                      + " | ".join(cells) + " |")
-    lines += ["", "Shipped as `workflows/config.DEFAULT_POINT_PRIOR`: "
+    lines += ["", "Shipped as `dmrimc_bids/options.DEFAULT_POINT_PRIOR`: "
               + ", ".join(f"{k}={v}" for k, v in res["choice"].items()) + "."]
     record("point-prior-choice", "\n".join(lines))
 

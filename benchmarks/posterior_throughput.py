@@ -9,7 +9,7 @@ estimate runs in the app's batches (core/fitting/posterior.posterior_chunk). Rep
     python benchmarks/posterior_throughput.py [--voxels 20000] [--threads 2] [--repeats 3] [--device cpu|gpu]
                                               [--size-factor 2] [--record]
 
-The estimate is the app's default (workflows/config.DEFAULT_POINT_PRIOR). --size-factor K times the
+The estimate is the app's default (dmrimc_bids/options.DEFAULT_POINT_PRIOR). --size-factor K times the
 dictionary's entries (K copies, each perturbed by 1e-3 and its own substrates): the cost of a dictionary K
 times as large, e.g. K = 2 for recipe v2's population (its larger timing grid does not matter here: the
 dictionary is matched to the data's measurements first).
@@ -72,7 +72,7 @@ def main(argv=None) -> int:
     from dmrimc_bids.core.dictionary_default import default_dictionary
     from dmrimc_bids.core.fitting.posterior import PosteriorModel, posterior_chunk
     from dmrimc_bids.core.protocol import Protocol
-    from dmrimc_bids.workflows.config import DEFAULT_POINT_PRIOR
+    from dmrimc_bids.options import DEFAULT_POINT_PRIOR
 
     b = [450, 600, 1050, 1500, 1950, 2550] * 2
     prot = Protocol(b, [10.0] * 6 + [15.0] * 6, [25.0] * 6 + [45.0] * 6)

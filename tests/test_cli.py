@@ -76,8 +76,11 @@ def test_the_written_config_is_the_config_the_run_used(demo_run):
     code, out, work = demo_run
     written = [json.loads(p.read_text()) for p in sorted((out / "logs").glob("config-*.json"))]
     assert code == 0 and len(written) == 1
-    cache = Path(written[0]["sim_cache_dir"])
+    cache = Path(written[0]["execution"]["sim_cache_dir"])
     assert cache == Path(work).resolve() / "dictionary_cache" and any(cache.rglob("*.npz"))
+    from dmrimc_bids.workflows.config import Config
+    config = Config.from_dict({k: v for k, v in written[0].items() if k != "dmrimc_bids_version"})
+    assert config.to_dict() == {k: v for k, v in written[0].items() if k != "dmrimc_bids_version"}  # it round-trips
 
 
 def test_demo_end_to_end_recovers_ground_truth(demo_run, demo_dir):
@@ -384,9 +387,9 @@ def test_gdur_gsep_files_beside_the_nifti(single_demo, tmp_path, capsys):
     item = collect_inputs(single_demo, [single_demo / "derivatives" / "segmentation"])[0]
     assert item.gdur_files[0].endswith(".gdur") and item.mask_file.endswith("desc-tumour_mask.nii.gz")
     assert item.sigma_file.endswith("desc-sigma_noise.nii.gz")
-    summary = preflight(item, Config(out_dir=str(tmp_path / "o")))   # the joint fit: every b > 0
+    summary = preflight(item, Config.from_dict(out_dir=str(tmp_path / "o")))   # the joint fit: every b > 0
     assert summary["fitted"] == 20 and summary["shells"] == 22 and summary["model"] == "joint"
-    summary = preflight(item, Config(out_dir=str(tmp_path / "o"), model="separate"))   # b >= --vasc-threshold
+    summary = preflight(item, Config.from_dict(out_dir=str(tmp_path / "o"), model="separate"))   # b >= --vasc-threshold
     assert summary["fitted"] == 12 and summary["model"] == "separate"
 
 
@@ -401,8 +404,8 @@ def test_the_mask_is_announced(single_demo, tmp_path, caplog):
     given = collect_inputs(single_demo, [single_demo / "derivatives" / "segmentation"])[0]
     built = collect_inputs(single_demo)[0]
     with caplog.at_level(logging.INFO, logger="dmrimc-bids"):
-        _preflight(given, Config(out_dir=str(tmp_path / "o")), None)
-        _preflight(built, Config(out_dir=str(tmp_path / "o")), None)
+        _preflight(given, Config.from_dict(out_dir=str(tmp_path / "o")), None)
+        _preflight(built, Config.from_dict(out_dir=str(tmp_path / "o")), None)
     lines = [r.getMessage() for r in caplog.records if "fitted measurements" in r.getMessage()]
     assert len(lines) == 2, lines
     assert "desc-tumour_mask.nii.gz" in lines[0] and "built from the mean b=0" not in lines[0]
@@ -466,7 +469,7 @@ def test_separate_flow_fit_marks_voxels_without_vascular_signal(single_demo, tmp
 
     class Item:
         subject, session, space = "01", None, "dwi"
-    failed, fitted = failed_voxels(Config(out_dir=str(out)), Item)["spinflowsim"]
+    failed, fitted = failed_voxels(Config.from_dict(out_dir=str(out)), Item)["spinflowsim"]
     assert fitted == int((mask & np.isin(ec, (1, -1))).sum()) and fitted < int(mask.sum())
     html = (out / "sub-01.html").read_text()
     assert "2 not fitted: no vascular signal" in html and re.search(r"exit codes in the mask: [^<]*2: \d+ voxels", html)

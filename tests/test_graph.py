@@ -12,7 +12,7 @@ from dmrimc_bids.workflows.participant import init_example_wf
     ("separate", False, {"fit_histousim"}, {"fit_joint", "fit_ivim", "fit_spinflowsim"}),
 ])
 def test_example_graph_is_built_and_drawn_without_data(tmp_path, model, vascular, present, absent):
-    wf = init_example_wf(Config(out_dir=str(tmp_path / "out")), tmp_path / "work", model, vascular)
+    wf = init_example_wf(Config.from_dict(out_dir=str(tmp_path / "out")), tmp_path / "work", model, vascular)
     names = {n.split(".")[-1] for n in wf.list_node_names()}
     assert present <= names and not absent & names, sorted(names)
     dot = wf.write_graph(dotfilename=str(tmp_path / "graph.dot"), graph2use="colored", format="dot")

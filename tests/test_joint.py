@@ -261,12 +261,12 @@ def test_joint_is_the_default_where_it_can_run(tmp_path, single_demo):
     from dmrimc_bids.cli.parser import build_parser, config_from_args
     from dmrimc_bids.workflows.config import Config
     base = [str(single_demo), str(tmp_path / "o"), "participant"]
-    model = lambda *extra: config_from_args(build_parser().parse_args(base + list(extra))).model  # noqa: E731
+    model = lambda *extra: config_from_args(build_parser().parse_args(base + list(extra))).vascular.model  # noqa: E731
     assert model() == "joint" and model("--model", "separate") == "separate"
     assert model("--estimator", "ml") == model("--vascular", "off") == "separate"
-    cfg = Config(out_dir=str(tmp_path / "o"))
-    assert cfg.model == "joint" and cfg.session_model(True) == "joint" and cfg.session_model(False) == "separate"
-    assert Config(out_dir="", estimator="ml").session_model(True) == "separate"
+    cfg = Config.from_dict(out_dir=str(tmp_path / "o"))
+    assert cfg.vascular.model == "joint" and cfg.session_model(True) == "joint" and cfg.session_model(False) == "separate"
+    assert Config.from_dict(out_dir="", estimator="ml").session_model(True) == "separate"
 
 
 def test_the_bayes_factor_survives_a_session_prior_of_no_blood_free_voxel():

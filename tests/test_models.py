@@ -203,6 +203,7 @@ def test_config_resolves_paths_once_and_is_written(tmp_path, monkeypatch, demo_d
     then fail inside the graph, whose nodes run in their own folders); the config is logged."""
     from dmrimc_bids.cli.parser import build_parser, config_from_args
     from dmrimc_bids.core.errors import InputError
+    from dmrimc_bids.workflows.config import Config
 
     folds = tmp_path / "folds"
     folds.mkdir()
@@ -212,10 +213,11 @@ def test_config_resolves_paths_once_and_is_written(tmp_path, monkeypatch, demo_d
     monkeypatch.chdir(run_here)
     args = build_parser().parse_args([str(demo_dir), "out", "participant", "--dictionary", "../folds/fold13.npz"])
     cfg = config_from_args(args)
-    assert cfg.dictionary == str((folds / "fold13.npz").resolve()) and cfg.out_dir == str(run_here / "out")
+    assert cfg.tissue.dictionary == str((folds / "fold13.npz").resolve()) and cfg.run.out_dir == str(run_here / "out")
     path = cfg.write("test")
     logged = json.loads(path.read_text())
-    assert logged["dictionary"] == cfg.dictionary and logged["estimator"] == "posterior"
+    assert logged["tissue"]["dictionary"] == cfg.tissue.dictionary and logged["tissue"]["estimator"] == "posterior"
+    assert Config.from_dict({k: v for k, v in logged.items() if k != "dmrimc_bids_version"}) == cfg
     args = build_parser().parse_args([str(demo_dir), "out", "participant", "--dictionary", "../folds/none.npz"])
     with pytest.raises(InputError, match="--dictionary ../folds/none.npz: file not found"):
         config_from_args(args)

@@ -168,7 +168,6 @@ def test_dictionary_provenance_is_a_readable_table_and_units_read_as_units(demo_
 def test_methods_text_is_carried_by_the_workflows_that_ran(demo_run, demo_dir):
     """niworkflows' __desc__ style: each step's sentence lives on the workflow that builds it, the session's
     graph hands them to its report, and CITATION.md quotes them; another option or model changes them."""
-    from dataclasses import replace
 
     from dmrimc_bids.bids.layout import collect_inputs
     from dmrimc_bids.workflows import methods
@@ -176,9 +175,9 @@ def test_methods_text_is_carried_by_the_workflows_that_ran(demo_run, demo_dir):
     from dmrimc_bids.workflows.participant import init_single_subject_wf
 
     _, out, _ = demo_run
-    config = Config(out_dir=str(out), bids_dir=str(demo_dir), derivatives=[str(demo_dir / "derivatives" / "segmentation")],
+    config = Config.from_dict(out_dir=str(out), bids_dir=str(demo_dir), derivatives=[str(demo_dir / "derivatives" / "segmentation")],
                     participant_label=["01"], seed=7).validate()
-    item = collect_inputs(demo_dir, config.derivatives, ["01"], validate=False)[0]
+    item = collect_inputs(demo_dir, config.inputs.derivatives, ["01"], validate=False)[0]
 
     def carried(cfg):
         return init_single_subject_wf(item, cfg).get_node("session_report").inputs.pipeline_methods
@@ -186,7 +185,7 @@ def test_methods_text_is_carried_by_the_workflows_that_ran(demo_run, demo_dir):
     joint = carried(config)
     assert joint["desc"] == [methods.preproc_desc(config), methods.joint_desc()]
     assert joint["postdesc"] == ["Random seed: 7."]
-    other = replace(config, b0_threshold=5.0, model="separate")
+    other = config.replace(b0_threshold=5.0, model="separate")
     separate = carried(other)
     assert separate["desc"] == [methods.preproc_desc(other), methods.separate_desc()]
     assert "b ≤ 5 s/mm²" in separate["desc"][0] and separate != joint

@@ -116,15 +116,15 @@ def test_mem_bounds_scheduling_and_batches(single_demo, tmp_path):
     args = build_parser().parse_args([str(single_demo), str(tmp_path / "o"), "participant", "--mem", "3G",
                                       "--nprocs", "2"])
     cfg = config_from_args(args)
-    run_with = execution.choose(cfg.plugin or None, cfg.plugin_args, cfg.nprocs, cfg.mem_gb, None)
+    run_with = execution.choose(cfg.execution.plugin or None, cfg.execution.plugin_args, cfg.execution.nprocs, cfg.execution.mem_gb, None)
     assert run_with.plugin == "MultiProc" and run_with.plugin_args["memory_gb"] == 3.0
     assert run_with.plugin_args["n_procs"] == 2
     # half of a process's share of the memory goes to the batch work arrays
     assert chunk_for_memory(1.5, 10**6) == int(0.5 * 1.5e9 / BYTES_PER_BATCH_VOXEL)
     assert chunk_for_memory(1e-6, 10**6) == 100 and chunk_for_memory(100, 5000) == 5000
     item = collect_inputs(single_demo)[0]
-    small = init_participant_wf([item], Config(out_dir=str(tmp_path / "o"), chunk_size=100), tmp_path / "w")
-    big = init_participant_wf([item], Config(out_dir=str(tmp_path / "o"), chunk_size=10**5), tmp_path / "w")
+    small = init_participant_wf([item], Config.from_dict(out_dir=str(tmp_path / "o"), chunk_size=100), tmp_path / "w")
+    big = init_participant_wf([item], Config.from_dict(out_dir=str(tmp_path / "o"), chunk_size=10**5), tmp_path / "w")
     mem = [next(n for n in wf._get_all_nodes() if n.name in ("fit_histousim", "fit_joint")).mem_gb for wf in (small, big)]
     n_vox, n_shells = 20 * 20 * 4, 22
     expected = 0.4 + (4 * n_vox * n_shells * 8 + 40 * n_vox * 4) / 1e9

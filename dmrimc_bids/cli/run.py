@@ -43,9 +43,10 @@ def interrupted(prog: str, what: str) -> int:
 def run(config) -> int:
     """Run one analysis level of a validated Config; the BIDS-Apps exit code."""
     from ..workflows import execution
-    run_with = execution.choose(config.plugin or None, config.plugin_args, config.nprocs, config.mem_gb,
-                                config.work_dir or None)  # an unknown plugin fails here, before any output
-    if config.analysis_level == "group":
+    ex = config.execution
+    run_with = execution.choose(ex.plugin or None, ex.plugin_args, ex.nprocs, ex.mem_gb,
+                                ex.work_dir or None)  # an unknown plugin fails here, before any output
+    if config.run.analysis_level == "group":
         from ..workflows.group import run_group
         return run_group(config, run_with)
     from ..workflows.runner import new_run_id, run_participants

@@ -13,44 +13,47 @@ from nipype.interfaces.base import (BaseInterfaceInputSpec, File, SimpleInterfac
                                     isdefined, traits)
 
 from ..core.fitting.registry import ESTIMATORS, model_kind
+from ..options import FIXED_MODEL_OPTIONS, OPTIONS, model_keywords
 from ..bids.images import load_data
 from .io import cwd_path, save_image
 
 
-class _ModelOptions(BaseInterfaceInputSpec):
-    """The estimators' options (registry.build_model, joint.JointModel); an undefined one keeps the model's
-    default, and each model takes only its own (MODEL_OPTIONS)."""
-    bounds = traits.Dict(traits.Str, traits.List(traits.Float, minlen=2, maxlen=2),
-                         desc="parameter -> [low, high] in its physical unit: the estimate stays inside")
-    chunk_size = traits.Int(desc="voxels per batch (memory)")
-    n_averages = traits.Float(desc="magnitude images averaged per measurement (the Rician noise floor's)")
-    device = traits.Enum("auto", "cpu", "gpu", desc="where the kernels run (auto: a CUDA GPU when usable)")
-    prior = traits.Enum("entries", "design", desc="posterior prior: flat over the entries or over the design box")
-    point_prior = traits.Dict(traits.Str, traits.Enum("design", "entries"),
-                              desc="posterior: parameter -> the prior of its estimate and SD (others: prior)")
-    noise = traits.Enum("offset-gaussian", "gaussian", "rician",
-                        desc="likelihood: offset-gaussian (posterior: with the noise floor), gaussian, rician (ml)")
-    regularisation = traits.Tuple(traits.Int, traits.Float, desc="ml: (Lp norm, weight) of the regularisation")
-    smoothing = traits.Float(desc="ml: thin-plate-spline surrogate smoothing")
-    surrogate = traits.Enum("local", "global", desc="ml: one spline per entry's neighbours, or one for all")
-    n_neighbours = traits.Int(desc="ml: entries per local surrogate")
-    tissue_b_min = traits.Float(desc="joint: smallest b [s/mm²] of the tissue posterior")
-    t2_tissue_ms = traits.Float(desc="joint: tissue T2 [ms] across echo times (absent: from the data)")
-    t2_blood_ms = traits.Float(desc="joint: blood T2 [ms] across echo times (absent: from the data)")
-    b_split = traits.Float(desc="ivim: b [s/mm²] above which only the tissue term remains")
-    b_max = traits.Float(desc="ivim: largest b [s/mm²] of the IVIM fit")
-    b0_threshold = traits.Float(desc="ivim: b [s/mm²] at or below which a measurement is b = 0")
-    method = traits.Enum("bayes", "segmented", desc="ivim: the Bayesian or the OSIPI segmented estimator")
+def _model_trait(option, keyword: str):
+    """The interface trait of a model keyword, from its option's declaration (options.py) and the values the
+    pipeline fixes for it in some role (FIXED_MODEL_OPTIONS)."""
+    fixed = {fixes[keyword] for fixes in FIXED_MODEL_OPTIONS.values() if isinstance(fixes.get(keyword), str)}
+    desc = option.help
+    if option.trait == "bounds":
+        return traits.Dict(traits.Str, traits.List(traits.Float, minlen=2, maxlen=2), desc=desc)
+    if option.trait == "point_prior":
+        return traits.Dict(traits.Str, traits.Enum("design", "entries"), desc=desc)
+    if option.trait == "regularisation":
+        return traits.Tuple(traits.Int, traits.Float, desc=desc)
+    if option.choices:
+        return traits.Enum(*option.choices, *sorted(fixed - set(option.choices)), desc=desc)
+    if option.type is int:
+        return traits.Int(desc=desc)
+    return traits.Float(desc=desc)
 
 
-#: The options each model takes (the traits of _ModelOptions).
-MODEL_OPTIONS = {
-    "posterior": ("bounds", "chunk_size", "n_averages", "device", "prior", "point_prior", "noise"),
-    "ml": ("bounds", "chunk_size", "n_averages", "device", "noise", "regularisation", "smoothing", "surrogate",
-           "n_neighbours"),
-    "joint": ("bounds", "chunk_size", "n_averages", "device", "prior", "point_prior", "tissue_b_min", "t2_tissue_ms", "t2_blood_ms"),
-    "ivim": ("b_split", "b_max", "b0_threshold", "method"),
-}
+def _model_option_traits() -> dict:
+    """{model keyword: trait} over every role; a keyword fed by several options takes the first's trait."""
+    out: dict = {}
+    for o in OPTIONS:
+        for kw in o.feeds.values():
+            out.setdefault(kw, _model_trait(o, kw))
+    return out
+
+
+#: The estimators' options as interface traits, generated from options.OPTIONS (their ``feeds``); an undefined
+#: one keeps the model's default, and each model takes only its own (MODEL_OPTIONS).
+_ModelOptions = type("_ModelOptions", (BaseInterfaceInputSpec,), _model_option_traits())
+
+#: The options each model family takes: the keywords fed to its roles (the tissue and the flow fit of one
+#: family share a FitModel kind) and their fixed ones.
+MODEL_OPTIONS = {kind: tuple(dict.fromkeys([*model_keywords(kind), *model_keywords(f"flow-{kind}"),
+                                            *FIXED_MODEL_OPTIONS.get(f"flow-{kind}", {})]))
+                 for kind in ("posterior", "ml", "joint", "ivim")}
 
 
 def model_options(inputs, model: str) -> dict:

@@ -19,6 +19,7 @@ from nipype.interfaces.utility import Function, IdentityInterface
 from nipype.pipeline import engine as pe
 
 from ..core.errors import EX_USAGE, InputError
+from ..options import BY_NAME
 from .config import Config
 
 INPUT_FIELDS = ("dwi_file", "bval_file", "bvec_file", "json_file", "mask_file", "sigma_file")
@@ -27,13 +28,14 @@ INPUT_FIELDS = ("dwi_file", "bval_file", "bvec_file", "json_file", "mask_file", 
 def init_dmrimc_wf(output_dir, subject: str, session: str | None = None, name: str = "dmrimc_wf",
                    **options) -> pe.Workflow:
     """A workflow with inputnode fields INPUT_FIELDS (mask_file, sigma_file optional) that writes the app's
-    derivatives for sub-<subject>[_ses-<session>] into output_dir. options: Config fields (e.g. seed=7,
-    model="separate", estimator="posterior", vascular="off"); an unknown name is an InputError (exit 64)."""
-    known = {f for f in Config.__dataclass_fields__} - {"out_dir", "bids_dir", "analysis_level"}
+    derivatives for sub-<subject>[_ses-<session>] into output_dir. options: the app's options by name
+    (dmrimc_bids/options.py, docs/usage.md; e.g. seed=7, model="separate", estimator="posterior",
+    vascular="off"); an unknown name is an InputError (exit 64)."""
+    known = set(BY_NAME) - {"out_dir", "bids_dir", "analysis_level"}
     unknown = sorted(set(options) - known)
     if unknown:
         raise InputError(f"init_dmrimc_wf: unknown option(s) {', '.join(unknown)}", exit_code=EX_USAGE,
-                         fix="use the fields of dmrimc_bids.workflows.config.Config")
+                         fix="use the option names of dmrimc_bids/options.py (docs/usage.md, the options table)")
     wf = pe.Workflow(name=name)
     inputnode = pe.Node(IdentityInterface(fields=list(INPUT_FIELDS)), name="inputnode")
     inputnode.inputs.mask_file = ""
@@ -76,13 +78,13 @@ def session_outputs(dwi_file, bval_file, bvec_file, json_file, mask_file, sigma_
                          gdur_files=[""], gsep_files=[""], mask_file=str(mask_file or ""),
                          sigma_file=str(sigma_file or ""),
                          mask_origin="the lab workflow's mask_file" if mask_file else "")
-    config = Config(out_dir=str(Path(output_dir).absolute()), **(options or {})).validate()
+    config = Config.from_dict(options or {}, out_dir=str(Path(output_dir).absolute())).validate()
     preflight(item, config)
     work = Path(os.getcwd()) / "work"
-    if not config.sim_cache_dir:   # simulated dictionaries are cached beside the graph, as the app does
-        config.sim_cache_dir = default_cache_dir(work)
+    if not config.execution.sim_cache_dir:   # simulated dictionaries are cached beside the graph, as the app does
+        config = config.replace(sim_cache_dir=default_cache_dir(work))
     run_id = new_run_id()
-    write_dataset_description(config.out_dir, "", config.seed, "init_dmrimc_wf",
+    write_dataset_description(config.run.out_dir, "", config.execution.seed, "init_dmrimc_wf",
                               run={"id": run_id, "options": config.options_fingerprint(), "subjects": [item.label]})
     wf = init_participant_wf([item], config, work)
     # the app's execution settings for this graph only (the lab's own workflow keeps its own): a dictionary
@@ -93,7 +95,7 @@ def session_outputs(dwi_file, bval_file, bvec_file, json_file, mask_file, sigma_
     counts = failed_voxels(config, item)
     if counts and describe_failed_voxels(counts) != "0":
         print(f"dmrimc_wf: warning: {item.label}: failed voxels (failed/fitted) {describe_failed_voxels(counts)}")
-    base = Path(config.out_dir) / f"sub-{subject}"
+    base = Path(config.run.out_dir) / f"sub-{subject}"
     folder = base / (f"ses-{session}" if session else "") / "dwi"
     out_files = sorted(str(p) for p in folder.glob(f"{item.label}_*_dwimap.*"))
-    return out_files, str(Path(config.out_dir) / f"sub-{subject}.html")
+    return out_files, str(Path(config.run.out_dir) / f"sub-{subject}.html")

@@ -218,28 +218,28 @@ def run_group(config, run_with) -> int:
     from . import execution, nipype_logging
     from .runner import remove_stale_temps
 
-    out_dir, bids_dir = Path(config.out_dir), Path(config.bids_dir)
+    out_dir, bids_dir = Path(config.run.out_dir), Path(config.run.bids_dir)
     check_group_inputs(out_dir)
-    atlas = atlas_spec(config.atlas) if config.atlas else None
-    wanted = set(strip_prefix(config.participant_label, "sub-"))
-    sessions_wanted = set(strip_prefix(config.session_label, "ses-"))
+    atlas = atlas_spec(config.inputs.atlas) if config.inputs.atlas else None
+    wanted = set(strip_prefix(config.inputs.participant_label, "sub-"))
+    sessions_wanted = set(strip_prefix(config.inputs.session_label, "ses-"))
     pairs = [(s, ses) for s, ses in find_sessions(out_dir)
              if (not wanted or s in wanted) and (not sessions_wanted or ses in sessions_wanted)]
     participants = read_participants(bids_dir)
     expected = sorted(wanted or set(participants) or {p.name[4:] for p in bids_dir.glob("sub-*") if p.is_dir()})
     pairs, failures, mixed = _select_sessions(config, out_dir, pairs, expected, read_status(out_dir))
     entries = _group_entries(config, pairs, atlas, failures)
-    if config.group_column and participants and not any(config.group_column in p for p in participants.values()):
-        raise InputError(f"--group-column {config.group_column}: not a participants.tsv column",
+    if config.inputs.group_column and participants and not any(config.inputs.group_column in p for p in participants.values()):
+        raise InputError(f"--group-column {config.inputs.group_column}: not a participants.tsv column",
                          path=bids_dir / "participants.tsv", exit_code=EX_USAGE,
                          fix=f"choose among {', '.join(sorted({k for p in participants.values() for k in p}))}")
-    tmp = None if config.work_dir else Path(tempfile.mkdtemp(prefix="dmrimc_group_"))
-    work = Path(config.work_dir or tmp).resolve()
+    tmp = None if config.execution.work_dir else Path(tempfile.mkdtemp(prefix="dmrimc_group_"))
+    work = Path(config.execution.work_dir or tmp).resolve()
     execution.configure(run_with, work)
-    nipype_logging.route(config.verbose, out_dir / "logs" / "group_nipype.log")
+    nipype_logging.route(config.execution.verbose, out_dir / "logs" / "group_nipype.log")
     remove_stale_temps(out_dir)
     failures = [{k: v for k, v in f.items() if k != "pair"} for f in failures]
-    wf = init_group_wf(entries, out_dir, work, failures, participants, config.group_column or None, config.seed,
+    wf = init_group_wf(entries, out_dir, work, failures, participants, config.inputs.group_column or None, config.execution.seed,
                        mixed)
     try:
         graph = execution.run(wf, run_with)
@@ -257,7 +257,7 @@ def run_group(config, run_with) -> int:
     logging.getLogger("dmrimc-bids").info(
         "dmrimc-bids: group tables %s and report %s (%d aggregated, %d failed or missing)",
         ", ".join(res.outputs.tables.values()), out_dir / "group.html", len(entries), len(res.outputs.failures))
-    if res.outputs.failures and config.allow_incomplete:
+    if res.outputs.failures and config.execution.allow_incomplete:
         print(f"dmrimc-bids: {len(res.outputs.failures)} subject/session(s) failed, interrupted, incomplete or missing "
               "(listed above and in group.html); exit 0 as --allow-incomplete asks", file=sys.stderr)
         return 0
@@ -271,7 +271,7 @@ def _select_sessions(config, out_dir, pairs, expected, status) -> tuple:
     failures = group_failures(status, set(pairs), expected, out_dir)
     bad = {f["pair"] for f in failures}
     pairs = [(s, ses) for s, ses in pairs if (s, ses or "") not in bad]
-    mixed = check_one_run(out_dir, pairs, config.allow_mixed_runs)
+    mixed = check_one_run(out_dir, pairs, config.execution.allow_mixed_runs)
     for line in mixed:
         print(f"dmrimc-bids: warning: pooling runs that differ in {line}", file=sys.stderr)
     return pairs, failures, mixed
@@ -284,7 +284,7 @@ def _group_entries(config, pairs, atlas, failures: list) -> list:
     entries = []
     for sub, ses in pairs:
         try:
-            specs = find_rois(Path(config.bids_dir), [Path(d) for d in config.derivatives] or None, sub, ses)
+            specs = find_rois(Path(config.run.bids_dir), [Path(d) for d in config.inputs.derivatives] or None, sub, ses)
         except InputError as exc:
             label = f"sub-{sub}" + (f"_ses-{ses}" if ses else "")
             print(f"dmrimc-bids: error: {label}: {exc}", file=sys.stderr)
@@ -293,6 +293,6 @@ def _group_entries(config, pairs, atlas, failures: list) -> list:
             continue
         entries.append((sub, ses, specs + ([atlas] if atlas else [])))
     if not entries:
-        raise InputError("no participant-level maps to aggregate", path=config.out_dir, exit_code=EX_NOINPUT,
+        raise InputError("no participant-level maps to aggregate", path=config.run.out_dir, exit_code=EX_NOINPUT,
                          fix="run the participant level first (and check --participant-label/--session-label)")
     return entries

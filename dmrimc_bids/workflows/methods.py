@@ -21,9 +21,9 @@ def preproc_desc(config: Config) -> str:
     return (f"Diffusion MRI maps were computed with dmrimc-bids {__version__} [bids, pybids, nipype, numba]. "
             "Each subject's DWI series were read with their per-volume timing (b, δ, Δ, TE); volumes were "
             "averaged over directions within each (b, δ, Δ, TE) shell and normalised by the mean b=0 signal "
-            f"(b ≤ {_fmt(config.b0_threshold)} s/mm²) "
+            f"(b ≤ {_fmt(config.preprocessing.b0_threshold)} s/mm²) "
             + ("of their echo time (the b=0 volumes of all series at that echo time pooled after matching each "
-               "series' global scale)." if config.b0_pool_series else
+               "series' global scale)." if not config.preprocessing.b0_per_series else
                "of their series and echo-time/diffusion-time group."))
 
 
@@ -41,7 +41,7 @@ def separate_desc() -> str:
 
 def seed_postdesc(config: Config) -> str:
     """The closing sentence of a session's methods (init_single_subject_wf)."""
-    return f"Random seed: {config.seed}."
+    return f"Random seed: {config.execution.seed}."
 
 
 def workflow_methods(wf) -> dict:

@@ -18,7 +18,7 @@ its description (method sentence, sidecar parameters) from the model that ran.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -66,7 +66,7 @@ def fit_memory_gb(n_vox: int, config: Config, n_meas: int) -> float:
     """Honest mem_gb of a fit node: the float64 copies of the data and σ (4 arrays of voxels x
     measurements), the maps, and one batch's work arrays, plus the interpreter (~0.4 GB)."""
     data = 4 * n_vox * n_meas * 8 + 40 * n_vox * 4
-    return round(0.4 + (data + min(config.chunk_size, n_vox) * BYTES_PER_BATCH_VOXEL) / 1e9, 2)
+    return round(0.4 + (data + min(config.execution.chunk_size, n_vox) * BYTES_PER_BATCH_VOXEL) / 1e9, 2)
 
 
 #: Peak memory of a node that holds images, in float64 copies of the session's 4D DWI, and the interpreter
@@ -89,20 +89,20 @@ def session_memory_gb(item: SessionInputs, config: Config, n_meas: int) -> dict:
 def session_protocol(item: SessionInputs, config: Config) -> tuple[Protocol, Protocol]:
     """(per-volume protocol, directionally averaged shells) of a session, from headers and metadata only."""
     protos = session_protocols(item.dwi_files, item.bval_files, item.bvec_files, item.sidecar_files, item.gdur_files,
-                               item.gsep_files, item.confounds_files, config.small_delta_ms, config.big_delta_ms,
-                               config.run_timing(), config.b0_threshold)
+                               item.gsep_files, item.confounds_files, config.inputs.small_delta_ms, config.inputs.big_delta_ms,
+                               config.run_timing(), config.preprocessing.b0_threshold)
     proto = Protocol.concatenate(protos)
-    shells, _ = preprocess.shell_assignment(proto, config.b0_threshold, config.shell_tolerance)
+    shells, _ = preprocess.shell_assignment(proto, config.preprocessing.b0_threshold, config.preprocessing.shell_tolerance)
     return proto, shells
 
 
 def has_vascular_branch(item: SessionInputs, config: Config, shells: Protocol | None = None) -> bool:
     """True when the vascular branch runs: not switched off and some TE group has IVIM b-values."""
     from ..core.fitting.ivim import ivim_groups
-    if config.vascular == "off":
+    if config.vascular.vascular == "off":
         return False
     shells = session_protocol(item, config)[1] if shells is None else shells
-    usable, _ = ivim_groups(shells, config.ivim_b_split, config.ivim_b_max, config.b0_threshold)
+    usable, _ = ivim_groups(shells, config.vascular.ivim_b_split, config.vascular.ivim_b_max, config.preprocessing.b0_threshold)
     return bool(usable)
 
 
@@ -110,7 +110,7 @@ def session_config(item: SessionInputs, config: Config, shells: Protocol | None 
     """The run's Config with the session's model (Config.session_model): the joint fit where the session
     has IVIM b-values, the separate branches otherwise."""
     model = config.session_model(has_vascular_branch(item, config, shells))
-    return config if model == config.model else replace(config, model=model)
+    return config if model == config.vascular.model else config.replace(model=model)
 
 
 @dataclass
@@ -129,7 +129,7 @@ def plan_session(item: SessionInputs, config: Config) -> SessionPlan:
     shells = session_protocol(item, config)[1]
     cfg = session_config(item, config, shells)
     return SessionPlan(cfg, has_vascular_branch(item, cfg, shells), session_memory_gb(item, cfg, len(shells)),
-                       input_record(item, config.dataset_links))
+                       input_record(item, config.run.dataset_links))
 
 
 def example_plan(config: Config, model: str = "joint", vascular: bool = True) -> tuple[SessionInputs, SessionPlan]:
@@ -138,7 +138,7 @@ def example_plan(config: Config, model: str = "joint", vascular: bool = True) ->
     item = SessionInputs(subject="example", session=None, dwi_files=[], bval_files=[], bvec_files=[],
                          sidecar_files=[], gdur_files=[], gsep_files=[])
     mem = {node: INTERPRETER_GB for node in IMAGE_NODE_COPIES} | {"fit": 1.0}
-    return item, SessionPlan(replace(config, model=model), vascular, mem, {})
+    return item, SessionPlan(config.replace(model=model), vascular, mem, {})
 
 
 def preflight(item: SessionInputs, config: Config, dictionary=None) -> dict:
@@ -153,25 +153,27 @@ def preflight(item: SessionInputs, config: Config, dictionary=None) -> dict:
     config = session_config(item, config, shells)
     prepare_mask(item.dwi_files[0], item.mask_file or None, item.sigma_file or None)
     source = item.dwi_files[0]
-    plan = preprocess.normalisation_plan(shells, config.b0_threshold, source, config.b0_pool_series)
-    simulate = config.dictionary_source == "simulate"
-    dic = dictionary if dictionary is not None else load_selected(config.dictionary, config.params, config.fix)
+    plan = preprocess.normalisation_plan(shells, config.preprocessing.b0_threshold, source, not config.preprocessing.b0_per_series)
+    simulate = config.tissue.dictionary_source == "simulate"
+    dic = dictionary if dictionary is not None else load_selected(config.tissue.dictionary, config.tissue.params, config.tissue.fix)
     max_b = float("inf") if simulate else dic.max_b
-    threshold = 0.0 if config.model == "joint" else config.vasc_threshold   # joint: every b > 0
-    filt = preprocess.vascular_filter(shells, threshold, max_b, config.b0_threshold)
+    threshold = 0.0 if config.vascular.model == "joint" else config.preprocessing.vasc_threshold   # joint: every b > 0
+    filt = preprocess.vascular_filter(shells, threshold, max_b, config.preprocessing.b0_threshold)
     if filt.keep.size == 0:
         raise InputError("no measurement left for the tissue fit", path=source,
-                         fix=f"acquire b between --vasc-threshold ({config.vasc_threshold:g}) and the dictionary's "
+                         fix=f"acquire b between --vasc-threshold ({config.preprocessing.vasc_threshold:g}) and the dictionary's "
                              f"largest b ({dic.max_b:g} s/mm²)")
     if not simulate:  # a simulated dictionary matches by construction
-        dic.match(shells.subset(filt.keep), config.match_tol_b, config.match_tol_ms, config.b0_threshold, source)
+        dic.match(shells.subset(filt.keep), config.tissue.match_tol_b, config.tissue.match_tol_ms,
+                  config.preprocessing.b0_threshold, source)
     vascular = has_vascular_branch(item, config, shells)
-    if config.vascular == "on" and not vascular:
+    if config.vascular.vascular == "on" and not vascular:
         raise InputError("--vascular on: no TE group has the b-values segmented IVIM needs", path=source,
-                         fix=f"acquire a b=0, a b in ({config.b0_threshold:g}, {config.ivim_b_split:g}] and two b in "
-                             f"({config.ivim_b_split:g}, {config.ivim_b_max:g}] s/mm² at one TE, or use --vascular off")
+                         fix=f"acquire a b=0, a b in ({config.preprocessing.b0_threshold:g}, "
+                             f"{config.vascular.ivim_b_split:g}] and two b in ({config.vascular.ivim_b_split:g}, "
+                             f"{config.vascular.ivim_b_max:g}] s/mm² at one TE, or use --vascular off")
     return {"volumes": len(proto), "shells": len(shells), "fitted": int(filt.keep.size),
-            "warnings": filt.warnings() + plan.notes, "vascular": vascular, "model": config.model,
+            "warnings": filt.warnings() + plan.notes, "vascular": vascular, "model": config.vascular.model,
             "mask": mask_sentence(item)}
 
 
@@ -194,23 +196,23 @@ def init_participant_wf(items: list[SessionInputs], config: Config, work_dir, na
 
     major, minor = __version__.split(".")[:2]
     wf = pe.Workflow(name=f"{name}_{major}_{minor}", base_dir=str(work_dir))
-    select = pe.Node(SelectDictionary(params=list(config.params), fix=dict(config.fix)), name="select_dictionary",
+    select = pe.Node(SelectDictionary(params=list(config.tissue.params), fix=dict(config.tissue.fix)), name="select_dictionary",
                      mem_gb=1.0)
-    if config.dictionary:
-        select.inputs.dictionary_file = config.dictionary
+    if config.tissue.dictionary:
+        select.inputs.dictionary_file = config.tissue.dictionary
     by_subject: dict = {}
     for item in items:
         sub = init_single_subject_wf(item, config, (warnings or {}).get(item.label, []), plans[item.label])
         by_subject.setdefault(item.subject, []).append(sub)
-        if config.dictionary_source == "simulate":
+        if config.tissue.dictionary_source == "simulate":
             wf.add_nodes([sub])
         else:
-            branch = "joint_wf" if plans[item.label].config.model == "joint" else "tissue_wf"
+            branch = "joint_wf" if plans[item.label].config.vascular.model == "joint" else "tissue_wf"
             wf.connect([(select, sub, [("max_b", f"{branch}.inputnode.max_b"),
                                        ("description", "histousim_derivatives_wf.inputnode.dictionary_description")])])
     for subject, subs in by_subject.items():
         join = pe.Node(Merge(len(subs)), name=f"report_fragments_{subject}", run_without_submitting=True)
-        report = pe.Node(SubjectReport(out_dir=config.out_dir, subject=subject, options=config.report_options()),
+        report = pe.Node(SubjectReport(out_dir=config.run.out_dir, subject=subject, options=config.report_options()),
                          name=f"subject_report_{subject}", mem_gb=0.5)
         for k, sub in enumerate(subs, start=1):
             wf.connect(sub, "session_report.fragment", join, f"in{k}")
@@ -240,11 +242,11 @@ def init_single_subject_wf(item: SessionInputs, config: Config, warnings: list |
     wf = pe.Workflow(name=subject_wf_name(item))
     wf.__postdesc__ = methods.seed_postdesc(config)
     prep = init_dwi_preproc_wf(item, config, mem)
-    joint = config.model == "joint"
+    joint = config.vascular.model == "joint"
     tissue = init_joint_wf(item, config, mem) if joint else init_tissue_wf(item, config, mem)
     write = init_derivatives_wf(item, config, "histousim", records=records)
-    report = pe.Node(SessionReport(out_dir=config.out_dir, subject=item.subject, session=item.session or "",
-                                   b0_threshold=config.b0_threshold, warnings=list(warnings or []),
+    report = pe.Node(SessionReport(out_dir=config.run.out_dir, subject=item.subject, session=item.session or "",
+                                   b0_threshold=config.preprocessing.b0_threshold, warnings=list(warnings or []),
                                    input_files=records),
                      name="session_report", mem_gb=max(0.5, mem["session_report"]))
     branch_in = [(f"outputnode.{f}", f"inputnode.{f}") for f in ("norm_file", "sigma_file", "shells", "mask_file")]
@@ -260,7 +262,7 @@ def init_single_subject_wf(item: SessionInputs, config: Config, warnings: list |
                           ("outputnode.description", "tissue_description")]),
         (write, report, [("outputnode.out_files", "written_tissue")]),
     ])
-    if config.dictionary_source == "simulate":
+    if config.tissue.dictionary_source == "simulate":
         wf.connect(tissue, "outputnode.dictionary_description", write, "inputnode.dictionary_description")
     if joint:
         _add_joint_flow_writer(wf, item, config, tissue, report, records)
@@ -274,10 +276,10 @@ def init_single_subject_wf(item: SessionInputs, config: Config, warnings: list |
 
 def ivim_node(config: Config, mem: dict) -> pe.Node:
     """The IVIM fit (FitModel 'ivim', --ivim-estimator): fV, D, D*, S0 and the vascular signal."""
-    label = "Bayesian IVIM" if config.ivim_estimator == "bayes" else "segmented IVIM"
-    return pe.Node(FitModel(estimator="ivim", **config.ivim_model_options(), label=label,
-                            n_threads=config.omp_nthreads),
-                   name="fit_ivim", n_procs=config.omp_nthreads, mem_gb=max(1.0, mem["fit_ivim"]))
+    label = "Bayesian IVIM" if config.vascular.ivim_estimator == "bayes" else "segmented IVIM"
+    return pe.Node(FitModel(estimator="ivim", **config.model_options("ivim"), label=label,
+                            n_threads=config.execution.omp_nthreads),
+                   name="fit_ivim", n_procs=config.execution.omp_nthreads, mem_gb=max(1.0, mem["fit_ivim"]))
 
 
 def _add_ivim_maps(wf, item, config: Config, mem: dict, prep, report, records=None) -> None:
@@ -334,7 +336,7 @@ def init_dwi_preproc_wf(item: SessionInputs, config: Config, mem: dict, name="dw
     wf.__desc__ = methods.preproc_desc(config)
     outputnode = pe.Node(IdentityInterface(fields=["protocol", "shells", "sph_file", "mask_file", "norm_file",
                                                    "sigma_file", "notes", "mask_origin"]), name="outputnode")
-    read = pe.Node(ReadProtocol(b0_threshold=config.b0_threshold), name="read_protocol")
+    read = pe.Node(ReadProtocol(b0_threshold=config.preprocessing.b0_threshold), name="read_protocol")
     if item.dwi_files:   # (example_plan: a graph without data has no files to read)
         read.inputs.dwi_files, read.inputs.bval_files = item.dwi_files, item.bval_files
         for trait, files in (("bvec_files", item.bvec_files), ("sidecar_files", item.sidecar_files),
@@ -342,19 +344,19 @@ def init_dwi_preproc_wf(item: SessionInputs, config: Config, mem: dict, name="dw
                              ("confounds_files", item.confounds_files)):
             setattr(read.inputs, trait, list(files) if files else [""] * len(item.dwi_files))
     for trait in ("small_delta_ms", "big_delta_ms"):
-        if getattr(config, trait) is not None:
-            setattr(read.inputs, trait, getattr(config, trait))
-    if config.timing:
+        if config.get(trait) is not None:
+            setattr(read.inputs, trait, config.get(trait))
+    if config.inputs.timing:
         read.inputs.timing = {k: list(v) for k, v in config.run_timing().items()}
-    mask = pe.Node(PrepareMask(b0_threshold=config.b0_threshold), name="prepare_mask", mem_gb=mem["spherical_mean"])
-    norm = pe.Node(NormaliseB0(b0_threshold=config.b0_threshold, pool_series=config.b0_pool_series,
+    mask = pe.Node(PrepareMask(b0_threshold=config.preprocessing.b0_threshold), name="prepare_mask", mem_gb=mem["spherical_mean"])
+    norm = pe.Node(NormaliseB0(b0_threshold=config.preprocessing.b0_threshold, pool_series=not config.preprocessing.b0_per_series,
                                source=_source(item)), name="normalise_b0", mem_gb=mem["normalise_b0"])
     for node in (mask, norm):
         if item.sigma_file:
             node.inputs.sigma_file = item.sigma_file
     if item.mask_file:
         mask.inputs.mask_file = item.mask_file
-    sph = pe.Node(SphericalMean(b0_threshold=config.b0_threshold, shell_tolerance=config.shell_tolerance),
+    sph = pe.Node(SphericalMean(b0_threshold=config.preprocessing.b0_threshold, shell_tolerance=config.preprocessing.shell_tolerance),
                   name="spherical_mean", mem_gb=mem["spherical_mean"])
     wf.connect([
         (read, mask, [("dwi_file", "dwi_file"), ("protocol", "protocol")]),
@@ -379,21 +381,21 @@ def init_tissue_wf(item: SessionInputs, config: Config, mem: dict, name="tissue_
     (simulated dictionaries; a matched one is described by the top workflow's select_dictionary).
     """
     wf = pe.Workflow(name=name)
-    if config.model == "separate":
+    if config.vascular.model == "separate":
         wf.__desc__ = methods.separate_desc()
     inputnode = pe.Node(IdentityInterface(fields=["norm_file", "sigma_file", "shells", "mask_file", "max_b"]),
                         name="inputnode")
     outputnode = pe.Node(IdentityInterface(fields=["maps", "units", "description", "fit_info", "examples_file",
                                                    "matched_dictionary", "dropped", "dictionary_description"]),
                          name="outputnode")
-    filt = pe.Node(VascularFilter(vasc_threshold=config.vasc_threshold, b0_threshold=config.b0_threshold),
+    filt = pe.Node(VascularFilter(vasc_threshold=config.preprocessing.vasc_threshold, b0_threshold=config.preprocessing.b0_threshold),
                    name="vascular_filter", mem_gb=mem["vascular_filter"])
-    match = pe.Node(MatchDictionary(params=list(config.params), fix=dict(config.fix), tol_b=config.match_tol_b,
-                                    tol_ms=config.match_tol_ms, b0_threshold=config.b0_threshold,
+    match = pe.Node(MatchDictionary(params=list(config.tissue.params), fix=dict(config.tissue.fix), tol_b=config.tissue.match_tol_b,
+                                    tol_ms=config.tissue.match_tol_ms, b0_threshold=config.preprocessing.b0_threshold,
                                     source=_source(item)), name="match_dictionary", mem_gb=1.0)
-    fit = pe.Node(FitModel(estimator=config.estimator, **config.tissue_model_options(),
-                           n_threads=config.omp_nthreads, label="Histo-uSim fit"),
-                  name="fit_histousim", n_procs=config.omp_nthreads, mem_gb=mem["fit"])
+    fit = pe.Node(FitModel(estimator=config.tissue.estimator, **config.model_options("tissue"),
+                           n_threads=config.execution.omp_nthreads, label="Histo-uSim fit"),
+                  name="fit_histousim", n_procs=config.execution.omp_nthreads, mem_gb=mem["fit"])
     wf.connect([
         (inputnode, filt, [("norm_file", "in_file"), ("sigma_file", "sigma_file"), ("shells", "shells")]),
         (filt, match, [("protocol", "protocol")]),
@@ -405,17 +407,17 @@ def init_tissue_wf(item: SessionInputs, config: Config, mem: dict, name="tissue_
         (match, outputnode, [("dictionary", "matched_dictionary")]),
         (filt, outputnode, [("dropped", "dropped")]),
     ])
-    if config.dictionary_source != "simulate":
-        if config.dictionary:
-            match.inputs.dictionary_file = config.dictionary
+    if config.tissue.dictionary_source != "simulate":
+        if config.tissue.dictionary:
+            match.inputs.dictionary_file = config.tissue.dictionary
         wf.connect(inputnode, "max_b", filt, "max_b")
         return wf
-    sim = pe.Node(SimulateForProtocol(substrates=list(config.sim_substrates), d0in=list(config.sim_d0),
-                                      d0ex=list(config.sim_d0), kappa=list(config.sim_kappa),
-                                      n_walkers=config.sim_walkers, seed=config.seed, device=config.device,
-                                      n_threads=config.omp_nthreads, cache_dir=config.sim_cache_dir,
-                                      b0_threshold=config.b0_threshold),
-                  name="simulate_dictionary", n_procs=config.omp_nthreads, mem_gb=2.0)
+    sim = pe.Node(SimulateForProtocol(substrates=list(config.tissue.sim_substrates), d0in=list(config.tissue.sim_d0),
+                                      d0ex=list(config.tissue.sim_d0), kappa=list(config.tissue.sim_kappa),
+                                      n_walkers=config.tissue.sim_walkers, seed=config.execution.seed, device=config.execution.device,
+                                      n_threads=config.execution.omp_nthreads, cache_dir=config.execution.sim_cache_dir,
+                                      b0_threshold=config.preprocessing.b0_threshold),
+                  name="simulate_dictionary", n_procs=config.execution.omp_nthreads, mem_gb=2.0)
     filt.inputs.max_b = 1e12  # the dictionary is simulated for every measured b
     wf.connect([(filt, sim, [("protocol", "protocol")]), (sim, match, [("dictionary", "dictionary_file")]),
                 (sim, outputnode, [("description", "dictionary_description")])])
@@ -439,19 +441,19 @@ def init_joint_wf(item: SessionInputs, config: Config, mem: dict, name="joint_wf
         "maps", "units", "description", "fit_info", "examples_file", "matched_dictionary", "dropped",
         "dictionary_description", "flow_maps", "flow_units", "flow_description", "flow_info",
         "flow_matched_dictionary", "flow_dictionary_description"]), name="outputnode")
-    filt = pe.Node(VascularFilter(vasc_threshold=0.0, b0_threshold=config.b0_threshold), name="measurements",
+    filt = pe.Node(VascularFilter(vasc_threshold=0.0, b0_threshold=config.preprocessing.b0_threshold), name="measurements",
                    mem_gb=mem["vascular_filter"])
-    match = pe.Node(MatchDictionary(params=list(config.params), fix=dict(config.fix), tol_b=config.match_tol_b,
-                                    tol_ms=config.match_tol_ms, b0_threshold=config.b0_threshold,
+    match = pe.Node(MatchDictionary(params=list(config.tissue.params), fix=dict(config.tissue.fix), tol_b=config.tissue.match_tol_b,
+                                    tol_ms=config.tissue.match_tol_ms, b0_threshold=config.preprocessing.b0_threshold,
                                     source=_source(item)), name="match_dictionary", mem_gb=1.0)
-    if config.dictionary:
-        match.inputs.dictionary_file = config.dictionary
-    match_flow = pe.Node(MatchDictionary(params=list(config.flow_params), tol_b=config.flow_match_tol_b,
-                                         tol_ms=config.match_tol_ms, b0_threshold=config.b0_threshold,
+    if config.tissue.dictionary:
+        match.inputs.dictionary_file = config.tissue.dictionary
+    match_flow = pe.Node(MatchDictionary(params=list(config.vascular.flow_params), tol_b=config.vascular.flow_match_tol_b,
+                                         tol_ms=config.tissue.match_tol_ms, b0_threshold=config.preprocessing.b0_threshold,
                                          source=_source(item)), name="match_flow_dictionary", mem_gb=1.0)
-    fit = pe.Node(FitModel(estimator="joint", **config.joint_model_options(), label="joint fit",
-                           n_threads=config.omp_nthreads),
-                  name="fit_joint", n_procs=config.omp_nthreads, mem_gb=mem["fit"])
+    fit = pe.Node(FitModel(estimator="joint", **config.model_options("joint"), label="joint fit",
+                           n_threads=config.execution.omp_nthreads),
+                  name="fit_joint", n_procs=config.execution.omp_nthreads, mem_gb=mem["fit"])
     wf.connect([
         (inputnode, filt, [("norm_file", "in_file"), ("sigma_file", "sigma_file"), ("shells", "shells"),
                            ("max_b", "max_b")]),
@@ -502,12 +504,12 @@ def init_vascular_wf(item: SessionInputs, config: Config, mem: dict, name="vascu
         "ivim_maps", "ivim_units", "ivim_description", "notes", "skipped", "flow_maps", "flow_units",
         "flow_description", "flow_examples", "matched_dictionary", "dictionary_description"]), name="outputnode")
     ivim = ivim_node(config, mem)
-    match = pe.Node(MatchDictionary(params=list(config.flow_params), tol_b=config.flow_match_tol_b,
-                                    tol_ms=config.match_tol_ms, b0_threshold=config.b0_threshold,
+    match = pe.Node(MatchDictionary(params=list(config.vascular.flow_params), tol_b=config.vascular.flow_match_tol_b,
+                                    tol_ms=config.tissue.match_tol_ms, b0_threshold=config.preprocessing.b0_threshold,
                                     source=_source(item)), name="match_flow_dictionary", mem_gb=1.0)
-    fit = pe.Node(FitModel(estimator=config.flow_estimator, **config.flow_model_options(),
-                           n_threads=config.omp_nthreads, label="SpinFlowSim fit"),
-                  name="fit_spinflowsim", n_procs=config.omp_nthreads, mem_gb=mem["fit"])
+    fit = pe.Node(FitModel(estimator=config.vascular.flow_estimator, **config.model_options("flow"),
+                           n_threads=config.execution.omp_nthreads, label="SpinFlowSim fit"),
+                  name="fit_spinflowsim", n_procs=config.execution.omp_nthreads, mem_gb=mem["fit"])
     wf.connect([
         (inputnode, ivim, [("norm_file", "in_file"), ("sigma_file", "sigma_file"), ("shells", "protocol"),
                            ("mask_file", "mask_file")]),
@@ -528,15 +530,15 @@ def init_vascular_wf(item: SessionInputs, config: Config, mem: dict, name="vascu
 def _add_flow_dictionary(wf, config: Config, protocol_from: tuple, match, outputnode, description_field: str) -> None:
     """The flow dictionary of a branch: --flow-dictionary as given, or simulated for the measurements of
     protocol_from (node, output) from the networks (cached); its description goes to description_field."""
-    if config.flow_dictionary:
-        match.inputs.dictionary_file = config.flow_dictionary
+    if config.vascular.flow_dictionary:
+        match.inputs.dictionary_file = config.vascular.flow_dictionary
         setattr(outputnode.inputs, description_field,
-                load_selected(config.flow_dictionary, config.flow_params).describe())
+                load_selected(config.vascular.flow_dictionary, config.vascular.flow_params).describe())
         return
-    sim = pe.Node(SimulateFlowForProtocol(network_files=list(config.flow_networks), n_spins=config.flow_spins,
-                                          seed=config.seed, cache_dir=config.sim_cache_dir,
-                                          b0_threshold=config.b0_threshold, n_threads=config.omp_nthreads),
-                  name="simulate_flow_dictionary", mem_gb=1.0, n_procs=config.omp_nthreads)
+    sim = pe.Node(SimulateFlowForProtocol(network_files=list(config.vascular.flow_networks), n_spins=config.vascular.flow_spins,
+                                          seed=config.execution.seed, cache_dir=config.execution.sim_cache_dir,
+                                          b0_threshold=config.preprocessing.b0_threshold, n_threads=config.execution.omp_nthreads),
+                  name="simulate_flow_dictionary", mem_gb=1.0, n_procs=config.execution.omp_nthreads)
     node, field = protocol_from
     wf.connect([(node, sim, [(field, "protocol")]), (sim, match, [("dictionary", "dictionary_file")]),
                 (sim, outputnode, [("description", description_field)])])
@@ -559,9 +561,9 @@ def init_derivatives_wf(item: SessionInputs, config: Config, model: str, name=No
     wf = pe.Workflow(name=name or f"{model}_derivatives_wf")
     inputnode = pe.Node(IdentityInterface(fields=fields), name="inputnode")
     outputnode = pe.Node(IdentityInterface(fields=["out_files"]), name="outputnode")
-    write = pe.Node(WriteDerivatives(out_dir=config.out_dir, subject=item.subject, session=item.session or "",
+    write = pe.Node(WriteDerivatives(out_dir=config.run.out_dir, subject=item.subject, session=item.session or "",
                                      model=model, parameters=config.sidecar_parameters(model), space=item.space,
-                                     input_files=records or input_record(item, config.dataset_links)),
+                                     input_files=records or input_record(item, config.run.dataset_links)),
                     name="write_maps", run_without_submitting=True)
     wf.connect([(inputnode, write, [(f, f) for f in fields]), (write, outputnode, [("out_files", "out_files")])])
     return wf

@@ -33,23 +33,23 @@ def default_cache_dir(work) -> str:
 def work_folder(config: Config) -> tuple[Path, Path | None]:
     """(the run's work folder, the temporary one made for it when -w was not given: None otherwise); the
     temporary one is removed after a successful run (and at exit after an interrupted one)."""
-    tmp_work = None if config.work_dir else Path(tempfile.mkdtemp(prefix="dmrimc_work_"))
+    tmp_work = None if config.execution.work_dir else Path(tempfile.mkdtemp(prefix="dmrimc_work_"))
     if tmp_work is not None:
         execution.TEMPORARY_DIRS.append(tmp_work)
-    return Path(config.work_dir or tmp_work).resolve(), tmp_work
+    return Path(config.execution.work_dir or tmp_work).resolve(), tmp_work
 
 
 def run_participants(config: Config, run_with: execution.Execution, run_id: str) -> int:
     """The participant level: exit code 0 when every requested subject/session finished."""
     _check_device(config)
-    if config.mem_gb:
+    if config.execution.mem_gb:
         from .participant import chunk_for_memory
-        procs = max(1, config.nprocs // max(1, config.omp_nthreads))
-        config.chunk_size = chunk_for_memory(config.mem_gb / procs, config.chunk_size)
-        LOG.info("--mem %.3g GB: fitting batches of at most %d voxels", config.mem_gb, config.chunk_size)
+        procs = max(1, config.execution.nprocs // max(1, config.execution.omp_nthreads))
+        config = config.replace(chunk_size=chunk_for_memory(config.execution.mem_gb / procs, config.execution.chunk_size))
+        LOG.info("--mem %.3g GB: fitting batches of at most %d voxels", config.execution.mem_gb, config.execution.chunk_size)
     items, dictionary = _collect(config)
     from ..bids.provenance import dataset_links
-    config.dataset_links = dataset_links(config.bids_dir, config.derivatives)
+    config = config.replace(dataset_links=dataset_links(config.run.bids_dir, config.inputs.derivatives))
     ok, failed, warnings = [], [], {}
     for item in items:
         try:
@@ -62,11 +62,11 @@ def run_participants(config: Config, run_with: execution.Execution, run_id: str)
         ok.append(item)
     if not ok:
         return _report_status(config, items, failed, run_id, wrote_status=False)
-    remove_stale_temps(config.out_dir)
+    remove_stale_temps(config.run.out_dir)
     _retire(config, ok, run_id)
     work, tmp_work = work_folder(config)
-    if not config.sim_cache_dir:
-        config.sim_cache_dir = default_cache_dir(work)
+    if not config.execution.sim_cache_dir:
+        config = config.replace(sim_cache_dir=default_cache_dir(work))
     config.write(run_id)   # after the last option is settled: the config written is the config used
     _write_dataset_records(config, [], run_id, ok)   # first: an interrupted run leaves a valid derivatives folder
     _record_interruptions(config, items, failed, run_id)
@@ -75,7 +75,7 @@ def run_participants(config: Config, run_with: execution.Execution, run_id: str)
     if result is None:
         _write_dataset_records(config, [], run_id, ok)
         print(f"dmrimc-bids: submitted {len(ok)} subject/session(s) to {run_with.plugin} (work dir "
-              f"{config.work_dir}); maps and reports appear as the jobs finish. To collect the status, rerun the "
+              f"{config.execution.work_dir}); maps and reports appear as the jobs finish. To collect the status, rerun the "
               "same command with --plugin Linear once they have: finished nodes are reused", file=sys.stderr)
         return 1 if failed else 0
     failed += result["failed"]
@@ -88,10 +88,10 @@ def _retire(config: Config, items, run_id: str) -> None:
     """This run owns its subjects' outputs: their earlier maps move to logs/previous/<run_id>/."""
     from ..bids.derivatives import retire_outputs
     for item in items:
-        moved = retire_outputs(config.out_dir, item.subject, item.session, run_id)
+        moved = retire_outputs(config.run.out_dir, item.subject, item.session, run_id)
         if moved:
             LOG.info("%s: moved %d map/sidecar file(s) of an earlier run to %s", item.label, len(moved),
-                     Path(config.out_dir) / "logs" / "previous" / run_id)
+                     Path(config.run.out_dir) / "logs" / "previous" / run_id)
 
 
 #: The models whose exitcode maps count failed voxels (status table, terminal summary).
@@ -106,7 +106,7 @@ def failed_voxels(config: Config, item) -> dict:
     from ..bids.derivatives import map_path, read_map
     out = {}
     for model in EXITCODE_MODELS:
-        f = map_path(config.out_dir, item.subject, item.session, model, "exitcode", space=item.space)
+        f = map_path(config.run.out_dir, item.subject, item.session, model, "exitcode", space=item.space)
         if f.is_file():
             ec = read_map(f)[0]
             ran = np.isin(ec, (1, -1))   # 0 and NaN background, 2 not fitted on purpose (no vascular signal)
@@ -121,7 +121,7 @@ def describe_failed_voxels(counts: dict) -> str:
 
 
 def _check_device(config: Config) -> None:
-    if config.device == "gpu":
+    if config.execution.device == "gpu":
         from ..core.fitting import gpu
         if not gpu.available():
             raise InputError("--device gpu: no CUDA GPU is visible", exit_code=64,
@@ -135,26 +135,26 @@ def _collect(config: Config):
     from ..core.dictionary_default import load_selected
     from ..core.simulate.flow.network import read_network
 
-    if config.flow_dictionary:  # fail early on an unreadable flow dictionary or an unknown parameter
-        Dictionary.load(config.flow_dictionary).select(config.flow_params or None)
-    for f in config.flow_networks:
+    if config.vascular.flow_dictionary:  # fail early on an unreadable flow dictionary or an unknown parameter
+        Dictionary.load(config.vascular.flow_dictionary).select(config.vascular.flow_params or None)
+    for f in config.vascular.flow_networks:
         read_network(f)
-    dictionary = load_selected(config.dictionary, config.params, config.fix)
-    for name in config.bounds:
+    dictionary = load_selected(config.tissue.dictionary, config.tissue.params, config.tissue.fix)
+    for name in config.tissue.bounds:
         if name not in dictionary.names:
             raise InputError(f"--bounds names unknown parameter {name!r}", exit_code=64,
                              fix=f"choose among {', '.join(dictionary.names)}")
-    from .config import DEFAULT_POINT_PRIOR
-    for name in config.point_prior:
+    from ..options import DEFAULT_POINT_PRIOR
+    for name in config.tissue.point_prior:
         if name not in dictionary.names and name not in DEFAULT_POINT_PRIOR:
             raise InputError(f"--point-prior names unknown parameter {name!r}", exit_code=64,
                              fix=f"choose among {', '.join(dictionary.names)}")
-    filters = load_filters(config.bids_filter_file) if config.bids_filter_file else None
-    items = collect_inputs(Path(config.bids_dir), [Path(d) for d in config.derivatives] or None,
-                           config.participant_label or None, config.session_label or None, filters,
-                           validate=not config.skip_bids_validation, mask_label=config.mask_label or None,
-                           mask_file=Path(config.mask) if config.mask else None,
-                           sigma_file=Path(config.noise_map) if config.noise_map else None)
+    filters = load_filters(config.inputs.bids_filter_file) if config.inputs.bids_filter_file else None
+    items = collect_inputs(Path(config.run.bids_dir), [Path(d) for d in config.inputs.derivatives] or None,
+                           config.inputs.participant_label or None, config.inputs.session_label or None, filters,
+                           validate=not config.inputs.skip_bids_validation, mask_label=config.inputs.mask_label or None,
+                           mask_file=Path(config.inputs.mask) if config.inputs.mask else None,
+                           sigma_file=Path(config.inputs.noise_map) if config.inputs.noise_map else None)
     _check_timing_keys(config, items)
     return items, dictionary
 
@@ -177,9 +177,9 @@ def _check_timing_keys(config: Config, items) -> None:
 def _record_interruptions(config: Config, items, failed, run_id: str) -> None:
     """Ctrl-C from here on: the status table marks the unfinished subjects/sessions "interrupted", and the
     line printed says what the run leaves and how to go on."""
-    resume = (f"a rerun with the same -w ({config.work_dir}) resumes" if config.work_dir else
+    resume = (f"a rerun with the same -w ({config.execution.work_dir}) resumes" if config.execution.work_dir else
               "the run's temporary work dir is removed, so a rerun starts again (-w DIR makes runs resumable)")
-    execution.INTERRUPT["message"] = (f"maps already written stay in {config.out_dir}, the status table in "
+    execution.INTERRUPT["message"] = (f"maps already written stay in {config.run.out_dir}, the status table in "
                                       f"logs/{run_id}_status.tsv; {resume}")
     started = time.time() - 1.0
 
@@ -188,15 +188,15 @@ def _record_interruptions(config: Config, items, failed, run_id: str) -> None:
         bad = {id(f[0]): f for f in failed}
         rows = []
         for i in items:
-            report = Path(config.out_dir) / f"sub-{i.subject}.html"
+            report = Path(config.run.out_dir) / f"sub-{i.subject}.html"
             done = report.is_file() and report.stat().st_mtime >= started
             rows.append(_status_row(i, bad.get(id(i)), interrupted=not done))
-        write_status(config.out_dir, run_id, rows)
+        write_status(config.run.out_dir, run_id, rows)
 
     def clean():
         # the workers are stopped and this process exits next: their half-written files go
         from ..core.atomic import remove_stale_temps as remove
-        remove(config.out_dir, ended_pids=[os.getpid()])
+        remove(config.run.out_dir, ended_pids=[os.getpid()])
     execution.INTERRUPT["hooks"] += [record, clean]
 
 
@@ -216,11 +216,11 @@ def _write_dataset_records(config: Config, fragments: list, run_id: str, items=(
     from ..bids.derivatives import write_dataset_description
     from ..reports.subject import write_citation
     subjects = sorted({f"sub-{i.subject}" + (f"_ses-{i.session}" if i.session else "") for i in items})
-    write_dataset_description(config.out_dir, config.bids_dir, config.seed, config.command,
-                              config.dataset_links or None,
+    write_dataset_description(config.run.out_dir, config.run.bids_dir, config.execution.seed, config.run.command,
+                              config.run.dataset_links or None,
                               run={"id": run_id, "options": config.options_fingerprint(), "subjects": subjects})
     if fragments:
-        write_citation(config.out_dir, fragments, config.report_options(), run_id)
+        write_citation(config.run.out_dir, fragments, config.report_options(), run_id)
     write_run_options(config)
 
 
@@ -228,7 +228,7 @@ def write_run_options(config: Config) -> None:
     """logs/options/<fingerprint>.json: the options behind a run's fingerprint (the group level names the
     options in which pooled runs differ), written atomically."""
     from ..core.atomic import write_bytes as atomic_write_bytes
-    path = Path(config.out_dir) / "logs" / "options" / f"{config.options_fingerprint()}.json"
+    path = Path(config.run.out_dir) / "logs" / "options" / f"{config.options_fingerprint()}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, json.dumps(config.result_options(), indent=1, sort_keys=True).encode())
 
@@ -259,13 +259,13 @@ def _report_status(config: Config, items, failed, run_id: str, wrote_status: boo
                   file=sys.stderr)
     status = "stderr"
     if wrote_status:  # a run that started nothing (every subject refused at preflight) leaves no file behind
-        status = write_status(config.out_dir, run_id, rows)
+        status = write_status(config.run.out_dir, run_id, rows)
         LOG.info("status of each subject/session: %s", status)
     if failed:
         print(f"dmrimc-bids: {len(failed)} of {len(items)} subject/session(s) failed: "
               + ", ".join(f[0].label for f in failed) + f" (see {status})", file=sys.stderr)
         return failed[0][1] if len(failed) == len(items) else 1
-    LOG.info("dmrimc-bids: finished %d subject/session(s) -> %s", len(items), config.out_dir)
+    LOG.info("dmrimc-bids: finished %d subject/session(s) -> %s", len(items), config.run.out_dir)
     return 0
 
 
@@ -280,15 +280,15 @@ def execute(items, config: Config, run_with: execution.Execution, warnings=None,
             work: tuple | None = None) -> dict | None:
     """Run the graph: {"failed": [(item, exit code, stage, message)], "fragments": the finished sessions'
     report fragments}, or None when a graph plugin only submitted it. work: (folder, temporary folder or None)
-    of work_folder(); config.sim_cache_dir must be settled (run_participants does both)."""
+    of work_folder(); config.execution.sim_cache_dir must be settled (run_participants does both)."""
     from . import nipype_logging
     from .participant import init_participant_wf
 
     work, tmp_work = work if work is not None else work_folder(config)
-    if not config.sim_cache_dir:
-        raise ValueError("config.sim_cache_dir must be set before the run (default_cache_dir)")
+    if not config.execution.sim_cache_dir:
+        raise ValueError("config.execution.sim_cache_dir must be set before the run (default_cache_dir)")
     execution.configure(run_with, work)
-    nipype_logging.route(config.verbose, Path(config.out_dir) / "logs" / f"{run_id}_nipype.log")
+    nipype_logging.route(config.execution.verbose, Path(config.run.out_dir) / "logs" / f"{run_id}_nipype.log")
     wf = init_participant_wf(items, config, work, warnings=warnings)
     crash_dir = work / "crash"
     before = set(crash_dir.glob("crash-*.txt")) if crash_dir.is_dir() else set()
@@ -369,20 +369,20 @@ def _failures(items, config: Config, crashes, wf_dir: Path, started: float) -> l
     broken, failed = {}, []
     for item in items:
         reason = _crash_reason(crashes, item)
-        exitcode = map_path(config.out_dir, item.subject, item.session, "histousim", "exitcode", space=item.space)
+        exitcode = map_path(config.run.out_dir, item.subject, item.session, "histousim", "exitcode", space=item.space)
         if reason or not exitcode.is_file():
             broken[id(item)] = reason or "no maps were written"
             continue
         over = [(m, n, of) for m, (n, of) in failed_voxels(config, item).items()
-                if n / max(1, of) > config.max_failed_fraction]
+                if n / max(1, of) > config.execution.max_failed_fraction]
         if over:
             broken[id(item)] = ("the fit failed in " + ", ".join(f"{100 * n / max(1, of):.0f} % of the {m} voxels "
                                                                  f"({n}/{of})" for m, n, of in over)
                                 + f" (exit code -1: NaN or non-positive data), above --max-failed-fraction "
-                                  f"{config.max_failed_fraction:g}; check the DWI for damaged or unscaled volumes")
+                                  f"{config.execution.max_failed_fraction:g}; check the DWI for damaged or unscaled volumes")
     _partial_reports(items, broken, config, wf_dir)
     for item in items:
-        report = Path(config.out_dir) / f"sub-{item.subject}.html"
+        report = Path(config.run.out_dir) / f"sub-{item.subject}.html"
         if id(item) in broken:
             reason = broken[id(item)]
             print(f"dmrimc-bids: error: {item.label}: processing failed: {reason}", file=sys.stderr)
@@ -423,7 +423,7 @@ def _partial_reports(items, broken: dict, config: Config, wf_dir: Path) -> None:
         for k, frag in enumerate(frags):
             files.append(str(folder / f"fragment_{k}.json"))
             Path(files[-1]).write_text(json.dumps(frag))
-        SubjectReport(out_dir=config.out_dir, subject=subject, fragments=files,
+        SubjectReport(out_dir=config.run.out_dir, subject=subject, fragments=files,
                       options=config.report_options()).run(cwd=str(folder))
         shutil.rmtree(folder, ignore_errors=True)
 
