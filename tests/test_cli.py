@@ -383,14 +383,14 @@ def test_gdur_gsep_files_beside_the_nifti(single_demo, tmp_path, capsys):
     (dwi / "sub-01_dwi.json").write_text(json.dumps(meta))
     from dmrimc_bids.bids.layout import collect_inputs
     from dmrimc_bids.workflows.config import Config
-    from dmrimc_bids.workflows.participant import preflight
+    from dmrimc_bids.workflows.plan import plan_session
     item = collect_inputs(single_demo, [single_demo / "derivatives" / "segmentation"])[0]
-    assert item.gdur_files[0].endswith(".gdur") and item.mask_file.endswith("desc-tumour_mask.nii.gz")
+    assert item.runs[0].gdur.endswith(".gdur") and item.mask_file.endswith("desc-tumour_mask.nii.gz")
     assert item.sigma_file.endswith("desc-sigma_noise.nii.gz")
-    summary = preflight(item, Config.from_dict(out_dir=str(tmp_path / "o")))   # the joint fit: every b > 0
-    assert summary["fitted"] == 20 and summary["shells"] == 22 and summary["model"] == "joint"
-    summary = preflight(item, Config.from_dict(out_dir=str(tmp_path / "o"), model="separate"))   # b >= --vasc-threshold
-    assert summary["fitted"] == 12 and summary["model"] == "separate"
+    plan = plan_session(item, Config.from_dict(out_dir=str(tmp_path / "o")))   # the joint fit: every b > 0
+    assert plan.fitted == 20 and len(plan.shells) == 22 and plan.model == "joint"
+    plan = plan_session(item, Config.from_dict(out_dir=str(tmp_path / "o"), model="separate"))   # b >= --vasc-threshold
+    assert plan.fitted == 12 and plan.model == "separate"
 
 
 def test_the_mask_is_announced(single_demo, tmp_path, caplog):
@@ -515,9 +515,8 @@ def test_readme_commands_synopsis_and_snippet(tmp_path, monkeypatch):
     assert len(setup) == 3 and " group " in setup[1]
     assert len(readme.splitlines()) <= 150   # an entry point (issue #40); the manual is docs/
     blocks = usage.split("```")
-    synopsis = blocks[1]
     for option in ("--model", "--prior", "--point-prior", "--t2-tissue-ms", "--t2-blood-ms", "--flow-estimator"):
-        assert option in synopsis, option
+        assert f"| `{option}` |" in usage, option   # the generated options table (dmrimc_bids/options.py)
     assert not re.search(r"\S {2,}\S", "\n".join(line for text in (readme, usage) for line in text.splitlines()
                                                    if line.startswith("dmrimc-") and "#" not in line))
     snippet = next(b for b in blocks if b.startswith("python\n") and "init_dmrimc_wf" in b)[len("python\n"):]

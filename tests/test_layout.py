@@ -52,4 +52,5 @@ def test_missing_bvec_and_inherited_sidecar(tmp_path):
         f.write_text("")
     files = [SimpleNamespace(path=str(dwi), entities={"subject": "01"})]
     item = _session_item("01", None, files, _Layout(tmp_path, None))
-    assert item.bvec_files == [str(tmp_path / "sub-01_dwi.bvec")] and item.sidecar_files == [str(tmp_path / "dwi.json")]
+    assert [r.bvec for r in item.runs] == [str(tmp_path / "sub-01_dwi.bvec")]
+    assert [r.sidecar for r in item.runs] == [str(tmp_path / "dwi.json")]

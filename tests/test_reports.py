@@ -173,6 +173,7 @@ def test_methods_text_is_carried_by_the_workflows_that_ran(demo_run, demo_dir):
     from dmrimc_bids.workflows import methods
     from dmrimc_bids.workflows.config import Config
     from dmrimc_bids.workflows.participant import init_single_subject_wf
+    from dmrimc_bids.workflows.plan import plan_session
 
     _, out, _ = demo_run
     config = Config.from_dict(out_dir=str(out), bids_dir=str(demo_dir), derivatives=[str(demo_dir / "derivatives" / "segmentation")],
@@ -180,7 +181,7 @@ def test_methods_text_is_carried_by_the_workflows_that_ran(demo_run, demo_dir):
     item = collect_inputs(demo_dir, config.inputs.derivatives, ["01"], validate=False)[0]
 
     def carried(cfg):
-        return init_single_subject_wf(item, cfg).get_node("session_report").inputs.pipeline_methods
+        return init_single_subject_wf(plan_session(item, cfg)).get_node("session_report").inputs.pipeline_methods
 
     joint = carried(config)
     assert joint["desc"] == [methods.preproc_desc(config), methods.joint_desc()]

@@ -110,8 +110,8 @@ def test_mem_bounds_scheduling_and_batches(single_demo, tmp_path):
     from dmrimc_bids.cli.parser import build_parser, config_from_args
     from dmrimc_bids.workflows import execution
     from dmrimc_bids.workflows.config import Config
-    from dmrimc_bids.workflows.participant import (BYTES_PER_BATCH_VOXEL, chunk_for_memory,
-                                                   init_participant_wf)
+    from dmrimc_bids.workflows.participant import init_participant_wf
+    from dmrimc_bids.workflows.plan import BYTES_PER_BATCH_VOXEL, chunk_for_memory, plan_session
     assert [memory_gb(t) for t in ("8G", "8000M", "8", "8gb", "1T")] == [8.0, 8.0, 8.0, 8.0, 1000.0]
     args = build_parser().parse_args([str(single_demo), str(tmp_path / "o"), "participant", "--mem", "3G",
                                       "--nprocs", "2"])
@@ -123,8 +123,8 @@ def test_mem_bounds_scheduling_and_batches(single_demo, tmp_path):
     assert chunk_for_memory(1.5, 10**6) == int(0.5 * 1.5e9 / BYTES_PER_BATCH_VOXEL)
     assert chunk_for_memory(1e-6, 10**6) == 100 and chunk_for_memory(100, 5000) == 5000
     item = collect_inputs(single_demo)[0]
-    small = init_participant_wf([item], Config.from_dict(out_dir=str(tmp_path / "o"), chunk_size=100), tmp_path / "w")
-    big = init_participant_wf([item], Config.from_dict(out_dir=str(tmp_path / "o"), chunk_size=10**5), tmp_path / "w")
+    configs = [Config.from_dict(out_dir=str(tmp_path / "o"), chunk_size=c) for c in (100, 10**5)]
+    small, big = (init_participant_wf([plan_session(item, c)], c, tmp_path / "w") for c in configs)
     mem = [next(n for n in wf._get_all_nodes() if n.name in ("fit_histousim", "fit_joint")).mem_gb for wf in (small, big)]
     n_vox, n_shells = 20 * 20 * 4, 22
     expected = 0.4 + (4 * n_vox * n_shells * 8 + 40 * n_vox * 4) / 1e9

@@ -12,26 +12,51 @@ from ..core.errors import EX_NOINPUT, EX_USAGE, InputError
 EXIT_NO_FILES = 18  # BIDS-Apps draft: entity-based filtering selected no files
 
 
+@dataclass(frozen=True)
+class DwiRun:
+    """One DWI series and the files that describe it ("" where it has none): the .bval (b [s/mm²]), .bvec,
+    JSON sidecar (SmallDelta/BigDelta [s], EchoTime [s]), .gdur/.gsep (δ/Δ [ms]) and, for a preprocessed
+    series, the QSIPrep confounds table naming its source runs."""
+    dwi: str
+    bval: str
+    bvec: str = ""
+    sidecar: str = ""
+    gdur: str = ""
+    gsep: str = ""
+    confounds: str = ""
+
+    #: The columns in the order of ReadProtocol's list inputs (``<column>_files``).
+    COLUMNS = ("dwi", "bval", "bvec", "sidecar", "gdur", "gsep", "confounds")
+
+
+def run_columns(runs) -> dict:
+    """{"dwi_files": [...], "bval_files": [...], ...}: rows of DwiRun as the per-column file lists a Nipype node
+    hashes by content (ReadProtocol); '' where a run has no such file."""
+    return {f"{c}_files": [getattr(r, c) for r in runs] for c in DwiRun.COLUMNS}
+
+
 @dataclass
 class SessionInputs:
-    """Everything the participant workflow needs for one subject (and session)."""
+    """Everything the participant workflow needs for one subject (and session): its DWI runs as rows."""
 
     subject: str
     session: str | None
-    dwi_files: list
-    bval_files: list
-    bvec_files: list
-    sidecar_files: list
-    gdur_files: list
-    gsep_files: list
+    runs: tuple = ()
     mask_file: str = ""
     sigma_file: str = ""
     entities: dict = field(default_factory=dict)
-    confounds_files: list = field(default_factory=list)
     #: how the mask was chosen (the rule that picked it, or that the app builds one)
     mask_origin: str = ""
     #: the dataset each DWI comes from: (name in DatasetLinks, its root folder)
     dataset: tuple = ("raw", "")
+
+    def __post_init__(self):
+        self.runs = tuple(self.runs)
+
+    @property
+    def dwi_files(self) -> list:
+        """The DWI series, one per run."""
+        return [r.dwi for r in self.runs]
 
     @property
     def space(self) -> str:
@@ -193,10 +218,9 @@ def _session_dwi(raw, explicit, sub, ses, filters: dict):
 
 def _session_item(sub, ses, files, layout) -> SessionInputs:
     files = sorted(files, key=lambda f: f.path)
-    dwi, bval, bvec, side, gdur, gsep, conf = [], [], [], [], [], [], []
+    runs = []
     for f in files:
         stem = re.sub(r"\.nii(\.gz)?$", "", f.path)
-        dwi.append(f.path)
         b = Path(stem + ".bval")
         if not b.is_file():
             try:
@@ -204,22 +228,20 @@ def _session_item(sub, ses, files, layout) -> SessionInputs:
             except Exception as exc:
                 raise InputError("no .bval file for this DWI", path=f.path, exit_code=EX_NOINPUT,
                                  fix="add the .bval beside the NIfTI (one b-value per volume)") from exc
-        bval.append(str(b))
         if Path(stem + ".bvec").is_file():
-            bvec.append(str(Path(stem + ".bvec")))
+            bvec = str(Path(stem + ".bvec"))
         else:  # inherited, or none: then the file it should be (read_protocol refuses it where b > 0)
-            bvec.append(str(_lookup("the .bvec file", f.path, _inherited_bvec, layout, f.path) or stem + ".bvec"))
+            bvec = str(_lookup("the .bvec file", f.path, _inherited_bvec, layout, f.path) or stem + ".bvec")
         js = Path(stem + ".json")
         if js.is_file():
-            side.append(str(js))
+            side = str(js)
         else:
             meta = _lookup("the JSON sidecar", f.path, layout.get_metadata, f.path)
-            side.append(_inherited_sidecar(layout, f) if meta else "")
-        gdur.append(stem + ".gdur" if Path(stem + ".gdur").is_file() else "")
-        gsep.append(stem + ".gsep" if Path(stem + ".gsep").is_file() else "")
-        conf.append(_confounds_file(stem))
+            side = _inherited_sidecar(layout, f) if meta else ""
+        runs.append(DwiRun(f.path, str(b), bvec, side, stem + ".gdur" if Path(stem + ".gdur").is_file() else "",
+                           stem + ".gsep" if Path(stem + ".gsep").is_file() else "", _confounds_file(stem)))
     ent = {k: v for k, v in files[0].entities.items() if k in ("subject", "session", "space")}
-    return SessionInputs(sub, ses, dwi, bval, bvec, side, gdur, gsep, entities=ent, confounds_files=conf)
+    return SessionInputs(sub, ses, runs, entities=ent)
 
 
 def _confounds_file(stem: str) -> str:

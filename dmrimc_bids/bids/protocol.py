@@ -291,23 +291,16 @@ def original_files(confounds_file) -> list:
     return [r["original_file"] for r in rows]
 
 
-def session_protocols(dwi_files, bval_files, bvec_files=None, sidecar_files=None, gdur_files=None, gsep_files=None,
-                      confounds_files=None, small_delta_ms=None, big_delta_ms=None, timing=None,
-                      b0_threshold=B0_THRESHOLD) -> list:
-    """The protocol of each run of a session (series_protocol). Per-run ``timing`` ({key: (δ, Δ)} ms,
-    run_timing_for) wins over one ``small_delta_ms``/``big_delta_ms`` for every volume, and
-    that one is refused (usage error) when the runs' own metadata say their timing or TE differ."""
-    n = len(dwi_files)
-    col = lambda files: list(files) if files else [""] * n  # noqa: E731
-    per_run = [run_timing_for(d, timing or {}) or _source_run_timing(c, timing) for d, c in
-               zip(dwi_files, col(confounds_files))]
-    rows = list(zip(dwi_files, bval_files, col(bvec_files), col(sidecar_files), col(gdur_files), col(gsep_files),
-                    col(confounds_files)))
+def session_protocols(runs, small_delta_ms=None, big_delta_ms=None, timing=None, b0_threshold=B0_THRESHOLD) -> list:
+    """The protocol of each run of a session (series_protocol; runs: rows of bids.layout.DwiRun). Per-run
+    ``timing`` ({key: (δ, Δ)} ms, run_timing_for) wins over one ``small_delta_ms``/``big_delta_ms`` for every
+    volume, and that one is refused (usage error) when the runs' own metadata say their timing or TE differ."""
+    per_run = [run_timing_for(r.dwi, timing or {}) or _source_run_timing(r.confounds, timing) for r in runs]
     if (small_delta_ms is not None or big_delta_ms is not None) and None in per_run:
-        _refuse_shared_timing([(d, sc, gs, cf) for (d, _, _, sc, _, gs, cf), rt in zip(rows, per_run) if rt is None])
-    return [series_protocol(d, b, bv or None, sc or None, gd or None, gs or None, small_delta_ms, big_delta_ms,
-                            b0_threshold, rt, cf or None)
-            for (d, b, bv, sc, gd, gs, cf), rt in zip(rows, per_run)]
+        _refuse_shared_timing([(r.dwi, r.sidecar, r.gsep, r.confounds) for r, rt in zip(runs, per_run) if rt is None])
+    return [series_protocol(r.dwi, r.bval, r.bvec or None, r.sidecar or None, r.gdur or None, r.gsep or None,
+                            small_delta_ms, big_delta_ms, b0_threshold, rt, r.confounds or None)
+            for r, rt in zip(runs, per_run)]
 
 
 def _source_run_timing(confounds_file, timing):

@@ -1,4 +1,4 @@
-"""Nipype interfaces around core.dictionary: selection and protocol matching."""
+"""Nipype interface around core.dictionary: a selected dictionary matched to the measured protocol."""
 
 from __future__ import annotations
 
@@ -14,24 +14,6 @@ class _SelectIn(BaseInterfaceInputSpec):
     dictionary_file = File(exists=True, desc="dictionary .npz (absent: the embedded default)")
     params = traits.List(traits.Str, desc="parameters to estimate (D0in, D0ex, kappa added unless fixed)")
     fix = traits.Dict(traits.Str, traits.Float, desc="parameters fixed at a grid value")
-
-
-class _SelectOut(TraitedSpec):
-    max_b = traits.Float(desc="largest b of the dictionary [s/mm²]")
-    description = traits.Dict(desc="dictionary summary for the sidecars")
-
-
-class SelectDictionary(SimpleInterface):
-    """Load and select a dictionary (core.dictionary.Dictionary.select); report its largest b."""
-
-    input_spec = _SelectIn
-    output_spec = _SelectOut
-
-    def _run_interface(self, runtime):
-        d = load_selected(_file(self.inputs.dictionary_file), self.inputs.params, self.inputs.fix)
-        self._results["max_b"] = d.max_b
-        self._results["description"] = d.describe()
-        return runtime
 
 
 class _MatchIn(_SelectIn):

@@ -11,6 +11,7 @@ from nipype.interfaces.base import (BaseInterfaceInputSpec, File, InputMultiObje
 
 from ..core import preprocess as core
 from ..core.errors import EX_DATAERR, InputError
+from ..bids.layout import DwiRun
 from ..bids.protocol import session_protocols
 from ..core.protocol import B0_THRESHOLD, Protocol
 from ..bids.images import check_same_grid, load_data, load_image, prepare_mask
@@ -54,10 +55,9 @@ class ReadProtocol(SimpleInterface):
     def _run_interface(self, runtime):
         i = self.inputs
         n = len(i.dwi_files)
-        extra = lambda name: list(getattr(i, name)) if isdefined(getattr(i, name)) else [""] * n  # noqa: E731
-        protos = session_protocols(i.dwi_files, i.bval_files, extra("bvec_files"), extra("sidecar_files"),
-                                   extra("gdur_files"), extra("gsep_files"), extra("confounds_files"),
-                                   _opt(i.small_delta_ms), _opt(i.big_delta_ms),
+        column = lambda c: list(getattr(i, f"{c}_files")) if isdefined(getattr(i, f"{c}_files")) else [""] * n  # noqa: E731
+        runs = [DwiRun(*row) for row in zip(*(column(c) for c in DwiRun.COLUMNS))]
+        protos = session_protocols(runs, _opt(i.small_delta_ms), _opt(i.big_delta_ms),
                                    {k: tuple(v) for k, v in (i.timing if isdefined(i.timing) else {}).items()},
                                    i.b0_threshold)
         proto = Protocol.concatenate(protos)

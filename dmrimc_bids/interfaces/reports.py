@@ -34,7 +34,7 @@ class _SessionIn(BaseInterfaceInputSpec):
     input_files = traits.Dict(desc="bids.provenance.input_record: the DWI, mask and σ map used (URI, SHA-256)")
     mask_origin = traits.Str(desc="how the fitted mask was made (PrepareMask)")
     pipeline_methods = traits.Dict(traits.Str, traits.List(traits.Str),
-                                   desc="methods.workflow_methods of the session's graph: its steps' sentences")
+                                   desc="LiterateWorkflow.visit_desc() of the session's graph: its steps' sentences")
 
 
 class _SessionOut(TraitedSpec):

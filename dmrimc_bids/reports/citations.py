@@ -57,7 +57,7 @@ def _parameters_phrase(d: dict | None, default: list) -> str:
 
 def pipeline_methods(fragments: list[dict]) -> dict:
     """{"desc": [...], "postdesc": [...]}: the sentences the sessions' workflows carried
-    (workflows.methods.workflow_methods), each once, in the sessions' order."""
+    (workflows.methods.LiterateWorkflow.visit_desc), each once, in the sessions' order."""
     out = {"desc": [], "postdesc": []}
     for f in fragments:
         for key in out:

@@ -69,24 +69,24 @@ def session_outputs(dwi_file, bval_file, bvec_file, json_file, mask_file, sigma_
     from pathlib import Path
 
     from ..bids.derivatives import write_dataset_description
-    from ..bids.layout import SessionInputs
-    from .participant import init_participant_wf, preflight
+    from ..bids.layout import DwiRun, SessionInputs
+    from .participant import init_participant_wf
+    from .plan import plan_session
     from .runner import default_cache_dir, describe_failed_voxels, failed_voxels, new_run_id
 
-    item = SessionInputs(subject=subject, session=session or None, dwi_files=[str(dwi_file)],
-                         bval_files=[str(bval_file)], bvec_files=[str(bvec_file)], sidecar_files=[str(json_file)],
-                         gdur_files=[""], gsep_files=[""], mask_file=str(mask_file or ""),
-                         sigma_file=str(sigma_file or ""),
+    item = SessionInputs(subject=subject, session=session or None,
+                         runs=[DwiRun(str(dwi_file), str(bval_file), str(bvec_file), str(json_file))],
+                         mask_file=str(mask_file or ""), sigma_file=str(sigma_file or ""),
                          mask_origin="the lab workflow's mask_file" if mask_file else "")
     config = Config.from_dict(options or {}, out_dir=str(Path(output_dir).absolute())).validate()
-    preflight(item, config)
     work = Path(os.getcwd()) / "work"
     if not config.execution.sim_cache_dir:   # simulated dictionaries are cached beside the graph, as the app does
         config = config.replace(sim_cache_dir=default_cache_dir(work))
+    plan = plan_session(item, config)   # the preflight: InputError on bad input, before any output
     run_id = new_run_id()
     write_dataset_description(config.run.out_dir, "", config.execution.seed, "init_dmrimc_wf",
                               run={"id": run_id, "options": config.options_fingerprint(), "subjects": [item.label]})
-    wf = init_participant_wf([item], config, work)
+    wf = init_participant_wf([plan], config, work)
     # the app's execution settings for this graph only (the lab's own workflow keeps its own): a dictionary
     # .npz keeps the .json beside it, crash files go to <work>/crash
     wf.config["execution"] = {"remove_unnecessary_outputs": False, "crashdump_dir": str(work / "crash"),

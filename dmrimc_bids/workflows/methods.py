@@ -1,15 +1,51 @@
-"""The methods text carried by the workflows that run (niworkflows' ``__desc__``/``__postdesc__`` style).
+"""The methods text carried by the workflows that run, niworkflows style: each builder makes a
+``LiterateWorkflow`` with the sentences of the step it builds (``__desc__``, and ``__postdesc__`` for closing
+ones); ``visit_desc`` collects them over a session's graph in the order the steps run, and the session report
+quotes them, so the text cannot drift from the graph. The models' own sentences (Model.describe(), with the
+dictionary they were fitted against) are added by the report from the models that wrote maps.
 
-Each workflow builder sets the sentences of the step it builds on the workflow it returns; workflow_methods
-collects them over a session's graph, in the order the steps run, and the session report quotes them, so the
-text cannot drift from the graph. The models' own sentences (Model.describe(), with the dictionary they were
-fitted against) are added by the report from the models that wrote maps.
+Why not niworkflows' own LiterateWorkflow: it is the same ~30 lines (a Workflow subclass whose visit_desc walks
+the graph topologically), and niworkflows would bring nilearn, nitransforms, templateflow's data, pandas,
+seaborn and svgutils into an image that uses none of them. The class below keeps its interface (``__desc__``,
+``__postdesc__``, ``visit_desc()``), so moving to niworkflows is a change of import.
 """
 
 from __future__ import annotations
 
+from nipype.pipeline import engine as pe
+
 from .. import __version__
 from .config import Config
+
+
+class LiterateWorkflow(pe.Workflow):
+    """A Nipype Workflow carrying its step's methods sentences (niworkflows.engine.workflows' interface)."""
+
+    def __init__(self, name: str, base_dir=None, desc: str | None = None, postdesc: str | None = None):
+        super().__init__(name, base_dir=base_dir)
+        self.__desc__ = desc
+        self.__postdesc__ = postdesc
+
+    def visit_desc(self) -> dict:
+        """{"desc": [...], "postdesc": [...]}: the ``__desc__`` of this workflow and of every sub-workflow, in
+        the order the steps run (topological), each once, and their ``__postdesc__`` (innermost first)."""
+        import networkx as nx
+
+        desc, post = [], []
+
+        def visit(w):
+            text = getattr(w, "__desc__", None)
+            if text and text not in desc:
+                desc.append(text)
+            for node in nx.topological_sort(w._graph):   # as niworkflows does: Nipype has no public walk
+                if isinstance(node, pe.Workflow):
+                    visit(node)
+            text = getattr(w, "__postdesc__", None)
+            if text and text not in post:
+                post.append(text)
+
+        visit(self)
+        return {"desc": desc, "postdesc": post}
 
 
 def _fmt(value) -> str:
@@ -42,25 +78,3 @@ def separate_desc() -> str:
 def seed_postdesc(config: Config) -> str:
     """The closing sentence of a session's methods (init_single_subject_wf)."""
     return f"Random seed: {config.execution.seed}."
-
-
-def workflow_methods(wf) -> dict:
-    """{"desc": [...], "postdesc": [...]}: the ``__desc__`` of wf and of every sub-workflow, in the order
-    the steps run (topological), each once, and their ``__postdesc__`` (innermost first)."""
-    import networkx as nx
-
-    desc, post = [], []
-
-    def visit(w):
-        text = getattr(w, "__desc__", None)
-        if text and text not in desc:
-            desc.append(text)
-        for node in nx.topological_sort(w._graph):
-            if hasattr(node, "_graph"):   # a sub-workflow
-                visit(node)
-        text = getattr(w, "__postdesc__", None)
-        if text and text not in post:
-            post.append(text)
-
-    visit(wf)
-    return {"desc": desc, "postdesc": post}

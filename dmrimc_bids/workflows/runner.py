@@ -40,43 +40,47 @@ def work_folder(config: Config) -> tuple[Path, Path | None]:
 
 
 def run_participants(config: Config, run_with: execution.Execution, run_id: str) -> int:
-    """The participant level: exit code 0 when every requested subject/session finished."""
+    """The participant level: exit code 0 when every requested subject/session finished. The run's Config is
+    settled first (batch size, dataset links, work folder, dictionary cache), then every session is planned
+    once (plan.plan_session, the preflight), then the graph is built from the plans and run."""
     _check_device(config)
     if config.execution.mem_gb:
-        from .participant import chunk_for_memory
+        from .plan import chunk_for_memory
         procs = max(1, config.execution.nprocs // max(1, config.execution.omp_nthreads))
-        config = config.replace(chunk_size=chunk_for_memory(config.execution.mem_gb / procs, config.execution.chunk_size))
-        LOG.info("--mem %.3g GB: fitting batches of at most %d voxels", config.execution.mem_gb, config.execution.chunk_size)
+        config = config.replace(chunk_size=chunk_for_memory(config.execution.mem_gb / procs,
+                                                            config.execution.chunk_size))
+        LOG.info("--mem %.3g GB: fitting batches of at most %d voxels", config.execution.mem_gb,
+                 config.execution.chunk_size)
     items, dictionary = _collect(config)
     from ..bids.provenance import dataset_links
     config = config.replace(dataset_links=dataset_links(config.run.bids_dir, config.inputs.derivatives))
-    ok, failed, warnings = [], [], {}
-    for item in items:
-        try:
-            summary = _preflight(item, config, dictionary)
-        except InputError as exc:
-            print(f"dmrimc-bids: error: {item.label}: {exc}", file=sys.stderr)
-            failed.append((item, exc.exit_code, "preflight", str(exc)))
-            continue
-        warnings[item.label] = summary["warnings"]
-        ok.append(item)
-    if not ok:
-        return _report_status(config, items, failed, run_id, wrote_status=False)
-    remove_stale_temps(config.run.out_dir)
-    _retire(config, ok, run_id)
     work, tmp_work = work_folder(config)
     if not config.execution.sim_cache_dir:
         config = config.replace(sim_cache_dir=default_cache_dir(work))
-    config.write(run_id)   # after the last option is settled: the config written is the config used
+    plans, failed = [], []
+    for item in items:
+        try:
+            plans.append(_preflight(item, config, dictionary))
+        except InputError as exc:
+            print(f"dmrimc-bids: error: {item.label}: {exc}", file=sys.stderr)
+            failed.append((item, exc.exit_code, "preflight", str(exc)))
+    if not plans:
+        if tmp_work is not None:
+            shutil.rmtree(tmp_work, ignore_errors=True)
+        return _report_status(config, items, failed, run_id, wrote_status=False)
+    ok = [plan.item for plan in plans]
+    remove_stale_temps(config.run.out_dir)
+    _retire(config, ok, run_id)
+    config.write(run_id)   # every option settled: the config written is the config used
     _write_dataset_records(config, [], run_id, ok)   # first: an interrupted run leaves a valid derivatives folder
     _record_interruptions(config, items, failed, run_id)
-    result = execute(ok, config, run_with, warnings, run_id, work=(work, tmp_work))
+    result = execute(plans, config, run_with, run_id, work=(work, tmp_work))
     execution.INTERRUPT["hooks"].clear()
     if result is None:
         _write_dataset_records(config, [], run_id, ok)
         print(f"dmrimc-bids: submitted {len(ok)} subject/session(s) to {run_with.plugin} (work dir "
-              f"{config.execution.work_dir}); maps and reports appear as the jobs finish. To collect the status, rerun the "
-              "same command with --plugin Linear once they have: finished nodes are reused", file=sys.stderr)
+              f"{config.execution.work_dir}); maps and reports appear as the jobs finish. To collect the status, "
+              "rerun the same command with --plugin Linear once they have: finished nodes are reused", file=sys.stderr)
         return 1 if failed else 0
     failed += result["failed"]
     if len(failed) < len(items):
@@ -167,7 +171,7 @@ def _check_timing_keys(config: Config, items) -> None:
     if not timing:
         return
     files = {f for item in items for f in item.dwi_files}  # and the source runs of preprocessed series
-    files |= {f for item in items for c in item.confounds_files if c for f in original_files(c)}
+    files |= {f for item in items for r in item.runs if r.confounds for f in original_files(r.confounds)}
     for key, value in timing.items():
         if not any(run_timing_for(f, {key: value}) for f in files):
             raise InputError(f"--timing {key}: matches no DWI file of the selected subjects/sessions", exit_code=64,
@@ -200,14 +204,14 @@ def _record_interruptions(config: Config, items, failed, run_id: str) -> None:
     execution.INTERRUPT["hooks"] += [record, clean]
 
 
-def _preflight(item, config: Config, dictionary) -> dict:
-    from .participant import preflight
-    summary = preflight(item, config, dictionary)
-    for w in summary["warnings"]:
+def _preflight(item, config: Config, dictionary):
+    """The session's plan (plan.plan_session: InputError on bad input), its warnings and summary logged."""
+    from .plan import plan_session
+    plan = plan_session(item, config, dictionary)
+    for w in plan.warnings:
         LOG.warning("%s: warning: %s", item.label, w)
-    LOG.info("%s: %d volumes -> %d shells, %d fitted measurements, --model %s; %s", item.label, summary["volumes"],
-             summary["shells"], summary["fitted"], summary["model"], summary["mask"])
-    return summary
+    LOG.info("%s: %s", item.label, plan.summary())
+    return plan
 
 
 def _write_dataset_records(config: Config, fragments: list, run_id: str, items=()) -> None:
@@ -276,7 +280,7 @@ def remove_stale_temps(out_dir) -> None:
         LOG.info("removed %d temporary file(s) left by an interrupted run in %s", len(removed), out_dir)
 
 
-def execute(items, config: Config, run_with: execution.Execution, warnings=None, run_id: str = "run",
+def execute(plans, config: Config, run_with: execution.Execution, run_id: str = "run",
             work: tuple | None = None) -> dict | None:
     """Run the graph: {"failed": [(item, exit code, stage, message)], "fragments": the finished sessions'
     report fragments}, or None when a graph plugin only submitted it. work: (folder, temporary folder or None)
@@ -289,7 +293,8 @@ def execute(items, config: Config, run_with: execution.Execution, warnings=None,
         raise ValueError("config.execution.sim_cache_dir must be set before the run (default_cache_dir)")
     execution.configure(run_with, work)
     nipype_logging.route(config.execution.verbose, Path(config.run.out_dir) / "logs" / f"{run_id}_nipype.log")
-    wf = init_participant_wf(items, config, work, warnings=warnings)
+    wf = init_participant_wf(plans, config, work)
+    items = [plan.item for plan in plans]
     crash_dir = work / "crash"
     before = set(crash_dir.glob("crash-*.txt")) if crash_dir.is_dir() else set()
     t0, started = time.perf_counter(), time.time() - 1.0  # 1 s of slack for coarse file-system clocks
