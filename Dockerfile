@@ -1,14 +1,16 @@
-# dmrimc-bids as a BIDS App:
-#   docker build -t dmrimc-bids:0.1.0 .
+# dmrimc-bids as a BIDS App (the version lives in dmrimc_bids/__init__.py only; the build refuses another):
+#   VERSION=$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' dmrimc_bids/__init__.py)
+#   docker build --build-arg VERSION=$VERSION -t dmrimc-bids:$VERSION .
 #   docker run --rm -u "$(id -u):$(id -g)" -v /data/bids:/bids:ro -v /data/out:/out -v /scratch:/work \
-#       dmrimc-bids:0.1.0 /bids /out participant -w /work --nprocs 8 --mem 16G
+#       dmrimc-bids:$VERSION /bids /out participant -w /work --nprocs 8 --mem 16G
 # The install steps live in containers/install.sh, shared with containers/apptainer.def and CI (.ci/run).
 # BASE: any Debian (bookworm) image with python3 and python3-venv; containers/check-image.sh builds one from
 # Debian's packages where no registry is reachable
 ARG BASE=python:3.11.7-slim-bookworm
 FROM ${BASE}
 
-ARG VERSION=0.1.0
+# the package's version (dmrimc_bids/__init__.py), required: install.sh --expect-version checks it
+ARG VERSION
 # the project's code URL, when it has one: --build-arg SOURCE=https://... (labels and CodeURL stay empty without)
 ARG SOURCE=
 # TemplateFlow atlases baked in for offline group-level ROIs (--atlas); empty to skip
@@ -42,7 +44,7 @@ COPY . /src/dmrimc-bids/
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 RUN TF_ARGS=(); for spec in ${TEMPLATEFLOW_ATLASES}; do TF_ARGS+=(--templateflow "$spec"); done; \
     /src/dmrimc-bids/containers/install.sh --venv "${DMRIMC_VENV}" --extras spice,atlas,plots,video "${TF_ARGS[@]}" \
-        --numba-cache "${NUMBA_CACHE_DIR}" --smoke-test --slim \
+        --numba-cache "${NUMBA_CACHE_DIR}" --smoke-test --slim --expect-version "${VERSION}" \
     && rm -rf /src/dmrimc-bids /tmp/matplotlib \
     && useradd --create-home --home-dir /home/dmrimc --shell /bin/bash --uid 1000 dmrimc \
     && chmod -R go=u /home/dmrimc

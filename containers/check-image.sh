@@ -65,7 +65,9 @@ done < <(python3 -m pip config list 2>/dev/null | sed -E "s/^[^=]+='?([^']*)'?$/
          | sed -E 's#^file://##' | grep '^/' | sort -u)
 say "buildah build on $base (${#mounts[@]} pip mount arguments)"
 t0=$(date +%s)
+version=$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' "$here/dmrimc_bids/__init__.py")
 buildah bud --quiet --format docker --layers=false --build-arg BASE="$base" --build-arg TEMPLATEFLOW_ATLASES= \
+    --build-arg VERSION="$version" \
     "${mounts[@]}" -t "$tag" "$here" >"$work/build.log" 2>&1 || { tail -40 "$work/build.log" >&2; fail "the build"; }
 say "built in $(( $(date +%s) - t0 )) s"
 size=$(buildah inspect --format '{{.FromImageID}}' "$tag" >/dev/null 2>&1; buildah images --format '{{.Size}}' "$tag" | head -1)

@@ -3,7 +3,7 @@
 # Apptainer image is made from); CI (.ci/run) installs its system packages with it and builds that image.
 #
 #   containers/install.sh [--venv DIR] [--extras LIST] [--apt-extra "PKG ..."] [--templateflow SPEC ...]
-#                         [--numba-cache DIR] [--smoke-test] [--slim] [--system-only]
+#                         [--numba-cache DIR] [--smoke-test] [--slim] [--system-only] [--expect-version V]
 #
 #   --venv DIR          virtual environment to create or reuse (default /opt/dmrimc)
 #   --extras LIST       package extras, comma-separated (default spice,atlas)
@@ -14,6 +14,8 @@
 #   --smoke-test        run the entrypoint on the embedded demo dataset (one subject, then the group level)
 #   --slim              drop apt lists and pip caches (image builds)
 #   --system-only       only the Debian packages (CI: the README's command then installs the package)
+#   --expect-version V  fail unless the installed package's version (dmrimc_bids/__init__.py) is V (the
+#                       Dockerfile's --build-arg VERSION, which labels the image)
 #
 # System packages are installed with apt-get when it is available and we are root; otherwise the script
 # says which are missing and goes on (the PySpice backend is optional).
@@ -29,6 +31,7 @@ numba_cache=""
 smoke=0
 slim=0
 system_only=0
+expect_version=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --venv) venv="$2"; shift 2 ;;
@@ -39,6 +42,7 @@ while [ $# -gt 0 ]; do
         --smoke-test) smoke=1; shift ;;
         --slim) slim=1; shift ;;
         --system-only) system_only=1; shift ;;
+        --expect-version) expect_version="${2-}"; [ -n "$expect_version" ] || expect_version="(none)"; shift 2 ;;
         -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "install.sh: unknown option $1 (see --help)" >&2; exit 64 ;;
     esac
@@ -63,6 +67,14 @@ if [ "$slim" = 1 ]; then pip_flags+=(--no-cache-dir); fi
 python3 -m venv "$venv"
 "$venv/bin/pip" install "${pip_flags[@]}" "$src[$extras]"
 "$venv/bin/dmrimc-bids" --version
+if [ -n "$expect_version" ]; then
+    installed=$("$venv/bin/python" -c 'import dmrimc_bids; print(dmrimc_bids.__version__)')
+    if [ "$installed" != "$expect_version" ]; then
+        echo "install.sh: error: the image is labelled version $expect_version but the package is $installed." \
+             "Fix: build with --build-arg VERSION=$installed (the version lives in dmrimc_bids/__init__.py)" >&2
+        exit 1
+    fi
+fi
 
 for spec in "${templateflow[@]}"; do
     : "${TEMPLATEFLOW_HOME:?set TEMPLATEFLOW_HOME to the folder the atlases go into}"

@@ -25,7 +25,7 @@ INSTALL = ROOT / "containers" / "install.sh"
 @pytest.fixture(scope="module")
 def dockerfile():
     from dockerfile_parse import DockerfileParser
-    return DockerfileParser(str(DOCKERFILE))
+    return DockerfileParser(str(DOCKERFILE), build_args={"VERSION": __version__})   # as check-image.sh builds it
 
 
 def apptainer_def() -> tuple[dict, dict]:
@@ -87,6 +87,8 @@ def test_dockerfile_entrypoint_user_labels_and_install_path(dockerfile):
     assert user and user[-1].split(":")[0] not in ("root", "0")
     labels = dockerfile.labels
     assert labels["org.opencontainers.image.version"] == __version__
+    from dockerfile_parse import DockerfileParser   # the version in one place: no default to drift from it
+    assert DockerfileParser(str(DOCKERFILE)).args["VERSION"] == ""
     # no guessed URL written as a fact: the source label, the url label and CodeURL come from --build-arg SOURCE
     assert labels["org.opencontainers.image.source"] == labels["org.opencontainers.image.url"] == ""
     assert dockerfile.args["SOURCE"] == "" and env_has_project_url(dockerfile)
@@ -98,6 +100,7 @@ def test_dockerfile_entrypoint_user_labels_and_install_path(dockerfile):
     assert len(runs) == 1 and "containers/install.sh" in runs[0]
     flags = _flags(_install_call(DOCKERFILE.read_text()))
     assert flags["--venv"] == "${DMRIMC_VENV}" and flags["--smoke-test"] and flags["--slim"]
+    assert flags["--expect-version"] == "${VERSION}"
     assert "--templateflow" in runs[0] and "TEMPLATEFLOW_ATLASES" in runs[0]  # atlases baked in for offline use
     assert set(flags["--extras"].split(",")) == {"spice", "atlas", "plots", "video"}  # MP4 with no system tool
     workdir = [s["value"] for s in dockerfile.structure if s["instruction"] == "WORKDIR"][-1]
@@ -111,10 +114,12 @@ def test_apptainer_def_is_the_docker_image_with_apptainer_labels(dockerfile):
     holds the same install and environment; the definition sets only what differs."""
     header, sections = apptainer_def()
     assert header == {"Bootstrap": "docker-archive", "From": "{{ archive }}"}
-    assert sections["arguments"] == [f"archive=dmrimc-bids-{__version__}.tar"]
+    assert sections["arguments"] == ["archive=dmrimc-bids.tar"]
     assert "post" not in sections and "files" not in sections   # nothing installed twice
     env = dict(line.removeprefix("export ").split("=", 1) for line in sections["environment"])
-    assert env == {"DMRIMC_CONTAINER_TYPE": "apptainer", "DMRIMC_CONTAINER_TAG": f"dmrimc-bids-{__version__}.sif"}
+    # the tag is the SIF's own file name (no version typed here)
+    assert env == {"DMRIMC_CONTAINER_TYPE": "apptainer",
+                   "DMRIMC_CONTAINER_TAG": '"$(basename "${APPTAINER_CONTAINER:-dmrimc-bids.sif}")"'}
     assert set(env) <= set(dockerfile.envs)   # overrides of the Docker image's variables, no new ones
     entry = json.loads(next(s["value"] for s in dockerfile.structure if s["instruction"] == "ENTRYPOINT"))
     assert sections["runscript"] == [f'exec {" ".join(entry)} "$@"']

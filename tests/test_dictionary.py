@@ -230,3 +230,19 @@ def test_cached_dictionary_is_built_once_by_concurrent_callers(tmp_path):
     assert len(calls) == 1 and sorted(o[2] for o in out) == [False, True] and out[0][0] == out[1][0]
     mtime = out[0][0].stat().st_mtime_ns
     assert cached_dictionary(tmp_path, "toy", {"k": 1}, build)[2] and out[0][0].stat().st_mtime_ns == mtime
+
+
+def test_principal_components_span_a_low_rank_dictionary_and_a_sample_estimates_them():
+    """The one PCA (core.dictionary.principal_components): signals on a 2-D affine subspace are spanned by
+    their first two directions (orthonormal), from all entries and from a sample of them."""
+    from dmrimc_bids.core.dictionary import principal_components
+    rng = np.random.default_rng(3)
+    mean, span = rng.random(12), np.linalg.qr(rng.normal(size=(12, 2)))[0].T      # [2, 12] orthonormal
+    signals = mean + rng.normal(size=(30000, 2)) @ (span * [[3.0], [1.0]])
+    for max_entries in (None, 5000):
+        mu, basis = principal_components(signals, 2, max_entries=max_entries)
+        assert basis.shape == (2, 12) and np.allclose(basis @ basis.T, np.eye(2), atol=1e-12)
+        residual = (signals - mu) - (signals - mu) @ basis.T @ basis
+        assert np.abs(residual).max() < 1e-9
+        assert abs(abs(basis[0] @ span[0]) - 1) < 1e-3   # the largest variance first (up to sampling)
+    assert principal_components(signals, 40)[1].shape == (12, 12)   # at most M directions

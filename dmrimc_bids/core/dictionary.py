@@ -41,16 +41,25 @@ MATCH_TOL_B = 100.0
 MATCH_TOL_MS = 2.5
 
 
+def principal_components(signals: np.ndarray, rank: int, max_entries: int | None = None) -> tuple:
+    """(mean [M], first ``rank`` principal directions [rank, M], orthonormal) of dictionary signals [K, M], in
+    their dtype; max_entries: at most that many entries (a fixed random sample) estimate them. The one PCA of
+    the project: the reduced storage (reduce_signals) and the posterior's regression adjustment use it."""
+    x = np.asarray(signals)
+    if max_entries is not None and len(x) > max_entries:
+        x = x[np.random.default_rng(0).choice(len(x), max_entries, False)]
+    mean = x.mean(0)
+    return mean, np.linalg.svd(x - mean, full_matrices=False)[2][:min(rank, x.shape[1])]
+
+
 def reduce_signals(signals: np.ndarray, rank: int) -> tuple:
     """(mean [M] float32, basis [rank, M] float32, scores [K, rank] float16): the signals' first ``rank``
-    principal components, the compact storage of a large dictionary (the discarded components carry the
-    Monte Carlo noise and little else; benchmarks/dictionary_storage.py measures the error)."""
+    principal components (principal_components, in float64), the compact storage of a large dictionary (the
+    discarded components carry the Monte Carlo noise and little else; benchmarks/dictionary_storage.py
+    measures the error)."""
     x = np.asarray(signals, np.float64)
-    mean = x.mean(0)
-    centred = x - mean
-    vals, vecs = np.linalg.eigh(centred.T @ centred)               # [M, M]: cheap for K >> M
-    basis = vecs[:, np.argsort(vals)[::-1][:rank]].T
-    scores = centred @ basis.T
+    mean, basis = principal_components(x, rank)
+    scores = (x - mean) @ basis.T
     return mean.astype(np.float32), basis.astype(np.float32), scores.astype(np.float16)
 
 

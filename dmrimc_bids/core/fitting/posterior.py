@@ -59,7 +59,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numba
 import numpy as np
 
-from ..dictionary import Dictionary
+from ..dictionary import Dictionary, principal_components
 from . import kernels
 from .dictfit import DictionaryFit, _backend, assemble_fit, estimate_placement, on_backend
 from .likelihood import Z95, add_noise, noise_floor
@@ -237,7 +237,7 @@ class PosteriorModel(Model):
         self.signals = np.ascontiguousarray(dictionary.signals, np.float64)
         self.signals_t = np.ascontiguousarray(self.signals.T)
         self.n_keep = int(min(N_ADJUST, len(dictionary)))
-        self._basis = _principal_basis(self.signals, N_COMPONENTS)
+        self._basis = principal_components(self.signals, N_COMPONENTS, max_entries=20000)
         self._same_signals = None   # entries grouped by identical signals (structure_of)
         self._model_error = None   # per parameter, on the estimator's scale (model_error())
         self._calibration = None   # the SD's factor per parameter (model_error(): _interval_calibration)
@@ -690,9 +690,3 @@ def shared_weighted_quantiles(values: np.ndarray, w: np.ndarray, qs) -> np.ndarr
     return out
 
 
-def _principal_basis(signals: np.ndarray, n: int) -> tuple:
-    """(mean [M], first n principal directions [n, M]) of the dictionary's signals (≤ 20,000 entries sampled)."""
-    sample = signals if len(signals) <= 20000 else signals[np.random.default_rng(0).choice(len(signals), 20000, False)]
-    mu = sample.mean(0)
-    comps = np.linalg.svd(sample - mu, full_matrices=False)[2][:min(n, signals.shape[1])]
-    return mu, comps
