@@ -60,8 +60,10 @@ def test_participant_workflow_runs_as_slurm_jobs(slurm, demo_dir, demo_run, tmp_
     # every submitted node was a completed SLURM job asking for the node's declared memory and processors
     jobs = [j for j in slurm.jobs() if j["JobId"] not in before]
     assert jobs and all(j["JobState"] == "COMPLETED" for j in jobs), [(j["JobName"], j["JobState"]) for j in jobs]
-    wf = init_participant_wf(collect_inputs(demo_dir, [seg], participant_label=["01"]),
-                             Config.from_dict(out_dir=str(out), seed=7), work)
+    from dmrimc_bids.workflows.plan import plan_session
+    config = Config.from_dict(out_dir=str(out), seed=7)
+    wf = init_participant_wf([plan_session(i, config) for i in collect_inputs(demo_dir, [seg], participant_label=["01"])],
+                             config, work)
     from nipype.interfaces.utility import IdentityInterface
     declared = {_job_name(n): n for n in wf._get_all_nodes()  # sub-workflows' input/outputnodes are flattened away
                 if not n.run_without_submitting and not isinstance(n.interface, IdentityInterface)}
