@@ -43,7 +43,7 @@ class _WriteIn(BaseInterfaceInputSpec):
     maps = traits.Dict(traits.Str, File(exists=True), mandatory=True, desc="map name -> NIfTI (empty: write nothing)")
     units = traits.Dict(traits.Str, traits.Str, desc="parameter -> unit")
     description = traits.Dict(desc="FitModel description: its 'parameters' open every sidecar's Model.Parameters")
-    parameters = traits.Dict(desc="Model.Parameters fields of the pipeline (Config.sidecar_parameters)")
+    parameters = traits.Dict(desc="Model.Parameters fields of the pipeline (workflows.derivatives.sidecar_parameters)")
     dictionary_description = traits.Dict(desc="the dictionary's summary for the sidecars (provenance, checksum)")
     matched_dictionary = File(exists=True, desc="matched dictionary .npz (its .json: the matching)")
     dropped = traits.List(traits.Dict, desc="measurements dropped before the fit")

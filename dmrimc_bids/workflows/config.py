@@ -150,31 +150,6 @@ class Config:
         out.update(FIXED_MODEL_OPTIONS.get(role, {}))
         return {k: v for k, v in out.items() if v is not None}
 
-    # ---- sidecar fields of the pipeline (the model's own come from Model.describe()) ---------------------
-    def sidecar_parameters(self, model: str) -> dict:
-        """Model.Parameters fields set by the pipeline for the maps of ``model`` (histousim, ivim,
-        spinflowsim), written after the model's own."""
-        p, v = self.preprocessing, self.vascular
-        common = {"ModelOfRun": v.model, "Seed": self.execution.seed, "SoftwareVersion": __version__,
-                  "RunOptions": self.options_fingerprint()}
-        if model == "ivim":
-            return common
-        out = {"B0Threshold": p.b0_threshold, "VascularThreshold": p.vasc_threshold,
-               "B0Normalisation": "b=0 of the measurement's own series" if p.b0_per_series else
-                                  "b=0 of every series at the same TE, pooled after matching each series' global scale",
-               "ShellTolerance": p.shell_tolerance, "Fixed": self.tissue.fix, "ModelOfRun": v.model,
-               "IvimEstimator": v.ivim_estimator, **common}
-        if v.model == "joint":
-            out["VascularThreshold"] = "none: every b > 0 in the joint fit; the tissue posterior on b >= " \
-                                       f"{p.vasc_threshold:g} s/mm² after the vascular compartment is removed"
-        if model == "spinflowsim":
-            out.pop("VascularThreshold")
-            out["Signal"] = ("every measurement with b > 0, (1 - fV) S_tissue + fV S_flow (joint fit)" if v.model == "joint"
-                             else f"vascular signal S_V/S_V(0) of the b <= b_split measurements ({v.ivim_estimator} IVIM)")
-            out["FlowDictionary"] = v.flow_dictionary or ("simulated for this protocol from " + (
-                "the given networks" if v.flow_networks else "the project's generated capillary networks"))
-        return out
-
     def report_options(self) -> dict:
         """Pipeline options quoted in the reports' methods text."""
         return {name: self.get(name) for name in ("b0_threshold", "vasc_threshold", "b0_per_series", "ivim_b_split",
