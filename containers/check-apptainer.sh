@@ -14,15 +14,20 @@
 #   6. prints the SIF size, the build time, the cold start and the demo times; exits 0 only when all held.
 #
 #   bash containers/check-apptainer.sh [--keep] [--work DIR] [--image TAG] [--reference OUT] [--record]
+#                                      [--root DIR] | --make-root DIR
 #     --image TAG      the buildah image to convert (default localhost/dmrimc-bids:check, check-image.sh --keep)
 #     --reference OUT  a pip-installed run of the demo's sub-01 with --seed 7 to compare with (default: run it)
 #     --record         write the figures into docs/benchmarks.md (block apptainer-image)
+#     --make-root DIR  only step 1, into DIR (no code involved: CI makes it while the tests run)
+#     --root DIR       use the root --make-root made instead of making one
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 work="${TMPDIR:-/tmp}/dmrimc-check-apptainer"
 image="localhost/dmrimc-bids:check"
 reference=""
+given_root=""
+make_root_only=""
 keep=0
 record=0
 while [ $# -gt 0 ]; do
@@ -32,7 +37,9 @@ while [ $# -gt 0 ]; do
         --work) work="$2"; shift 2 ;;
         --image) image="$2"; shift 2 ;;
         --reference) reference="$2"; shift 2 ;;
-        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+        --root) given_root="$2"; shift 2 ;;
+        --make-root) make_root_only="$2"; shift 2 ;;
+        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
         *) echo "check-apptainer.sh: unknown option $1" >&2; exit 64 ;;
     esac
 done
@@ -45,28 +52,43 @@ since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 for tool in mmdebstrap buildah unshare pivot_root setpriv mknod; do
     command -v "$tool" >/dev/null || fail "$tool is missing: apt-get install mmdebstrap buildah util-linux"
 done
+# 1. the root with apptainer (sid's Release file may be past its Valid-Until on the mirror)
+make_root() {
+    local dir=$1
+    rm -rf "$dir"; mkdir -p "$(dirname "$dir")"
+    say "mmdebstrap: Debian sid with apptainer, squashfuse, fuse3"
+    mmdebstrap --quiet --variant=apt --include=apptainer,squashfuse,fuse3 \
+        --aptopt='Acquire::Check-Valid-Until "false"' sid "$dir" >"$dir.mmdebstrap.log" 2>&1 \
+        || { tail -20 "$dir.mmdebstrap.log" >&2; fail "mmdebstrap"; }
+    cp /etc/hosts "$dir/etc/hosts"
+    rm -f "$dir/etc/localtime"   # a link into tzdata, which the root lacks: apptainer binds it and fails
+    if [ -e /etc/localtime ]; then cp -L /etc/localtime "$dir/etc/localtime"; fi
+    echo 'runner:x:1001:1001::/home/runner:/bin/sh' >>"$dir/etc/passwd"
+    echo 'runner:x:1001:' >>"$dir/etc/group"
+    mkdir -p "$dir/home/runner" "$dir/data" "$dir/.oldroot"; chown 1001:1001 "$dir/home/runner"
+}
+if [ -n "$make_root_only" ]; then
+    make_root "$make_root_only"
+    say "root made in $make_root_only"
+    exit 0
+fi
 export STORAGE_DRIVER="${STORAGE_DRIVER:-vfs}"
 buildah inspect "$image" >/dev/null 2>&1 || fail "no image $image: run bash containers/check-image.sh --keep first"
-root="$work/root" data="$work/data"
+data="$work/data"
 rm -rf "$work"; mkdir -p "$data/tmp" "$work/tmp"; chmod 1777 "$work/tmp"
-
-# 1. the root with apptainer (sid's Release file may be past its Valid-Until on the mirror)
-say "mmdebstrap: Debian sid with apptainer, squashfuse, fuse3"
-mmdebstrap --quiet --variant=apt --include=apptainer,squashfuse,fuse3 \
-    --aptopt='Acquire::Check-Valid-Until "false"' sid "$root" >"$work/mmdebstrap.log" 2>&1 \
-    || { tail -20 "$work/mmdebstrap.log" >&2; fail "mmdebstrap"; }
-cp /etc/hosts "$root/etc/hosts"
-rm -f "$root/etc/localtime"   # a link into tzdata, which the root lacks: apptainer binds it and fails
-if [ -e /etc/localtime ]; then cp -L /etc/localtime "$root/etc/localtime"; fi
-echo 'runner:x:1001:1001::/home/runner:/bin/sh' >>"$root/etc/passwd"
-echo 'runner:x:1001:' >>"$root/etc/group"
-mkdir -p "$root/home/runner" "$root/data" "$root/.oldroot"; chown 1001:1001 "$root/home/runner"
+if [ -n "$given_root" ]; then
+    [ -x "$given_root/usr/bin/apptainer" ] || fail "--root $given_root: no apptainer in it (make it with --make-root)"
+    root="$given_root"
+else
+    root="$work/root"
+    make_root "$root"
+fi
 
 # 2. inside ROOT: a private mount namespace, ROOT a mount point, pivot_root; a clean environment
 inside() {
     unshare --mount --propagation private bash -c '
         set -e
-        root=$1 data=$2; shift 2
+        root=$1 data=$2 tmp=$3; shift 3
         mount --bind "$root" "$root"
         mount -t proc proc "$root/proc"
         mount --rbind /sys "$root/sys"
@@ -81,14 +103,14 @@ inside() {
         mount -t tmpfs -o mode=1777 tmpfs "$root/dev/shm"
         ln -s /proc/self/fd "$root/dev/fd"
         for n in 0:stdin 1:stdout 2:stderr; do ln -s "/proc/self/fd/${n%%:*}" "$root/dev/${n#*:}"; done
-        mount --bind "$root/../tmp" "$root/tmp"   # one /tmp for every call, as on a machine
+        mount --bind "$tmp" "$root/tmp"   # one /tmp for every call, as on a machine
         mount --bind "$data" "$root/data"
         cd "$root"
         pivot_root . .oldroot
         umount -l /.oldroot
         cd /
         exec env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 "$@"
-    ' inside "$root" "$data" "$@"
+    ' inside "$root" "$data" "$work/tmp" "$@"
 }
 as_runner() { inside setpriv --reuid=1001 --regid=1001 --init-groups env HOME=/home/runner "$@"; }
 inside apptainer --version >/dev/null || fail "apptainer does not start in the root"

@@ -10,17 +10,23 @@
 #   5. compares the maps with a pip-installed run of the same commit (fitted voxels, within 1e-6);
 #   6. prints the image size and the cold-start time; exits 0 only when all of that held.
 #
-#   bash containers/check-image.sh [--keep] [--work DIR]
+#   bash containers/check-image.sh [--keep] [--work DIR] [--base-tar FILE] | --make-base FILE
+#     --make-base FILE  only step 2's mmdebstrap, into FILE (no code involved: CI makes it while the tests run)
+#     --base-tar FILE   use the base --make-base made instead of making one
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 work="${TMPDIR:-/tmp}/dmrimc-check-image"
 keep=0
+base_tar=""
+make_base_only=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --keep) keep=1; shift ;;
         --work) work="$2"; shift 2 ;;
-        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        --base-tar) base_tar="$2"; shift 2 ;;
+        --make-base) make_base_only="$2"; shift 2 ;;
+        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
         *) echo "check-image.sh: unknown option $1" >&2; exit 64 ;;
     esac
 done
@@ -30,7 +36,6 @@ fail() { echo "check-image.sh: FAILED: $*" >&2; exit 1; }
 export STORAGE_DRIVER="${STORAGE_DRIVER:-vfs}" BUILDAH_ISOLATION=chroot
 tag="localhost/dmrimc-bids:check"
 base="localhost/dmrimc-base:bookworm"
-rm -rf "$work"; mkdir -p "$work"
 
 # 1. the tools
 if ! command -v buildah >/dev/null || ! command -v mmdebstrap >/dev/null; then
@@ -41,12 +46,26 @@ if ! command -v buildah >/dev/null || ! command -v mmdebstrap >/dev/null; then
 fi
 
 # 2. the base image from Debian's packages
-say "mmdebstrap: Debian bookworm with python3"
-mmdebstrap --quiet --variant=minbase --include=python3,python3-venv,python3-pip,ca-certificates \
-    bookworm "$work/base.tar"
+make_base() {
+    say "mmdebstrap: Debian bookworm with python3"
+    mkdir -p "$(dirname "$1")"
+    mmdebstrap --quiet --variant=minbase --include=python3,python3-venv,python3-pip,ca-certificates bookworm "$1"
+}
+if [ -n "$make_base_only" ]; then
+    make_base "$make_base_only"
+    say "base made in $make_base_only"
+    exit 0
+fi
+rm -rf "$work"; mkdir -p "$work"
+if [ -n "$base_tar" ]; then
+    [ -s "$base_tar" ] || fail "--base-tar $base_tar: no such base (make it with --make-base)"
+else
+    base_tar="$work/base.tar"
+    make_base "$base_tar"
+fi
 ctr=$(buildah from scratch)
 mnt=$(buildah mount "$ctr")
-tar -xf "$work/base.tar" -C "$mnt"
+tar -xf "$base_tar" -C "$mnt"
 buildah umount "$ctr" >/dev/null
 buildah commit -q "$ctr" "$base" >/dev/null
 buildah rm "$ctr" >/dev/null
