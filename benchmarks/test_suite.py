@@ -42,6 +42,7 @@ def main(argv=None) -> int:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True, check=True).stdout.strip()
     with tempfile.TemporaryDirectory(prefix="dmrimc-suite-") as tmp:
+        Path(tmp).chmod(0o755)   # readable by other users, as a checkout is (a test imports the package as nobody)
         clone = Path(tmp) / "clone"
         subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True)
         install, _ = timed([sys.executable, "-m", "venv", ".venv"], clone)

@@ -137,6 +137,7 @@ def test_ci_installs_through_the_container_script():
     assert any(c.startswith("containers/install.sh --system-only") for c in commands)
     assert commands.count(readme_test) == 1 and sum("pip install" in c for c in commands) == 1
     assert commands.index(readme_test) < commands.index(".venv/bin/python -m pytest -m slow")
+    assert "--base-tar" in ci and "--root" in ci   # the Debian roots made while the tests run
     assert ".venv/bin/ruff check ." in commands
     # the image itself is built and run by CI (issue #30), then the SIF made from it (issue #39)
     assert ci.index("containers/check-image.sh --keep") < ci.index("containers/check-apptainer.sh")
