@@ -543,6 +543,284 @@ def select_smallest(y, flo2, signals_t, clean, kappa, log_prior, var, use_prior,
 
 
 @njit(cache=True)
+def _bounded_raw(a0, d, eps):
+    """(lower, upper) bounds of an entry's offset-Gaussian misfit Σ_m (y_m - sqrt(S_m² + nf²))² from a0, the
+    misfit at the reference floor f0 computed to within eps (a matrix product), where d >= |nf - f0|·sqrt(M)
+    bounds how far sqrt(misfit) moves with the floor (|∂ sqrt(S² + f²)/∂f| <= 1, the triangle inequality)."""
+    hi = math.sqrt(max(a0 + eps, 0.0)) + d
+    lo = max(math.sqrt(max(a0 - eps, 0.0)) - d, 0.0)
+    return lo * lo, hi * hi
+
+
+@njit(cache=True)
+def _sample_cut(row, n, heap_c, heap_e):
+    """A value that about 2n of row's [E] values are at most (the k-th least of a strided sample of them;
+    inf where E is under 16 n): the pre-selection of select_voxel_bounded. heap_c/heap_e [>= n] work space."""
+    n_e = row.shape[0]
+    step = n_e // (8 * n)
+    if step < 2:
+        return math.inf
+    k = min((n_e + step - 1) // step, 2 * ((n + step - 1) // step) + 8)
+    size = 0
+    for e in range(0, n_e, step):
+        if size < k or row[e] < heap_c[0]:
+            size = heap_push(heap_c, heap_e, size, k, row[e], e)
+    return heap_c[0]
+
+
+@njit(cache=True)
+def _collect(key, cut, cand):
+    """The entries e with key[e] <= cut, in increasing e, into cand; returns how many."""
+    count = 0
+    for e in range(key.shape[0]):
+        if key[e] <= cut:
+            cand[count] = e
+            count += 1
+    return count
+
+
+@njit(cache=True)
+def select_voxel_bounded(y, flo2, signals_t, clean, k, log_prior, var, use_prior, n, upper, d, eps, lower, cand,
+                         heap_c, heap_e):
+    """select_voxel's result (the same entries, costs and rss, bit for bit) from bounds: upper [E] holds every
+    entry's misfit at a reference floor f0, |y - G_e|² with G = sqrt(S² + f0²), to within eps (misfit_rows;
+    overwritten), d as in _bounded_raw; lower [E] and cand [E] are work space.
+    Every entry's exact cost lies between its bounds (the common-scale term, computed here, and the prior
+    shift too): the n-th least upper bound is a cut that the n least costs (by (cost, index)) cannot exceed,
+    and only the entries whose lower bound is under it get their exact cost (likelihood_cost). Without the
+    common-scale term and the prior both bounds increase with <y, G_e>'s misfit, so that misfit is the key."""
+    m = y.shape[0]
+    cc = 0.0
+    if k != 0.0:   # clean is not read where k = 0
+        for i in range(m):
+            cc += clean[i] * clean[i]
+    n_e = upper.shape[0]
+    monotone = k == 0.0 and not use_prior
+    if not monotone:
+        for e in range(n_e):
+            lo, hi = _bounded_raw(upper[e], d, eps)
+            upper[e] = hi + 1e-12 * hi
+            lower[e] = lo - 1e-12 * hi
+    if k != 0.0:   # minus k (|c|² - <c, S_e>)²: likelihood_cost's own sum, measurement by measurement
+        cs = np.zeros(n_e)
+        for i in range(m):
+            ci = clean[i]
+            for e in range(n_e):
+                cs[e] += ci * signals_t[i, e]
+        for e in range(n_e):
+            t = k * (cc - cs[e]) * (cc - cs[e])
+            upper[e] -= t - 1e-12 * t
+            lower[e] -= t + 1e-12 * t
+    rss = math.inf
+    pen = 0.0
+    if use_prior:   # the least cost lies under the least upper bound: rss among the entries below it
+        r_up = math.inf
+        for e in range(n_e):
+            r_up = min(r_up, upper[e])
+        for e in range(n_e):
+            if lower[e] <= r_up:
+                rss = min(rss, likelihood_cost(y, flo2, signals_t, clean, e, k, cc))
+        pen = 2.0 * _noise_var(var, rss, m)
+        for e in range(n_e):
+            upper[e] -= pen * log_prior[e]
+            lower[e] -= pen * log_prior[e]
+    # the n-th least upper bound, from the entries a sample's cut lets through
+    pre = _sample_cut(upper, n, heap_c, heap_e)
+    count = _collect(upper if monotone else lower, pre, cand)
+    size = 0
+    for j in range(count):
+        e = cand[j]
+        if upper[e] <= pre and (size < n or upper[e] < heap_c[0]):
+            size = heap_push(heap_c, heap_e, size, n, upper[e], e)
+    if size < n:   # fewer than n under the sample's cut: every entry
+        pre = math.inf
+        count = _collect(upper if monotone else lower, pre, cand)
+        size = 0
+        for j in range(count):
+            e = cand[j]
+            if size < n or upper[e] < heap_c[0]:
+                size = heap_push(heap_c, heap_e, size, n, upper[e], e)
+    cut = heap_c[0]
+    if monotone:   # the cut on the misfit at f0 whose lower bound reaches the n-th least upper bound
+        cut = (math.sqrt(_bounded_raw(cut, d, eps)[1] * (1.0 + 1e-12)) + d) ** 2 + eps
+        cut += 1e-12 * cut
+        if cut > pre:   # candidates beyond those collected
+            count = _collect(upper, cut, cand)
+    key = upper if monotone else lower
+    size = 0
+    for j in range(count):
+        e = cand[j]
+        if key[e] <= cut:
+            c = likelihood_cost(y, flo2, signals_t, clean, e, k, cc)
+            if not use_prior:
+                rss = min(rss, c)   # the least cost is among these: its lower bound is under cut
+            a = c - pen * log_prior[e] if use_prior else c
+            if size < n or a < heap_c[0]:
+                size = heap_push(heap_c, heap_e, size, n, a, e)
+    return rss
+
+
+@njit(cache=True)
+def misfit_rows(y, v0, nb, g_t, gg, r0, r1, r2, r3):
+    """r_j[e] = |y_v - G_e|² = |y_v|² - 2 <y_v, G_e> + |G_e|² for the nb <= 4 voxels v = v0 + j (g_t [M, E]
+    the dictionary at a reference floor, transposed; gg [E] = |G_e|²): four voxels per pass over g_t, so each
+    of its values is loaded once for four products and the loops over entries vectorise (four separate
+    arrays: rows of one 2-D array would not, as the compiler cannot tell them apart)."""
+    m, n_e = g_t.shape
+    yy = np.zeros(4)
+    a = np.zeros((4, m))
+    for j in range(nb):
+        for i in range(m):
+            yy[j] += y[v0 + j, i] * y[v0 + j, i]
+            a[j, i] = -2.0 * y[v0 + j, i]
+    for e in range(n_e):
+        r0[e] = yy[0] + gg[e]
+        r1[e] = yy[1] + gg[e]
+        r2[e] = yy[2] + gg[e]
+        r3[e] = yy[3] + gg[e]
+    for i in range(m):
+        a0, a1, a2, a3 = a[0, i], a[1, i], a[2, i], a[3, i]
+        for e in range(n_e):
+            x = g_t[i, e]
+            r0[e] += a0 * x
+            r1[e] += a1 * x
+            r2[e] += a2 * x
+            r3[e] += a3 * x
+
+
+@njit(cache=True, parallel=True)
+def select_smallest_bounded(y, flo2, signals_t, clean, kappa, log_prior, var, use_prior, g_t, gg, slack, parts, top,
+                            c_top, rss):
+    """select_smallest's result for every voxel v from bounds (select_voxel_bounded): g_t [M, E] the
+    dictionary at the voxels' reference floor, transposed, gg [E] = |G_e|², slack [V, 2] = (d, eps) of each
+    voxel. The voxels are split into ``parts`` ranges (one per thread), each with its own work space."""
+    n_v = y.shape[0]
+    n_e = gg.shape[0]
+    n = top.shape[1]
+    parts = max(1, min(n_v, parts))
+    for part in prange(parts):
+        hc = np.empty(2 * n + 16)   # _sample_cut's heap holds up to n + 8
+        he = np.empty(2 * n + 16, np.int64)
+        rows = (np.empty(n_e), np.empty(n_e), np.empty(n_e), np.empty(n_e))
+        lower = np.empty(n_e)
+        cand = np.empty(n_e, np.int64)
+        v_stop = (part + 1) * n_v // parts
+        for v0 in range(part * n_v // parts, v_stop, 4):
+            nb = min(4, v_stop - v0)
+            misfit_rows(y, v0, nb, g_t, gg, rows[0], rows[1], rows[2], rows[3])
+            for j in range(nb):
+                v = v0 + j
+                rss[v] = select_voxel_bounded(y[v], flo2[v], signals_t, clean[v], kappa[v], log_prior, var[v],
+                                              use_prior, n, rows[j], slack[v, 0], slack[v, 1], lower, cand, hc, he)
+                for t in range(n):
+                    top[v, t] = he[t]
+                    c_top[v, t] = hc[t]
+
+
+@njit(cache=True)
+def _sift_down_min(key, heap, size, j):
+    """Restore the min-heap heap[:size] (indices into key, least key first) below position j."""
+    while True:
+        child = 2 * j + 1
+        if child >= size:
+            return
+        if child + 1 < size and key[heap[child + 1]] < key[heap[child]]:
+            child += 1
+        if key[heap[child]] >= key[heap[j]]:
+            return
+        heap[j], heap[child] = heap[child], heap[j]
+        j = child
+
+
+@njit(cache=True)
+def select_voxel_leaves(y, flo2, signals_t, n, g_leaf, perm, leaf_start, centres, radii, d, leaf_key, leaf_heap,
+                        misfit, cand, heap_c, heap_e):
+    """select_voxel's result without the common-scale term and the prior (the same entries, costs and rss, bit
+    for bit), visiting only the leaves of a tree over the dictionary that can hold one of the n least: g_leaf
+    [E, M] the dictionary at a reference floor f0, G = sqrt(S² + f0²), its rows in leaf order (entry perm[r] in
+    row r; leaf l the rows leaf_start[l]:leaf_start[l + 1]), centres [L, M] and radii [L] each leaf's ball
+    around its rows, d >= |nf - f0|·sqrt(M) (_bounded_raw: |sqrt(cost) - |y - G_e|| <= d). Leaves are
+    visited by least distance to their ball, each member's |y - G_e|² computed, until no ball is near enough
+    to hold an entry whose cost can be under the n-th least; then the entries whose lower bound is under the
+    n-th least upper bound get their exact cost (likelihood_cost), in increasing entry order (heap_push's ties).
+    leaf_key [L], leaf_heap [L], misfit [E], cand [E] are work space. Returns rss."""
+    m = y.shape[0]
+    n_leaves = radii.shape[0]
+    for lf in range(n_leaves):
+        s2 = 0.0
+        for i in range(m):
+            t = y[i] - centres[lf, i]
+            s2 += t * t
+        leaf_key[lf] = max(math.sqrt(s2) * (1.0 - 1e-12) - radii[lf] * (1.0 + 1e-12) - 1e-12, 0.0)
+        leaf_heap[lf] = lf
+    for j in range(n_leaves // 2 - 1, -1, -1):
+        _sift_down_min(leaf_key, leaf_heap, n_leaves, j)
+    size = 0
+    left = n_leaves
+    n_visited = 0
+    reach = math.inf   # sqrt of the n-th least misfit so far (widened) + 2d: no unvisited ball is nearer
+    while left > 0:
+        lf = leaf_heap[0]
+        if size == n and leaf_key[lf] > reach:
+            break
+        left -= 1
+        leaf_heap[0] = leaf_heap[left]
+        _sift_down_min(leaf_key, leaf_heap, left, 0)
+        for r in range(leaf_start[lf], leaf_start[lf + 1]):
+            a = 0.0
+            for i in range(m):
+                t = y[i] - g_leaf[r, i]
+                a += t * t
+            misfit[n_visited] = a
+            cand[n_visited] = r
+            n_visited += 1
+            if size < n or a < heap_c[0]:
+                size = heap_push(heap_c, heap_e, size, n, a, r)
+        if size == n:
+            reach = math.sqrt(heap_c[0] * (1.0 + 1e-12)) + 2.0 * d + 1e-12
+    # the candidates: lower bound max(sqrt(a) - d, 0)² under the n-th least upper bound (sqrt(t) + d)²
+    count = 0
+    for j in range(n_visited):
+        if math.sqrt(misfit[j]) <= reach:
+            cand[count] = perm[cand[j]]
+            count += 1
+    cand[:count].sort()
+    rss = math.inf
+    size = 0
+    for j in range(count):
+        e = cand[j]
+        c = likelihood_cost(y, flo2, signals_t, y, e, 0.0, 0.0)
+        rss = min(rss, c)
+        if size < n or c < heap_c[0]:
+            size = heap_push(heap_c, heap_e, size, n, c, e)
+    return rss
+
+
+@njit(cache=True, parallel=True)
+def select_smallest_leaves(y, flo2, signals_t, g_leaf, perm, leaf_start, centres, radii, dist, parts, top, c_top, rss):
+    """select_smallest's result without the common-scale term and the prior, for every voxel v
+    (select_voxel_leaves; dist [V] each voxel's d), the voxels split into ``parts`` ranges (one per thread)."""
+    n_v = y.shape[0]
+    n_e = g_leaf.shape[0]
+    n_leaves = radii.shape[0]
+    n = top.shape[1]
+    parts = max(1, min(n_v, parts))
+    for part in prange(parts):
+        hc = np.empty(n)
+        he = np.empty(n, np.int64)
+        leaf_key = np.empty(n_leaves)
+        leaf_heap = np.empty(n_leaves, np.int64)
+        misfit = np.empty(n_e)
+        cand = np.empty(n_e, np.int64)
+        for v in range(part * n_v // parts, (part + 1) * n_v // parts):
+            rss[v] = select_voxel_leaves(y[v], flo2[v], signals_t, n, g_leaf, perm, leaf_start, centres, radii, dist[v],
+                                         leaf_key, leaf_heap, misfit, cand, hc, he)
+            for t in range(n):
+                top[v, t] = he[t]
+                c_top[v, t] = hc[t]
+
+
+@njit(cache=True)
 def _truncated_normal_moments(mu, s, hi):
     """(log mass, mean, variance) of N(mu, s²) truncated to [0, hi] (hi > 0), mass relative to the
     untruncated density's integral."""

@@ -83,6 +83,10 @@ MODEL_ERROR_NEIGHBOURS = 128
 PRIOR_BINS, PRIOR_WEIGHT_CLIP = 7, 20.0
 #: A design axis with at most this many distinct values is a grid: each value is one bin of design_prior.
 PRIOR_DISCRETE_MAX = 12
+#: Most entries per leaf of the tree of the retained-entry search (dictionary_leaves).
+LEAF_SIZE = 32
+#: Voxels whose noise floors are within this fraction of each other share one matrix product (_select_bounded).
+FLOOR_GROUP = 0.02
 #: Priors: flat over the design box ('design') or over the dictionary's entries ('entries').
 PRIORS = ("design", "entries")
 #: Point estimates: the posterior median or mean.
@@ -90,6 +94,33 @@ POINT_ESTIMATES = ("median", "mean")
 #: The posterior's likelihoods (likelihood.LIKELIHOODS): offset-Gaussian (noise floor of magnitude data) or
 #: Gaussian (no floor).
 NOISE_MODELS = ("offset-gaussian", "gaussian")
+
+
+def dictionary_leaves(signals: np.ndarray, leaf_size: int = LEAF_SIZE) -> tuple:
+    """A tree over the entries' signals [E, M] for the retained-entry search: each node split in half (by
+    count) along its entries' first principal direction, down to leaves of at most leaf_size entries. Returns
+    (perm [E], leaf_start [L + 1]): leaf l holds the entries perm[leaf_start[l]:leaf_start[l + 1]]."""
+    parts, stack = [], [np.arange(len(signals))]
+    while stack:
+        idx = stack.pop()
+        if idx.size <= leaf_size:
+            parts.append(idx)
+            continue
+        z = signals[idx] - signals[idx].mean(0)
+        axis = np.linalg.svd(z, full_matrices=False)[2][0]
+        order = np.argsort(z @ axis, kind="stable")
+        half = idx.size // 2
+        stack += [idx[order[half:]], idx[order[:half]]]
+    return np.concatenate(parts), np.cumsum([0] + [p.size for p in parts])
+
+
+def leaf_balls(rows: np.ndarray, leaf_start: np.ndarray) -> tuple:
+    """(centres [L, M], radii [L]): each leaf's mean of its rows [E, M] (in leaf order) and the largest
+    distance of a row from it."""
+    sizes = np.diff(leaf_start)
+    centres = np.add.reduceat(rows, leaf_start[:-1], axis=0) / sizes[:, None]
+    dist = np.sqrt(((rows - np.repeat(centres, sizes, axis=0)) ** 2).sum(1))
+    return np.ascontiguousarray(centres), np.maximum.reduceat(dist, leaf_start[:-1])
 
 
 def posterior_chunk(chunk_size: int, n_entries: int) -> int:
@@ -241,6 +272,8 @@ class PosteriorModel(Model):
         self._same_signals = None   # entries grouped by identical signals (structure_of)
         self._model_error = None   # per parameter, on the estimator's scale (model_error())
         self._calibration = None   # the SD's factor per parameter (model_error(): _interval_calibration)
+        self._floored = None   # the dictionary at one noise floor (_floored_signals)
+        self._leaves = None   # the dictionary's tree and its balls at one noise floor (_leaves_at)
 
     # ---- the posterior of a batch of voxels --------------------------------------------------------------
     def posterior(self, y: np.ndarray, sigma: np.ndarray | None, exclude: np.ndarray | None = None,
@@ -304,11 +337,72 @@ class PosteriorModel(Model):
         top, c, rss = np.empty((v, n), np.int64), np.empty((v, n)), np.empty(v)
         args = (y, flo2, self.signals_t, clean, kappa, self.log_prior, np.ascontiguousarray(var_noise, np.float64),
                 self.prior == "design", top, c, rss)
-        if self.backend is not kernels and n > self.backend.MAX_KEEP:   # more than a GPU thread holds
+        if self.backend is kernels:
+            self._select_bounded(floor, args)
+        elif n > self.backend.MAX_KEEP:   # more than a GPU thread holds
             kernels.select_smallest(*args)
         else:
             self._on_device("select_smallest", *args)
         return top, c, rss
+
+    def _select_bounded(self, floor, args) -> None:
+        """kernels.select_smallest's result on the CPU, from bounds that rule out most entries before their cost
+        is computed (the retained entries, their costs and rss are select_smallest's, bit for bit). The voxels
+        are sorted by noise floor nf and grouped where nf is within FLOOR_GROUP (relative) of the group's least;
+        the group's dictionary at its middle floor f0, G = sqrt(S² + f0²), is within d = |nf - f0|·sqrt(M) of
+        each voxel's in the cost's square root (kernels._bounded_raw). Without the common-scale term and the
+        prior, a tree over the entries (dictionary_leaves) lets each voxel visit only the leaves whose ball can
+        hold one of its n least (kernels.select_smallest_leaves); otherwise every entry's misfit at f0, a
+        product, bounds its cost (kernels.select_smallest_bounded)."""
+        y, flo2, signals_t, clean, kappa, log_prior, var, use_prior, top, c_top, rss = args
+        v, m = y.shape
+        leaves = not use_prior and not np.any(kappa)
+        order = np.argsort(floor, kind="stable")
+        f_sorted = floor[order]
+        y_norm = np.sqrt((y ** 2).sum(1))
+        rounding = 2 * (m + 4) * float(np.finfo(np.float64).eps) / 2   # twice the textbook bound of a dot product
+        n = top.shape[1]
+        start = 0
+        while start < v:
+            stop = max(int(np.searchsorted(f_sorted, f_sorted[start] * (1 + FLOOR_GROUP), side="right")), start + 1)
+            idx = order[start:stop]
+            f0 = 0.5 * (f_sorted[start] + f_sorted[stop - 1])
+            dist = np.sqrt(m) * np.abs(floor[idx] - f0) * (1 + 1e-9) + 1e-15
+            tb, cb, rb = np.empty((idx.size, n), np.int64), np.empty((idx.size, n)), np.empty(idx.size)
+            if leaves:
+                g_leaf, perm, leaf_start, centres, radii = self._leaves_at(f0)
+                kernels.select_smallest_leaves(y[idx], flo2[idx], signals_t, g_leaf, perm, leaf_start, centres, radii,
+                                               dist, numba.get_num_threads(), tb, cb, rb)
+            else:
+                g_t, gg, g_max = self._floored_signals(f0)
+                eps = 2 * rounding * y_norm[idx] * g_max * (1 + g_max) + 1e-13 * (y_norm[idx] + g_max) ** 2
+                kernels.select_smallest_bounded(y[idx], flo2[idx], signals_t, clean[idx], kappa[idx], log_prior,
+                                                var[idx], use_prior, g_t, gg, np.stack([dist, eps], 1),
+                                                numba.get_num_threads(), tb, cb, rb)
+            top[idx], c_top[idx], rss[idx] = tb, cb, rb
+            start = stop
+
+    def _floored_signals(self, f0: float) -> tuple:
+        """(Gᵀ [M, E], |G_e|² [E], max |G_e|) of the dictionary at noise floor f0: G = sqrt(S² + f0²), the
+        last one kept (a session's voxels often share one floor)."""
+        if self._floored is None or self._floored[0] != f0:
+            g = np.sqrt(self.signals ** 2 + f0 ** 2)
+            gg = (g ** 2).sum(1)
+            self._floored = (f0, np.ascontiguousarray(g.T), gg, float(np.sqrt(gg.max())))
+        return self._floored[1:]
+
+    def _leaves_at(self, f0: float) -> tuple:
+        """(G [E, M] in leaf order, perm, leaf_start, centres [L, M], radii [L]) of the dictionary's tree
+        (dictionary_leaves, built once) at noise floor f0, the last one kept."""
+        if self._leaves is None:
+            self._leaves = (None, *dictionary_leaves(self.signals))
+        if self._leaves[0] != f0:
+            perm, leaf_start = self._leaves[1:3]
+            g = np.sqrt(self.signals[perm] ** 2 + f0 ** 2)
+            centres, radii = leaf_balls(g, leaf_start)
+            self._leaves = (f0, perm, leaf_start, g, centres, radii)
+        f0, perm, leaf_start, g, centres, radii = self._leaves
+        return g, perm, leaf_start, centres, radii
 
     def _select_from_costs(self, y, floor, var_noise, scale_var, exclude, n) -> tuple:
         """_select from the [V, E] cost matrix, where some entries are left out per voxel (exclude: the
