@@ -821,6 +821,232 @@ def select_smallest_leaves(y, flo2, signals_t, g_leaf, perm, leaf_start, centres
 
 
 @njit(cache=True)
+def _solve_pivoted(a, b):
+    """Solve a x = b in place (Gaussian elimination with partial pivoting, a [d, d], b [d, k]; x into b)."""
+    d = a.shape[0]
+    for j in range(d):
+        piv = j
+        for i in range(j + 1, d):
+            if abs(a[i, j]) > abs(a[piv, j]):
+                piv = i
+        if piv != j:
+            for t in range(d):
+                a[j, t], a[piv, t] = a[piv, t], a[j, t]
+            for t in range(b.shape[1]):
+                b[j, t], b[piv, t] = b[piv, t], b[j, t]
+        for i in range(j + 1, d):
+            f = a[i, j] / a[j, j]
+            for t in range(j, d):
+                a[i, t] -= f * a[j, t]
+            for t in range(b.shape[1]):
+                b[i, t] -= f * b[j, t]
+    for j in range(d - 1, -1, -1):
+        for t in range(b.shape[1]):
+            x = b[j, t]
+            for i in range(j + 1, d):
+                x -= a[j, i] * b[i, t]
+            b[j, t] = x / a[j, j]
+
+
+@njit(cache=True)
+def _weighted_median(x, w):
+    """(median, tied): the 0.5-quantile of samples x [n] with weights w [n] (summing to 1), interpolated between
+    the samples' mid-cumulative weights (posterior.weighted_quantile, sorted stably), and whether a sample it is
+    read from has a twin of equal value (samples clipped to a range's end): there the value depends on the
+    sort's order among the twins."""
+    n = x.shape[0]
+    if n == 1:
+        return x[0], False
+    order = np.argsort(x, kind="mergesort")
+    cum = 0.0
+    prev_c = 0.0
+    j = n   # every mid-cumulative weight under 0.5: the last sample
+    for t in range(n):
+        k = order[t]
+        c = cum + 0.5 * w[k]
+        cum += w[k]
+        if c >= 0.5 and t >= 1:
+            j = t
+            break
+        prev_c = c
+    if j == n:
+        x1 = x[order[n - 1]]
+        return x1, x[order[n - 2]] == x1
+    x0, x1 = x[order[j - 1]], x[order[j]]
+    tied = x0 == x1 or (j >= 2 and x[order[j - 2]] == x0) or (j + 1 < n and x[order[j + 1]] == x1)
+    frac = min(max((0.5 - prev_c) / max(c - prev_c, 1e-300), 0.0), 1.0)
+    return x0 + frac * (x1 - x0), tied
+
+
+@njit(cache=True)
+def posterior_voxel(top, c, var, clean, tau, signals, values, z_entries, mu, comps, log_prior, design_log_prior,
+                    prior_design, reweight, lo_t, hi_t, q, ridge, median, point, var_out, w, adj, tied):
+    """The posterior of one voxel from its n retained entries top [n] and their costs c [n] (both re-ordered
+    here by entry), σ² var (posterior.PosteriorModel.posterior, step by step): the posterior weights, the
+    regression's kernel weights (at least REGRESSION_NEIGHBOURS entries wide: q the index of that cost), the
+    local-linear regression of the parameters values [E, P] on the principal-component coordinates z_entries
+    [E, r] of the entries about those of the data (clean [M] the floor-corrected data, divided by its common
+    scale at the best entry where tau > 0; mu [M], comps [r, M] the components), the adjusted samples clipped
+    to [lo_t, hi_t], and per parameter its point estimate (weighted median or mean) and variance (spread + σ²
+    |slope|²) under the posterior's weights or, where reweight[p] = ±1, reweighted by exp(±design_log_prior).
+    Also written: w [n] the posterior weights, adj [P, n] the adjusted samples, tied [P] where the median is
+    read from samples with twins (_weighted_median)."""
+    n = top.shape[0]
+    m = clean.shape[0]
+    r = comps.shape[0]
+    n_p = values.shape[1]
+    order = np.argsort(top)
+    top[:] = top[order]
+    c[:] = c[order]
+    best = math.inf
+    for k in range(n):
+        best = min(best, c[k])
+    total = 0.0
+    for k in range(n):
+        w[k] = math.exp(-(c[k] - best) / (2.0 * var)) if math.isfinite(c[k]) else 0.0
+        total += w[k]
+    for k in range(n):
+        w[k] /= total
+    y = np.empty(m)
+    for i in range(m):
+        y[i] = clean[i]
+    if tau > 0.0:   # the regression compares shapes: the data at the best entry's scale
+        kb = 0
+        for k in range(n):
+            if c[k] < c[kb]:
+                kb = k
+        cs = 0.0
+        ss = 0.0
+        for i in range(m):
+            sv = signals[top[kb], i]
+            cs += y[i] * sv
+            ss += sv * sv
+        alpha = min(max(cs / max(ss, 1e-12), 1.0 - 3.0 * tau), 1.0 + 3.0 * tau)
+        for i in range(m):
+            y[i] /= alpha
+    c2 = np.empty(n)
+    best_fit = math.inf
+    for k in range(n):
+        c2[k] = c[k] + 2.0 * var * log_prior[top[k]] if prior_design else c[k]
+        if math.isfinite(c2[k]):
+            best_fit = min(best_fit, c2[k])
+    reach = 0.0
+    if n > 1:   # the q-th least of c2 (inf last)
+        near = np.full(q + 1, math.inf)
+        for k in range(n):
+            x = c2[k] if not math.isnan(c2[k]) else math.inf
+            if x < near[q]:
+                j = q
+                while j > 0 and near[j - 1] > x:
+                    near[j] = near[j - 1]
+                    j -= 1
+                near[j] = x
+        reach = near[q] - best_fit
+        if not math.isfinite(reach):
+            reach = 0.0
+    width = 2.0 * max(var, reach / 2.0)
+    w_fit = np.empty(n)
+    total = 0.0
+    for k in range(n):
+        w_fit[k] = math.exp(-(c2[k] - best_fit) / width) if math.isfinite(c2[k]) else 0.0
+        total += w_fit[k]
+    for k in range(n):
+        w_fit[k] /= total
+    zy = np.zeros(r)
+    for j in range(r):
+        for i in range(m):
+            zy[j] += (y[i] - mu[i]) * comps[j, i]
+    d = r + 1
+    a = np.zeros((d, d))
+    b = np.zeros((d, n_p))
+    dz = np.empty((n, r))
+    x = np.empty(d)
+    for k in range(n):
+        x[0] = 1.0
+        for j in range(r):
+            dz[k, j] = z_entries[top[k], j] - zy[j]
+            x[j + 1] = dz[k, j]
+        wk = w_fit[k]
+        for i in range(d):
+            wx = wk * x[i]
+            for j in range(i + 1):
+                a[i, j] += wx * x[j]
+            for p in range(n_p):
+                b[i, p] += wx * values[top[k], p]
+    for i in range(d):
+        for j in range(i):
+            a[j, i] = a[i, j]
+        if i > 0:
+            a[i, i] += ridge
+    _solve_pivoted(a, b)
+    for k in range(n):
+        for p in range(n_p):
+            t = values[top[k], p]
+            for j in range(r):
+                t -= dz[k, j] * b[j + 1, p]
+            adj[p, k] = min(max(t, lo_t[p]), hi_t[p])
+    w_alt = np.empty(n)
+    for p in range(n_p):
+        wp = w
+        if reweight[p] != 0:
+            total = 0.0
+            for k in range(n):
+                w_alt[k] = w[k] * math.exp(reweight[p] * design_log_prior[top[k]])
+                total += w_alt[k]
+            for k in range(n):
+                w_alt[k] /= total
+            wp = w_alt
+        mean = 0.0
+        second = 0.0
+        for k in range(n):
+            mean += wp[k] * adj[p, k]
+            second += wp[k] * adj[p, k] * adj[p, k]
+        slope2 = 0.0
+        for j in range(r):
+            slope2 += b[j + 1, p] * b[j + 1, p]
+        var_out[p] = max(second - mean * mean, 0.0) + var * slope2
+        tied[p] = False
+        if median:
+            point[p], tied[p] = _weighted_median(adj[p], wp)
+        else:
+            point[p] = mean
+
+
+@njit(cache=True, parallel=True)
+def posterior_moments(top, c, var, clean, tau, signals, values, z_entries, mu, comps, log_prior, design_log_prior,
+                      prior_design, reweight, lo_t, hi_t, q, ridge, median, point, var_out, w, adj, tied):
+    """posterior_voxel for every voxel v (top, c [V, n] re-ordered by entry in place; var, tau [V]; clean [V, M];
+    point, var_out [V, P]; w [V, n], adj [V, P, n], tied [V, P])."""
+    for v in prange(top.shape[0]):
+        posterior_voxel(top[v], c[v], var[v], clean[v], tau[v], signals, values, z_entries, mu, comps, log_prior,
+                        design_log_prior, prior_design, reweight, lo_t, hi_t, q, ridge, median, point[v], var_out[v],
+                        w[v], adj[v], tied[v])
+
+
+@njit(cache=True, parallel=True)
+def nearest_mean(points, refs, values, k, scale, out):
+    """out[v] = the mean of values [R, P] over the k rows of refs [R, P] nearest to points[v] [P] (squared
+    distance of the coordinates divided by scale [P]; ties by row index)."""
+    n_r, n_p = refs.shape
+    for v in prange(points.shape[0]):
+        hc = np.empty(k)
+        he = np.empty(k, np.int64)
+        size = 0
+        for j in range(n_r):
+            d2 = 0.0
+            for p in range(n_p):
+                t = (points[v, p] - refs[j, p]) / scale[p]
+                d2 += t * t
+            if size < k or d2 < hc[0]:
+                size = heap_push(hc, he, size, k, d2, j)
+        for p in range(out.shape[1]):
+            acc = 0.0
+            for t in range(k):
+                acc += values[he[t], p]
+            out[v, p] = acc / k
+
+
+@njit(cache=True)
 def _truncated_normal_moments(mu, s, hi):
     """(log mass, mean, variance) of N(mu, s²) truncated to [0, hi] (hi > 0), mass relative to the
     untruncated density's integral."""

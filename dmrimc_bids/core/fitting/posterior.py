@@ -269,6 +269,7 @@ class PosteriorModel(Model):
         self.signals_t = np.ascontiguousarray(self.signals.T)
         self.n_keep = int(min(N_ADJUST, len(dictionary)))
         self._basis = principal_components(self.signals, N_COMPONENTS, max_entries=20000)
+        self._z_entries = np.ascontiguousarray((self.signals - self._basis[0]) @ self._basis[1].T)   # [E, r]
         self._same_signals = None   # entries grouped by identical signals (structure_of)
         self._model_error = None   # per parameter, on the estimator's scale (model_error())
         self._calibration = None   # the SD's factor per parameter (model_error(): _interval_calibration)
@@ -296,33 +297,27 @@ class PosteriorModel(Model):
             top, c, rss = self._select(y, floor, var_noise, scale_term, n)
         else:
             top, c, rss = self._select_from_costs(y, floor, var_noise, scale_term, exclude, n)
-        order = np.argsort(top, axis=1)   # the retained entries in entry order, whatever selected them
-        top, c = np.take_along_axis(top, order, 1), np.take_along_axis(c, order, 1)
         var_noise = np.where(np.isfinite(var_noise) & (var_noise > 0), var_noise, np.maximum(rss / m, 1e-12))
-        best = c.min(1)
-        w = np.exp(-(c - best[:, None]) / (2 * var_noise[:, None]))
-        w = np.where(np.isfinite(c), w, 0.0)
-        w /= w.sum(1, keepdims=True)
         clean = np.sqrt(np.maximum(y ** 2 - (floor ** 2)[:, None], 0.0))   # floor-corrected data
-        if scale_var is not None:   # the regression compares shapes: the data at the best entry's scale
-            s_best = self.signals[top[np.arange(v), np.argmin(c, axis=1)]]
-            tau = np.sqrt(scale_var)
-            alpha = np.clip((clean * s_best).sum(1) / np.maximum((s_best ** 2).sum(1), 1e-12), 1 - 3 * tau, 1 + 3 * tau)
-            clean = clean / alpha[:, None]
-        # the local-linear fit needs a neighbourhood even where the posterior sits on one entry (high SNR,
-        # coarse dictionary): its kernel is at least as wide as the REGRESSION_NEIGHBOURS-th nearest entry
-        if self.prior == "design":   # the misfit alone: the regression's neighbours in signal space
-            c = c + (2 * var_noise)[:, None] * self.log_prior[top]
-        best_fit = np.where(np.isfinite(c), c, np.inf).min(1)
-        q = min(REGRESSION_NEIGHBOURS, n) - 1
-        reach = np.partition(c, q, axis=1)[:, q] - best_fit if n > 1 else np.zeros(v)
-        reach = np.where(np.isfinite(reach), reach, 0.0)   # fewer than q entries left (cross-validation)
-        w_fit = np.exp(-(c - best_fit[:, None]) / (2 * np.maximum(var_noise, reach / 2)[:, None]))
-        w_fit = np.where(np.isfinite(c), w_fit, 0.0)
-        w_fit /= w_fit.sum(1, keepdims=True)
-        samples, slope = self._adjust(self.values[top], self.signals[top], clean, w_fit)
-        point, var = self._points(samples, w, top, var_noise[:, None] * np.einsum("vrp,vrp->vp", slope, slope))
-        return {"samples": samples, "weights": w, "point": point, "var": var, "best": rss, "var_noise": var_noise}
+        tau = np.zeros(v) if scale_var is None else np.sqrt(scale_var)
+        p = len(self.names)
+        point, var = np.empty((v, p)), np.empty((v, p))
+        mu, comps = self._basis
+        # the retained entries in entry order, whatever selected them; the regression's kernel at least as wide
+        # as the REGRESSION_NEIGHBOURS-th nearest entry (a neighbourhood even where the posterior sits on one
+        # entry: high SNR, coarse dictionary); with prior 'design' its neighbours by the misfit alone
+        w, samples, tied = np.empty((v, n)), np.empty((v, p, n)), np.empty((v, p), np.bool_)
+        kernels.posterior_moments(top, c, var_noise, clean, tau, self.signals, self.values, self._z_entries, mu, comps,
+                                  self.log_prior, self.design_log_prior, self.prior == "design", self.point_reweight,
+                                  self.lo_t, self.hi_t, min(REGRESSION_NEIGHBOURS, n) - 1, RIDGE, self.point == "median",
+                                  point, var, w, samples, tied)
+        for i, j in zip(*np.nonzero(tied)):   # a median read from twin samples: numpy's sort order, as always
+            wj = w[i:i + 1]
+            if self.point_reweight[j]:
+                wj = wj * np.exp(self.point_reweight[j] * self.design_log_prior[top[i:i + 1]])
+                wj = wj / wj.sum(1, keepdims=True)
+            point[i, j] = weighted_quantile(samples[i, j][None, :, None], wj, 0.5)[0, 0]
+        return {"top": top, "point": point, "var": var, "best": rss, "var_noise": var_noise}
 
     def _select(self, y, floor, var_noise, scale_var, n) -> tuple:
         """The n retained entries top [V, n] of least cost on the posterior's scale (-2σ² log(prior ·
@@ -553,12 +548,10 @@ class PosteriorModel(Model):
         if not me:
             return np.zeros_like(point)
         est, err2 = me
-        k = min(MODEL_ERROR_NEIGHBOURS, len(est))
         scale = np.where(self.hi_t > self.lo_t, self.hi_t - self.lo_t, 1.0)
-        a, b = point / scale, est / scale
-        d2 = (a ** 2).sum(1)[:, None] - 2 * a @ b.T + (b ** 2).sum(1)[None, :]
-        near = np.argpartition(d2, k - 1, axis=1)[:, :k] if k < len(est) else np.tile(np.arange(k), (len(a), 1))
-        return err2[near].mean(1)
+        out = np.empty_like(point)
+        kernels.nearest_mean(np.ascontiguousarray(point), est, err2, min(MODEL_ERROR_NEIGHBOURS, len(est)), scale, out)
+        return out
 
     def summaries(self, post: dict) -> tuple:
         """(estimate, SD, 95 % low, 95 % high, contraction) [V, P] in physical units from a posterior."""
