@@ -336,6 +336,40 @@ def test_one_pass_selection_keeps_the_n_least_by_cost_then_index(prior, n, scale
     assert straddling > 0 or n == 25   # the cases test ties at the cut (n = 25: the design prior's)
 
 
+@pytest.mark.parametrize("prior,scale", [("entries", False), ("design", False), ("entries", True), ("design", True)])
+def test_bounded_selection_is_the_one_pass_selection_bit_for_bit(prior, scale):
+    """The CPU's retained-entry search from bounds (the tree over the entries at the voxels' floor; the
+    product-based scan with the common-scale term or the prior) keeps select_smallest's entries, costs and
+    least misfit bit for bit, with floors spread over several groups (FLOOR_GROUP) and σ² unknown for some."""
+    from dmrimc_bids.core.fitting import kernels
+    from dmrimc_bids.core.fitting.likelihood import noise_floor
+    rng = np.random.default_rng(3)
+    k, m, n_v = 3000, 8, 60
+    b = np.linspace(300, 3000, m)
+    d = rng.uniform(0.2, 3.0, k)
+    f = rng.uniform(0.2, 0.9, k)
+    signals = f[:, None] * np.exp(-b * d[:, None] * 1e-3) + (1 - f[:, None]) * np.exp(-b * 3e-3)
+    dic = Dictionary(signals, np.column_stack([d, f]), ["d", "f"], Protocol(b, 10.0, 30.0))
+    model = PosteriorModel(dic, prior=prior)
+    sigma = rng.uniform(0.01, 0.04, n_v)
+    y = signals[rng.integers(0, k, n_v)] + sigma[:, None] * rng.standard_normal((n_v, m))
+    var = np.where(np.arange(n_v) % 3 == 0, np.nan, sigma ** 2)
+    scale_var = rng.uniform(0, 4e-3, n_v) if scale else None
+    if scale:
+        var = sigma ** 2
+    floor = noise_floor(sigma)
+    top, c, rss = model._select(y, floor, var, scale_var, 64)
+    clean, kappa = (np.zeros((n_v, 1)), np.zeros(n_v)) if scale_var is None else \
+        model._common_scale(y, floor, var, scale_var)
+    ref = np.empty((n_v, 64), np.int64), np.empty((n_v, 64)), np.empty(n_v)
+    kernels.select_smallest(y, np.repeat((floor ** 2)[:, None], m, 1), model.signals_t, clean, kappa, model.log_prior,
+                            var, prior == "design", *ref)
+    order, ref_order = np.argsort(top, 1), np.argsort(ref[0], 1)
+    np.testing.assert_array_equal(np.take_along_axis(top, order, 1), np.take_along_axis(ref[0], ref_order, 1))
+    np.testing.assert_array_equal(np.take_along_axis(c, order, 1), np.take_along_axis(ref[1], ref_order, 1))
+    np.testing.assert_array_equal(rss, ref[2])
+
+
 def test_smallest_per_row_is_argpartition_whatever_the_threads():
     """The retained entries' selection split over threads gives the very indices of one argpartition call (a
     constant row has ties: still the same), and they are each row's n smallest."""

@@ -567,7 +567,8 @@ class PosteriorModel(Model):
 
     # ---- Model API -----------------------------------------------------------------------------------------
     def jit_kernels(self) -> list:
-        return [kernels.select_smallest, kernels.entry_costs]   # the common-scale costs only in cross-validation
+        # the product-based scan (common-scale term, design prior) and the common-scale costs only where used
+        return [kernels.select_smallest_leaves, kernels.posterior_moments, kernels.nearest_mean, kernels.entry_costs]
 
     def fit(self, data, mask=None, sigma=None, progress=None, scale_var=None) -> DictionaryFit:
         """data [..., M]; mask [...] bool; sigma [...] or [..., M] (its mean over M is used) or None;
