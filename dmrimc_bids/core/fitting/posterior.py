@@ -279,8 +279,9 @@ class PosteriorModel(Model):
     # ---- the posterior of a batch of voxels --------------------------------------------------------------
     def posterior(self, y: np.ndarray, sigma: np.ndarray | None, exclude: np.ndarray | None = None,
                   scale_var: np.ndarray | None = None) -> dict:
-        """Posterior summaries of voxels y [V, M] (σ [V] or None) on the estimator's scale: 'samples' [V, n, P]
-        (adjusted parameters), 'weights' [V, n], 'point', 'var' [V, P], 'best' (min RSS) and 'var_noise' [V].
+        """Posterior summaries of voxels y [V, M] (σ [V] or None) on the estimator's scale: 'top' [V, n] the
+        retained entries (in entry order), 'point', 'var' [V, P], 'best' (min RSS) and 'var_noise' [V]
+        (kernels.posterior_moments).
         exclude [V] (optional): a structure index per voxel (structure_of) whose entries are left out
         (cross-validation). scale_var [V] (optional): variance of an unknown common scale of each voxel's
         signal (e.g. an uncertain compartment fraction removed before), marginalised: the misfit loses
@@ -430,25 +431,6 @@ class PosteriorModel(Model):
         """The backend's kernel (same arguments on CPU and GPU; dictfit.on_backend's CUDA fallback)."""
         on_backend(self, "posterior", lambda: getattr(self.backend, kernel)(*args), lambda: getattr(kernels, kernel)(*args))
 
-    def _points(self, samples, w, top, noise_var) -> tuple:
-        """(point estimate, posterior variance) [V, P], each parameter under its own prior (point_prior: the
-        retained entries top [V, n] reweighted by the design prior's entry weights, or by their inverse)."""
-        point, var = self._point(samples, w, noise_var)
-        for sign in (1, -1):
-            cols = np.flatnonzero(self.point_reweight == sign)
-            if cols.size:
-                w_other = w * np.exp(sign * self.design_log_prior[top])
-                point[:, cols], var[:, cols] = self._point(samples[:, :, cols], w_other / w_other.sum(1, keepdims=True),
-                                                           noise_var[:, cols])
-        return point, var
-
-    def _point(self, samples, w, noise_var) -> tuple:
-        """(point estimate, posterior variance) [V, P] of adjusted samples [V, n, P] with weights w [V, n]: the
-        spread of the adjusted entries + the noise of the data carried through the local inverse map."""
-        mean = np.einsum("vn,vnp->vp", w, samples)
-        var = np.maximum(np.einsum("vn,vnp->vp", w, samples ** 2) - mean ** 2, 0.0) + noise_var
-        return (mean if self.point == "mean" else weighted_quantile(samples, w, 0.5)), var
-
     def _entry_costs(self, y, floor) -> np.ndarray:
         """Cost [V, E] of every entry for voxels y [V, M] with noise floors [V], on the model's device."""
         cost = np.empty((y.shape[0], self.signals.shape[0]))
@@ -468,18 +450,6 @@ class PosteriorModel(Model):
         if self._same_signals is None:
             self._same_signals = np.unique(np.round(self.signals, 12), axis=0, return_inverse=True)[1].ravel()
         return self._same_signals
-
-    def _adjust(self, theta, s_top, y, w):
-        """Regression-adjusted samples [V, n, P] (θ - B (z_k - z_y), clipped to the range) and the slopes B
-        [V, r, P] (the principal directions are orthonormal, so noise σ on y is σ on z)."""
-        mu, comps = self._basis
-        dz = (s_top - mu) @ comps.T - ((y - mu) @ comps.T)[:, None, :]     # [V, n, r]
-        x = np.concatenate([np.ones(dz.shape[:2] + (1,)), dz], 2)
-        xtw = x.transpose(0, 2, 1) * w[:, None, :]
-        reg = RIDGE * np.diag(np.r_[0.0, np.ones(dz.shape[2])])
-        coef = np.linalg.solve(xtw @ x + reg[None], xtw @ theta)            # [V, r + 1, P]
-        adjusted = theta - np.einsum("vnr,vrp->vnp", dz, coef[:, 1:, :])
-        return np.clip(adjusted, self.lo_t, self.hi_t), coef[:, 1:, :]
 
     # ---- model error of the dictionary -------------------------------------------------------------------
     def model_error(self, sigma_ref: float = 0.02) -> tuple:
