@@ -435,28 +435,39 @@ def test_compile_notice_sees_the_user_wide_cache(tmp_path, monkeypatch):
     assert jitcache.compile_notice(module, "fitting") == ""
 
 
-def test_every_listed_kernel_is_compiled_by_a_fit():
-    """Each model's jit_kernels() are the kernels its fit() compiles (in a fresh process): a listed kernel that a
-    fit never compiles (main: entry_costs_common_scale; IVIM's callees, compiled into their caller) was announced
-    as compiling on every run."""
+@pytest.mark.parametrize("case", ["posterior", "posterior design prior", "ml", "ivim", "joint"])
+def test_every_listed_kernel_is_compiled_by_a_fit(case):
+    """Each model's jit_kernels() are the kernels its fit() compiles (each in a fresh process, so that no other
+    fit compiled them): a listed kernel that a fit never compiles (main: entry_costs_common_scale; IVIM's
+    callees, compiled into their caller; the joint fit's tissue step, which scans with bounds on products,
+    listed the entry tree's kernel) was announced as compiling on every run."""
     import subprocess
     code = (
         "import sys, numpy as np; sys.path.insert(0, 'tests')\n"
         "from test_posterior import grid_dictionary\n"
+        "import test_joint as tj\n"
+        "from dmrimc_bids.core.fitting.joint import JointModel\n"
         "from dmrimc_bids.core.fitting.posterior import PosteriorModel\n"
         "from dmrimc_bids.core.fitting.dictfit import DictionaryModel\n"
         "from dmrimc_bids.core.fitting.ivim import IvimModel\n"
         "from dmrimc_bids.core.protocol import Protocol\n"
-        "dic = grid_dictionary(); y = dic.signals[:20].astype(float); s = np.full(20, 0.02)\n"
-        "prot = Protocol([0, 25, 50, 100, 200, 400, 800, 1000.0], 10.0, 30.0)\n"
-        "iv = np.exp(-np.outer(np.ones(30), prot.b) * 1e-3) * 0.9 + 0.1 * np.exp(-np.outer(np.ones(30), prot.b) * 2e-2)\n"
-        "left = []\n"
-        "for model, data, sig in ((PosteriorModel(dic), y, s), (DictionaryModel(dic), y, s),\n"
-        "                        (IvimModel(prot), iv, np.full(iv.shape, 0.01))):\n"
-        "    model.fit(data, sigma=sig)\n"
-        "    left += [getattr(d, 'py_func', d).__name__ for d in model.jit_kernels() if not d.signatures]\n"
-        "print('LEFT', left)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
+        "case = sys.argv[1]\n"
+        "if case.startswith('posterior') or case == 'ml':\n"
+        "    dic = grid_dictionary(); data = dic.signals[:20].astype(float); sig = np.full(20, 0.02)\n"
+        "    model = {'posterior': PosteriorModel(dic), 'posterior design prior': PosteriorModel(dic, prior='design'),\n"
+        "             'ml': DictionaryModel(dic)}[case]\n"
+        "elif case == 'ivim':\n"
+        "    prot = Protocol([0, 25, 50, 100, 200, 400, 800, 1000.0], 10.0, 30.0)\n"
+        "    e = lambda d: np.exp(-np.outer(np.ones(30), prot.b) * d)\n"
+        "    model, data, sig = IvimModel(prot), e(1e-3) * 0.9 + 0.1 * e(2e-2), np.full((30, 8), 0.01)\n"
+        "else:\n"
+        "    ti, fl = tj.tissue_dictionary(), tj.flow_dictionary()\n"
+        "    data = tj.mixed(ti, fl, np.arange(30) % len(ti), np.arange(30) % len(fl), np.linspace(0, 0.1, 30))\n"
+        "    model, sig = JointModel(ti, fl, tissue_b_min=200), np.full(30, 0.01)\n"
+        "model.fit(data, sigma=sig)\n"
+        "print('LEFT', [getattr(d, 'py_func', d).__name__ for d in model.jit_kernels() if not d.signatures])\n")
+    out = subprocess.run([sys.executable, "-c", code, case], capture_output=True, text=True,
+                         cwd=Path(__file__).parents[1])
     assert "LEFT []" in out.stdout, out.stdout + out.stderr
 
 

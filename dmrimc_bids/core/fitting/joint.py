@@ -423,7 +423,7 @@ class JointModel(Model):
 
     # ---- Model API -------------------------------------------------------------------------------------------
     def jit_kernels(self) -> list:
-        return [kernels.joint_profile_top, kernels.joint_pair_moments] + self.tissue_model.jit_kernels()
+        return [kernels.joint_profile_top, kernels.joint_pair_moments] + self.tissue_model.jit_kernels(common_scale=True)
 
     def fit(self, data, mask=None, sigma=None, progress=None) -> JointFit:
         """data [..., M] b0-normalised; mask [...]; sigma [...] (normalised noise SD; None: estimated from

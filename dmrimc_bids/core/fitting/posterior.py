@@ -536,9 +536,12 @@ class PosteriorModel(Model):
         return est, sd, lo, hi, contraction(t_sd ** 2, self.prior_var_t)
 
     # ---- Model API -----------------------------------------------------------------------------------------
-    def jit_kernels(self) -> list:
-        # the product-based scan (common-scale term, design prior) and the common-scale costs only where used
-        return [kernels.select_smallest_leaves, kernels.posterior_moments, kernels.nearest_mean, kernels.entry_costs]
+    def jit_kernels(self, common_scale: bool = False) -> list:
+        """Model.jit_kernels; common_scale: fit() is given scale_var (with σ), as the joint model's tissue step
+        is: the selection then scans with bounds on products (select_smallest_bounded), not the entry tree."""
+        scan = (kernels.select_smallest_bounded if common_scale or self.prior == "design"
+                else kernels.select_smallest_leaves)
+        return [scan, kernels.posterior_moments, kernels.nearest_mean, kernels.entry_costs]
 
     def fit(self, data, mask=None, sigma=None, progress=None, scale_var=None) -> DictionaryFit:
         """data [..., M]; mask [...] bool; sigma [...] or [..., M] (its mean over M is used) or None;
