@@ -122,6 +122,8 @@ def main(argv=None) -> int:
     from dmrimc_bids.core.protocol import Protocol
     from dmrimc_bids.options import DEFAULT_POINT_PRIOR
 
+    import numba
+    numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
     rng = np.random.default_rng(0)
     if args.model == "joint":
         model, y, sigma = joint_case(args.voxels, rng, args.cache)
@@ -137,10 +139,11 @@ def main(argv=None) -> int:
         model = PosteriorModel(dic, chunk_size=posterior_chunk(10000, len(dic)), point=args.point,
                                device=args.device, point_prior=DEFAULT_POINT_PRIOR)
         entries = model.signals
-    with threadpool_limits(limits=args.threads):
+    blas = max(1, model.blas_threads(args.threads))   # as the app's fit (interfaces/fitting.run_fit)
+    with threadpool_limits(limits=blas):
         model.fit(y[:500], sigma=sigma[:500])   # compilation (cached after the first run) and the model error
     runs = []
-    with threadpool_limits(limits=args.threads):
+    with threadpool_limits(limits=blas):
         for _ in range(args.repeats):
             t0 = time.perf_counter()
             fit = model.fit(y, sigma=sigma)

@@ -182,7 +182,7 @@ class FitModel(SimpleInterface):
 
 
 def run_fit(model, data, mask, sigma, n_threads: int, label: str):
-    """model.fit on n_threads numba and BLAS threads with a progress bar (and the one-line notice when any
+    """model.fit on n_threads numba threads and model.blas_threads(n_threads) BLAS threads with a progress bar (and the one-line notice when any
     kernel the model calls is compiled first)."""
     import numba
     from threadpoolctl import threadpool_limits
@@ -194,7 +194,7 @@ def run_fit(model, data, mask, sigma, n_threads: int, label: str):
     notice = jitcache.compile_notice(None, "fitting", model.jit_kernels())
     if notice:
         print(f"dmrimc-bids: {label}: {notice}", file=sys.stderr, flush=True)
-    with threadpool_limits(limits=max(1, n_threads)), progress(int(mask.sum()), label) as update:
+    with threadpool_limits(limits=max(1, model.blas_threads(n_threads))), progress(int(mask.sum()), label) as update:
         return model.fit(data, mask, sigma, progress=update)
 
 

@@ -32,6 +32,7 @@ With fv_max = 0 the joint fit is the tissue-only posterior on the same measureme
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from ..dictionary import Dictionary
@@ -41,12 +42,11 @@ from .likelihood import noise_floor
 from .model import (EXIT_BACKGROUND, EXIT_FAILED, EXIT_OK, Description, Fit, Model, b_range, fit_plan, voxel_chunks,
                     voxel_table)
 from .likelihood import Z95
-from .posterior import PosteriorModel, contraction, log_scaled, shared_weighted_quantiles
+from .posterior import (PosteriorModel, contraction, dictionary_leaves, leaf_balls, log_scaled,
+                        shared_weighted_quantiles)
 
 #: Tissue entries per voxel that enter the vascular posterior (step 2).
 N_TISSUE_CANDIDATES = 16
-#: Voxels per block of the candidates' matrix product (block x entries float64 at a time).
-PROFILE_BLOCK = 128
 #: Representative flow signals (flow_prototypes: group means) against which the tissue candidates are chosen.
 FLOW_PROTOTYPES = 4
 #: Smallest b [s/mm²] of the tissue posterior (step 3): below it the tissue carries little information and
@@ -305,6 +305,7 @@ class JointModel(Model):
         self.tissue_t = np.ascontiguousarray(self.tissue_signals.T)
         self.tissue_sq = (self.tissue_signals ** 2).sum(1)
         self.n_candidates = int(min(n_candidates, len(self.tissue_signals)))
+        self._tree = None   # _profile_tree
         if self.backend is not kernels and (self.n_candidates > self.backend.MAX_CANDIDATES
                                             or len(self.prototypes) > self.backend.MAX_PROTOTYPES):
             self.backend, self.device = kernels, "cpu"   # more than a GPU thread holds
@@ -333,16 +334,26 @@ class JointModel(Model):
         """Step 1: the tissue candidates [V, n] of each voxel, in entry order (whatever chose them)."""
         top = np.empty((len(clean), self.n_candidates), np.int64)
 
-        def on_cpu():
-            for c0 in range(0, len(clean), PROFILE_BLOCK):   # <y, t> of every entry as a BLAS product, in blocks
-                block = clean[c0:c0 + PROFILE_BLOCK]
-                kernels.joint_profile_top(block, np.ascontiguousarray(block @ self.tissue_t), self.tissue_sq,
-                                          self.tissue_proto, self.pair_sq, self.prototypes, self.fv_max,
-                                          top[c0:c0 + PROFILE_BLOCK])
+        def on_cpu():   # a tree over the entries: only the leaves that can hold a candidate are visited
+            kernels.joint_profile_leaves(clean, *self._profile_tree(), self.prototypes, self.fv_max,
+                                         numba.get_num_threads(), top)
         on_backend(self, "joint fit", lambda: self.backend.joint_profile_top(
             clean, self.tissue_t, self.tissue_sq, self.tissue_proto, self.pair_sq, self.prototypes, self.fv_max, top),
             on_cpu)
         return np.sort(top, axis=1)
+
+    def _profile_tree(self) -> tuple:
+        """kernels.joint_profile_leaves' tables (built at the first CPU fit, then kept): the tissue entries in
+        the leaf order of a tree over their signals (posterior.dictionary_leaves) with their Gram terms, each
+        leaf's ball, and the prototypes relative to its centre."""
+        if self._tree is None:
+            perm, leaf_start = dictionary_leaves(self.tissue_signals)
+            rows = np.ascontiguousarray(self.tissue_signals[perm])
+            centres, radii = leaf_balls(rows, leaf_start)
+            w_leaf = np.ascontiguousarray(self.prototypes[None, :, :] - centres[:, None, :])
+            self._tree = (rows, perm, leaf_start, self.tissue_sq[perm], np.ascontiguousarray(self.tissue_proto[perm]),
+                          np.ascontiguousarray(self.pair_sq[perm]), centres, radii, w_leaf, (w_leaf ** 2).sum(2))
+        return self._tree
 
     def _pairs(self, clean, sigma, top, prior: VascularPrior) -> dict:
         """The pair posterior (kernels.joint_pair_moments) with the tissue candidates top [V, n]."""
@@ -422,8 +433,13 @@ class JointModel(Model):
         return est, sd, np.clip(est - Z95 * sd, 0.0, self.fv_max), np.clip(est + Z95 * sd, 0.0, self.fv_max), con
 
     # ---- Model API -------------------------------------------------------------------------------------------
+    def blas_threads(self, n_threads: int) -> int:
+        # the candidates, the pairs and the tissue step are numba kernels, each after a small product: BLAS on one
+        # thread is 15-20 % faster on 2 cores (benchmarks/posterior_throughput.py --model joint)
+        return 1
+
     def jit_kernels(self) -> list:
-        return [kernels.joint_profile_top, kernels.joint_pair_moments] + self.tissue_model.jit_kernels(common_scale=True)
+        return [kernels.joint_profile_leaves, kernels.joint_pair_moments] + self.tissue_model.jit_kernels(common_scale=True)
 
     def fit(self, data, mask=None, sigma=None, progress=None) -> JointFit:
         """data [..., M] b0-normalised; mask [...]; sigma [...] (normalised noise SD; None: estimated from

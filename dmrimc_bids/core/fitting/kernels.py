@@ -1067,6 +1067,30 @@ def _truncated_normal_moments(mu, s, hi):
 
 
 @njit(cache=True)
+def _truncated_normal_scaled(mu, s, hi):
+    """(s · mass, mean, variance) of N(mu, s²) truncated to [0, hi] (_truncated_normal_moments' with the mass
+    times s, not its logarithm); where b = (hi - mu)/s > 8.5, Φ(b) is 1 in double precision and φ(b) < 1e-16,
+    so neither is computed."""
+    a, b = (0.0 - mu) / s, (hi - mu) / s
+    if a < -5.0 and b > 5.0:   # the whole Gaussian inside [0, hi] (mass 1 to 6e-7)
+        return s, mu, s * s
+    za = 0.5 * math.erfc(-a / math.sqrt(2.0))
+    if b > 8.5:
+        zb, pb = 1.0, 0.0
+    else:
+        zb = 0.5 * math.erfc(-b / math.sqrt(2.0))
+        pb = math.exp(-0.5 * b * b) / math.sqrt(2.0 * math.pi)
+    mass = zb - za
+    if mass < 1e-300:   # all the mass beyond one end: the posterior of f sits at that end
+        f = 0.0 if mu < 0 else hi
+        return s * 1e-300, f, 0.0
+    pa = math.exp(-0.5 * a * a) / math.sqrt(2.0 * math.pi)
+    mean = mu + s * (pa - pb) / mass
+    var = s * s * (1.0 + (a * pa - b * pb) / mass - ((pa - pb) / mass) ** 2)
+    return s * mass, min(max(mean, 0.0), hi), max(var, 0.0)
+
+
+@njit(cache=True)
 def truncated_exponential_log_density0(rate, hi):
     """log of the density at 0 of the truncated exponential e^{-rate·f} on [0, hi] (hi > 0; rate [1/unit f]
     of either sign, 0: flat), i.e. -log ∫_0^hi e^{-rate·f} df."""
@@ -1135,22 +1159,15 @@ def joint_pair_moments(y, sig2, tissue, flow_t, flow_sq, fv_max, groups, kappa, 
 
 
 @njit(cache=True)
-def joint_pair_voxel(yi, s2, ti, flow_t, flow_sq, fv_max, groups, kappa, aw, unit, p_zero, fv_rate, w_flow, g_flow,
-                     f_moments, lw, tv, tv2, bb, yv, yvg, yyg, ytg, ytag, spike):
-    """joint_pair_moments for one voxel (yi [M], s2 = σ², ti [Nt, M] its tissue candidates, kappa [G], aw [M]
-    the relaxation weights, unit: all aw = 1, fv_rate the slab's exponential rate), into w_flow, g_flow [Kf] and f_moments [3];
-    lw, tv, tv2, bb
-    [Nt, Kf] (bb: <y - t, a∘(v - t)>), yv [Kf], yvg [G, Kf], yyg, ytg, ytag [G], spike [Nt] are work space (tv2 may be tv when unit)."""
+def _joint_pair_profile(yi, s2, ti, flow_t, flow_sq, groups, kappa, aw, unit, shift, log_p0, lw, tv, tv2, bb, yv, yvg,
+                        yyg, ytg, ytag, spike):
+    """joint_pair_voxel's first pass: per pair (t, v) lw = the profile log weight (its least misfit over f
+    unconstrained, -a/2σ² + b²/2σ²c), tv = c = |a∘(v - t)|² (less the common-mode part), bb = b = <y - t,
+    a∘(v - t)> - λσ² (shift); spike [Nt] the log weight of (t, f = 0) of unit prior mass. Returns the largest
+    of the pairs' lw and the spikes' spike + log_p0."""
     n_t, m = ti.shape
     n_f = flow_t.shape[1]
     n_g = kappa.shape[0]
-    # log prior x normalising constants: slab (1 - p0) sqrt(2π)/Z per pair (Z = ∫_0^fv_max e^{-λf} df);
-    # spike p0 per tissue candidate, which spans the n_f pairs of that candidate (each pair has prior 1/(n_t n_f))
-    log_mass = math.log(max(1.0 - p_zero, 1e-300))
-    log_slab = (log_mass + 0.5 * math.log(2.0 * math.pi) + truncated_exponential_log_density0(fv_rate, fv_max)
-                if fv_max > 0 else 0.0)   # fv_max = 0: the slab is the point f = 0 itself
-    shift = fv_rate * s2   # e^{-λf} shifts each pair's Gaussian in f by -λσ²/c
-    log_p0 = math.log(p_zero) if p_zero > 0 else -math.inf   # spike[t]: the unit-mass spike; p0 enters below
     for e in range(n_f):   # <y, a∘v> [Kf]; <t, a∘v> [Nt, Kf], later |a∘(v - t)|²; <t, a²∘v> (read before tv is overwritten)
         yv[e] = 0.0
         for t in range(n_t):
@@ -1163,9 +1180,12 @@ def joint_pair_voxel(yi, s2, ti, flow_t, flow_sq, fv_max, groups, kappa, aw, uni
         for t in range(n_t):
             ta = ti[t, k] * aw[k]
             ta2 = ti[t, k] * (aw[k] * aw[k])
-            for e in range(n_f):
-                tv[t, e] += ta * flow_t[k, e]
-                if not unit:
+            if unit:
+                for e in range(n_f):
+                    tv[t, e] += ta * flow_t[k, e]
+            else:
+                for e in range(n_f):
+                    tv[t, e] += ta * flow_t[k, e]
                     tv2[t, e] += ta2 * flow_t[k, e]
     for g in range(n_g):
         yyg[g] = 0.0
@@ -1198,23 +1218,46 @@ def joint_pair_voxel(yi, s2, ti, flow_t, flow_sq, fv_max, groups, kappa, aw, uni
         spike[t] = math.log(n_f) - a / (2.0 * s2)
         if spike[t] + log_p0 > best:
             best = spike[t] + log_p0
+        # per pair b (into bb) and c (into tv), loop by loop over the entries so that each one vectorises
         for e in range(n_f):
-            b = yv[e] - yt_a - tv[t, e] + tt_a - shift
-            c = flow_sq[e] - 2.0 * tv2[t, e] + tt_a2
-            for g in range(n_g):
-                p = yyg[g] - ytg[g]
-                qg = yvg[g, e] - ytag[g]
-                b -= kappa[g] * p * qg
-                c -= kappa[g] * qg * qg
-            q = -a
-            if c > 1e-15:
-                q += b * b / c
-            q /= 2.0 * s2
-            lw[t, e] = q
-            tv[t, e] = c
-            bb[t, e] = b
-            if q > best:
-                best = q
+            tve = tv[t, e]
+            tv2e = tv2[t, e]   # tv2 is tv when unit: both read before tv is written
+            bb[t, e] = yv[e] - yt_a - tve + tt_a - shift
+            tv[t, e] = flow_sq[e] - 2.0 * tv2e + tt_a2
+        for g in range(n_g):
+            kp = kappa[g] * (yyg[g] - ytg[g])
+            kg = kappa[g]
+            tag = ytag[g]
+            for e in range(n_f):
+                qg = yvg[g, e] - tag
+                bb[t, e] -= kp * qg
+                tv[t, e] -= kg * qg * qg
+        for e in range(n_f):
+            c = tv[t, e]
+            b = bb[t, e]
+            lw[t, e] = (-a + (b * b / c if c > 1e-15 else 0.0)) / (2.0 * s2)
+        for e in range(n_f):
+            if lw[t, e] > best:
+                best = lw[t, e]
+    return best
+
+
+@njit(cache=True)
+def joint_pair_voxel_log(yi, s2, ti, flow_t, flow_sq, fv_max, groups, kappa, aw, unit, p_zero, fv_rate, w_flow,
+                         g_flow, f_moments, lw, tv, tv2, bb, yv, yvg, yyg, ytg, ytag, spike):
+    """joint_pair_voxel with every weight in logarithms: its fallback where the weights would underflow (same
+    arguments)."""
+    n_t = ti.shape[0]
+    n_f = flow_t.shape[1]
+    # log prior x normalising constants: slab (1 - p0) sqrt(2π)/Z per pair (Z = ∫_0^fv_max e^{-λf} df);
+    # spike p0 per tissue candidate, which spans the n_f pairs of that candidate (each pair has prior 1/(n_t n_f))
+    log_mass = math.log(max(1.0 - p_zero, 1e-300))
+    log_slab = (log_mass + 0.5 * math.log(2.0 * math.pi) + truncated_exponential_log_density0(fv_rate, fv_max)
+                if fv_max > 0 else 0.0)   # fv_max = 0: the slab is the point f = 0 itself
+    shift = fv_rate * s2   # e^{-λf} shifts each pair's Gaussian in f by -λσ²/c
+    log_p0 = math.log(p_zero) if p_zero > 0 else -math.inf   # spike[t]: the unit-mass spike; p0 enters below
+    best = _joint_pair_profile(yi, s2, ti, flow_t, flow_sq, groups, kappa, aw, unit, shift, log_p0, lw, tv, tv2, bb,
+                               yv, yvg, yyg, ytg, ytag, spike)
     top = -math.inf
     for t in range(n_t):
         for e in range(n_f):
@@ -1237,6 +1280,20 @@ def joint_pair_voxel(yi, s2, ti, flow_t, flow_sq, fv_max, groups, kappa, aw, uni
     for t in range(n_t):
         if spike[t] + log_p0 > top:
             top = spike[t] + log_p0
+    floor_w = top - JOINT_LOG_WEIGHT_SPAN
+    for t in range(n_t):
+        for e in range(n_f):
+            lw[t, e] = math.exp(lw[t, e] - top) if lw[t, e] >= floor_w else 0.0
+    _joint_pair_finish(lw, tv, bb, spike, log_p0, top, math.exp(-JOINT_LOG_WEIGHT_SPAN), log_mass, w_flow, g_flow,
+                       f_moments)
+
+
+@njit(cache=True)
+def _joint_pair_finish(lw, tv, bb, spike, log_p0, ref, cut, log_mass, w_flow, g_flow, f_moments):
+    """joint_pair_voxel's last pass: lw [Nt, Kf] the pairs' posterior weights relative to e^ref (tv, bb: E[f | t, v],
+    E[f² | t, v]), spike [Nt] the spikes' log weights (prior log_p0 apart): the pairs and spikes of weight under
+    cut left out, the flow entries' weights w_flow, g_flow [Kf] and f_moments [4] (joint_pair_moments)."""
+    n_t, n_f = lw.shape
     total = 0.0
     ef = 0.0
     ef2 = 0.0
@@ -1245,9 +1302,9 @@ def joint_pair_voxel(yi, s2, ti, flow_t, flow_sq, fv_max, groups, kappa, aw, uni
         g_flow[e] = 0.0
     for t in range(n_t):
         for e in range(n_f):
-            if lw[t, e] < top - JOINT_LOG_WEIGHT_SPAN:
+            w = lw[t, e]
+            if w < cut:
                 continue
-            w = math.exp(lw[t, e] - top)
             total += w
             w_flow[e] += w
             g_flow[e] += w * tv[t, e]
@@ -1256,8 +1313,9 @@ def joint_pair_voxel(yi, s2, ti, flow_t, flow_sq, fv_max, groups, kappa, aw, uni
     slab_total = total
     smax = -math.inf
     for t in range(n_t):
-        if spike[t] + log_p0 >= top - JOINT_LOG_WEIGHT_SPAN:
-            total += math.exp(spike[t] + log_p0 - top)
+        ws = math.exp(spike[t] + log_p0 - ref)
+        if ws >= cut:
+            total += ws
         if spike[t] > smax:
             smax = spike[t]
     f_moments[2] = 1.0 - slab_total / total   # P(f = 0 | y)
@@ -1265,13 +1323,68 @@ def joint_pair_voxel(yi, s2, ti, flow_t, flow_sq, fv_max, groups, kappa, aw, uni
     for t in range(n_t):
         s_sum += math.exp(spike[t] - smax)
     # log Bayes factor (slab against spike, each of unit prior mass): exact where P(f = 0 | y) cancels
-    f_moments[3] = (top + math.log(slab_total) - log_mass - smax - math.log(s_sum) if slab_total > 0
+    f_moments[3] = (ref + math.log(slab_total) - log_mass - smax - math.log(s_sum) if slab_total > 0
                     else -math.inf)
     for e in range(n_f):   # the flow entries given a vascular signal (f > 0); the prior when none is left
         w_flow[e] = w_flow[e] / slab_total if slab_total > 0 else 1.0 / n_f
         g_flow[e] /= total
     f_moments[0] = ef / total
     f_moments[1] = ef2 / total
+
+
+@njit(cache=True)
+def joint_pair_voxel(yi, s2, ti, flow_t, flow_sq, fv_max, groups, kappa, aw, unit, p_zero, fv_rate, w_flow, g_flow,
+                     f_moments, lw, tv, tv2, bb, yv, yvg, yyg, ytg, ytag, spike):
+    """joint_pair_moments for one voxel (yi [M], s2 = σ², ti [Nt, M] its tissue candidates, kappa [G], aw [M]
+    the relaxation weights, unit: all aw = 1, fv_rate the slab's exponential rate), into w_flow, g_flow [Kf] and
+    f_moments [4]; lw, tv, tv2, bb [Nt, Kf], yv [Kf], yvg [G, Kf], yyg, ytg, ytag [G], spike [Nt] are work space
+    (tv2 may be tv when unit). The pairs' weights are formed as products relative to the largest profile weight
+    (joint_pair_voxel_log where they would underflow)."""
+    n_t = ti.shape[0]
+    n_f = flow_t.shape[1]
+    # log prior x normalising constants: slab (1 - p0) sqrt(2π)/Z per pair (Z = ∫_0^fv_max e^{-λf} df);
+    # spike p0 per tissue candidate, which spans the n_f pairs of that candidate (each pair has prior 1/(n_t n_f))
+    log_mass = math.log(max(1.0 - p_zero, 1e-300))
+    log_slab = (log_mass + 0.5 * math.log(2.0 * math.pi) + truncated_exponential_log_density0(fv_rate, fv_max)
+                if fv_max > 0 else 0.0)   # fv_max = 0: the slab is the point f = 0 itself
+    shift = fv_rate * s2   # e^{-λf} shifts each pair's Gaussian in f by -λσ²/c
+    log_p0 = math.log(p_zero) if p_zero > 0 else -math.inf   # spike[t]: the unit-mass spike; p0 enters below
+    best = _joint_pair_profile(yi, s2, ti, flow_t, flow_sq, groups, kappa, aw, unit, shift, log_p0, lw, tv, tv2, bb,
+                               yv, yvg, yyg, ytg, ytag, spike)
+    # the pairs' weights relative to e^best, as products (no logarithm per pair): e^{q - best} · sd · mass · e^{log_slab}
+    slab_scale = math.exp(log_slab)
+    mass_scale = math.exp(log_mass)
+    floor_q = best - JOINT_LOG_WEIGHT_SPAN
+    wtop = 0.0
+    for t in range(n_t):
+        for e in range(n_f):
+            q = lw[t, e]
+            if q < floor_q:
+                lw[t, e] = 0.0
+                continue
+            c = tv[t, e]
+            if c > 1e-15:
+                sm, mean, var = _truncated_normal_scaled(bb[t, e] / c, math.sqrt(s2 / c), fv_max)
+                w = math.exp(q - best) * (sm * slab_scale)
+            else:   # v == t: f does not change the signal, its posterior is the prior (the slab)
+                mean, var = truncated_exponential_moments(fv_rate, fv_max)
+                var -= mean * mean
+                w = math.exp(q - best) * mass_scale
+            lw[t, e] = w
+            tv[t, e] = mean                  # |v - t|² no longer needed: keep E[f | t, v] ...
+            bb[t, e] = var + mean * mean    # ... and E[f² | t, v]
+            if w > wtop:
+                wtop = w
+    for t in range(n_t):
+        ws = math.exp(spike[t] + log_p0 - best)
+        if ws > wtop:
+            wtop = ws
+    if not wtop > 1e-250:   # every weight near underflow (e.g. no spike and masses of ~1e-300): in logarithms
+        joint_pair_voxel_log(yi, s2, ti, flow_t, flow_sq, fv_max, groups, kappa, aw, unit, p_zero, fv_rate, w_flow,
+                             g_flow, f_moments, lw, tv, tv2, bb, yv, yvg, yyg, ytg, ytag, spike)
+        return
+    _joint_pair_finish(lw, tv, bb, spike, log_p0, best, wtop * math.exp(-JOINT_LOG_WEIGHT_SPAN), log_mass, w_flow,
+                       g_flow, f_moments)
 
 
 @njit(cache=True, inline="always")
@@ -1318,3 +1431,109 @@ def joint_profile_top(y, yt_all, signals_sq, tissue_proto, pair_sq, proto, fv_ma
             q = joint_misfit(yy, yt_all[i, e], yv, signals_sq, tissue_proto, pair_sq, e, fv_max)
             if size < k or q < hc[0]:
                 size = heap_push(hc, top[i], size, k, q, e)
+
+
+@njit(cache=True)
+def joint_profile_voxel(yi, rows, perm, leaf_start, sq_rows, proto_rows, pair_rows, centres, radii, w_leaf, ww_leaf,
+                        proto, fv_max, k, leaf_key, leaf_heap, misfit, cand, hc, he, yv, top):
+    """joint_profile_top's k tissue entries of least joint misfit for one voxel yi [M], visiting only the leaves
+    of a tree over the entries that can hold one of them: rows [E, M] the tissue signals in leaf order (entry
+    perm[r] in row r; leaf l the rows leaf_start[l]:leaf_start[l + 1]) with their Gram terms sq_rows [E],
+    proto_rows, pair_rows [E, R] (joint_misfit's); centres [L, M], radii [L] each leaf's ball; w_leaf [L, R, M]
+    = v_r - centre, ww_leaf [L, R] = |v_r - centre|². For t within ρ of a centre c, |y - (1 - f) t - f v| >=
+    |(y - c) - f (v - c)| - ρ for every f in [0, 1], so a leaf whose centre's joint misfit (its least over the
+    prototypes and f in [0, fv_max]) is too large cannot hold a candidate. Leaves are visited by that bound,
+    each member's joint misfit computed (<y, t> in the thread), until no unvisited leaf can reach the k-th
+    least; the members within it are then offered in increasing entry order (heap_push: ties at the k-th
+    keep the lower indices, as joint_profile_top's scan). leaf_key, leaf_heap [L], misfit, cand [E], hc, he
+    [k], yv [R] are work space; the entries go to top [k] (heap order)."""
+    m = yi.shape[0]
+    n_leaves = radii.shape[0]
+    n_r = proto.shape[0]
+    yy = 0.0
+    for j in range(m):
+        yy += yi[j] * yi[j]
+    for r in range(n_r):
+        yv[r] = 0.0
+        for j in range(m):
+            yv[r] += yi[j] * proto[r, j]
+    err = 1e-11 * (yy + m)   # rounding of a joint misfit computed from Gram terms (|y|², |t|², <y, t> <= ~M)
+    for lf in range(n_leaves):
+        dd = 0.0
+        for j in range(m):
+            dj = yi[j] - centres[lf, j]
+            dd += dj * dj
+        low = dd * (1.0 - 1e-12)
+        for r in range(n_r):
+            ww = ww_leaf[lf, r]
+            if ww <= 1e-15:
+                continue
+            b = 0.0
+            for j in range(m):
+                b += (yi[j] - centres[lf, j]) * w_leaf[lf, r, j]
+            f = min(max(b / ww, 0.0), fv_max)
+            q = dd - 2.0 * f * b + f * f * ww - 1e-12 * (dd + 2.0 * abs(b) + ww) - 1e-15
+            if q < low:
+                low = q
+        leaf_key[lf] = max(math.sqrt(max(low, 0.0)) * (1.0 - 1e-12) - radii[lf] * (1.0 + 1e-12) - 1e-12, 0.0)
+        leaf_heap[lf] = lf
+    for j in range(n_leaves // 2 - 1, -1, -1):
+        _sift_down_min(leaf_key, leaf_heap, n_leaves, j)
+    size = 0
+    left = n_leaves
+    n_visited = 0
+    reach = math.inf   # no unvisited leaf's entry can have a computed misfit under the k-th least so far
+    while left > 0:
+        lf = leaf_heap[0]
+        if size == k and leaf_key[lf] > reach:
+            break
+        left -= 1
+        leaf_heap[0] = leaf_heap[left]
+        _sift_down_min(leaf_key, leaf_heap, left, 0)
+        for row in range(leaf_start[lf], leaf_start[lf + 1]):
+            yt = 0.0
+            for j in range(m):
+                yt += yi[j] * rows[row, j]
+            q = joint_misfit(yy, yt, yv, sq_rows, proto_rows, pair_rows, row, fv_max)
+            misfit[n_visited] = q
+            cand[n_visited] = perm[row]
+            n_visited += 1
+            if size < k or q < hc[0]:
+                size = heap_push(hc, he, size, k, q, row)   # the k-th least value (any order gives it)
+        if size == k:
+            reach = math.sqrt(hc[0] + err) * (1.0 + 1e-12) + 1e-12
+    cut = hc[0]
+    count = 0
+    for j in range(n_visited):   # the members at or under the k-th least, in entry order
+        if misfit[j] <= cut:
+            leaf_heap[count] = j   # (leaf_heap is free again: work space of the right size when E >= L)
+            count += 1
+    order = np.argsort(cand[leaf_heap[:count]])
+    size = 0
+    for c in range(count):
+        j = leaf_heap[order[c]]
+        if size < k or misfit[j] < hc[0]:
+            size = heap_push(hc, top, size, k, misfit[j], cand[j])
+
+
+@njit(cache=True, parallel=True)
+def joint_profile_leaves(y, rows, perm, leaf_start, sq_rows, proto_rows, pair_rows, centres, radii, w_leaf, ww_leaf,
+                         proto, fv_max, parts, top):
+    """joint_profile_top's candidates (the same entries, from the same misfits but <y, t> summed in the thread)
+    for every voxel y [V, M] by joint_profile_voxel, the voxels split into ``parts`` ranges (one per thread)."""
+    n_v = y.shape[0]
+    n_e = rows.shape[0]
+    n_leaves = radii.shape[0]
+    k = top.shape[1]
+    parts = max(1, min(n_v, parts))
+    for part in prange(parts):
+        hc = np.empty(k)
+        he = np.empty(k, np.int64)
+        leaf_key = np.empty(n_leaves)
+        leaf_heap = np.empty(max(n_leaves, n_e), np.int64)
+        misfit = np.empty(n_e)
+        cand = np.empty(n_e, np.int64)
+        yv = np.empty(proto.shape[0])
+        for v in range(part * n_v // parts, (part + 1) * n_v // parts):
+            joint_profile_voxel(y[v], rows, perm, leaf_start, sq_rows, proto_rows, pair_rows, centres, radii, w_leaf,
+                                ww_leaf, proto, fv_max, k, leaf_key, leaf_heap, misfit, cand, hc, he, yv, top[v])

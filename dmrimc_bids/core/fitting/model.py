@@ -110,6 +110,12 @@ class Model:
     def describe(self) -> Description:
         raise NotImplementedError
 
+    def blas_threads(self, n_threads: int) -> int:
+        """BLAS threads for fit() beside n_threads numba threads: all of them, unless the model's parallel work is
+        in numba kernels that run between small BLAS products (an idle OpenBLAS thread spins for a while after
+        each call and takes a core from the kernel beside it)."""
+        return n_threads
+
     def jit_kernels(self) -> list:
         """The numba kernels fit() calls from Python (compiled at their first call; jitcache says whether they
         are): only those, since a kernel called from another kernel is compiled into it and has no cache entry
