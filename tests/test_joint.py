@@ -284,3 +284,46 @@ def test_the_bayes_factor_survives_a_session_prior_of_no_blood_free_voxel():
     assert model.prior.p_zero < 0.05
     post = model.vascular_posterior(y, np.full(n, 0.01))
     assert np.median(model.removal_weight(post["fv"][:, 3])) > 0.9
+
+
+def test_erfcx_tables_match_scipy():
+    """kernels._erfcx (the truncated normal's lower-tail mass without its exponential) against scipy's."""
+    from scipy.special import erfcx
+    from dmrimc_bids.core.fitting import kernels
+    x = np.concatenate([np.linspace(0.0, 40.0, 20001), np.geomspace(40.0, 1e8, 200)])
+    got = np.array([kernels._erfcx(v) for v in x])
+    assert np.max(np.abs(got / erfcx(x) - 1)) < 1e-12
+
+
+@pytest.mark.parametrize("p_zero, rate, offset, sigma", [(0.5, 0.0, 0.05, 0.02), (0.9, 5.0, 0.02, 0.02),
+                                                          (0.0, 0.0, 0.1, 0.02), (0.99, 400.0, 0.0, 0.02),
+                                                          (0.3, 400.0, -0.02, 0.02)])
+def test_pair_posterior_is_the_quadrature_of_the_joint_model(p_zero, rate, offset, sigma):
+    """joint_pair_moments' E[fV], P(fV = 0) and log Bayes factor for one tissue candidate and three flow
+    entries (no normalisation noise, equal T2s) against a quadrature over fV of the exact posterior: spike p0 at 0
+    and slab ∝ e^{-rate·f} on [0, fv_max]: the Gaussian in fV of each pair, its truncation and the slab's
+    exponential (rate 400 puts each pair's Gaussian SDs below 0)."""
+    from dmrimc_bids.core.fitting import kernels
+    rng = np.random.default_rng(3)
+    m, fv_max = 8, 0.3
+    t = np.exp(-np.linspace(0.2, 2.0, m))
+    flows = np.stack([np.exp(-np.linspace(0.2, 2.0, m) * d) for d in (5.0, 12.0, 30.0)])
+    y = (1 - 0.08) * t + 0.08 * flows[1] + offset * (t - flows[1]) + rng.normal(0, sigma, m)
+    n_f = len(flows)
+    w_flow, g_flow, f_mom = np.empty((1, n_f)), np.empty((1, n_f)), np.empty((1, 4))
+    kernels.joint_pair_moments(y[None], np.array([sigma ** 2]), t[None, None], np.ascontiguousarray(flows.T),
+                               (flows ** 2).sum(1), fv_max, np.zeros(m, np.int64), np.zeros((1, 1)), np.ones(m),
+                               w_flow, g_flow, f_mom, np.empty((1, 1, n_f)), p_zero, rate)
+    f = np.linspace(0.0, fv_max, 600001)   # the slab on [0, fv_max] (its density is finite at 0)
+    log_like = -((y[None, None] - (1 - f[None, :, None]) * t - f[None, :, None] * flows[:, None]) ** 2).sum(2) / (
+        2 * sigma ** 2)   # [Kf, F]
+    spike_ll = -((y - t) ** 2).sum() / (2 * sigma ** 2)
+    ref = max(log_like.max(), spike_ll)
+    slab_density = np.exp(-rate * f) / np.trapezoid(np.exp(-rate * f), f)
+    slab = np.trapezoid(np.exp(log_like - ref) * slab_density, f, axis=1).mean()   # flow entries 1/Kf each
+    slab_f = np.trapezoid(np.exp(log_like - ref) * slab_density * f, f, axis=1).mean()
+    spike = np.exp(spike_ll - ref)
+    total = (1 - p_zero) * slab + p_zero * spike
+    assert f_mom[0, 0] == pytest.approx((1 - p_zero) * slab_f / total, rel=1e-4, abs=1e-7)
+    assert f_mom[0, 2] == pytest.approx(p_zero * spike / total, rel=1e-4, abs=1e-7)
+    assert f_mom[0, 3] == pytest.approx(np.log(slab / spike), abs=1e-4)

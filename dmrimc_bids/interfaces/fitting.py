@@ -182,8 +182,8 @@ class FitModel(SimpleInterface):
 
 
 def run_fit(model, data, mask, sigma, n_threads: int, label: str):
-    """model.fit on n_threads numba threads and model.blas_threads(n_threads) BLAS threads with a progress bar (and the one-line notice when any
-    kernel the model calls is compiled first)."""
+    """model.fit on n_threads numba threads and model.blas_threads(n_threads) BLAS threads with a progress bar
+    (and the one-line notice when any kernel the model calls is compiled first)."""
     import numba
     from threadpoolctl import threadpool_limits
 

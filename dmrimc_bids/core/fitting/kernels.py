@@ -26,6 +26,7 @@ import math
 
 import numpy as np
 from numba import njit, prange
+from numpy.polynomial import chebyshev
 
 #: Status codes of the refinement (per voxel).
 LM_CONVERGED, LM_MAX_ITER, LM_STALLED = 1, 2, 3
@@ -849,15 +850,61 @@ def _solve_pivoted(a, b):
 
 
 @njit(cache=True)
-def _weighted_median(x, w):
+def _argsort_keys(keys, order, spare, spare_keys, count):
+    """order [n] = the stable argsort of the unsigned 64-bit keys [n] (overwritten): a least-significant-digit
+    radix sort, a byte a pass (a pass where every key has the same byte is skipped). Stable, and without the
+    data-dependent branches whose mispredictions make a comparison sort of a few hundred samples cost several
+    µs. Work space: spare [n] int64, spare_keys [n] uint64, count [256] int64."""
+    n = keys.shape[0]
+    for i in range(n):
+        order[i] = i
+    src_o, src_k, dst_o, dst_k = order, keys, spare, spare_keys
+    for shift in range(0, 64, 8):
+        sh = np.uint64(shift)
+        for d in range(256):
+            count[d] = 0
+        for i in range(n):
+            count[np.int64((src_k[i] >> sh) & np.uint64(255))] += 1
+        if count[np.int64((src_k[0] >> sh) & np.uint64(255))] == n:
+            continue
+        pos = 0
+        for d in range(256):
+            c = count[d]
+            count[d] = pos
+            pos += c
+        for i in range(n):
+            d = np.int64((src_k[i] >> sh) & np.uint64(255))
+            dst_o[count[d]] = src_o[i]
+            dst_k[count[d]] = src_k[i]
+            count[d] += 1
+        src_o, src_k, dst_o, dst_k = dst_o, dst_k, src_o, src_k
+    if src_o is not order:
+        for i in range(n):
+            order[i] = src_o[i]
+
+
+@njit(cache=True)
+def _argsort_stable(x, order, keys, spare, spare_keys, count):
+    """order [n] = np.argsort(x, kind="stable") for x [n] without NaN (-0.0 sorted as 0.0), by _argsort_keys on
+    the doubles' order-preserving 64-bit keys (keys [n] uint64 work space, as the others)."""
+    bits = x.view(np.uint64)
+    for i in range(x.shape[0]):
+        u = np.uint64(0) if x[i] == 0.0 else bits[i]
+        keys[i] = ~u if u >> np.uint64(63) else u | np.uint64(0x8000000000000000)
+    _argsort_keys(keys, order, spare, spare_keys, count)
+
+
+@njit(cache=True)
+def _weighted_median(x, w, order, keys, spare, spare_keys, count):
     """(median, tied): the 0.5-quantile of samples x [n] with weights w [n] (summing to 1), interpolated between
     the samples' mid-cumulative weights (posterior.weighted_quantile, sorted stably), and whether a sample it is
     read from has a twin of equal value (samples clipped to a range's end): there the value depends on the
-    sort's order among the twins."""
+    sort's order among the twins. order, spare [n] int64, keys, spare_keys [n] uint64, count [256] int64: work
+    space (_argsort_stable)."""
     n = x.shape[0]
     if n == 1:
         return x[0], False
-    order = np.argsort(x, kind="mergesort")
+    _argsort_stable(x, order, keys, spare, spare_keys, count)
     cum = 0.0
     prev_c = 0.0
     j = n   # every mid-cumulative weight under 0.5: the last sample
@@ -895,9 +942,18 @@ def posterior_voxel(top, c, var, clean, tau, signals, values, z_entries, mu, com
     m = clean.shape[0]
     r = comps.shape[0]
     n_p = values.shape[1]
-    order = np.argsort(top)
-    top[:] = top[order]
-    c[:] = c[order]
+    order, spare = np.empty(n, np.int64), np.empty(n, np.int64)   # _argsort_keys' work space, reused below
+    keys, spare_keys, count = np.empty(n, np.uint64), np.empty(n, np.uint64), np.empty(256, np.int64)
+    for k in range(n):
+        keys[k] = np.uint64(top[k])
+    _argsort_keys(keys, order, spare, spare_keys, count)
+    for k in range(n):
+        spare[k] = top[order[k]]
+    top[:] = spare
+    c_sorted = np.empty(n)
+    for k in range(n):
+        c_sorted[k] = c[order[k]]
+    c[:] = c_sorted
     best = math.inf
     for k in range(n):
         best = min(best, c[k])
@@ -985,17 +1041,21 @@ def posterior_voxel(top, c, var, clean, tau, signals, values, z_entries, mu, com
             for j in range(r):
                 t -= dz[k, j] * b[j + 1, p]
             adj[p, k] = min(max(t, lo_t[p]), hi_t[p])
-    w_alt = np.empty(n)
+    w_alt = np.empty((2, n))   # the weights reweighted by exp(-design_log_prior), exp(+design_log_prior)
+    made = np.zeros(2, np.bool_)
     for p in range(n_p):
         wp = w
         if reweight[p] != 0:
-            total = 0.0
-            for k in range(n):
-                w_alt[k] = w[k] * math.exp(reweight[p] * design_log_prior[top[k]])
-                total += w_alt[k]
-            for k in range(n):
-                w_alt[k] /= total
-            wp = w_alt
+            side = 0 if reweight[p] < 0 else 1
+            if not made[side]:
+                total = 0.0
+                for k in range(n):
+                    w_alt[side, k] = w[k] * math.exp(reweight[p] * design_log_prior[top[k]])
+                    total += w_alt[side, k]
+                for k in range(n):
+                    w_alt[side, k] /= total
+                made[side] = True
+            wp = w_alt[side]
         mean = 0.0
         second = 0.0
         for k in range(n):
@@ -1007,7 +1067,7 @@ def posterior_voxel(top, c, var, clean, tau, signals, values, z_entries, mu, com
         var_out[p] = max(second - mean * mean, 0.0) + var * slope2
         tied[p] = False
         if median:
-            point[p], tied[p] = _weighted_median(adj[p], wp)
+            point[p], tied[p] = _weighted_median(adj[p], wp, order, keys, spare, spare_keys, count)
         else:
             point[p] = mean
 
@@ -1046,48 +1106,91 @@ def nearest_mean(points, refs, values, k, scale, out):
             out[v, p] = acc / k
 
 
+def _erfcx_reference(x: float) -> float:
+    """erfcx(x) = e^{x²} erfc(x) for x >= 0 in plain floating point (relative error ~1e-13 at most): the
+    product below x = 26, where erfc is still a normal number, the asymptotic series beyond (its error < 1e-16
+    there). Builds _erfcx's tables at import."""
+    if x < 26.0:
+        return math.erfc(x) * math.exp(x * x)
+    term, total, inv = 1.0, 1.0, 1.0 / (2.0 * x * x)
+    for k in range(1, 8):
+        term *= -(2 * k - 1) * inv
+        total += term
+    return total / (x * math.sqrt(math.pi))
+
+
+def _chebyshev_table(f, deg: int) -> np.ndarray:
+    """Chebyshev coefficients [deg + 1] of f on [-1, 1], interpolated at the Chebyshev points."""
+    return chebyshev.chebinterpolate(np.vectorize(f), deg)
+
+
+#: _erfcx's tables: Chebyshev series of erfcx(x) (_erfcx_reference) on [k·STEP, (k + 1)·STEP) below
+#: ERFCX_SPLIT, and of x·erfcx(x) in w = ERFCX_SPLIT / x in (0, 1] beyond it; relative error under 2e-13
+#: (tests/test_joint.py).
+ERFCX_STEP, ERFCX_SPLIT = 0.25, 8.0
+ERFCX_NEAR = np.array([_chebyshev_table(lambda u, k=k: _erfcx_reference(ERFCX_STEP * (k + (u + 1) / 2)), 9)
+                       for k in range(int(ERFCX_SPLIT / ERFCX_STEP))])
+ERFCX_FAR = _chebyshev_table(lambda u: ERFCX_SPLIT / ((u + 1) / 2) * _erfcx_reference(ERFCX_SPLIT / ((u + 1) / 2)), 16)
+
+
 @njit(cache=True)
-def _truncated_normal_moments(mu, s, hi):
-    """(log mass, mean, variance) of N(mu, s²) truncated to [0, hi] (hi > 0), mass relative to the
-    untruncated density's integral."""
+def _chebyshev(c, u):
+    """Σ_n c[n] T_n(u) (Clenshaw), u in [-1, 1]."""
+    b1 = 0.0
+    b2 = 0.0
+    for n in range(c.shape[0] - 1, 0, -1):
+        b1, b2 = 2.0 * u * b1 - b2 + c[n], b1
+    return u * b1 - b2 + c[0]
+
+
+@njit(cache=True)
+def _erfcx(x):
+    """e^{x²} erfc(x) for x >= 0 (ERFCX_NEAR, ERFCX_FAR): erfc's value without its exponential, which the
+    truncated normal's density at the same point shares."""
+    if x < ERFCX_SPLIT:
+        k = int(x / ERFCX_STEP)
+        return _chebyshev(ERFCX_NEAR[k], 2.0 * (x / ERFCX_STEP - k) - 1.0)
+    return _chebyshev(ERFCX_FAR, 2.0 * ERFCX_SPLIT / x - 1.0) / x
+
+
+@njit(cache=True)
+def _upper_tail(a):
+    """(log_e, factor, φ(a)/Q) of Q = 1 - Φ(a) = e^{log_e} · factor, the standard normal's mass above a, from
+    erfc(|a|/√2) = e^{-a²/2} erfcx(|a|/√2): accurate far into the tail, where 1 - Φ(a) computed as a
+    difference rounds to 0 (a > 8.3). For a > 0, log_e = -a²/2 is left for the caller to fold into an
+    exponential of its own (no logarithm, no underflow)."""
+    r = _erfcx(abs(a) / math.sqrt(2.0))
+    if a <= 0.0:
+        e_a = math.exp(-0.5 * a * a)
+        q = 1.0 - 0.5 * e_a * r
+        return 0.0, q, e_a / math.sqrt(2.0 * math.pi) / q
+    return -0.5 * a * a, 0.5 * r, 2.0 / (math.sqrt(2.0 * math.pi) * r)
+
+
+@njit(cache=True)
+def _truncated_normal(mu, s, hi):
+    """(log_e, factor, mean, variance) of N(mu, s²) truncated to [0, hi] (hi > 0): its mass relative to the
+    untruncated density's integral is e^{log_e} · factor. Where the Gaussian reaches past hi by more than 8.5
+    SDs (Φ(b) is then 1 in double precision, φ(b) < 1e-16) the mass is the upper tail's (_upper_tail)."""
     a, b = (0.0 - mu) / s, (hi - mu) / s
     if a < -5.0 and b > 5.0:   # the whole Gaussian inside [0, hi] (mass 1 to 6e-7)
-        return 0.0, mu, s * s
+        return 0.0, 1.0, mu, s * s
+    if b > 8.5:
+        log_e, factor, ratio = _upper_tail(a)
+        mean = mu + s * ratio
+        var = s * s * (1.0 + a * ratio - ratio * ratio)
+        return log_e, factor, min(max(mean, 0.0), hi), max(var, 0.0)
     za = 0.5 * math.erfc(-a / math.sqrt(2.0))
     zb = 0.5 * math.erfc(-b / math.sqrt(2.0))
     mass = zb - za
     if mass < 1e-300:   # all the mass beyond one end: the posterior of f sits at that end
         f = 0.0 if mu < 0 else hi
-        return math.log(1e-300), f, 0.0
+        return 0.0, 1e-300, f, 0.0
     pa = math.exp(-0.5 * a * a) / math.sqrt(2.0 * math.pi)
     pb = math.exp(-0.5 * b * b) / math.sqrt(2.0 * math.pi)
     mean = mu + s * (pa - pb) / mass
     var = s * s * (1.0 + (a * pa - b * pb) / mass - ((pa - pb) / mass) ** 2)
-    return math.log(mass), min(max(mean, 0.0), hi), max(var, 0.0)
-
-
-@njit(cache=True)
-def _truncated_normal_scaled(mu, s, hi):
-    """(s · mass, mean, variance) of N(mu, s²) truncated to [0, hi] (_truncated_normal_moments' with the mass
-    times s, not its logarithm); where b = (hi - mu)/s > 8.5, Φ(b) is 1 in double precision and φ(b) < 1e-16,
-    so neither is computed."""
-    a, b = (0.0 - mu) / s, (hi - mu) / s
-    if a < -5.0 and b > 5.0:   # the whole Gaussian inside [0, hi] (mass 1 to 6e-7)
-        return s, mu, s * s
-    za = 0.5 * math.erfc(-a / math.sqrt(2.0))
-    if b > 8.5:
-        zb, pb = 1.0, 0.0
-    else:
-        zb = 0.5 * math.erfc(-b / math.sqrt(2.0))
-        pb = math.exp(-0.5 * b * b) / math.sqrt(2.0 * math.pi)
-    mass = zb - za
-    if mass < 1e-300:   # all the mass beyond one end: the posterior of f sits at that end
-        f = 0.0 if mu < 0 else hi
-        return s * 1e-300, f, 0.0
-    pa = math.exp(-0.5 * a * a) / math.sqrt(2.0 * math.pi)
-    mean = mu + s * (pa - pb) / mass
-    var = s * s * (1.0 + (a * pa - b * pb) / mass - ((pa - pb) / mass) ** 2)
-    return s * mass, min(max(mean, 0.0), hi), max(var, 0.0)
+    return 0.0, mass, min(max(mean, 0.0), hi), max(var, 0.0)
 
 
 @njit(cache=True)
@@ -1267,8 +1370,8 @@ def joint_pair_voxel_log(yi, s2, ti, flow_t, flow_sq, fv_max, groups, kappa, aw,
             c = tv[t, e]
             if c > 1e-15:
                 sd = math.sqrt(s2 / c)
-                lm, mean, var = _truncated_normal_moments(bb[t, e] / c, sd, fv_max)
-                lw[t, e] += math.log(sd) + lm + log_slab
+                log_e, factor, mean, var = _truncated_normal(bb[t, e] / c, sd, fv_max)
+                lw[t, e] += math.log(sd) + log_e + math.log(factor) + log_slab
             else:   # v == t: f does not change the signal, its posterior is the prior (the slab)
                 mean, var = truncated_exponential_moments(fv_rate, fv_max)
                 var -= mean * mean
@@ -1364,8 +1467,9 @@ def joint_pair_voxel(yi, s2, ti, flow_t, flow_sq, fv_max, groups, kappa, aw, uni
                 continue
             c = tv[t, e]
             if c > 1e-15:
-                sm, mean, var = _truncated_normal_scaled(bb[t, e] / c, math.sqrt(s2 / c), fv_max)
-                w = math.exp(q - best) * (sm * slab_scale)
+                sd = math.sqrt(s2 / c)
+                log_e, factor, mean, var = _truncated_normal(bb[t, e] / c, sd, fv_max)
+                w = math.exp(q - best + log_e) * (sd * factor * slab_scale)
             else:   # v == t: f does not change the signal, its posterior is the prior (the slab)
                 mean, var = truncated_exponential_moments(fv_rate, fv_max)
                 var -= mean * mean
