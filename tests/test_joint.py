@@ -297,12 +297,15 @@ def test_erfcx_tables_match_scipy():
 
 @pytest.mark.parametrize("p_zero, rate, offset, sigma", [(0.5, 0.0, 0.05, 0.02), (0.9, 5.0, 0.02, 0.02),
                                                           (0.0, 0.0, 0.1, 0.02), (0.99, 400.0, 0.0, 0.02),
-                                                          (0.3, 400.0, -0.02, 0.02)])
+                                                          (0.3, 400.0, -0.02, 0.02), (0.99, 400.0, 0.0, 0.05),
+                                                          (0.3, 400.0, -0.02, 0.05), (0.0, 0.0, -0.6, 0.02)])
 def test_pair_posterior_is_the_quadrature_of_the_joint_model(p_zero, rate, offset, sigma):
     """joint_pair_moments' E[fV], P(fV = 0) and log Bayes factor for one tissue candidate and three flow
     entries (no normalisation noise, equal T2s) against a quadrature over fV of the exact posterior: spike p0 at 0
     and slab ∝ e^{-rate·f} on [0, fv_max]: the Gaussian in fV of each pair, its truncation and the slab's
-    exponential (rate 400 puts each pair's Gaussian SDs below 0)."""
+    exponential. With σ = 0.05 and rate 400 each pair's Gaussian lies 12-16 SDs below 0 (offset -0.6: above
+    fv_max), and a pair whose unconstrained fV is farther outside looked better by e^{d²/2}: the previous kernel
+    kept one flow entry of three (w_flow 1, 0, 0 where each has about 1/3) and E[fV] 3x too small."""
     from dmrimc_bids.core.fitting import kernels
     rng = np.random.default_rng(3)
     m, fv_max = 8, 0.3
@@ -327,3 +330,6 @@ def test_pair_posterior_is_the_quadrature_of_the_joint_model(p_zero, rate, offse
     assert f_mom[0, 0] == pytest.approx((1 - p_zero) * slab_f / total, rel=1e-4, abs=1e-7)
     assert f_mom[0, 2] == pytest.approx(p_zero * spike / total, rel=1e-4, abs=1e-7)
     assert f_mom[0, 3] == pytest.approx(np.log(slab / spike), abs=1e-4)
+    per_flow = np.trapezoid(np.exp(log_like - ref) * slab_density, f, axis=1)
+    # pairs under e^-JOINT_LOG_WEIGHT_SPAN (6e-6) of the best are left out by design
+    assert w_flow[0] == pytest.approx(per_flow / per_flow.sum(), rel=1e-4, abs=np.exp(-kernels.JOINT_LOG_WEIGHT_SPAN))

@@ -1155,42 +1155,49 @@ def _erfcx(x):
 
 @njit(cache=True)
 def _upper_tail(a):
-    """(log_e, factor, φ(a)/Q) of Q = 1 - Φ(a) = e^{log_e} · factor, the standard normal's mass above a, from
-    erfc(|a|/√2) = e^{-a²/2} erfcx(|a|/√2): accurate far into the tail, where 1 - Φ(a) computed as a
-    difference rounds to 0 (a > 8.3). For a > 0, log_e = -a²/2 is left for the caller to fold into an
-    exponential of its own (no logarithm, no underflow)."""
+    """(factor, φ(a)/Q) of Q = 1 - Φ(a), the standard normal's mass above a: Q = factor for a <= 0 and
+    Q = e^{-a²/2} · factor for a > 0 (the exponential left to the caller), from erfc(|a|/√2) = e^{-a²/2}
+    erfcx(|a|/√2): accurate far into the tail, where 1 - Φ(a) computed as a difference rounds to 0 (a > 8.3)."""
     r = _erfcx(abs(a) / math.sqrt(2.0))
     if a <= 0.0:
         e_a = math.exp(-0.5 * a * a)
         q = 1.0 - 0.5 * e_a * r
-        return 0.0, q, e_a / math.sqrt(2.0 * math.pi) / q
-    return -0.5 * a * a, 0.5 * r, 2.0 / (math.sqrt(2.0 * math.pi) * r)
+        return q, e_a / math.sqrt(2.0 * math.pi) / q
+    return 0.5 * r, 2.0 / (math.sqrt(2.0 * math.pi) * r)
 
 
 @njit(cache=True)
 def _truncated_normal(mu, s, hi):
-    """(log_e, factor, mean, variance) of N(mu, s²) truncated to [0, hi] (hi > 0): its mass relative to the
-    untruncated density's integral is e^{log_e} · factor. Where the Gaussian reaches past hi by more than 8.5
-    SDs (Φ(b) is then 1 in double precision, φ(b) < 1e-16) the mass is the upper tail's (_upper_tail)."""
+    """(mass · e^{d²/2}, mean, variance) of N(mu, s²) truncated to [0, hi] (hi > 0): its mass relative to the
+    untruncated density's integral, times e^{d²/2} with d the distance in SDs of mu outside [0, hi] (0 inside),
+    i.e. the mass relative to the density at the end of [0, hi] nearest to mu: finite however far mu lies
+    outside. Where the Gaussian reaches past one end by more than 8.5 SDs (Φ is 1 or 0 there in double
+    precision, φ < 1e-16) only the other end's tail is computed (_upper_tail)."""
     a, b = (0.0 - mu) / s, (hi - mu) / s
     if a < -5.0 and b > 5.0:   # the whole Gaussian inside [0, hi] (mass 1 to 6e-7)
-        return 0.0, 1.0, mu, s * s
-    if b > 8.5:
-        log_e, factor, ratio = _upper_tail(a)
+        return 1.0, mu, s * s
+    if b > 8.5:   # [a, ∞)
+        factor, ratio = _upper_tail(a)
         mean = mu + s * ratio
         var = s * s * (1.0 + a * ratio - ratio * ratio)
-        return log_e, factor, min(max(mean, 0.0), hi), max(var, 0.0)
+        return factor, min(max(mean, 0.0), hi), max(var, 0.0)
+    if a < -8.5:   # (-∞, b]: the mirror image
+        factor, ratio = _upper_tail(-b)
+        mean = mu - s * ratio
+        var = s * s * (1.0 - b * ratio - ratio * ratio)
+        return factor, min(max(mean, 0.0), hi), max(var, 0.0)
     za = 0.5 * math.erfc(-a / math.sqrt(2.0))
     zb = 0.5 * math.erfc(-b / math.sqrt(2.0))
     mass = zb - za
+    d = max(a, -b, 0.0)   # <= 8.5 here
     if mass < 1e-300:   # all the mass beyond one end: the posterior of f sits at that end
         f = 0.0 if mu < 0 else hi
-        return 0.0, 1e-300, f, 0.0
+        return 1e-300, f, 0.0
     pa = math.exp(-0.5 * a * a) / math.sqrt(2.0 * math.pi)
     pb = math.exp(-0.5 * b * b) / math.sqrt(2.0 * math.pi)
     mean = mu + s * (pa - pb) / mass
     var = s * s * (1.0 + (a * pa - b * pb) / mass - ((pa - pb) / mass) ** 2)
-    return 0.0, mass, min(max(mean, 0.0), hi), max(var, 0.0)
+    return mass * math.exp(0.5 * d * d), min(max(mean, 0.0), hi), max(var, 0.0)
 
 
 @njit(cache=True)
@@ -1217,7 +1224,8 @@ def truncated_exponential_moments(rate, hi):
     return min(max(mean, 0.0), hi), min(max(second, 0.0), hi * hi)
 
 
-#: Pairs whose unconstrained log weight is this far below the best are left out of the joint posterior.
+#: Pairs whose profile log weight (least misfit over f in [0, fv_max]) is this far below the best (pairs' and
+#: spikes') are left out of the joint posterior.
 JOINT_LOG_WEIGHT_SPAN = 12.0
 
 
@@ -1230,8 +1238,9 @@ def joint_pair_moments(y, sig2, tissue, flow_t, flow_sq, fv_max, groups, kappa, 
     tissue candidates, flow_t [M, Kf] the flow signals transposed, flow_sq [Kf] = |v|². Writes, per
     voxel: w_flow [V, Kf] the marginal posterior of the flow entries, g_flow [V, Kf] Σ_t w_tv E[f | t, v],
     f_moments [V, 4] E[f], E[f²], P(f = 0), log Bayes factor of a vascular signal; log_w [V, Nt, Kf] is work space.
-    The Laplace factor and the truncation
-    are evaluated only for pairs whose profile weight is within JOINT_LOG_WEIGHT_SPAN of the best.
+    The Laplace factor and the truncation are evaluated only for pairs whose profile weight (at the least misfit
+    over f in [0, fv_max]: a pair whose unconstrained f lies far outside would otherwise look far better than
+    it is and push the others out) is within JOINT_LOG_WEIGHT_SPAN of the best.
 
     Normalisation noise: each measurement group g (groups [M], 0..G-1: the TE groups, each divided by its
     own noisy b = 0) shares one scale error of SD τ_g, i.e. noise covariance σ²I + τ_g² y_g y_gᵀ (the
@@ -1262,12 +1271,13 @@ def joint_pair_moments(y, sig2, tissue, flow_t, flow_sq, fv_max, groups, kappa, 
 
 
 @njit(cache=True)
-def _joint_pair_profile(yi, s2, ti, flow_t, flow_sq, groups, kappa, aw, unit, shift, log_p0, lw, tv, tv2, bb, yv, yvg,
-                        yyg, ytg, ytag, spike):
-    """joint_pair_voxel's first pass: per pair (t, v) lw = the profile log weight (its least misfit over f
-    unconstrained, -a/2σ² + b²/2σ²c), tv = c = |a∘(v - t)|² (less the common-mode part), bb = b = <y - t,
-    a∘(v - t)> - λσ² (shift); spike [Nt] the log weight of (t, f = 0) of unit prior mass. Returns the largest
-    of the pairs' lw and the spikes' spike + log_p0."""
+def _joint_pair_profile(yi, s2, ti, flow_t, flow_sq, fv_max, groups, kappa, aw, unit, shift, log_p0, lw, tv, tv2, bb,
+                        yv, yvg, yyg, ytg, ytag, spike):
+    """joint_pair_voxel's first pass: per pair (t, v) lw = the profile log weight, -(a - 2fb + f²c)/2σ² at the
+    least misfit over f in [0, fv_max] (f = b/c clipped; -a/2σ² + b²/2σ²c where b/c is inside), tv = c =
+    |a∘(v - t)|² (less the common-mode part), bb = b = <y - t, a∘(v - t)> - λσ² (shift); spike [Nt] the log
+    weight of (t, f = 0) of unit prior mass. Returns the largest of the pairs' lw and the spikes' spike +
+    log_p0."""
     n_t, m = ti.shape
     n_f = flow_t.shape[1]
     n_g = kappa.shape[0]
@@ -1338,7 +1348,13 @@ def _joint_pair_profile(yi, s2, ti, flow_t, flow_sq, groups, kappa, aw, unit, sh
         for e in range(n_f):
             c = tv[t, e]
             b = bb[t, e]
-            lw[t, e] = (-a + (b * b / c if c > 1e-15 else 0.0)) / (2.0 * s2)
+            if c <= 1e-15:   # f does not change the misfit
+                lw[t, e] = -a / (2.0 * s2)
+            elif b < 0.0 or b > fv_max * c:   # the least misfit at an end of [0, fv_max]
+                f = 0.0 if b < 0.0 else fv_max
+                lw[t, e] = -(a - 2.0 * f * b + f * f * c) / (2.0 * s2)
+            else:
+                lw[t, e] = (-a + b * b / c) / (2.0 * s2)
         for e in range(n_f):
             if lw[t, e] > best:
                 best = lw[t, e]
@@ -1359,8 +1375,8 @@ def joint_pair_voxel_log(yi, s2, ti, flow_t, flow_sq, fv_max, groups, kappa, aw,
                 if fv_max > 0 else 0.0)   # fv_max = 0: the slab is the point f = 0 itself
     shift = fv_rate * s2   # e^{-λf} shifts each pair's Gaussian in f by -λσ²/c
     log_p0 = math.log(p_zero) if p_zero > 0 else -math.inf   # spike[t]: the unit-mass spike; p0 enters below
-    best = _joint_pair_profile(yi, s2, ti, flow_t, flow_sq, groups, kappa, aw, unit, shift, log_p0, lw, tv, tv2, bb,
-                               yv, yvg, yyg, ytg, ytag, spike)
+    best = _joint_pair_profile(yi, s2, ti, flow_t, flow_sq, fv_max, groups, kappa, aw, unit, shift, log_p0, lw, tv,
+                               tv2, bb, yv, yvg, yyg, ytg, ytag, spike)
     top = -math.inf
     for t in range(n_t):
         for e in range(n_f):
@@ -1370,8 +1386,8 @@ def joint_pair_voxel_log(yi, s2, ti, flow_t, flow_sq, fv_max, groups, kappa, aw,
             c = tv[t, e]
             if c > 1e-15:
                 sd = math.sqrt(s2 / c)
-                log_e, factor, mean, var = _truncated_normal(bb[t, e] / c, sd, fv_max)
-                lw[t, e] += math.log(sd) + log_e + math.log(factor) + log_slab
+                factor, mean, var = _truncated_normal(bb[t, e] / c, sd, fv_max)
+                lw[t, e] += math.log(sd) + math.log(factor) + log_slab
             else:   # v == t: f does not change the signal, its posterior is the prior (the slab)
                 mean, var = truncated_exponential_moments(fv_rate, fv_max)
                 var -= mean * mean
@@ -1452,9 +1468,10 @@ def joint_pair_voxel(yi, s2, ti, flow_t, flow_sq, fv_max, groups, kappa, aw, uni
                 if fv_max > 0 else 0.0)   # fv_max = 0: the slab is the point f = 0 itself
     shift = fv_rate * s2   # e^{-λf} shifts each pair's Gaussian in f by -λσ²/c
     log_p0 = math.log(p_zero) if p_zero > 0 else -math.inf   # spike[t]: the unit-mass spike; p0 enters below
-    best = _joint_pair_profile(yi, s2, ti, flow_t, flow_sq, groups, kappa, aw, unit, shift, log_p0, lw, tv, tv2, bb,
-                               yv, yvg, yyg, ytg, ytag, spike)
-    # the pairs' weights relative to e^best, as products (no logarithm per pair): e^{q - best} · sd · mass · e^{log_slab}
+    best = _joint_pair_profile(yi, s2, ti, flow_t, flow_sq, fv_max, groups, kappa, aw, unit, shift, log_p0, lw, tv,
+                               tv2, bb, yv, yvg, yyg, ytg, ytag, spike)
+    # the pairs' weights relative to e^best, as products (no logarithm per pair): e^{q - best} · sd · e^{log_slab}
+    # · the mass relative to the density at q's f (_truncated_normal)
     slab_scale = math.exp(log_slab)
     mass_scale = math.exp(log_mass)
     floor_q = best - JOINT_LOG_WEIGHT_SPAN
@@ -1468,8 +1485,8 @@ def joint_pair_voxel(yi, s2, ti, flow_t, flow_sq, fv_max, groups, kappa, aw, uni
             c = tv[t, e]
             if c > 1e-15:
                 sd = math.sqrt(s2 / c)
-                log_e, factor, mean, var = _truncated_normal(bb[t, e] / c, sd, fv_max)
-                w = math.exp(q - best + log_e) * (sd * factor * slab_scale)
+                factor, mean, var = _truncated_normal(bb[t, e] / c, sd, fv_max)
+                w = math.exp(q - best) * (sd * factor * slab_scale)
             else:   # v == t: f does not change the signal, its posterior is the prior (the slab)
                 mean, var = truncated_exponential_moments(fv_rate, fv_max)
                 var -= mean * mean
