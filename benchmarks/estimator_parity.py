@@ -5,7 +5,8 @@ options: the joint fit) and on the shared real-histology folds (benchmarks/defau
 default options), in one sitting.
 
     git worktree add /tmp/before 7d436ec
-    python benchmarks/estimator_parity.py --before /tmp/before [--work DIR] [--record]
+    python benchmarks/estimator_parity.py --before /tmp/before [--data ../shared/reference/histo_loo] [--work DIR]
+                                          [--record]
 
 Each tree runs the app with its own package (PYTHONPATH): ``dmrimc-bids ... participant`` on the demo (made once,
 by this tree's generator) and default_on_histology.py (its own copy, SNR 50, the shared noisy signals). Per map
@@ -75,6 +76,7 @@ def compare(before: Path, after: Path) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--before", type=Path, required=True, help="a worktree of the commit to compare with")
+    ap.add_argument("--data", type=Path, default=SHARED, help="the shared real-histology folds (histo_loo)")
     ap.add_argument("--work", type=Path, default=None, help="keep the datasets and outputs here")
     ap.add_argument("--record", action="store_true")
     args = ap.parse_args(argv)
@@ -88,15 +90,15 @@ def main(argv=None) -> int:
     for name, tree in trees.items():
         seconds[f"demo_{name}"] = round(app(tree, work / "demo" / "bids", work / "demo" / f"out_{name}",
                                             work / "demo" / f"work_{name}"), 1)
-        if SHARED.is_dir():
+        if args.data.is_dir():
             seconds[f"histology_{name}"] = round(run_tree(tree, [str(tree / "benchmarks" / "default_on_histology.py"),
-                                                                 "--data", str(SHARED), "--work",
+                                                                 "--data", str(args.data), "--work",
                                                                  str(work / f"histology_{name}")], work), 1)
     results["demo"] = compare(work / "demo" / "out_before", work / "demo" / "out_after")
-    if SHARED.is_dir():
+    if args.data.is_dir():
         results["histology folds"] = compare(work / "histology_before" / "out", work / "histology_after" / "out")
     else:
-        print(f"estimator_parity.py: {SHARED} absent: the real-histology folds are skipped", file=sys.stderr)
+        print(f"estimator_parity.py: {args.data} absent: the real-histology folds are skipped", file=sys.stderr)
     worst = max(v[0] for r in results.values() for v in r.values())
     passed = worst <= TOLERANCE
     for case, maps in results.items():

@@ -1084,21 +1084,24 @@ def posterior_moments(top, c, var, clean, tau, signals, values, z_entries, mu, c
 
 
 @njit(cache=True, parallel=True)
-def nearest_mean(points, refs, values, k, scale, out):
+def nearest_mean(points, refs_t, values, k, scale, out):
     """out[v] = the mean of values [R, P] over the k rows of refs [R, P] nearest to points[v] [P] (squared
-    distance of the coordinates divided by scale [P]; ties by row index)."""
-    n_r, n_p = refs.shape
+    distance of the coordinates divided by scale [P]; ties by row index); refs_t [P, R] = refs transposed, so
+    that the distances to every row are formed a coordinate at a time (vectorised), then offered in row order."""
+    n_p, n_r = refs_t.shape
     for v in prange(points.shape[0]):
         hc = np.empty(k)
         he = np.empty(k, np.int64)
+        d2 = np.zeros(n_r)
+        for p in range(n_p):
+            x, sp = points[v, p], scale[p]
+            for j in range(n_r):
+                t = (x - refs_t[p, j]) / sp
+                d2[j] += t * t
         size = 0
         for j in range(n_r):
-            d2 = 0.0
-            for p in range(n_p):
-                t = (points[v, p] - refs[j, p]) / scale[p]
-                d2 += t * t
-            if size < k or d2 < hc[0]:
-                size = heap_push(hc, he, size, k, d2, j)
+            if size < k or d2[j] < hc[0]:
+                size = heap_push(hc, he, size, k, d2[j], j)
         for p in range(out.shape[1]):
             acc = 0.0
             for t in range(k):

@@ -520,7 +520,8 @@ class PosteriorModel(Model):
         est, err2 = me
         scale = np.where(self.hi_t > self.lo_t, self.hi_t - self.lo_t, 1.0)
         out = np.empty_like(point)
-        kernels.nearest_mean(np.ascontiguousarray(point), est, err2, min(MODEL_ERROR_NEIGHBOURS, len(est)), scale, out)
+        kernels.nearest_mean(np.ascontiguousarray(point), np.ascontiguousarray(est.T), err2,
+                             min(MODEL_ERROR_NEIGHBOURS, len(est)), scale, out)
         return out
 
     def summaries(self, post: dict) -> tuple:
