@@ -336,11 +336,13 @@ def test_one_pass_selection_keeps_the_n_least_by_cost_then_index(prior, n, scale
     assert straddling > 0 or n == 25   # the cases test ties at the cut (n = 25: the design prior's)
 
 
-@pytest.mark.parametrize("prior,scale", [("entries", False), ("design", False), ("entries", True), ("design", True)])
+@pytest.mark.parametrize("prior,scale", [("entries", 0.0), ("design", 0.0), ("entries", 4e-3), ("design", 4e-3),
+                                         ("entries", 4e-2)])
 def test_bounded_selection_is_the_one_pass_selection_bit_for_bit(prior, scale):
-    """The CPU's retained-entry search from bounds (the tree over the entries at the voxels' floor; the
-    product-based scan with the common-scale term or the prior) keeps select_smallest's entries, costs and
-    least misfit bit for bit, with floors spread over several groups (FLOOR_GROUP) and σ² unknown for some."""
+    """The CPU's retained-entry search from bounds (the tree over the entries at the voxels' floor, allowing
+    for the common-scale term where there is one; the product-based scan with the prior) keeps
+    select_smallest's entries, costs and least misfit bit for bit, with floors spread over several groups
+    (FLOOR_GROUP), σ² unknown for some, and common-scale variances up to 0.04 (κ|c|² up to 0.98)."""
     from dmrimc_bids.core.fitting import kernels
     from dmrimc_bids.core.fitting.likelihood import noise_floor
     rng = np.random.default_rng(3)
@@ -354,7 +356,7 @@ def test_bounded_selection_is_the_one_pass_selection_bit_for_bit(prior, scale):
     sigma = rng.uniform(0.01, 0.04, n_v)
     y = signals[rng.integers(0, k, n_v)] + sigma[:, None] * rng.standard_normal((n_v, m))
     var = np.where(np.arange(n_v) % 3 == 0, np.nan, sigma ** 2)
-    scale_var = rng.uniform(0, 4e-3, n_v) if scale else None
+    scale_var = rng.uniform(0, scale, n_v) if scale else None
     if scale:
         var = sigma ** 2
     floor = noise_floor(sigma)

@@ -47,6 +47,8 @@ from .posterior import (PosteriorModel, contraction, dictionary_leaves, leaf_bal
 
 #: Tissue entries per voxel that enter the vascular posterior (step 2).
 N_TISSUE_CANDIDATES = 16
+#: Leaves of the candidates' tree per group of consecutive leaves (a subtree) bounded first (_profile_tree).
+PROFILE_GROUP = 32
 #: Representative flow signals (flow_prototypes: group means) against which the tissue candidates are chosen.
 FLOW_PROTOTYPES = 4
 #: Smallest b [s/mm²] of the tissue posterior (step 3): below it the tissue carries little information and
@@ -345,14 +347,21 @@ class JointModel(Model):
     def _profile_tree(self) -> tuple:
         """kernels.joint_profile_leaves' tables (built at the first CPU fit, then kept): the tissue entries in
         the leaf order of a tree over their signals (posterior.dictionary_leaves) with their Gram terms, each
-        leaf's ball, and the prototypes relative to its centre."""
+        leaf's ball and each group's of PROFILE_GROUP consecutive leaves, and the prototypes relative to their
+        centres."""
         if self._tree is None:
             perm, leaf_start = dictionary_leaves(self.tissue_signals)
             rows = np.ascontiguousarray(self.tissue_signals[perm])
             centres, radii = leaf_balls(rows, leaf_start)
-            w_leaf = np.ascontiguousarray(self.prototypes[None, :, :] - centres[:, None, :])
+            group_start = np.r_[np.arange(0, len(radii), PROFILE_GROUP), len(radii)]   # consecutive leaves: subtrees
+            g_centres, g_radii = leaf_balls(rows, leaf_start[group_start])
+
+            def towards_prototypes(c):   # v_r - centre [L, R, M] and its squared norms [L, R]
+                w = np.ascontiguousarray(self.prototypes[None, :, :] - c[:, None, :])
+                return w, (w ** 2).sum(2)
             self._tree = (rows, perm, leaf_start, self.tissue_sq[perm], np.ascontiguousarray(self.tissue_proto[perm]),
-                          np.ascontiguousarray(self.pair_sq[perm]), centres, radii, w_leaf, (w_leaf ** 2).sum(2))
+                          np.ascontiguousarray(self.pair_sq[perm]), centres, radii, *towards_prototypes(centres),
+                          group_start, g_centres, g_radii, *towards_prototypes(g_centres))
         return self._tree
 
     def _pairs(self, clean, sigma, top, prior: VascularPrior) -> dict:

@@ -822,6 +822,121 @@ def select_smallest_leaves(y, flo2, signals_t, g_leaf, perm, leaf_start, centres
 
 
 @njit(cache=True)
+def likelihood_row_cost(y, flo2, s, clean, k, cc):
+    """likelihood_cost of one entry from its signals s [M] (a contiguous row): the same sums, the same number."""
+    c = 0.0
+    for i in range(y.shape[0]):
+        r = offset_residual(y[i], s[i], flo2[i])
+        c += r * r
+    if k != 0.0:
+        cs = 0.0
+        for i in range(y.shape[0]):
+            cs += clean[i] * s[i]
+        c -= k * (cc - cs) * (cc - cs)
+    return c
+
+
+@njit(cache=True)
+def select_voxel_leaves_scaled(y, flo2, s_rows, clean, k, n, g_leaf, perm, leaf_start, centres, radii, s_centres,
+                               s_radii, d, leaf_key, leaf_heap, costs, cand, heap_c, heap_e):
+    """select_voxel's result with the common-scale term k (κ) and without the prior (the same entries, costs and
+    rss, bit for bit), visiting only the leaves of the tree that can hold one of the n least: as
+    select_voxel_leaves (g_leaf, perm, leaf_start, centres, radii, d), with s_rows [E, M] the unfloored signals
+    in leaf order and s_centres [L, M], s_radii [L] each leaf's ball among them. A leaf's entries cost at least
+    max(|y - centre| - ρ - d, 0)² - κ (| |c|² - <c, s_centre> | + |c| ρ_s)² (c = clean: the common-scale term
+    of each entry is κ (|c|² - <c, S_e>)² and <c, S_e> is within |c| ρ_s of the centre's). Leaves are visited by
+    that bound, each member's exact cost computed (likelihood_row_cost), until no leaf left can hold a cost
+    under the n-th least; the members at or under it are then offered in increasing entry order (heap_push's
+    ties). leaf_key, leaf_heap [L], costs, cand [E] are work space. Returns rss."""
+    m = y.shape[0]
+    n_leaves = radii.shape[0]
+    cc = 0.0
+    if k != 0.0:   # as select_voxel's
+        for i in range(m):
+            cc += clean[i] * clean[i]
+    cn = math.sqrt(cc)
+    slack = 1e-12 * (cc + m) + 1e-15   # rounding of a computed cost (terms of |y|², |c|² <= ~M)
+    for lf in range(n_leaves):
+        s2 = 0.0
+        for i in range(m):
+            t = y[i] - centres[lf, i]
+            s2 += t * t
+        mis = max(math.sqrt(s2) * (1.0 - 1e-12) - radii[lf] * (1.0 + 1e-12) - d - 1e-12, 0.0)
+        low = mis * mis
+        if k != 0.0:
+            cs = 0.0
+            for i in range(m):
+                cs += clean[i] * s_centres[lf, i]
+            u = abs(cc - cs) * (1.0 + 1e-12) + cn * s_radii[lf] * (1.0 + 1e-12) + 1e-12 * (cc + 1.0)
+            low -= k * u * u * (1.0 + 1e-12)
+        leaf_key[lf] = low - slack
+        leaf_heap[lf] = lf
+    for j in range(n_leaves // 2 - 1, -1, -1):
+        _sift_down_min(leaf_key, leaf_heap, n_leaves, j)
+    size = 0
+    left = n_leaves
+    n_visited = 0
+    reach = math.inf
+    rss = math.inf
+    while left > 0:
+        lf = leaf_heap[0]
+        if size == n and leaf_key[lf] > reach:
+            break
+        left -= 1
+        leaf_heap[0] = leaf_heap[left]
+        _sift_down_min(leaf_key, leaf_heap, left, 0)
+        for r in range(leaf_start[lf], leaf_start[lf + 1]):
+            c = likelihood_row_cost(y, flo2, s_rows[r], clean, k, cc)
+            rss = min(rss, c)
+            costs[n_visited] = c
+            cand[n_visited] = perm[r]
+            n_visited += 1
+            if size < n or c < heap_c[0]:
+                size = heap_push(heap_c, heap_e, size, n, c, r)   # the n-th least value (any order gives it)
+        if size == n:
+            reach = heap_c[0] + slack
+    cut = heap_c[0]
+    count = 0
+    for j in range(n_visited):
+        if costs[j] <= cut:
+            leaf_heap[count] = j
+            count += 1
+    order = np.argsort(cand[leaf_heap[:count]])
+    size = 0
+    for t in range(count):
+        j = leaf_heap[order[t]]
+        if size < n or costs[j] < heap_c[0]:
+            size = heap_push(heap_c, heap_e, size, n, costs[j], cand[j])
+    return rss
+
+
+@njit(cache=True, parallel=True)
+def select_smallest_leaves_scaled(y, flo2, s_rows, clean, kappa, g_leaf, perm, leaf_start, centres, radii, s_centres,
+                                  s_radii, dist, parts, top, c_top, rss):
+    """select_smallest's result with the common-scale term (kappa [V]) and without the prior, for every voxel v
+    (select_voxel_leaves_scaled; dist [V] each voxel's d), the voxels split into ``parts`` ranges."""
+    n_v = y.shape[0]
+    n_e = g_leaf.shape[0]
+    n_leaves = radii.shape[0]
+    n = top.shape[1]
+    parts = max(1, min(n_v, parts))
+    for part in prange(parts):
+        hc = np.empty(n)
+        he = np.empty(n, np.int64)
+        leaf_key = np.empty(n_leaves)
+        leaf_heap = np.empty(max(n_leaves, n_e), np.int64)
+        costs = np.empty(n_e)
+        cand = np.empty(n_e, np.int64)
+        for v in range(part * n_v // parts, (part + 1) * n_v // parts):
+            rss[v] = select_voxel_leaves_scaled(y[v], flo2[v], s_rows, clean[v], kappa[v], n, g_leaf, perm, leaf_start,
+                                                centres, radii, s_centres, s_radii, dist[v], leaf_key, leaf_heap, costs,
+                                                cand, hc, he)
+            for t in range(n):
+                top[v, t] = he[t]
+                c_top[v, t] = hc[t]
+
+
+@njit(cache=True)
 def _solve_pivoted(a, b):
     """Solve a x = b in place (Gaussian elimination with partial pivoting, a [d, d], b [d, k]; x into b)."""
     d = a.shape[0]
@@ -1558,19 +1673,59 @@ def joint_profile_top(y, yt_all, signals_sq, tissue_proto, pair_sq, proto, fv_ma
 
 
 @njit(cache=True)
+def _ball_key(yi, centre, w, ww, radius, fv_max):
+    """A lower bound on sqrt(joint misfit) of every tissue entry t within radius of centre [M] (w [R, M] =
+    v_r - centre, ww [R] = |w_r|²): for |t - c| <= ρ, |y - (1 - f) t - f v| >= |(y - c) - f (v - c)| - ρ for
+    every f in [0, 1], so the centre's least |(y - c) - f w_r| over the prototypes and f in [0, fv_max], less ρ
+    (rounding allowed for)."""
+    m = yi.shape[0]
+    dd = 0.0
+    for j in range(m):
+        dj = yi[j] - centre[j]
+        dd += dj * dj
+    low = dd * (1.0 - 1e-12)
+    for r in range(w.shape[0]):
+        if ww[r] <= 1e-15:
+            continue
+        b = 0.0
+        for j in range(m):
+            b += (yi[j] - centre[j]) * w[r, j]
+        f = min(max(b / ww[r], 0.0), fv_max)
+        q = dd - 2.0 * f * b + f * f * ww[r] - 1e-12 * (dd + 2.0 * abs(b) + ww[r]) - 1e-15
+        if q < low:
+            low = q
+    return max(math.sqrt(max(low, 0.0)) * (1.0 - 1e-12) - radius * (1.0 + 1e-12) - 1e-12, 0.0)
+
+
+@njit(cache=True)
+def _push_min(key, heap, size, item):
+    """Add item to the min-heap heap[:size] (indices into key, least key first); returns the new size."""
+    j = size
+    while j > 0:
+        parent = (j - 1) // 2
+        if key[heap[parent]] <= key[item]:
+            break
+        heap[j] = heap[parent]
+        j = parent
+    heap[j] = item
+    return size + 1
+
+
+@njit(cache=True)
 def joint_profile_voxel(yi, rows, perm, leaf_start, sq_rows, proto_rows, pair_rows, centres, radii, w_leaf, ww_leaf,
-                        proto, fv_max, k, leaf_key, leaf_heap, misfit, cand, hc, he, yv, top):
+                        group_start, g_centres, g_radii, g_w, g_ww, proto, fv_max, k, key, heap, misfit, cand, hc, he,
+                        yv, top):
     """joint_profile_top's k tissue entries of least joint misfit for one voxel yi [M], visiting only the leaves
     of a tree over the entries that can hold one of them: rows [E, M] the tissue signals in leaf order (entry
     perm[r] in row r; leaf l the rows leaf_start[l]:leaf_start[l + 1]) with their Gram terms sq_rows [E],
-    proto_rows, pair_rows [E, R] (joint_misfit's); centres [L, M], radii [L] each leaf's ball; w_leaf [L, R, M]
-    = v_r - centre, ww_leaf [L, R] = |v_r - centre|². For t within ρ of a centre c, |y - (1 - f) t - f v| >=
-    |(y - c) - f (v - c)| - ρ for every f in [0, 1], so a leaf whose centre's joint misfit (its least over the
-    prototypes and f in [0, fv_max]) is too large cannot hold a candidate. Leaves are visited by that bound,
-    each member's joint misfit computed (<y, t> in the thread), until no unvisited leaf can reach the k-th
-    least; the members within it are then offered in increasing entry order (heap_push: ties at the k-th
-    keep the lower indices, as joint_profile_top's scan). leaf_key, leaf_heap [L], misfit, cand [E], hc, he
-    [k], yv [R] are work space; the entries go to top [k] (heap order)."""
+    proto_rows, pair_rows [E, R] (joint_misfit's); centres [L, M], radii [L] each leaf's ball, w_leaf [L, R, M]
+    = v_r - centre, ww_leaf [L, R] = |v_r - centre|²; the same for groups of consecutive leaves (group g the
+    leaves group_start[g]:group_start[g + 1]; g_centres [G, M], g_radii, g_w, g_ww), whose leaves are only
+    bounded where the group's ball can hold a candidate (_ball_key). Balls are taken by least bound, each
+    member's joint misfit computed (<y, t> in the thread), until no ball left can reach the k-th least; the
+    members within it are then offered in increasing entry order (heap_push: ties at the k-th keep the lower
+    indices, as joint_profile_top's scan). key, heap [L + G], misfit, cand [E], hc, he [k], yv [R] are work
+    space; the entries go to top [k] (heap order)."""
     m = yi.shape[0]
     n_leaves = radii.shape[0]
     n_r = proto.shape[0]
@@ -1582,39 +1737,28 @@ def joint_profile_voxel(yi, rows, perm, leaf_start, sq_rows, proto_rows, pair_ro
         for j in range(m):
             yv[r] += yi[j] * proto[r, j]
     err = 1e-11 * (yy + m)   # rounding of a joint misfit computed from Gram terms (|y|², |t|², <y, t> <= ~M)
-    for lf in range(n_leaves):
-        dd = 0.0
-        for j in range(m):
-            dj = yi[j] - centres[lf, j]
-            dd += dj * dj
-        low = dd * (1.0 - 1e-12)
-        for r in range(n_r):
-            ww = ww_leaf[lf, r]
-            if ww <= 1e-15:
-                continue
-            b = 0.0
-            for j in range(m):
-                b += (yi[j] - centres[lf, j]) * w_leaf[lf, r, j]
-            f = min(max(b / ww, 0.0), fv_max)
-            q = dd - 2.0 * f * b + f * f * ww - 1e-12 * (dd + 2.0 * abs(b) + ww) - 1e-15
-            if q < low:
-                low = q
-        leaf_key[lf] = max(math.sqrt(max(low, 0.0)) * (1.0 - 1e-12) - radii[lf] * (1.0 + 1e-12) - 1e-12, 0.0)
-        leaf_heap[lf] = lf
-    for j in range(n_leaves // 2 - 1, -1, -1):
-        _sift_down_min(leaf_key, leaf_heap, n_leaves, j)
+    left = 0
+    for g in range(g_radii.shape[0]):   # items: leaves 0..L-1, groups L..L+G-1
+        key[n_leaves + g] = _ball_key(yi, g_centres[g], g_w[g], g_ww[g], g_radii[g], fv_max)
+        left = _push_min(key, heap, left, n_leaves + g)
     size = 0
-    left = n_leaves
     n_visited = 0
-    reach = math.inf   # no unvisited leaf's entry can have a computed misfit under the k-th least so far
+    reach = math.inf   # no ball left can hold an entry whose computed misfit is under the k-th least so far
     while left > 0:
-        lf = leaf_heap[0]
-        if size == k and leaf_key[lf] > reach:
+        item = heap[0]
+        if size == k and key[item] > reach:
             break
         left -= 1
-        leaf_heap[0] = leaf_heap[left]
-        _sift_down_min(leaf_key, leaf_heap, left, 0)
-        for row in range(leaf_start[lf], leaf_start[lf + 1]):
+        heap[0] = heap[left]
+        _sift_down_min(key, heap, left, 0)
+        if item >= n_leaves:   # a group: bound its leaves
+            g = item - n_leaves
+            for lf in range(group_start[g], group_start[g + 1]):
+                key[lf] = _ball_key(yi, centres[lf], w_leaf[lf], ww_leaf[lf], radii[lf], fv_max)
+                if size < k or key[lf] <= reach:
+                    left = _push_min(key, heap, left, lf)
+            continue
+        for row in range(leaf_start[item], leaf_start[item + 1]):
             yt = 0.0
             for j in range(m):
                 yt += yi[j] * rows[row, j]
@@ -1630,34 +1774,35 @@ def joint_profile_voxel(yi, rows, perm, leaf_start, sq_rows, proto_rows, pair_ro
     count = 0
     for j in range(n_visited):   # the members at or under the k-th least, in entry order
         if misfit[j] <= cut:
-            leaf_heap[count] = j   # (leaf_heap is free again: work space of the right size when E >= L)
+            heap[count] = j   # (heap is free again: work space of the right size when E >= L + G)
             count += 1
-    order = np.argsort(cand[leaf_heap[:count]])
+    order = np.argsort(cand[heap[:count]])
     size = 0
     for c in range(count):
-        j = leaf_heap[order[c]]
+        j = heap[order[c]]
         if size < k or misfit[j] < hc[0]:
             size = heap_push(hc, top, size, k, misfit[j], cand[j])
 
 
 @njit(cache=True, parallel=True)
 def joint_profile_leaves(y, rows, perm, leaf_start, sq_rows, proto_rows, pair_rows, centres, radii, w_leaf, ww_leaf,
-                         proto, fv_max, parts, top):
+                         group_start, g_centres, g_radii, g_w, g_ww, proto, fv_max, parts, top):
     """joint_profile_top's candidates (the same entries, from the same misfits but <y, t> summed in the thread)
     for every voxel y [V, M] by joint_profile_voxel, the voxels split into ``parts`` ranges (one per thread)."""
     n_v = y.shape[0]
     n_e = rows.shape[0]
-    n_leaves = radii.shape[0]
+    n_items = radii.shape[0] + g_radii.shape[0]
     k = top.shape[1]
     parts = max(1, min(n_v, parts))
     for part in prange(parts):
         hc = np.empty(k)
         he = np.empty(k, np.int64)
-        leaf_key = np.empty(n_leaves)
-        leaf_heap = np.empty(max(n_leaves, n_e), np.int64)
+        key = np.empty(n_items)
+        heap = np.empty(max(n_items, n_e), np.int64)
         misfit = np.empty(n_e)
         cand = np.empty(n_e, np.int64)
         yv = np.empty(proto.shape[0])
         for v in range(part * n_v // parts, (part + 1) * n_v // parts):
             joint_profile_voxel(y[v], rows, perm, leaf_start, sq_rows, proto_rows, pair_rows, centres, radii, w_leaf,
-                                ww_leaf, proto, fv_max, k, leaf_key, leaf_heap, misfit, cand, hc, he, yv, top[v])
+                                ww_leaf, group_start, g_centres, g_radii, g_w, g_ww, proto, fv_max, k, key, heap,
+                                misfit, cand, hc, he, yv, top[v])
