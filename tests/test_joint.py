@@ -286,26 +286,23 @@ def test_the_bayes_factor_survives_a_session_prior_of_no_blood_free_voxel():
     assert np.median(model.removal_weight(post["fv"][:, 3])) > 0.9
 
 
-def test_erfcx_tables_match_scipy():
-    """kernels._erfcx (the truncated normal's lower-tail mass without its exponential) against scipy's."""
-    from scipy.special import erfcx
-    from dmrimc_bids.core.fitting import kernels
-    x = np.concatenate([np.linspace(0.0, 40.0, 20001), np.geomspace(40.0, 1e8, 200)])
-    got = np.array([kernels._erfcx(v) for v in x])
-    assert np.max(np.abs(got / erfcx(x) - 1)) < 1e-12
+FAR_TAIL = pytest.mark.xfail(strict=True, reason=(
+    "known, kept as issue #41 found it (the maps must not change there): each pair's Gaussian in fV lies 12-16 SDs "
+    "below 0, where 1 - Φ computed as a difference rounds to 0, and the span filter compares the pairs' "
+    "unconstrained profiles, which a far-outside fV inflates by e^{d²/2}: one flow entry of three is kept and "
+    "E[fV] is 3x too small. Computing both exactly raises the blood-free real-histology fV median from 0.006 "
+    "to 0.014 (benchmarks/estimator_parity.py), a change of the science for its own issue"))
 
 
-@pytest.mark.parametrize("p_zero, rate, offset, sigma", [(0.5, 0.0, 0.05, 0.02), (0.9, 5.0, 0.02, 0.02),
-                                                          (0.0, 0.0, 0.1, 0.02), (0.99, 400.0, 0.0, 0.02),
-                                                          (0.3, 400.0, -0.02, 0.02), (0.99, 400.0, 0.0, 0.05),
-                                                          (0.3, 400.0, -0.02, 0.05), (0.0, 0.0, -0.6, 0.02)])
+@pytest.mark.parametrize("p_zero, rate, offset, sigma", [
+    (0.5, 0.0, 0.05, 0.02), (0.9, 5.0, 0.02, 0.02), (0.0, 0.0, 0.1, 0.02), (0.99, 400.0, 0.0, 0.02),
+    (0.3, 400.0, -0.02, 0.02), (0.0, 0.0, -0.6, 0.02),
+    pytest.param(0.99, 400.0, 0.0, 0.05, marks=FAR_TAIL), pytest.param(0.3, 400.0, -0.02, 0.05, marks=FAR_TAIL)])
 def test_pair_posterior_is_the_quadrature_of_the_joint_model(p_zero, rate, offset, sigma):
     """joint_pair_moments' E[fV], P(fV = 0) and log Bayes factor for one tissue candidate and three flow
     entries (no normalisation noise, equal T2s) against a quadrature over fV of the exact posterior: spike p0 at 0
     and slab ∝ e^{-rate·f} on [0, fv_max]: the Gaussian in fV of each pair, its truncation and the slab's
-    exponential. With σ = 0.05 and rate 400 each pair's Gaussian lies 12-16 SDs below 0 (offset -0.6: above
-    fv_max), and a pair whose unconstrained fV is farther outside looked better by e^{d²/2}: the previous kernel
-    kept one flow entry of three (w_flow 1, 0, 0 where each has about 1/3) and E[fV] 3x too small."""
+    exponential (offset -0.6: the pairs' fV above fv_max). FAR_TAIL: the cases the kernel gets wrong."""
     from dmrimc_bids.core.fitting import kernels
     rng = np.random.default_rng(3)
     m, fv_max = 8, 0.3

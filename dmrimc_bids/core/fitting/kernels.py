@@ -26,7 +26,6 @@ import math
 
 import numpy as np
 from numba import njit, prange
-from numpy.polynomial import chebyshev
 
 #: Status codes of the refinement (per voxel).
 LM_CONVERGED, LM_MAX_ITER, LM_STALLED = 1, 2, 3
@@ -1224,98 +1223,30 @@ def nearest_mean(points, refs_t, values, k, scale, out):
             out[v, p] = acc / k
 
 
-def _erfcx_reference(x: float) -> float:
-    """erfcx(x) = e^{x²} erfc(x) for x >= 0 in plain floating point (relative error ~1e-13 at most): the
-    product below x = 26, where erfc is still a normal number, the asymptotic series beyond (its error < 1e-16
-    there). Builds _erfcx's tables at import."""
-    if x < 26.0:
-        return math.erfc(x) * math.exp(x * x)
-    term, total, inv = 1.0, 1.0, 1.0 / (2.0 * x * x)
-    for k in range(1, 8):
-        term *= -(2 * k - 1) * inv
-        total += term
-    return total / (x * math.sqrt(math.pi))
-
-
-def _chebyshev_table(f, deg: int) -> np.ndarray:
-    """Chebyshev coefficients [deg + 1] of f on [-1, 1], interpolated at the Chebyshev points."""
-    return chebyshev.chebinterpolate(np.vectorize(f), deg)
-
-
-#: _erfcx's tables: Chebyshev series of erfcx(x) (_erfcx_reference) on [k·STEP, (k + 1)·STEP) below
-#: ERFCX_SPLIT, and of x·erfcx(x) in w = ERFCX_SPLIT / x in (0, 1] beyond it; relative error under 2e-13
-#: (tests/test_joint.py).
-ERFCX_STEP, ERFCX_SPLIT = 0.25, 8.0
-ERFCX_NEAR = np.array([_chebyshev_table(lambda u, k=k: _erfcx_reference(ERFCX_STEP * (k + (u + 1) / 2)), 9)
-                       for k in range(int(ERFCX_SPLIT / ERFCX_STEP))])
-ERFCX_FAR = _chebyshev_table(lambda u: ERFCX_SPLIT / ((u + 1) / 2) * _erfcx_reference(ERFCX_SPLIT / ((u + 1) / 2)), 16)
-
-
-@njit(cache=True)
-def _chebyshev(c, u):
-    """Σ_n c[n] T_n(u) (Clenshaw), u in [-1, 1]."""
-    b1 = 0.0
-    b2 = 0.0
-    for n in range(c.shape[0] - 1, 0, -1):
-        b1, b2 = 2.0 * u * b1 - b2 + c[n], b1
-    return u * b1 - b2 + c[0]
-
-
-@njit(cache=True)
-def _erfcx(x):
-    """e^{x²} erfc(x) for x >= 0 (ERFCX_NEAR, ERFCX_FAR): erfc's value without its exponential, which the
-    truncated normal's density at the same point shares."""
-    if x < ERFCX_SPLIT:
-        k = int(x / ERFCX_STEP)
-        return _chebyshev(ERFCX_NEAR[k], 2.0 * (x / ERFCX_STEP - k) - 1.0)
-    return _chebyshev(ERFCX_FAR, 2.0 * ERFCX_SPLIT / x - 1.0) / x
-
-
-@njit(cache=True)
-def _upper_tail(a):
-    """(factor, φ(a)/Q) of Q = 1 - Φ(a), the standard normal's mass above a: Q = factor for a <= 0 and
-    Q = e^{-a²/2} · factor for a > 0 (the exponential left to the caller), from erfc(|a|/√2) = e^{-a²/2}
-    erfcx(|a|/√2): accurate far into the tail, where 1 - Φ(a) computed as a difference rounds to 0 (a > 8.3)."""
-    r = _erfcx(abs(a) / math.sqrt(2.0))
-    if a <= 0.0:
-        e_a = math.exp(-0.5 * a * a)
-        q = 1.0 - 0.5 * e_a * r
-        return q, e_a / math.sqrt(2.0 * math.pi) / q
-    return 0.5 * r, 2.0 / (math.sqrt(2.0 * math.pi) * r)
-
-
 @njit(cache=True)
 def _truncated_normal(mu, s, hi):
-    """(mass · e^{d²/2}, mean, variance) of N(mu, s²) truncated to [0, hi] (hi > 0): its mass relative to the
-    untruncated density's integral, times e^{d²/2} with d the distance in SDs of mu outside [0, hi] (0 inside),
-    i.e. the mass relative to the density at the end of [0, hi] nearest to mu: finite however far mu lies
-    outside. Where the Gaussian reaches past one end by more than 8.5 SDs (Φ is 1 or 0 there in double
-    precision, φ < 1e-16) only the other end's tail is computed (_upper_tail)."""
+    """(mass, mean, variance) of N(mu, s²) truncated to [0, hi] (hi > 0), mass relative to the untruncated
+    density's integral (1 - Φ(a) and Φ(b) as differences, as before issue #41: far in the lower tail the mass
+    rounds to 0 and is held at 1e-300; tests/test_joint.py's quadrature cases with σ = 0.05 show what that
+    costs). Where mu >= 0 and the Gaussian reaches past hi by more than 8.5 SDs, Φ(b) is 1 in double precision
+    and φ(b) < 1e-16 beside a mass of at least 1/2, so neither is computed."""
     a, b = (0.0 - mu) / s, (hi - mu) / s
     if a < -5.0 and b > 5.0:   # the whole Gaussian inside [0, hi] (mass 1 to 6e-7)
         return 1.0, mu, s * s
-    if b > 8.5:   # [a, ∞)
-        factor, ratio = _upper_tail(a)
-        mean = mu + s * ratio
-        var = s * s * (1.0 + a * ratio - ratio * ratio)
-        return factor, min(max(mean, 0.0), hi), max(var, 0.0)
-    if a < -8.5:   # (-∞, b]: the mirror image
-        factor, ratio = _upper_tail(-b)
-        mean = mu - s * ratio
-        var = s * s * (1.0 - b * ratio - ratio * ratio)
-        return factor, min(max(mean, 0.0), hi), max(var, 0.0)
     za = 0.5 * math.erfc(-a / math.sqrt(2.0))
-    zb = 0.5 * math.erfc(-b / math.sqrt(2.0))
+    if b > 8.5 and a <= 0.0:   # mass >= 1/2: φ(b) < 1e-16 and Φ(b) = 1 change nothing at double precision
+        zb, pb = 1.0, 0.0
+    else:   # (mu < 0: the mass is a small difference, to which φ(b)/mass still contributes)
+        zb = 0.5 * math.erfc(-b / math.sqrt(2.0))
+        pb = math.exp(-0.5 * b * b) / math.sqrt(2.0 * math.pi)
     mass = zb - za
-    d = max(a, -b, 0.0)   # <= 8.5 here
     if mass < 1e-300:   # all the mass beyond one end: the posterior of f sits at that end
         f = 0.0 if mu < 0 else hi
         return 1e-300, f, 0.0
     pa = math.exp(-0.5 * a * a) / math.sqrt(2.0 * math.pi)
-    pb = math.exp(-0.5 * b * b) / math.sqrt(2.0 * math.pi)
     mean = mu + s * (pa - pb) / mass
     var = s * s * (1.0 + (a * pa - b * pb) / mass - ((pa - pb) / mass) ** 2)
-    return mass * math.exp(0.5 * d * d), min(max(mean, 0.0), hi), max(var, 0.0)
+    return mass, min(max(mean, 0.0), hi), max(var, 0.0)
 
 
 @njit(cache=True)
@@ -1342,8 +1273,7 @@ def truncated_exponential_moments(rate, hi):
     return min(max(mean, 0.0), hi), min(max(second, 0.0), hi * hi)
 
 
-#: Pairs whose profile log weight (least misfit over f in [0, fv_max]) is this far below the best (pairs' and
-#: spikes') are left out of the joint posterior.
+#: Pairs whose unconstrained log weight is this far below the best are left out of the joint posterior.
 JOINT_LOG_WEIGHT_SPAN = 12.0
 
 
@@ -1356,9 +1286,9 @@ def joint_pair_moments(y, sig2, tissue, flow_t, flow_sq, fv_max, groups, kappa, 
     tissue candidates, flow_t [M, Kf] the flow signals transposed, flow_sq [Kf] = |v|². Writes, per
     voxel: w_flow [V, Kf] the marginal posterior of the flow entries, g_flow [V, Kf] Σ_t w_tv E[f | t, v],
     f_moments [V, 4] E[f], E[f²], P(f = 0), log Bayes factor of a vascular signal; log_w [V, Nt, Kf] is work space.
-    The Laplace factor and the truncation are evaluated only for pairs whose profile weight (at the least misfit
-    over f in [0, fv_max]: a pair whose unconstrained f lies far outside would otherwise look far better than
-    it is and push the others out) is within JOINT_LOG_WEIGHT_SPAN of the best.
+    The Laplace factor and the truncation are evaluated only for pairs whose profile weight is within
+    JOINT_LOG_WEIGHT_SPAN of the best (the unconstrained profile: a pair whose f lies far outside [0, fv_max]
+    looks better than it is; tests/test_joint.py's quadrature cases with σ = 0.05).
 
     Normalisation noise: each measurement group g (groups [M], 0..G-1: the TE groups, each divided by its
     own noisy b = 0) shares one scale error of SD τ_g, i.e. noise covariance σ²I + τ_g² y_g y_gᵀ (the
@@ -1389,13 +1319,12 @@ def joint_pair_moments(y, sig2, tissue, flow_t, flow_sq, fv_max, groups, kappa, 
 
 
 @njit(cache=True)
-def _joint_pair_profile(yi, s2, ti, flow_t, flow_sq, fv_max, groups, kappa, aw, unit, shift, log_p0, lw, tv, tv2, bb,
-                        yv, yvg, yyg, ytg, ytag, spike):
-    """joint_pair_voxel's first pass: per pair (t, v) lw = the profile log weight, -(a - 2fb + f²c)/2σ² at the
-    least misfit over f in [0, fv_max] (f = b/c clipped; -a/2σ² + b²/2σ²c where b/c is inside), tv = c =
-    |a∘(v - t)|² (less the common-mode part), bb = b = <y - t, a∘(v - t)> - λσ² (shift); spike [Nt] the log
-    weight of (t, f = 0) of unit prior mass. Returns the largest of the pairs' lw and the spikes' spike +
-    log_p0."""
+def _joint_pair_profile(yi, s2, ti, flow_t, flow_sq, groups, kappa, aw, unit, shift, log_p0, lw, tv, tv2, bb, yv, yvg,
+                        yyg, ytg, ytag, spike):
+    """joint_pair_voxel's first pass: per pair (t, v) lw = the profile log weight (its least misfit over f
+    unconstrained, -a/2σ² + b²/2σ²c), tv = c = |a∘(v - t)|² (less the common-mode part), bb = b = <y - t,
+    a∘(v - t)> - λσ² (shift); spike [Nt] the log weight of (t, f = 0) of unit prior mass. Returns the largest
+    of the pairs' lw and the spikes' spike + log_p0."""
     n_t, m = ti.shape
     n_f = flow_t.shape[1]
     n_g = kappa.shape[0]
@@ -1466,13 +1395,7 @@ def _joint_pair_profile(yi, s2, ti, flow_t, flow_sq, fv_max, groups, kappa, aw, 
         for e in range(n_f):
             c = tv[t, e]
             b = bb[t, e]
-            if c <= 1e-15:   # f does not change the misfit
-                lw[t, e] = -a / (2.0 * s2)
-            elif b < 0.0 or b > fv_max * c:   # the least misfit at an end of [0, fv_max]
-                f = 0.0 if b < 0.0 else fv_max
-                lw[t, e] = -(a - 2.0 * f * b + f * f * c) / (2.0 * s2)
-            else:
-                lw[t, e] = (-a + b * b / c) / (2.0 * s2)
+            lw[t, e] = (-a + (b * b / c if c > 1e-15 else 0.0)) / (2.0 * s2)
         for e in range(n_f):
             if lw[t, e] > best:
                 best = lw[t, e]
@@ -1493,8 +1416,8 @@ def joint_pair_voxel_log(yi, s2, ti, flow_t, flow_sq, fv_max, groups, kappa, aw,
                 if fv_max > 0 else 0.0)   # fv_max = 0: the slab is the point f = 0 itself
     shift = fv_rate * s2   # e^{-λf} shifts each pair's Gaussian in f by -λσ²/c
     log_p0 = math.log(p_zero) if p_zero > 0 else -math.inf   # spike[t]: the unit-mass spike; p0 enters below
-    best = _joint_pair_profile(yi, s2, ti, flow_t, flow_sq, fv_max, groups, kappa, aw, unit, shift, log_p0, lw, tv,
-                               tv2, bb, yv, yvg, yyg, ytg, ytag, spike)
+    best = _joint_pair_profile(yi, s2, ti, flow_t, flow_sq, groups, kappa, aw, unit, shift, log_p0, lw, tv, tv2, bb,
+                               yv, yvg, yyg, ytg, ytag, spike)
     top = -math.inf
     for t in range(n_t):
         for e in range(n_f):
@@ -1586,10 +1509,9 @@ def joint_pair_voxel(yi, s2, ti, flow_t, flow_sq, fv_max, groups, kappa, aw, uni
                 if fv_max > 0 else 0.0)   # fv_max = 0: the slab is the point f = 0 itself
     shift = fv_rate * s2   # e^{-λf} shifts each pair's Gaussian in f by -λσ²/c
     log_p0 = math.log(p_zero) if p_zero > 0 else -math.inf   # spike[t]: the unit-mass spike; p0 enters below
-    best = _joint_pair_profile(yi, s2, ti, flow_t, flow_sq, fv_max, groups, kappa, aw, unit, shift, log_p0, lw, tv,
-                               tv2, bb, yv, yvg, yyg, ytg, ytag, spike)
-    # the pairs' weights relative to e^best, as products (no logarithm per pair): e^{q - best} · sd · e^{log_slab}
-    # · the mass relative to the density at q's f (_truncated_normal)
+    best = _joint_pair_profile(yi, s2, ti, flow_t, flow_sq, groups, kappa, aw, unit, shift, log_p0, lw, tv, tv2, bb,
+                               yv, yvg, yyg, ytg, ytag, spike)
+    # the pairs' weights relative to e^best, as products (no logarithm per pair): e^{q - best} · sd · mass · e^{log_slab}
     slab_scale = math.exp(log_slab)
     mass_scale = math.exp(log_mass)
     floor_q = best - JOINT_LOG_WEIGHT_SPAN
