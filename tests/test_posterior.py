@@ -339,10 +339,10 @@ def test_one_pass_selection_keeps_the_n_least_by_cost_then_index(prior, n, scale
 @pytest.mark.parametrize("prior,scale", [("entries", 0.0), ("design", 0.0), ("entries", 4e-3), ("design", 4e-3),
                                          ("entries", 4e-2)])
 def test_bounded_selection_is_the_one_pass_selection_bit_for_bit(prior, scale):
-    """The CPU's retained-entry search from bounds (the tree over the entries at the voxels' floor, allowing
-    for the common-scale term where there is one; the product-based scan with the prior) keeps
-    select_smallest's entries, costs and least misfit bit for bit, with floors spread over several groups
-    (FLOOR_GROUP), σ² unknown for some, and common-scale variances up to 0.04 (κ|c|² up to 0.98)."""
+    """The CPU's retained-entry search from bounds (the tree over the entries at the voxels' floor; the
+    product-based scan with the common-scale term or the prior) keeps select_smallest's entries, costs and
+    least misfit bit for bit, with floors spread over several groups (FLOOR_GROUP), σ² unknown for some, and
+    common-scale variances up to 0.04 (κ|c|² up to 0.98)."""
     from dmrimc_bids.core.fitting import kernels
     from dmrimc_bids.core.fitting.likelihood import noise_floor
     rng = np.random.default_rng(3)

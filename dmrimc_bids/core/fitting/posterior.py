@@ -275,7 +275,6 @@ class PosteriorModel(Model):
         self._calibration = None   # the SD's factor per parameter (model_error(): _interval_calibration)
         self._floored = None   # the dictionary at one noise floor (_floored_signals)
         self._leaves = None   # the dictionary's tree and its balls at one noise floor (_leaves_at)
-        self._signal_leaves = None   # its balls among the unfloored signals (_signal_balls)
 
     # ---- the posterior of a batch of voxels --------------------------------------------------------------
     def posterior(self, y: np.ndarray, sigma: np.ndarray | None, exclude: np.ndarray | None = None,
@@ -347,15 +346,14 @@ class PosteriorModel(Model):
         is computed (the retained entries, their costs and rss are select_smallest's, bit for bit). The voxels
         are sorted by noise floor nf and grouped where nf is within FLOOR_GROUP (relative) of the group's least;
         the group's dictionary at its middle floor f0, G = sqrt(S² + f0²), is within d = |nf - f0|·sqrt(M) of
-        each voxel's in the cost's square root (kernels._bounded_raw). Without the prior, a tree over the
-        entries (dictionary_leaves) lets each voxel visit only the leaves whose ball can hold one of its n least
-        (kernels.select_smallest_leaves; with the common-scale term, whose size each leaf's ball among the
-        unfloored signals bounds, kernels.select_smallest_leaves_scaled); with the prior every entry's misfit
-        at f0, a product, bounds its cost (kernels.select_smallest_bounded)."""
+        each voxel's in the cost's square root (kernels._bounded_raw). Without the common-scale term and the
+        prior, a tree over the entries (dictionary_leaves) lets each voxel visit only the leaves whose ball can
+        hold one of its n least (kernels.select_smallest_leaves); otherwise every entry's misfit at f0, a
+        product, bounds its cost (kernels.select_smallest_bounded: in the joint fit the common-scale term can
+        take most of a voxel's misfit, which leaves a tree's bound too weak to prune)."""
         y, flo2, signals_t, clean, kappa, log_prior, var, use_prior, top, c_top, rss = args
         v, m = y.shape
-        leaves = not use_prior
-        scaled = leaves and bool(np.any(kappa))   # the common-scale term: the tree's bound allows for it
+        leaves = not use_prior and not np.any(kappa)
         order = np.argsort(floor, kind="stable")
         f_sorted = floor[order]
         y_norm = np.sqrt((y ** 2).sum(1))
@@ -368,13 +366,7 @@ class PosteriorModel(Model):
             f0 = 0.5 * (f_sorted[start] + f_sorted[stop - 1])
             dist = np.sqrt(m) * np.abs(floor[idx] - f0) * (1 + 1e-9) + 1e-15
             tb, cb, rb = np.empty((idx.size, n), np.int64), np.empty((idx.size, n)), np.empty(idx.size)
-            if scaled:
-                g_leaf, perm, leaf_start, centres, radii = self._leaves_at(f0)
-                s_rows, s_centres, s_radii = self._signal_balls()
-                kernels.select_smallest_leaves_scaled(y[idx], flo2[idx], s_rows, clean[idx], kappa[idx], g_leaf, perm,
-                                                      leaf_start, centres, radii, s_centres, s_radii, dist,
-                                                      numba.get_num_threads(), tb, cb, rb)
-            elif leaves:
+            if leaves:
                 g_leaf, perm, leaf_start, centres, radii = self._leaves_at(f0)
                 kernels.select_smallest_leaves(y[idx], flo2[idx], signals_t, g_leaf, perm, leaf_start, centres, radii,
                                                dist, numba.get_num_threads(), tb, cb, rb)
@@ -395,17 +387,6 @@ class PosteriorModel(Model):
             gg = (g ** 2).sum(1)
             self._floored = (f0, np.ascontiguousarray(g.T), gg, float(np.sqrt(gg.max())))
         return self._floored[1:]
-
-    def _signal_balls(self) -> tuple:
-        """(signals [E, M] in the tree's leaf order, each leaf's centre [L, M] and radius [L] among them): the
-        common-scale term's bound (kernels.select_voxel_leaves_scaled), built once."""
-        if self._signal_leaves is None:
-            if self._leaves is None:
-                self._leaves = (None, *dictionary_leaves(self.signals))
-            perm, leaf_start = self._leaves[1:3]
-            rows = np.ascontiguousarray(self.signals[perm])
-            self._signal_leaves = (rows, *leaf_balls(rows, leaf_start))
-        return self._signal_leaves
 
     def _leaves_at(self, f0: float) -> tuple:
         """(G [E, M] in leaf order, perm, leaf_start, centres [L, M], radii [L]) of the dictionary's tree
@@ -559,10 +540,9 @@ class PosteriorModel(Model):
     # ---- Model API -----------------------------------------------------------------------------------------
     def jit_kernels(self, common_scale: bool = False) -> list:
         """Model.jit_kernels; common_scale: fit() is given scale_var (with σ), as the joint model's tissue step
-        is (the entry tree's selection then allows for the common-scale term); with the design prior every
-        entry's cost is bounded from products (select_smallest_bounded)."""
-        scan = (kernels.select_smallest_bounded if self.prior == "design" else
-                kernels.select_smallest_leaves_scaled if common_scale else kernels.select_smallest_leaves)
+        is: the selection then scans with bounds on products (select_smallest_bounded), not the entry tree."""
+        scan = (kernels.select_smallest_bounded if common_scale or self.prior == "design"
+                else kernels.select_smallest_leaves)
         return [scan, kernels.posterior_moments, kernels.nearest_mean, kernels.entry_costs]
 
     def fit(self, data, mask=None, sigma=None, progress=None, scale_var=None) -> DictionaryFit:
