@@ -1122,8 +1122,9 @@ def _truncated_normal(mu, s, hi):
     if b > 8.5 and a <= 0.0:   # mass >= 1/2: φ(b) < 1e-16 and Φ(b) = 1 change nothing at double precision
         zb, pb = 1.0, 0.0
     else:   # (mu < 0: the mass is a small difference, to which φ(b)/mass still contributes)
-        zb = 0.5 * math.erfc(-b / math.sqrt(2.0))
-        pb = math.exp(-0.5 * b * b) / math.sqrt(2.0 * math.pi)
+        # erfc(-b/√2) rounds to 2 exactly beyond b = 8.5 (1 - Φ(b) < 1e-17) and φ(b) to 0 beyond 38.6
+        zb = 1.0 if b > 8.5 else 0.5 * math.erfc(-b / math.sqrt(2.0))
+        pb = math.exp(-0.5 * b * b) / math.sqrt(2.0 * math.pi) if b < 38.6 else 0.0
     mass = zb - za
     if mass < 1e-300:   # all the mass beyond one end: the posterior of f sits at that end
         f = 0.0 if mu < 0 else hi
