@@ -330,3 +330,30 @@ def test_pair_posterior_is_the_quadrature_of_the_joint_model(p_zero, rate, offse
     per_flow = np.trapezoid(np.exp(log_like - ref) * slab_density, f, axis=1)
     # pairs under e^-JOINT_LOG_WEIGHT_SPAN (6e-6) of the best are left out by design
     assert w_flow[0] == pytest.approx(per_flow / per_flow.sum(), rel=1e-4, abs=np.exp(-kernels.JOINT_LOG_WEIGHT_SPAN))
+
+
+def test_the_candidate_tree_keeps_the_scans_candidates():
+    """The tissue candidates from the tree over the entries (kernels.joint_profile_leaves, what a CPU fit runs)
+    are the scan's over every entry after the blocked product (kernels.joint_profile_top), voxel by voxel, on a
+    dictionary large enough for groups of leaves and ties at the cut (duplicate entries)."""
+    from dmrimc_bids.core.fitting import kernels
+    rng = np.random.default_rng(5)
+    f, d_ex = rng.uniform(0.2, 0.8, 4000), rng.uniform(1.0, 3.0, 4000)
+    f[3000:], d_ex[3000:] = f[:1000], d_ex[:1000]   # twins: equal misfits, the lower index kept
+    b, big = PROT.b * 1e-3, PROT.big_delta_ms
+    sig = f[:, None] * np.exp(-b * 0.4) + (1 - f[:, None]) * np.exp(-b * d_ex[:, None] * (1 - big / 200))
+    tissue = Dictionary(sig, np.stack([f, d_ex], 1), ["fin", "D0ex"], PROT)
+    flow = flow_dictionary()
+    model = JointModel(tissue, flow, tissue_b_min=200)
+    y = mixed(tissue, flow, rng.integers(0, 4000, 300), rng.integers(0, len(flow), 300), rng.uniform(0, 0.15, 300))
+    y = y + rng.normal(0, 0.02, y.shape)
+    clean = model._clean(y, np.full(300, 0.02))
+    tree = model._candidates(clean)
+    yt = np.zeros((300, len(tissue)))
+    for j in range(clean.shape[1]):   # <y, t> summed in the tree's order (a BLAS product may round otherwise)
+        yt += clean[:, j:j + 1] * model.tissue_signals[:, j]
+    scan = np.empty_like(tree)
+    kernels.joint_profile_top(clean, yt, model.tissue_sq, model.tissue_proto, model.pair_sq, model.prototypes,
+                              model.fv_max, scan)
+    assert len(model._profile_tree()[12]) > 1   # groups of leaves
+    np.testing.assert_array_equal(tree, np.sort(scan, axis=1))
