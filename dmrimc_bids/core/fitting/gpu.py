@@ -223,8 +223,8 @@ def _joint_kernels():
     (kernels.joint_misfit and heap_push, <y, t> computed in the thread) and the pair posterior
     (kernels.joint_pair_voxel, its work space in device memory)."""
     ns = _retarget(("_above", "heap_push", "joint_misfit", "_truncated_normal", "truncated_exponential_log_density0",
-                    "truncated_exponential_moments", "_joint_pair_profile", "_joint_pair_finish", "joint_pair_voxel_log",
-                    "joint_pair_voxel"))
+                    "truncated_exponential_moments", "_joint_pair_prior", "_joint_pair_profile", "_joint_pair_finish",
+                    "joint_pair_voxel_log", "joint_pair_voxel"))
     joint_misfit, heap_push, pair_voxel = ns["joint_misfit"], ns["heap_push"], ns["joint_pair_voxel"]
     n_cand, n_proto = MAX_CANDIDATES, MAX_PROTOTYPES
 

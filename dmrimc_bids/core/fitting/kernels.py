@@ -1289,19 +1289,26 @@ def _joint_pair_profile(yi, s2, ti, flow_t, flow_sq, groups, kappa, aw, unit, sh
 
 
 @njit(cache=True)
+def _joint_pair_prior(p_zero, fv_rate, fv_max, s2):
+    """(log_mass, log_slab, shift, log_p0): the fV prior's terms of joint_pair_voxel. Slab: log (1 - p0), and
+    log (1 - p0) sqrt(2π)/Z per pair (Z = ∫_0^fv_max e^{-λf} df; 0 where fv_max = 0, the slab then the point
+    f = 0 itself); shift = λσ², by which e^{-λf} moves each pair's Gaussian in f (over c); log p0 of the spike
+    (-inf without one), each spike spanning the n_f pairs of its tissue candidate."""
+    log_mass = math.log(max(1.0 - p_zero, 1e-300))
+    log_slab = (log_mass + 0.5 * math.log(2.0 * math.pi) + truncated_exponential_log_density0(fv_rate, fv_max)
+                if fv_max > 0 else 0.0)
+    log_p0 = math.log(p_zero) if p_zero > 0 else -math.inf
+    return log_mass, log_slab, fv_rate * s2, log_p0
+
+
+@njit(cache=True)
 def joint_pair_voxel_log(yi, s2, ti, flow_t, flow_sq, fv_max, groups, kappa, aw, unit, p_zero, fv_rate, w_flow,
                          g_flow, f_moments, lw, tv, tv2, bb, yv, yvg, yyg, ytg, ytag, spike):
     """joint_pair_voxel with every weight in logarithms: its fallback where the weights would underflow (same
     arguments)."""
     n_t = ti.shape[0]
     n_f = flow_t.shape[1]
-    # log prior x normalising constants: slab (1 - p0) sqrt(2π)/Z per pair (Z = ∫_0^fv_max e^{-λf} df);
-    # spike p0 per tissue candidate, which spans the n_f pairs of that candidate (each pair has prior 1/(n_t n_f))
-    log_mass = math.log(max(1.0 - p_zero, 1e-300))
-    log_slab = (log_mass + 0.5 * math.log(2.0 * math.pi) + truncated_exponential_log_density0(fv_rate, fv_max)
-                if fv_max > 0 else 0.0)   # fv_max = 0: the slab is the point f = 0 itself
-    shift = fv_rate * s2   # e^{-λf} shifts each pair's Gaussian in f by -λσ²/c
-    log_p0 = math.log(p_zero) if p_zero > 0 else -math.inf   # spike[t]: the unit-mass spike; p0 enters below
+    log_mass, log_slab, shift, log_p0 = _joint_pair_prior(p_zero, fv_rate, fv_max, s2)
     best = _joint_pair_profile(yi, s2, ti, flow_t, flow_sq, groups, kappa, aw, unit, shift, log_p0, lw, tv, tv2, bb,
                                yv, yvg, yyg, ytg, ytag, spike)
     top = -math.inf
@@ -1388,13 +1395,7 @@ def joint_pair_voxel(yi, s2, ti, flow_t, flow_sq, fv_max, groups, kappa, aw, uni
     (joint_pair_voxel_log where they would underflow)."""
     n_t = ti.shape[0]
     n_f = flow_t.shape[1]
-    # log prior x normalising constants: slab (1 - p0) sqrt(2π)/Z per pair (Z = ∫_0^fv_max e^{-λf} df);
-    # spike p0 per tissue candidate, which spans the n_f pairs of that candidate (each pair has prior 1/(n_t n_f))
-    log_mass = math.log(max(1.0 - p_zero, 1e-300))
-    log_slab = (log_mass + 0.5 * math.log(2.0 * math.pi) + truncated_exponential_log_density0(fv_rate, fv_max)
-                if fv_max > 0 else 0.0)   # fv_max = 0: the slab is the point f = 0 itself
-    shift = fv_rate * s2   # e^{-λf} shifts each pair's Gaussian in f by -λσ²/c
-    log_p0 = math.log(p_zero) if p_zero > 0 else -math.inf   # spike[t]: the unit-mass spike; p0 enters below
+    log_mass, log_slab, shift, log_p0 = _joint_pair_prior(p_zero, fv_rate, fv_max, s2)
     best = _joint_pair_profile(yi, s2, ti, flow_t, flow_sq, groups, kappa, aw, unit, shift, log_p0, lw, tv, tv2, bb,
                                yv, yvg, yyg, ytg, ytag, spike)
     # the pairs' weights relative to e^best, as products (no logarithm per pair): e^{q - best} · sd · mass · e^{log_slab}
